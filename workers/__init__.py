@@ -1,0 +1,1 @@
+"""Worker processes that each get a synchronized store (built on ``multiprocess``)."""
