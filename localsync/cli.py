@@ -15,10 +15,16 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("localsync.demo", "worker processes syncing over a channel, persisted by a coordinator"),
+    "demo": (
+        "localsync.demo",
+        "worker processes syncing over a channel, persisted by a coordinator",
+    ),
     "coordinator": ("localsync.coordinator", "persist a channel's content and serve it to joiners"),
     "hub": ("localsync.hub", "run a channel hub on a tcp:// address for several machines"),
-    "serve": ("localsync.servers.serve", "serve WebSocket sync (TinyBase wire format) with persistence"),
+    "serve": (
+        "localsync.servers.serve",
+        "serve WebSocket sync (TinyBase wire format) with persistence",
+    ),
     "inspect": ("localsync.inspector", "print a persisted store as tables"),
 }
 
