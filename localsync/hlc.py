@@ -1,0 +1,239 @@
+"""TinyBase's hybrid logical clock (HLC), string for string.
+
+An HLC is 16 characters of the 64-letter alphabet: 7 for the 42-bit logical time (ms),
+4 for the 24-bit counter and 5 for the 30-bit client id. Conflicts are resolved by plain
+string comparison, so our strings must equal TinyBase's for the same unique id, clock and
+operations, including its JavaScript quirks (float division then ToInt32 when encoding,
+counter carry at 2**24, a 5-minute limit on how far ahead a remote clock may pull ours,
+invalid characters decoding as 0).
+
+``get_next_hlc`` runs once per cell write, so its common path avoids the general encoder:
+the 7-character time prefix is cached while the millisecond does not change and the counter
+is encoded from a 4096-entry table of character pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .codec import ENCODE, get_unique_id
+from .hash import get_hash
+
+__all__ = [
+    "HLC_MAX_FUTURE_OFFSET",
+    "HlcFunctions",
+    "decode_hlc",
+    "decode_hlc_time",
+    "encode_hlc_parts",
+    "get_client_id_from_unique_id",
+    "get_hlc_functions",
+    "is_hlc",
+]
+
+HLC_MAX_FUTURE_OFFSET = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
+
+_SHIFT24 = 2**24
+_MAX_SAFE_INTEGER = 2**53
+_DECODE: dict[str, int] = {char: index for index, char in enumerate(ENCODE)}
+_PAIRS: tuple[str, ...] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
+_HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
+_TIME_SHIFTS = (36, 30, 24, 18, 12, 6, 0)
+_COUNTER_SHIFTS = (18, 12, 6, 0)
+
+
+def _encode_digit_js(number: float, shift: int) -> str:
+    """``ENCODE[ToInt32(number / 2**shift) & 63]`` with JavaScript number semantics."""
+    quotient = number / (1 << shift)
+    if not math.isfinite(quotient):
+        return ENCODE[0]  # ToInt32(NaN or +-Infinity) is 0
+    return ENCODE[int(quotient) & 63]  # int() truncates toward zero, as ToInt32 does
+
+
+def _to_js_number(number: float) -> float:
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _encode_digits(number: float, shifts: tuple[int, ...]) -> str:
+    if type(number) is int and 0 <= number <= _MAX_SAFE_INTEGER:
+        # exact: for such integers truncating number / 2**k is number >> k
+        return "".join([ENCODE[(number >> shift) & 63] for shift in shifts])
+    js_number = _to_js_number(number)
+    return "".join([_encode_digit_js(js_number, shift) for shift in shifts])
+
+
+def _encode_time(logical_time: float) -> str:
+    if type(logical_time) is int and 0 <= logical_time <= _MAX_SAFE_INTEGER:
+        return (
+            _PAIRS[(logical_time >> 30) & 4095]
+            + _PAIRS[(logical_time >> 18) & 4095]
+            + _PAIRS[(logical_time >> 6) & 4095]
+            + ENCODE[logical_time & 63]
+        )
+    return _encode_digits(logical_time, _TIME_SHIFTS)
+
+
+def _encode_counter(counter: float) -> str:
+    if type(counter) is int and 0 <= counter <= _MAX_SAFE_INTEGER:
+        return _PAIRS[(counter >> 12) & 4095] + _PAIRS[counter & 4095]
+    return _encode_digits(counter, _COUNTER_SHIFTS)
+
+
+def get_client_id_from_unique_id(unique_id: str) -> str:
+    """The 5-character client id TinyBase derives from a store's unique id."""
+    h = get_hash(unique_id)
+    return (
+        ENCODE[(h >> 24) & 63]
+        + ENCODE[(h >> 18) & 63]
+        + ENCODE[(h >> 12) & 63]
+        + ENCODE[(h >> 6) & 63]
+        + ENCODE[h & 63]
+    )
+
+
+def encode_hlc_parts(logical_time: float, counter: float, client_id: str) -> str:
+    """HLC string from its parts, ``client_id`` being the 5-character id itself."""
+    return _encode_time(logical_time) + _encode_counter(counter) + client_id
+
+
+def decode_hlc_time(hlc: str) -> int:
+    """Logical time of an HLC; characters outside the alphabet or missing count as 0."""
+    get = _DECODE.get
+    result = 0
+    for char in hlc[:7]:
+        result = (result << 6) | get(char, 0)
+    return result << (6 * (7 - min(len(hlc), 7)))
+
+
+def decode_hlc(hlc: str) -> tuple[int, int, str]:
+    """``(logical_time, counter, client_id)``; the client id is ``hlc[11:]``, any length."""
+    get = _DECODE.get
+    counter = 0
+    for char in hlc[7:11]:
+        counter = (counter << 6) | get(char, 0)
+    counter <<= 6 * (4 - min(max(len(hlc) - 7, 0), 4))
+    return decode_hlc_time(hlc), counter, hlc[11:]
+
+
+def is_hlc(hlc: object, max_logical_time: float) -> bool:
+    """TinyBase's ``isHlc``: ``""``, or 16 alphabet characters not later than the limit.
+
+    Stores use it to refuse changes stamped too far in the future (a peer with a broken
+    clock must not drag every replica's clock along).
+    """
+    if hlc == "":
+        return True
+    return (
+        type(hlc) is str
+        and _HLC_RE.fullmatch(hlc) is not None
+        and decode_hlc_time(hlc) <= max_logical_time
+    )
+
+
+def _real_now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HlcFunctions(NamedTuple):
+    """The seven clock functions, in TinyBase's order (so they unpack like its array)."""
+
+    get_next_hlc: Callable[[], str]
+    seen_hlc: Callable[..., None]
+    encode_hlc: Callable[..., str]
+    decode_hlc: Callable[[str], tuple[int, int, str]]
+    get_last_logical_time: Callable[[], float]
+    get_last_counter: Callable[[], int]
+    get_client_id: Callable[[], str]
+
+
+def get_hlc_functions(
+    unique_id: str | None = None, get_now: Callable[[], float] | None = None
+) -> HlcFunctions:
+    """A clock as TinyBase's ``getHlcFunctions(uniqueId, getNow)``.
+
+    ``unique_id`` seeds the client id (a random one when None); ``get_now`` returns
+    milliseconds since the epoch (default: the real clock). Returns a named tuple of
+    ``get_next_hlc, seen_hlc, encode_hlc, decode_hlc, get_last_logical_time,
+    get_last_counter, get_client_id``.
+    """
+    now_fn: Callable[[], float] = _real_now if get_now is None else get_now
+    client_id = get_unique_id(5) if unique_id is None else get_client_id_from_unique_id(unique_id)
+    last_logical_time: float = 0
+    last_counter = -1
+    cached_time: float = -1
+    cached_prefix = ""
+    pairs = _PAIRS
+
+    def get_next_hlc() -> str:
+        nonlocal last_logical_time, last_counter, cached_time, cached_prefix
+        # inline seen_hlc() (no remote HLC: remote time and counter are both 0)
+        now = now_fn()
+        if now > last_logical_time:
+            last_logical_time = now
+            last_counter = 0  # -1, then incremented below
+        else:
+            if last_logical_time == 0 and last_counter < 0:
+                last_counter = 0  # the remote [0, 0] ties with a zero clock
+            last_counter += 1
+            if last_counter == _SHIFT24:
+                last_logical_time += 1
+                last_counter = 0
+        if last_logical_time != cached_time:
+            cached_prefix = _encode_time(last_logical_time)
+            cached_time = last_logical_time
+        counter = last_counter
+        return cached_prefix + pairs[counter >> 12] + pairs[counter & 4095] + client_id
+
+    def seen_hlc(hlc: str | None = None) -> None:
+        nonlocal last_logical_time, last_counter
+        now = now_fn()
+        if hlc is None or hlc == "":
+            remote_time: float = 0
+            remote_counter = 0
+        elif is_hlc(hlc, now + HLC_MAX_FUTURE_OFFSET):
+            remote_time, remote_counter, _ = decode_hlc(hlc)
+        else:
+            return
+        previous = last_logical_time
+        last_logical_time = max(previous, remote_time, now)
+        if last_logical_time == previous:
+            if last_logical_time == remote_time:
+                last_counter = max(last_counter, remote_counter)
+        else:
+            last_counter = remote_counter if last_logical_time == remote_time else -1
+
+    def encode_hlc(logical_time: float, counter: float, client_unique_id: str | None = None) -> str:
+        return (
+            _encode_time(logical_time)
+            + _encode_counter(counter)
+            + (
+                client_id
+                if client_unique_id is None
+                else get_client_id_from_unique_id(client_unique_id)
+            )
+        )
+
+    def get_last_logical_time() -> float:
+        return last_logical_time
+
+    def get_last_counter() -> int:
+        return last_counter
+
+    def get_client_id() -> str:
+        return client_id
+
+    return HlcFunctions(
+        get_next_hlc,
+        seen_hlc,
+        encode_hlc,
+        decode_hlc,
+        get_last_logical_time,
+        get_last_counter,
+        get_client_id,
+    )
