@@ -24,6 +24,11 @@ _EXPORTS: dict[str, str] = {
     "get_values_hash": ".hash",
     "get_table_hash": ".hash",
     "get_tables_hash": ".hash",
+    "get_cell_in_row_hash": ".hash",
+    "get_row_hash": ".hash",
+    "get_row_in_table_hash": ".hash",
+    "get_table_in_tables_hash": ".hash",
+    "JSON_PREFIX": ".codec",
     "get_hlc_functions": ".hlc",
     # stores
     "Store": ".store",
