@@ -1,0 +1,306 @@
+"""The hub of a channel: an XSUB/XPUB proxy, elected among participants or run standalone.
+
+Why a hub: ZeroMQ PUB/SUB over ipc:// needs somebody to ``bind`` and everyone else to
+``connect``. A fixed server would be a single point of failure, so every participant of a
+local channel runs a :class:`LocalHub` thread that competes for ``fcntl.flock`` on the
+channel's lock file. The holder binds XSUB at ``<hash>.in`` and XPUB at ``<hash>.out`` and
+runs ``zmq.proxy_steerable`` (C code, without the GIL); every participant, the host included,
+connects one PUB to ``.in`` and one SUB to ``.out``. The others retry the lock every
+``retry_seconds`` (50 ms by default). The kernel drops a flock when its holder dies, even by
+SIGKILL, so a successor takes over within about one retry period and binds the same paths;
+ZeroMQ's automatic reconnect (20 ms interval, see ``channel.py``) makes everyone find it.
+Socket files are only ever unlinked by the lock holder (stale ones before binding; libzmq
+removes its own on close, before the lock is released), so nobody removes a live hub's path.
+
+Subscriptions flow XPUB -> proxy -> XSUB -> each PUB, so filtering by topic happens in the
+sending process: a message addressed to one client is not copied to the others at all.
+
+Beyond one machine: ``localsync hub --bind tcp://HOST:PORT`` runs the same proxy with XSUB
+bound on ``PORT`` (publishers connect) and XPUB on ``PORT + 1`` (subscribers connect); open
+a channel with ``create_channel_synchronizer(store, name, hub="tcp://HOST:PORT")``. TCP gives
+no access control: bind to loopback or a private network only.
+
+A fork()ed child of a host closes its inherited copy of the lock file (``os.register_at_fork``)
+so that the lock is released as soon as the host itself dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import itertools
+import os
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import zmq
+
+from .runtime import ChannelPaths
+
+__all__ = [
+    "DEFAULT_HWM",
+    "LocalHub",
+    "TcpHub",
+    "configure",
+    "run",
+    "tcp_endpoints",
+]
+
+#: High-water mark (messages) of hub and participant sockets. PUB/SUB drops, never blocks,
+#: at the mark; drops are healed by anti-entropy, so the mark trades memory for latency.
+DEFAULT_HWM = 100_000
+
+_ids = itertools.count()
+
+
+def tcp_endpoints(address: str) -> tuple[str, str]:
+    """Map ``tcp://HOST:PORT`` to (publishers' endpoint, subscribers' endpoint) = PORT, PORT+1."""
+    if not isinstance(address, str):
+        raise TypeError(f"hub address must be a str, not {type(address).__name__}")
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        raise ValueError(f"hub address must look like tcp://HOST:PORT, got {address!r}")
+    if not 0 < parts.port < 65535:
+        raise ValueError(f"hub port must be in 1..65534 (PORT+1 is used too), got {parts.port}")
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"tcp://{host}:{parts.port}", f"tcp://{host}:{parts.port + 1}"
+
+
+class _Proxy:
+    """One XSUB/XPUB proxy that can be stopped from another thread."""
+
+    def __init__(self, context: zmq.Context, inbound: str, outbound: str, hwm: int) -> None:
+        self._context = context
+        self._inbound = inbound
+        self._outbound = outbound
+        self._hwm = hwm
+        self._control = f"inproc://localsync-hub-{os.getpid()}-{next(_ids)}"
+        self._state = threading.Lock()
+        self._running = False
+        self._stopped = False
+
+    def run(self, after_bind: Callable[[], None] | None = None) -> None:
+        """Bind and proxy until :meth:`stop`; the caller's thread is used for the proxy."""
+        xsub = self._context.socket(zmq.XSUB)
+        xpub = self._context.socket(zmq.XPUB)
+        control = self._context.socket(zmq.PAIR)
+        try:
+            for sock in (xsub, xpub, control):
+                sock.linger = 0
+            xsub.rcvhwm = xsub.sndhwm = self._hwm
+            xpub.rcvhwm = xpub.sndhwm = self._hwm
+            xsub.bind(self._inbound)
+            xpub.bind(self._outbound)
+            control.bind(self._control)
+            if after_bind is not None:
+                after_bind()
+            with self._state:
+                if self._stopped:
+                    return
+                self._running = True
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            # closing removes the ipc files (libzmq unlinks its own listener paths)
+            xsub.close(0)
+            xpub.close(0)
+            control.close(0)
+
+    def stop(self) -> None:
+        with self._state:
+            self._stopped = True
+            if not self._running:
+                return
+            self._running = False
+            control = self._context.socket(zmq.PAIR)
+            control.linger = 1000
+            try:
+                control.connect(self._control)
+                control.send(b"TERMINATE")
+            finally:
+                control.close()
+
+
+_live_hubs: weakref.WeakSet[LocalHub] = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for hub in list(_live_hubs):
+        hub._forget_lock_in_child()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+class LocalHub:
+    """Competes for a local channel's hub role in a background thread (see module doc)."""
+
+    def __init__(
+        self,
+        paths: ChannelPaths,
+        *,
+        hwm: int = DEFAULT_HWM,
+        retry_seconds: float = 0.05,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.paths = paths
+        self._hwm = hwm
+        self._retry = retry_seconds
+        self._context = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._hosting = threading.Event()
+        self._proxy: _Proxy | None = None
+        self._fd: int | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"localsync-hub-{paths.lock.stem}", daemon=True
+        )
+        self.times_hosted = 0
+
+    @property
+    def is_host(self) -> bool:
+        """True while this process holds the lock and runs the proxy."""
+        return self._hosting.is_set()
+
+    def start(self) -> LocalHub:
+        _live_hubs.add(self)
+        self._thread.start()
+        return self
+
+    def wait_host(self, timeout: float | None = None) -> bool:
+        return self._hosting.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop competing; if hosting, stop the proxy and release the lock (a peer takes over)."""
+        self._stop.set()
+        proxy = self._proxy
+        if proxy is not None:
+            proxy.stop()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        _live_hubs.discard(self)
+
+    def _forget_lock_in_child(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = fd
+        try:
+            os.fchmod(fd, 0o600)
+            while not self._stop.is_set():
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._stop.wait(self._retry)
+                    continue
+                try:
+                    self._host()
+                finally:
+                    self._hosting.clear()
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+        finally:
+            self._fd = None
+            os.close(fd)
+
+    def _host(self) -> None:
+        # we hold the lock: any socket file here belongs to a dead hub
+        for path in (self.paths.inbound, self.paths.outbound):
+            path.unlink(missing_ok=True)
+
+        def after_bind() -> None:
+            os.chmod(self.paths.inbound, 0o600)
+            os.chmod(self.paths.outbound, 0o600)
+            self.times_hosted += 1
+            self._hosting.set()
+
+        proxy = _Proxy(
+            self._context,
+            self.paths.inbound_endpoint,
+            self.paths.outbound_endpoint,
+            self._hwm,
+        )
+        self._proxy = proxy
+        if self._stop.is_set():
+            return
+        proxy.run(after_bind)
+
+
+class TcpHub:
+    """A standalone hub on ``tcp://HOST:PORT`` (XSUB) and ``PORT+1`` (XPUB), in a thread."""
+
+    def __init__(
+        self, bind: str, *, hwm: int = DEFAULT_HWM, context: zmq.Context | None = None
+    ) -> None:
+        self.inbound, self.outbound = tcp_endpoints(bind)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._proxy = _Proxy(context or zmq.Context.instance(), self.inbound, self.outbound, hwm)
+        self._thread = threading.Thread(target=self._run, name="localsync-tcp-hub", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._proxy.run(self._ready.set)
+        except BaseException as error:  # reported to start()
+            self._error = error
+            self._ready.set()
+
+    def start(self, timeout: float = 5.0) -> TcpHub:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("hub did not bind in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._proxy.stop()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> TcpHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bind",
+        required=True,
+        metavar="tcp://HOST:PORT",
+        help="publishers connect to PORT, subscribers to PORT+1; bind loopback or a private "
+        "network only (no authentication)",
+    )
+    parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="socket high-water mark")
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        hub = TcpHub(args.bind, hwm=args.hwm).start()
+    except (ValueError, zmq.ZMQError) as error:
+        print(f"localsync hub: {error}", flush=True)
+        return 2
+    print(f"localsync hub: publishers {hub.inbound}, subscribers {hub.outbound}", flush=True)
+    while not stop.wait(0.2):
+        pass
+    hub.stop()
+    return 0

@@ -1,0 +1,464 @@
+"""Channel synchronizer: TinyBase's BroadcastChannel role between processes, over ZeroMQ.
+
+Public API::
+
+    sync = create_channel_synchronizer(store, "orders")          # this machine, same user
+    sync = create_channel_synchronizer(store, "orders", hub="tcp://10.0.0.5:7700")
+    await sync.start_sync()
+    ...
+    await sync.destroy()
+
+Optional positional arguments after the name are TinyBase's ``on_send, on_receive,
+on_ignored_error``; keyword-only options:
+
+``hub``
+    ``None`` (default): a local channel on ipc:// sockets in the private runtime folder
+    (:mod:`localsync.runtime`), whose hub is elected among participants (:mod:`localsync.hub`).
+    ``"tcp://HOST:PORT"``: an external hub started with ``localsync hub --bind tcp://HOST:PORT``
+    (publishers use PORT, subscribers PORT+1). No election; the hub must be running.
+``runtime_dir``
+    overrides the runtime folder (must be private: 0700, owned by the user).
+``request_timeout_seconds`` (default 1.0)
+    how long a request (one step of a hash-tree comparison) waits for a reply. TinyBase uses
+    10 ms for BroadcastChannel; through a hub, with a peer busy applying a big diff, 1 s avoids
+    spurious timeouts while keeping a lone first participant's ``start_sync`` short (it waits
+    one timeout for an answer nobody can give).
+``anti_entropy_seconds`` (default 1.0)
+    period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
+    mark and during a hub failover; the periodic exchange heals every such loss, so a drop
+    costs latency, never data. When nothing changed it costs one small message per period.
+``hwm`` (default :data:`localsync.hub.DEFAULT_HWM`)
+    high-water mark of this process's sockets and of the hub it may host; tiny values make
+    drops happen on purpose (tests).
+``connect_timeout_seconds`` (default 5.0)
+    bound on proving the path: before syncing, a message to ourselves must come back through
+    the hub (this defeats PUB/SUB's "slow joiner" loss of the first messages). Failing raises
+    :class:`ChannelError`.
+
+Wire format: multipart ``[topic, payload]``. Topics: ``b"C" + client_id`` (16-character ids,
+so a 17-byte subscription matches exactly one recipient), ``b"*"`` broadcast, ``b"A"`` a
+coordinator's acknowledgements. Each SUB subscribes to its own topic and ``b"*"`` only, and
+subscriptions travel up to the publishers, so a process never receives, let alone decodes,
+messages meant for others. Payload: msgspec msgpack of ``(from_client_id, request_id,
+message, body)``; a process drops its own broadcasts by comparing the id bytes in place,
+without decoding. Control payloads start with a zero byte.
+
+The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
+wrapped so that the path is proven on the first lifecycle call; extras:
+``get_channel_name()``, ``client_id``, ``is_hub_host``, ``get_channel_stats()`` and
+``await wait_acknowledged(timeout)`` (see :mod:`localsync.coordinator`).
+
+Receiving uses ``loop.add_reader`` on the SUB socket's file descriptor and drains it
+synchronously, rather than a ``zmq.asyncio`` await per message: one loop wake-up then
+handles a whole burst, which is what keeps fan-out close to raw pyzmq speed. It needs an
+event loop with ``add_reader`` (the default selector loop on Unix; uvloop works too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import string
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import zmq
+
+from ..hub import DEFAULT_HWM, LocalHub, tcp_endpoints
+from ..runtime import channel_paths, validate_channel_name
+
+__all__ = [
+    "ChannelError",
+    "ChannelSynchronizer",
+    "ChannelTransport",
+    "create_channel_synchronizer",
+]
+
+BROADCAST = b"*"
+ACK_TOPIC = b"A"
+CLIENT_PREFIX = b"C"
+CLIENT_ID_LENGTH = 16
+_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
+_CONTROL = b"\x00"
+_PING = b"\x00P"
+_FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
+
+Receive = Callable[[str, "str | None", int, Any], None]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(tuple[str, str | None, int, Any])
+_ack_decoder = msgspec.msgpack.Decoder(tuple[str, str, str])
+
+
+class ChannelError(ConnectionError):
+    """The channel could not be joined (no hub reachable, closed transport)."""
+
+
+def new_client_id() -> str:
+    """A random 16-character id (TinyBase's alphabet); fixed length keeps topics unambiguous."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(CLIENT_ID_LENGTH))
+
+
+class ChannelTransport:
+    """PUB/SUB plumbing for one participant: addressing, path proving, hub election.
+
+    ``send`` and the receive callback run on the event loop thread that called :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        hub: str | None = None,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        hwm: int = DEFAULT_HWM,
+        connect_timeout_seconds: float = 5.0,
+        on_ignored_error: Callable[[Exception], None] | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.name = validate_channel_name(name)
+        if not isinstance(hwm, int) or hwm < 0:
+            raise ValueError(f"hwm must be a non-negative int, got {hwm!r}")
+        if client_id is None:
+            client_id = new_client_id()
+        if len(client_id) != CLIENT_ID_LENGTH or not client_id.isascii():
+            raise ValueError(f"client_id must be {CLIENT_ID_LENGTH} ASCII characters")
+        self.client_id = client_id
+        self._id_bytes = client_id.encode()
+        self._own_topic = CLIENT_PREFIX + self._id_bytes
+        self._hwm = hwm
+        self._connect_timeout = connect_timeout_seconds
+        self._on_ignored_error = on_ignored_error
+        self.local_hub: LocalHub | None = None
+        if hub is None:
+            paths = channel_paths(name, runtime_dir)
+            self._paths = paths
+            self.inbound, self.outbound = paths.inbound_endpoint, paths.outbound_endpoint
+        else:
+            self._paths = None
+            self.inbound, self.outbound = tcp_endpoints(hub)
+        self._receive: Receive | None = None
+        self._on_ack: Callable[[str, str, str], None] | None = None
+        self._pub: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._ping_waiter: tuple[bytes, asyncio.Future[None]] | None = None
+        self._closed = False
+        self.stats = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._opening is not None and self._opening.done() and not self._closed
+
+    async def open(self) -> None:
+        """Connect and prove the path; idempotent, concurrent callers share one attempt."""
+        if self._closed:
+            raise ChannelError("channel transport is closed")
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
+
+    async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._paths is not None:
+            self.local_hub = LocalHub(self._paths, hwm=self._hwm).start()
+        context = zmq.Context.instance()
+        pub = context.socket(zmq.PUB)
+        sub = context.socket(zmq.SUB)
+        for sock in (pub, sub):
+            sock.linger = 500
+            sock.reconnect_ivl = 20
+            sock.reconnect_ivl_max = 200
+            sock.sndhwm = self._hwm
+            sock.rcvhwm = self._hwm
+        pub.connect(self.inbound)
+        sub.connect(self.outbound)
+        sub.setsockopt(zmq.SUBSCRIBE, self._own_topic)
+        sub.setsockopt(zmq.SUBSCRIBE, BROADCAST)
+        self._pub, self._sub = pub, sub
+        self._loop.add_reader(sub.getsockopt(zmq.FD), self._on_readable)
+        self._loop.call_soon(self._on_readable)
+        try:
+            await self._prove_path()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _prove_path(self) -> None:
+        assert self._loop is not None
+        nonce = secrets.token_bytes(8)
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._ping_waiter = (nonce, waiter)
+        deadline = self._loop.time() + self._connect_timeout
+        try:
+            while not waiter.done():
+                if self._loop.time() > deadline:
+                    raise ChannelError(
+                        f"no channel hub answered at {self.outbound} within "
+                        f"{self._connect_timeout:g} s (for tcp hubs: is `localsync hub` "
+                        "running?)"
+                    )
+                self._send_raw(self._own_topic, _PING + nonce)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), 0.02)
+        finally:
+            self._ping_waiter = None
+
+    def close(self) -> None:
+        """Close the sockets and leave the hub election (a peer takes over a hosted hub)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sub is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sub.getsockopt(zmq.FD))
+            self._sub.close(0)
+        if self._pub is not None:
+            self._pub.close()  # linger: let the last messages out
+        if self.local_hub is not None:
+            self.local_hub.stop()
+        self._receive = None
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _send_raw(self, topic: bytes, payload: bytes) -> None:
+        if self._pub is None or self._closed:
+            raise ChannelError("channel transport is not open")
+        # PUB never blocks: at the high-water mark the message is dropped (healed by
+        # anti-entropy)
+        self._pub.send_multipart((topic, payload), zmq.NOBLOCK)
+
+    def send(self, to_client_id: str | None, request_id: str | None, message: int, body: Any) -> None:
+        """The ``send`` of create_custom_synchronizer."""
+        if to_client_id is None:
+            topic = BROADCAST
+        elif isinstance(to_client_id, str) and len(to_client_id) == CLIENT_ID_LENGTH:
+            topic = CLIENT_PREFIX + to_client_id.encode()
+        else:
+            raise ValueError(f"not a channel client id: {to_client_id!r}")
+        payload = _encoder.encode((self.client_id, request_id, message, body))
+        self._send_raw(topic, payload)
+        self.stats["sent"] += 1
+
+    def publish_ack(self, tables_hash: str, values_hash: str) -> None:
+        """Announce durably saved content hashes (used by the coordinator)."""
+        self._send_raw(ACK_TOPIC, _encoder.encode((self.client_id, tables_hash, values_hash)))
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def register_receive(self, receive: Receive, *_extra: object) -> None:
+        """The ``register_receive`` of create_custom_synchronizer."""
+        self._receive = receive
+
+    def watch_acks(self, on_ack: Callable[[str, str, str], None]) -> None:
+        """Also receive coordinator acknowledgements: ``on_ack(from_id, tables, values)``."""
+        self._on_ack = on_ack
+        if self._sub is not None and not self._closed:
+            self._sub.setsockopt(zmq.SUBSCRIBE, ACK_TOPIC)
+            if self._loop is not None:
+                self._loop.call_soon(self._on_readable)
+
+    def _on_readable(self) -> None:
+        sub = self._sub
+        if sub is None or self._closed:
+            return
+        handled = 0
+        while sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._dispatch(frames)
+            if self._closed:
+                return
+            handled += 1
+            if handled >= 2000:  # let other tasks run; come back for the rest
+                assert self._loop is not None
+                self._loop.call_soon(self._on_readable)
+                return
+
+    def _ignore(self, error: Exception) -> None:
+        self.stats["ignored"] += 1
+        if self._on_ignored_error is not None:
+            with contextlib.suppress(Exception):
+                self._on_ignored_error(error)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._ignore(ValueError(f"channel message with {len(frames)} frames"))
+            return
+        topic, payload = frames
+        if payload[:1] == _CONTROL:
+            waiter = self._ping_waiter
+            if (
+                topic == self._own_topic
+                and waiter is not None
+                and payload == _PING + waiter[0]
+                and not waiter[1].done()
+            ):
+                waiter[1].set_result(None)
+            return
+        if topic == ACK_TOPIC:
+            if self._on_ack is not None:
+                try:
+                    from_id, tables_hash, values_hash = _ack_decoder.decode(payload)
+                except msgspec.DecodeError as error:
+                    self._ignore(ValueError(f"invalid acknowledgement: {error}"))
+                    return
+                self._on_ack(from_id, tables_hash, values_hash)
+            return
+        if payload[2:18] == self._id_bytes and payload[:2] == _FROM_HEADER:
+            self.stats["own_dropped"] += 1
+            return
+        try:
+            from_id, request_id, message, body = _decoder.decode(payload)
+        except msgspec.DecodeError as error:
+            self._ignore(ValueError(f"invalid channel message: {error}"))
+            return
+        self.stats["received"] += 1
+        receive = self._receive
+        if receive is not None:
+            receive(from_id, request_id, message, body)
+
+
+class ChannelSynchronizer:
+    """The engine's synchronizer plus channel extras; proves the path on first use."""
+
+    _LIFECYCLE_NEEDING_OPEN = frozenset(
+        {"start_sync", "load", "save", "start_auto_load", "start_auto_save"}
+    )
+
+    def __init__(self, inner: Any, transport: ChannelTransport, store: Any) -> None:
+        self._inner = inner
+        self._transport = transport
+        self._store = store
+        self._acks: dict[str, tuple[str, str]] = {}
+        self._ack_event: asyncio.Event | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self._transport.client_id
+
+    @property
+    def transport(self) -> ChannelTransport:
+        return self._transport
+
+    @property
+    def is_hub_host(self) -> bool:
+        hub = self._transport.local_hub
+        return hub is not None and hub.is_host
+
+    def get_channel_name(self) -> str:
+        return self._transport.name
+
+    def get_channel_stats(self) -> dict[str, int]:
+        return dict(self._transport.stats)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name in self._LIFECYCLE_NEEDING_OPEN and callable(attribute):
+
+            async def opened_first(*args: Any, **kwargs: Any) -> Any:
+                await self._transport.open()
+                result = await attribute(*args, **kwargs)
+                return self if result is self._inner else result
+
+            return opened_first
+        return attribute
+
+    async def stop_sync(self) -> ChannelSynchronizer:
+        await self._inner.stop_sync()
+        return self
+
+    async def destroy(self) -> ChannelSynchronizer:
+        try:
+            await self._inner.destroy()
+        finally:
+            self._transport.close()
+        return self
+
+    async def __aenter__(self) -> ChannelSynchronizer:
+        await self.start_sync()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+    def _on_ack(self, from_id: str, tables_hash: str, values_hash: str) -> None:
+        self._acks[from_id] = (tables_hash, values_hash)
+        if self._ack_event is not None:
+            self._ack_event.set()
+
+    async def wait_acknowledged(self, timeout: float | None = None) -> None:
+        """Return once a coordinator announces it durably saved exactly this store's content.
+
+        "Acknowledged" means: a coordinator on this channel has saved content whose
+        ``[tables_hash, values_hash]`` equal this store's current content hashes, so everything
+        this store holds survives a coordinator restart. Call it at a quiescent point (e.g.
+        before a worker exits): while peers keep writing, the two contents may never be equal
+        at the same moment. Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        await self._transport.open()
+        if self._ack_event is None:
+            self._ack_event = asyncio.Event()
+            self._transport.watch_acks(self._on_ack)
+
+        async def until_equal() -> None:
+            assert self._ack_event is not None
+            while True:
+                self._ack_event.clear()
+                current = tuple(self._store.get_mergeable_content_hashes())
+                if current in self._acks.values():
+                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._ack_event.wait(), 0.1)
+
+        await asyncio.wait_for(until_equal(), timeout)
+
+
+def create_channel_synchronizer(
+    store: Any,
+    name: str,
+    on_send: Callable[..., None] | None = None,
+    on_receive: Callable[..., None] | None = None,
+    on_ignored_error: Callable[[Exception], None] | None = None,
+    *,
+    hub: str | None = None,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    request_timeout_seconds: float = 1.0,
+    anti_entropy_seconds: float | None = 1.0,
+    hwm: int = DEFAULT_HWM,
+    connect_timeout_seconds: float = 5.0,
+) -> ChannelSynchronizer:
+    """Synchronize ``store`` with every process that opens channel ``name`` (see module doc)."""
+    from ..synchronizer import create_custom_synchronizer
+
+    if not callable(getattr(store, "get_mergeable_content_hashes", None)):
+        raise TypeError("create_channel_synchronizer needs a MergeableStore")
+    transport = ChannelTransport(
+        name,
+        hub=hub,
+        runtime_dir=runtime_dir,
+        hwm=hwm,
+        connect_timeout_seconds=connect_timeout_seconds,
+        on_ignored_error=on_ignored_error,
+    )
+    inner = create_custom_synchronizer(
+        store,
+        transport.send,
+        transport.register_receive,
+        transport.close,
+        request_timeout_seconds,
+        on_send=on_send,
+        on_receive=on_receive,
+        on_ignored_error=on_ignored_error,
+        anti_entropy_seconds=anti_entropy_seconds,
+    )
+    return ChannelSynchronizer(inner, transport, store)
