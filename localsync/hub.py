@@ -27,6 +27,7 @@ so that the lock is released as soon as the host itself dies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import itertools
 import os
@@ -188,10 +189,8 @@ class LocalHub:
     def _forget_lock_in_child(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def _run(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -24,6 +24,7 @@ clear :class:`ValueError` instead of ZeroMQ's cryptic EINVAL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -138,10 +139,8 @@ def resolve_runtime_dir(runtime_dir: str | os.PathLike[str] | None = None) -> Pa
         pass
     except FileNotFoundError:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
     _check_private(folder)
     return folder
 

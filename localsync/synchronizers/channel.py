@@ -235,7 +235,9 @@ class ChannelTransport:
         # anti-entropy)
         self._pub.send_multipart((topic, payload), zmq.NOBLOCK)
 
-    def send(self, to_client_id: str | None, request_id: str | None, message: int, body: Any) -> None:
+    def send(
+        self, to_client_id: str | None, request_id: str | None, message: int, body: Any
+    ) -> None:
         """The ``send`` of create_custom_synchronizer."""
         if to_client_id is None:
             topic = BROADCAST
