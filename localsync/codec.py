@@ -50,6 +50,7 @@ _MAX_SAFE_INTEGER = 2**53
 # Canonical array-index keys: "0" or no leading zero, value <= 2**32 - 2 (checked separately).
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_ARRAY_INDEX = 2**32 - 2
+_NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _HIGH = re.compile("[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
 
@@ -74,11 +75,13 @@ def js_number(x: float | int) -> str:
     receives and hashes. Non-finite numbers give ``NaN``/``Infinity``/``-Infinity`` like
     ``String()``; ``js_stringify`` turns them into ``null`` as ``JSON.stringify`` does.
     """
-    if type(x) is int:
+    if type(x) is float:
+        r = repr(x)
+    elif type(x) is int:
         if -_MAX_SAFE_INTEGER <= x <= _MAX_SAFE_INTEGER:
             return str(x)
         try:
-            x = float(x)
+            r = repr(float(x))
         except OverflowError:
             return "Infinity" if x > 0 else "-Infinity"
     elif isinstance(x, bool):
@@ -86,17 +89,14 @@ def js_number(x: float | int) -> str:
     elif isinstance(x, int):  # int subclass (IntEnum and friends): use its integer value
         return js_number(int(x))
     else:
-        x = float(x)
-    r = repr(x)
+        r = repr(float(x))
     if "e" not in r:
         # repr uses fixed notation only for 1e-4 <= |x| < 1e16, where it prints the same
         # shortest round-trip digits as JavaScript; only the trailing ".0" differs.
         if r[-2:] == ".0":
             return "0" if r == "-0.0" else r[:-2]
-        if r[0] in "in":  # inf / nan
-            return "Infinity" if r == "inf" else "NaN"
-        if r[0] == "-" and r[1] in "in":
-            return "-Infinity"
+        if r[-1] in "fn":  # inf, -inf, nan
+            return _NON_FINITE[r]
         return r
     return _js_number_exponent(r)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from fnv_hash_fast import fnv1a_32
 
-from .codec import UNDEFINED, js_stringify
+from .codec import UNDEFINED, js_number, js_stringify
 from .codec import _js_string as _js_string_fast
 
 __all__ = [
@@ -87,6 +87,8 @@ def get_value_hash(value: Any, hlc: str) -> int:
         text = f"{value}:{hlc}"
     elif value is None:
         text = "null:" + hlc
+    elif t is float and value - value == 0:  # finite
+        text = js_number(value) + ":" + hlc
     else:
         text = js_stringify(value) + ":" + hlc
     try:
