@@ -1,0 +1,155 @@
+"""Crash-safe whole-file storage of encoded mergeable content (the file persister's disk layer).
+
+Kept apart from the Persister glue so that the durability rules can be tested on their own:
+
+* ``write_atomic`` never leaves a half-written target: the bytes go to a temporary file in the
+  same folder (same filesystem, so the rename is atomic), are fsynced, renamed over the target
+  with ``os.replace`` and then the folder is fsynced so that the rename itself survives a power
+  cut. A reader (or a process killed at any instruction) sees either the old or the new file.
+* ``read_content`` distinguishes "nothing saved yet" (missing or empty file: ``None``) from
+  "something is there but it is not content" (``CorruptContentError``), because the persister
+  must never replace a file it could not read with an empty store.
+
+The file format is exactly TinyBase's ``createFilePersister`` for a MergeableStore: the JSON of
+the *encoded* mergeable content, with ``undefined`` written as the string U+FFFC and object or
+array cells as their stored string form U+FFFD + JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ..codec import get_unique_id
+from ._jsonio import ContentDecodeError, dumps_bytes, loads
+
+__all__ = [
+    "CorruptContentError",
+    "check_content_shape",
+    "decode_content",
+    "encode_content",
+    "read_content",
+    "resolve_target",
+    "write_atomic",
+]
+
+
+class CorruptContentError(ValueError):
+    """The persisted data exists but cannot be loaded; it is left untouched on disk."""
+
+
+def encode_content(content: Any) -> bytes:
+    """Serialise encoded mergeable content as TinyBase's file persister does."""
+    return dumps_bytes(content)
+
+
+def _is_stamp_map(thing: Any) -> bool:
+    return (
+        isinstance(thing, list)
+        and 2 <= len(thing) <= 3
+        and isinstance(thing[0], dict)
+        and isinstance(thing[1], str)
+    )
+
+
+def check_content_shape(content: Any) -> None:
+    """Cheap top-level check that parsed JSON is mergeable content, before the store sees it.
+
+    The store validates every stamp itself (and silently ignores invalid content, as TinyBase
+    does); this check only turns the obviously wrong files (``{}``, ``[1, 2]``, a plain
+    ``Content`` array written for a non-mergeable store) into a reported error.
+    """
+    if not (isinstance(content, list) and len(content) == 2):
+        raise CorruptContentError("not mergeable content: expected [tablesStamp, valuesStamp]")
+    if not (_is_stamp_map(content[0]) and _is_stamp_map(content[1])):
+        raise CorruptContentError(
+            "not mergeable content: expected [[tables, hlc, hash], [values, hlc, hash]]"
+        )
+
+
+def decode_content(data: bytes) -> Any | None:
+    """Parse file bytes: ``None`` for an empty file, the content, or ``CorruptContentError``.
+
+    An empty (or whitespace-only) file counts as "nothing saved": TinyBase itself creates an
+    empty file when auto-load starts before any save. TinyBase would report that as a parse
+    error; treating it as absent is the useful reading and loses nothing.
+    """
+    if not data.strip():
+        return None
+    try:
+        content = loads(data)
+    except ContentDecodeError as error:
+        raise CorruptContentError(str(error)) from error
+    check_content_shape(content)
+    return content
+
+
+def read_content(path: str | os.PathLike[str]) -> Any | None:
+    """Content in the file at ``path``; ``None`` when it does not exist (or is empty)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return None
+    return decode_content(data)
+
+
+def resolve_target(path: str | os.PathLike[str]) -> Path:
+    """The file to replace: a symlink's target (as TinyBase does), so the link survives."""
+    target = Path(path)
+    if target.is_symlink():
+        return Path(os.path.realpath(target))
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable; some filesystems refuse O_RDONLY on folders, which we tolerate."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+    """Replace the file at ``path`` with ``data`` so that a crash leaves old or new, never half.
+
+    The temporary file keeps the target's permission bits (as TinyBase does). On any error the
+    temporary file is removed and the target is untouched; the error propagates to the caller
+    (the persister reports it). ``durable=False`` skips the fsyncs (for benchmarks only: the
+    result is still atomic against a process crash, but not against a power cut).
+    """
+    target = resolve_target(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    temp = folder / f"{target.name}.{get_unique_id()}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if mode is not None:
+                os.fchmod(fd, mode)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if durable:
+        _fsync_dir(folder)
