@@ -1,0 +1,339 @@
+"""Channel transport without the sync engine: runtime folder, addressing, hub election."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+
+from localsync.runtime import (
+    RuntimeDirError,
+    channel_paths,
+    resolve_runtime_dir,
+    validate_channel_name,
+)
+from localsync.synchronizers.channel import ChannelError, ChannelTransport
+from tests.channel_procs import ROOT, Proc
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    """A short private folder (socket paths must stay under 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65534:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair")
+
+
+# -- runtime folder ---------------------------------------------------------------------
+
+
+def test_runtime_folder_is_created_private(rundir: Path) -> None:
+    folder = resolve_runtime_dir(rundir / "sub")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert folder.stat().st_uid == os.getuid()
+
+
+def test_runtime_folder_with_group_or_other_access_is_refused(rundir: Path) -> None:
+    os.chmod(rundir, 0o755)
+    with pytest.raises(RuntimeDirError, match="0755"):
+        resolve_runtime_dir(rundir)
+    with pytest.raises(RuntimeDirError):
+        ChannelTransport("orders", runtime_dir=rundir)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_runtime_folder_owned_by_another_user_is_refused(rundir: Path) -> None:
+    os.chown(rundir, 65534, 65534)
+    with pytest.raises(RuntimeDirError, match="uid 65534"):
+        resolve_runtime_dir(rundir)
+
+
+def test_environment_variable_selects_folder(rundir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALSYNC_RUNTIME_DIR", str(rundir))
+    assert channel_paths("x").folder == rundir
+
+
+def test_channel_names_are_validated(rundir: Path) -> None:
+    with pytest.raises(TypeError):
+        validate_channel_name(b"orders")
+    with pytest.raises(ValueError, match="empty"):
+        validate_channel_name("")
+    with pytest.raises(ValueError, match="limit"):
+        validate_channel_name("x" * 5000)
+    # long and odd names are fine: files are named by a hash
+    a = channel_paths("é/../" * 100, rundir)
+    b = channel_paths("orders", rundir)
+    assert a.inbound.parent == rundir and a.inbound != b.inbound
+    deep = rundir / ("d" * 90)
+    deep.mkdir(mode=0o700)
+    with pytest.raises(ValueError, match="107"):
+        channel_paths("orders", deep)
+
+
+# -- addressing, in one process -----------------------------------------------------------
+
+
+async def _open_all(transports: list[ChannelTransport]) -> None:
+    await asyncio.gather(*(t.open() for t in transports))
+
+
+def test_addressing_own_broadcasts_and_invalid_messages(rundir: Path) -> None:
+    async def scenario() -> None:
+        ignored: list[Exception] = []
+        ts = [
+            ChannelTransport("orders", runtime_dir=rundir, on_ignored_error=ignored.append)
+            for _ in range(3)
+        ]
+        got: dict[str, list[tuple[str, object]]] = {t.client_id: [] for t in ts}
+        for t in ts:
+            t.register_receive(lambda f, r, m, b, t=t: got[t.client_id].append((f, b)))
+        await _open_all(ts)
+        try:
+            paths = channel_paths("orders", rundir)
+            # exactly one hub; sockets private
+            assert sum(t.local_hub is not None and t.local_hub.is_host for t in ts) == 1
+            for path in (paths.inbound, paths.outbound, paths.lock):
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            a, b, c = ts
+            a.send(None, "t1.r", 3, {"x": ["\ufffc", 1.5]})
+            b.send(c.client_id, None, 0, [1, 2])
+            # garbage from a rogue publisher on the same channel
+            rogue = zmq.Context.instance().socket(zmq.PUB)
+            rogue.connect(paths.inbound_endpoint)
+            await asyncio.sleep(0.2)  # (rogue has no path proof; give it its subscriptions)
+            rogue.send_multipart([b"*", b"\x93not-a-message"])
+            rogue.send_multipart([b"*", b"a", b"b"])
+            deadline = time.monotonic() + 5
+            while len(ignored) < 2 or len(got[c.client_id]) < 2:
+                assert time.monotonic() < deadline, (got, ignored)
+                await asyncio.sleep(0.01)
+            rogue.close(0)
+            assert got[a.client_id] == []  # own broadcast dropped
+            assert got[b.client_id] == [(a.client_id, {"x": ["\ufffc", 1.5]})]
+            assert got[c.client_id] == [
+                (a.client_id, {"x": ["\ufffc", 1.5]}),
+                (b.client_id, [1, 2]),
+            ]
+            assert a.stats["own_dropped"] == 1
+            assert all(isinstance(e, ValueError) for e in ignored)
+            with pytest.raises(ValueError):
+                a.send("short", None, 0, None)
+        finally:
+            for t in ts:
+                t.close()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_tcp_hub_fails_clearly() -> None:
+    port = free_port_pair()
+
+    async def scenario() -> None:
+        t = ChannelTransport("orders", hub=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=0.3)
+        with pytest.raises(ChannelError, match="no channel hub answered"):
+            await t.open()
+        with pytest.raises(ChannelError):
+            await t.open()
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError):
+        ChannelTransport("orders", hub="http://127.0.0.1:80")
+
+
+# -- real processes -----------------------------------------------------------------------
+
+
+def _await_recv(receiver: Proc, sender: Proc, body: str, timeout: float = 10.0) -> None:
+    """Send ``body`` repeatedly until ``receiver`` reports it (raw transport has no healing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sender.send(cmd="send", body=body)
+        try:
+            receiver.expect("recv", 0.1, where=lambda e: e["body"] == body)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+@pytest.mark.process
+def test_hub_host_killed_another_takes_over(rundir: Path) -> None:
+    procs = [Proc("raw", "--channel", "failover", "--runtime-dir", str(rundir)) for _ in range(3)]
+    try:
+        for p in procs:
+            p.expect("ready")
+        hosts = [p for p in procs if p.ask("status", "status")["host"]]
+        assert len(hosts) == 1
+        host = hosts[0]
+        rest = [p for p in procs if p is not host]
+        _await_recv(rest[0], rest[1], "before")
+        host.kill()
+        # one survivor takes the lock and binds the same paths; the other reconnects to it
+        deadline = time.monotonic() + 10
+        while not any(p.ask("status", "status")["host"] for p in rest):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        _await_recv(rest[0], rest[1], "after-1")
+        _await_recv(rest[1], rest[0], "after-2")
+    finally:
+        for p in procs:
+            p.kill()
+
+
+@pytest.mark.process
+def test_tcp_hub_command(rundir: Path) -> None:
+    port = free_port_pair()
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "localsync.cli", "hub", "--bind", f"tcp://127.0.0.1:{port}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    procs: list[Proc] = []
+    try:
+        assert hub.stdout is not None
+        assert f"tcp://127.0.0.1:{port + 1}" in hub.stdout.readline()
+        procs = [
+            Proc("raw", "--channel", "net", "--hub", f"tcp://127.0.0.1:{port}") for _ in range(2)
+        ]
+        for p in procs:
+            assert p.expect("ready")["host"] is False
+        _await_recv(procs[0], procs[1], "over-tcp")
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(10) == 0
+    finally:
+        for p in procs:
+            p.kill()
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
+
+
+_FOREIGN_PROBE = """
+import json, os, socket, sys
+folder, sock_path = sys.argv[1], sys.argv[2]
+out = {"uid": os.getuid()}
+try:
+    os.listdir(folder); out["listdir"] = "ok"
+except PermissionError:
+    out["listdir"] = "denied"
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sock_path); out["connect"] = "ok"
+except PermissionError:
+    out["connect"] = "denied"
+print(json.dumps(out))
+"""
+
+
+def _python_for(uid: int) -> str | None:
+    """An interpreter that user ``uid`` may run (ours may live under a private home)."""
+    for candidate in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+        if candidate and os.path.exists(candidate):
+            try:
+                ok = subprocess.run(
+                    [candidate, "-c", "pass"], user=uid, group=uid, capture_output=True, timeout=20
+                )
+            except PermissionError:
+                continue
+            if ok.returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.mark.process
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user")
+def test_another_user_cannot_reach_the_channel(rundir: Path) -> None:
+    python = _python_for(65534)
+    if python is None:
+        pytest.skip("no interpreter runnable by user nobody")
+
+    async def scenario() -> None:
+        t = ChannelTransport("private", runtime_dir=rundir)
+        await t.open()
+        try:
+            paths = channel_paths("private", rundir)
+            # the same probe as root succeeds, so a denial below is the permissions' doing
+            mine = subprocess.run(
+                [python, "-c", _FOREIGN_PROBE, str(rundir), str(paths.outbound)],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            assert json.loads(mine.stdout) == {"uid": 0, "listdir": "ok", "connect": "ok"}
+            theirs = subprocess.run(
+                [python, "-c", _FOREIGN_PROBE, str(rundir), str(paths.outbound)],
+                user=65534,
+                group=65534,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            assert json.loads(theirs.stdout) == {
+                "uid": 65534,
+                "listdir": "denied",
+                "connect": "denied",
+            }
+        finally:
+            t.close()
+
+    asyncio.run(scenario())
+
+
+def test_payload_is_msgpack_of_four_fields(rundir: Path) -> None:
+    """The documented wire format, observed with a plain SUB socket on the hub."""
+
+    async def scenario() -> None:
+        t = ChannelTransport("wire", runtime_dir=rundir)
+        await t.open()
+        try:
+            spy = zmq.Context.instance().socket(zmq.SUB)
+            spy.connect(channel_paths("wire", rundir).outbound_endpoint)
+            spy.subscribe(b"*")
+            deadline = time.monotonic() + 5
+            while True:
+                t.send(None, "req", 1, "")
+                if spy.poll(20):
+                    topic, payload = spy.recv_multipart()
+                    break
+                assert time.monotonic() < deadline
+            spy.close(0)
+            assert topic == b"*"
+            assert msgspec.msgpack.decode(payload) == [t.client_id, "req", 1, ""]
+        finally:
+            t.close()
+
+    asyncio.run(scenario())
