@@ -1,0 +1,216 @@
+"""SQLite persister: the incremental storage layer replayed against TinyBase's own transaction
+changes, its cost per transaction, corrupt databases, and the persister on a real store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localsync.persisters._filestore import CorruptContentError
+from localsync.persisters._sqlitestore import SqliteStorage
+
+VECTORS = Path(__file__).parent / "conformance"
+
+
+def _store_cases() -> list[dict[str, Any]]:
+    return json.loads((VECTORS / "store_traces.json").read_text())
+
+
+def _with_hashes(changes: list[Any], content: list[Any]) -> list[Any]:
+    """Changes-with-hashes as TinyBase builds them: the touched ids, stamps taken from the
+    content after the transaction (merge traces record the changes without hashes)."""
+    tables_stamp, values_stamp = content
+    tables: dict[str, Any] = {}
+    for table_id, table_change in changes[0][0].items():
+        table_stamp = tables_stamp[0].get(table_id)
+        if table_stamp is None:
+            continue
+        rows: dict[str, Any] = {}
+        for row_id, row_change in table_change[0].items():
+            row_stamp = table_stamp[0].get(row_id)
+            if row_stamp is None:
+                continue
+            cells = {
+                cell_id: row_stamp[0][cell_id]
+                for cell_id in row_change[0]
+                if cell_id in row_stamp[0]
+            }
+            rows[row_id] = [cells, row_stamp[1], row_stamp[2]]
+        tables[table_id] = [rows, table_stamp[1], table_stamp[2]]
+    values = {
+        value_id: values_stamp[0][value_id]
+        for value_id in changes[1][0]
+        if value_id in values_stamp[0]
+    }
+    return [
+        [tables, tables_stamp[1], tables_stamp[2]],
+        [values, values_stamp[1], values_stamp[2]],
+        1,
+    ]
+
+
+def _merge_store_histories() -> list[tuple[str, list[tuple[list[Any], list[Any]]]]]:
+    """Per store of every merge trace: (changes_with_hashes, content after) per transaction."""
+    histories = []
+    for case in json.loads((VECTORS / "merge_traces.json").read_text()):
+        for store in case["stores"]:
+            history = []
+            for step in case["steps"]:
+                after = step["after"][store]
+                for changes in after.get("transactions", []):
+                    history.append((_with_hashes(changes, after["content"]), after["content"]))
+            histories.append((f"{case['name']}-{store}", history))
+    return histories
+
+
+def _replay(storage: SqliteStorage, history: list[tuple[list[Any], list[Any]]]) -> int:
+    """Save each transaction as the persister does; return how many needed a full save."""
+    full = 0
+    for changes, after in history:
+        if storage.write_changes(changes) is None:
+            full += 1
+            storage.write_content(after)
+        assert storage.read_content() == after
+    return full
+
+
+@pytest.mark.parametrize("case", _store_cases(), ids=lambda case: case["name"])
+def test_incremental_saves_rebuild_tinybase_content(tmp_path: Path, case: dict[str, Any]) -> None:
+    storage = SqliteStorage(tmp_path / "s.db")
+    assert storage.read_content() is None
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    history = [
+        (tx["changes_with_hashes"], step["after"]["content"])
+        for step in case["steps"]
+        for tx in step["transactions"]
+    ]
+    full = _replay(storage, history)
+    if case["name"] != "apply_and_set_mergeable":
+        assert full == 0, "plain local writes must all be saved incrementally"
+    storage.close()
+
+
+def test_changes_that_omit_stamp_changes_fall_back_to_full_save(tmp_path: Path) -> None:
+    """TinyBase's transaction changes omit a deletion of a cell the store never had and the
+    tables dropped by setMergeableContent; the hashes give them away, and saving must not
+    persist a content whose hashes do not match its cells."""
+    case = next(c for c in _store_cases() if c["name"] == "apply_and_set_mergeable")
+    storage = SqliteStorage(tmp_path / "s.db")
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    history = [
+        (tx["changes_with_hashes"], step["after"]["content"])
+        for step in case["steps"]
+        for tx in step["transactions"]
+    ]
+    assert _replay(storage, history) == 2
+
+
+@pytest.mark.parametrize(("name", "history"), _merge_store_histories())
+def test_merged_histories_rebuild_tinybase_content(
+    tmp_path: Path, name: str, history: list[tuple[list[Any], list[Any]]]
+) -> None:
+    storage = SqliteStorage(tmp_path / "m.db")
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    _replay(storage, history)
+
+
+def _big_content(rows: int, cells_per_row: int = 10) -> list[Any]:
+    """Content shaped like a store's (hash values are arbitrary but consistent per level)."""
+    from localsync.hash import get_value_in_values_hash as h
+
+    table: dict[str, Any] = {}
+    table_hash = 0
+    for r in range(rows):
+        row = {
+            f"c{c}": [r * 100 + c, "NjEtLV-----VnP9x", (r * 100 + c) & 0xFFFF] for c in range(10)
+        }
+        row_hash = 0
+        for cell_id, stamp in row.items():
+            row_hash ^= h(cell_id, stamp[2]) ^ h(cell_id, 0)
+        table[f"r{r}"] = [row, "", row_hash]
+        table_hash ^= h(f"r{r}", row_hash)
+    tables_hash = h("t", table_hash)
+    return [[{"t": [table, "", table_hash]}, "", tables_hash], [{}, "", 0]]
+
+
+def _one_cell_change(content: list[Any], row: int, value: int) -> list[Any]:
+    """Changes-with-hashes for setting t/r<row>/c0, derived the way the store derives them."""
+    from localsync.hash import get_value_in_values_hash as h
+
+    table_stamp = content[0][0]["t"]
+    row_stamp = table_stamp[0][f"r{row}"]
+    old_cell_hash = row_stamp[0]["c0"][2]
+    new_cell_hash = (old_cell_hash + 1) & 0xFFFFFFFF
+    row_hash = row_stamp[2] ^ h("c0", old_cell_hash) ^ h("c0", new_cell_hash)
+    table_hash = table_stamp[2] ^ h(f"r{row}", row_stamp[2]) ^ h(f"r{row}", row_hash)
+    tables_hash = content[0][2] ^ h("t", table_stamp[2]) ^ h("t", table_hash)
+    row_stamp[0]["c0"] = [value, "NjEtLW-----VnP9x", new_cell_hash]
+    row_stamp[2], table_stamp[2], content[0][2] = row_hash, table_hash, tables_hash
+    return [
+        [
+            {
+                "t": [
+                    {f"r{row}": [{"c0": [value, "NjEtLW-----VnP9x", new_cell_hash]}, "", row_hash]},
+                    "",
+                    table_hash,
+                ]
+            },
+            "",
+            tables_hash,
+        ],
+        [{}, "", 0],
+        1,
+    ]
+
+
+@pytest.mark.parametrize("rows", [100, 10_000])
+def test_a_transaction_writes_only_its_rows(tmp_path: Path, rows: int) -> None:
+    """The work of a save is counted in SQLite row changes, not timed: it must not depend on
+    the size of the store."""
+    content = _big_content(rows)
+    storage = SqliteStorage(tmp_path / "big.db")
+    storage.write_content(content)
+    conn = storage._connect()
+    before = conn.total_changes
+    assert storage.write_changes(_one_cell_change(content, rows // 2, -1)) == 1
+    # one cell + its row + its table + the meta row
+    assert conn.total_changes - before == 4
+    assert storage.read_content() == content
+
+
+def test_not_a_database_is_corrupt_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    garbage = b"this is not sqlite" * 300
+    path.write_bytes(garbage)
+    storage = SqliteStorage(path)
+    with pytest.raises(CorruptContentError):
+        storage.read_content()
+    with pytest.raises((CorruptContentError, sqlite3.DatabaseError)):
+        storage.write_content([[{}, "", 0], [{}, "", 0]])
+    assert path.read_bytes() == garbage
+
+
+def test_orphan_rows_are_corrupt(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "o.db")
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    storage._connect().execute(
+        "INSERT INTO localsync_cells VALUES ('t', 'r', 'c', '1', 'NjEtLV-----VnP9x', 1)"
+    )
+    with pytest.raises(CorruptContentError):
+        storage.read_content()
+
+
+def test_data_version_moves_when_another_connection_commits(tmp_path: Path) -> None:
+    path = tmp_path / "dv.db"
+    mine = SqliteStorage(path)
+    other = SqliteStorage(path)
+    mine.write_content([[{}, "", 0], [{}, "", 0]])
+    version = mine.data_version()
+    mine.write_content([[{}, "", 0], [{"v": [1, "NjEtLV-----VnP9x", 5]}, "", 7]])
+    assert mine.data_version() == version  # own commits do not count
+    other.write_content([[{}, "", 0], [{}, "", 0]])
+    assert mine.data_version() != version
