@@ -14,8 +14,9 @@ Roles:
                    {"cmd": "write_loop", "table": T, "count": N} (one cell per transaction,
                    as fast as possible, then event "written"),
                    {"cmd": "hashes"}, {"cmd": "content"}, {"cmd": "wait_ack", "timeout": S},
-                   {"cmd": "status"}, {"cmd": "exit"}
-         events:   ready{id, host}, hashes{value}, content{value}, acked{ok}, status{host}
+                   {"cmd": "status"}, {"cmd": "stats"}, {"cmd": "exit"}
+         events:   ready{id, host}, hashes{value}, content{value}, acked{ok}, status{host},
+                   stats{channel, sync}
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ async def _sync(args: argparse.Namespace) -> None:
                 _emit("acked", ok=False)
         elif cmd == "status":
             _emit("status", host=sync.is_hub_host)
+        elif cmd == "stats":
+            _emit("stats", channel=sync.get_channel_stats(), sync=sync.get_synchronizer_stats())
         elif cmd == "exit":
             break
     await sync.destroy()

@@ -1,0 +1,137 @@
+"""The coordinator keeps what it acknowledged across SIGTERM restarts and crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localsync.coordinator import data_file
+from tests.channel_procs import ROOT, Proc
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class CoordinatorProc:
+    def __init__(self, rundir: Path, data: Path, channel: str, persister: str) -> None:
+        self.popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "localsync.cli",
+                "coordinator",
+                "--channel",
+                channel,
+                "--data",
+                str(data),
+                "--persister",
+                persister,
+                "--runtime-dir",
+                str(rundir),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()  # bounded by the test timeout
+        if not line:
+            raise RuntimeError(self.popen.stderr.read() if self.popen.stderr else "no output")
+        self.ready = json.loads(line)
+
+    def terminate(self) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(30)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+
+def worker(rundir: Path, channel: str) -> Proc:
+    p = Proc("sync", "--channel", channel, "--runtime-dir", str(rundir))
+    p.expect("ready", 20)
+    return p
+
+
+def content_of(p: Proc) -> dict:
+    return p.ask("content", "content")["value"]
+
+
+@pytest.mark.parametrize("persister", ["sqlite", "file"])
+def test_coordinator_restart_loses_nothing_acknowledged(rundir: Path, persister: str) -> None:
+    data = rundir / "data"
+    coordinator = CoordinatorProc(rundir, data, "orders", persister)
+    procs: list[Proc] = []
+    try:
+        assert coordinator.ready["data"] == str(data_file("orders", data, persister))
+        a, b = worker(rundir, "orders"), worker(rundir, "orders")
+        procs += [a, b]
+        a.send(cmd="set", cells=[["t", "a", "n", 1], ["t", "a", "o", {"x": [1]}]])
+        b.send(cmd="set", cells=[["t", "b", "n", 2]])
+        b.send(cmd="write_loop", table="many", count=500)
+        b.expect("written", 30)
+        assert a.ask("wait_ack", "acked", 40, timeout=30)["ok"] is True
+        acked = content_of(a)
+        assert b.ask("wait_ack", "acked", 40, timeout=30)["ok"] is True
+        assert content_of(b) == acked
+        for p in procs:
+            assert p.close() == 0
+        assert coordinator.terminate() == 0  # SIGTERM: final save, exit 0
+
+        # everyone is gone; a new coordinator and a new worker find everything
+        coordinator = CoordinatorProc(rundir, data, "orders", persister)
+        late = worker(rundir, "orders")
+        procs.append(late)
+        late.send(cmd="set", cells=[["t", "late", "n", 3]])
+        assert late.ask("wait_ack", "acked", 40, timeout=30)["ok"] is True
+        restored = content_of(late)
+        assert {k: v for k, v in restored[0]["t"].items() if k != "late"} == acked[0]["t"]
+        assert restored[0]["many"] == acked[0]["many"]
+
+        # a crash (SIGKILL) right after an acknowledgement loses nothing either
+        assert late.close() == 0  # so that only the coordinator can serve the next joiner
+        coordinator.kill()
+        coordinator = CoordinatorProc(rundir, data, "orders", persister)
+        fresh = worker(rundir, "orders")
+        procs.append(fresh)
+        assert fresh.ask("wait_ack", "acked", 40, timeout=30)["ok"] is True
+        assert content_of(fresh) == restored
+    finally:
+        for p in procs:
+            p.kill()
+        coordinator.kill()
+
+
+def test_coordinator_rejects_bad_arguments(rundir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "", "--data", "x"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "empty" in result.stderr
+    assert data_file("a b/c", rundir).name.startswith("channel-")
+    with pytest.raises(ValueError):
+        data_file("x", rundir, "postgres")
