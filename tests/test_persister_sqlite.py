@@ -214,3 +214,24 @@ def test_data_version_moves_when_another_connection_commits(tmp_path: Path) -> N
     assert mine.data_version() == version  # own commits do not count
     other.write_content([[{}, "", 0], [{}, "", 0]])
     assert mine.data_version() != version
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in _store_cases() if c["name"] != "apply_and_set_mergeable"],
+    ids=lambda case: case["name"],
+)
+def test_a_coalesced_burst_is_one_incremental_write(tmp_path: Path, case: dict[str, Any]) -> None:
+    """Auto-save folds queued transactions into one change set; saving it in one go gives
+    the same database as saving each transaction."""
+    from localsync.persisters._common import merge_changes
+
+    burst = None
+    for step in case["steps"]:
+        for tx in step["transactions"]:
+            burst = merge_changes(burst, tx["changes_with_hashes"])
+    assert burst is not None
+    storage = SqliteStorage(tmp_path / "c.db")
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    assert storage.write_changes(burst) is not None
+    assert storage.read_content() == case["steps"][-1]["after"]["content"]
