@@ -145,3 +145,80 @@ def test_cell_hash_of_int_beyond_2_53_matches_the_double_javascript_sees() -> No
     # a JavaScript peer receives 2**53 + 1 as the double 2**53
     assert get_cell_hash(2**53 + 1, "x") == get_cell_hash(float(2**53), "x")
     assert get_cell_hash(2**53 + 1, "x") == get_hash("9007199254740992:x")
+
+
+# --------------------------------------------------------------------------- against TinyBase
+
+_TINYBASE_HASH_SCRIPT = r"""
+import {getHash, getValueHash, getValuesHash, getTableHash} from 'tinybase';
+import {readFileSync} from 'node:fs';
+const {strings, values, maps} = JSON.parse(readFileSync(0, 'utf8'));
+console.log(JSON.stringify({
+  strings: strings.map((s) => getHash(s)),
+  values: values.map(([text, hlc]) => getValueHash(JSON.parse(text), hlc)),
+  maps: maps.map((m) => [getValuesHash(m), getTableHash(m)]),
+}));
+"""
+
+
+def _random_text(rng: Any, max_size: int = 12) -> str:
+    pools = [
+        'abcxyz019 :"\\/',
+        "\x00\x01\x08\t\n\x0c\r\x1f\x7f",
+        "é中ß\u2028\u2029\ufeff\uffff",
+        "😀𝄞",
+        "\ud800\udbff\udc00\udfff",  # surrogates: lone, or paired by chance
+    ]
+    return "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(max_size + 1)))
+
+
+def _random_json(rng: Any, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth < 3 and roll < 0.15:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if depth < 3 and roll < 0.3:
+        keys = [_random_text(rng, 4) for _ in range(rng.randrange(4))]
+        keys += [str(rng.randrange(12)), rng.choice(["01", "-1", "4294967294", "4294967295"])]
+        return {key: _random_json(rng, depth + 1) for key in keys}
+    return rng.choice(
+        [
+            None,
+            True,
+            False,
+            rng.randrange(-(2**60), 2**60),
+            rng.randrange(-1000, 1000),
+            rng.uniform(-1e6, 1e6),
+            rng.random() * 10 ** rng.randrange(-30, 30),
+            _random_text(rng),
+        ]
+    )
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(300)
+def test_random_strings_and_values_hash_like_tinybase(tmp_path: Path) -> None:
+    """Random text (control chars, astral, lone surrogates) and JSON values vs TinyBase."""
+    import random
+
+    from tests import npm_env
+
+    npm_env.require_node()
+    rng = random.Random(11)
+    strings = [_random_text(rng, 40) for _ in range(2000)]
+    values = [(_random_json(rng), rng.choice(["", "NjEtLV-----7JQY8"])) for _ in range(2000)]
+    maps = [
+        {_random_text(rng, 5): rng.randrange(2**32) for _ in range(rng.randrange(5))}
+        for _ in range(300)
+    ]
+    request = {
+        # ensure_ascii escapes lone surrogates; JSON.parse restores them as lone code units
+        "strings": strings,
+        "values": [[json.dumps(value), hlc] for value, hlc in values],
+        "maps": maps,
+    }
+    script = tmp_path / "localsync_hash_oracle.mjs"
+    script.write_text(_TINYBASE_HASH_SCRIPT)
+    expected = npm_env.run_node_json(script, stdin=json.dumps(request), timeout=120)
+    assert [get_hash(s) for s in strings] == expected["strings"]
+    assert [get_value_hash(value, hlc) for value, hlc in values] == expected["values"]
+    assert [[get_values_hash(m), get_table_hash(m)] for m in maps] == expected["maps"]

@@ -189,3 +189,65 @@ def test_seen_hlc_of_invalid_or_empty_leaves_a_running_clock_alone(hlc: Any) -> 
     state = (functions.get_last_logical_time(), functions.get_last_counter())
     functions.seen_hlc(hlc)
     assert (functions.get_last_logical_time(), functions.get_last_counter()) == state
+
+
+# --------------------------------------------------------------------------- against TinyBase
+
+_TINYBASE_HLC_SCRIPT = r"""
+import {getHlcFunctions} from 'tinybase';
+import {readFileSync} from 'node:fs';
+const sequences = JSON.parse(readFileSync(0, 'utf8'));
+const results = sequences.map(({uniqueId, steps}) => {
+  let now = 0;
+  const [getNextHlc, seenHlc, , , getLastLogicalTime, getLastCounter] =
+    getHlcFunctions(uniqueId, () => now);
+  return steps.map(([stepNow, remote]) => {
+    now = stepNow;
+    const hlc = remote === null ? getNextHlc() : (seenHlc(remote), null);
+    return [hlc, getLastLogicalTime(), getLastCounter()];
+  });
+});
+console.log(JSON.stringify(results));
+"""
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(300)
+def test_random_clock_sequences_match_tinybase(tmp_path: Path) -> None:
+    """Random clocks, remote HLCs (valid, far-future, malformed) and overflow: vs TinyBase."""
+    import random
+
+    from tests import npm_env
+
+    npm_env.require_node()
+    rng = random.Random(7)
+    base = 1_700_000_000_000
+    encode_hlc = get_hlc_functions("remote").encode_hlc
+    sequences = []
+    for index in range(300):
+        steps: list[list[Any]] = []
+        now = base
+        for _ in range(rng.randrange(1, 40)):
+            now += rng.choice([0, 0, 0, 1, 2, -3, 1000, -400_000, 300_000])
+            roll = rng.random()
+            if roll < 0.55:
+                remote = None
+            elif roll < 0.85:
+                remote_time = now + rng.choice([-5, 0, 0, 1, 299_999, 300_000, 300_001])
+                counter = rng.choice([0, 1, 2**24 - 2, 2**24 - 1, rng.randrange(2**24)])
+                remote = encode_hlc(remote_time, counter)
+            else:
+                remote = rng.choice(["", "short", "zzzzzzzzzzzzzzzz", "NjEtLV-----7JQY!", "x" * 17])
+            steps.append([now, remote])
+        sequences.append({"uniqueId": f"s{index}", "steps": steps})
+    script = tmp_path / "localsync_hlc_oracle.mjs"
+    script.write_text(_TINYBASE_HLC_SCRIPT)
+    expected = npm_env.run_node_json(script, stdin=json.dumps(sequences), timeout=120)
+    for sequence, tinybase_steps in zip(sequences, expected, strict=True):
+        clock = FakeClock()
+        functions = get_hlc_functions(sequence["uniqueId"], clock)
+        for (now, remote), tinybase_step in zip(sequence["steps"], tinybase_steps, strict=True):
+            clock.now = now
+            hlc = functions.get_next_hlc() if remote is None else functions.seen_hlc(remote)
+            ours = [hlc, functions.get_last_logical_time(), functions.get_last_counter()]
+            assert ours == tinybase_step, (sequence["uniqueId"], now, remote)
