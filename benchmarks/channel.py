@@ -1,0 +1,578 @@
+"""Channel synchronizer benchmark against raw pyzmq + msgspec over the same kind of sockets.
+
+Run: ``python -m benchmarks.channel`` (``--quick`` for a small smoke run). Prints a table and
+writes ``benchmarks/results/channel.json``.
+
+Scenarios (each one in fresh processes, on a fresh channel in a private runtime folder):
+
+(a) fan-out: 1 writer, R reader processes (R = 3 and 7); the writer makes ``cells / 10``
+    transactions of one 10-cell row each; time from the writer's first write until every
+    reader holds all cells. Raw baseline: the same number of messages, each the msgpack of a
+    10-cell ContentDiff-shaped body, PUB -> XSUB/XPUB proxy -> SUB, decoded by the readers.
+(b) one-way latency of a single-cell change, p50 and p99 (CLOCK_MONOTONIC is system-wide on
+    Linux, so sender and receiver timestamps compare). Raw baseline: a single-cell body
+    through the same proxy.
+(c) a process joining a channel that holds ``join_cells`` cells: time from creating its
+    synchronizer until it holds everything. Baselines: the holder's encoded mergeable content
+    as one msgpack message through the proxy (decode only, and decode + set into a store),
+    and the same bytes handed over in ``multiprocessing.shared_memory``.
+
+Ratios are against the raw figure measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CELLS_PER_ROW = 10
+_ctx = mp.get_context("spawn")
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _row_body(i: int, stamp: str) -> list[Any]:
+    """A ContentDiff body of one 10-cell row, shaped as the engine sends it."""
+    cells = {f"c{j}": [i * CELLS_PER_ROW + j, stamp, 0] for j in range(CELLS_PER_ROW)}
+    return [[{"t": [{f"r{i}": [cells, stamp]}, stamp]}, stamp], [{}, ""], 1]
+
+
+# -- raw pyzmq roles -------------------------------------------------------------------
+
+
+def _raw_reader(endpoint: str, expected_cells: int, out: Any) -> None:
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.rcvhwm = 100_000
+    sub.connect(endpoint)
+    sub.subscribe(b"*")
+    decoder = msgspec.msgpack.Decoder()
+    cells = 0
+    joined = False
+    while cells < expected_cells:
+        _topic, payload = sub.recv_multipart()
+        if payload == b"probe":
+            if not joined:
+                joined = True
+                out.put(("ready", None))
+            continue
+        _from, _req, _msg, body = decoder.decode(payload)
+        for rows in body[0][0].values():
+            for row in rows[0].values():
+                cells += len(row[0])
+    out.put(("done", _now()))
+
+
+def _raw_latency_reader(endpoint: str, count: int, out: Any) -> None:
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(endpoint)
+    sub.subscribe(b"*")
+    decoder = msgspec.msgpack.Decoder()
+    latencies: list[float] = []
+    joined = False
+    while len(latencies) < count:
+        _topic, payload = sub.recv_multipart()
+        if payload == b"probe":
+            if not joined:
+                joined = True
+                out.put(("ready", None))
+            continue
+        body = decoder.decode(payload)[3]
+        sent = body[0][0]["lat"][0]["r"][0]["c"][0]
+        latencies.append((time.monotonic_ns() - sent) / 1e6)
+    out.put(("done", latencies))
+
+
+def _raw_publisher(endpoint: str, go: Any, mode: str, n: int, out: Any) -> None:
+    import queue as queue_module
+
+    import zmq
+
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.sndhwm = 100_000
+    pub.connect(endpoint)
+    encoder = msgspec.msgpack.Encoder()
+    while True:  # prove the path: readers report the first probe they see
+        pub.send_multipart([b"*", b"probe"])
+        try:
+            go.get(timeout=0.01)
+            break
+        except queue_module.Empty:
+            pass
+    stamp = "Nn1JUF-----7JQY8"
+    if mode == "fanout":
+        start = _now()
+        for i in range(n):
+            body = _row_body(i, stamp)
+            pub.send_multipart([b"*", encoder.encode(("0123456789abcdef", None, 3, body))])
+        out.put(("start", start))
+    else:
+        for _ in range(n):
+            body = [
+                [{"lat": [{"r": [{"c": [time.monotonic_ns(), stamp, 0]}, stamp]}, stamp]}, stamp],
+                [{}, ""],
+                1,
+            ]
+            pub.send_multipart([b"*", encoder.encode(("0123456789abcdef", None, 3, body))])
+            time.sleep(0.002)
+        out.put(("start", 0.0))
+    time.sleep(0.5)
+    pub.close()
+
+
+# -- channel roles ---------------------------------------------------------------------
+
+
+async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
+    from localsync import create_mergeable_store
+    from localsync.synchronizers.channel import create_channel_synchronizer
+
+    store = create_mergeable_store()
+    sync = create_channel_synchronizer(store, channel, runtime_dir=rundir)
+    await sync.start_sync()
+    return store, sync
+
+
+async def _wait_rows(store: Any, rows: int, table: str = "t") -> None:
+    while not store.has_table(table) or len(store.get_row_ids(table)) < rows:
+        await asyncio.sleep(0.002)
+
+
+def _cell_count(store: Any, table: str = "t") -> int:
+    return sum(len(row) for row in store.get_table(table).values())
+
+
+def _channel_reader(rundir: str, channel: str, expected_cells: int, out: Any) -> None:
+    async def run() -> None:
+        store, sync = await _open(rundir, channel)
+        out.put(("ready", None))
+        await _wait_rows(store, expected_cells // CELLS_PER_ROW)
+        done = _now()
+        assert _cell_count(store) == expected_cells
+        out.put(("done", done))
+        await asyncio.sleep(0.5)  # keep answering while the others finish
+        await sync.destroy()
+
+    asyncio.run(run())
+
+
+def _channel_writer(rundir: str, channel: str, go: Any, mode: str, n: int, out: Any) -> None:
+    async def run() -> None:
+        store, sync = await _open(rundir, channel)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, go.get)
+        if mode == "fanout":
+            start = _now()
+            for i in range(n):
+                with store.transaction():
+                    for j in range(CELLS_PER_ROW):
+                        store.set_cell("t", f"r{i}", f"c{j}", i * CELLS_PER_ROW + j)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            out.put(("start", start))
+            await asyncio.sleep(3)  # answer anti-entropy requests while readers catch up
+        else:
+            for _ in range(n):
+                store.set_cell("lat", "r", "c", time.monotonic_ns())
+                await asyncio.sleep(0.002)
+            out.put(("start", 0.0))
+            await asyncio.sleep(1)
+        await sync.destroy()
+
+    asyncio.run(run())
+
+
+def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> None:
+    async def run() -> None:
+        store, sync = await _open(rundir, channel)
+        latencies: list[float] = []
+        done = asyncio.Event()
+
+        def on_cell(_store: Any, *args: Any) -> None:
+            value = _store.get_cell("lat", "r", "c")
+            if isinstance(value, int):
+                latencies.append((time.monotonic_ns() - value) / 1e6)
+                if len(latencies) >= count:
+                    done.set()
+
+        store.add_cell_listener("lat", "r", "c", on_cell)
+        out.put(("ready", None))
+        await done.wait()
+        out.put(("done", latencies))
+        await sync.destroy()
+
+    asyncio.run(run())
+
+
+def _holder(rundir: str, channel: str, cells: int, go: Any, out: Any) -> None:
+    """Hold ``cells`` cells on the channel; also offer them raw (socket and shared memory)."""
+
+    async def run() -> None:
+        from multiprocessing import shared_memory
+
+        import zmq
+
+        store, sync = await _open(rundir, channel)
+        start = _now()
+        rows = cells // CELLS_PER_ROW
+        for base in range(0, rows, 1000):
+            with store.transaction():
+                for i in range(base, min(base + 1000, rows)):
+                    for j in range(CELLS_PER_ROW):
+                        store.set_cell("t", f"r{i}", f"c{j}", i * CELLS_PER_ROW + j)
+            await asyncio.sleep(0)
+        built = _now() - start
+        encode_start = _now()
+        payload = msgspec.msgpack.encode(store._get_encoded_mergeable_content())
+        encoded = _now() - encode_start
+        shm = shared_memory.SharedMemory(create=True, size=len(payload))
+        shm.buf[: len(payload)] = payload
+        out.put(
+            (
+                "held",
+                {"build_s": built, "encode_s": encoded, "bytes": len(payload), "shm": shm.name},
+            )
+        )
+        loop = asyncio.get_running_loop()
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(f"ipc://{rundir}/raw.in")
+        while True:
+            command = await loop.run_in_executor(None, go.get)
+            if command == "raw":
+                pub.send_multipart([b"*", payload])
+            elif command == "probe":
+                pub.send_multipart([b"*", b"probe"])
+            elif command == "exit":
+                break
+        pub.close(0)
+        shm.close()
+        shm.unlink()
+        await sync.destroy()
+
+    asyncio.run(run())
+
+
+def _joiner(rundir: str, channel: str, cells: int, out: Any) -> None:
+    async def run() -> None:
+        start = _now()
+        store, sync = await _open(rundir, channel)
+        synced = _now()
+        await _wait_rows(store, cells // CELLS_PER_ROW)
+        done = _now()
+        assert _cell_count(store) == cells
+        out.put(("done", {"total_s": done - start, "start_sync_s": synced - start}))
+        await sync.destroy()
+
+    asyncio.run(run())
+
+
+def _raw_joiner(endpoint: str, shm_name: str, out: Any) -> None:
+    from multiprocessing import shared_memory
+
+    import zmq
+
+    from localsync import create_mergeable_store
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.rcvhwm = 100_000
+    sub.connect(endpoint)
+    sub.subscribe(b"*")
+    out.put(("subscribed", None))
+    while True:
+        _topic, payload = sub.recv_multipart(copy=False)
+        if bytes(payload.buffer[:5]) == b"probe":
+            out.put(("ready", None))
+            continue
+        received = _now()
+        break
+    content = msgspec.msgpack.decode(payload.buffer)
+    decoded = _now()
+    store = create_mergeable_store()
+    store._set_encoded_mergeable_content(content)
+    applied = _now()
+    shm_start = _now()
+    shm = shared_memory.SharedMemory(name=shm_name)
+    content2 = msgspec.msgpack.decode(shm.buf)
+    shm_decoded = _now()
+    store2 = create_mergeable_store()
+    store2._set_encoded_mergeable_content(content2)
+    shm_applied = _now()
+    del content2
+    shm.close()
+    out.put(
+        (
+            "done",
+            {
+                "recv_at": received,
+                "decode_s": decoded - received,
+                "apply_s": applied - decoded,
+                "shm_decode_s": shm_decoded - shm_start,
+                "shm_apply_s": shm_applied - shm_decoded,
+            },
+        )
+    )
+
+
+# -- orchestration ---------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.rundir = Path(tempfile.mkdtemp(prefix="lsb-", dir="/tmp"))
+        os.chmod(self.rundir, 0o700)
+        self.counter = 0
+        self.hub: Any = None
+
+    def proxy(self) -> tuple[str, str]:
+        """A raw XSUB/XPUB proxy (the same code the channel hub runs), for the baselines."""
+        from localsync.hub import LocalHub
+        from localsync.runtime import ChannelPaths
+
+        if self.hub is None:
+            folder = self.rundir
+            paths = ChannelPaths(folder, folder / "raw.lock", folder / "raw.in", folder / "raw.out")
+            self.hub = LocalHub(paths).start()
+            self.hub.wait_host(5)
+        return self.hub.paths.inbound_endpoint, self.hub.paths.outbound_endpoint
+
+    def channel(self) -> str:
+        self.counter += 1
+        return f"bench-{self.counter}"
+
+    def close(self) -> None:
+        if self.hub is not None:
+            self.hub.stop()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _collect(queue: Any, kind: str, n: int, timeout: float) -> list[Any]:
+    items = []
+    deadline = _now() + timeout
+    while len(items) < n:
+        event, value = queue.get(timeout=max(0.1, deadline - _now()))
+        if event == kind:
+            items.append(value)
+    return items
+
+
+def _join_all(procs: list[Any]) -> None:
+    for p in procs:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+
+
+def fanout(bench: Bench, readers: int, cells: int, raw: bool) -> float:
+    out, go = _ctx.Queue(), _ctx.Queue()
+    rows = cells // CELLS_PER_ROW
+    if raw:
+        inbound, outbound = bench.proxy()
+        procs = [
+            _ctx.Process(target=_raw_reader, args=(outbound, cells, out)) for _ in range(readers)
+        ]
+        procs.append(_ctx.Process(target=_raw_publisher, args=(inbound, go, "fanout", rows, out)))
+    else:
+        channel = bench.channel()
+        rd = str(bench.rundir)
+        procs = [
+            _ctx.Process(target=_channel_reader, args=(rd, channel, cells, out))
+            for _ in range(readers)
+        ]
+        procs.append(
+            _ctx.Process(target=_channel_writer, args=(rd, channel, go, "fanout", rows, out))
+        )
+    for p in procs:
+        p.start()
+    _collect(out, "ready", readers, 60)
+    go.put("go")
+    finished = []
+    start = None
+    deadline = _now() + 300
+    while len(finished) < readers or start is None:
+        event, value = out.get(timeout=max(0.1, deadline - _now()))
+        if event == "done":
+            finished.append(value)
+        elif event == "start":
+            start = value
+    _join_all(procs)
+    return max(finished) - start
+
+
+def latency(bench: Bench, count: int, raw: bool) -> tuple[float, float]:
+    out, go = _ctx.Queue(), _ctx.Queue()
+    if raw:
+        inbound, outbound = bench.proxy()
+        procs = [
+            _ctx.Process(target=_raw_latency_reader, args=(outbound, count, out)),
+            _ctx.Process(target=_raw_publisher, args=(inbound, go, "latency", count + 50, out)),
+        ]
+    else:
+        channel = bench.channel()
+        rd = str(bench.rundir)
+        procs = [
+            _ctx.Process(target=_channel_latency_reader, args=(rd, channel, count + 50, out)),
+            _ctx.Process(
+                target=_channel_writer, args=(rd, channel, go, "latency", count + 60, out)
+            ),
+        ]
+    for p in procs:
+        p.start()
+    _collect(out, "ready", 1, 60)
+    go.put("go")
+    samples = _collect(out, "done", 1, 120)[0][50:]  # skip warm-up
+    _join_all(procs)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def join(bench: Bench, cells: int) -> dict[str, float]:
+    out, go = _ctx.Queue(), _ctx.Queue()
+    channel = bench.channel()
+    rd = str(bench.rundir)
+    _inbound, outbound = bench.proxy()
+    holder = _ctx.Process(target=_holder, args=(rd, channel, cells, go, out))
+    holder.start()
+    held = _collect(out, "held", 1, 600)[0]
+    result = {"build_s": held["build_s"], "encode_s": held["encode_s"], "bytes": held["bytes"]}
+    # raw: one message through the proxy, and the shared-memory hand-over
+    raw = _ctx.Process(target=_raw_joiner, args=(outbound, held["shm"], out))
+    raw.start()
+    _collect(out, "subscribed", 1, 60)
+    while True:
+        go.put("probe")
+        try:
+            _collect(out, "ready", 1, 0.2)
+            break
+        except Exception:
+            continue
+    sent = _now()
+    go.put("raw")
+    detail = _collect(out, "done", 1, 600)[0]
+    raw.join(60)
+    result["raw_transfer_s"] = detail["recv_at"] - sent
+    result["raw_decode_s"] = detail["decode_s"]
+    result["raw_apply_s"] = detail["apply_s"]
+    result["shm_decode_s"] = detail["shm_decode_s"]
+    result["shm_apply_s"] = detail["shm_apply_s"]
+    joiner = _ctx.Process(target=_joiner, args=(rd, channel, cells, out))
+    joiner.start()
+    done = _collect(out, "done", 1, 600)[0]
+    result["channel_join_s"] = done["total_s"]
+    result["channel_start_sync_s"] = done["start_sync_s"]
+    go.put("exit")
+    _join_all([joiner, holder])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--cells", type=int, default=100_000)
+    parser.add_argument("--join-cells", type=int, default=1_000_000)
+    parser.add_argument("--latency-samples", type=int, default=1000)
+    parser.add_argument("--readers", default="3,7")
+    parser.add_argument("--skip", default="", help="comma list of fanout,latency,join")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cells, args.join_cells, args.latency_samples = 10_000, 50_000, 200
+    skip = set(filter(None, args.skip.split(",")))
+    bench = Bench()
+    results: dict[str, Any] = {"params": vars(args)}
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        if "fanout" not in skip:
+            for readers in [int(r) for r in args.readers.split(",")]:
+                raw = fanout(bench, readers, args.cells, raw=True)
+                chan = fanout(bench, readers, args.cells, raw=False)
+                results[f"fanout_{readers}"] = {
+                    "raw_s": raw,
+                    "channel_s": chan,
+                    "ratio": chan / raw,
+                }
+                rows.append(
+                    (
+                        f"fan-out 1->{readers}, {args.cells} cells",
+                        f"{raw:.3f} s",
+                        f"{chan:.3f} s",
+                        f"{chan / raw:.1f}x",
+                    )
+                )
+                print(rows[-1], flush=True)
+        if "latency" not in skip:
+            raw50, raw99 = latency(bench, args.latency_samples, raw=True)
+            ch50, ch99 = latency(bench, args.latency_samples, raw=False)
+            results["latency"] = {
+                "raw_p50_ms": raw50,
+                "raw_p99_ms": raw99,
+                "channel_p50_ms": ch50,
+                "channel_p99_ms": ch99,
+                "p50_ratio": ch50 / raw50,
+                "p99_ratio": ch99 / raw99,
+            }
+            rows.append(
+                ("latency p50", f"{raw50:.3f} ms", f"{ch50:.3f} ms", f"{ch50 / raw50:.1f}x")
+            )
+            rows.append(
+                ("latency p99", f"{raw99:.3f} ms", f"{ch99:.3f} ms", f"{ch99 / raw99:.1f}x")
+            )
+            print(rows[-2:], flush=True)
+        if "join" not in skip:
+            j = join(bench, args.join_cells)
+            results["join"] = j
+            raw_total = j["raw_transfer_s"] + j["raw_decode_s"]
+            rows.append(
+                (
+                    f"join {args.join_cells} cells (transfer+decode)",
+                    f"{raw_total:.3f} s",
+                    f"{j['channel_join_s']:.3f} s",
+                    f"{j['channel_join_s'] / raw_total:.1f}x",
+                )
+            )
+            rows.append(("  raw + set into store", f"{raw_total + j['raw_apply_s']:.3f} s", "", ""))
+            rows.append(
+                (
+                    "  shared memory decode + set",
+                    f"{j['shm_decode_s'] + j['shm_apply_s']:.3f} s",
+                    "",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "  holder build / encode / bytes",
+                    f"{j['build_s']:.1f} s",
+                    f"{j['encode_s']:.2f} s",
+                    f"{j['bytes'] / 1e6:.1f} MB",
+                )
+            )
+    finally:
+        bench.close()
+    width = max(len(r[0]) for r in rows) if rows else 10
+    print(f"\n{'scenario':<{width}}  {'raw':>12}  {'channel':>12}  {'ratio':>8}")
+    for name, raw_s, chan_s, ratio in rows:
+        print(f"{name:<{width}}  {raw_s:>12}  {chan_s:>12}  {ratio:>8}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "channel.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
