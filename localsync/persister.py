@@ -1,0 +1,767 @@
+"""The Persister base: TinyBase's ``createCustomPersister`` lifecycle, as asyncio coroutines.
+
+Why one base for files, databases *and* synchronizers: TinyBase builds its Synchronizer on the
+same load/save/auto-load/auto-save machinery as its persisters (a synchronizer "loads" from
+peers and "saves" to them). Sharing the machinery keeps status, statistics, scheduling and the
+echo-suppression rule identical everywhere.
+
+Building a persister on this module
+-----------------------------------
+Either call :func:`create_custom_persister` with four hooks, or subclass :class:`Persister`
+and override the four ``_`` methods. Every hook may be a plain function or a coroutine
+function (the base awaits results that are awaitable):
+
+``get_persisted() -> content | changes | None``
+    Read what is persisted. ``None`` means "nothing persisted yet" (TinyBase's ``undefined``):
+    the store is then given ``initial_content`` if one was passed to ``load``. For a
+    MergeableStore return the *encoded* mergeable content (object cells as U+FFFD + JSON,
+    ``undefined`` as U+FFFC), or encoded mergeable changes (a list whose third item is ``1``).
+    Anything that is not a list (and not ``None``) is reported as ``tinybase:1``.
+``set_persisted(get_content, changes=None) -> None``
+    Write. ``get_content()`` returns the encoded content of the whole store; ``changes`` is
+    the encoded transaction changes (with hashes for persisters) when the save was caused by a
+    transaction under auto-save, else ``None`` (a full save).
+``add_persister_listener(listener) -> handle``
+    Start watching the storage; call ``listener(content=None, changes=None)`` whenever it
+    changed outside this persister. With content or changes they are applied directly; with
+    neither, the persister calls ``load()``. ``listener`` may be called from any thread.
+``del_persister_listener(handle) -> None``
+    Stop watching.
+
+``destroy`` (optional, ``extra_destroy=`` or override ``_destroy_extra``) releases resources.
+
+Errors raised by hooks never escape ``load``/``save``/auto-persisting: as in TinyBase they
+are passed to ``on_ignored_error``; when no such callback is given they are logged on the
+``localsync.persister`` logger (never swallowed silently). Status changes (0 idle,
+1 loading, 2 saving) are announced to ``add_status_listener`` listeners as
+``listener(persister, status)``.
+
+Threads: a persister belongs to the event loop on which it is first used. Transactions may run
+on other threads (the store serialises them with ``store.lock``); their changes are computed on
+the writing thread inside the transaction listener and handed to the loop with
+``call_soon_threadsafe``.
+
+One deliberate difference from TinyBase: a transaction is treated as an echo (and not saved)
+only while this persister itself is applying loaded content on the loop thread. TinyBase skips
+*any* save while its status is "loading", which silently delays local writes that happen while
+a slow load is in flight; here they are queued behind the load instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "Persister",
+    "Persists",
+    "Status",
+    "TinyBaseError",
+    "create_custom_persister",
+    "maybe_await",
+]
+
+logger = logging.getLogger("localsync.persister")
+
+ERROR_STORE_TYPE = 0
+ERROR_CONTENT = 1
+
+StatusListener = Callable[["Persister", int], None]
+IgnoredErrorHandler = Callable[[BaseException], None]
+
+
+class Status(IntEnum):
+    """TinyBase's ``Status`` enum."""
+
+    IDLE = 0
+    LOADING = 1
+    SAVING = 2
+
+
+class Persists(IntEnum):
+    """TinyBase's ``Persists`` enum: which kind of store a persister accepts."""
+
+    STORE_ONLY = 1
+    MERGEABLE_STORE_ONLY = 2
+    STORE_OR_MERGEABLE_STORE = 3
+
+
+class TinyBaseError(Exception):
+    """An error with TinyBase's message text (``tinybase:<code>[:<details>]``).
+
+    Kept as one exception type so that ``on_ignored_error`` handlers can tell protocol
+    problems (``.code``) from programming errors without parsing strings.
+    """
+
+    def __init__(self, code: int, details: str | None = None) -> None:
+        self.code = f"tinybase:{code}"
+        self.details = details
+        super().__init__(self.code if details is None else f"{self.code}:{details}")
+
+
+async def maybe_await(value: Any) -> Any:
+    """Await ``value`` if it is awaitable, so hooks may be plain or async functions."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class _Schedule:
+    """Actions of all persisters sharing one schedule id run one at a time, in order."""
+
+    __slots__ = ("actions", "refs", "running")
+
+    def __init__(self) -> None:
+        self.actions: deque[_ScheduledAction] = deque()
+        self.running = False
+        self.refs = 0
+
+
+class _ScheduledAction:
+    __slots__ = ("complete", "owner", "run")
+
+    def __init__(
+        self,
+        run: Callable[[], Awaitable[None]],
+        complete: Callable[[], None] | None,
+        owner: object,
+    ) -> None:
+        self.run = run
+        self.complete = complete
+        self.owner = owner
+
+
+_schedules: dict[Hashable, _Schedule] = {}
+
+
+def _has_changes(changes: Any) -> bool:
+    try:
+        return bool(changes[0][0]) or bool(changes[1][0])
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
+class Persister:
+    """TinyBase's Persister (``createCustomPersister``) with coroutine lifecycle methods.
+
+    Subclasses override :meth:`_get_persisted`, :meth:`_set_persisted`,
+    :meth:`_add_persister_listener`, :meth:`_del_persister_listener` and optionally
+    :meth:`_destroy_extra` (see the module docstring for their contracts).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None = None,
+        persist: int = Persists.STORE_OR_MERGEABLE_STORE,
+        schedule_id: Hashable | None = None,
+        is_synchronizer: bool = False,
+    ) -> None:
+        self._store = store
+        self._on_ignored_error = on_ignored_error
+        self._is_synchronizer = is_synchronizer
+        self._status = Status.IDLE
+        self._loads = 0
+        self._saves = 0
+        self._auto_load_handle: Any = None
+        self._auto_load_active = False
+        self._auto_load_task: asyncio.Future[Any] | None = None
+        self._auto_load_generation = 0
+        self._pending_auto_loads = 0
+        self._pending_scheduled_auto_loads = 0
+        self._auto_load_after_save_generation = 0
+        self._initial_load_pending = False
+        self._auto_save_listener_id: Any = None
+        self._auto_save_generation = 0
+        self._destroyed = False
+        self._destroying: asyncio.Future[Any] | None = None
+        self._active_action: asyncio.Future[None] | None = None
+        self._applying = 0
+        self._status_listeners: dict[str, StatusListener] = {}
+        self._next_listener_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._schedule_owner = object()
+        self._schedule_id: Hashable = schedule_id if schedule_id is not None else object()
+        sched = _schedules.setdefault(self._schedule_id, _Schedule())
+        sched.refs += 1
+        self._configure_store(persist)
+
+    # -- store access -------------------------------------------------------------------------
+
+    def _configure_store(self, persist: int) -> None:
+        store = self._store
+        mergeable = bool(getattr(store, "is_mergeable", lambda: False)())
+        if persist != Persists.STORE_ONLY and mergeable:
+            self._is_mergeable_store = True
+            self._get_content: Callable[[], Any] = store._get_encoded_mergeable_content
+            with_hashes = not self._is_synchronizer
+            self._get_changes: Callable[[], Any] = lambda: (
+                store._get_encoded_transaction_mergeable_changes(with_hashes)
+            )
+            self._set_default_content: Callable[[Any], Any] = store.set_default_content
+        elif persist != Persists.MERGEABLE_STORE_ONLY:
+            self._is_mergeable_store = False
+            self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
+            get_changes = getattr(store, "get_transaction_changes", None)
+            self._get_changes = get_changes if get_changes is not None else lambda: None
+            self._set_default_content = store.set_content
+        else:
+            raise TypeError(f"tinybase:{ERROR_STORE_TYPE}: this persister needs a MergeableStore")
+
+    def _set_content_or_changes(self, content_or_changes: Any) -> None:
+        """Apply loaded content (or changes), marking it as ours so it is not saved back."""
+        store = self._store
+        is_changes = len(content_or_changes) > 2 and content_or_changes[2] == 1
+        self._applying += 1
+        try:
+            if self._is_mergeable_store and isinstance(content_or_changes[0], list):
+                if is_changes:
+                    store._apply_encoded_mergeable_changes(content_or_changes)
+                else:
+                    store._set_encoded_mergeable_content(content_or_changes)
+            elif is_changes:
+                store.apply_changes(content_or_changes)
+            else:
+                store.set_content(content_or_changes)
+        finally:
+            self._applying -= 1
+
+    def get_store(self) -> Any:
+        return self._store
+
+    # -- errors, status, listeners ------------------------------------------------------------
+
+    def _report(self, error: BaseException) -> None:
+        """Pass an ignored error on; never let a faulty handler break the persister."""
+        handler = self._on_ignored_error
+        if handler is None:
+            logger.warning("ignored error in %s: %r", type(self).__name__, error)
+            return
+        try:
+            handler(error)
+        except Exception:  # pragma: no cover - the user's handler failed
+            logger.exception("on_ignored_error handler raised")
+
+    def _set_status(self, status: Status) -> None:
+        if status != self._status:
+            self._status = status
+            for listener in list(self._status_listeners.values()):
+                try:
+                    listener(self, int(status))
+                except Exception as error:
+                    self._report(error)
+
+    def get_status(self) -> int:
+        return int(self._status)
+
+    def add_status_listener(self, listener: StatusListener) -> str:
+        listener_id = str(self._next_listener_id)
+        self._next_listener_id += 1
+        self._status_listeners[listener_id] = listener
+        return listener_id
+
+    def del_listener(self, listener_id: str) -> Persister:
+        self._status_listeners.pop(listener_id, None)
+        return self
+
+    def get_stats(self) -> dict[str, int]:
+        return {"loads": self._loads, "saves": self._saves}
+
+    # -- hooks (override) ---------------------------------------------------------------------
+
+    def _get_persisted(self) -> Any:
+        raise NotImplementedError
+
+    def _set_persisted(self, get_content: Callable[[], Any], changes: Any = None) -> Any:
+        raise NotImplementedError
+
+    def _add_persister_listener(self, listener: Callable[..., None]) -> Any:
+        return None
+
+    def _del_persister_listener(self, handle: Any) -> Any:
+        return None
+
+    def _destroy_extra(self) -> Any:
+        return None
+
+    # -- loop plumbing --------------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+        return loop
+
+    def _on_loop_thread(self) -> bool:
+        return self._loop_thread is None or self._loop_thread == threading.get_ident()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a coroutine in the background, reporting (not losing) its failure."""
+        assert self._loop is not None
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._tasks.add(task)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._tasks.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None:
+                self._report(fut.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(done)
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _schedule_idle(self) -> bool:
+        sched = _schedules.get(self._schedule_id)
+        return sched is None or (not sched.running and not sched.actions)
+
+    async def _run_schedule(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        if sched is None or sched.running:
+            return
+        sched.running = True
+        try:
+            while sched.actions:
+                action = sched.actions.popleft()
+                await action.run()
+        finally:
+            sched.running = False
+            self._prune_schedule()
+
+    def _prune_schedule(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        if sched is not None and not sched.refs and not sched.running and not sched.actions:
+            del _schedules[self._schedule_id]
+
+    async def schedule(self, *actions: Callable[[], Any]) -> Persister:
+        """Run ``actions`` one after another, after anything already scheduled on this id.
+
+        Errors of an action go to ``on_ignored_error`` (as TinyBase's schedule does).
+        """
+        loop = self._bind_loop()
+        if not actions:
+            return self
+        completion: asyncio.Future[None] = loop.create_future()
+        sched = _schedules.setdefault(self._schedule_id, _Schedule())
+        last_index = len(actions) - 1
+
+        def resolve() -> None:
+            if not completion.done():
+                completion.set_result(None)
+
+        for index, action in enumerate(actions):
+
+            async def run(
+                action: Callable[[], Any] = action, last: bool = index == last_index
+            ) -> None:
+                active: asyncio.Future[None] = loop.create_future()
+                self._active_action = active
+                try:
+                    try:
+                        await maybe_await(action())
+                    except Exception as error:
+                        self._report(error)
+                    if last:
+                        resolve()
+                finally:
+                    self._active_action = None
+                    active.set_result(None)
+
+            complete = resolve if index == last_index else None
+            sched.actions.append(_ScheduledAction(run, complete, self._schedule_owner))
+        await self._run_schedule()
+        await completion
+        return self
+
+    # -- load -------------------------------------------------------------------------------
+
+    async def load(self, initial_content: Any = None) -> Persister:
+        """Load persisted content into the store (TinyBase ``load``)."""
+        self._bind_loop()
+        if self._status != Status.SAVING:
+            try:
+                self._set_status(Status.LOADING)
+                self._loads += 1
+                await self.schedule(lambda: self._load_action(initial_content))
+            finally:
+                self._set_status(Status.IDLE)
+            await self._save_after_mutated()
+        return self
+
+    async def _load_action(self, initial_content: Any) -> None:
+        try:
+            content = await maybe_await(self._get_persisted())
+            if isinstance(content, list):
+                self._set_content_or_changes(content)
+            elif content is None and initial_content is not None:
+                self._set_default_content(initial_content)
+            elif content is not None:
+                raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
+        except Exception as error:
+            self._report(error)
+            if initial_content is not None:
+                self._set_default_content(initial_content)
+
+    async def _save_after_mutated(self) -> None:
+        had_mutated = getattr(self._store, "_had_mutated", None)
+        if self.is_auto_saving() and had_mutated is not None and had_mutated():
+            await self.save()
+
+    async def _run_auto_load_after_save(self) -> None:
+        generation = self._auto_load_after_save_generation
+        self._auto_load_after_save_generation = 0
+        if generation and generation == self._auto_load_generation and not self._destroyed:
+            if self._status == Status.SAVING:
+                self._auto_load_after_save_generation = generation
+            else:
+                await self.load()
+
+    def _persister_listener(self, generation: int) -> Callable[..., None]:
+        """The callback handed to ``add_persister_listener`` (thread-safe)."""
+
+        def listener(content: Any = None, changes: Any = None) -> None:
+            if not self._on_loop_thread():
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(listener, content, changes)
+                return
+            if generation != self._auto_load_generation or self._destroyed:
+                return
+            if changes is not None or content is not None:
+                self._auto_load_changes(content, changes)
+            elif self._status == Status.SAVING:
+                self._auto_load_after_save_generation = generation
+            else:
+                self._spawn(self.load())
+
+        return listener
+
+    def _auto_load_changes(self, content: Any, changes: Any) -> None:
+        """Apply pushed content synchronously when nothing else is in flight.
+
+        Synchronous on purpose: TinyBase sets "loading" and applies before its first await, so
+        the transaction this causes is recognised as an echo and not saved back.
+        """
+        should_schedule = (
+            self._initial_load_pending
+            or self._status == Status.SAVING
+            or bool(self._pending_scheduled_auto_loads)
+        )
+        payload = changes if changes is not None else content
+        if should_schedule:
+            self._pending_auto_loads += 1
+            self._pending_scheduled_auto_loads += 1
+            self._set_status(Status.LOADING)
+            self._loads += 1
+            self._spawn(self._scheduled_auto_load(payload))
+            return
+        self._pending_auto_loads += 1
+        try:
+            self._set_status(Status.LOADING)
+            self._loads += 1
+            try:
+                self._set_content_or_changes(payload)
+            finally:
+                self._set_status(Status.IDLE)
+        except Exception as error:
+            self._report(error)
+        finally:
+            self._pending_auto_loads -= 1
+            if not self._pending_auto_loads:
+                self._set_status(Status.IDLE)
+        if not self._pending_auto_loads:
+            had_mutated = getattr(self._store, "_had_mutated", None)
+            if self.is_auto_saving() and had_mutated is not None and had_mutated():
+                self._spawn(self.save())
+
+    async def _scheduled_auto_load(self, payload: Any) -> None:
+        try:
+            await self.schedule(lambda: self._set_content_or_changes(payload))
+        finally:
+            self._pending_scheduled_auto_loads -= 1
+            self._pending_auto_loads -= 1
+            if not self._pending_auto_loads:
+                self._set_status(Status.IDLE)
+        if not self._pending_auto_loads:
+            await self._save_after_mutated()
+
+    async def start_auto_load(self, initial_content: Any = None) -> Persister:
+        """Load now, then apply every change the storage reports (TinyBase ``startAutoLoad``)."""
+        self._bind_loop()
+        self._auto_load_generation += 1
+        generation = self._auto_load_generation
+        self._initial_load_pending = True
+        await self.stop_auto_load(keep_generation=True)
+        if generation == self._auto_load_generation and not self._destroyed:
+            try:
+                handle = await maybe_await(
+                    self._add_persister_listener(self._persister_listener(generation))
+                )
+            except Exception as error:
+                self._report(error)
+            else:
+                if generation == self._auto_load_generation and not self._destroyed:
+                    self._auto_load_handle = handle
+                    self._auto_load_active = True
+                else:
+                    await self._del_listener_quietly(handle)
+            if generation == self._auto_load_generation and not self._destroyed:
+                try:
+                    await self.load(initial_content)
+                finally:
+                    self._initial_load_pending = False
+        return self
+
+    async def _del_listener_quietly(self, handle: Any) -> None:
+        try:
+            await maybe_await(self._del_persister_listener(handle))
+        except Exception as error:
+            self._report(error)
+
+    async def stop_auto_load(self, keep_generation: bool = False) -> Persister:
+        self._auto_load_after_save_generation = 0
+        if not keep_generation:
+            self._auto_load_generation += 1
+        was_active = self._auto_load_active
+        handle = self._auto_load_handle
+        self._auto_load_handle = None
+        self._auto_load_active = False
+        if was_active:
+            await self._del_listener_quietly(handle)
+        return self
+
+    def is_auto_loading(self) -> bool:
+        return self._auto_load_active
+
+    # -- save -------------------------------------------------------------------------------
+
+    async def save(self) -> Persister:
+        """Save the whole store (TinyBase ``save``); skipped while loading, as in TinyBase."""
+        self._bind_loop()
+        if self._status != Status.LOADING:
+            await self._save_impl(None)
+        return self
+
+    async def _save_impl(self, changes: Any) -> None:
+        try:
+            try:
+                self._set_status(Status.SAVING)
+                self._saves += 1
+                await self.schedule(lambda: self._set_persisted(self._get_content, changes))
+            finally:
+                self._set_status(Status.IDLE)
+        finally:
+            await self._run_auto_load_after_save()
+
+    def _save_changes_now(self, changes: Any) -> None:
+        """Save one transaction's changes, synchronously when the schedule is free.
+
+        The synchronous path matters for synchronizers: TinyBase sends a ContentDiff from
+        inside the transaction listener, before any other message can be handled.
+        """
+        if self._destroyed or not self.is_auto_saving():
+            return
+        if (
+            self._schedule_idle()
+            and self._status == Status.IDLE
+            and not inspect.iscoroutinefunction(self._set_persisted)
+        ):
+            self._set_status(Status.SAVING)
+            self._saves += 1
+            try:
+                result = self._set_persisted(self._get_content, changes)
+                if inspect.isawaitable(result):
+                    self._spawn(result)
+            except Exception as error:
+                self._report(error)
+            finally:
+                self._set_status(Status.IDLE)
+            if self._auto_load_after_save_generation:
+                self._spawn(self._run_auto_load_after_save())
+            return
+        self._spawn(self._save_impl(changes))
+
+    def _make_auto_save_listener(self, generation: int) -> Callable[[Any], None]:
+        def on_transaction(_store: Any) -> None:
+            if generation != self._auto_save_generation or self._destroyed:
+                return
+            on_loop = self._on_loop_thread()
+            if on_loop and self._applying:
+                return  # our own load being applied: saving it back would be an echo
+            try:
+                changes = self._get_changes()
+            except Exception as error:
+                self._report(error)
+                return
+            if changes is not None and not _has_changes(changes):
+                return
+            if on_loop:
+                self._save_changes_now(changes)
+            else:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
+
+        return on_transaction
+
+    def _save_changes_from_thread(self, generation: int, changes: Any) -> None:
+        if generation == self._auto_save_generation and not self._destroyed:
+            self._save_changes_now(changes)
+
+    async def start_auto_save(self) -> Persister:
+        """Save now, then save every transaction's changes (TinyBase ``startAutoSave``)."""
+        self._bind_loop()
+        self._auto_save_generation += 1
+        generation = self._auto_save_generation
+        await self.stop_auto_save(keep_generation=True)
+        if generation == self._auto_save_generation and not self._destroyed:
+            await self.save()
+            if generation == self._auto_save_generation and not self._destroyed:
+                self._auto_save_listener_id = self._store.add_did_finish_transaction_listener(
+                    self._make_auto_save_listener(generation)
+                )
+        return self
+
+    async def stop_auto_save(self, keep_generation: bool = False) -> Persister:
+        if not keep_generation:
+            self._auto_save_generation += 1
+        listener_id = self._auto_save_listener_id
+        self._auto_save_listener_id = None
+        if listener_id is not None:
+            self._store.del_listener(listener_id)
+        return self
+
+    def is_auto_saving(self) -> bool:
+        return self._auto_save_listener_id is not None
+
+    async def start_auto_persisting(
+        self, initial_content: Any = None, start_save_first: bool = False
+    ) -> Persister:
+        if start_save_first:
+            await self.start_auto_save()
+            try:
+                await self.start_auto_load(initial_content)
+            except BaseException:
+                await self.stop_auto_load()
+                await self.stop_auto_save()
+                raise
+        else:
+            await self.start_auto_load(initial_content)
+            try:
+                await self.start_auto_save()
+            except BaseException:
+                await self.stop_auto_save()
+                await self.stop_auto_load()
+                raise
+        return self
+
+    async def stop_auto_persisting(self, stop_save_first: bool = False) -> Persister:
+        if stop_save_first:
+            try:
+                await self.stop_auto_save()
+            finally:
+                await self.stop_auto_load()
+        else:
+            try:
+                await self.stop_auto_load()
+            finally:
+                await self.stop_auto_save()
+        return self
+
+    # -- destroy ------------------------------------------------------------------------------
+
+    async def destroy(self) -> Persister:
+        """Stop persisting, let the running action finish, release resources. Idempotent."""
+        if self._destroying is None:
+            self._destroyed = True
+            self._destroying = asyncio.ensure_future(self._destroy_impl())
+        await asyncio.shield(self._destroying)
+        return self
+
+    async def _destroy_impl(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        active = self._active_action
+        if sched is not None:
+            remaining: deque[_ScheduledAction] = deque()
+            for action in sched.actions:
+                if action.owner is self._schedule_owner:
+                    if action.complete is not None:
+                        action.complete()
+                else:
+                    remaining.append(action)
+            sched.actions = remaining
+        try:
+            try:
+                try:
+                    await self.stop_auto_persisting()
+                finally:
+                    if active is not None:
+                        await active
+            finally:
+                await maybe_await(self._destroy_extra())
+        finally:
+            sched = _schedules.get(self._schedule_id)
+            if sched is not None:
+                sched.refs -= 1
+            self._prune_schedule()
+
+    async def __aenter__(self) -> Persister:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+
+class _CustomPersister(Persister):
+    """A Persister whose hooks are plain callables (``create_custom_persister``)."""
+
+    def __init__(
+        self,
+        store: Any,
+        get_persisted: Callable[[], Any],
+        set_persisted: Callable[..., Any],
+        add_persister_listener: Callable[[Callable[..., None]], Any],
+        del_persister_listener: Callable[[Any], Any],
+        extra_destroy: Callable[[], Any] | None,
+        **kwargs: Any,
+    ) -> None:
+        self._get_persisted = get_persisted  # type: ignore[method-assign]
+        self._set_persisted = set_persisted  # type: ignore[method-assign]
+        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign]
+        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign]
+        if extra_destroy is not None:
+            self._destroy_extra = extra_destroy  # type: ignore[method-assign]
+        super().__init__(store, **kwargs)
+
+
+def create_custom_persister(
+    store: Any,
+    get_persisted: Callable[[], Any],
+    set_persisted: Callable[..., Any],
+    add_persister_listener: Callable[[Callable[..., None]], Any],
+    del_persister_listener: Callable[[Any], Any],
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    persist: int = Persists.STORE_OR_MERGEABLE_STORE,
+    *,
+    extra_destroy: Callable[[], Any] | None = None,
+    schedule_id: Hashable | None = None,
+) -> Persister:
+    """TinyBase's ``createCustomPersister``; hooks may be plain or coroutine functions."""
+    return _CustomPersister(
+        store,
+        get_persisted,
+        set_persisted,
+        add_persister_listener,
+        del_persister_listener,
+        extra_destroy,
+        on_ignored_error=on_ignored_error,
+        persist=persist,
+        schedule_id=schedule_id,
+    )
