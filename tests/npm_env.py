@@ -87,8 +87,14 @@ def ensure_tinybase(timeout: float = 300.0) -> Path:
             if npm is None:
                 raise RuntimeError("npm is not installed")
             result = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--no-package-lock",
-                 "--loglevel=error"],
+                [
+                    npm,
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-package-lock",
+                    "--loglevel=error",
+                ],
                 cwd=NPM_DIR,
                 capture_output=True,
                 text=True,
@@ -143,9 +149,7 @@ def run_node_json(
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"node {path.name} exited {result.returncode}:\n{result.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"node {path.name} exited {result.returncode}:\n{result.stderr[-4000:]}")
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if not lines:
         raise RuntimeError(f"node {path.name} printed nothing:\n{result.stderr[-4000:]}")
