@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..persister import Persister, Persists
+
 __all__ = ["PersistError", "SaveTracker", "merge_changes"]
 
 
@@ -72,13 +74,12 @@ class SaveTracker:
         self.store = store
         self.lock = threading.Lock()
         self.tx_seq = 0
-        self.durable_seq = 0
+        self.durable_seq = -1  # nothing saved yet: even "no transactions" (0) is not on disk
         self.last_error: BaseException | None = None
         self.stats = {"writes": 0, "full_writes": 0, "incremental_writes": 0, "skipped": 0}
         self.stats["errors"] = 0
         self._listeners: dict[int, SavedListener] = {}
         self._next_listener_id = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def on_transaction(self) -> int:
         with self.lock:
@@ -93,14 +94,6 @@ class SaveTracker:
         self.last_error = None
         for listener in list(self._listeners.values()):
             listener(persister, seq)
-        still = []
-        for target, future in self._waiters:
-            if target <= seq:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                still.append((target, future))
-        self._waiters = still
 
     def failed(self, error: BaseException) -> None:
         self.last_error = error
@@ -114,12 +107,220 @@ class SaveTracker:
     def del_listener(self, listener_id: int) -> None:
         self._listeners.pop(listener_id, None)
 
-    async def wait_for(self, target: int, timeout: float | None) -> None:
-        if self.durable_seq >= target:
+
+def _stamp_hash(stamp: list[Any]) -> int:
+    return stamp[2] if len(stamp) > 2 else 0
+
+
+class Backend:
+    """The storage side of a persister: the hooks handed to ``create_custom_persister``.
+
+    Subclasses implement ``_load_sync``, ``_save_sync`` and ``_watch_token``; this class runs
+    them on worker threads (fsync must not stall the event loop), numbers transactions,
+    acknowledges durable saves and refuses to overwrite data it could not read.
+    """
+
+    kind = "storage"
+
+    def __init__(self, store: Any, path: str, poll_seconds: float) -> None:
+        self.store = store
+        self.path = path
+        self.poll_seconds = poll_seconds
+        self.tracker = SaveTracker(store)
+        self.persister: Any = None
+        # set when a load found data it could not read; saves are refused while it holds
+        self.unreadable: Any = None
+        # guards transaction numbering together with what subclasses track per transaction
+        self.state_lock = threading.Lock()
+        # [tables_hash, values_hash] of content just read by a load, until the store has it
+        self._expect_load: list[int] | None = None
+        self._listener_id = store.add_did_finish_transaction_listener(self._on_transaction)
+
+    # -------------------------------------------------------------- for subclasses
+
+    def _on_transaction(self, store: Any) -> None:
+        expected, self._expect_load = self._expect_load, None
+        if expected is not None and list(store.get_mergeable_content_hashes()) == expected:
+            # this transaction set the loaded content: the store now equals the storage,
+            # so there is nothing to save (a 10^6-cell load is not followed by a rewrite)
+            with self.state_lock:
+                seq = self.tracker.on_transaction()
+                self._loaded(seq)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, future))
+        self._record(store)
+
+    def _record(self, store: Any) -> None:
+        with self.state_lock:
+            self.tracker.on_transaction()
+
+    def _loaded(self, seq: int) -> None:
+        """Called under ``state_lock`` when the store holds exactly the persisted content."""
+        self.tracker.durable_seq = max(self.tracker.durable_seq, seq)
+
+    def _load_sync(self) -> Any | None:
+        raise NotImplementedError
+
+    def _save_sync(self, full: bool) -> tuple[int, bool]:
+        """Write; return (snapshot's transaction number, whether anything was written)."""
+        raise NotImplementedError
+
+    def _watch_token(self) -> Any:
+        """Something that changes when another process writes the storage."""
+        raise NotImplementedError
+
+    def _has_work(self) -> bool:
+        return self.tracker.tx_seq > self.tracker.durable_seq
+
+    def _still_unreadable(self) -> bool:
+        return self.unreadable is not None
+
+    # -------------------------------------------------------------- hooks
+
+    async def get_persisted(self) -> Any | None:
+        from ._filestore import CorruptContentError
+
         try:
-            await asyncio.wait_for(future, timeout)
-        finally:
-            self._waiters = [(t, f) for t, f in self._waiters if f is not future]
+            content = await asyncio.to_thread(self._load_sync)
+        except CorruptContentError as error:
+            self.unreadable = self._unreadable_marker()
+            raise CorruptContentError(
+                f"{self.kind} {self.path!r} is unreadable and will not be overwritten "
+                f"until it is fixed or removed: {error}"
+            ) from error
+        self.unreadable = None
+        if content is not None:
+            self._expect_load = [_stamp_hash(content[0]), _stamp_hash(content[1])]
+        return content
+
+    def _unreadable_marker(self) -> Any:
+        return True
+
+    async def set_persisted(self, get_content: Any = None, changes: Any = None) -> None:
+        if self._still_unreadable():
+            error = PersistError(
+                f"refusing to overwrite unreadable {self.kind} {self.path!r}; "
+                "fix or remove it, then load again"
+            )
+            self.tracker.failed(error)
+            raise error
+        self.unreadable = None
+        if not self._has_work():
+            # a queued auto-save whose transactions an earlier write already covered: no
+            # thread hop, no write (this is what makes a burst cost a few writes)
+            self.tracker.stats["skipped"] += 1
+            return
+        try:
+            seq, wrote = await asyncio.to_thread(self._save_sync, changes is None)
+        except BaseException as error:
+            self.tracker.failed(error)
+            raise
+        if not wrote:
+            self.tracker.stats["skipped"] += 1
+        self.tracker.acknowledge(self.persister, seq)
+
+    def add_persister_listener(self, listener: Any) -> asyncio.Task[None]:
+        """Poll the storage's watch token; report changes made by other processes."""
+        return asyncio.get_running_loop().create_task(
+            self._poll(listener), name=f"localsync-{self.kind}-watch"
+        )
+
+    def del_persister_listener(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+
+    async def _poll(self, listener: Any) -> None:
+        last = await asyncio.to_thread(self._watch_token)
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                token = await asyncio.to_thread(self._watch_token)
+            except Exception:  # transient (file being replaced): look again next time
+                continue
+            if token != last:
+                last = token
+                result = listener()
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await result
+
+    def destroy(self) -> None:
+        self.store.del_listener(self._listener_id)
+
+    # -------------------------------------------------------------- extras for users
+
+    def get_save_stats(self) -> dict[str, int]:
+        """Transaction numbers and write counters (see the module docstring of _common)."""
+        return {
+            "transactions": self.tracker.tx_seq,
+            "durable": self.tracker.durable_seq,
+            **self.tracker.stats,
+        }
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Return once every transaction finished before the call is durable; raise if not.
+
+        Saves when something is not yet durable (the save queues behind any auto-save in
+        flight and writes only what is still missing). Raises ``PersistError`` when the data
+        could not be made durable (the cause was also reported through ``on_ignored_error``)
+        and ``TimeoutError`` after ``timeout`` seconds. Returns the durable transaction number.
+        """
+        target = self.tracker.tx_seq
+        if self.tracker.durable_seq >= target:
+            return self.tracker.durable_seq
+        await asyncio.wait_for(self.persister.save(), timeout)
+        if self.tracker.durable_seq < target:
+            cause = self.tracker.last_error
+            raise PersistError(
+                f"{self.kind} {self.path!r}: transaction {target} is not durable"
+                + (f" ({cause})" if cause else " (a load was in progress)")
+            ) from cause
+        return self.tracker.durable_seq
+
+    def add_saved_listener(self, listener: SavedListener) -> int:
+        """``listener(persister, durable_transaction_number)`` after each durable save."""
+        return self.tracker.add_listener(listener)
+
+    def del_saved_listener(self, listener_id: int) -> None:
+        self.tracker.del_listener(listener_id)
+
+
+class BackendPersister(Persister):
+    """A Persister whose hooks are a :class:`Backend`, plus the acknowledgement API."""
+
+    _backend: Backend
+
+    def __init__(self, store: Any, backend_factory: Any, on_ignored_error: Any) -> None:
+        super().__init__(
+            store, on_ignored_error=on_ignored_error, persist=Persists.MERGEABLE_STORE_ONLY
+        )
+        self._backend = backend_factory()
+        self._backend.persister = self
+
+    def _get_persisted(self) -> Any:
+        return self._backend.get_persisted()
+
+    def _set_persisted(self, get_content: Any, changes: Any = None) -> Any:
+        return self._backend.set_persisted(get_content, changes)
+
+    def _add_persister_listener(self, listener: Any) -> Any:
+        return self._backend.add_persister_listener(listener)
+
+    def _del_persister_listener(self, handle: Any) -> Any:
+        return self._backend.del_persister_listener(handle)
+
+    def _destroy_extra(self) -> Any:
+        return self._backend.destroy()
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Return once every transaction finished before the call is durable (see Backend)."""
+        return await self._backend.flush(timeout)
+
+    def add_saved_listener(self, listener: SavedListener) -> int:
+        """``listener(persister, n)`` once transactions up to number ``n`` are durable."""
+        return self._backend.add_saved_listener(listener)
+
+    def del_saved_listener(self, listener_id: int) -> None:
+        self._backend.del_saved_listener(listener_id)
+
+    def get_save_stats(self) -> dict[str, int]:
+        """``transactions``, ``durable``, ``writes``, ``full_writes``, ``incremental_writes``,
+        ``skipped`` and ``errors`` counters."""
+        return self._backend.get_save_stats()
