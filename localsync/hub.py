@@ -84,6 +84,7 @@ class _Proxy:
         self._state = threading.Lock()
         self._running = False
         self._stopped = False
+        self._done = threading.Event()
 
     def run(self, after_bind: Callable[[], None] | None = None) -> None:
         """Bind and proxy until :meth:`stop`; the caller's thread is used for the proxy."""
@@ -112,20 +113,24 @@ class _Proxy:
             xsub.close(0)
             xpub.close(0)
             control.close(0)
+            self._done.set()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         with self._state:
             self._stopped = True
             if not self._running:
                 return
             self._running = False
-            control = self._context.socket(zmq.PAIR)
-            control.linger = 1000
-            try:
-                control.connect(self._control)
-                control.send(b"TERMINATE")
-            finally:
-                control.close()
+        control = self._context.socket(zmq.PAIR)
+        control.linger = 0
+        try:
+            control.connect(self._control)
+            control.send(b"TERMINATE")
+            # keep our end open until the proxy has read the command: a PAIR drops unread
+            # messages when its peer disconnects
+            self._done.wait(timeout)
+        finally:
+            control.close()
 
 
 _live_hubs: weakref.WeakSet[LocalHub] = weakref.WeakSet()

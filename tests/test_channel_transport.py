@@ -337,3 +337,57 @@ def test_payload_is_msgpack_of_four_fields(rundir: Path) -> None:
             t.close()
 
     asyncio.run(scenario())
+
+
+# -- hub election -----------------------------------------------------------------------
+
+
+def test_tcp_endpoints_layout() -> None:
+    from localsync.hub import tcp_endpoints
+
+    assert tcp_endpoints("tcp://127.0.0.1:7700") == ("tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701")
+    assert tcp_endpoints("tcp://[::1]:9") == ("tcp://[::1]:9", "tcp://[::1]:10")
+    for bad in ("tcp://127.0.0.1", "ipc:///tmp/x", "tcp://h:65535"):
+        with pytest.raises(ValueError):
+            tcp_endpoints(bad)
+    with pytest.raises(TypeError):
+        tcp_endpoints(7700)  # type: ignore[arg-type]
+
+
+def test_stopping_the_host_hands_the_hub_over(rundir: Path) -> None:
+    from localsync.hub import LocalHub
+
+    paths = channel_paths("handover", rundir)
+    first = LocalHub(paths).start()
+    assert first.wait_host(5)
+    second = LocalHub(paths).start()
+    try:
+        assert not second.wait_host(0.3)  # the lock is held: no second hub
+        first.stop()
+        assert not first.is_host
+        assert second.wait_host(5)
+        assert paths.inbound.exists() and paths.outbound.exists()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_forked_child_does_not_keep_the_hub_lock(rundir: Path) -> None:
+    from localsync.hub import LocalHub
+
+    paths = channel_paths("forked", rundir)
+    host = LocalHub(paths).start()
+    assert host.wait_host(5)
+    pid = os.fork()
+    if pid == 0:  # child: outlive the host's hub for a while, then vanish
+        time.sleep(3)
+        os._exit(0)
+    successor = LocalHub(paths).start()
+    try:
+        host.stop()
+        # the child inherited the lock file but closed it at fork: the lock is free now
+        assert successor.wait_host(2)
+    finally:
+        successor.stop()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
