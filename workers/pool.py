@@ -18,6 +18,7 @@ from typing import Any
 import multiprocess
 
 from .errors import WorkerError, WorkersFailed
+from .link import FLUSH_MODES, FlushMode
 from .policy import RestartMode, RestartPolicy
 from .supervisor import FINAL_STATES, Supervisor, WorkerInfo
 from .worker import WorkerSpec, dump_spec
@@ -30,7 +31,9 @@ class WorkerPool:
     ``ctx.stopping`` / ``ctx.sleep(s)`` for cooperative stop, and ``ctx.store``, a
     MergeableStore kept in sync over ``channel`` (``None`` without a channel). After ``fn``
     returns (or raises) the worker waits up to ``flush_timeout`` seconds for its changes to be
-    confirmed sent to the channel before it exits, so a normal exit never loses data.
+    confirmed before it exits, so a normal exit never loses data: ``flush="sent"`` (default)
+    waits until they are handed to the channel; ``flush="acknowledged"`` until a coordinator
+    has durably saved them (see :mod:`workers.link`). A flush that times out is a failure.
 
     Failures (exception, non-zero exit, death by signal) are collected in :attr:`errors` and,
     with ``restart="on-failure"``, the worker is started again after an exponential
@@ -64,6 +67,7 @@ class WorkerPool:
         channel_options: Mapping[str, Any] | None = None,
         start_timeout: float = 15.0,
         flush_timeout: float = 10.0,
+        flush: FlushMode = "sent",
         start_method: str = "spawn",
     ) -> None:
         if not callable(fn):
@@ -74,6 +78,8 @@ class WorkerPool:
             raise ValueError("count must be >= 1")
         if channel is not None and (not isinstance(channel, str) or not channel):
             raise TypeError("channel must be a non-empty str or None")
+        if flush not in FLUSH_MODES:
+            raise ValueError(f"flush must be one of {FLUSH_MODES}, not {flush!r}")
         if grace < 0 or start_timeout <= 0 or flush_timeout <= 0:
             raise ValueError("grace must be >= 0, start_timeout and flush_timeout > 0")
         first, cap = backoff
@@ -90,6 +96,7 @@ class WorkerPool:
             channel_options=dict(channel_options or {}),
             start_timeout=float(start_timeout),
             flush_timeout=float(flush_timeout),
+            flush=flush,
             parent_pid=0,
         )
         self._supervisor: Supervisor | None = None

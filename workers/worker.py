@@ -46,6 +46,7 @@ class WorkerSpec:
     channel_options: dict[str, Any] = field(default_factory=dict)
     start_timeout: float = 15.0
     flush_timeout: float = 10.0
+    flush: str = "sent"
     parent_pid: int = 0
 
 
@@ -138,7 +139,12 @@ def worker_main(payload: bytes, index: int, attempt: int, conn: Any) -> None:
         try:
             from .link import open_link
 
-            link = open_link(spec.channel, spec.channel_options, spec.start_timeout)
+            link = open_link(
+                spec.channel,
+                spec.channel_options,
+                spec.start_timeout,
+                spec.flush,  # type: ignore[arg-type]
+            )
         except BaseException:
             _send(conn, ("error", "setup", traceback.format_exc()))
             conn.close()
@@ -177,7 +183,7 @@ def worker_main(payload: bytes, index: int, attempt: int, conn: Any) -> None:
                 (
                     "error",
                     "flush",
-                    f"changes not confirmed sent to channel {spec.channel!r} "
+                    f"changes not confirmed {spec.flush} on channel {spec.channel!r} "
                     f"within {spec.flush_timeout} s",
                 ),
             )

@@ -1,0 +1,80 @@
+"""A store in this process joined to a channel, for code that does not use asyncio.
+
+Workers (and the demo's observer) need a MergeableStore that stays in sync with the channel
+while plain blocking code writes to it. The synchronizer runs on the engine's blocking facade
+(:mod:`localsync.blocking`, a private event-loop thread); the store's own lock makes writes
+from the worker's thread safe, and the engine hands each local transaction to the loop.
+
+Flushing is what makes a normal exit lose nothing:
+
+``"sent"``
+    every transaction committed so far has been handed to the channel's socket (the loop has
+    run everything queued before the flush; closing then lingers until ZeroMQ has pushed the
+    bytes to the hub). Needs nobody else; a message dropped by PUB/SUB after that point is
+    only healed while some process still holds the data.
+``"acknowledged"``
+    additionally waits until a coordinator announces that it durably saved content equal to
+    this store's (``ChannelSynchronizer.wait_acknowledged``): the data survives every process
+    exiting. Needs a coordinator on the channel, and a quiet moment: while other processes
+    keep writing, the two contents may not be equal at the same instant, and the wait ends
+    in a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+FlushMode = Literal["sent", "acknowledged"]
+FLUSH_MODES: tuple[str, ...] = ("sent", "acknowledged")
+
+
+class StoreLink:
+    """Owns one store, its channel synchronizer and the thread driving it."""
+
+    def __init__(self, store: Any, sync: Any, flush_mode: FlushMode) -> None:
+        self.store = store
+        self.sync = sync
+        self.flush_mode = flush_mode
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until our changes are out, per ``flush_mode``."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.sync.wait_until_idle(timeout)
+            if self.flush_mode == "acknowledged":
+                remaining = max(0.001, deadline - time.monotonic())
+                self.sync.run_coroutine(self.sync.synchronizer.wait_acknowledged(remaining))
+        except (TimeoutError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.sync.destroy()
+
+
+def open_link(
+    channel: str,
+    options: Mapping[str, Any],
+    start_timeout: float,
+    flush_mode: FlushMode = "sent",
+) -> StoreLink:
+    """Create a store, join ``channel`` and finish the initial sync, or raise."""
+    from localsync.blocking import BlockingSynchronizer
+    from localsync.mergeable_store import create_mergeable_store
+    from localsync.synchronizers.channel import create_channel_synchronizer
+
+    if flush_mode not in FLUSH_MODES:
+        raise ValueError(f"flush must be one of {FLUSH_MODES}, not {flush_mode!r}")
+    store = create_mergeable_store()
+    sync = BlockingSynchronizer(create_channel_synchronizer, store, channel, **dict(options))
+    try:
+        sync.start_sync(timeout=start_timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            sync.destroy()
+        raise
+    return StoreLink(store, sync, flush_mode)
