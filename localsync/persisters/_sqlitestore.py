@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,8 +167,9 @@ class SqliteStorage:
     stall the event loop; the internal lock serialises those calls.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
@@ -175,6 +177,23 @@ class SqliteStorage:
     # ------------------------------------------------------------------ connection
 
     def _connect(self) -> sqlite3.Connection:
+        if self._conn is None and self.read_only:
+            # for inspection: never create, migrate or switch the journal of someone's file
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                names = {
+                    row[0]
+                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+            except sqlite3.DatabaseError as error:
+                conn.close()
+                raise CorruptContentError(f"{self.path}: {error}") from error
+            if "localsync_meta" not in names:
+                conn.close()
+                raise CorruptContentError(f"{self.path}: not a localsync database")
+            self._conn = conn
         if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
