@@ -416,7 +416,9 @@ class ChannelSynchronizer:
             assert self._ack_event is not None
             while True:
                 self._ack_event.clear()
-                current = tuple(self._store.get_mergeable_content_hashes())
+                lock = getattr(self._store, "lock", None)
+                with lock if lock is not None else contextlib.nullcontext():
+                    current = tuple(self._store.get_mergeable_content_hashes())
                 if current in self._acks.values():
                     return
                 with contextlib.suppress(asyncio.TimeoutError):
