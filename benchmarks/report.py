@@ -1,0 +1,251 @@
+"""Writes the suite's results: ``results.json``, ``results.md`` and PNG charts.
+
+Every figure is stored with its absolute value and, where its group has one, its ratio to the
+group's reference baseline measured in the same run; the Markdown table shows both, and the
+machine the absolute figures came from heads the page, so no number stands without context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Figure:
+    """One measured number. ``value`` None means "not available"; ``note`` says why."""
+
+    scenario: str
+    metric: str
+    subject: str
+    params: dict[str, Any]
+    value: float | None
+    unit: str
+    reference: str | None = None  # subject whose figure in the same group is the ratio's base
+    ratio: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def group_key(self) -> tuple[str, str, str]:
+        return (self.scenario, self.metric, json.dumps(self.params, sort_keys=True))
+
+
+def compute_ratios(figures: list[Figure]) -> None:
+    """ratio = value / reference's value within (scenario, metric, params)."""
+    groups: dict[tuple[str, str, str], list[Figure]] = defaultdict(list)
+    for f in figures:
+        groups[f.group_key()].append(f)
+    for members in groups.values():
+        for f in members:
+            if f.reference is None or f.value is None:
+                continue
+            ref = next((m for m in members if m.subject == f.reference), None)
+            if ref is not None and ref.value not in (None, 0):
+                f.ratio = f.value / ref.value
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if unit == "us":
+        return f"{value:.0f} µs" if value >= 10 else f"{value:.1f} µs"
+    if unit == "B":
+        return f"{value:.0f} B"
+    if unit in ("cells/s", "ops/s", "msg/s"):
+        return f"{value:,.0f} {unit}"
+    return f"{value:.4g} {unit}".strip()
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                     for k, v in params.items()) or "-"
+
+
+def write_json(path: Path, meta: dict[str, Any], figures: list[Figure],
+               areas: dict[str, Any]) -> None:
+    data = {"meta": meta, "figures": [asdict(f) for f in figures], "area_benchmarks": areas}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list) and len(value) <= 20:
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{prefix}[{i}]")
+    elif isinstance(value, int | float | str | bool) or value is None:
+        yield prefix, value
+
+
+SCENARIO_TITLES = {
+    "fanout": "1. Fan-out convergence (1 writer, N readers, row transactions)",
+    "latency": "2. One-way latency of a single-cell change",
+    "join": "3. Join: a new process catching up with N cells",
+    "memory": "4. Memory per cell",
+    "ws": "5. WebSocket server (ours vs TinyBase createWsServer)",
+    "persist": "6. Persistence (coordinator under sustained writes; quiescence to durable)",
+}
+
+
+def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
+                   areas: dict[str, Any]) -> None:
+    m = meta["machine"]
+    lines = [
+        f"# localsync benchmarks ({meta['mode']} mode)",
+        "",
+        f"Run {meta['date']} on **{m['cpu']}**, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, "
+        f"{m['platform']}. Python {meta['versions']['python']}, localsync "
+        f"{meta['versions']['localsync']}, pyzmq {meta['versions']['pyzmq']} (libzmq "
+        f"{meta['versions']['libzmq']}), msgspec {meta['versions']['msgspec']}, pycrdt "
+        f"{meta['versions']['pycrdt']}, node {meta['versions']['node']}, tinybase "
+        f"{meta['versions']['tinybase']}. Suite took {meta['elapsed_seconds']:.0f} s.",
+        "",
+        "Absolute figures are from that machine only; the **ratio** column divides each figure "
+        "by the reference baseline's figure for the same parameters in the same run "
+        "(lower is better for every metric here: >1 means slower/bigger than the reference).",
+        "",
+    ]
+    by_scenario: dict[str, list[Figure]] = defaultdict(list)
+    for f in figures:
+        by_scenario[f.scenario].append(f)
+    for scenario, title in SCENARIO_TITLES.items():
+        lines += [f"## {title}", ""]
+        members = by_scenario.get(scenario, [])
+        if not members:
+            lines += ["Not available in this run (see notes below).", ""]
+            continue
+        ref = next((f.reference for f in members if f.reference), None)
+        if ref:
+            lines += [f"Reference for ratios: **{ref}**.", ""]
+        lines += ["| parameters | metric | subject | value | ratio | note |",
+                  "|---|---|---|---:|---:|---|"]
+        for f in members:
+            ratio = "n/a" if f.ratio is None else f"{f.ratio:.2f}×"
+            subject = f"**{f.subject}**" if f.subject == "localsync" else f.subject
+            lines.append(f"| {_params(f.params)} | {f.metric} | {subject} | "
+                         f"{_fmt(f.value, f.unit)} | {ratio} | {f.note} |")
+        lines.append("")
+    lines += _localsync_vs_baselines(figures)
+    lines += ["## Per-area benchmarks", "",
+              "Run by the suite as subprocesses (`python -m benchmarks.<name>`); their own "
+              "JSON is embedded in results.json under `area_benchmarks`.", ""]
+    for name, info in areas.items():
+        lines.append(f"### {name}: {info['status']}")
+        lines.append("")
+        if info.get("note"):
+            lines += [info["note"], ""]
+        flat = list(_flatten(info.get("data")))
+        numeric = [(k, v) for k, v in flat if isinstance(v, int | float)
+                   and not isinstance(v, bool)]
+        if numeric:
+            lines += ["| key | value |", "|---|---:|"]
+            lines += [f"| {k} | {v:.6g} |" for k, v in numeric[:60]]
+            if len(numeric) > 60:
+                lines.append(f"| … {len(numeric) - 60} more in results.json | |")
+            lines.append("")
+    if meta.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in meta["notes"]] + [""]
+    lines += ["## Charts", ""] + [f"![{c}]({c})" for c in meta.get("charts", [])] + [""]
+    path.write_text("\n".join(lines))
+
+
+def _localsync_vs_baselines(figures: list[Figure]) -> list[str]:
+    """localsync divided by every other subject, group by group: where it is slower, and how."""
+    groups: dict[tuple[str, str, str], list[Figure]] = defaultdict(list)
+    for f in figures:
+        groups[f.group_key()].append(f)
+    rows = []
+    for (scenario, metric, params), members in groups.items():
+        ours = next((f for f in members if f.subject == "localsync" and f.value), None)
+        if ours is None or ours.value is None:
+            continue
+        for other in members:
+            if other is ours or not other.value:
+                continue
+            r = ours.value / other.value
+            verdict = "slower/bigger" if r > 1.05 else ("faster/smaller" if r < 0.95 else "same")
+            rows.append(f"| {scenario} | {_params(json.loads(params))} | {metric} | "
+                        f"{other.subject} | {r:.2f}× | {verdict} |")
+    if not rows:
+        return ["## localsync against each baseline", "",
+                "No localsync figure was available in this run.", ""]
+    return ["## localsync against each baseline", "",
+            "localsync's figure divided by the baseline's (same parameters, same run).", "",
+            "| scenario | parameters | metric | baseline | localsync ÷ baseline | verdict |",
+            "|---|---|---|---|---:|---|", *rows, ""]
+
+
+def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
+    """PNG charts (Agg backend); returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+
+    def series(scenario: str, metric: str, fixed: dict[str, Any], x: str
+               ) -> dict[str, list[tuple[float, float]]]:
+        out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for f in figures:
+            if f.scenario != scenario or f.metric != metric or f.value is None:
+                continue
+            if any(f.params.get(k) != v for k, v in fixed.items()) or x not in f.params:
+                continue
+            out[f.subject].append((f.params[x], f.value))
+        return {k: sorted(v) for k, v in out.items()}
+
+    def plot(name: str, panels: list[tuple[str, dict[str, list[tuple[float, float]]]]],
+             xlabel: str, ylabel: str, logx: bool = False) -> None:
+        panels = [p for p in panels if p[1]]
+        if not panels:
+            return
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (title, data) in zip(axes[0], panels, strict=True):
+            for subject, points in sorted(data.items()):
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", label=subject,
+                        linewidth=2.5 if subject == "localsync" else 1.2)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_yscale("log")
+            if logx:
+                ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+
+    fan = [f for f in figures if f.scenario == "fanout"]
+    cells_values = sorted({f.params["cells"] for f in fan})
+    reader_values = sorted({f.params["readers"] for f in fan})
+    plot("fanout_vs_processes.png",
+         [(f"{c:,} cells", series("fanout", "convergence", {"cells": c}, "readers"))
+          for c in cells_values], "reader processes", "convergence time (s)")
+    plot("fanout_vs_cells.png",
+         [(f"{r} reader(s)", series("fanout", "convergence", {"readers": r}, "cells"))
+          for r in reader_values], "cells", "convergence time (s)", logx=True)
+    plot("latency_vs_processes.png",
+         [(p, series("latency", p, {}, "readers")) for p in ("p50", "p99", "p99.9")],
+         "reader processes", "one-way latency (µs)")
+    plot("join_vs_cells.png", [("join", series("join", "join time", {}, "cells"))],
+         "cells held by the channel", "time to hold them all (s)", logx=True)
+    plot("memory_vs_cells.png", [("memory", series("memory", "bytes per cell", {}, "cells"))],
+         "cells", "bytes per cell", logx=True)
+    return written

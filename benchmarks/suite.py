@@ -1,0 +1,414 @@
+"""The benchmark suite runner behind ``python -m benchmarks``.
+
+Every scenario runs localsync and its baselines one after another in the same run, on the same
+workload (:mod:`benchmarks.baselines.common`), so each localsync figure can be given as a ratio
+to a baseline measured minutes earlier on the same machine, not to a number from elsewhere.
+A subject that cannot run (Node missing, a localsync module not written yet, a timeout) is
+recorded as "not available" with the reason; nothing is ever filled in.
+
+The per-area benchmarks other modules own (``benchmarks/store.py``, ``local_sync.py``,
+``persist.py``, ``channel.py``, ``ws.py``) are run as subprocesses, their JSON embedded;
+scenarios 5 (WebSocket) and 6 (persistence) come from ``ws`` and ``persist`` this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .report import RESULTS_DIR, Figure, compute_ratios, write_charts, write_json, write_markdown
+
+RAW = "raw pyzmq+msgspec"
+MANAGER = "Manager().dict()"
+PYCRDT = "pycrdt over zmq"
+TINYBASE = "TinyBase BroadcastChannel (Node workers)"
+LOCALSYNC = "localsync"
+AREA_MODULES = ("store", "local_sync", "persist", "channel", "ws")
+
+
+@dataclass
+class Sizes:
+    """What each mode measures; quick trims combinations, smoke is for CI's "does it run"."""
+
+    fanout: list[tuple[int, int]]  # (readers, cells)
+    latency_readers: list[int]
+    latency_samples: int
+    join_cells: list[int]
+    memory_cells: int
+    area_timeout: float
+    timeout: float
+    area_modules: tuple[str, ...] = AREA_MODULES
+    subjects: tuple[str, ...] = (LOCALSYNC, RAW, MANAGER, PYCRDT, TINYBASE)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+MODES: dict[str, Sizes] = {
+    "full": Sizes(
+        fanout=[(r, c) for c in (10_000, 100_000) for r in (1, 3, 7)],
+        latency_readers=[1, 3, 7], latency_samples=2000,
+        join_cells=[10_000, 100_000, 1_000_000], memory_cells=1_000_000,
+        area_timeout=240, timeout=180),
+    "quick": Sizes(
+        fanout=[(1, 10_000), (3, 10_000), (1, 100_000)],
+        latency_readers=[3], latency_samples=300,
+        join_cells=[10_000, 100_000], memory_cells=100_000,
+        area_timeout=45, timeout=60),
+    "smoke": Sizes(
+        fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
+        join_cells=[500], memory_cells=2_000, area_timeout=20, timeout=20,
+        area_modules=()),
+}
+
+
+class Progress:
+    """A plain text progress bar on stderr: no dependency, readable in CI logs too."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / max(1, self.total))
+        bar = "#" * filled + "-" * (width - filled)
+        elapsed = time.monotonic() - self.started
+        line = f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s {label}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + line[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.step("done")
+            sys.stderr.write("\n")
+
+
+Task = tuple[str, Callable[[], list[Figure]]]
+
+
+def _na(scenario: str, metric: str, subject: str, params: dict[str, Any], unit: str,
+        reference: str | None, why: str) -> Figure:
+    return Figure(scenario, metric, subject, params, None, unit, reference, note=f"n/a: {why}")
+
+
+def _localsync_missing() -> str | None:
+    from .baselines.localsync_subject import available
+
+    return available()
+
+
+def fanout_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
+    from .baselines import localsync_subject, manager_dict, zmq_subjects
+
+    def make(subject: str, readers: int, cells: int) -> Callable[[], list[Figure]]:
+        params = {"readers": readers, "cells": cells}
+
+        def run() -> list[Figure]:
+            if subject == LOCALSYNC and (why := _localsync_missing()):
+                return [_na("fanout", "convergence", subject, params, "s", RAW, why)]
+            if subject == TINYBASE and skip_node:
+                return [_na("fanout", "convergence", subject, params, "s", RAW,
+                            "skipped (--skip-node)")]
+            fn: Callable[[], Any] = {
+                RAW: lambda: zmq_subjects.fanout("raw", readers, cells, sizes.timeout),
+                PYCRDT: lambda: zmq_subjects.fanout("pycrdt", readers, cells, sizes.timeout),
+                MANAGER: lambda: manager_dict.fanout(readers, cells, sizes.timeout),
+                LOCALSYNC: lambda: localsync_subject.fanout(readers, cells, sizes.timeout),
+                TINYBASE: lambda: _tinybase_fanout(readers, cells, sizes.timeout),
+            }[subject]
+            result = fn()
+            return [Figure("fanout", "convergence", subject, params, result.seconds, "s", RAW,
+                           note=result.note,
+                           extra={"per_reader_seconds": result.per_reader,
+                                  "cells_per_second": None if not result.seconds
+                                  else cells / result.seconds})]
+        return run
+
+    return [(f"fan-out {s} readers={r} cells={c:,}", make(s, r, c))
+            for r, c in sizes.fanout for s in sizes.subjects]
+
+
+def _tinybase_fanout(readers: int, cells: int, timeout: float) -> Any:
+    from .baselines import tinybase
+
+    return tinybase.fanout(readers, cells, timeout)
+
+
+def latency_tasks(sizes: Sizes) -> list[Task]:
+    from .baselines import localsync_subject, zmq_subjects
+
+    def make(subject: str, readers: int) -> Callable[[], list[Figure]]:
+        params = {"readers": readers, "samples": sizes.latency_samples}
+
+        def run() -> list[Figure]:
+            if subject == LOCALSYNC and (why := _localsync_missing()):
+                return [_na("latency", p, subject, params, "us", RAW, why)
+                        for p in ("p50", "p99", "p99.9")]
+            module = zmq_subjects if subject == RAW else localsync_subject
+            values = module.latency(readers, sizes.latency_samples, timeout=sizes.timeout)
+            if values is None:
+                return [_na("latency", p, subject, params, "us", RAW,
+                            "some changes never arrived before the timeout")
+                        for p in ("p50", "p99", "p99.9")]
+            summary = zmq_subjects.latency_summary(values)
+            return [Figure("latency", p, subject, params, v, "us", RAW)
+                    for p, v in summary.items()]
+        return run
+
+    return [(f"latency {s} readers={r}", make(s, r))
+            for r in sizes.latency_readers for s in (LOCALSYNC, RAW)]
+
+
+def join_tasks(sizes: Sizes) -> list[Task]:
+    from .baselines import localsync_subject, manager_dict, zmq_subjects
+
+    snapshot = "raw zmq REQ/REP msgpack snapshot"
+    subjects: dict[str, Callable[[int], float | None]] = {
+        LOCALSYNC: lambda c: localsync_subject.join(c, sizes.timeout * 2),
+        snapshot: lambda c: zmq_subjects.join(c, sizes.timeout * 2),
+        MANAGER: lambda c: manager_dict.join(c, sizes.timeout * 2),
+    }
+
+    def make(subject: str, cells: int) -> Callable[[], list[Figure]]:
+        params = {"cells": cells}
+
+        def run() -> list[Figure]:
+            if subject == LOCALSYNC and (why := _localsync_missing()):
+                return [_na("join", "join time", subject, params, "s", snapshot, why)]
+            value = subjects[subject](cells)
+            return [Figure("join", "join time", subject, params, value, "s", snapshot,
+                           note="" if value is not None else "n/a: did not complete in time")]
+        return run
+
+    return [(f"join {s} cells={c:,}", make(s, c)) for c in sizes.join_cells for s in subjects]
+
+
+def memory_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
+    from .baselines import memory, tinybase
+
+    cells = sizes.memory_cells
+    params = {"cells": cells}
+    plain = "plain dict"
+
+    def py(kind: str, subject: str) -> Callable[[], list[Figure]]:
+        def run() -> list[Figure]:
+            if kind != "dict" and (why := _localsync_missing()):
+                return [_na("memory", "bytes per cell", subject, params, "B", plain, why)]
+            value = memory.bytes_per_cell(kind, cells, sizes.timeout * 3)
+            return [Figure("memory", "bytes per cell", subject, params, value, "B", plain,
+                           note="RSS growth")]
+        return run
+
+    def node() -> list[Figure]:
+        subject = "TinyBase MergeableStore (Node heap)"
+        if skip_node:
+            return [_na("memory", "bytes per cell", subject, params, "B", plain,
+                        "skipped (--skip-node)")]
+        value = tinybase.memory_bytes_per_cell(cells, sizes.timeout * 3)
+        return [Figure("memory", "bytes per cell", subject, params, value, "B", plain,
+                       note="V8 heapUsed growth")]
+
+    return [
+        (f"memory {LOCALSYNC} cells={cells:,}", py("localsync_mergeable", LOCALSYNC)),
+        (f"memory localsync Store cells={cells:,}", py("localsync_store", "localsync Store")),
+        (f"memory plain dict cells={cells:,}", py("dict", plain)),
+        (f"memory TinyBase cells={cells:,}", node),
+    ]
+
+
+def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<name>`` and read the JSON it writes; never invent data."""
+    module_file = Path(__file__).resolve().parent / f"{name}.py"
+    if not module_file.exists():
+        return {"status": "not available",
+                "note": f"benchmarks/{name}.py does not exist yet in this tree."}
+    out_file = RESULTS_DIR / f"{name}.json"
+    started = time.time()
+    root = Path(__file__).resolve().parents[1]
+    attempts = [["--quick"], []] if quick else [[]]
+    proc = None
+    for extra in attempts:
+        try:
+            proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *extra],
+                                  cwd=root, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "not available",
+                    "note": f"timed out after {timeout:.0f} s (args {extra})."}
+        if not (proc.returncode == 2 and "unrecognized arguments" in proc.stderr):
+            break
+    assert proc is not None
+    if proc.returncode != 0:
+        return {"status": "failed", "note": f"exit {proc.returncode}: "
+                f"{proc.stderr.strip()[-400:]}"}
+    try:
+        fresh = out_file.stat().st_mtime >= started - 1
+        data = json.loads(out_file.read_text()) if fresh else None
+    except (OSError, ValueError) as error:
+        return {"status": "failed", "note": f"no readable {out_file.name}: {error}"}
+    if data is None:
+        return {"status": "failed", "note": f"{out_file.name} was not rewritten by this run."}
+    return {"status": "ok", "seconds": round(time.time() - started, 1), "data": data}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gb": memory_gb,
+            "platform": platform.platform(), "hostname": platform.node()}
+
+
+def versions() -> dict[str, str | None]:
+    import msgspec
+    import zmq
+
+    from .baselines import tinybase
+
+    def dist(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        import localsync
+
+        ours: str | None = localsync.__version__
+    except Exception:
+        ours = None
+    return {"python": platform.python_version(), "localsync": ours,
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+            "msgspec": msgspec.__version__, "pycrdt": dist("pycrdt"),
+            "matplotlib": dist("matplotlib"), "node": tinybase.node_version(),
+            "tinybase": tinybase.installed_version()}
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool = False,
+              only: set[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the scenarios of ``mode``; write results.json, results.md and charts into out_dir."""
+    sizes = MODES[mode]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    notes: list[str] = []
+    if not skip_node:
+        from .baselines import tinybase
+
+        try:
+            tinybase.ensure_tinybase()
+        except tinybase.NodeUnavailable as error:
+            skip_node = True
+            notes.append(f"TinyBase baselines not available: {error}")
+
+    def want(scenario: str) -> bool:
+        return only is None or scenario in only
+
+    tasks: list[Task] = []
+    if want("fanout"):
+        tasks += fanout_tasks(sizes, skip_node)
+    if want("latency"):
+        tasks += latency_tasks(sizes)
+    if want("join"):
+        tasks += join_tasks(sizes)
+    if want("memory"):
+        tasks += memory_tasks(sizes, skip_node)
+    area_names = [a for a in sizes.area_modules if want(a) or want("areas")]
+    bar = Progress(len(tasks) + len(area_names), progress)
+    figures: list[Figure] = []
+    for label, task in tasks:
+        bar.step(label)
+        try:
+            figures += task()
+        except Exception as error:  # one broken subject must not sink the whole suite
+            scenario = label.split()[0].replace("fan-out", "fanout")
+            notes.append(f"{label}: {type(error).__name__}: {error}")
+            figures.append(Figure(scenario, "error", label, {}, None, "", None,
+                                  note=f"n/a: {type(error).__name__}: {error}"))
+            if os.environ.get("LOCALSYNC_BENCH_DEBUG"):
+                traceback.print_exc()
+        bar.advance()
+    areas: dict[str, Any] = {}
+    for name in area_names:
+        bar.step(f"area benchmark {name}")
+        areas[name] = run_area(name, mode != "full", sizes.area_timeout)
+        bar.advance()
+    bar.finish()
+    for scenario, area in (("ws", "ws"), ("persist", "persist")):
+        if want(scenario) and areas.get(area, {}).get("status") != "ok":
+            notes.append(f"Scenario {scenario}: localsync's benchmarks/{area}.py result is "
+                         f"not available ({areas.get(area, {}).get('note', 'not run')}).")
+    compute_ratios(figures)
+    meta: dict[str, Any] = {
+        "mode": mode,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(), "versions": versions(), "git_commit": git_commit(),
+        "elapsed_seconds": time.monotonic() - started, "notes": notes,
+        "workload": "table t, rows r<i>, 10 integer cells per row, one transaction per row",
+    }
+    try:
+        meta["charts"] = write_charts(out_dir, figures)
+    except Exception as error:
+        meta["charts"] = []
+        notes.append(f"charts not written: {type(error).__name__}: {error}")
+    write_json(out_dir / "results.json", meta, figures, areas)
+    write_markdown(out_dir / "results.md", meta, figures, areas)
+    return {"meta": meta, "figures": figures, "areas": areas}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                        help="fewer combinations and sizes (under 2 minutes)")
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
+                        help="tiny sizes, no per-area benchmarks (CI: proves the suite runs)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
+                        help="output folder (default benchmarks/results)")
+    parser.add_argument("--skip-node", action="store_true",
+                        help="do not run the TinyBase (Node.js) baselines")
+    parser.add_argument("--only", action="append",
+                        help="run only these scenarios: fanout, latency, join, memory, areas, "
+                             "or an area module name (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    mode = args.mode or "full"
+    result = run_suite(mode, args.out, args.skip_node, set(args.only) if args.only else None,
+                       not args.no_progress)
+    print((args.out / "results.md").read_text())
+    missing = [f for f in result["figures"] if f.value is None]
+    print(f"{len(result['figures'])} figures, {len(missing)} not available; "
+          f"written to {args.out}", file=sys.stderr)
+    return 0
