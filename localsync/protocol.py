@@ -1,0 +1,639 @@
+"""The sans-I/O sync engine: TinyBase's synchronizer protocol with no sockets and no asyncio.
+
+Why sans-I/O: the protocol decisions (which request to send next, when a request has timed
+out, which messages are invalid) are the same whatever carries the bytes. Keeping them in a
+plain object that takes inputs and queues outputs lets every transport be a few lines, lets
+tests drive it message by message with a fake clock, and keeps the JavaScript/asyncio timing
+trap (see DESIGN.md) out of the protocol: everything here happens synchronously inside the
+call that caused it, exactly as TinyBase does it before its first ``await``.
+
+Inputs
+    ``receive(from_client_id, request_id, message, body)`` - a message from a peer (validated
+    here; invalid ones are reported as ``tinybase:14`` and dropped);
+    ``pull(...)`` - start TinyBase's ``getChangesFromOtherStore`` sequence;
+    ``send_content_diff(changes)`` / ``send_content_hashes()`` - a save;
+    ``tick(now)`` - time passed (request time-outs, anti-entropy).
+Outputs
+    ``data_to_send()`` - queued ``Outgoing(to, request_id, message, body)`` tuples in send
+    order; ``next_deadline()`` - when to call ``tick`` next; reports to ``on_ignored_error``;
+    completed pulls handed to their ``on_done`` callback and pushed changes handed to
+    ``persister_listener(content, changes)`` (the Persister applies them).
+
+Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefined as U+FFFC):
+0 Response, 1 GetContentHashes, 2 ContentHashes, 3 ContentDiff, 4 GetTableDiff,
+5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff.
+
+Anti-entropy (beyond TinyBase, using only TinyBase's messages): every ``anti_entropy_seconds``
+a syncing engine re-announces its ContentHashes when its hashes changed since its last
+announcement, when a known peer was last seen with different hashes, or on every
+``heartbeat_every``-th period. Peers whose hashes differ pull the difference, so a lost,
+duplicated or reordered message costs latency, never data; when everyone agrees, an idle
+period sends nothing but the occasional heartbeat.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .codec import UNDEFINED, get_unique_id
+from .persister import TinyBaseError
+
+__all__ = [
+    "CELL_DIFF",
+    "CONTENT_DIFF",
+    "CONTENT_HASHES",
+    "GET_CONTENT_HASHES",
+    "MAX_PENDING_REQUESTS",
+    "RESPONSE",
+    "ROW_DIFF",
+    "TABLE_DIFF",
+    "VALUE_DIFF",
+    "Message",
+    "Outgoing",
+    "SyncEngine",
+    "is_protocol_message_valid",
+]
+
+RESPONSE = 0
+GET_CONTENT_HASHES = 1
+CONTENT_HASHES = 2
+CONTENT_DIFF = 3
+TABLE_DIFF = 4
+ROW_DIFF = 5
+CELL_DIFF = 6
+VALUE_DIFF = 7
+
+Message = {
+    "Response": RESPONSE,
+    "GetContentHashes": GET_CONTENT_HASHES,
+    "ContentHashes": CONTENT_HASHES,
+    "ContentDiff": CONTENT_DIFF,
+    "GetTableDiff": TABLE_DIFF,
+    "GetRowDiff": ROW_DIFF,
+    "GetCellDiff": CELL_DIFF,
+    "GetValueDiff": VALUE_DIFF,
+}
+
+MAX_PENDING_REQUESTS = 100
+ERROR_SYNC_RESPONSE = 3
+ERROR_SYNC_MESSAGE = 14
+ERROR_SYNC_OVERFLOW = 15
+
+_HLC = re.compile(r"[-0-9A-Z_a-z]{16}")
+_MAX_HASH = 4294967295
+_ARRAY = (list, tuple)
+
+
+class Outgoing(NamedTuple):
+    """One message to send: ``to`` is ``None`` for a broadcast."""
+
+    to: str | None
+    request_id: str | None
+    message: int
+    body: Any
+
+
+# -- validation (TinyBase 10's isProtocolMessageValid) -------------------------------------------
+
+
+def _is_number(thing: Any) -> bool:
+    return type(thing) is int or type(thing) is float
+
+
+def _is_hash(thing: Any) -> bool:
+    if type(thing) is int:
+        return 0 <= thing <= _MAX_HASH
+    if type(thing) is float:
+        return math.isfinite(thing) and thing.is_integer() and 0 <= thing <= _MAX_HASH
+    return False
+
+
+def _is_hash_tree(tree: Any, depth: int) -> bool:
+    if type(tree) is not dict:
+        return False
+    for key, child in tree.items():
+        if type(key) is not str:
+            return False
+        if depth:
+            if not _is_hash_tree(child, depth - 1):
+                return False
+        elif not _is_hash(child):
+            return False
+    return True
+
+
+def _is_cell_or_value_or_undefined(thing: Any) -> bool:
+    kind = type(thing)
+    if kind is str or kind is bool or thing is None or kind is list or kind is dict:
+        return True
+    if kind is int:
+        return abs(thing) < 2**1024
+    if kind is float:
+        return math.isfinite(thing)
+    return kind is tuple
+
+
+def _is_stamp(stamp: Any, depth: int) -> bool:
+    if not isinstance(stamp, _ARRAY):
+        return False
+    length = len(stamp)
+    if length == 2:
+        hlc = stamp[1]
+        if type(hlc) is not str or (hlc != "" and not _HLC.fullmatch(hlc)):
+            return False
+    elif length != 1:
+        return False
+    thing = stamp[0]
+    if depth:
+        if type(thing) is not dict:
+            return False
+        for key, child in thing.items():
+            if type(key) is not str or not _is_stamp(child, depth - 1):
+                return False
+        return True
+    return _is_cell_or_value_or_undefined(thing)
+
+
+def _is_content_hashes(body: Any) -> bool:
+    return isinstance(body, _ARRAY) and len(body) == 2 and _is_hash(body[0]) and _is_hash(body[1])
+
+
+def _is_mergeable_content_or_changes(body: Any) -> bool:
+    return (
+        isinstance(body, _ARRAY)
+        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
+        and _is_stamp(body[0], 3)
+        and _is_stamp(body[1], 1)
+    )
+
+
+def _is_response(body: Any) -> bool:
+    return (
+        _is_content_hashes(body)
+        or _is_stamp(body, 3)
+        or _is_stamp(body, 1)
+        or (
+            isinstance(body, _ARRAY)
+            and len(body) == 2
+            and _is_stamp(body[0], 3)
+            and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
+        )
+    )
+
+
+_BODY_CHECKS: dict[int, Callable[[Any], bool]] = {
+    RESPONSE: _is_response,
+    GET_CONTENT_HASHES: lambda body: body == "" and type(body) is str,
+    CONTENT_HASHES: _is_content_hashes,
+    CONTENT_DIFF: _is_mergeable_content_or_changes,
+    TABLE_DIFF: lambda body: _is_hash_tree(body, 0),
+    ROW_DIFF: lambda body: _is_hash_tree(body, 1),
+    CELL_DIFF: lambda body: _is_hash_tree(body, 2),
+    VALUE_DIFF: lambda body: _is_hash_tree(body, 0),
+}
+
+
+def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
+    """TinyBase 10's check of every received message (request id, number, body shape)."""
+    if request_id is not None and (type(request_id) is not str or request_id == UNDEFINED):
+        return False
+    if not _is_number(message) or not math.isfinite(message) or message != int(message):
+        return False
+    check = _BODY_CHECKS.get(int(message))
+    return check is not None and check(body)
+
+
+# -- stamps -------------------------------------------------------------------------------------
+
+
+def _stamp_new_obj(hlc: str = "") -> list[Any]:
+    return [{}, hlc] if hlc else [{}]
+
+
+def _latest_hlc(hlc1: Any, hlc2: Any) -> str:
+    a = hlc1 if hlc1 is not None else ""
+    b = hlc2 if hlc2 is not None else ""
+    return a if a > b else b
+
+
+def _hlc_of(stamp: Any) -> Any:
+    return stamp[1] if len(stamp) > 1 else None
+
+
+def _merge_tables_stamps(tables_stamp: list[Any], other: Any) -> None:
+    """TinyBase's ``mergeTablesStamps``, copying each level it changes.
+
+    Copy-on-write because bodies may be shared with the sender (in-process transports).
+    """
+    table_stamps2 = other[0]
+    tables = dict(tables_stamp[0])
+    tables_stamp[0] = tables
+    for table_id, table_stamp2 in table_stamps2.items():
+        old_table = tables.get(table_id)
+        table_stamp = list(old_table) if old_table is not None else [{}]
+        table_stamp[0] = rows = dict(table_stamp[0])
+        for row_id, row_stamp2 in table_stamp2[0].items():
+            old_row = rows.get(row_id)
+            row_stamp = list(old_row) if old_row is not None else [{}]
+            row_stamp[0] = cells = dict(row_stamp[0])
+            for cell_id, cell_stamp2 in row_stamp2[0].items():
+                cell_hlc = _hlc_of(cell_stamp2)
+                cells[cell_id] = [cell_stamp2[0], cell_hlc] if cell_hlc else [cell_stamp2[0]]
+            _set_hlc(row_stamp, _latest_hlc(_hlc_of(row_stamp), _hlc_of(row_stamp2)))
+            rows[row_id] = row_stamp
+        _set_hlc(table_stamp, _latest_hlc(_hlc_of(table_stamp), _hlc_of(table_stamp2)))
+        tables[table_id] = table_stamp
+    _set_hlc(tables_stamp, _latest_hlc(_hlc_of(tables_stamp), _hlc_of(other)))
+
+
+def _set_hlc(stamp: list[Any], hlc: str) -> None:
+    if len(stamp) > 1:
+        stamp[1] = hlc
+    else:
+        stamp.append(hlc)
+
+
+def _changes_are_empty(changes: Any) -> bool:
+    return not changes[0][0] and not changes[1][0]
+
+
+# -- the pull state machine ---------------------------------------------------------------------
+
+
+class _Pull:
+    """One ``getChangesFromOtherStore`` run, advanced by responses instead of awaits."""
+
+    __slots__ = ("on_done", "other", "other_values_hash", "tables_changes", "tx_id", "values_hash")
+
+    def __init__(self, tx_id: str, other: str | None, on_done: Callable[[Any], None]) -> None:
+        self.tx_id = tx_id
+        self.other = other
+        self.on_done = on_done
+        self.tables_changes: list[Any] = _stamp_new_obj()
+        self.values_hash: Any = None
+        self.other_values_hash: Any = None
+
+
+class _Pending:
+    __slots__ = ("deadline", "message", "pull", "to")
+
+    def __init__(self, to: str | None, message: int, pull: _Pull, deadline: float) -> None:
+        self.to = to
+        self.message = message
+        self.pull = pull
+        self.deadline = deadline
+
+
+class _Peer:
+    __slots__ = ("hashes",)
+
+    def __init__(self) -> None:
+        self.hashes: tuple[Any, Any] | None = None
+
+
+class SyncEngine:
+    """TinyBase's createCustomSynchronizer protocol, driven by method calls.
+
+    ``store`` is a MergeableStore (only its read methods are used here; changes are handed to
+    ``persister_listener`` so the Persister can mark them as loaded, not local).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        request_timeout_seconds: float,
+        on_ignored_error: Callable[[BaseException], None] | None = None,
+        on_receive: Callable[[str, str | None, int, Any], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        transaction_id: Callable[[], str] | None = None,
+        request_suffix: Callable[[], str] | None = None,
+        anti_entropy_seconds: float | None = None,
+        heartbeat_every: int = 4,
+        max_pending_requests: int = MAX_PENDING_REQUESTS,
+    ) -> None:
+        if anti_entropy_seconds is not None and not anti_entropy_seconds > 0:
+            raise ValueError("anti_entropy_seconds must be a positive number or None")
+        self.store = store
+        self.request_timeout_seconds = float(request_timeout_seconds)
+        self.on_ignored_error = on_ignored_error
+        self.on_receive = on_receive
+        self.clock = clock
+        self._transaction_id = transaction_id or (lambda: get_unique_id(11))
+        self._request_suffix = request_suffix or (lambda: get_unique_id(4))
+        self.anti_entropy_seconds = anti_entropy_seconds
+        self.heartbeat_every = max(1, heartbeat_every)
+        self.max_pending_requests = max_pending_requests
+        # state the driver sets
+        self.syncing = False
+        self.destroyed = False
+        self.is_auto_loading: Callable[[], bool] = lambda: False
+        self.is_auto_saving: Callable[[], bool] = lambda: False
+        self.persister_listener: Callable[[Any, Any], None] | None = None
+        # internal
+        self.sends = 0
+        self.receives = 0
+        self.ignored_errors = 0
+        self.anti_entropy_announcements = 0
+        self._outbox: list[Outgoing] = []
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._peers: dict[str, _Peer] = {}
+        self._last_announced: tuple[Any, Any] | None = None
+        self._next_anti_entropy: float | None = None
+        self._anti_entropy_periods = 0
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[Outgoing]:
+        """Take the queued messages (oldest first)."""
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must next be called (``clock`` units), or None."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._pending:
+            heapq.heappop(deadlines)
+        best = deadlines[0][0] if deadlines else None
+        ae = self._next_anti_entropy if self.syncing else None
+        if ae is not None and (best is None or ae < best):
+            best = ae
+        return best
+
+    def pending_request_count(self) -> int:
+        return len(self._pending)
+
+    def _report(self, error: BaseException) -> None:
+        self.ignored_errors += 1
+        if self.on_ignored_error is not None:
+            self.on_ignored_error(error)
+
+    def _emit(self, to: str | None, request_id: str | None, message: int, body: Any) -> None:
+        self.sends += 1
+        self._outbox.append(Outgoing(to, request_id, message, body))
+
+    def new_transaction_id(self) -> str:
+        return self._transaction_id()
+
+    # -- saves ------------------------------------------------------------------------------
+
+    def send_content_diff(self, changes: Any) -> None:
+        """Broadcast one transaction's encoded changes (without hashes)."""
+        self._emit(None, self._transaction_id(), CONTENT_DIFF, changes)
+
+    def send_content_hashes(self) -> None:
+        """Broadcast this store's content hashes so that differing peers pull from us."""
+        hashes = self.store.get_mergeable_content_hashes()
+        self._last_announced = (hashes[0], hashes[1])
+        self._emit(None, self._transaction_id(), CONTENT_HASHES, hashes)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _request(self, pull: _Pull, to: str | None, message: int, body: Any) -> None:
+        if len(self._pending) >= self.max_pending_requests:
+            self._fail(pull, TinyBaseError(ERROR_SYNC_OVERFLOW, "requests"))
+            return
+        request_id = pull.tx_id + "." + self._request_suffix()
+        deadline = self.clock() + self.request_timeout_seconds
+        self._pending[request_id] = _Pending(to, message, pull, deadline)
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        self._emit(to, request_id, message, body)
+
+    def reject_pending_requests(self, error: BaseException) -> None:
+        """Fail every request in flight (destroy); their pulls report ``error``."""
+        pending = self._pending
+        self._pending = {}
+        self._deadlines.clear()
+        for entry in pending.values():
+            self._fail(entry.pull, error)
+
+    # -- the pull sequence --------------------------------------------------------------------
+
+    def pull(
+        self,
+        on_done: Callable[[Any], None],
+        other_client_id: str | None = None,
+        other_content_hashes: Any = None,
+        transaction_id: str | None = None,
+    ) -> None:
+        """Ask a peer (or, with no hashes given, whoever answers first) what we are missing.
+
+        ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
+        ``None`` when the sequence failed (the failure is reported first).
+        """
+        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+        if other_content_hashes is None:
+            self._request(pull, None, GET_CONTENT_HASHES, "")
+        else:
+            self._on_content_hashes(pull, other_content_hashes)
+
+    def _fail(self, pull: _Pull, error: BaseException) -> None:
+        self._report(error)
+        pull.on_done(None)
+
+    def _finish(self, pull: _Pull, values_stamp: Any) -> None:
+        pull.on_done([pull.tables_changes, values_stamp, 1])
+
+    def _on_content_hashes(self, pull: _Pull, other_hashes: Any) -> None:
+        other_tables_hash, other_values_hash = other_hashes
+        tables_hash, values_hash = self.store.get_mergeable_content_hashes()
+        pull.values_hash = values_hash
+        pull.other_values_hash = other_values_hash
+        if tables_hash != other_tables_hash:
+            self._request(pull, pull.other, TABLE_DIFF, self.store.get_mergeable_table_hashes())
+        else:
+            self._values_step(pull)
+
+    def _values_step(self, pull: _Pull) -> None:
+        if pull.values_hash == pull.other_values_hash:
+            self._finish(pull, _stamp_new_obj())
+        else:
+            self._request(pull, pull.other, VALUE_DIFF, self.store.get_mergeable_value_hashes())
+
+    def _on_response(self, entry: _Pending, body: Any, from_client_id: str) -> None:
+        pull = entry.pull
+        message = entry.message
+        store = self.store
+        if message == GET_CONTENT_HASHES:
+            if not _is_content_hashes(body):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            pull.other = from_client_id
+            self._remember_peer_hashes(from_client_id, body)
+            self._on_content_hashes(pull, body)
+        elif message == TABLE_DIFF:
+            if not (isinstance(body, _ARRAY) and len(body) == 2 and _is_stamp(body[0], 3)):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            new_tables, differing = body
+            pull.tables_changes = list(new_tables)
+            if differing:
+                self._request(pull, pull.other, ROW_DIFF, store.get_mergeable_row_hashes(differing))
+            else:
+                self._values_step(pull)
+        elif message == ROW_DIFF:
+            if not (isinstance(body, _ARRAY) and len(body) == 2 and _is_stamp(body[0], 3)):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            new_rows, differing = body
+            _merge_tables_stamps(pull.tables_changes, new_rows)
+            if differing:
+                self._request(
+                    pull, pull.other, CELL_DIFF, store.get_mergeable_cell_hashes(differing)
+                )
+            else:
+                self._values_step(pull)
+        elif message == CELL_DIFF:
+            if not _is_stamp(body, 3):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            _merge_tables_stamps(pull.tables_changes, body)
+            self._values_step(pull)
+        else:  # VALUE_DIFF
+            if not _is_stamp(body, 1):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            self._finish(pull, body)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive(self, from_client_id: str, request_id: str | None, message: int, body: Any) -> None:
+        """Handle one message from a peer; never raises into the transport."""
+        if self.destroyed:
+            return
+        if not is_protocol_message_valid(request_id, message, body):
+            self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
+            return
+        message = int(message)
+        is_auto_loading = self.syncing or self.is_auto_loading()
+        self.receives += 1
+        if self.on_receive is not None:
+            self.on_receive(from_client_id, request_id, message, body)
+        try:
+            self._dispatch(from_client_id, request_id, message, body, is_auto_loading)
+        except Exception as error:
+            self._report(error)
+
+    def _dispatch(
+        self,
+        from_client_id: str,
+        request_id: str | None,
+        message: int,
+        body: Any,
+        is_auto_loading: bool,
+    ) -> None:
+        if message == RESPONSE:
+            entry = self._pending.get(request_id) if request_id is not None else None
+            if entry is not None and (entry.to is None or entry.to == from_client_id):
+                del self._pending[request_id]  # type: ignore[arg-type]
+                try:
+                    self._on_response(entry, body, from_client_id)
+                except Exception as error:
+                    self._fail(entry.pull, error)
+            return
+        if message == CONTENT_HASHES:
+            self._remember_peer_hashes(from_client_id, body)
+            if is_auto_loading:
+                self.pull(
+                    self._pushed_changes_handler(),
+                    from_client_id,
+                    body,
+                    request_id,
+                )
+            return
+        if message == CONTENT_DIFF:
+            self._known_peer(from_client_id)
+            if is_auto_loading and self.persister_listener is not None:
+                self.persister_listener(None, body)
+            return
+        store = self.store
+        if message == GET_CONTENT_HASHES:
+            self._known_peer(from_client_id)
+            if not (self.syncing or self.is_auto_saving()):
+                return
+            response = store.get_mergeable_content_hashes()
+        elif message == TABLE_DIFF:
+            response = store.get_mergeable_table_diff(body)
+        elif message == ROW_DIFF:
+            response = store.get_mergeable_row_diff(body)
+        elif message == CELL_DIFF:
+            response = store.get_mergeable_cell_diff(body)
+        else:  # VALUE_DIFF
+            response = store.get_mergeable_value_diff(body)
+        self._emit(from_client_id, request_id, RESPONSE, response)
+
+    def _pushed_changes_handler(self) -> Callable[[Any], None]:
+        def on_done(changes: Any) -> None:
+            listener = self.persister_listener
+            if self.destroyed or listener is None:
+                return
+            if changes is not None and _changes_are_empty(changes):
+                return  # in sync already: nothing to apply (TinyBase applies an empty set)
+            listener(None, changes)
+
+        return on_done
+
+    # -- peers and anti-entropy ---------------------------------------------------------------
+
+    def _known_peer(self, client_id: str) -> _Peer:
+        peer = self._peers.get(client_id)
+        if peer is None:
+            peer = self._peers[client_id] = _Peer()
+        return peer
+
+    def _remember_peer_hashes(self, client_id: str, hashes: Any) -> None:
+        self._known_peer(client_id).hashes = (hashes[0], hashes[1])
+
+    def forget_peer(self, client_id: str) -> None:
+        """Stop expecting ``client_id`` to agree with us (it left)."""
+        self._peers.pop(client_id, None)
+
+    def start(self) -> None:
+        """Mark syncing (answer GetContentHashes, pull on ContentHashes) and arm anti-entropy."""
+        self.syncing = True
+        if self.anti_entropy_seconds is not None:
+            self._next_anti_entropy = self.clock() + self.anti_entropy_seconds
+
+    def stop(self) -> None:
+        self.syncing = False
+        self._next_anti_entropy = None
+
+    def _anti_entropy_due(self) -> bool:
+        self._anti_entropy_periods += 1
+        if self._anti_entropy_periods % self.heartbeat_every == 0:
+            return True
+        hashes = tuple(self.store.get_mergeable_content_hashes())
+        if hashes != self._last_announced:
+            return True
+        return any(peer.hashes != hashes for peer in self._peers.values())
+
+    def tick(self, now: float | None = None) -> None:
+        """Expire overdue requests and run anti-entropy when due."""
+        if now is None:
+            now = self.clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(deadlines)
+            entry = self._pending.pop(request_id, None)
+            if entry is not None:
+                self._fail(
+                    entry.pull,
+                    TinyBaseError(
+                        ERROR_SYNC_RESPONSE,
+                        f"{entry.to or ''}.{request_id}.{entry.message}",
+                    ),
+                )
+        ae = self._next_anti_entropy
+        if self.syncing and ae is not None and ae <= now and not self.destroyed:
+            period = self.anti_entropy_seconds or 1.0
+            while ae <= now:
+                ae += period
+            self._next_anti_entropy = ae
+            try:
+                if self._anti_entropy_due():
+                    self.anti_entropy_announcements += 1
+                    self.send_content_hashes()
+            except Exception as error:
+                self._report(error)
