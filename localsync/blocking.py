@@ -92,9 +92,11 @@ class BackgroundLoop:
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (``TimeoutError`` after timeout)."""
-        if self._closed:
-            raise RuntimeError("this BackgroundLoop is closed")
-        if self.in_loop_thread():
+        if self._closed or self.in_loop_thread():
+            if inspect.iscoroutine(coro):
+                coro.close()  # it will never run: do not leave a "never awaited" warning
+            if self._closed:
+                raise RuntimeError("this BackgroundLoop is closed")
             raise RuntimeError("blocking call made from the loop thread itself: use await")
 
         async def wrapper() -> T:
