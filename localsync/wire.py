@@ -90,9 +90,13 @@ def overflow_error(details: str) -> WireError:
 
 
 class Decoded(NamedTuple):
-    """One complete protocol message; ``remainders`` are the raw texts it arrived in."""
+    """One complete protocol message; ``remainders`` are the raw texts it arrived in.
 
-    from_client_id: str
+    ``client_id`` is the id before the newline: the sender on a client, the recipient
+    ("" for everyone) on a server.
+    """
+
+    client_id: str
     remainders: list[str]
     request_id: str | None
     message: int

@@ -94,7 +94,7 @@ def test_bus_wire_payloads_byte_exact(name: str, index: int, message: dict[str, 
     assert frames == [message["wire_payload"]]
     # and the decoder hands back exactly what was encoded (a server sees it from "to")
     (decoded,) = PayloadDecoder().feed(message["wire_payload"])
-    assert decoded.from_client_id == (message["to"] or "")
+    assert decoded.client_id == (message["to"] or "")
     assert (decoded.request_id, decoded.message, decoded.body) == (
         message["requestId"],
         message["message"],

@@ -1,0 +1,680 @@
+"""WebSocket sync servers that speak TinyBase 10's legacy wire format.
+
+Why our own server rather than a generic relay: TinyBase clients expect exactly TinyBase's
+behaviour (``createWsServer``): the URL path is the *room* (``ws://host:port/<pathId>``), a
+client's id is its ``Sec-WebSocket-Key``, a payload ``to\\n[...]`` is relayed to ``to`` (or to
+everyone else when ``to`` is empty) as ``from\\n[...]``, and a server-side MergeableStore per
+path can take part as client ``"S"``. On top of that this server adds what a long-running
+service needs:
+
+* **Persistence** (``create_persister(path_id) -> Persister | None``, may be a coroutine):
+  the path's store loads from it, saves every change, and is synchronized like a client;
+  when the last client leaves, the path is stopped (persister and synchronizer destroyed)
+  and the next client finds the data again - also after a server restart.
+* **Path ids are validated before anything else** (see ``is_valid_path_id``): 1 to 128
+  characters from ``A-Z a-z 0-9 _ ~ - .``, not starting with ``.``; no separators, no NUL,
+  no ``..``, no percent-decoding. The empty path (``ws://host/``) is allowed only when the
+  server does not persist. Anything else is refused at the HTTP upgrade with 400, so no file
+  name is ever made from it.
+* **Authentication** at the upgrade: ``token=`` (``Authorization: Bearer <t>`` or
+  ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
+  returning a bool or awaitable bool (False -> 403).
+* **Back-pressure**: each client has a bounded outgoing queue (``max_queue_bytes``, 16 MiB by
+  default). A client that cannot keep up is closed with 1013 ``tinybase:15:socket`` and
+  counted; it never makes the server buffer without bound or slows other clients down.
+* **Bad input** (garbage, oversized, malformed or invalid frames) closes only that
+  connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``).
+
+TinyBase 10's multiplexed client protocol (subprotocol ``tinybase``) is not supported; such
+clients fail at the handshake because no subprotocol is selected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..wire import (
+    MAX_PAYLOAD_SIZE,
+    SERVER_CLIENT_ID,
+    Decoded,
+    PayloadDecoder,
+    WireError,
+    encode_payloads,
+    overflow_error,
+    payload_size,
+)
+
+__all__ = [
+    "WsServer",
+    "WsServerSimple",
+    "create_ws_server",
+    "create_ws_server_simple",
+    "is_valid_path_id",
+]
+
+logger = logging.getLogger("localsync.ws_server")
+
+MAX_PATH_ID_LENGTH = 128
+_PATH_ID = re.compile(rf"[A-Za-z0-9_~-][A-Za-z0-9._~-]{{0,{MAX_PATH_ID_LENGTH - 1}}}")
+# messages buffered per path while its server store starts (TinyBase's limits)
+MAX_START_BUFFER_COUNT = 1000
+# a frame may exceed the payload limit a little before our decoder sees and refuses it
+_MAX_FRAME = MAX_PAYLOAD_SIZE * 4 + 1024
+
+PathIdsListener = Callable[["WsServer", str, int], None]
+ClientIdsListener = Callable[["WsServer", str, str, int], None]
+Authenticate = Callable[[str, Request], "bool | Awaitable[bool]"]
+IgnoredErrorHandler = Callable[[BaseException], None]
+
+
+def is_valid_path_id(path_id: str, allow_empty: bool = False) -> bool:
+    """True when ``path_id`` is safe to use as a room name and as part of a file name."""
+    if path_id == "":
+        return allow_empty
+    return _PATH_ID.fullmatch(path_id) is not None
+
+
+def _path_id_of(request_path: str) -> str | None:
+    # TinyBase: the URL path after the first "/", up to any "?"
+    if not request_path.startswith("/"):
+        return None
+    return request_path[1:].split("?", 1)[0].split("#", 1)[0]
+
+
+class _Client:
+    __slots__ = (
+        "closing",
+        "decoder",
+        "id",
+        "path",
+        "queue",
+        "queued",
+        "wake",
+        "writer",
+        "ws",
+    )
+
+    def __init__(self, client_id: str, ws: ServerConnection, path: _Path, timeout: float):
+        self.id = client_id
+        self.ws = ws
+        self.path = path
+        self.decoder = PayloadDecoder(timeout)
+        self.queue: deque[tuple[str, int]] = deque()
+        self.queued = 0
+        self.wake = asyncio.Event()
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+
+
+class _Path:
+    __slots__ = (
+        "buffer",
+        "buffered",
+        "clients",
+        "id",
+        "persister",
+        "ready",
+        "receive",
+        "starting",
+        "stopping",
+        "synchronizer",
+    )
+
+    def __init__(self, path_id: str) -> None:
+        self.id = path_id
+        self.clients: dict[str, _Client] = {}
+        self.ready = False
+        self.buffer: list[tuple[str, Decoded]] = []
+        self.buffered = 0
+        self.persister: Any = None
+        self.synchronizer: Any = None
+        self.receive: Callable[[str, str | None, int, Any], None] | None = None
+        self.starting: asyncio.Task[None] | None = None
+        self.stopping: asyncio.Task[None] | None = None
+
+
+class WsServer:
+    """A running server; build it with ``await create_ws_server(...)``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        create_persister: Callable[[str], Any] | None = None,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None = None,
+        request_timeout_seconds: float = 1.0,
+        fragment_size: int | None = None,
+        authenticate: Authenticate | None = None,
+        token: str | None = None,
+        max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+        listeners: bool = True,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._create_persister = create_persister
+        self._on_ignored_error = on_ignored_error
+        self._timeout = request_timeout_seconds
+        self._fragment_size = fragment_size
+        self._authenticate = authenticate
+        self._token = token
+        self._max_queue_bytes = max_queue_bytes
+        self._listeners_enabled = listeners
+        self._paths: dict[str, _Path] = {}
+        self._stopping_paths: dict[str, asyncio.Task[None]] = {}
+        self._server: Server | None = None
+        self._listeners: dict[str, tuple[str | None, Callable[..., None], bool]] = {}
+        self._next_listener = 0
+        self._destroying: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._stats = {
+            "connections": 0,
+            "rejected": 0,
+            "messages_received": 0,
+            "messages_sent": 0,
+            "bytes_received": 0,
+            "bytes_sent": 0,
+            "invalid": 0,
+            "overflows": 0,
+        }
+
+    # ----------------------------------------------------------------------------- start
+
+    async def _start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self._host,
+            self._requested_port,
+            process_request=self._process_request,
+            max_size=_MAX_FRAME,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when created with port 0)."""
+        assert self._server is not None
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._host}:{self.port}"
+
+    def get_web_socket_server(self) -> Server | None:
+        return self._server
+
+    # ---------------------------------------------------------------------- public API
+
+    def get_path_ids(self) -> list[str]:
+        return list(self._paths)
+
+    def get_client_ids(self, path_id: str) -> list[str]:
+        path = self._paths.get(path_id)
+        return list(path.clients) if path is not None else []
+
+    def add_path_ids_listener(self, listener: PathIdsListener) -> str:
+        """``listener(server, path_id, +1 | -1)`` when a path gains its first client or empties."""
+        return self._add_listener(None, listener, False)
+
+    def add_client_ids_listener(self, path_id: str | None, listener: ClientIdsListener) -> str:
+        """``listener(server, path_id, client_id, +1 | -1)``; ``path_id=None`` means any."""
+        return self._add_listener(path_id, listener, True)
+
+    def del_listener(self, listener_id: str) -> WsServer:
+        self._listeners.pop(listener_id, None)
+        return self
+
+    def get_stats(self) -> dict[str, int]:
+        """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters."""
+        return {
+            "paths": len(self._paths),
+            "clients": sum(len(p.clients) for p in self._paths.values()),
+            **self._stats,
+        }
+
+    async def destroy(self) -> None:
+        """Close every connection, stop every path (saving its store), stop listening."""
+        if self._destroying is None:
+            self._destroying = asyncio.ensure_future(self._destroy())
+        await asyncio.shield(self._destroying)
+
+    async def __aenter__(self) -> WsServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+    # ------------------------------------------------------------------------ listeners
+
+    def _add_listener(
+        self, path_id: str | None, listener: Callable[..., None], clients: bool
+    ) -> str:
+        if not self._listeners_enabled:
+            raise TypeError("this server has no listeners (use create_ws_server)")
+        self._next_listener += 1
+        listener_id = str(self._next_listener)
+        self._listeners[listener_id] = (path_id, listener, clients)
+        return listener_id
+
+    def _call_listeners(self, clients: bool, path_id: str, *args: Any) -> None:
+        for wanted, listener, for_clients in list(self._listeners.values()):
+            if for_clients is not clients or (clients and wanted not in (None, path_id)):
+                continue
+            try:
+                listener(self, path_id, *args)
+            except Exception as exc:  # a listener must not break the server
+                self._report(exc)
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _report(self, error: BaseException) -> None:
+        if self._on_ignored_error is not None:
+            try:
+                self._on_ignored_error(error)
+            except Exception:
+                logger.exception("on_ignored_error failed")
+        else:
+            logger.debug("ignored: %r", error)
+
+    # ------------------------------------------------------------------------- handshake
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path_id = _path_id_of(request.path)
+        if self._destroying is not None:
+            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        if path_id is None or not is_valid_path_id(
+            path_id, allow_empty=self._create_persister is None
+        ):
+            return self._reject(connection, HTTPStatus.BAD_REQUEST, "invalid path id")
+        if "Sec-WebSocket-Key" not in request.headers:
+            return self._reject(connection, HTTPStatus.BAD_REQUEST, "not a WebSocket request")
+        if self._token is not None:
+            supplied = _request_token(request)
+            if supplied is None:
+                return self._reject(connection, HTTPStatus.UNAUTHORIZED, "token required")
+            if not hmac.compare_digest(supplied.encode(), self._token.encode()):
+                return self._reject(connection, HTTPStatus.FORBIDDEN, "bad token")
+        if self._authenticate is not None:
+            try:
+                allowed = self._authenticate(path_id, request)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except Exception as exc:
+                self._report(exc)
+                allowed = False
+            if not allowed:
+                return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
+        return None
+
+    def _reject(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+        self._stats["rejected"] += 1
+        logger.info("refused %s: %s", getattr(connection, "remote_address", "?"), text)
+        return connection.respond(status, text + "\n")
+
+    # ----------------------------------------------------------------------- connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        path_id = _path_id_of(request.path) or ""
+        client_id = request.headers["Sec-WebSocket-Key"]
+        self._stats["connections"] += 1
+        path = self._paths.get(path_id)
+        if path is not None and client_id in path.clients:
+            await ws.close(1008, "duplicate client id")
+            return
+        path = self._add_client(path_id, client_id, ws)
+        client = path.clients[client_id]
+        client.writer = asyncio.ensure_future(self._write(client))
+        logger.info("client %s joined /%s from %s", client_id, path_id, ws.remote_address)
+        try:
+            async for data in ws:
+                if client.closing:
+                    break
+                text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+                self._stats["bytes_received"] += len(text)
+                try:
+                    decoded = client.decoder.feed(text)
+                except WireError as error:
+                    self._stats["invalid" if error.code == 1007 else "overflows"] += 1
+                    self._report(error)
+                    client.closing = True
+                    await ws.close(error.code, error.reason)
+                    break
+                for message in decoded:
+                    self._stats["messages_received"] += 1
+                    self._route(client.path, client_id, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.closing = True
+            self._del_client(client)
+            if client.writer is not None:
+                client.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await client.writer
+            logger.info("client %s left /%s", client_id, path_id)
+
+    async def _write(self, client: _Client) -> None:
+        ws = client.ws
+        queue = client.queue
+        try:
+            while not client.closing:
+                while queue:
+                    payload, size = queue.popleft()
+                    client.queued -= size
+                    await ws.send(payload)
+                client.wake.clear()
+                await client.wake.wait()
+        except ConnectionClosed:
+            pass
+
+    def _send_to(self, client: _Client, payload: str, size: int) -> None:
+        if client.closing:
+            return
+        if size > MAX_PAYLOAD_SIZE or client.queued + size > self._max_queue_bytes:
+            self._overflow(client, "socket")
+            return
+        client.queue.append((payload, size))
+        client.queued += size
+        self._stats["messages_sent"] += 1
+        self._stats["bytes_sent"] += size
+        client.wake.set()
+
+    def _overflow(self, client: _Client, details: str) -> None:
+        client.closing = True
+        client.queue.clear()
+        client.queued = 0
+        self._stats["overflows"] += 1
+        error = overflow_error(details)
+        self._report(error)
+        logger.warning("client %s on /%s overflowed (%s)", client.id, client.path.id, details)
+        self._del_client(client)
+        self._spawn(client.ws.close(error.code, error.reason))
+
+    # --------------------------------------------------------------------------- paths
+
+    def _add_client(self, path_id: str, client_id: str, ws: ServerConnection) -> _Path:
+        path = self._paths.get(path_id)
+        if path is None:
+            path = _Path(path_id)
+            self._paths[path_id] = path
+            self._call_listeners(False, path_id, 1)
+            if self._create_persister is not None:
+                path.starting = asyncio.ensure_future(self._start_path(path))
+            else:
+                path.ready = True
+        path.clients[client_id] = _Client(client_id, ws, path, self._timeout)
+        self._call_listeners(True, path_id, client_id, 1)
+        return path
+
+    def _del_client(self, client: _Client) -> None:
+        path = client.path
+        if path.clients.get(client.id) is not client:
+            return
+        del path.clients[client.id]
+        if path.buffer:
+            kept = [(c, m) for c, m in path.buffer if c != client.id]
+            path.buffer = kept
+        self._call_listeners(True, path.id, client.id, -1)
+        if not path.clients and self._paths.get(path.id) is path:
+            del self._paths[path.id]
+            self._call_listeners(False, path.id, -1)
+            if path.persister is not None or path.starting is not None:
+                task = asyncio.ensure_future(self._stop_path(path))
+                path.stopping = task
+                self._stopping_paths[path.id] = task
+                task.add_done_callback(lambda _t, p=path.id: self._forget_stopping(p, task))
+
+    def _forget_stopping(self, path_id: str, task: asyncio.Task[None]) -> None:
+        if self._stopping_paths.get(path_id) is task:
+            del self._stopping_paths[path_id]
+
+    async def _start_path(self, path: _Path) -> None:
+        previous = self._stopping_paths.get(path.id)
+        if previous is not None:  # the same store must be saved before it is loaded again
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)
+        try:
+            assert self._create_persister is not None
+            persister = self._create_persister(path.id)
+            if inspect.isawaitable(persister):
+                persister = await persister
+            if persister is not None:
+                from ..synchronizer import create_custom_synchronizer
+
+                path.persister = persister
+                store = persister.get_store()
+
+                def send(to: str | None, request_id: str | None, message: int, body: Any) -> None:
+                    for payload in encode_payloads(
+                        to, request_id, message, body, self._fragment_size
+                    ):
+                        self._relay_from_server(path, payload)
+
+                def register_receive(receive: Callable[..., None]) -> None:
+                    path.receive = receive
+
+                path.synchronizer = create_custom_synchronizer(
+                    store,
+                    send,
+                    register_receive,
+                    lambda: None,
+                    self._timeout,
+                    on_ignored_error=self._report,
+                )
+                await persister.start_auto_load()
+                await persister.start_auto_save()
+                await path.synchronizer.start_sync()
+        except Exception as exc:
+            self._report(exc)
+            logger.exception("could not start the store of /%s", path.id)
+            for client in list(path.clients.values()):
+                client.closing = True
+                self._spawn(client.ws.close(1011, "store unavailable"))
+            return
+        path.ready = True
+        buffered, path.buffer, path.buffered = path.buffer, [], 0
+        for from_id, message in buffered:
+            if from_id in path.clients:
+                self._deliver(path, from_id, message)
+
+    async def _stop_path(self, path: _Path) -> None:
+        if path.starting is not None:
+            with contextlib.suppress(BaseException):
+                await path.starting
+        for closer in (path.synchronizer, path.persister):
+            if closer is not None:
+                try:
+                    await closer.destroy()
+                except Exception as exc:
+                    self._report(exc)
+
+    # --------------------------------------------------------------------------- relay
+
+    def _route(self, path: _Path, from_id: str, message: Decoded) -> None:
+        if path.ready:
+            self._deliver(path, from_id, message)
+            return
+        size = sum(payload_size(r) for r in message.remainders)
+        if len(path.buffer) >= MAX_START_BUFFER_COUNT or path.buffered + size > MAX_PAYLOAD_SIZE:
+            client = path.clients.get(from_id)
+            if client is not None:
+                self._overflow(client, "server")
+            return
+        path.buffer.append((from_id, message))
+        path.buffered += size
+
+    def _deliver(self, path: _Path, from_id: str, message: Decoded) -> None:
+        to = message.client_id
+        receive = path.receive
+        if receive is not None and (to == "" or to == SERVER_CLIENT_ID):
+            try:
+                receive(from_id, message.request_id, message.message, message.body)
+            except Exception as exc:
+                self._report(exc)
+        if to == SERVER_CLIENT_ID:
+            return
+        prefix = from_id + "\n"
+        clients = path.clients
+        for remainder in message.remainders:
+            payload = prefix + remainder
+            size = payload_size(payload)
+            if to == "":
+                for other_id, other in list(clients.items()):
+                    if other_id != from_id:
+                        self._send_to(other, payload, size)
+            else:
+                target = clients.get(to)
+                if target is not None:
+                    self._send_to(target, payload, size)
+
+    def _relay_from_server(self, path: _Path, payload: str) -> None:
+        at = payload.index("\n")
+        to = payload[:at]
+        forwarded = SERVER_CLIENT_ID + payload[at:]
+        size = payload_size(forwarded)
+        if to == "":
+            for client in list(path.clients.values()):
+                self._send_to(client, forwarded, size)
+        else:
+            target = path.clients.get(to)
+            if target is not None:
+                self._send_to(target, forwarded, size)
+
+    # ------------------------------------------------------------------------- destroy
+
+    async def _destroy(self) -> None:
+        server = self._server
+        if server is not None:
+            server.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 10)
+        for path in list(self._paths.values()):
+            for client in list(path.clients.values()):
+                client.closing = True
+                self._del_client(client)
+        stopping = list(self._stopping_paths.values())
+        if stopping:
+            await asyncio.gather(*stopping, return_exceptions=True)
+
+
+def _request_token(request: Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is not None and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    values = parse_qs(urlsplit(request.path).query).get("token")
+    return values[0] if values else None
+
+
+class WsServerSimple:
+    """TinyBase's ``createWsServerSimple``: a pure relay, no persistence, no listeners."""
+
+    def __init__(self, inner: WsServer) -> None:
+        self._inner = inner
+
+    @property
+    def port(self) -> int:
+        return self._inner.port
+
+    @property
+    def url(self) -> str:
+        return self._inner.url
+
+    def get_web_socket_server(self) -> Server | None:
+        return self._inner.get_web_socket_server()
+
+    def get_stats(self) -> dict[str, int]:
+        return self._inner.get_stats()
+
+    async def destroy(self) -> None:
+        await self._inner.destroy()
+
+    async def __aenter__(self) -> WsServerSimple:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+
+async def create_ws_server(
+    host: str = "127.0.0.1",
+    port: int = 8048,
+    create_persister: Callable[[str], Any] | None = None,
+    *,
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    request_timeout_seconds: float = 1.0,
+    fragment_size: int | None = None,
+    authenticate: Authenticate | None = None,
+    token: str | None = None,
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+) -> WsServer:
+    """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
+
+    ``create_persister(path_id)`` returns a Persister of a MergeableStore (or an awaitable of
+    one, or None for a relay-only path). See the module docstring for path ids, auth and
+    back-pressure.
+    """
+    server = WsServer(
+        host,
+        port,
+        create_persister,
+        on_ignored_error=on_ignored_error,
+        request_timeout_seconds=request_timeout_seconds,
+        fragment_size=fragment_size,
+        authenticate=authenticate,
+        token=token,
+        max_queue_bytes=max_queue_bytes,
+    )
+    await server._start()
+    return server
+
+
+async def create_ws_server_simple(
+    host: str = "127.0.0.1",
+    port: int = 8048,
+    *,
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    authenticate: Authenticate | None = None,
+    token: str | None = None,
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+) -> WsServerSimple:
+    """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
+    server = WsServer(
+        host,
+        port,
+        None,
+        on_ignored_error=on_ignored_error,
+        authenticate=authenticate,
+        token=token,
+        max_queue_bytes=max_queue_bytes,
+        listeners=False,
+    )
+    await server._start()
+    return WsServerSimple(server)

@@ -1,0 +1,65 @@
+// TinyBase's own createFilePersister, driven from tests/test_persister_interop.py.
+//   node persister_file.mjs write PATH  -> builds a MergeableStore, saves it to PATH
+//   node persister_file.mjs read PATH   -> loads PATH into a fresh MergeableStore
+//   node persister_file.mjs append PATH -> loads PATH, adds a change, saves it back
+// Prints one JSON line: the store's mergeable content, content hashes, tables and values.
+// Non-ASCII is escaped so that the line survives any line splitting (U+2028 and friends).
+import {createMergeableStore} from 'tinybase/mergeable-store';
+import {createFilePersister} from 'tinybase/persisters/persister-file';
+
+const [mode, path] = process.argv.slice(2);
+const UNDEFINED = '\uFFFC';
+
+const report = (store) => {
+  const json = JSON.stringify(
+    {
+      content: store.getMergeableContent(),
+      hashes: store.getMergeableContentHashes(),
+      tables: store.getTables(),
+      values: store.getValues(),
+    },
+    (_key, value) => (value === undefined ? UNDEFINED : value),
+  );
+  console.log(
+    json.replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0')),
+  );
+};
+
+const errors = [];
+const store = createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
+const persister = createFilePersister(store, path, (error) => errors.push(String(error)));
+
+if (mode === 'write') {
+  store.transaction(() => {
+    store.setCell('t1', 'r1', 'text', 'héllo wörld 😀 \u2028 "quoted" \\ back');
+    store.setCell('t1', 'r1', 'float', 1.5);
+    store.setCell('t1', 'r1', 'int', -3);
+    store.setCell('t1', 'r1', 'big', 1e21);
+    store.setCell('t1', 'r1', 'bool', true);
+    store.setCell('t1', 'r1', 'null', null);
+    store.setCell('t1', 'r1', 'object', {a: [1, {b: null}], 2: 'x', é: 'ü'});
+    store.setCell('t1', 'r1', 'array', [1, 'two', null, {three: 3}]);
+    store.setCell('t1', 'r2', 'gone', 'soon');
+    store.setRow('t2', 'r1', {c: 1});
+    store.setCell('t-1', '0', '1', 'integer-like ids');
+    store.setValues({v: 'ünï', vnull: null, vobj: {k: [1]}, vdel: 1});
+  });
+  store.delCell('t1', 'r2', 'gone');
+  store.delRow('t2', 'r1');
+  store.delValue('vdel');
+  await persister.save();
+} else if (mode === 'read') {
+  await persister.load();
+} else if (mode === 'append') {
+  await persister.load();
+  store.setCell('t1', 'r1', 'fromTinyBase', 'added');
+  store.delValue('v');
+  await persister.save();
+} else {
+  throw new Error('mode must be write, read or append');
+}
+if (errors.length) {
+  throw new Error('TinyBase reported: ' + errors.join('; '));
+}
+report(store);
+await persister.destroy();
