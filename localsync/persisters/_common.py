@@ -199,7 +199,7 @@ class Backend:
         if self._still_unreadable():
             error = PersistError(
                 f"refusing to overwrite unreadable {self.kind} {self.path!r}; "
-                "fix or remove it, then load again"
+                "fix or remove it (a later load that succeeds also clears this)"
             )
             self.tracker.failed(error)
             raise error

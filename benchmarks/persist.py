@@ -1,0 +1,233 @@
+"""File and SQLite persister cost: ``python -m benchmarks.persist [--max-cells N] [--tx 20]``.
+
+Why: a persister's whole-store save/load bounds how fast a coordinator starts and how big a
+store can be kept on disk, and the cost of auto-saving *one small transaction* decides whether
+persistence can stay on for a busy store. The file persister rewrites the whole file on every
+save (that is TinyBase's format), so its per-transaction cost grows with the store; the
+SQLite persister writes only the touched stamps, so its cost must stay flat from 10^4 to
+10^6 cells - the ``tx vs 10^4`` column shows it.
+
+Baselines measured in the same run on the same content:
+
+* ``raw json``: ``json.dumps`` + write + fsync of the same encoded content, and ``json.loads``
+  of it (what a file persister cannot beat);
+* ``raw sqlite``: ``executemany`` of the same cells as rows into a fresh WAL database with
+  ``synchronous=FULL`` + commit, and a ``SELECT`` of them back.
+
+Stores are filled with ``_set_encoded_mergeable_content`` from generated content (10 cells
+per row), so building a 10^6-cell store does not dominate the run. Every save here is durable
+(fsync). The per-transaction figure is the median over ``--tx`` transactions of: one
+``set_cell`` under auto-save, then ``await persister.flush()`` (acknowledged as durable).
+``burst writes`` counts the disk writes that 1,000 back-to-back auto-saved transactions caused.
+
+Results: a table on stdout and ``benchmarks/results/persist.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localsync import create_file_persister, create_mergeable_store, create_sqlite_persister
+from localsync.hash import get_value_in_values_hash as in_hash
+
+RESULTS = Path(__file__).parent / "results" / "persist.json"
+CELLS_PER_ROW = 10
+HLC = "NjEtLV-----VnP9x"
+
+
+def make_content(cells: int) -> list[Any]:
+    """Encoded mergeable content with ``cells`` cells, hashes consistent at every level."""
+    rows = cells // CELLS_PER_ROW
+    cell_ids = [f"c{c}" for c in range(CELLS_PER_ROW)]
+    zero_terms = 0
+    for cell_id in cell_ids:
+        zero_terms ^= in_hash(cell_id, 0)
+    table: dict[str, Any] = {}
+    table_hash = 0
+    for r in range(rows):
+        row: dict[str, Any] = {}
+        row_hash = zero_terms
+        for c, cell_id in enumerate(cell_ids):
+            value = f"value {r}/{c}" if c % 2 else r * CELLS_PER_ROW + c
+            cell_hash = (r * 2654435761 + c * 40503) & 0xFFFFFFFF
+            row[cell_id] = [value, HLC, cell_hash]
+            row_hash ^= in_hash(cell_id, cell_hash)
+        row_id = f"r{r}"
+        table[row_id] = [row, "", row_hash]
+        table_hash ^= in_hash(row_id, row_hash)
+    tables_hash = in_hash("t", table_hash)
+    return [[{"t": [table, "", table_hash]}, "", tables_hash], [{}, "", 0]]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+async def atimed(coro: Any) -> float:
+    start = time.perf_counter()
+    await coro
+    return time.perf_counter() - start
+
+
+def raw_json(content: list[Any], folder: Path) -> tuple[float, float]:
+    path = folder / "raw.json"
+
+    def write() -> None:
+        data = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        with open(path, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+
+    write_s = timed(write)
+    read_s = timed(lambda: json.loads(path.read_bytes()))
+    return write_s, read_s
+
+
+def raw_sqlite(content: list[Any], folder: Path) -> tuple[float, float]:
+    path = folder / "raw.sqlite"
+    rows = [
+        (table_id, row_id, cell_id, json.dumps(stamp[0]), stamp[1], stamp[2])
+        for table_id, table_stamp in content[0][0].items()
+        for row_id, row_stamp in table_stamp[0].items()
+        for cell_id, stamp in row_stamp[0].items()
+    ]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE c (t TEXT, r TEXT, c TEXT, thing TEXT, hlc TEXT, hash INTEGER, "
+        "PRIMARY KEY (t, r, c)) WITHOUT ROWID"
+    )
+
+    def write() -> None:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO c VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+
+    write_s = timed(write)
+    read_s = timed(lambda: conn.execute("SELECT * FROM c").fetchall())
+    conn.close()
+    return write_s, read_s
+
+
+async def measure_persister(
+    kind: str, content: list[Any], folder: Path, transactions: int
+) -> dict[str, Any]:
+    factory = create_file_persister if kind == "file" else create_sqlite_persister
+    path = folder / ("store.json" if kind == "file" else "store.sqlite")
+    store = create_mergeable_store()
+    store._set_encoded_mergeable_content(content)
+    persister = factory(store, path)
+    save_s = await atimed(persister.save())
+
+    fresh = create_mergeable_store()
+    reader = factory(fresh, path)
+    load_s = await atimed(reader.load())
+    assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+    await reader.destroy()
+
+    await persister.start_auto_save()
+    rows = len(content[0][0]["t"][0])
+    per_tx = []
+    for k in range(transactions):
+        start = time.perf_counter()
+        store.set_cell("t", f"r{(k * 7919) % rows}", "c0", -k)
+        await persister.flush()
+        per_tx.append(time.perf_counter() - start)
+
+    before = persister.get_save_stats()["writes"]
+    for k in range(1000):
+        store.set_cell("t", f"r{k % rows}", "c1", f"burst {k}")
+    await persister.flush()
+    burst_writes = persister.get_save_stats()["writes"] - before
+    await persister.destroy()
+    return {
+        "save_s": save_s,
+        "load_s": load_s,
+        "tx_s": statistics.median(per_tx),
+        "burst_writes": burst_writes,
+        "bytes": path.stat().st_size,
+    }
+
+
+async def run(max_cells: int, transactions: int) -> dict[str, Any]:
+    sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= max_cells]
+    results: dict[str, Any] = {"sizes": {}}
+    for cells in sizes:
+        content = make_content(cells)
+        with tempfile.TemporaryDirectory(prefix="localsync-bench-") as tmp:
+            folder = Path(tmp)
+            raw_json_w, raw_json_r = raw_json(content, folder)
+            raw_sql_w, raw_sql_r = raw_sqlite(content, folder)
+            entry: dict[str, Any] = {
+                "raw_json": {"save_s": raw_json_w, "load_s": raw_json_r},
+                "raw_sqlite": {"save_s": raw_sql_w, "load_s": raw_sql_r},
+            }
+            for kind in ("file", "sqlite"):
+                print(f"  {cells:>9,} cells: {kind} ...", file=sys.stderr, flush=True)
+                entry[kind] = await measure_persister(kind, content, folder, transactions)
+        results["sizes"][str(cells)] = entry
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    sizes = list(results["sizes"])
+    first = sizes[0]
+    lines = [
+        f"{'cells':>10} {'persister':<8} {'save s':>8} {'x raw':>6} {'load s':>8} {'x raw':>6} "
+        f"{'1 tx ms':>8} {'tx vs 10^4':>10} {'burst writes':>12} {'MB':>7}",
+    ]
+    for size in sizes:
+        entry = results["sizes"][size]
+        for kind, raw in (("file", "raw_json"), ("sqlite", "raw_sqlite")):
+            row = entry[kind]
+            base = entry[raw]
+            growth = row["tx_s"] / results["sizes"][first][kind]["tx_s"]
+            row["save_x_raw"] = row["save_s"] / base["save_s"]
+            row["load_x_raw"] = row["load_s"] / base["load_s"]
+            row["tx_vs_smallest"] = growth
+            lines.append(
+                f"{int(size):>10,} {kind:<8} {row['save_s']:>8.3f} {row['save_x_raw']:>6.1f} "
+                f"{row['load_s']:>8.3f} {row['load_x_raw']:>6.1f} {row['tx_s'] * 1000:>8.2f} "
+                f"{growth:>10.2f} {row['burst_writes']:>12} {row['bytes'] / 1e6:>7.1f}"
+            )
+        lines.append(
+            f"{'':>10} {'baseline':<8} raw json save {entry['raw_json']['save_s']:.3f} s, "
+            f"load {entry['raw_json']['load_s']:.3f} s; raw sqlite save "
+            f"{entry['raw_sqlite']['save_s']:.3f} s, load {entry['raw_sqlite']['load_s']:.3f} s"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.persist", description=__doc__)
+    parser.add_argument("--max-cells", type=int, default=1_000_000)
+    parser.add_argument("--tx", type=int, default=20, help="transactions timed per size")
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args.max_cells, args.tx))
+    text = table(results)
+    print(text)
+    results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
