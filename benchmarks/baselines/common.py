@@ -12,8 +12,10 @@ processes without clock-sync error.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -59,7 +61,9 @@ class FanoutResult:
 
 def scratch_dir(prefix: str) -> Path:
     """A private (0700) scratch folder short enough for ipc:// paths (~100 byte limit)."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 class Proxy:
@@ -73,7 +77,6 @@ class Proxy:
         self.pub_endpoint = f"ipc://{folder}/xsub"  # publishers connect here
         self.sub_endpoint = f"ipc://{folder}/xpub"  # subscribers connect here
         self._ctx = zmq.Context()
-        self._ctrl_endpoint = f"inproc://proxy-ctrl-{id(self)}"
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._ready = threading.Event()
         self._thread.start()
@@ -82,29 +85,26 @@ class Proxy:
     def _run(self) -> None:
         xsub = self._ctx.socket(zmq.XSUB)
         xpub = self._ctx.socket(zmq.XPUB)
-        ctrl = self._ctx.socket(zmq.PAIR)
         for s in (xsub, xpub):
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
+            s.setsockopt(zmq.LINGER, 0)
         xsub.bind(self.pub_endpoint)
         xpub.bind(self.sub_endpoint)
-        ctrl.bind(self._ctrl_endpoint)
         self._ready.set()
         try:
-            zmq.proxy_steerable(xsub, xpub, None, ctrl)
+            zmq.proxy(xsub, xpub)
         except zmq.ContextTerminated:
             pass
         finally:
-            for s in (xsub, xpub, ctrl):
-                s.close(0)
+            xsub.close(0)
+            xpub.close(0)
 
     def close(self) -> None:
-        ctrl = self._ctx.socket(zmq.PAIR)
-        ctrl.connect(self._ctrl_endpoint)
-        ctrl.send(b"TERMINATE")
-        ctrl.close(0)
-        self._thread.join(5)
+        # terminating the context makes zmq.proxy raise ETERM in its thread, which then
+        # closes its sockets and lets term() return: the classic pyzmq shutdown of a proxy
         self._ctx.term()
+        self._thread.join(5)
 
 
 def run_group(
