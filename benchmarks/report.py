@@ -96,7 +96,8 @@ SCENARIO_TITLES = {
     "join": "3. Join: a new process catching up with N cells",
     "memory": "4. Memory per cell",
     "ws": "5. WebSocket server (ours vs TinyBase createWsServer)",
-    "persist": "6. Persistence (coordinator under sustained writes; quiescence to durable)",
+    "persist": "6. Persistence: a coordinator under sustained writes, quiescence to durable "
+               "(file/SQLite persister costs: per-area benchmark `persist` below)",
 }
 
 
@@ -115,7 +116,8 @@ def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
         "",
         "Absolute figures are from that machine only; the **ratio** column divides each figure "
         "by the reference baseline's figure for the same parameters in the same run "
-        "(lower is better for every metric here: >1 means slower/bigger than the reference).",
+        "(lower is better unless the note says otherwise: >1 means slower/bigger than the "
+        "reference).",
         "",
     ]
     by_scenario: dict[str, list[Figure]] = defaultdict(list)

@@ -36,6 +36,13 @@ PYCRDT = "pycrdt over zmq"
 TINYBASE = "TinyBase BroadcastChannel (Node workers)"
 LOCALSYNC = "localsync"
 AREA_MODULES = ("store", "local_sync", "persist", "channel", "ws")
+# Arguments that make each per-area benchmark short, from its own argparse; a module that
+# rejects them (exit 2, "unrecognized arguments") is retried with the next set.
+QUICK_ARGS: dict[str, list[list[str]]] = {
+    "store": [["--repeat", "1"], []],
+    "persist": [["--max-cells", "100000", "--tx", "10"], []],
+    "channel": [["--quick"], []],
+}
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Sizes:
     memory_cells: int
     area_timeout: float
     timeout: float
+    persist_rates: list[int] = field(default_factory=lambda: [2_000, 10_000])
+    persist_seconds: float = 2.0
     area_modules: tuple[str, ...] = AREA_MODULES
     subjects: tuple[str, ...] = (LOCALSYNC, RAW, MANAGER, PYCRDT, TINYBASE)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +68,8 @@ MODES: dict[str, Sizes] = {
         fanout=[(r, c) for c in (10_000, 100_000) for r in (1, 3, 7)],
         latency_readers=[1, 3, 7], latency_samples=2000,
         join_cells=[10_000, 100_000, 1_000_000], memory_cells=1_000_000,
-        area_timeout=240, timeout=180),
+        area_timeout=240, timeout=180,
+        persist_rates=[2_000, 10_000, 50_000], persist_seconds=5.0),
     "quick": Sizes(
         fanout=[(1, 10_000), (3, 10_000), (1, 100_000)],
         latency_readers=[3], latency_samples=300,
@@ -68,7 +78,7 @@ MODES: dict[str, Sizes] = {
     "smoke": Sizes(
         fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
         join_cells=[500], memory_cells=2_000, area_timeout=20, timeout=20,
-        area_modules=()),
+        area_modules=(), persist_rates=[1_000], persist_seconds=0.5),
 }
 
 
@@ -236,6 +246,38 @@ def memory_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
     ]
 
 
+def persist_tasks(sizes: Sizes) -> list[Task]:
+    from .baselines import persist_subjects
+
+    raw = "raw zmq -> sqlite sink"
+
+    def make(subject: str, rate: int) -> Callable[[], list[Figure]]:
+        params = {"target_rate": rate, "seconds": sizes.persist_seconds}
+
+        def run() -> list[Figure]:
+            if subject == LOCALSYNC and (why := _localsync_missing()):
+                return [_na("persist", m, subject, params, u, raw, why)
+                        for m, u in (("quiescence to durable", "s"),
+                                     ("sustained write rate", "cells/s"))]
+            fn = persist_subjects.localsync if subject == LOCALSYNC else persist_subjects.raw
+            out = fn(rate, sizes.persist_seconds, sizes.timeout)
+            if out is None:
+                return [_na("persist", "quiescence to durable", subject, params, "s", raw,
+                            "nothing durable before the timeout")]
+            extra = {k: v for k, v in out.items()
+                     if k not in ("quiescence_to_durable", "achieved_rate")}
+            return [
+                Figure("persist", "quiescence to durable", subject, params,
+                       out["quiescence_to_durable"], "s", raw, extra=extra),
+                Figure("persist", "sustained write rate", subject, params,
+                       out["achieved_rate"], "cells/s", raw, note="higher is better"),
+            ]
+        return run
+
+    return [(f"persist {s} rate={r:,}/s", make(s, r))
+            for r in sizes.persist_rates for s in (LOCALSYNC, raw)]
+
+
 def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     """Run ``python -m benchmarks.<name>`` and read the JSON it writes; never invent data."""
     module_file = Path(__file__).resolve().parent / f"{name}.py"
@@ -245,7 +287,7 @@ def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     out_file = RESULTS_DIR / f"{name}.json"
     started = time.time()
     root = Path(__file__).resolve().parents[1]
-    attempts = [["--quick"], []] if quick else [[]]
+    attempts = QUICK_ARGS.get(name, [["--quick"], []]) if quick else [[]]
     proc = None
     for extra in attempts:
         try:
@@ -345,6 +387,8 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
         tasks += join_tasks(sizes)
     if want("memory"):
         tasks += memory_tasks(sizes, skip_node)
+    if want("persist"):
+        tasks += persist_tasks(sizes)
     area_names = [a for a in sizes.area_modules if want(a) or want("areas")]
     bar = Progress(len(tasks) + len(area_names), progress)
     figures: list[Figure] = []
@@ -366,7 +410,7 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
         areas[name] = run_area(name, mode != "full", sizes.area_timeout)
         bar.advance()
     bar.finish()
-    for scenario, area in (("ws", "ws"), ("persist", "persist")):
+    for scenario, area in (("ws", "ws"),):
         if want(scenario) and areas.get(area, {}).get("status") != "ok":
             notes.append(f"Scenario {scenario}: localsync's benchmarks/{area}.py result is "
                          f"not available ({areas.get(area, {}).get('note', 'not run')}).")
