@@ -1,0 +1,232 @@
+"""Our WebSocket synchronizer: syncing through our server, reconnecting, resyncing, and
+reacting to bad frames exactly as TinyBase's client does (close codes from the vectors)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from localsync import create_mergeable_store
+from localsync.servers.ws_server import create_ws_server
+from localsync.synchronizers.ws import WsSynchronizer, create_ws_synchronizer
+
+VECTORS = Path(__file__).parent / "conformance"
+WIRE_CASES = [
+    case
+    for case in json.loads((VECTORS / "invalid_messages.json").read_text("utf-8"))
+    if case["layer"] == "wire"
+]
+
+
+def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def same(*stores: Any) -> Callable[[], bool]:
+    def check() -> bool:
+        first = stores[0]
+        return all(
+            s.get_tables() == first.get_tables()
+            and s.get_values() == first.get_values()
+            and s.get_mergeable_content_hashes() == first.get_mergeable_content_hashes()
+            for s in stores[1:]
+        )
+
+    return check
+
+
+def fill(store: Any) -> None:
+    with store.transaction():
+        store.set_cell("t1", "r1", "s", 'héllo 😀 \n"q"')
+        store.set_cell("t1", "r1", "n", 9007199254740991)
+        store.set_cell("t1", "r1", "f", -1.5e-7)
+        store.set_cell("t1", "r2", "b", True)
+        store.set_cell("t1", "r2", "z", 0)
+        store.set_cell("t2", "r", "obj", {"2": None, "b": [1, "é", {"x": 1.5}]})
+        store.set_cell("t2", "r", "arr", [1, 2, [3]])
+        store.set_value("v1", "x" * 100)
+        store.set_value("v2", 1e300)
+        store.set_value("v3", False)
+
+
+def test_python_clients_sync_through_our_server() -> None:
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            fill(a)
+            sa = await create_ws_synchronizer(a, f"{server.url}/room", 0.5, fragment_size=2048)
+            sb = create_ws_synchronizer(b, f"{server.url}/room", 0.5, fragment_size=2048)
+            await sa.start_sync()
+            await sb.start_sync()
+            await eventually(same(a, b))
+            assert b.get_cell("t2", "r", "obj") == {"2": None, "b": [1, "é", {"x": 1.5}]}
+            b.set_cell("big", "r", "c", "ü" * 100_000)  # many fragments
+            b.del_cell("t1", "r2", "z")
+            b.del_value("v3")
+            await eventually(same(a, b))
+            assert a.get_cell("big", "r", "c") == "ü" * 100_000
+            assert not a.has_value("v3")
+            assert sa.get_synchronizer_stats()["receives"] > 0
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario())
+
+
+def test_reconnects_and_resyncs_after_drop_and_server_restart() -> None:
+    async def scenario() -> None:
+        server = await create_ws_server("127.0.0.1", 0)
+        port = server.port
+        url = f"ws://127.0.0.1:{port}/room"
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sa = create_ws_synchronizer(a, url, 0.3, min_backoff=0.05, max_backoff=0.2)
+        sb = create_ws_synchronizer(b, url, 0.3, min_backoff=0.05, max_backoff=0.2)
+        await sa.start_sync()
+        await sb.start_sync()
+        a.set_cell("t", "r", "before", 1)
+        await eventually(same(a, b))
+
+        # the server drops a's connection mid-sync: a reconnects by itself and catches up
+        (ws_a,) = [
+            c.ws
+            for p in server._paths.values()
+            for c in p.clients.values()
+            if c.ws.request is not None
+            and c.ws.request.headers["Sec-WebSocket-Key"]
+            == sa.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
+        ]
+        b.set_cell("t", "r", "during", 2)
+        await ws_a.close(1001, "going away")
+        await eventually(lambda: sa.get_connection_stats()["connects"] == 2)
+        await eventually(same(a, b))
+
+        # the whole server goes away; both sides write while apart; it comes back
+        await server.destroy()
+        await eventually(lambda: not sa.is_connected() and not sb.is_connected())
+        a.set_cell("t", "r", "apart_a", "a")
+        b.set_cell("t", "r", "apart_b", "b")
+        b.set_value("v", [1, {"k": "é"}])
+        server = await create_ws_server("127.0.0.1", port)
+        await eventually(lambda: sa.is_connected() and sb.is_connected())
+        await eventually(same(a, b))
+        assert a.get_row("t", "r") == {"before": 1, "during": 2, "apart_a": "a", "apart_b": "b"}
+        assert a.get_value("v") == [1, {"k": "é"}]
+        assert sa.get_connection_stats()["connects"] >= 3
+        await sa.destroy()
+        await sb.destroy()
+        await server.destroy()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("case", WIRE_CASES, ids=[c["label"] for c in WIRE_CASES])
+def test_client_reacts_to_wire_vectors(case: dict[str, Any]) -> None:
+    """Frames from the vectors, sent by a raw server to our client: invalid ones close the
+    socket with TinyBase's code and are reported; valid ones reach the engine."""
+
+    async def scenario() -> None:
+        closed: asyncio.Future[tuple[int | None, str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        async def handler(ws: ServerConnection) -> None:
+            for frame in case["frames"]:
+                await ws.send(frame)
+            try:
+                async for _ in ws:
+                    pass
+            finally:
+                if not closed.done():
+                    closed.set_result((ws.close_code, ws.close_reason))
+
+        errors: list[BaseException] = []
+        received: list[tuple[Any, ...]] = []
+        async with serve(handler, "127.0.0.1", 0) as raw:
+            port = next(iter(raw.sockets)).getsockname()[1]
+            store = create_mergeable_store()
+            sync = create_ws_synchronizer(
+                store,
+                f"ws://127.0.0.1:{port}/room",
+                0.2,
+                on_receive=lambda *m: received.append(m),
+                on_ignored_error=errors.append,
+                reconnect=False,
+            )
+            assert await sync.wait_connected(5)
+            if case["valid"]:
+                await eventually(lambda: len(received) == 1, 5)
+                assert received[0][0] == "peer"
+                assert sync.get_connection_stats()["invalid_frames"] == 0
+            else:
+                code, reason = await asyncio.wait_for(closed, 5)
+                assert [code, reason] == case["socket_closed_with"]
+                assert [str(e) for e in errors if str(e).startswith("tinybase:1")] == [
+                    case["socket_closed_with"][1]
+                ]
+                assert received == []
+            await sync.destroy()
+
+    run(scenario(), timeout=30)
+
+
+def test_auth_refusal_is_final_and_token_header_works() -> None:
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0, token="t0k") as server:
+            errors: list[BaseException] = []
+            with pytest.raises(ConnectionError):
+                await create_ws_synchronizer(
+                    create_mergeable_store(),
+                    f"{server.url}/room",
+                    on_ignored_error=errors.append,
+                    open_timeout=5,
+                )
+            assert any("401" in str(e) for e in errors)  # no token: refused, not retried
+            a, b = create_mergeable_store(), create_mergeable_store()
+            sa: WsSynchronizer = await create_ws_synchronizer(
+                a, f"{server.url}/room", headers={"Authorization": "Bearer t0k"}
+            )
+            sb = await create_ws_synchronizer(b, f"{server.url}/room?token=t0k")
+            await sa.start_sync()
+            await sb.start_sync()
+            a.set_value("hello", "world")
+            await eventually(same(a, b))
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario())
+
+
+def test_blocking_facade_with_ws() -> None:
+    from localsync.blocking import BackgroundLoop, blocking
+
+    with BackgroundLoop() as loop:
+        server = loop.run(create_ws_server("127.0.0.1", 0), timeout=10)
+        try:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            url = f"{server.url}/room"
+            with (
+                blocking(create_ws_synchronizer, a, url, loop=loop, timeout=20),
+                blocking(create_ws_synchronizer, b, url, loop=loop, timeout=20),
+            ):
+                a.set_cell("t", "r", "c", "from a plain thread")
+                loop.run(eventually(same(a, b)), timeout=20)
+                assert b.get_cell("t", "r", "c") == "from a plain thread"
+        finally:
+            loop.run(server.destroy(), timeout=20)

@@ -1,0 +1,168 @@
+"""Interop with real TinyBase 10.0.1 from npm: its WsSynchronizer clients through our server
+(with persistence across a restart), and our Python client through TinyBase's createWsServer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localsync import create_mergeable_store
+from localsync.servers.serve import persister_factory
+from localsync.servers.ws_server import create_ws_server
+from localsync.synchronizers.ws import create_ws_synchronizer
+from tests import npm_env
+from tests.interop.node_peers import NodeClient, NodeServer
+
+pytestmark = pytest.mark.interop
+
+OPS: list[list[Any]] = [
+    [
+        "setTables",
+        {
+            "t1": {
+                "r1": {"s": 'héllo 😀 \n"q"', "n": 9007199254740991, "f": -1.5e-7},
+                "r2": {"b": True, "z": 0, "nul": None},
+            }
+        },
+    ],
+    ["setCell", "t2", "r", "obj", {"2": None, "b": [1, "é", {"x": 1.5}]}],
+    ["setCell", "t2", "r", "arr", [1, 2, [3]]],
+    ["setValues", {"v1": "x" * 100, "v2": 1e300, "v3": False}],
+]
+BIG = "ü" * 150_000  # 300 kB of UTF-8: fragmented with a 16 kB fragment size
+
+
+def run(coro: Awaitable[Any], timeout: float = 90) -> Any:
+    npm_env.require_node()
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 15) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def holds(store: Any, snapshot: dict[str, Any]) -> Callable[[], bool]:
+    return lambda: (
+        store.get_tables() == snapshot["tables"]
+        and store.get_values() == snapshot["values"]
+        and list(store.get_mergeable_content_hashes()) == snapshot["hashes"]
+    )
+
+
+def test_tinybase_and_python_clients_through_our_persisting_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def scenario() -> None:
+        server = await create_ws_server("127.0.0.1", 0, persister_factory(data, "sqlite"))
+        port = server.port
+        url = f"ws://127.0.0.1:{port}/room"
+        js1, js2 = await NodeClient.start("js1"), await NodeClient.start("js2")
+        py = create_mergeable_store()
+        sync = create_ws_synchronizer(py, url, 0.5, fragment_size=16_384)
+        try:
+            await js1.connect(url, fragment_size=16_384)
+            await js1.ops(*OPS)
+            await sync.start_sync()
+            await js2.connect(url, fragment_size=16_384)
+            py.set_cell("py", "r", "big", BIG)
+            py.del_value("v3")
+            await js2.ops(["delCell", "t1", "r2", "z"], ["setCell", "t1", "r2", "js2", "✓"])
+            # everyone converges on the same content and the same hashes
+            await eventually(
+                lambda: py.has_cell("t1", "r2", "js2") and not py.has_cell("t1", "r2", "z")
+            )
+            want = {
+                "tables": py.get_tables(),
+                "values": py.get_values(),
+                "hashes": list(py.get_mergeable_content_hashes()),
+            }
+            for js in (js1, js2):
+                got = await js.wait(want["tables"], want["values"])
+                assert got["ok"], got
+                assert got["hashes"] == want["hashes"]
+            assert py.get_cell("t2", "r", "obj") == {"2": None, "b": [1, "é", {"x": 1.5}]}
+            # everybody leaves; the server's copy survives a restart
+            await js1.close()
+            await js2.close()
+            await sync.destroy()
+            await eventually(lambda: server.get_path_ids() == [])
+            await server.destroy()
+            assert (data / "room.sqlite").exists()
+            server = await create_ws_server("127.0.0.1", port, persister_factory(data, "sqlite"))
+            js3 = await NodeClient.start("js3")
+            try:
+                await js3.connect(url, fragment_size=16_384)
+                got = await js3.wait(want["tables"], want["values"])
+                assert got["ok"], got
+                assert got["hashes"] == want["hashes"]
+            finally:
+                await js3.stop()
+            later = create_mergeable_store()
+            sync2 = await create_ws_synchronizer(later, url, 0.5)
+            await sync2.start_sync()
+            await eventually(holds(later, want))
+            await sync2.destroy()
+        finally:
+            for js in (js1, js2):
+                await js.stop()
+            await sync.destroy()
+            await server.destroy()
+
+    run(scenario(), timeout=120)
+
+
+@pytest.mark.parametrize("persist", [False, True], ids=["relay", "server-store"])
+def test_python_client_through_tinybase_server(persist: bool) -> None:
+    async def scenario() -> None:
+        node_server = await NodeServer.start(persist=persist)
+        url = f"{node_server.url}/room"
+        js = await NodeClient.start("js")
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sa = create_ws_synchronizer(a, url, 0.5, fragment_size=16_384)
+        sb = create_ws_synchronizer(b, url, 0.5, fragment_size=16_384)
+        try:
+            await js.connect(url, fragment_size=16_384)
+            await js.ops(*OPS)
+            await sa.start_sync()
+            await sb.start_sync()
+            a.set_cell("py", "r", "big", BIG)
+            b.del_cell("t1", "r2", "z")
+            await js.ops(["delValue", "v3"])
+            await eventually(
+                lambda: (
+                    a.has_cell("py", "r", "big")
+                    and not a.has_cell("t1", "r2", "z")
+                    and not a.has_value("v3")
+                )
+            )
+            want = {
+                "tables": a.get_tables(),
+                "values": a.get_values(),
+                "hashes": list(a.get_mergeable_content_hashes()),
+            }
+            await eventually(holds(b, want))
+            got = await js.wait(want["tables"], want["values"])
+            assert got["ok"], got
+            assert got["hashes"] == want["hashes"]
+            assert a.get_cell("py", "r", "big") == BIG
+            assert b.get_cell("t2", "r", "arr") == [1, 2, [3]]
+        finally:
+            await sa.destroy()
+            await sb.destroy()
+            await js.stop()
+            await node_server.stop()
+
+    run(scenario())

@@ -1,0 +1,185 @@
+"""The persisting server and ``localsync serve``: rooms survive everyone leaving and a server
+restart; hostile path ids never reach the file system; the command shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from localsync import create_mergeable_store
+from localsync.servers.serve import persister_factory
+from localsync.servers.ws_server import create_ws_server
+from localsync.synchronizers.ws import create_ws_synchronizer
+
+
+def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_rooms_survive_leaving_and_restart(tmp_path: Path, kind: str) -> None:
+    data = tmp_path / "data"
+
+    async def scenario() -> None:
+        server = await create_ws_server(
+            "127.0.0.1", 0, persister_factory(data, kind), request_timeout_seconds=0.3
+        )
+        port = server.port
+        a = create_mergeable_store()
+        sa = await create_ws_synchronizer(a, f"ws://127.0.0.1:{port}/room", 0.3)
+        await sa.start_sync()
+        with a.transaction():
+            a.set_cell("t", "r", "c", "é😀")
+            a.set_cell("t", "r", "o", {"k": [1, None]})
+            a.set_value("v", 2**53)
+        other = create_mergeable_store()
+        so = await create_ws_synchronizer(other, f"ws://127.0.0.1:{port}/other", 0.3)
+        await so.start_sync()
+        other.set_value("only", "other")
+        # the server's copy of the room follows the client (it is a peer like any other)
+        await eventually(lambda: server.get_stats()["messages_received"] >= 2)
+        await sa.destroy()
+        await so.destroy()
+        await eventually(lambda: server.get_path_ids() == [])
+        # a new client of the same (now empty) room gets the data back from the server
+        b = create_mergeable_store()
+        sb = await create_ws_synchronizer(b, f"ws://127.0.0.1:{port}/room", 0.3)
+        await sb.start_sync()
+        await eventually(
+            lambda: b.get_tables() == a.get_tables() and b.get_values() == a.get_values()
+        )
+        await sb.destroy()
+        await server.destroy()
+        # and so does one after a restart, in each room separately
+        server = await create_ws_server(
+            "127.0.0.1", port, persister_factory(data, kind), request_timeout_seconds=0.3
+        )
+        c, d = create_mergeable_store(), create_mergeable_store()
+        sc = await create_ws_synchronizer(c, f"ws://127.0.0.1:{port}/room", 0.3)
+        sd = await create_ws_synchronizer(d, f"ws://127.0.0.1:{port}/other", 0.3)
+        await sc.start_sync()
+        await sd.start_sync()
+        await eventually(
+            lambda: c.get_tables() == a.get_tables() and c.get_values() == a.get_values()
+        )
+        await eventually(lambda: d.get_values() == {"only": "other"})
+        assert c.get_tables() == {"t": {"r": {"c": "é😀", "o": {"k": [1, None]}}}}
+        await sc.destroy()
+        await sd.destroy()
+        await server.destroy()
+
+    run(scenario())
+    suffix = ".sqlite" if kind == "sqlite" else ".json"
+    names = {p.name for p in data.iterdir()}
+    assert {"room" + suffix, "other" + suffix} <= names
+
+
+def test_hostile_path_ids_never_touch_the_file_system(tmp_path: Path) -> None:
+    data = tmp_path / "a" / "b" / "data"
+    data.mkdir(parents=True)
+    before = tree(tmp_path)
+
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0, persister_factory(data)) as server:
+            for path in ["../../etc/passwd", "..%2F..%2Fx", "..", "a/../../b", "x%00y", "/abs"]:
+                with pytest.raises(InvalidStatus) as info:
+                    await connect(f"{server.url}/{path}", open_timeout=5)
+                assert info.value.response.status_code == 400
+            assert server.get_path_ids() == []
+            assert server.get_stats()["rejected"] == 6
+
+    run(scenario())
+    assert tree(tmp_path) == before
+    with pytest.raises(ValueError):
+        persister_factory(data)("../../etc/passwd")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.process
+def test_serve_command_persists_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    def start() -> tuple[subprocess.Popen[str], int]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "localsync.cli",
+                "serve",
+                "--port",
+                "0",
+                "--data",
+                str(data),
+                "--summary-seconds",
+                "0.2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
+        assert match, line + (proc.stderr.read() if proc.stderr else "")
+        return proc, int(match.group(1))
+
+    async def write(port: int) -> None:
+        a = create_mergeable_store()
+        sa = await create_ws_synchronizer(a, f"ws://127.0.0.1:{port}/cli", 0.3)
+        await sa.start_sync()
+        a.set_cell("t", "r", "c", "kept")
+        await asyncio.sleep(0.5)
+        await sa.destroy()
+
+    async def read(port: int) -> Any:
+        b = create_mergeable_store()
+        sb = await create_ws_synchronizer(b, f"ws://127.0.0.1:{port}/cli", 0.3)
+        await sb.start_sync()
+        await eventually(lambda: b.has_cell("t", "r", "c"))
+        await sb.destroy()
+        return b.get_cell("t", "r", "c")
+
+    for sig, do in [(signal.SIGTERM, write), (signal.SIGINT, read)]:
+        proc, port = start()
+        try:
+            result = run(do(port), timeout=30)
+            if do is read:
+                assert result == "kept"
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+        assert "paths=" in err and "joined /cli" in err
+    assert (data / "cli.sqlite").exists()
