@@ -189,8 +189,8 @@ def latency_tasks(sizes: Sizes) -> list[Task]:
             for r in sizes.latency_readers for s in (LOCALSYNC, RAW)]
 
 
-def join_tasks(sizes: Sizes) -> list[Task]:
-    from .baselines import localsync_subject, manager_dict, zmq_subjects
+def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
+    from .baselines import localsync_subject, manager_dict, tinybase, zmq_subjects
 
     snapshot = "raw zmq REQ/REP msgpack snapshot"
     subjects: dict[str, Callable[[int], float | None]] = {
@@ -198,6 +198,8 @@ def join_tasks(sizes: Sizes) -> list[Task]:
         snapshot: lambda c: zmq_subjects.join(c, sizes.timeout * 2),
         MANAGER: lambda c: manager_dict.join(c, sizes.timeout * 2),
     }
+    if not skip_node:
+        subjects[TINYBASE] = lambda c: tinybase.join(c, sizes.timeout / 6)
 
     def make(subject: str, cells: int) -> Callable[[], list[Figure]]:
         params = {"cells": cells}
@@ -207,7 +209,8 @@ def join_tasks(sizes: Sizes) -> list[Task]:
                 return [_na("join", "join time", subject, params, "s", snapshot, why)]
             value = subjects[subject](cells)
             return [Figure("join", "join time", subject, params, value, "s", snapshot,
-                           note="" if value is not None else "n/a: did not complete in time")]
+                           note="" if value is not None else
+                           f"n/a: did not hold all {cells:,} cells within the timeout")]
         return run
 
     return [(f"join {s} cells={c:,}", make(s, c)) for c in sizes.join_cells for s in subjects]
@@ -384,7 +387,7 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
     if want("latency"):
         tasks += latency_tasks(sizes)
     if want("join"):
-        tasks += join_tasks(sizes)
+        tasks += join_tasks(sizes, skip_node)
     if want("memory"):
         tasks += memory_tasks(sizes, skip_node)
     if want("persist"):

@@ -104,3 +104,8 @@ def installed_version() -> str | None:
             "version"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def join(cells: int, timeout: float = 30.0) -> float | None:
+    """Seconds for a new worker to hold all N cells over BroadcastChannel; None if never."""
+    return _run_script("bc_join.mjs", [str(cells), str(timeout)], timeout)["seconds"]
