@@ -218,14 +218,19 @@ class Backend:
             self.tracker.stats["skipped"] += 1
         self.tracker.acknowledge(self.persister, seq)
 
-    def add_persister_listener(self, listener: Any) -> asyncio.Task[None]:
-        """Poll the storage's watch token; report changes made by other processes."""
-        return asyncio.get_running_loop().create_task(
+    def add_persister_listener(self, listener: Any) -> list[asyncio.Task[None]]:
+        """Poll the storage's watch token; report changes made by other processes.
+
+        The handle is a list holding the polling task, not the task itself: the base awaits
+        an awaitable handle, and the task only ends when it is cancelled.
+        """
+        task = asyncio.get_running_loop().create_task(
             self._poll(listener), name=f"localsync-{self.kind}-watch"
         )
+        return [task]
 
-    def del_persister_listener(self, task: asyncio.Task[None]) -> None:
-        task.cancel()
+    def del_persister_listener(self, handle: list[asyncio.Task[None]]) -> None:
+        handle[0].cancel()
 
     async def _poll(self, listener: Any) -> None:
         last = await asyncio.to_thread(self._watch_token)
@@ -294,11 +299,13 @@ class BackendPersister(Persister):
         self._backend = backend_factory()
         self._backend.persister = self
 
-    def _get_persisted(self) -> Any:
-        return self._backend.get_persisted()
+    # coroutine functions on purpose: the base runs only those through its schedule (one
+    # save at a time); a plain function returning an awaitable would be spawned unscheduled
+    async def _get_persisted(self) -> Any:
+        return await self._backend.get_persisted()
 
-    def _set_persisted(self, get_content: Any, changes: Any = None) -> Any:
-        return self._backend.set_persisted(get_content, changes)
+    async def _set_persisted(self, get_content: Any, changes: Any = None) -> Any:
+        return await self._backend.set_persisted(get_content, changes)
 
     def _add_persister_listener(self, listener: Any) -> Any:
         return self._backend.add_persister_listener(listener)
