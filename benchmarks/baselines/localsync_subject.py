@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -29,6 +30,28 @@ from .common import (
     scratch_dir,
     summarize,
 )
+
+
+def _arun(coro: Any, role: str) -> None:
+    """asyncio.run, under cProfile when $LOCALSYNC_BENCH_PROFILE names a folder for the stats.
+
+    Profiling is how the report explains *where* localsync loses to a baseline; it is off by
+    default because it slows the measured process.
+    """
+    folder = os.environ.get("LOCALSYNC_BENCH_PROFILE")
+    if not folder:
+        asyncio.run(coro)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(coro)
+    finally:
+        profiler.disable()
+        os.makedirs(folder, exist_ok=True)
+        profiler.dump_stats(os.path.join(folder, f"{role}-{os.getpid()}.prof"))
 
 
 def available() -> str | None:
@@ -56,7 +79,7 @@ async def _wait(event: Any) -> None:
 
 def _reader(name: str, folder: str, cells: int, index: int, go: Any, stop: Any, queue: Any,
             timeout: float) -> None:
-    asyncio.run(_reader_main(name, folder, cells, index, go, stop, queue, timeout))
+    _arun(_reader_main(name, folder, cells, index, go, stop, queue, timeout), "reader")
 
 
 async def _reader_main(name: str, folder: str, cells: int, index: int, go: Any, stop: Any,
@@ -89,7 +112,7 @@ async def _reader_main(name: str, folder: str, cells: int, index: int, go: Any, 
 
 
 def _writer(name: str, folder: str, cells: int, go: Any, stop: Any, queue: Any) -> None:
-    asyncio.run(_writer_main(name, folder, cells, go, stop, queue))
+    _arun(_writer_main(name, folder, cells, go, stop, queue), "writer")
 
 
 async def _writer_main(name: str, folder: str, cells: int, go: Any, stop: Any, queue: Any
@@ -152,7 +175,8 @@ def fanout(readers: int, cells: int, timeout: float = 120.0) -> FanoutResult:
 
 def _lat_reader(name: str, folder: str, samples: int, index: int, go: Any, stop: Any,
                 queue: Any, timeout: float) -> None:
-    asyncio.run(_lat_reader_main(name, folder, samples, index, go, stop, queue, timeout))
+    _arun(_lat_reader_main(name, folder, samples, index, go, stop, queue, timeout),
+          "lat-reader")
 
 
 async def _lat_reader_main(name: str, folder: str, samples: int, index: int, go: Any,
@@ -187,7 +211,7 @@ async def _lat_reader_main(name: str, folder: str, samples: int, index: int, go:
 
 def _lat_writer(name: str, folder: str, samples: int, gap: float, go: Any, stop: Any,
                 queue: Any) -> None:
-    asyncio.run(_lat_writer_main(name, folder, samples, gap, go, stop, queue))
+    _arun(_lat_writer_main(name, folder, samples, gap, go, stop, queue), "lat-writer")
 
 
 async def _lat_writer_main(name: str, folder: str, samples: int, gap: float, go: Any,
@@ -236,7 +260,7 @@ def latency(readers: int, samples: int, gap: float = 0.002, timeout: float = 60.
 
 
 def _holder(name: str, folder: str, cells: int, go: Any, stop: Any, queue: Any) -> None:
-    asyncio.run(_holder_main(name, folder, cells, stop, queue))
+    _arun(_holder_main(name, folder, cells, stop, queue), "holder")
 
 
 async def _holder_main(name: str, folder: str, cells: int, stop: Any, queue: Any) -> None:
@@ -257,7 +281,7 @@ async def _holder_main(name: str, folder: str, cells: int, stop: Any, queue: Any
 
 def _joiner(name: str, folder: str, cells: int, go: Any, stop: Any, queue: Any,
             timeout: float) -> None:
-    asyncio.run(_joiner_main(name, folder, cells, go, queue, timeout))
+    _arun(_joiner_main(name, folder, cells, go, queue, timeout), "joiner")
 
 
 async def _joiner_main(name: str, folder: str, cells: int, go: Any, queue: Any,
