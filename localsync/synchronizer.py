@@ -20,6 +20,7 @@ Everything the engine emits is sent synchronously from the call that caused it, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,10 @@ class Synchronizer(Persister):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._flushing = False
+        # engine decisions read the store; hold its lock so that a transaction running on
+        # another thread is never seen half-done (RLock: applying changes re-enters it)
+        lock = getattr(store, "lock", None)
+        self._lock: Any = lock if lock is not None else contextlib.nullcontext()
         register_receive(self._receive)
 
     @property
@@ -95,7 +100,8 @@ class Synchronizer(Persister):
         ):
             loop.call_soon_threadsafe(self._receive, from_client_id, request_id, message, body)
             return
-        self._engine.receive(from_client_id, request_id, message, body)
+        with self._lock:
+            self._engine.receive(from_client_id, request_id, message, body)
         self._after_engine()
 
     def _after_engine(self) -> None:
@@ -146,7 +152,8 @@ class Synchronizer(Persister):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
-        self._engine.tick()
+        with self._lock:
+            self._engine.tick()
         self._after_engine()
 
     # -- Persister hooks -----------------------------------------------------------------------
@@ -159,7 +166,8 @@ class Synchronizer(Persister):
             if not done.done():
                 done.set_result(changes)
 
-        self._engine.pull(on_done)
+        with self._lock:
+            self._engine.pull(on_done)
         self._after_engine()
         changes = await done
         if changes is not None and (changes[0][0] or changes[1][0]):
@@ -170,7 +178,8 @@ class Synchronizer(Persister):
         if changes is not None:
             self._engine.send_content_diff(changes)
         else:
-            self._engine.send_content_hashes()
+            with self._lock:
+                self._engine.send_content_hashes()
         self._after_engine()
 
     def _add_persister_listener(self, listener: Callable[..., None]) -> int:

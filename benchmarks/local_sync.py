@@ -1,0 +1,189 @@
+"""Local synchronizer throughput against applying the same changes directly.
+
+Run: ``python -m benchmarks.local_sync`` (``--rows 1000`` for a quick run). Prints a table and
+writes ``benchmarks/results/local_sync.json``.
+
+Scenarios (rows x 10 cells, default 10,000 x 10 = 100,000 cells):
+
+live
+    Two stores with started local synchronizers. One row (10 cells) per transaction is written
+    on A; we time from the first write until B holds every cell. Every transaction becomes one
+    ContentDiff, so this measures the engine, validation and the receiving merge.
+join
+    A already holds all cells; B starts syncing (the TinyBase pull: GetContentHashes ->
+    GetTableDiff -> ... ) and we time until its ``start_sync()`` returns holding everything.
+
+Baselines measured in the same run:
+
+write only      the same writes on a store with no synchronizer (the cost every writer pays);
+apply changes   the transactions' mergeable changes applied to a fresh store with
+                ``apply_mergeable_changes`` (what any sync must at least do on the receiver);
+apply content   ``apply_mergeable_changes(A.get_mergeable_content())`` into a fresh store
+                (the join's floor).
+
+Ratios are the sync figure divided by the relevant baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from localsync import create_mergeable_store
+from localsync.synchronizers.local import create_local_synchronizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def row(i: int) -> dict[str, Any]:
+    return {f"c{j}": (i * 10 + j if j % 3 else f"text-{i}-{j}") for j in range(10)}
+
+
+def baseline_write(rows: int) -> float:
+    store = create_mergeable_store()
+    start = time.perf_counter()
+    for i in range(rows):
+        store.set_row("t", f"r{i}", row(i))
+    return time.perf_counter() - start
+
+
+def baseline_apply_changes(rows: int) -> tuple[float, list[Any]]:
+    writer = create_mergeable_store()
+    recorded: list[Any] = []
+    writer.add_did_finish_transaction_listener(
+        lambda s: recorded.append(s.get_transaction_mergeable_changes())
+    )
+    for i in range(rows):
+        writer.set_row("t", f"r{i}", row(i))
+    target = create_mergeable_store()
+    start = time.perf_counter()
+    for changes in recorded:
+        target.apply_mergeable_changes(changes)
+    elapsed = time.perf_counter() - start
+    assert target.get_mergeable_content_hashes() == writer.get_mergeable_content_hashes()
+    return elapsed, recorded
+
+
+def baseline_apply_content(rows: int) -> float:
+    source = create_mergeable_store()
+    for i in range(rows):
+        source.set_row("t", f"r{i}", row(i))
+    content = source.get_mergeable_content()
+    target = create_mergeable_store()
+    start = time.perf_counter()
+    target.apply_mergeable_changes(content)
+    elapsed = time.perf_counter() - start
+    assert target.get_mergeable_content_hashes() == source.get_mergeable_content_hashes()
+    return elapsed
+
+
+async def wait_rows(store: Any, rows: int) -> None:
+    while len(store.get_row_ids("t")) < rows:
+        await asyncio.sleep(0.001)
+
+
+async def live(rows: int) -> dict[str, float]:
+    a, b = create_mergeable_store(), create_mergeable_store()
+    sa, sb = create_local_synchronizer(a), create_local_synchronizer(b)
+    await sa.start_sync()
+    await sb.start_sync()
+    start = time.perf_counter()
+    for i in range(rows):
+        a.set_row("t", f"r{i}", row(i))
+        if i % 100 == 99:
+            await asyncio.sleep(0)  # let deliveries interleave, as a real program would
+    written = time.perf_counter() - start
+    await wait_rows(b, rows)
+    elapsed = time.perf_counter() - start
+    assert b.get_mergeable_content_hashes() == a.get_mergeable_content_hashes()
+    await sa.destroy()
+    await sb.destroy()
+    return {"total": elapsed, "write_phase": written}
+
+
+async def join(rows: int) -> dict[str, float]:
+    a, b = create_mergeable_store(), create_mergeable_store()
+    for i in range(rows):
+        a.set_row("t", f"r{i}", row(i))
+    sa = create_local_synchronizer(a, request_timeout_seconds=30)
+    await sa.start_sync()
+    sb = create_local_synchronizer(b, request_timeout_seconds=30)
+    start = time.perf_counter()
+    await sb.start_sync()
+    elapsed = time.perf_counter() - start
+    assert len(b.get_row_ids("t")) == rows
+    assert b.get_mergeable_content_hashes() == a.get_mergeable_content_hashes()
+    await sa.destroy()
+    await sb.destroy()
+    return {"total": elapsed}
+
+
+def best(fn: Any, repeat: int) -> Any:
+    results = []
+    for _ in range(repeat):
+        gc.collect()
+        results.append(fn())
+    return min(results, key=lambda r: r if isinstance(r, float) else r["total"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000, help="rows of 10 cells")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per figure (best kept)")
+    args = parser.parse_args(argv)
+    rows, cells = args.rows, args.rows * 10
+
+    write = best(lambda: baseline_write(rows), args.repeat)
+    apply_changes = best(lambda: baseline_apply_changes(rows)[0], args.repeat)
+    apply_content = best(lambda: baseline_apply_content(rows), args.repeat)
+    live_r = best(lambda: asyncio.run(live(rows)), args.repeat)
+    join_r = best(lambda: asyncio.run(join(rows)), args.repeat)
+
+    table = [
+        ("baseline: write only (no sync)", write, None),
+        ("baseline: apply_mergeable_changes per txn", apply_changes, None),
+        ("baseline: apply_mergeable_changes(content)", apply_content, None),
+        ("live: write on A until B has all", live_r["total"], live_r["total"] / apply_changes),
+        ("join: B start_sync with A full", join_r["total"], join_r["total"] / apply_content),
+    ]
+    print(f"local_sync: {rows:,} rows x 10 = {cells:,} cells (best of {args.repeat})")
+    print(f"{'scenario':46} {'seconds':>9} {'cells/s':>11} {'ratio':>7}")
+    for name, seconds, ratio in table:
+        ratio_s = f"{ratio:6.2f}x" if ratio is not None else "      -"
+        print(f"{name:46} {seconds:9.3f} {cells / seconds:11,.0f} {ratio_s}")
+    print(
+        "ratios: live vs apply-changes baseline, join vs apply-content baseline; "
+        f"live = write {live_r['write_phase']:.3f} s + delivery"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {
+        "rows": rows,
+        "cells": cells,
+        "repeat": args.repeat,
+        "python": platform.python_version(),
+        "seconds": {
+            "baseline_write_only": write,
+            "baseline_apply_changes": apply_changes,
+            "baseline_apply_content": apply_content,
+            "live_total": live_r["total"],
+            "live_write_phase": live_r["write_phase"],
+            "join_total": join_r["total"],
+        },
+        "ratios": {
+            "live_vs_apply_changes": live_r["total"] / apply_changes,
+            "live_vs_write_only": live_r["total"] / write,
+            "join_vs_apply_content": join_r["total"] / apply_content,
+        },
+    }
+    (RESULTS / "local_sync.json").write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""The Persister base (TinyBase's createCustomPersister) with a real store and in-memory storage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from localsync import create_mergeable_store
+from localsync.persister import Persister, Status, create_custom_persister
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Storage:
+    """A dict standing in for a file: what the hooks read and write."""
+
+    def __init__(self) -> None:
+        self.content: Any = None
+        self.writes: list[tuple[Any, Any]] = []
+        self.listener: Any = None
+
+    async def get(self) -> Any:
+        await asyncio.sleep(0)  # a real await, as a file read would have
+        return self.content
+
+    async def set(self, get_content: Any, changes: Any = None) -> None:
+        await asyncio.sleep(0)
+        self.content = get_content()
+        self.writes.append((self.content, changes))
+
+    def add(self, listener: Any) -> str:
+        self.listener = listener
+        return "handle"
+
+    def delete(self, handle: Any) -> None:
+        assert handle == "handle"
+        self.listener = None
+
+
+def persister_for(store: Any, storage: Storage, **kw: Any) -> Persister:
+    return create_custom_persister(
+        store, storage.get, storage.set, storage.add, storage.delete, **kw
+    )
+
+
+def test_save_then_load_into_another_store() -> None:
+    async def main() -> None:
+        storage = Storage()
+        a = create_mergeable_store()
+        a.set_row("t", "r", {"c": 1, "obj": {"x": [1, 2]}})
+        pa = persister_for(a, storage)
+        await pa.save()
+        assert pa.get_stats() == {"loads": 0, "saves": 1}
+        # the persisted form is the encoded content: object cells stay strings
+        assert storage.content == a._get_encoded_mergeable_content()
+        b = create_mergeable_store()
+        pb = persister_for(b, storage)
+        await pb.load()
+        assert b.get_tables() == a.get_tables()
+        assert b.get_mergeable_content_hashes() == a.get_mergeable_content_hashes()
+        assert pb.get_stats() == {"loads": 1, "saves": 0}
+        await pa.destroy()
+        await pb.destroy()
+
+    asyncio.run(main())
+
+
+def test_load_of_nothing_uses_initial_content_and_bad_content_is_reported() -> None:
+    async def main() -> None:
+        storage = Storage()
+        errors: list[BaseException] = []
+        store = create_mergeable_store()
+        p = persister_for(store, storage, on_ignored_error=errors.append)
+        await p.load([{"t": {"r": {"c": "default"}}}, {}])
+        assert store.get_tables() == {"t": {"r": {"c": "default"}}} and errors == []
+        storage.content = "garbage"
+        other = create_mergeable_store()
+        q = persister_for(other, storage, on_ignored_error=errors.append)
+        await q.load([{}, {"v": 1}])
+        assert [getattr(e, "code", None) for e in errors] == ["tinybase:1"]
+        assert other.get_values() == {"v": 1}
+        await p.destroy()
+        await q.destroy()
+
+    asyncio.run(main())
+
+
+def test_auto_save_saves_each_transaction_with_hashes() -> None:
+    async def main() -> None:
+        storage = Storage()
+        store = create_mergeable_store()
+        p = persister_for(store, storage)
+        statuses: list[int] = []
+        p.add_status_listener(lambda persister, status: statuses.append(status))
+        await p.start_auto_save()
+        assert p.is_auto_saving()
+        store.set_cell("t", "r", "c", 1)
+        store.set_value("v", "x")
+        await asyncio.sleep(0.01)
+        assert len(storage.writes) == 3  # the initial full save, then one per transaction
+        assert storage.writes[0][1] is None
+        changes = storage.writes[1][1]
+        assert changes[2] == 1
+        assert len(changes[0][0]["t"][0]["r"][0]["c"]) == 3  # with hashes for persisters
+        assert storage.content == store._get_encoded_mergeable_content()
+        assert statuses == [2, 0, 2, 0, 2, 0]
+        await p.stop_auto_save()
+        store.set_value("v", "y")
+        await asyncio.sleep(0.01)
+        assert len(storage.writes) == 3
+        await p.destroy()
+
+    asyncio.run(main())
+
+
+def test_auto_load_applies_pushed_changes_without_saving_them_back() -> None:
+    async def main() -> None:
+        storage = Storage()
+        source = create_mergeable_store()
+        source.set_cell("t", "r", "c", "v1")
+        storage.content = source._get_encoded_mergeable_content()
+        store = create_mergeable_store()
+        p = persister_for(store, storage)
+        await p.start_auto_persisting()
+        assert store.get_cell("t", "r", "c") == "v1"
+        writes_before = len(storage.writes)
+        # the storage changes behind our back and tells us, with the new content
+        source.set_cell("t", "r", "c", "v2")
+        storage.listener(source._get_encoded_mergeable_content())
+        assert store.get_cell("t", "r", "c") == "v2"  # applied synchronously
+        await asyncio.sleep(0.01)
+        assert len(storage.writes) == writes_before  # no echo
+        # ...or without content: the persister loads
+        source.set_cell("t", "r", "c", "v3")
+        storage.content = source._get_encoded_mergeable_content()
+        storage.listener()
+        for _ in range(100):
+            if store.get_cell("t", "r", "c") == "v3":
+                break
+            await asyncio.sleep(0.001)
+        assert store.get_cell("t", "r", "c") == "v3"
+        # a local write is still saved
+        store.set_cell("t", "r", "d", 1)
+        await asyncio.sleep(0.01)
+        assert len(storage.writes) == writes_before + 1
+        await p.destroy()
+        assert not p.is_auto_loading() and not p.is_auto_saving()
+        assert storage.listener is None
+
+    asyncio.run(main())
+
+
+def test_schedule_runs_actions_in_order_across_persisters_sharing_an_id() -> None:
+    async def main() -> None:
+        order: list[str] = []
+
+        def action(name: str, delay: float) -> Any:
+            async def run() -> None:
+                order.append(name + "+")
+                await asyncio.sleep(delay)
+                order.append(name + "-")
+
+            return run
+
+        s1, s2 = Storage(), Storage()
+        p1 = persister_for(create_mergeable_store(), s1, schedule_id="db")
+        p2 = persister_for(create_mergeable_store(), s2, schedule_id="db")
+        await asyncio.gather(
+            p1.schedule(action("a", 0.01), action("b", 0)),
+            p2.schedule(action("c", 0)),
+        )
+        assert order == ["a+", "a-", "b+", "b-", "c+", "c-"]
+        await p1.destroy()
+        await p2.destroy()
+
+    asyncio.run(main())
+
+
+def test_failing_hook_is_reported_or_logged_never_raised(caplog: Any) -> None:
+    async def main() -> None:
+        store = create_mergeable_store()
+
+        def broken(*_: Any) -> Any:
+            raise OSError("disk on fire")
+
+        errors: list[BaseException] = []
+        p = create_custom_persister(
+            store, broken, broken, lambda _l: None, lambda _h: None, errors.append
+        )
+        await p.load()
+        await p.save()
+        assert [str(e) for e in errors] == ["disk on fire", "disk on fire"]
+        assert p.get_status() == Status.IDLE
+        quiet = create_custom_persister(store, broken, broken, lambda _l: None, lambda _h: None)
+        with caplog.at_level(logging.WARNING, logger="localsync.persister"):
+            await quiet.save()
+        assert "disk on fire" in caplog.text
+        await p.destroy()
+        await quiet.destroy()
+
+    asyncio.run(main())
+
+
+def test_mergeable_only_persister_rejects_a_plain_store() -> None:
+    from localsync import create_store
+    from localsync.persister import Persists
+
+    with pytest.raises(TypeError, match="tinybase:0"):
+        create_custom_persister(
+            create_store(),
+            lambda: None,
+            lambda *_: None,
+            lambda _l: None,
+            lambda _h: None,
+            persist=Persists.MERGEABLE_STORE_ONLY,
+        )

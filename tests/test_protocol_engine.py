@@ -1,0 +1,206 @@
+"""The sans-I/O engine on its own: feed messages and time, assert on what it emits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from localsync import create_mergeable_store
+from localsync.protocol import (
+    CONTENT_DIFF,
+    CONTENT_HASHES,
+    GET_CONTENT_HASHES,
+    RESPONSE,
+    TABLE_DIFF,
+    VALUE_DIFF,
+    Outgoing,
+    SyncEngine,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(store: Any = None, **kw: Any) -> tuple[SyncEngine, list[BaseException], Clock, Any]:
+    clock = Clock()
+    errors: list[BaseException] = []
+    store = (
+        store if store is not None else create_mergeable_store(get_now=lambda: 1_700_000_000_000)
+    )
+    engine = SyncEngine(
+        store, request_timeout_seconds=1.0, clock=clock, on_ignored_error=errors.append, **kw
+    )
+    return engine, errors, clock, store
+
+
+def codes(errors: list[BaseException]) -> list[str]:
+    return [getattr(e, "code", repr(e)) for e in errors]
+
+
+def test_get_content_hashes_is_answered_only_while_syncing() -> None:
+    engine, errors, _, store = make()
+    store.set_cell("t", "r", "c", 1)
+    engine.receive("B", "x.y", GET_CONTENT_HASHES, "")
+    assert engine.data_to_send() == []
+    engine.start()
+    engine.receive("B", "x.y", GET_CONTENT_HASHES, "")
+    assert engine.data_to_send() == [
+        Outgoing("B", "x.y", RESPONSE, store.get_mergeable_content_hashes())
+    ]
+    assert engine.receives == 2 and engine.sends == 1 and not errors
+
+
+def test_diff_requests_are_answered_even_when_stopped_as_in_tinybase() -> None:
+    engine, _, _, store = make()
+    store.set_value("v", "x")
+    engine.receive("B", "q", VALUE_DIFF, {})
+    [(to, rid, msg, body)] = engine.data_to_send()
+    assert (to, rid, msg) == ("B", "q", RESPONSE)
+    assert body == store.get_mergeable_value_diff({})
+
+
+def test_full_pull_between_two_stores_by_hand() -> None:
+    """Play the peer ourselves with another store's methods and watch the state machine."""
+    engine, errors, _, store = make()
+    other = create_mergeable_store(unique_id="other", get_now=lambda: 1_700_000_000_000)
+    other.set_row("t", "r", {"a": 1, "b": "two"})
+    other.set_value("v", True)
+    results: list[Any] = []
+    engine.pull(results.append)
+    [(to, rid, msg, body)] = engine.data_to_send()
+    assert (to, msg, body) == (None, GET_CONTENT_HASHES, "")
+    tx = rid.split(".")[0]
+    assert len(tx) == 11 and len(rid) == 16
+    engine.receive("P", rid, RESPONSE, other.get_mergeable_content_hashes())
+    [(to, rid2, msg, body)] = engine.data_to_send()
+    assert (to, msg) == ("P", TABLE_DIFF) and rid2.startswith(tx + ".")
+    assert body == store.get_mergeable_table_hashes()
+    engine.receive("P", rid2, RESPONSE, other.get_mergeable_table_diff(body))
+    # a brand-new table comes whole with the table diff; values still differ
+    [(to, rid3, msg, body)] = engine.data_to_send()
+    assert (to, msg) == ("P", VALUE_DIFF)
+    engine.receive("P", rid3, RESPONSE, other.get_mergeable_value_diff(body))
+    assert engine.data_to_send() == []
+    [changes] = results
+    store._apply_encoded_mergeable_changes(changes)
+    assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
+    assert store.get_tables() == other.get_tables() and store.get_values() == other.get_values()
+    assert not errors and engine.pending_request_count() == 0
+
+
+def test_response_from_the_wrong_peer_is_ignored() -> None:
+    engine, _, _, _store = make()
+    other = create_mergeable_store(unique_id="o", get_now=lambda: 1_700_000_000_000)
+    other.set_cell("t", "r", "c", 1)
+    results: list[Any] = []
+    engine.pull(results.append, "P", other.get_mergeable_content_hashes())
+    [(_, rid, msg, body)] = engine.data_to_send()
+    assert msg == TABLE_DIFF
+    engine.receive("Q", rid, RESPONSE, other.get_mergeable_table_diff(body))
+    assert results == [] and engine.pending_request_count() == 1
+    engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
+    assert len(results) == 1 and engine.pending_request_count() == 0
+    # a duplicate of the same response changes nothing
+    engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
+    assert len(results) == 1 and engine.data_to_send() == []
+
+
+def test_request_times_out_with_tinybase_3_and_deadline() -> None:
+    engine, errors, clock, _ = make()
+    results: list[Any] = []
+    engine.pull(results.append)
+    [(_, rid, _, _)] = engine.data_to_send()
+    assert engine.next_deadline() == clock.now + 1.0
+    clock.now += 0.5
+    engine.tick()
+    assert results == [] and errors == []
+    clock.now += 0.5
+    engine.tick()
+    assert results == [None]
+    assert codes(errors) == ["tinybase:3"]
+    assert str(errors[0]) == f"tinybase:3:.{rid}.{GET_CONTENT_HASHES}"
+    assert engine.next_deadline() is None
+    # a late answer is ignored
+    engine.receive("P", rid, RESPONSE, [0, 0])
+    assert results == [None]
+
+
+def test_more_than_100_pending_requests_overflow_with_tinybase_15() -> None:
+    engine, errors, _, _ = make()
+    results: list[Any] = []
+    for _ in range(101):
+        engine.pull(results.append)
+    assert engine.pending_request_count() == 100
+    assert results == [None]
+    assert codes(errors) == ["tinybase:15"]
+
+
+def test_content_diff_and_hashes_are_handed_to_the_persister_listener() -> None:
+    engine, _, _, store = make()
+    pushed: list[Any] = []
+    engine.persister_listener = lambda content, changes: pushed.append(changes)
+    diff = [[{"t": [{"r": [{"c": [1, "NjEtLV-----s4Fx8"]}]}]}], [{}], 1]
+    engine.receive("P", "tx", CONTENT_DIFF, diff)
+    assert pushed == []  # not syncing: ignored, as TinyBase does
+    engine.start()
+    engine.receive("P", "tx", CONTENT_DIFF, diff)
+    assert pushed == [diff]
+    # equal hashes: nothing to pull, nothing to apply
+    engine.receive("P", "tx2", CONTENT_HASHES, store.get_mergeable_content_hashes())
+    assert engine.data_to_send() == [] and pushed == [diff]
+    # different hashes: a pull in the announcer's transaction
+    engine.receive("P", "tx3", CONTENT_HASHES, [1, 0])
+    [(to, rid, msg, _)] = engine.data_to_send()
+    assert (to, msg) == ("P", TABLE_DIFF) and rid.startswith("tx3.")
+
+
+def test_destroyed_engine_ignores_everything_and_fails_pending() -> None:
+    engine, _errors, _, _ = make()
+    results: list[Any] = []
+    engine.pull(results.append)
+    engine.data_to_send()
+    engine.destroyed = True
+    engine.reject_pending_requests(RuntimeError("gone"))
+    assert results == [None]
+    engine.receive("P", None, GET_CONTENT_HASHES, "")
+    assert engine.receives == 0 and engine.data_to_send() == []
+
+
+def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
+    engine, _, clock, store = make(anti_entropy_seconds=5.0, heartbeat_every=4)
+    engine.start()
+    assert engine.next_deadline() == clock.now + 5.0
+    engine.send_content_hashes()
+    engine.data_to_send()
+    hashes = store.get_mergeable_content_hashes()
+    engine.receive("P", "t", CONTENT_HASHES, hashes)
+    sent_per_period = []
+    for _ in range(8):
+        clock.now += 5.0
+        engine.tick()
+        sent_per_period.append(len(engine.data_to_send()))
+    assert sent_per_period == [0, 0, 0, 1, 0, 0, 0, 1]  # heartbeats only
+    # a local change (or a peer seen with other hashes) is announced at the next period
+    store.set_cell("t", "r", "c", 1)
+    clock.now += 5.0
+    engine.tick()
+    [(to, _, msg, body)] = engine.data_to_send()
+    assert (to, msg, body) == (None, CONTENT_HASHES, store.get_mergeable_content_hashes())
+    engine.receive("P", "t2", CONTENT_HASHES, [1, 2])
+    engine.data_to_send()  # (the pull it starts)
+    clock.now += 5.0
+    engine.tick()
+    assert [m.message for m in engine.data_to_send()] == [CONTENT_HASHES]
+
+
+def test_anti_entropy_needs_a_positive_period() -> None:
+    with pytest.raises(ValueError):
+        make(anti_entropy_seconds=0)
