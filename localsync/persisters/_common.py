@@ -203,6 +203,18 @@ class Backend:
             )
             self.tracker.failed(error)
             raise error
+        if self._expect_load is not None:
+            # a load read content that never reached the store (the store rejected it as
+            # invalid, silently, as TinyBase does): saving now would replace it with whatever
+            # the store holds, so treat the storage as unreadable instead
+            self._expect_load = None
+            self.unreadable = self._unreadable_marker()
+            error = PersistError(
+                f"{self.kind} {self.path!r} held content the store rejected as invalid; "
+                "it will not be overwritten until it is fixed or removed"
+            )
+            self.tracker.failed(error)
+            raise error
         self.unreadable = None
         if not self._has_work():
             # a queued auto-save whose transactions an earlier write already covered: no

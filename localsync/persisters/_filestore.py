@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = [
     "decode_content",
     "encode_content",
     "read_content",
+    "remove_stale_temp_files",
     "resolve_target",
     "write_atomic",
 ]
@@ -103,6 +106,36 @@ def resolve_target(path: str | os.PathLike[str]) -> Path:
     if target.is_symlink():
         return Path(os.path.realpath(target))
     return target
+
+
+_TEMP_SUFFIX = re.compile(r"\.[-0-9A-Za-z_]{16}\.tmp$")
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str], older_than: float = 600.0) -> int:
+    """Delete temporary files a killed writer left beside ``path``; return how many.
+
+    Only files named like ours (``<name>.<16 id chars>.tmp``) and untouched for
+    ``older_than`` seconds, so a write in progress in another process is never removed.
+    """
+    target = resolve_target(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(target.name + ".") or not _TEMP_SUFFIX.search(name):
+            continue
+        if len(name) != len(target.name) + 21:
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime >= older_than:
+                entry.unlink()
+                removed += 1
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -33,7 +33,13 @@ import os
 from typing import Any
 
 from ._common import Backend, BackendPersister, PersistError
-from ._filestore import CorruptContentError, encode_content, read_content, write_atomic
+from ._filestore import (
+    CorruptContentError,
+    encode_content,
+    read_content,
+    remove_stale_temp_files,
+    write_atomic,
+)
 
 __all__ = ["CorruptContentError", "FilePersister", "PersistError", "create_file_persister"]
 
@@ -56,6 +62,7 @@ class FileBackend(Backend):
         self.durable = durable
 
     def _load_sync(self) -> Any | None:
+        remove_stale_temp_files(self.path)
         return read_content(self.path)
 
     def _unreadable_marker(self) -> Any:
