@@ -1,0 +1,299 @@
+"""WebSocket sync benchmark: our server against TinyBase's own ``createWsServer``.
+
+Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run). Prints a table and
+writes ``benchmarks/results/ws.json``.
+
+Both servers run as separate processes on loopback, relay only: ours is
+``localsync serve --no-persist``, TinyBase's is ``createWsServer`` on a ``ws``
+WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same clients:
+
+* Python clients: one process per client (``create_ws_synchronizer``); TinyBase clients: the
+  legacy ``WsSynchronizer`` from npm, all in one Node process (tests/interop/bench_clients.mjs).
+* fill: N clients (N = 2 and 8) on one path; client 0 writes ``cells`` integer cells (rows
+  of 10) in one transaction; the time from just before the write until every other client
+  holds all of them.
+* latency: then client 0 sets a value ``samples`` times; one-way time until client 1 sees it
+  (CLOCK_MONOTONIC is system-wide on Linux, so processes' timestamps compare), p50 and p99.
+
+Ratios are TinyBase's server figure divided by ours (> 1 means ours is faster), measured in
+the same run with the same clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+INTEROP = ROOT / "tests" / "interop"
+_ctx = mp.get_context("spawn")
+
+
+# ------------------------------------------------------------------------------- servers
+
+
+class Server:
+    def __init__(self, kind: str, folder: Path) -> None:
+        self.kind = kind
+        if kind == "ours":
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "localsync.cli",
+                    "serve",
+                    "--no-persist",
+                    "--port",
+                    "0",
+                    "--quiet",
+                ],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
+            assert match, line
+            self.port = int(match.group(1))
+        else:
+            self.proc = subprocess.Popen(
+                ["node", "tb_server.mjs", "relay"],
+                cwd=folder,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert self.proc.stdout is not None
+            self.port = int(json.loads(self.proc.stdout.readline())["port"])
+
+    def stop(self) -> None:
+        if self.kind == "ours":
+            self.proc.terminate()
+        elif self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------------ python clients
+
+
+def _py_client(url: str, index: int, rows: int, samples: int, q: Any, go: Any) -> None:
+    asyncio.run(_py_client_main(url, index, rows, samples, q, go))
+
+
+async def _py_client_main(url: str, index: int, rows: int, samples: int, q: Any, go: Any) -> None:
+    from localsync import create_mergeable_store
+    from localsync.synchronizers.ws import create_ws_synchronizer
+
+    store = create_mergeable_store(f"py{index}")
+    sync = create_ws_synchronizer(store, url, 5.0)
+    await sync.start_sync()
+    latencies: list[float] = []
+    if index == 1:
+        store.add_value_listener(
+            "ping", lambda _s, _id, value, *_: latencies.append(time.monotonic() - value)
+        )
+    q.put(("ready", index, None))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, go.wait)
+    last = f"r{rows - 1}"
+    if index == 0:
+        start = time.monotonic()
+        with store.transaction():
+            for r in range(rows):
+                row = f"r{r}"
+                for c in range(10):
+                    store.set_cell("t", row, f"c{c}", r * 10 + c)
+        q.put(("start", index, start))
+        # wait for the readers, then the pings
+        await loop.run_in_executor(None, go.wait)
+        for _ in range(samples):
+            store.set_value("ping", time.monotonic())
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+    else:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if len(store.get_row_ids("t")) == rows and store.has_cell("t", last, "c9"):
+                break
+            await asyncio.sleep(0.001)
+        q.put(("done", index, time.monotonic()))
+        if index == 1:
+            deadline = time.monotonic() + 30
+            while len(latencies) < samples and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            q.put(("latency", index, latencies))
+    await sync.destroy()
+    q.put(("exit", index, None))
+
+
+def run_python_clients(url: str, clients: int, cells: int, samples: int) -> dict[str, Any]:
+    rows = cells // 10
+    q = _ctx.Queue()
+    go = _ctx.Event()
+    procs = [
+        _ctx.Process(target=_py_client, args=(url, i, rows, samples, q, go), daemon=True)
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    events: dict[str, dict[int, Any]] = {}
+
+    def wait_for(kind: str, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(events.get(kind, {})) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(kind)
+            k, i, v = q.get(timeout=left)
+            events.setdefault(k, {})[i] = v
+
+    try:
+        wait_for("ready", clients, 60)
+        time.sleep(0.2)
+        go.set()
+        wait_for("start", 1, 300)
+        wait_for("done", clients - 1, 300)
+        fill = max(events["done"].values()) - events["start"][0]
+        wait_for("latency", 1, 60)
+        latencies = [x * 1000 for x in events["latency"][1]]
+        wait_for("exit", clients, 30)
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    return {"fill_seconds": fill, "latency_ms": latencies}
+
+
+# -------------------------------------------------------------------------- node clients
+
+
+def run_node_clients(
+    folder: Path, url: str, clients: int, cells: int, samples: int
+) -> dict[str, Any]:
+    out = subprocess.run(
+        ["node", "bench_clients.mjs", url, str(clients), str(cells), str(samples), "300"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------- main
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--cells", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args(argv)
+    cells = 5_000 if args.quick else args.cells
+    samples = 20 if args.quick else args.samples
+    sizes = [2] if args.quick else [2, 8]
+
+    sys.path.insert(0, str(ROOT))
+    from tests import npm_env
+
+    folder = npm_env.ensure_tinybase()
+    for script in ("bench_clients.mjs", "tb_server.mjs"):
+        shutil.copy(INTEROP / script, folder / script)
+
+    rows: list[dict[str, Any]] = []
+    for client_kind in ("python", "tinybase"):
+        for n in sizes:
+            for server_kind in ("ours", "tinybase"):
+                server = Server(server_kind, folder)
+                url = f"ws://127.0.0.1:{server.port}/bench{n}"
+                try:
+                    if client_kind == "python":
+                        result = run_python_clients(url, n, cells, samples)
+                    else:
+                        result = run_node_clients(folder, url, n, cells, samples)
+                finally:
+                    server.stop()
+                lat = result["latency_ms"]
+                row = {
+                    "clients": client_kind,
+                    "n": n,
+                    "server": server_kind,
+                    "cells": cells,
+                    "fill_seconds": result["fill_seconds"],
+                    "latency_p50_ms": _pct(lat, 0.5),
+                    "latency_p99_ms": _pct(lat, 0.99),
+                    "latency_mean_ms": statistics.fmean(lat) if lat else None,
+                    "samples": len(lat),
+                }
+                rows.append(row)
+                print(
+                    f"  {client_kind:8} clients x{n}  {server_kind:8} server: "
+                    f"fill {row['fill_seconds']:.3f} s, p50 {row['latency_p50_ms']:.2f} ms, "
+                    f"p99 {row['latency_p99_ms']:.2f} ms",
+                    flush=True,
+                )
+
+    ratios = []
+    print()
+    print(
+        f"{'clients':9} {'N':>2} {'server':9} {'fill s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+        "  ratio tb/ours"
+    )
+    for row in rows:
+        mate = next(
+            r
+            for r in rows
+            if r["clients"] == row["clients"] and r["n"] == row["n"] and r["server"] == "ours"
+        )
+        fill_ratio = (
+            row["fill_seconds"] / mate["fill_seconds"] if row["server"] == "tinybase" else None
+        )
+        p50_ratio = (
+            row["latency_p50_ms"] / mate["latency_p50_ms"] if row["server"] == "tinybase" else None
+        )
+        if fill_ratio is not None:
+            ratios.append(
+                {"clients": row["clients"], "n": row["n"], "fill": fill_ratio, "p50": p50_ratio}
+            )
+        ratio_text = "" if fill_ratio is None else f"fill {fill_ratio:.2f}x, p50 {p50_ratio:.2f}x"
+        print(
+            f"{row['clients']:9} {row['n']:>2} {row['server']:9} {row['fill_seconds']:8.3f} "
+            f"{row['latency_p50_ms']:8.2f} {row['latency_p99_ms']:8.2f}  {ratio_text}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ws.json").write_text(
+        json.dumps({"rows": rows, "ratios_tinybase_over_ours": ratios}, indent=2) + "\n"
+    )
+    print(f"\nwritten {RESULTS / 'ws.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
