@@ -3,13 +3,18 @@ changes, its cost per transaction, corrupt databases, and the persister on a rea
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from localsync.persisters._common import PersistError
 from localsync.persisters._filestore import CorruptContentError
 from localsync.persisters._sqlitestore import SqliteStorage
 
@@ -235,3 +240,158 @@ def test_a_coalesced_burst_is_one_incremental_write(tmp_path: Path, case: dict[s
     storage.write_content([[{}, "", 0], [{}, "", 0]])
     assert storage.write_changes(burst) is not None
     assert storage.read_content() == case["steps"][-1]["after"]["content"]
+
+
+# ------------------------------------------------------------------ the persister on a store
+
+
+def run_async(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test on a fresh loop, bounded in time (no pytest-asyncio in CI)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
+
+    return wrapper
+
+
+def _store() -> Any:
+    from localsync import create_mergeable_store
+
+    return create_mergeable_store()
+
+
+def _persister(store: Any, path: Path, errors: list[BaseException] | None = None) -> Any:
+    from localsync import create_sqlite_persister
+
+    return create_sqlite_persister(store, path, None if errors is None else errors.append)
+
+
+async def _reload(path: Path) -> Any:
+    fresh = _store()
+    errors: list[BaseException] = []
+    reader = _persister(fresh, path, errors)
+    await reader.load()
+    await reader.destroy()
+    assert not errors, errors
+    return fresh
+
+
+@run_async
+async def test_round_trip_and_incremental_auto_save(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = _store()
+    persister = _persister(store, path)
+    await persister.start_auto_save()
+    assert persister.get_path() == str(path)
+    with store.transaction():
+        store.set_cell("t", "r1", "text", "héllo 😀")
+        store.set_cell("t", "r1", "obj", {"a": [1, None], "2": "x"})
+        store.set_value("v", None)
+    await persister.flush()
+    for i in range(5):
+        store.set_cell("t", f"r{i}", "n", i)
+        await persister.flush()
+    store.del_cell("t", "r1", "text")
+    await persister.flush()
+    stats = persister.get_save_stats()
+    assert stats["full_writes"] == 1  # the first save only
+    assert stats["incremental_writes"] >= 7
+    fresh = await _reload(path)
+    assert fresh.get_mergeable_content() == store.get_mergeable_content()
+    assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+    await persister.destroy()
+
+
+@run_async
+async def test_loading_is_not_followed_by_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    store = _store()
+    first = _persister(store, path)
+    store.set_cell("t", "r", "c", 1)
+    await first.save()
+    await first.destroy()
+    again = _store()
+    persister = _persister(again, path)
+    await persister.start_auto_persisting()
+    assert persister.get_save_stats()["writes"] == 0
+    again.set_cell("t", "r", "c", 2)
+    await persister.flush()
+    assert persister.get_save_stats()["incremental_writes"] == 1
+    assert (await _reload(path)).get_cell("t", "r", "c") == 2
+    await persister.destroy()
+
+
+@run_async
+async def test_stamp_only_changes_from_peers_are_saved(tmp_path: Path) -> None:
+    """A peer's deletion of a cell this store never had changes only stamps and hashes;
+    TinyBase's transaction changes omit it, the persister must still save it."""
+    path = tmp_path / "p.sqlite"
+    store, peer = _store(), _store()
+    persister = _persister(store, path)
+    await persister.start_auto_save()
+    store.set_cell("t", "r", "mine", 1)
+    peer.set_cell("t2", "r", "theirs", 1)
+    peer.del_cell("t2", "r", "theirs")
+    store.apply_mergeable_changes(peer.get_mergeable_content())
+    await persister.flush()
+    stats = persister.get_save_stats()
+    assert stats["repairs"] == 1 and stats["full_writes"] == 1, stats  # repaired, not rewritten
+    fresh = await _reload(path)
+    assert fresh.get_mergeable_content() == store.get_mergeable_content()
+    assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+    await persister.destroy()
+
+
+@run_async
+async def test_corrupt_database_is_reported_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "bad.sqlite"
+    garbage = b"not a database at all " * 200
+    path.write_bytes(garbage)
+    store = _store()
+    errors: list[BaseException] = []
+    persister = _persister(store, path, errors)
+    await persister.load()
+    assert errors and isinstance(errors[0], CorruptContentError)
+    store.set_cell("t", "r", "c", 1)
+    with pytest.raises(PersistError):
+        await persister.flush()
+    assert path.read_bytes() == garbage
+    await persister.destroy()
+
+
+_OTHER_PROCESS = """
+import asyncio, sys
+from localsync import create_mergeable_store, create_sqlite_persister
+
+async def main():
+    store = create_mergeable_store()
+    persister = create_sqlite_persister(store, sys.argv[1])
+    await persister.load()
+    await persister.start_auto_save()
+    store.set_cell("t", "r", "from", "other process")
+    await persister.flush()
+    await persister.destroy()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.process
+@run_async
+async def test_auto_load_sees_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    store = _store()
+    persister = _persister(store, path)
+    store.set_cell("t", "r", "mine", 1)
+    await persister.save()
+    await persister.start_auto_load()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OTHER_PROCESS, str(path), cwd=Path(__file__).parent.parent
+    )
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    async with asyncio.timeout(10):
+        while store.get_cell("t", "r", "from") != "other process":
+            await asyncio.sleep(0.02)
+    assert store.get_cell("t", "r", "mine") == 1
+    await persister.destroy()

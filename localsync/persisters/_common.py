@@ -76,8 +76,14 @@ class SaveTracker:
         self.tx_seq = 0
         self.durable_seq = -1  # nothing saved yet: even "no transactions" (0) is not on disk
         self.last_error: BaseException | None = None
-        self.stats = {"writes": 0, "full_writes": 0, "incremental_writes": 0, "skipped": 0}
-        self.stats["errors"] = 0
+        self.stats = {
+            "writes": 0,
+            "full_writes": 0,
+            "incremental_writes": 0,
+            "repairs": 0,
+            "skipped": 0,
+            "errors": 0,
+        }
         self._listeners: dict[int, SavedListener] = {}
         self._next_listener_id = 0
 
@@ -341,5 +347,6 @@ class BackendPersister(Persister):
 
     def get_save_stats(self) -> dict[str, int]:
         """``transactions``, ``durable``, ``writes``, ``full_writes``, ``incremental_writes``,
-        ``skipped`` and ``errors`` counters."""
+        ``repairs`` (incremental writes found by hash-tree comparison), ``skipped`` and
+        ``errors`` counters."""
         return self._backend.get_save_stats()

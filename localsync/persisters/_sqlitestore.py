@@ -418,6 +418,23 @@ class SqliteStorage:
         }
         return [[tables_obj, meta[1], meta[2]], [values_obj, meta[3], meta[4]]]
 
+    def stored_hashes(
+        self, table_ids: list[str]
+    ) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
+        """(table hashes, row hashes of ``table_ids``, value hashes) as stored."""
+        with self._lock:
+            conn = self._connect()
+            tables = dict(conn.execute("SELECT table_id, hash FROM localsync_tables").fetchall())
+            rows: dict[str, dict[str, int]] = {table_id: {} for table_id in table_ids}
+            for table_id in table_ids:
+                rows[table_id] = dict(
+                    conn.execute(
+                        "SELECT row_id, hash FROM localsync_rows WHERE table_id = ?", (table_id,)
+                    ).fetchall()
+                )
+            values = dict(conn.execute("SELECT value_id, hash FROM localsync_values").fetchall())
+            return tables, rows, values
+
     def data_version(self) -> int:
         """SQLite's ``data_version``: changes when *another* connection commits."""
         with self._lock:

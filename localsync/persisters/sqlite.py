@@ -30,9 +30,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..codec import encode_if_json
 from ._common import Backend, BackendPersister, PersistError, merge_changes
 from ._filestore import CorruptContentError
 from ._sqlitestore import SqliteStorage
+
+
+def _hlc(stamp: list[Any]) -> str:
+    return stamp[1] if len(stamp) > 1 else ""
+
 
 __all__ = ["CorruptContentError", "PersistError", "SqlitePersister", "create_sqlite_persister"]
 
@@ -77,6 +83,10 @@ class SqliteBackend(Backend):
                 if pending is None:
                     return seq, False
                 written = self.storage.write_changes(pending)
+                if written is None:
+                    repaired = self._repair()
+                    if repaired is not None:
+                        seq, written = repaired
                 if written is not None:
                     self.tracker.stats["writes"] += 1
                     self.tracker.stats["incremental_writes"] += 1
@@ -95,6 +105,79 @@ class SqliteBackend(Backend):
         self.tracker.stats["writes"] += 1
         self.tracker.stats["full_writes"] += 1
         return seq, True
+
+    def _repair(self) -> tuple[int, int | None] | None:
+        """Bring the database to the store's state by comparing hash trees, not by rewriting.
+
+        Used when the pending changes do not explain the new hashes (stamp-only changes).
+        Like a synchronizer pulling from a peer, it descends only into the tables and rows
+        whose stored hash differs from the store's and rewrites those rows whole; a table or
+        row that exists only in the database (content replaced by ``set_mergeable_content``)
+        needs the full rewrite instead (returns ``None``). Runs under ``store.lock`` so the
+        store cannot move between the hash reads and the diffs.
+        """
+        store = self.store
+        with store.lock, self.state_lock:
+            seq = self.tracker.tx_seq
+            self._pending = None
+            table_hashes = store.get_mergeable_table_hashes()
+            stored_tables, _, stored_values = self.storage.stored_hashes([])
+            if set(stored_tables) - set(table_hashes):
+                return None
+            differing_tables = {
+                table_id: stored_tables.get(table_id, 0)
+                for table_id, table_hash in table_hashes.items()
+                if stored_tables.get(table_id) != table_hash
+            }
+            _, stored_rows, _ = self.storage.stored_hashes(list(differing_tables))
+            row_hashes = store.get_mergeable_row_hashes(differing_tables)
+            differing_rows: dict[str, dict[str, int]] = {}
+            for table_id, rows in row_hashes.items():
+                stored = stored_rows.get(table_id, {})
+                if set(stored) - set(rows):
+                    return None
+                differing = {
+                    row_id: stored.get(row_id, 0)
+                    for row_id, row_hash in rows.items()
+                    if stored.get(row_id) != row_hash
+                }
+                if differing:
+                    differing_rows[table_id] = differing
+            cell_hashes = store.get_mergeable_cell_hashes(differing_rows)
+            every_cell = {t: {row_id: {} for row_id in rows} for t, rows in differing_rows.items()}
+            cell_diff = store.get_mergeable_cell_diff(every_cell)
+            value_hashes = store.get_mergeable_value_hashes()
+            if set(stored_values) - set(value_hashes):
+                return None
+            value_diff = store.get_mergeable_value_diff(stored_values)
+            content_hashes = store.get_mergeable_content_hashes()
+        tables: dict[str, Any] = {}
+        for table_id, table_stamp in cell_diff[0].items():
+            rows_out: dict[str, Any] = {}
+            for row_id, row_stamp in table_stamp[0].items():
+                hashes = cell_hashes[table_id][row_id]
+                cells = {
+                    cell_id: [encode_if_json(stamp[0]), _hlc(stamp), hashes[cell_id]]
+                    for cell_id, stamp in row_stamp[0].items()
+                }
+                rows_out[row_id] = [cells, _hlc(row_stamp), row_hashes[table_id][row_id]]
+            tables[table_id] = [rows_out, _hlc(table_stamp), table_hashes[table_id]]
+        for table_id in differing_tables:  # a table whose rows all match but its stamp not
+            tables.setdefault(table_id, [{}, "", table_hashes[table_id]])
+        values = {
+            value_id: [encode_if_json(stamp[0]), _hlc(stamp), value_hashes[value_id]]
+            for value_id, stamp in value_diff[0].items()
+        }
+        changes = [
+            [tables, _hlc(cell_diff), content_hashes[0]],
+            [values, _hlc(value_diff), content_hashes[1]],
+            1,
+        ]
+        written = self.storage.write_changes(changes)
+        if written is None:
+            return None
+        self.tracker.stats["repairs"] += 1
+        return seq, written
 
     def _has_work(self) -> bool:
         return not self._tracking or super()._has_work()
