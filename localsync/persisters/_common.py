@@ -193,6 +193,11 @@ class Backend:
                 f"{self.kind} {self.path!r} is unreadable and will not be overwritten "
                 f"until it is fixed or removed: {error}"
             ) from error
+        except Exception:
+            # could not even look (permissions, I/O error, locked): what is there is unknown,
+            # so it must not be replaced either; a later successful load lifts this
+            self.unreadable = self._unreadable_marker()
+            raise
         self.unreadable = None
         if content is not None:
             self._expect_load = [_stamp_hash(content[0]), _stamp_hash(content[1])]
