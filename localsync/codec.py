@@ -21,9 +21,9 @@ Public names:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
+from collections.abc import Callable
 from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
 
@@ -50,6 +50,7 @@ _MAX_SAFE_INTEGER = 2**53
 # Canonical array-index keys: "0" or no leading zero, value <= 2**32 - 2 (checked separately).
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_ARRAY_INDEX = 2**32 - 2
+_DIGITS = frozenset("0123456789")
 _NON_FINITE = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _HIGH = re.compile("[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
@@ -175,42 +176,73 @@ def _ordered_items(obj: dict[Any, Any]) -> list[tuple[str, Any]]:
     return [(key, value) for _, key, value in indexes] + others
 
 
-def _stringify(value: Any) -> str:
+def _key_text(key: str) -> str:
+    return _encode_basestring(key) if key.isascii() else _js_string(key)
+
+
+def _write(value: Any, append: Callable[[str], None]) -> None:
+    """Append the JSON text of ``value`` in pieces (one join at the end beats nested concat)."""
     t = type(value)
     if t is str:
-        return _js_string(value)
-    if t is bool:
-        return "true" if value else "false"
-    if t is int:
+        append(_encode_basestring(value) if value.isascii() else _js_string(value))
+    elif t is int:
         if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
-            return str(value)
-        text = js_number(value)
-        return "null" if text[-1] == "y" else text
-    if t is float:
-        if value != value or value in (math.inf, -math.inf):
-            return "null"
-        return js_number(value)
-    if value is None:
-        return "null"
-    if t is dict or isinstance(value, dict):
-        return (
-            "{"
-            + ",".join(
-                [_js_string(key) + ":" + _stringify(item) for key, item in _ordered_items(value)]
-            )
-            + "}"
-        )
-    if t is list or t is tuple or isinstance(value, list | tuple):
-        return "[" + ",".join([_stringify(item) for item in value]) + "]"
-    if isinstance(value, str):
-        return _js_string(str(value))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return _stringify(int(value))
-    if isinstance(value, float):
-        return _stringify(float(value))
-    raise TypeError(f"{t.__name__} is not JSON-serialisable the way TinyBase stores values")
+            append(str(value))
+        else:
+            text = js_number(value)
+            append("null" if text[-1] == "y" else text)  # beyond double range: Infinity
+    elif t is list or t is tuple:
+        append("[")
+        first = True
+        for item in value:
+            if first:
+                first = False
+            else:
+                append(",")
+            _write(item, append)
+        append("]")
+    elif t is dict:
+        append("{")
+        items: Any = value.items()
+        for key in value:
+            if type(key) is not str or key[:1] in _DIGITS:
+                items = _ordered_items(value)  # may hold array-index keys: JavaScript order
+                break
+        first = True
+        for key, item in items:
+            if first:
+                append(_key_text(key) + ":")
+                first = False
+            else:
+                append("," + _key_text(key) + ":")
+            _write(item, append)
+        append("}")
+    elif t is float:
+        append(js_number(value) if value - value == 0 else "null")  # NaN, +-inf: null
+    elif t is bool:
+        append("true" if value else "false")
+    elif value is None:
+        append("null")
+    elif isinstance(value, bool):
+        append("true" if value else "false")
+    elif isinstance(value, str):
+        _write(str(value), append)
+    elif isinstance(value, int):
+        _write(int(value), append)
+    elif isinstance(value, float):
+        _write(float(value), append)
+    elif isinstance(value, dict):
+        _write(dict(value), append)
+    elif isinstance(value, list | tuple):
+        _write(list(value), append)
+    else:
+        raise TypeError(f"{t.__name__} is not JSON-serialisable the way TinyBase stores values")
+
+
+def _stringify(value: Any) -> str:
+    parts: list[str] = []
+    _write(value, parts.append)
+    return "".join(parts)
 
 
 def js_stringify(value: Any) -> str:
