@@ -172,7 +172,7 @@ def test_client_reacts_to_wire_vectors(case: dict[str, Any]) -> None:
             assert await sync.wait_connected(5)
             if case["valid"]:
                 await eventually(lambda: len(received) == 1, 5)
-                assert received[0][0] == "peer"
+                assert received[0][0] == case["frames"][0].split("\n", 1)[0]
                 assert sync.get_connection_stats()["invalid_frames"] == 0
             else:
                 code, reason = await asyncio.wait_for(closed, 5)
