@@ -1,0 +1,952 @@
+"""TinyBase's MergeableStore: a Store whose every cell and value carries an HLC stamp and a hash.
+
+Why it is built this way (and not as a line-by-line port):
+
+* TinyBase runs its general merge routine for every local write. Here a local write takes a
+  direct path: it draws an HLC, replaces the cell's stamp with ``(cell, hlc, None)`` and notes
+  the cell as *dirty* together with the hash it had. Hashes are only read when peers compare
+  hash trees, so the dirty cells are *settled* on demand (before any hash, diff, content or
+  merge): each one's hash is computed once and folded into its row, table and the tables hash
+  with exactly the XOR updates TinyBase would have made one write at a time. The telescoping
+  XORs give the same numbers, including TinyBase's quirks (trusted hashes from
+  ``set_mergeable_content`` stay trusted; the ``H(id:0)`` legacy term; a zero row hash adding
+  no removal term).
+* Changes from peers (``apply_mergeable_changes``, ``set_mergeable_content``, ``merge``) go
+  through a faithful port of ``mergeContentOrChanges``, so their stamps, hashes and clock
+  effects are TinyBase's own, down to hashing the *decoded* object of an object cell.
+* Cell stamps are immutable tuples ``(cell, hlc, hash)``; row/table/tables stamps are lists
+  ``[children, hlc, hash]``. A transaction keeps an undo log of ``(container, key, old)``
+  entries for every stamp it replaces, so a rollback restores stamps exactly and no closure is
+  created per cell.
+* Invalid or far-future mergeable data is ignored as a whole and silently, exactly as TinyBase
+  ignores it (``ignored_count`` counts such calls).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fnv_hash_fast import fnv1a_32
+
+from .codec import JSON_PREFIX, UNDEFINED
+from .hash import get_value_hash, to_utf8
+from .hlc import HLC_MAX_FUTURE_OFFSET, get_hlc_functions, is_hlc
+from .store import (
+    ABSENT,
+    Store,
+    _check_content,
+    _check_json,
+    _encode_tables,
+    _encode_values,
+    decode,
+    encode_accepted,
+)
+
+__all__ = ["MergeableStore", "create_mergeable_store"]
+
+_MASK = 0xFFFFFFFF
+
+
+def _h(id_: str, hash_: int) -> int:
+    """TinyBase's getValueInValuesHash: ``H(id + ":" + hash)``."""
+    text = f"{id_}:{hash_}"
+    try:
+        return fnv1a_32(text.encode())
+    except UnicodeEncodeError:
+        return fnv1a_32(to_utf8(text))
+
+
+def _hlc_hash(hlc: str) -> int:
+    try:
+        return fnv1a_32(hlc.encode())
+    except UnicodeEncodeError:
+        return fnv1a_32(to_utf8(hlc))
+
+
+def _replace_hlc_hash(old_hlc: str, new_hlc: str) -> int:
+    if new_hlc > old_hlc:
+        return (_hlc_hash(old_hlc) if old_hlc else 0) ^ _hlc_hash(new_hlc)
+    return 0
+
+
+def _uint32(number: Any) -> int:
+    """JavaScript ``number >>> 0`` for a hash that a peer sent (any finite number)."""
+    if type(number) is not int:
+        number = int(number)  # truncates toward zero, as ToUint32 does
+    return number & _MASK
+
+
+def _public(thing: Any) -> Any:
+    """Decoded form of a stamped thing for public output (fresh objects, never shared)."""
+    t = type(thing)
+    if t is str:
+        if thing[:1] == JSON_PREFIX:
+            return decode(thing)
+        return thing
+    if t is dict or t is list:
+        return copy.deepcopy(thing)
+    return thing
+
+
+def _raw(thing: Any) -> Any:
+    """Stored form of a stamped thing for the wire (object cells stay ``"\\ufffd..."``)."""
+    if type(thing) is dict or type(thing) is list:
+        return copy.deepcopy(thing)
+    return thing
+
+
+def _stamp(thing: Any, hlc: str) -> list[Any]:
+    """TinyBase's stampNew: ``[thing]`` when the HLC is empty, else ``[thing, hlc]``."""
+    return [thing, hlc] if hlc else [thing]
+
+
+def _real_now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Validator:
+    """TinyBase's validateMergeable, with the future limit and flags fixed for one call."""
+
+    __slots__ = ("encoded", "has_hashes", "max_time")
+
+    def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
+        self.max_time = max_time
+        self.has_hashes = has_hashes
+        self.encoded = encoded
+
+    def mergeable(self, data: Any) -> bool:
+        if type(data) is not list and type(data) is not tuple:
+            return False
+        n = len(data)
+        if self.has_hashes:
+            if n != 2:
+                return False
+        elif n != 2 and (n != 3 or type(data[2]) not in (int, float) or data[2] != 1):
+            return False
+        return self.stamp(data[0], self.tables) and self.stamp(data[1], self.things)
+
+    def stamp(self, stamp: Any, validate_thing: Callable[[Any], bool]) -> bool:
+        if type(stamp) is not list and type(stamp) is not tuple:
+            return False
+        n = len(stamp)
+        if n == 3:
+            hlc = stamp[1]
+            hash_ = stamp[2]
+            return (
+                type(hlc) is str
+                and (type(hash_) is int or (type(hash_) is float and hash_ - hash_ == 0))
+                and validate_thing(stamp[0])
+                and is_hlc(hlc, self.max_time)
+            )
+        if self.has_hashes or n == 0 or n > 2:
+            return False
+        if not validate_thing(stamp[0]):
+            return False
+        return n == 1 or is_hlc(stamp[1], self.max_time)
+
+    def tables(self, tables: Any) -> bool:
+        if type(tables) is not dict:
+            return False
+        return all(type(k) is str and self.stamp(v, self.rows) for k, v in tables.items())
+
+    def rows(self, rows: Any) -> bool:
+        if type(rows) is not dict:
+            return False
+        return all(type(k) is str and self.stamp(v, self.things) for k, v in rows.items())
+
+    def things(self, things: Any) -> bool:
+        if type(things) is not dict:
+            return False
+        return all(type(k) is str and self.stamp(v, self.thing) for k, v in things.items())
+
+    def thing(self, value: Any) -> bool:
+        t = type(value)
+        if t is str:
+            return self.encoded or value[:1] != JSON_PREFIX
+        if t is int or t is bool or value is None:
+            return True
+        if t is float:
+            return value - value == 0
+        if t is dict or t is list:
+            try:
+                _check_json(value)
+            except (TypeError, ValueError, RecursionError):
+                return False
+            return True
+        return False
+
+
+class MergeableStore(Store):
+    """A TinyBase MergeableStore. Create one with :func:`create_mergeable_store`."""
+
+    def __init__(
+        self, unique_id: str | None = None, get_now: Callable[[], float] | None = None
+    ) -> None:
+        super().__init__()
+        if unique_id is not None and type(unique_id) is not str:
+            raise TypeError("unique_id must be a str or None")
+        self._get_now: Callable[[], float] = _real_now if get_now is None else get_now
+        clock = get_hlc_functions(unique_id, self._get_now)
+        self._hlc_functions = clock
+        self._next_hlc = clock.get_next_hlc
+        self._seen_hlc = clock.seen_hlc
+        self._tstamp: list[Any] = [{}, "", 0]  # [{table id: [{row id: [{cell id: (cell, hlc,
+        self._vstamp: list[Any] = [{}, "", 0]  #   hash)}, hlc, hash]}, hlc, hash]}, hlc, hash]
+        self._dirty_cells: dict[str, dict[str, dict[str, int]]] = {}
+        self._dirty_values: dict[str, int] = {}
+        self._undo: list[tuple[Any, Any, Any]] = []
+        self._listening = True
+        self._defaulting = False
+        self.ignored_count = 0
+
+    def is_mergeable(self) -> bool:
+        return True
+
+    def get_client_id(self) -> str:
+        """The 5-character HLC client id derived from the unique id."""
+        return self._hlc_functions.get_client_id()
+
+    # ------------------------------------------------------------------ local writes
+
+    def _write_cell(self, table_id: str, row_id: str, cell_id: str, cell: Any) -> None:
+        table = self._tables.get(table_id)
+        row = table.get(row_id) if table is not None else None
+        old = ABSENT if row is None else row.get(cell_id, ABSENT)
+        if old is not ABSENT and old == cell and (type(old) is bool) is (type(cell) is bool):
+            return
+        key = (table_id, row_id, cell_id)
+        changed = self._changed_cells
+        entry = changed.get(key)
+        if self._listening or self._mutating:
+            if self._defaulting:
+                self._merge_local_cell(table_id, row_id, cell_id, cell)
+            else:
+                # the direct path: stamp now, hash later (see _settle)
+                hlc = self._next_hlc()
+                undo = self._undo
+                table_stamps = self._tstamp[0]
+                table_stamp = table_stamps.get(table_id)
+                if table_stamp is None:
+                    table_stamp = table_stamps[table_id] = [{}, "", 0]
+                    undo.append((table_stamps, table_id, ABSENT))
+                row_stamps = table_stamp[0]
+                row_stamp = row_stamps.get(row_id)
+                if row_stamp is None:
+                    row_stamp = row_stamps[row_id] = [{}, "", 0]
+                    undo.append((row_stamps, row_id, ABSENT))
+                cell_stamps = row_stamp[0]
+                old_stamp = cell_stamps.get(cell_id)
+                if old_stamp is None:
+                    previous_hash: int | None = 0
+                else:
+                    if old_stamp[1] >= hlc:
+                        raise RuntimeError("tinybase:13: the clock is behind a stamp")
+                    previous_hash = old_stamp[2]
+                cell_stamps[cell_id] = (cell, hlc, None)
+                if entry is None:
+                    undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
+                if previous_hash is not None:
+                    dirty = self._dirty_cells
+                    dirty_rows = dirty.get(table_id)
+                    if dirty_rows is None:
+                        dirty_rows = dirty[table_id] = {}
+                        undo.append((dirty, table_id, ABSENT))
+                    dirty_cells = dirty_rows.get(row_id)
+                    if dirty_cells is None:
+                        dirty_cells = dirty_rows[row_id] = {}
+                        undo.append((dirty_rows, row_id, ABSENT))
+                    dirty_cells[cell_id] = previous_hash
+                    undo.append((dirty_cells, cell_id, ABSENT))
+        if table is None:
+            table = self._new_table(table_id)
+        if row is None:
+            row = table[row_id] = {}
+        if old is ABSENT:
+            self._cell_id_added(table_id, cell_id)
+        row[cell_id] = cell
+        if entry is None:
+            changed[key] = [old, cell]
+        else:
+            entry[1] = cell
+
+    def _delete_cell(self, table_id: str, row_id: str, cell_id: str) -> None:
+        table = self._tables.get(table_id)
+        row = table.get(row_id) if table is not None else None
+        if row is None or cell_id not in row:
+            return
+        key = (table_id, row_id, cell_id)
+        entry = self._changed_cells.get(key)
+        if self._listening or self._mutating:
+            if self._defaulting:
+                self._merge_local_cell(table_id, row_id, cell_id, UNDEFINED)
+            else:
+                self._stamp_local_cell(table_id, row_id, cell_id, UNDEFINED, entry is None)
+        old = self._raw_delete_cell(table_id, row_id, cell_id)
+        if entry is None:
+            self._changed_cells[key] = [old, ABSENT]
+        else:
+            entry[1] = ABSENT
+
+    def _stamp_local_cell(
+        self, table_id: str, row_id: str, cell_id: str, thing: Any, first: bool
+    ) -> None:
+        hlc = self._next_hlc()
+        undo = self._undo
+        table_stamps = self._tstamp[0]
+        table_stamp = table_stamps.get(table_id)
+        if table_stamp is None:
+            table_stamp = table_stamps[table_id] = [{}, "", 0]
+            undo.append((table_stamps, table_id, ABSENT))
+        row_stamps = table_stamp[0]
+        row_stamp = row_stamps.get(row_id)
+        if row_stamp is None:
+            row_stamp = row_stamps[row_id] = [{}, "", 0]
+            undo.append((row_stamps, row_id, ABSENT))
+        cell_stamps = row_stamp[0]
+        old_stamp = cell_stamps.get(cell_id)
+        if old_stamp is None:
+            previous_hash: int | None = 0
+        else:
+            if old_stamp[1] >= hlc:
+                raise RuntimeError("tinybase:13: the clock is behind a stamp")
+            previous_hash = old_stamp[2]
+        cell_stamps[cell_id] = (thing, hlc, None)
+        if first:
+            undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
+        if previous_hash is not None:
+            dirty = self._dirty_cells
+            dirty_rows = dirty.get(table_id)
+            if dirty_rows is None:
+                dirty_rows = dirty[table_id] = {}
+                undo.append((dirty, table_id, ABSENT))
+            dirty_cells = dirty_rows.get(row_id)
+            if dirty_cells is None:
+                dirty_cells = dirty_rows[row_id] = {}
+                undo.append((dirty_rows, row_id, ABSENT))
+            dirty_cells[cell_id] = previous_hash
+            undo.append((dirty_cells, cell_id, ABSENT))
+
+    def _write_value(self, value_id: str, value: Any) -> None:
+        values = self._values
+        old = values.get(value_id, ABSENT)
+        if old is not ABSENT and old == value and (type(old) is bool) is (type(value) is bool):
+            return
+        entry = self._changed_values.get(value_id)
+        if self._listening or self._mutating:
+            if self._defaulting:
+                self._merge_local_value(value_id, value)
+            else:
+                self._stamp_local_value(value_id, value, entry is None)
+        values[value_id] = value
+        if entry is None:
+            self._changed_values[value_id] = [old, value]
+        else:
+            entry[1] = value
+
+    def _delete_value(self, value_id: str) -> None:
+        if value_id not in self._values:
+            return
+        entry = self._changed_values.get(value_id)
+        if self._listening or self._mutating:
+            if self._defaulting:
+                self._merge_local_value(value_id, UNDEFINED)
+            else:
+                self._stamp_local_value(value_id, UNDEFINED, entry is None)
+        old = self._values.pop(value_id)
+        if entry is None:
+            self._changed_values[value_id] = [old, ABSENT]
+        else:
+            entry[1] = ABSENT
+
+    def _stamp_local_value(self, value_id: str, thing: Any, first: bool) -> None:
+        hlc = self._next_hlc()
+        undo = self._undo
+        value_stamps = self._vstamp[0]
+        old_stamp = value_stamps.get(value_id)
+        if old_stamp is None:
+            previous_hash: int | None = 0
+        else:
+            if old_stamp[1] >= hlc:
+                raise RuntimeError("tinybase:13: the clock is behind a stamp")
+            previous_hash = old_stamp[2]
+        value_stamps[value_id] = (thing, hlc, None)
+        if first:
+            undo.append((value_stamps, value_id, ABSENT if old_stamp is None else old_stamp))
+        if previous_hash is not None:
+            self._dirty_values[value_id] = previous_hash
+            undo.append((self._dirty_values, value_id, ABSENT))
+
+    def _merge_local_cell(self, table_id: str, row_id: str, cell_id: str, thing: Any) -> None:
+        """A defaulted write (set_default_content): TinyBase merges it with an empty HLC."""
+        self._settle()
+        self._merge([[{table_id: [{row_id: [{cell_id: [thing, ""]}]}]}], [{}], 1], False)
+
+    def _merge_local_value(self, value_id: str, thing: Any) -> None:
+        self._settle()
+        self._merge([[{}], [{value_id: [thing, ""]}], 1], False)
+
+    # ------------------------------------------------------------------ lazy hashes
+
+    def _settle(self) -> None:
+        """Fold the hashes of locally written cells and values into their parents' hashes."""
+        log = self._depth > 0
+        undo = self._undo
+        dirty = self._dirty_cells
+        if dirty:
+            root = self._tstamp
+            table_stamps = root[0]
+            tables_delta = 0
+            for table_id, rows in dirty.items():
+                table_stamp = table_stamps.get(table_id)
+                if table_stamp is None:
+                    continue
+                row_stamps = table_stamp[0]
+                table_delta = 0
+                for row_id, cells in rows.items():
+                    row_stamp = row_stamps.get(row_id)
+                    if row_stamp is None:
+                        continue
+                    cell_stamps = row_stamp[0]
+                    row_delta = 0
+                    for cell_id, previous in cells.items():
+                        stamp = cell_stamps.get(cell_id)
+                        if stamp is None:
+                            continue
+                        hash_ = stamp[2]
+                        if hash_ is None:
+                            hash_ = get_value_hash(stamp[0], stamp[1])
+                            cell_stamps[cell_id] = (stamp[0], stamp[1], hash_)
+                        if hash_ != previous:
+                            row_delta ^= _h(cell_id, previous) ^ _h(cell_id, hash_)
+                    old_row_hash = row_stamp[2]
+                    new_row_hash = old_row_hash ^ row_delta
+                    if log:
+                        undo.append((row_stamp, 2, old_row_hash))
+                    row_stamp[2] = new_row_hash
+                    table_delta ^= (_h(row_id, old_row_hash) if old_row_hash else 0) ^ _h(
+                        row_id, new_row_hash
+                    )
+                old_table_hash = table_stamp[2]
+                new_table_hash = old_table_hash ^ table_delta
+                if log:
+                    undo.append((table_stamp, 2, old_table_hash))
+                table_stamp[2] = new_table_hash
+                tables_delta ^= (_h(table_id, old_table_hash) if old_table_hash else 0) ^ _h(
+                    table_id, new_table_hash
+                )
+            if log:
+                undo.append((root, 2, root[2]))
+                for table_id, rows in dirty.items():
+                    undo.append((dirty, table_id, rows))
+            root[2] ^= tables_delta
+            dirty.clear()
+        dirty_values = self._dirty_values
+        if dirty_values:
+            root = self._vstamp
+            value_stamps = root[0]
+            delta = 0
+            for value_id, previous in dirty_values.items():
+                stamp = value_stamps.get(value_id)
+                if stamp is None:
+                    continue
+                hash_ = stamp[2]
+                if hash_ is None:
+                    hash_ = get_value_hash(stamp[0], stamp[1])
+                    value_stamps[value_id] = (stamp[0], stamp[1], hash_)
+                if hash_ != previous:
+                    delta ^= _h(value_id, previous) ^ _h(value_id, hash_)
+            if log:
+                undo.append((root, 2, root[2]))
+                for value_id, previous in dirty_values.items():
+                    undo.append((dirty_values, value_id, previous))
+            root[2] ^= delta
+            dirty_values.clear()
+
+    # ------------------------------------------------------------------ transactions
+
+    def _post_finish_transaction(self, rolled_back: bool) -> None:
+        if self._undo:
+            self._undo = []
+
+    def _rollback_stamps(self) -> None:
+        undo = self._undo
+        while undo:
+            container, key, old = undo.pop()
+            if old is ABSENT:
+                container.pop(key, None)
+            else:
+                container[key] = old
+
+    # ------------------------------------------------------------------ merging
+
+    def _merge(self, data: Any, is_content: bool) -> list[Any]:
+        """TinyBase's mergeContentOrChanges (stamps and hashes only; returns the changes)."""
+        undo = self._undo
+        tables_changes: dict[str, dict[str, dict[str, Any]]] = {}
+        values_changes: dict[str, Any] = {}
+        tables_in = data[0]
+        tables_obj = tables_in[0]
+        incoming_tables_hlc = tables_in[1] if len(tables_in) > 1 else ""
+        incoming_tables_hash = tables_in[2] if len(tables_in) > 2 else 0
+        root = self._tstamp
+        table_stamps, old_tables_hlc, old_tables_hash = root
+        tables_hash = incoming_tables_hash if is_content else old_tables_hash
+        tables_hlc = incoming_tables_hlc
+        merge_things = self._merge_things
+        for table_id, table_in in tables_obj.items():
+            rows_obj = table_in[0]
+            incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
+            incoming_table_hash = table_in[2] if len(table_in) > 2 else 0
+            table_stamp = table_stamps.get(table_id)
+            if table_stamp is None:
+                table_stamp = table_stamps[table_id] = [{}, "", 0]
+                undo.append((table_stamps, table_id, ABSENT))
+            row_stamps, old_table_hlc, old_table_hash = table_stamp
+            table_hash = incoming_table_hash if is_content else old_table_hash
+            table_hlc = incoming_table_hlc
+            table_changes = tables_changes.get(table_id)
+            if table_changes is None:
+                table_changes = tables_changes[table_id] = {}
+            for row_id, row_in in rows_obj.items():
+                row_stamp = row_stamps.get(row_id)
+                if row_stamp is None:
+                    row_stamp = row_stamps[row_id] = [{}, "", 0]
+                    undo.append((row_stamps, row_id, ABSENT))
+                row_changes = table_changes.get(row_id)
+                if row_changes is None:
+                    row_changes = table_changes[row_id] = {}
+                row_hlc, old_row_hash, row_hash = merge_things(
+                    row_in, row_stamp, row_changes, is_content
+                )
+                if not is_content:
+                    table_hash ^= (_h(row_id, old_row_hash) if old_row_hash else 0) ^ _h(
+                        row_id, row_hash
+                    )
+                if row_hlc > table_hlc:
+                    table_hlc = row_hlc
+            if not is_content:
+                table_hash ^= _replace_hlc_hash(old_table_hlc, incoming_table_hlc)
+            undo.append((table_stamp, 1, old_table_hlc))
+            undo.append((table_stamp, 2, old_table_hash))
+            if incoming_table_hlc > old_table_hlc:
+                table_stamp[1] = incoming_table_hlc
+            table_stamp[2] = _uint32(table_hash)
+            if not is_content:
+                tables_hash ^= (_h(table_id, old_table_hash) if old_table_hash else 0) ^ _h(
+                    table_id, table_stamp[2]
+                )
+            if table_hlc > tables_hlc:
+                tables_hlc = table_hlc
+        if not is_content:
+            tables_hash ^= _replace_hlc_hash(old_tables_hlc, incoming_tables_hlc)
+        undo.append((root, 1, old_tables_hlc))
+        undo.append((root, 2, old_tables_hash))
+        if incoming_tables_hlc > old_tables_hlc:
+            root[1] = incoming_tables_hlc
+        root[2] = _uint32(tables_hash)
+        values_hlc = merge_things(data[1], self._vstamp, values_changes, is_content)[0]
+        self._seen_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
+        return [tables_changes, values_changes, 1]
+
+    def _merge_things(
+        self, things_in: Any, stamp: list[Any], changes: dict[str, Any], is_content: bool
+    ) -> tuple[str, int, int]:
+        """TinyBase's mergeCellsOrValues for one row or the values."""
+        undo = self._undo
+        things_obj = things_in[0]
+        incoming_hlc = things_in[1] if len(things_in) > 1 else ""
+        incoming_hash = things_in[2] if len(things_in) > 2 else 0
+        thing_stamps, old_hlc, old_hash = stamp
+        things_hlc = incoming_hlc
+        things_hash = incoming_hash if is_content else old_hash
+        for thing_id, thing_in in things_obj.items():
+            thing = thing_in[0]
+            n = len(thing_in)
+            thing_hlc = thing_in[1] if n > 1 else ""
+            thing_stamp = thing_stamps.get(thing_id)
+            if thing_stamp is None:
+                old_thing_hlc = ""
+                old_thing_hash = 0
+            else:
+                old_thing_hlc = thing_stamp[1]
+                old_thing_hash = thing_stamp[2]
+            if not old_thing_hlc or thing_hlc > old_thing_hlc:
+                undo.append(
+                    (thing_stamps, thing_id, ABSENT if thing_stamp is None else thing_stamp)
+                )
+                if is_content:
+                    new_hash = _uint32(thing_in[2] if n > 2 else 0)
+                else:
+                    new_hash = get_value_hash(thing, thing_hlc)
+                if type(thing) is dict or type(thing) is list:
+                    thing = copy.deepcopy(thing)
+                thing_stamps[thing_id] = (
+                    thing,
+                    thing_hlc if thing_hlc > old_thing_hlc else old_thing_hlc,
+                    new_hash,
+                )
+                changes[thing_id] = thing
+                if not is_content:
+                    things_hash ^= _h(thing_id, old_thing_hash) ^ _h(thing_id, new_hash)
+                if thing_hlc > things_hlc:
+                    things_hlc = thing_hlc
+        if not is_content:
+            things_hash ^= _replace_hlc_hash(old_hlc, incoming_hlc)
+        undo.append((stamp, 1, old_hlc))
+        undo.append((stamp, 2, old_hash))
+        if incoming_hlc > old_hlc:
+            stamp[1] = incoming_hlc
+        stamp[2] = _uint32(things_hash)
+        return things_hlc, old_hash, stamp[2]
+
+    def _apply_merge(self, data: Any, is_content: bool, encoded: bool) -> None:
+        """Inside a transaction: merge stamps, then apply the winning changes to the data."""
+        listening = self._listening
+        self._listening = False
+        try:
+            if is_content:
+                self._delete_all_tables()
+                self._delete_all_values()
+                undo = self._undo
+                for root in (self._tstamp, self._vstamp):
+                    undo.append((root, 0, root[0]))
+                    undo.append((root, 1, root[1]))
+                    undo.append((root, 2, root[2]))
+                    root[0] = {}
+                    root[1] = ""
+                    root[2] = 0
+            tables_changes, values_changes, _ = self._merge(data, is_content)
+            write = self._write_cell
+            delete = self._delete_cell
+            for table_id, rows in tables_changes.items():
+                for row_id, cells in rows.items():
+                    for cell_id, thing in cells.items():
+                        if thing == UNDEFINED:
+                            delete(table_id, row_id, cell_id)
+                        else:
+                            stored = encode_accepted(thing) if encoded else _encode_merged(thing)
+                            if stored is not ABSENT:
+                                write(table_id, row_id, cell_id, stored)
+            for value_id, thing in values_changes.items():
+                if thing == UNDEFINED:
+                    self._delete_value(value_id)
+                else:
+                    stored = encode_accepted(thing) if encoded else _encode_merged(thing)
+                    if stored is not ABSENT:
+                        self._write_value(value_id, stored)
+        finally:
+            self._listening = listening
+
+    def _merge_in(self, data: Any, is_content: bool, encoded: bool) -> MergeableStore:
+        with self.lock:
+            validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
+            try:
+                valid = validator.mergeable(data)
+            except RecursionError:
+                valid = False
+            if not valid:
+                self.ignored_count += 1
+                return self
+            if self._depth < 0:
+                return self
+            self._settle()
+            self._txn(self._apply_merge, data, is_content, encoded)
+        return self
+
+    def apply_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
+        """Merge changes (or content) from a peer; invalid or far-future data is ignored."""
+        return self._merge_in(mergeable_changes, False, False)
+
+    def _apply_encoded_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
+        return self._merge_in(mergeable_changes, False, True)
+
+    def set_mergeable_content(self, mergeable_content: Any) -> MergeableStore:
+        """Replace everything with a peer's content, trusting its hashes (as TinyBase does)."""
+        return self._merge_in(mergeable_content, True, False)
+
+    def _set_encoded_mergeable_content(self, mergeable_content: Any) -> MergeableStore:
+        return self._merge_in(mergeable_content, True, True)
+
+    def merge(self, mergeable_store: MergeableStore) -> MergeableStore:
+        """Exchange full contents with another MergeableStore (TinyBase's merge)."""
+        content = self.get_mergeable_content()
+        other_content = mergeable_store.get_mergeable_content()
+        mergeable_store.apply_mergeable_changes(content)
+        return self.apply_mergeable_changes(other_content)
+
+    def set_default_content(self, content: Any) -> MergeableStore:
+        """Set content stamped with empty HLCs, so that any peer's real data wins over it."""
+        if callable(content):
+            content = content()
+        tables, values = _check_content(content)
+        encoded_tables = _encode_tables(tables)
+        encoded_values = _encode_values(values)
+        self._txn(self._set_default, encoded_tables, encoded_values)
+        return self
+
+    def _set_default(self, tables: dict[str, Any], values: dict[str, Any]) -> None:
+        self._defaulting = True
+        try:
+            self._apply_content(tables, values)
+        finally:
+            self._defaulting = False
+
+    # ------------------------------------------------------------------ content out
+
+    def get_mergeable_content(self) -> list[Any]:
+        """``[[tables, hlc, hash], [values, hlc, hash]]`` with decoded cells."""
+        return self._content(_public)
+
+    def _get_encoded_mergeable_content(self) -> list[Any]:
+        """As get_mergeable_content, with object cells in stored ``"\\ufffd..."`` form."""
+        return self._content(_raw)
+
+    def _content(self, convert: Callable[[Any], Any]) -> list[Any]:
+        with self.lock:
+            self._settle()
+            tables, tables_hlc, tables_hash = self._tstamp
+            values, values_hlc, values_hash = self._vstamp
+            tables_out: dict[str, Any] = {}
+            for table_id, (rows, table_hlc, table_hash) in tables.items():
+                rows_out: dict[str, Any] = {}
+                for row_id, (cells, row_hlc, row_hash) in rows.items():
+                    rows_out[row_id] = [
+                        {
+                            cell_id: [
+                                convert(cell) if type(cell) is not int else cell,
+                                hlc,
+                                hash_,
+                            ]
+                            for cell_id, (cell, hlc, hash_) in cells.items()
+                        },
+                        row_hlc,
+                        row_hash,
+                    ]
+                tables_out[table_id] = [rows_out, table_hlc, table_hash]
+            values_out = {
+                value_id: [convert(value), hlc, hash_]
+                for value_id, (value, hlc, hash_) in values.items()
+            }
+            return [[tables_out, tables_hlc, tables_hash], [values_out, values_hlc, values_hash]]
+
+    def get_transaction_mergeable_changes(self, with_hashes: bool = False) -> list[Any]:
+        """The stamps this transaction touched, as ``[tables, values, 1]`` changes."""
+        return self._transaction_mergeable_changes(with_hashes, _public)
+
+    def _get_encoded_transaction_mergeable_changes(self, with_hashes: bool = False) -> list[Any]:
+        return self._transaction_mergeable_changes(with_hashes, _raw)
+
+    def _transaction_mergeable_changes(
+        self, with_hashes: bool, convert: Callable[[Any], Any]
+    ) -> list[Any]:
+        with self.lock:
+            if with_hashes:
+                self._settle()
+
+            def new_stamp(thing: Any, hlc: str, hash_: Any) -> list[Any]:
+                if with_hashes:
+                    return [thing, hlc, hash_]
+                return [thing, hlc] if hlc else [thing]
+
+            grouped: dict[str, dict[str, list[str]]] = {}
+            for table_id, row_id, cell_id in self._changed_cells:
+                grouped.setdefault(table_id, {}).setdefault(row_id, []).append(cell_id)
+            tables, tables_hlc, tables_hash = self._tstamp
+            tables_out: dict[str, Any] = {}
+            for table_id, rows in grouped.items():
+                table_stamp = tables.get(table_id)
+                if table_stamp is None:
+                    continue
+                row_stamps, table_hlc, table_hash = table_stamp
+                table_out: dict[str, Any] = {}
+                for row_id, cell_ids in rows.items():
+                    row_stamp = row_stamps.get(row_id)
+                    if row_stamp is None:
+                        continue
+                    cell_stamps, row_hlc, row_hash = row_stamp
+                    row_out: dict[str, Any] = {}
+                    for cell_id in cell_ids:
+                        cell_stamp = cell_stamps.get(cell_id)
+                        if cell_stamp is not None:
+                            cell, hlc, hash_ = cell_stamp
+                            row_out[cell_id] = new_stamp(convert(cell), hlc, hash_)
+                    table_out[row_id] = new_stamp(row_out, row_hlc, row_hash)
+                tables_out[table_id] = new_stamp(table_out, table_hlc, table_hash)
+            values, values_hlc, values_hash = self._vstamp
+            values_out: dict[str, Any] = {}
+            for value_id in self._changed_values:
+                value_stamp = values.get(value_id)
+                if value_stamp is not None:
+                    value, hlc, hash_ = value_stamp
+                    values_out[value_id] = new_stamp(convert(value), hlc, hash_)
+            return [
+                new_stamp(tables_out, tables_hlc, tables_hash),
+                new_stamp(values_out, values_hlc, values_hash),
+                1,
+            ]
+
+    # ------------------------------------------------------------------ hashes and diffs
+
+    def get_mergeable_content_hashes(self) -> list[int]:
+        with self.lock:
+            self._settle()
+            return [self._tstamp[2], self._vstamp[2]]
+
+    def get_mergeable_table_hashes(self) -> dict[str, int]:
+        with self.lock:
+            self._settle()
+            return {table_id: stamp[2] for table_id, stamp in self._tstamp[0].items()}
+
+    def get_mergeable_table_diff(self, other_table_hashes: dict[str, Any]) -> list[Any]:
+        """``[new tables stamp, {table id: our hash}]`` for tables the other side lacks or
+        has differently."""
+        _check_mapping(other_table_hashes)
+        with self.lock:
+            self._settle()
+            tables, tables_hlc, _ = self._tstamp
+            new_tables: dict[str, Any] = {}
+            differing: dict[str, int] = {}
+            for table_id, (rows, table_hlc, hash_) in tables.items():
+                if table_id in other_table_hashes:
+                    if hash_ != other_table_hashes[table_id]:
+                        differing[table_id] = hash_
+                else:
+                    new_tables[table_id] = _stamp(
+                        {row_id: _row_without_hashes(row) for row_id, row in rows.items()},
+                        table_hlc,
+                    )
+            return [_stamp(new_tables, tables_hlc), differing]
+
+    def get_mergeable_row_hashes(self, other_table_hashes: dict[str, Any]) -> dict[str, Any]:
+        _check_mapping(other_table_hashes)
+        with self.lock:
+            self._settle()
+            tables = self._tstamp[0]
+            row_hashes: dict[str, dict[str, int]] = {}
+            for table_id, other_hash in other_table_hashes.items():
+                table_stamp = tables.get(table_id)
+                if table_stamp is not None and table_stamp[2] != other_hash:
+                    out = row_hashes.setdefault(table_id, {})
+                    for row_id, row_stamp in table_stamp[0].items():
+                        out[row_id] = row_stamp[2]
+            return row_hashes
+
+    def get_mergeable_row_diff(self, other_table_row_hashes: dict[str, Any]) -> list[Any]:
+        _check_mapping(other_table_row_hashes)
+        with self.lock:
+            self._settle()
+            tables, tables_hlc, _ = self._tstamp
+            new_rows: dict[str, Any] = {}
+            differing: dict[str, dict[str, int]] = {}
+            for table_id, other_row_hashes in other_table_row_hashes.items():
+                table_stamp = tables.get(table_id)
+                if table_stamp is None:
+                    continue
+                other = other_row_hashes if type(other_row_hashes) is dict else {}
+                for row_id, row_stamp in table_stamp[0].items():
+                    if row_id in other:
+                        if row_stamp[2] != other[row_id]:
+                            differing.setdefault(table_id, {})[row_id] = row_stamp[2]
+                    else:
+                        new_rows.setdefault(table_id, [{}])[0][row_id] = _row_without_hashes(
+                            row_stamp
+                        )
+            return [_stamp(new_rows, tables_hlc), differing]
+
+    def get_mergeable_cell_hashes(self, other_table_row_hashes: dict[str, Any]) -> dict[str, Any]:
+        _check_mapping(other_table_row_hashes)
+        with self.lock:
+            self._settle()
+            tables = self._tstamp[0]
+            cell_hashes: dict[str, dict[str, dict[str, int]]] = {}
+            for table_id, other_row_hashes in other_table_row_hashes.items():
+                table_stamp = tables.get(table_id)
+                if table_stamp is None or type(other_row_hashes) is not dict:
+                    continue
+                rows = table_stamp[0]
+                for row_id, other_hash in other_row_hashes.items():
+                    row_stamp = rows.get(row_id)
+                    if row_stamp is not None and row_stamp[2] != other_hash:
+                        out = cell_hashes.setdefault(table_id, {}).setdefault(row_id, {})
+                        for cell_id, cell_stamp in row_stamp[0].items():
+                            out[cell_id] = cell_stamp[2]
+            return cell_hashes
+
+    def get_mergeable_cell_diff(self, other_table_row_cell_hashes: dict[str, Any]) -> list[Any]:
+        _check_mapping(other_table_row_cell_hashes)
+        with self.lock:
+            self._settle()
+            tables, tables_hlc, _ = self._tstamp
+            tables_out: dict[str, Any] = {}
+            for table_id, other_row_cell_hashes in other_table_row_cell_hashes.items():
+                if type(other_row_cell_hashes) is not dict:
+                    continue
+                for row_id, other_cell_hashes in other_row_cell_hashes.items():
+                    table_stamp = tables.get(table_id)
+                    if table_stamp is None:
+                        continue
+                    row_stamp = table_stamp[0].get(row_id)
+                    if row_stamp is None:
+                        continue
+                    other = other_cell_hashes if type(other_cell_hashes) is dict else {}
+                    for cell_id, (cell, cell_hlc, hash_) in row_stamp[0].items():
+                        if hash_ != other.get(cell_id):
+                            table_out = tables_out.get(table_id)
+                            if table_out is None:
+                                table_out = tables_out[table_id] = _stamp({}, table_stamp[1])
+                            row_out = table_out[0].get(row_id)
+                            if row_out is None:
+                                row_out = table_out[0][row_id] = _stamp({}, row_stamp[1])
+                            row_out[0][cell_id] = [_raw(cell), cell_hlc]
+            return _stamp(tables_out, tables_hlc)
+
+    def get_mergeable_value_hashes(self) -> dict[str, int]:
+        with self.lock:
+            self._settle()
+            return {value_id: stamp[2] for value_id, stamp in self._vstamp[0].items()}
+
+    def get_mergeable_value_diff(self, other_value_hashes: dict[str, Any]) -> list[Any]:
+        _check_mapping(other_value_hashes)
+        with self.lock:
+            self._settle()
+            values, values_hlc, _ = self._vstamp
+            out = {
+                value_id: _stamp(_raw(value), hlc)
+                for value_id, (value, hlc, hash_) in values.items()
+                if hash_ != other_value_hashes.get(value_id)
+            }
+            return _stamp(out, values_hlc)
+
+
+def _row_without_hashes(row_stamp: list[Any]) -> list[Any]:
+    cells, row_hlc, _ = row_stamp
+    return _stamp(
+        {cell_id: _stamp(_raw(cell), hlc) for cell_id, (cell, hlc, _h2) in cells.items()},
+        row_hlc,
+    )
+
+
+def _check_mapping(value: Any) -> None:
+    if type(value) is not dict:
+        raise TypeError(f"expected a dict of hashes, not {type(value).__name__}")
+
+
+def _encode_merged(thing: Any) -> Any:
+    """Stored form of a validated, decoded cell from a peer (objects become ``"\\ufffd..."``)."""
+    if type(thing) is dict or type(thing) is list:
+        return encode_accepted(thing)
+    return thing
+
+
+def create_mergeable_store(
+    unique_id: str | None = None, get_now: Callable[[], float] | None = None
+) -> MergeableStore:
+    """A new, empty MergeableStore (TinyBase's ``createMergeableStore(uniqueId, getNow)``).
+
+    ``unique_id`` seeds the 5-character HLC client id exactly as TinyBase does (random when
+    None); ``get_now`` returns milliseconds since the epoch (default: the real clock).
+    """
+    return MergeableStore(unique_id, get_now)
