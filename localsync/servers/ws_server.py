@@ -439,9 +439,6 @@ class WsServer:
         if path.clients.get(client.id) is not client:
             return
         del path.clients[client.id]
-        if path.buffer:
-            kept = [(c, m) for c, m in path.buffer if c != client.id]
-            path.buffer = kept
         self._call_listeners(True, path.id, client.id, -1)
         if not path.clients and self._paths.get(path.id) is path:
             del self._paths[path.id]
@@ -491,7 +488,14 @@ class WsServer:
                 )
                 await persister.start_auto_load()
                 await persister.start_auto_save()
-                await path.synchronizer.start_sync()
+                syncing = asyncio.ensure_future(path.synchronizer.start_sync())
+                # messages held back while the store loaded go in as soon as the synchronizer
+                # accepts them: before its own first pull completes, which waits for clients
+                # whose answers may be among them
+                while not syncing.done() and not path.synchronizer.is_auto_loading():
+                    await asyncio.sleep(0)
+                self._flush(path)
+                await syncing
         except Exception as exc:
             self._report(exc)
             logger.exception("could not start the store of /%s", path.id)
@@ -499,16 +503,25 @@ class WsServer:
                 client.closing = True
                 self._spawn(client.ws.close(1011, "store unavailable"))
             return
+        finally:
+            self._flush(path)
+
+    def _flush(self, path: _Path) -> None:
         path.ready = True
         buffered, path.buffer, path.buffered = path.buffer, [], 0
         for from_id, message in buffered:
-            if from_id in path.clients:
-                self._deliver(path, from_id, message)
+            # also from clients that left meanwhile: their changes must reach the store
+            self._to_server(path, from_id, message)
 
     async def _stop_path(self, path: _Path) -> None:
         if path.starting is not None:
             with contextlib.suppress(BaseException):
                 await path.starting
+        if path.persister is not None:
+            try:  # whatever the last changes were, they are on disk before the store goes
+                await path.persister.save()
+            except Exception as exc:
+                self._report(exc)
         for closer in (path.synchronizer, path.persister):
             if closer is not None:
                 try:
@@ -519,28 +532,14 @@ class WsServer:
     # --------------------------------------------------------------------------- relay
 
     def _route(self, path: _Path, from_id: str, message: Decoded) -> None:
-        if path.ready:
-            self._deliver(path, from_id, message)
-            return
-        size = sum(payload_size(r) for r in message.remainders)
-        if len(path.buffer) >= MAX_START_BUFFER_COUNT or path.buffered + size > MAX_PAYLOAD_SIZE:
-            client = path.clients.get(from_id)
-            if client is not None:
-                self._overflow(client, "server")
-            return
-        path.buffer.append((from_id, message))
-        path.buffered += size
-
-    def _deliver(self, path: _Path, from_id: str, message: Decoded) -> None:
         to = message.client_id
-        receive = path.receive
-        if receive is not None and (to == "" or to == SERVER_CLIENT_ID):
-            try:
-                receive(from_id, message.request_id, message.message, message.body)
-            except Exception as exc:
-                self._report(exc)
-        if to == SERVER_CLIENT_ID:
-            return
+        if to == "" or to == SERVER_CLIENT_ID:
+            if path.ready:
+                self._to_server(path, from_id, message)
+            else:
+                self._hold(path, from_id, message)
+            if to == SERVER_CLIENT_ID:
+                return
         prefix = from_id + "\n"
         clients = path.clients
         for remainder in message.remainders:
@@ -554,6 +553,25 @@ class WsServer:
                 target = clients.get(to)
                 if target is not None:
                     self._send_to(target, payload, size)
+
+    def _hold(self, path: _Path, from_id: str, message: Decoded) -> None:
+        # the path's store is still loading: keep what is meant for it, bounded
+        size = sum(payload_size(r) for r in message.remainders)
+        if len(path.buffer) >= MAX_START_BUFFER_COUNT or path.buffered + size > MAX_PAYLOAD_SIZE:
+            client = path.clients.get(from_id)
+            if client is not None:
+                self._overflow(client, "server")
+            return
+        path.buffer.append((from_id, message))
+        path.buffered += size
+
+    def _to_server(self, path: _Path, from_id: str, message: Decoded) -> None:
+        receive = path.receive
+        if receive is not None:
+            try:
+                receive(from_id, message.request_id, message.message, message.body)
+            except Exception as exc:
+                self._report(exc)
 
     def _relay_from_server(self, path: _Path, payload: str) -> None:
         at = payload.index("\n")
