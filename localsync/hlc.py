@@ -40,6 +40,8 @@ _SHIFT24 = 2**24
 _MAX_SAFE_INTEGER = 2**53
 _DECODE: dict[str, int] = {char: index for index, char in enumerate(ENCODE)}
 _PAIRS: tuple[str, ...] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
+_PAIR_VALUES: dict[str, int] = {pair: value for value, pair in enumerate(_PAIRS)}
+_MAX_TIME = 2**42 - 1
 _HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
 _TIME_SHIFTS = (36, 30, 24, 18, 12, 6, 0)
 _COUNTER_SHIFTS = (18, 12, 6, 0)
@@ -104,6 +106,17 @@ def encode_hlc_parts(logical_time: float, counter: float, client_id: str) -> str
 
 def decode_hlc_time(hlc: str) -> int:
     """Logical time of an HLC; characters outside the alphabet or missing count as 0."""
+    if len(hlc) >= 7:
+        pairs = _PAIR_VALUES
+        try:  # fast path: four table lookups instead of seven shifts
+            return (
+                (pairs[hlc[0:2]] << 30)
+                | (pairs[hlc[2:4]] << 18)
+                | (pairs[hlc[4:6]] << 6)
+                | _DECODE[hlc[6]]
+            )
+        except KeyError:
+            pass
     get = _DECODE.get
     result = 0
     for char in hlc[:7]:
@@ -113,6 +126,16 @@ def decode_hlc_time(hlc: str) -> int:
 
 def decode_hlc(hlc: str) -> tuple[int, int, str]:
     """``(logical_time, counter, client_id)``; the client id is ``hlc[11:]``, any length."""
+    if len(hlc) >= 11:
+        pairs = _PAIR_VALUES
+        try:
+            return (
+                decode_hlc_time(hlc),
+                (pairs[hlc[7:9]] << 12) | pairs[hlc[9:11]],
+                hlc[11:],
+            )
+        except KeyError:
+            pass
     get = _DECODE.get
     counter = 0
     for char in hlc[7:11]:
@@ -121,19 +144,42 @@ def decode_hlc(hlc: str) -> tuple[int, int, str]:
     return decode_hlc_time(hlc), counter, hlc[11:]
 
 
+# (max_logical_time, 7-character time prefix of floor(max_logical_time)): one merge checks
+# every stamp against the same limit, so the limit is encoded once, not decoded per stamp.
+_limit_cache: tuple[float, str] = (-1.0, "")
+
+
+def _time_prefix_limit(max_logical_time: float) -> str:
+    """Greatest 7-character time prefix whose time is <= ``max_logical_time``.
+
+    The alphabet is in ASCII order, so for valid HLCs ``decode_hlc_time(h) <= limit`` is
+    ``h[:7] <= prefix``: a string comparison instead of decoding every stamp.
+    """
+    global _limit_cache
+    cached = _limit_cache
+    if cached[0] == max_logical_time:
+        return cached[1]
+    if max_logical_time >= _MAX_TIME:
+        prefix = "zzzzzzz"
+    elif max_logical_time < 0:
+        prefix = ""  # nothing non-empty is <= ""
+    else:
+        prefix = _encode_time(math.floor(max_logical_time))
+    _limit_cache = (max_logical_time, prefix)
+    return prefix
+
+
 def is_hlc(hlc: object, max_logical_time: float) -> bool:
     """TinyBase's ``isHlc``: ``""``, or 16 alphabet characters not later than the limit.
 
     Stores use it to refuse changes stamped too far in the future (a peer with a broken
     clock must not drag every replica's clock along).
     """
-    if hlc == "":
-        return True
-    return (
-        type(hlc) is str
-        and _HLC_RE.fullmatch(hlc) is not None
-        and decode_hlc_time(hlc) <= max_logical_time
-    )
+    if type(hlc) is not str or len(hlc) != 16:
+        return hlc == ""
+    if _HLC_RE.fullmatch(hlc) is None or max_logical_time != max_logical_time:  # NaN limit
+        return False
+    return hlc[:7] <= _time_prefix_limit(max_logical_time)
 
 
 def _real_now() -> int:

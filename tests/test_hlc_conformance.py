@@ -251,3 +251,35 @@ def test_random_clock_sequences_match_tinybase(tmp_path: Path) -> None:
             hlc = functions.get_next_hlc() if remote is None else functions.seen_hlc(remote)
             ours = [hlc, functions.get_last_logical_time(), functions.get_last_counter()]
             assert ours == tinybase_step, (sequence["uniqueId"], now, remote)
+
+
+def _reference_time(hlc: str) -> int:
+    """decodeHlcTime exactly as TinyBase writes it: seven digits, unknown/missing as 0."""
+    digits = [ENCODE.find(hlc[i]) if i < len(hlc) else 0 for i in range(7)]
+    return sum(max(d, 0) << (36 - 6 * i) for i, d in enumerate(digits))
+
+
+_HLC_LIKE = st.text(st.sampled_from(ENCODE + "~ é"), min_size=0, max_size=18) | st.builds(
+    lambda t, c: get_hlc_functions("x").encode_hlc(t, c), _TIMES, _COUNTERS
+)
+_LIMITS = (
+    _TIMES
+    | st.integers(min_value=-(2**43), max_value=2**43)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([2**42 - 1, 2**42, -1, 0, 0.5, -0.5])
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_HLC_LIKE, _LIMITS)
+def test_is_hlc_and_decode_match_the_reference_definition(hlc: str, limit: float) -> None:
+    from localsync.hlc import decode_hlc, decode_hlc_time
+
+    assert decode_hlc_time(hlc) == _reference_time(hlc)
+    counter_digits = [ENCODE.find(hlc[i]) if i < len(hlc) else 0 for i in range(7, 11)]
+    counter = sum(max(d, 0) << (18 - 6 * i) for i, d in enumerate(counter_digits))
+    assert decode_hlc(hlc) == (_reference_time(hlc), counter, hlc[11:])
+    valid = len(hlc) == 16 and set(hlc) <= set(ENCODE)
+    assert is_hlc(hlc, limit) == (hlc == "" or (valid and _reference_time(hlc) <= limit))
+    # the limit cache must not leak between calls with different limits
+    assert is_hlc(hlc, -1) == (hlc == "")
