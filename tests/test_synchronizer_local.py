@@ -93,6 +93,10 @@ def test_stop_and_restart_catches_up_and_status_is_reported() -> None:
         await sb.start_sync()
         assert sb.is_syncing() and sb.is_auto_loading() and sb.is_auto_saving()
         assert statuses[:4] == [1, 0, 2, 0]  # load from peers, then announce our hashes
+        # let A finish pulling after B's announcement: a stopped synchronizer still answers
+        # diff requests (as TinyBase's does), so a pull in flight would carry later writes
+        await asyncio.sleep(0.05)
+        await wait_for(lambda: not sa.engine.pending_request_count())
         await sb.stop_sync()
         assert not sb.is_syncing() and not sb.is_auto_saving()
         a.set_cell("t", "r", "c", "while stopped")

@@ -1,9 +1,10 @@
 """In-process synchronizer: TinyBase's ``createLocalSynchronizer``.
 
-Every local synchronizer in this process (on the same event loop) is on one bus. Messages are
-delivered on a later loop turn (``call_soon``, TinyBase's ``setTimeout(0)``) so that a sender
-never re-enters a receiver from inside its own transaction, and so that delivery order is the
-send order.
+Every local synchronizer in this process that runs on the same event loop is on one bus (one
+loop plays the part of one JavaScript realm; synchronizers bound to another loop, or to a
+closed one, are not reached). Messages are delivered on a later loop turn (``call_soon``,
+TinyBase's ``setTimeout(0)``) so that a sender never re-enters a receiver from inside its own
+transaction, and so that delivery order is the send order.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from ..synchronizer import ReceiveFn, SendFn, Synchronizer
 
 __all__ = ["LocalSynchronizer", "create_local_synchronizer"]
 
-# client id -> receive; insertion order is the broadcast delivery order, as in TinyBase.
-_clients: dict[str, ReceiveFn] = {}
+# client id -> (receive, synchronizer); insertion order is the broadcast order, as in TinyBase.
+_clients: dict[str, tuple[ReceiveFn, Synchronizer]] = {}
+
+
+def _reachable(synchronizer: Synchronizer, loop: asyncio.AbstractEventLoop) -> bool:
+    bound = synchronizer._loop
+    return bound is None or bound is loop
 
 
 class LocalSynchronizer(Synchronizer):
@@ -41,24 +47,29 @@ def create_local_synchronizer(
     handles: set[asyncio.Handle] = set()
 
     def send(to_client_id: str | None, request_id: str | None, message: int, body: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for other, (_, peer) in list(_clients.items()):
+            if peer._loop is not None and peer._loop.is_closed():
+                del _clients[other]  # left behind by a finished asyncio.run()
         if to_client_id is None:
             recipients = [other for other in _clients if other != client_id]
         else:
             recipients = [to_client_id]
-        loop = asyncio.get_running_loop()
 
         def deliver() -> None:
             handles.discard(handle)
             for recipient in recipients:
-                receive = _clients.get(recipient)
-                if receive is not None:
-                    receive(client_id, request_id, message, body)
+                entry = _clients.get(recipient)
+                if entry is not None and _reachable(entry[1], loop):
+                    entry[0](client_id, request_id, message, body)
 
         handle = loop.call_soon(deliver)
         handles.add(handle)
 
+    registered: list[ReceiveFn] = []
+
     def register_receive(receive: ReceiveFn) -> None:
-        _clients[client_id] = receive
+        registered.append(receive)
 
     def cancel_scheduled_messages() -> None:
         for handle in handles:
@@ -81,4 +92,5 @@ def create_local_synchronizer(
         pre_destroy=cancel_scheduled_messages,
     )
     synchronizer.client_id = client_id
+    _clients[client_id] = (registered[-1], synchronizer)
     return synchronizer
