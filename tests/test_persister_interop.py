@@ -1,0 +1,155 @@
+"""Interop with TinyBase 10.0.1's own ``createFilePersister`` (Node.js, from npm).
+
+Files go both ways and must give identical mergeable content, hashes, tables and values:
+unicode (astral, U+2028, quotes, backslashes), object and array cells, ``null``, integer-like
+ids, deleted cells, rows and values. The SQLite persister is checked against the same
+TinyBase-made content (TinyBase -> file -> ours -> SQLite -> fresh store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.npm_env import require_node, run_node_json
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _node() -> None:
+    require_node()
+
+
+def _store() -> Any:
+    from localsync import create_mergeable_store
+
+    return create_mergeable_store()
+
+
+def _state(store: Any) -> dict[str, Any]:
+    return {
+        "content": store.get_mergeable_content(),
+        "hashes": list(store.get_mergeable_content_hashes()),
+        "tables": store.get_tables(),
+        "values": store.get_values(),
+    }
+
+
+def _tinybase(mode: str, path: Path) -> dict[str, Any]:
+    result = run_node_json("persister_file.mjs", mode, str(path), timeout=120)
+    assert isinstance(result, dict)
+    return result
+
+
+def _load_file(path: Path) -> Any:
+    from localsync import create_file_persister
+
+    errors: list[BaseException] = []
+
+    async def main() -> Any:
+        store = _store()
+        persister = create_file_persister(store, path, errors.append)
+        await persister.load()
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(main())
+    assert not errors, errors
+    return store
+
+
+def test_tinybase_file_loads_into_ours(tmp_path: Path) -> None:
+    path = tmp_path / "tinybase.json"
+    theirs = _tinybase("write", path)
+    assert theirs["tables"]["t1"]["r1"]["object"] == {"2": "x", "a": [1, {"b": None}], "é": "ü"}
+    store = _load_file(path)
+    assert _state(store) == theirs
+
+
+def _write_ours(path: Path) -> Any:
+    from localsync import create_file_persister
+
+    async def main() -> Any:
+        store = _store()
+        persister = create_file_persister(store, path)
+        with store.transaction():
+            store.set_cell("t1", "r1", "text", 'héllo wörld 😀 \u2028 "quoted" \\ back')
+            store.set_cell("t1", "r1", "float", 1.5)
+            store.set_cell("t1", "r1", "int", -3)
+            store.set_cell("t1", "r1", "big", 1e21)
+            store.set_cell("t1", "r1", "bool", True)
+            store.set_cell("t1", "r1", "null", None)
+            store.set_cell("t1", "r1", "object", {"a": [1, {"b": None}], "2": "x", "é": "ü"})
+            store.set_cell("t1", "r1", "array", [1, "two", None, {"three": 3}])
+            store.set_cell("t1", "r2", "gone", "soon")
+            store.set_row("t2", "r1", {"c": 1})
+            store.set_cell("t-1", "0", "1", "integer-like ids")
+            store.set_values({"v": "ünï", "vnull": None, "vobj": {"k": [1]}, "vdel": 1})
+        store.del_cell("t1", "r2", "gone")
+        store.del_row("t2", "r1")
+        store.del_value("vdel")
+        await persister.save()
+        await persister.destroy()
+        return store
+
+    return asyncio.run(main())
+
+
+def test_our_file_loads_into_tinybase(tmp_path: Path) -> None:
+    path = tmp_path / "ours.json"
+    store = _write_ours(path)
+    theirs = _tinybase("read", path)
+    assert theirs == _state(store)
+    # deletions really are in the file, as TinyBase stores them
+    raw = json.loads(path.read_text("utf-8"))
+    assert raw[0][0]["t1"][0]["r2"][0]["gone"][0] == "\ufffc"
+    assert raw[0][0]["t1"][0]["r1"][0]["object"][0].startswith("\ufffd")
+
+
+def test_edits_go_back_and_forth(tmp_path: Path) -> None:
+    from localsync import create_file_persister
+
+    path = tmp_path / "both.json"
+    _tinybase("write", path)
+
+    async def ours_edit() -> None:
+        store = _store()
+        persister = create_file_persister(store, path)
+        await persister.load()
+        store.set_cell("t1", "r1", "fromPython", {"nested": ["ok"]})
+        store.del_cell("t1", "r1", "float")
+        await persister.save()
+        await persister.destroy()
+
+    asyncio.run(ours_edit())
+    theirs = _tinybase("append", path)
+    assert theirs["tables"]["t1"]["r1"]["fromPython"] == {"nested": ["ok"]}
+    assert "float" not in theirs["tables"]["t1"]["r1"]
+    assert theirs["tables"]["t1"]["r1"]["fromTinyBase"] == "added"
+    assert _state(_load_file(path)) == theirs
+
+
+def test_tinybase_content_survives_sqlite(tmp_path: Path) -> None:
+    from localsync import create_sqlite_persister
+
+    path = tmp_path / "tinybase.json"
+    theirs = _tinybase("write", path)
+    store = _load_file(path)
+    db = tmp_path / "copy.sqlite"
+
+    async def main() -> Any:
+        persister = create_sqlite_persister(store, db)
+        await persister.save()
+        await persister.destroy()
+        fresh = _store()
+        reader = create_sqlite_persister(fresh, db)
+        await reader.load()
+        await reader.destroy()
+        return fresh
+
+    assert _state(asyncio.run(main())) == theirs
