@@ -265,8 +265,9 @@ def persist_tasks(sizes: Sizes) -> list[Task]:
             fn = persist_subjects.localsync if subject == LOCALSYNC else persist_subjects.raw
             out = fn(rate, sizes.persist_seconds, sizes.timeout)
             if out is None:
-                return [_na("persist", "quiescence to durable", subject, params, "s", raw,
-                            "nothing durable before the timeout")]
+                why = ("wait_acknowledged() did not return within the timeout"
+                       if subject == LOCALSYNC else "the sink never committed every row")
+                return [_na("persist", "quiescence to durable", subject, params, "s", raw, why)]
             extra = {k: v for k, v in out.items()
                      if k not in ("quiescence_to_durable", "achieved_rate")}
             return [

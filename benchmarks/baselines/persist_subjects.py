@@ -191,6 +191,7 @@ def _ls_writer(name: str, folder: str, rate: float, seconds: float, go: Any, sto
 
 
 def localsync(rate: float, seconds: float, timeout: float = 60.0) -> dict[str, Any] | None:
+    """None when the writer's ``wait_acknowledged`` did not return within ``timeout / 4``."""
     folder = scratch_dir("lsb-")
     data = Path(folder) / "data"
     name = "persist"
@@ -201,7 +202,7 @@ def localsync(rate: float, seconds: float, timeout: float = 60.0) -> dict[str, A
         if not collect(queue, 1, min(deadline, time.monotonic() + 60)):
             return None
         procs += run_group(_ls_writer, [(name, str(folder), rate, seconds, go, stop, queue,
-                                         timeout)], timeout)
+                                         timeout / 4)], timeout)
         if not collect(queue, 1, min(deadline, time.monotonic() + 60)):
             return None
         go.set()
