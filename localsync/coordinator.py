@@ -95,7 +95,7 @@ class Coordinator:
         self.store: Any = None
         self.persister: Any = None
         self.synchronizer: Any = None
-        self.saved_hashes: tuple[str, str] | None = None
+        self.saved_hashes: tuple[int, int] | None = None
         self.saves = 0
         self._dirty: asyncio.Event | None = None
         self._saved: asyncio.Condition | None = None
@@ -178,11 +178,11 @@ class Coordinator:
             await asyncio.sleep(self._ack_interval)
             self._announce()
 
-    async def wait_saved(self, timeout: float | None = None) -> tuple[str, str]:
+    async def wait_saved(self, timeout: float | None = None) -> tuple[int, int]:
         """Wait until the current content is saved; returns its hashes."""
         assert self._saved is not None and self.store is not None
 
-        async def until() -> tuple[str, str]:
+        async def until() -> tuple[int, int]:
             assert self._saved is not None
             async with self._saved:
                 while True:

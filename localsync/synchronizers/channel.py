@@ -90,7 +90,7 @@ Receive = Callable[[str, "str | None", int, Any], None]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[str, str | None, int, Any])
-_ack_decoder = msgspec.msgpack.Decoder(tuple[str, str, str])
+_ack_decoder = msgspec.msgpack.Decoder(tuple[str, int, int])
 
 
 class ChannelError(ConnectionError):
@@ -141,7 +141,7 @@ class ChannelTransport:
             self._paths = None
             self.inbound, self.outbound = tcp_endpoints(hub)
         self._receive: Receive | None = None
-        self._on_ack: Callable[[str, str, str], None] | None = None
+        self._on_ack: Callable[[str, int, int], None] | None = None
         self._pub: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,7 +249,7 @@ class ChannelTransport:
         self._send_raw(topic, payload)
         self.stats["sent"] += 1
 
-    def publish_ack(self, tables_hash: str, values_hash: str) -> None:
+    def publish_ack(self, tables_hash: int, values_hash: int) -> None:
         """Announce durably saved content hashes (used by the coordinator)."""
         self._send_raw(ACK_TOPIC, _encoder.encode((self.client_id, tables_hash, values_hash)))
 
@@ -259,7 +259,7 @@ class ChannelTransport:
         """The ``register_receive`` of create_custom_synchronizer."""
         self._receive = receive
 
-    def watch_acks(self, on_ack: Callable[[str, str, str], None]) -> None:
+    def watch_acks(self, on_ack: Callable[[str, int, int], None]) -> None:
         """Also receive coordinator acknowledgements: ``on_ack(from_id, tables, values)``."""
         self._on_ack = on_ack
         if self._sub is not None and not self._closed:
@@ -341,7 +341,7 @@ class ChannelSynchronizer:
         self._inner = inner
         self._transport = transport
         self._store = store
-        self._acks: dict[str, tuple[str, str]] = {}
+        self._acks: dict[str, tuple[int, int]] = {}
         self._ack_event: asyncio.Event | None = None
 
     @property
@@ -393,7 +393,7 @@ class ChannelSynchronizer:
     async def __aexit__(self, *exc: object) -> None:
         await self.destroy()
 
-    def _on_ack(self, from_id: str, tables_hash: str, values_hash: str) -> None:
+    def _on_ack(self, from_id: str, tables_hash: int, values_hash: int) -> None:
         self._acks[from_id] = (tables_hash, values_hash)
         if self._ack_event is not None:
             self._ack_event.set()

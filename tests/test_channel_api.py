@@ -1,0 +1,89 @@
+"""The channel synchronizer and the coordinator, in one process (one event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localsync import create_mergeable_store, create_store
+from localsync.coordinator import Coordinator
+from localsync.synchronizers.channel import create_channel_synchronizer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    async def loop() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+def test_two_stores_sync_and_extras(rundir: Path) -> None:
+    async def scenario() -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sent: list[tuple[Any, ...]] = []
+        sync_a = create_channel_synchronizer(
+            a, "api", lambda *args: sent.append(args), runtime_dir=rundir
+        )
+        async with create_channel_synchronizer(b, "api", runtime_dir=rundir) as sync_b:
+            assert await sync_a.start_sync() is sync_a
+            assert sync_a.get_channel_name() == "api"
+            assert sync_a.client_id != sync_b.client_id
+            assert [sync_a.is_hub_host, sync_b.is_hub_host].count(True) == 1
+            a.set_cell("t", "r", "c", {"nested": [1, "x"]})
+            b.set_value("v", 2.5)
+            await until(lambda: a.get_content() == b.get_content() and a.has_value("v"))
+            assert b.get_cell("t", "r", "c") == {"nested": [1, "x"]}
+            assert a.get_mergeable_content_hashes() == b.get_mergeable_content_hashes()
+            assert sync_a.get_synchronizer_stats()["sends"] > 0
+            assert sync_a.get_channel_stats()["sent"] == len(sent)
+            await sync_a.destroy()
+            # b keeps working alone (it may have become the hub host now)
+            b.set_cell("t", "r2", "c", 1)
+
+    asyncio.run(scenario())
+
+
+def test_channel_synchronizer_needs_a_mergeable_store(rundir: Path) -> None:
+    with pytest.raises(TypeError):
+        create_channel_synchronizer(create_store(), "x", runtime_dir=rundir)
+    with pytest.raises(ValueError):
+        create_channel_synchronizer(create_mergeable_store(), "", runtime_dir=rundir)
+
+
+def test_coordinator_saves_acknowledges_and_reloads(rundir: Path) -> None:
+    async def scenario() -> None:
+        data = rundir / "data"
+        coordinator = await Coordinator("orders", data, runtime_dir=rundir).start()
+        store = create_mergeable_store()
+        sync = create_channel_synchronizer(store, "orders", runtime_dir=rundir)
+        await sync.start_sync()
+        store.set_row("t", "r", {"a": 1, "b": "x"})
+        await sync.wait_acknowledged(20)
+        assert coordinator.saved_hashes == tuple(store.get_mergeable_content_hashes())
+        assert await coordinator.wait_saved(5) == coordinator.saved_hashes
+        await sync.destroy()
+        await coordinator.stop()
+        again = await Coordinator("orders", data, runtime_dir=rundir).start()
+        try:
+            assert again.store.get_content() == store.get_content()
+            assert again.store.get_mergeable_content() == store.get_mergeable_content()
+        finally:
+            await again.stop()
+
+    asyncio.run(scenario())
