@@ -43,17 +43,23 @@ class StoreLink:
         """Wait (at most ``timeout`` s) until our changes are out, per ``flush_mode``."""
         deadline = time.monotonic() + timeout
         try:
-            self.sync.wait_until_idle(timeout)
+            # runs on the loop after every hand-off queued by our transactions so far, and
+            # returns once the resulting sends (and any request in flight) are done
+            if not self.sync.wait_until_idle(timeout):
+                return False
             if self.flush_mode == "acknowledged":
                 remaining = max(0.001, deadline - time.monotonic())
-                self.sync.run_coroutine(self.sync.synchronizer.wait_acknowledged(remaining))
+                self.sync.background_loop.run(
+                    self.sync.synchronizer.wait_acknowledged(remaining), remaining + 5.0
+                )
         except (TimeoutError, OSError):
             return False
         return True
 
     def close(self) -> None:
+        """Leave the channel (ZeroMQ lingers to push out what is queued) and stop the thread."""
         with contextlib.suppress(Exception):
-            self.sync.destroy()
+            self.sync.close()
 
 
 def open_link(
@@ -70,11 +76,13 @@ def open_link(
     if flush_mode not in FLUSH_MODES:
         raise ValueError(f"flush must be one of {FLUSH_MODES}, not {flush_mode!r}")
     store = create_mergeable_store()
-    sync = BlockingSynchronizer(create_channel_synchronizer, store, channel, **dict(options))
+    sync = BlockingSynchronizer(
+        create_channel_synchronizer, store, channel, timeout=start_timeout, **dict(options)
+    )
     try:
         sync.start_sync(timeout=start_timeout)
     except BaseException:
         with contextlib.suppress(Exception):
-            sync.destroy()
+            sync.close()
         raise
     return StoreLink(store, sync, flush_mode)

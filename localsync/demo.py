@@ -1,0 +1,447 @@
+"""``localsync demo``: worker processes sharing one store, persisted by a coordinator.
+
+What it shows, end to end, on a machine with nothing else running:
+
+1. the data file of earlier runs is read from disk first (``--data``, default
+   ``./localsync-data``), so a second run can say what survived the first;
+2. a coordinator process (``localsync coordinator``) joins the channel and persists it;
+3. ``--workers`` processes (the :mod:`workers` library) each insert orders into the shared
+   ``orders`` table and read everybody's rows back from their own synchronized copy; a status
+   row per worker (in table ``workers``) is what the live display reads;
+4. this process joins the channel too, as an observer: it renders progress from its own
+   synchronized store and ends a ``--seconds`` run by writing ``stop_run`` into the store,
+   which the workers see through the channel and finish normally;
+5. workers flush with ``"acknowledged"``: they exit only once the coordinator has durably
+   saved everything they hold; the coordinator is stopped (SIGTERM: final save), and the
+   result is printed from the file on disk, reloaded into a fresh store.
+
+``--chaos`` SIGKILLs worker 0 mid-run: the pool restarts it after a short backoff, and the new
+attempt resumes from the rows its previous attempt had already shared (rows are keyed
+``r<run>-w<worker>-<n>`` and their content derives from the key, so rewriting one is harmless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+ORDERS = "orders"
+STATUS = "workers"
+CUSTOMERS = ("ada", "bob", "chen", "dara", "eve", "femi", "gus", "hana")
+ITEMS = ("apples", "bread", "cheese", "dates", "eggs", "figs", "grapes")
+BATCH = 10  # orders per transaction: one ContentDiff message per batch
+
+
+# -- the worker side (runs in each worker process) ---------------------------------------------
+
+
+def order_for(row_id: str, run: int, worker: int) -> dict[str, Any]:
+    """The order stored under ``row_id``: derived from the id, so a rewrite changes nothing."""
+    rng = random.Random(row_id)
+    qty = rng.randint(1, 9)
+    return {
+        "run": run,
+        "worker": worker,
+        "customer": rng.choice(CUSTOMERS),
+        "item": rng.choice(ITEMS),
+        "qty": qty,
+        "total": round(qty * rng.uniform(0.5, 4.0), 2),
+    }
+
+
+def demo_worker(ctx: Any, run: int, rows: int | None, rate: float) -> dict[str, Any]:
+    """Insert orders until ``rows`` are written or the observer sets ``stop_run`` to ``run``."""
+    store = ctx.store
+    prefix = f"r{run}-w{ctx.index}-"
+    status_id = f"r{run}-w{ctx.index}"
+
+    def own_rows() -> int:
+        return sum(1 for row_id in store.get_row_ids(ORDERS) if row_id.startswith(prefix))
+
+    # a restarted attempt continues after the rows its predecessors already shared
+    written = own_rows()
+    resumed_from = written
+
+    def report(done: bool) -> None:
+        ids = store.get_row_ids(ORDERS)
+        this_run = [row_id for row_id in ids if row_id.startswith(f"r{run}-")]
+        store.set_row(
+            STATUS,
+            status_id,
+            {
+                "run": run,
+                "worker": ctx.index,
+                "attempt": ctx.attempt,
+                "pid": os.getpid(),
+                "written": written,
+                "sees": len(ids),
+                "sees_others": sum(1 for row_id in this_run if not row_id.startswith(prefix)),
+                "done": done,
+            },
+        )
+
+    next_report = 0.0
+    while not ctx.stopping and store.get_value("stop_run") != run:
+        if rows is not None and written >= rows:
+            break
+        batch = BATCH if rows is None else min(BATCH, rows - written)
+        with store.transaction():
+            for _ in range(batch):
+                row_id = f"{prefix}{written:06d}"
+                store.set_row(ORDERS, row_id, order_for(row_id, run, ctx.index))
+                written += 1
+        now = time.monotonic()
+        if now >= next_report:
+            report(done=False)
+            next_report = now + 0.2
+        if rate > 0 and not ctx.sleep(batch / rate):
+            break
+    written = own_rows()
+    report(done=True)
+    return {"written": written, "resumed_from": resumed_from, "attempt": ctx.attempt}
+
+
+# -- reading the persisted result -------------------------------------------------------------
+
+
+def load_persisted(path: Path, persister: str) -> Any:
+    """A fresh store holding exactly what is on disk (``None`` if there is no file yet)."""
+    from .mergeable_store import create_mergeable_store
+
+    if not path.exists():
+        return None
+    store = create_mergeable_store()
+    if persister == "sqlite":
+        from .persisters.sqlite import create_sqlite_persister
+
+        saved = create_sqlite_persister(store, str(path))
+    else:
+        from .persisters.file import create_file_persister
+
+        saved = create_file_persister(store, str(path))
+
+    async def load() -> None:
+        await saved.load()
+        destroy = getattr(saved, "destroy", None)
+        if destroy is not None:
+            await destroy()
+
+    asyncio.run(load())
+    return store
+
+
+def summarize(store: Any) -> dict[str, Any]:
+    """Orders per run and per worker, as the file holds them."""
+    if store is None:
+        return {"runs": 0, "orders": 0, "per_run": {}, "row_ids": set()}
+    per_run: dict[int, Counter[int]] = {}
+    row_ids = set(store.get_row_ids(ORDERS))
+    for row_id in row_ids:
+        row = store.get_row(ORDERS, row_id)
+        per_run.setdefault(int(row.get("run", 0)), Counter())[int(row.get("worker", -1))] += 1
+    runs = store.get_value("runs")
+    return {
+        "runs": int(runs) if isinstance(runs, int | float) else 0,
+        "orders": len(row_ids),
+        "per_run": {run: dict(sorted(c.items())) for run, c in sorted(per_run.items())},
+        "row_ids": row_ids,
+    }
+
+
+# -- the coordinator process --------------------------------------------------------------------
+
+
+def _package_env() -> dict[str, str]:
+    """Environment in which ``python -m localsync.cli`` finds this very package."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class CoordinatorProcess:
+    """``localsync coordinator`` as a child process, started and stopped by the demo.
+
+    Its stderr goes to a temporary file that is shown only if it fails: the expected noise of
+    a lone first participant (a request nobody answers yet) would otherwise clutter the demo.
+    """
+
+    def __init__(self, channel: str, data_dir: Path, persister: str) -> None:
+        command = [sys.executable, "-m", "localsync.cli", "coordinator", "--channel", channel]
+        command += ["--data", str(data_dir), "--persister", persister]
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the child
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=_package_env(),
+            start_new_session=True,  # Ctrl-C reaches the demo, which stops it after the workers
+        )
+        ready: list[str] = []
+        stdout = self.process.stdout
+        reader = threading.Thread(
+            target=lambda: ready.append(stdout.readline() if stdout else ""), daemon=True
+        )
+        reader.start()
+        reader.join(30.0)
+        line = ready[0] if ready else ""
+        try:
+            event = json.loads(line) if line else {}
+        except json.JSONDecodeError:
+            event = {}
+        if event.get("event") != "ready":
+            code = self.stop(5.0)
+            raise RuntimeError(f"the coordinator did not start (exit {code}):\n{self.log()}")
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self._log.seek(0)
+            return str(self._log.read())
+        return ""
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM (the coordinator saves a last time and exits 0), SIGKILL if it hangs."""
+        process = self.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5.0)
+        if process.stdout is not None:
+            process.stdout.close()
+        return int(process.returncode)
+
+
+# -- the live display ---------------------------------------------------------------------------
+
+
+class Display:
+    """A small table redrawn in place on a terminal; plain lines, once a second, otherwise."""
+
+    def __init__(self, stream: IO[str], live: bool) -> None:
+        self.stream = stream
+        self.live = live
+        self._drawn = 0
+        self._last_plain = 0.0
+
+    def show(self, lines: list[str], plain: str, force: bool = False) -> None:
+        if self.live:
+            out = [f"\x1b[{self._drawn}F"] if self._drawn else []
+            out += [f"\x1b[2K{line}\n" for line in lines]
+            self.stream.write("".join(out))
+            self.stream.flush()
+            self._drawn = len(lines)
+        elif force or time.monotonic() - self._last_plain >= 1.0:
+            self._last_plain = time.monotonic()
+            print(plain, file=self.stream, flush=True)
+
+
+def progress_lines(
+    run: int, started: float, writing_since: float | None, store: Any, infos: list[Any]
+) -> tuple[list[str], str]:
+    statuses = {}
+    for row_id in store.get_row_ids(STATUS):
+        row = store.get_row(STATUS, row_id)
+        if row.get("run") == run:
+            statuses[int(row.get("worker", -1))] = row
+    ids = store.get_row_ids(ORDERS)
+    this_run = sum(1 for row_id in ids if row_id.startswith(f"r{run}-"))
+    now = time.monotonic()
+    elapsed = now - started
+    writing = now - (writing_since or now)
+    rate = f", {this_run / writing:,.0f}/s" if writing > 0.5 else ""
+    head = (
+        f"run {run}  {elapsed:5.1f} s  shared table: {len(ids):,} orders "
+        f"({this_run:,} this run{rate})"
+    )
+    lines = [head, "  worker  state     attempt  written  sees (all runs)  from others"]
+    plain_parts = []
+    for info in infos:
+        row = statuses.get(info.index, {})
+        lines.append(
+            f"  w{info.index:<5}  {info.state:<8}  {info.attempt:>7}  {row.get('written', 0):>7,}"
+            f"  {row.get('sees', 0):>15,}  {row.get('sees_others', 0):>11,}"
+        )
+        plain_parts.append(f"w{info.index}={row.get('written', 0)}")
+    plain = f"[{elapsed:5.1f} s] orders={len(ids)} this_run={this_run} " + " ".join(plain_parts)
+    return lines, plain
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--seconds", type=float, default=3.0, help="how long the workers write (default 3)"
+    )
+    amount.add_argument("--rows", type=int, help="orders per worker instead of a duration")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="orders/s per worker, 0 = no limit (200)"
+    )
+    parser.add_argument(
+        "--data", default="localsync-data", metavar="DIR", help="data folder (./localsync-data)"
+    )
+    parser.add_argument("--channel", default="localsync-demo", help="channel name")
+    parser.add_argument("--persister", choices=("sqlite", "file"), default="sqlite")
+    parser.add_argument("--chaos", action="store_true", help="SIGKILL worker 0 mid-run")
+    parser.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    parser.add_argument("--plain", action="store_true", help="no in-place redraw")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("localsync demo: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.rows is not None and args.rows < 0:
+        print("localsync demo: --rows must be >= 0", file=sys.stderr)
+        return 2
+    from workers import WorkerPool
+    from workers.link import open_link
+
+    from .coordinator import data_file
+
+    data_dir = Path(args.data).resolve()
+    path = data_file(args.channel, data_dir, args.persister)
+    before = summarize(load_persisted(path, args.persister))
+    run_number = before["runs"] + 1
+    out = sys.stdout
+    print(f"localsync demo: run {run_number}, channel {args.channel!r}, data {path}", file=out)
+    if before["orders"] or before["runs"]:
+        print(
+            f"found {before['orders']:,} orders from {before['runs']} previous run(s) on disk; "
+            "this run starts from them",
+            file=out,
+        )
+    else:
+        print("no previous data: first run", file=out)
+    out.flush()
+
+    coordinator = CoordinatorProcess(args.channel, data_dir, args.persister)
+    observer = None
+    pool = None
+    started = time.monotonic()
+    interrupted = False
+    try:
+        observer = open_link(args.channel, {}, 15.0, "acknowledged")
+        store = observer.store
+        store.set_values({"runs": run_number, "stop_run": 0})
+        pool = WorkerPool(
+            demo_worker,
+            count=args.workers,
+            channel=args.channel,
+            args=(run_number, args.rows, args.rate),
+            flush="acknowledged",
+            flush_timeout=20.0,
+            backoff=(0.2, 2.0),
+            max_restarts=3,
+        )
+        display = Display(out, live=out.isatty() and not args.plain)
+        pool.start()
+        pool.wait_running(30.0)
+        writing_since = time.monotonic()
+        chaos_done = not args.chaos
+        stop_sent = False
+        limit = (args.seconds if args.rows is None else 0.0) + 60.0
+        while not pool.done:
+            now = time.monotonic()
+            if not chaos_done and now - writing_since >= (args.seconds or 1.0) * 0.4:
+                chaos_done = pool.kill(0, signal.SIGKILL)
+            if args.rows is None and not stop_sent and now - writing_since >= args.seconds:
+                store.set_value("stop_run", run_number)  # workers see it through the channel
+                stop_sent = True
+            if now - writing_since > limit:
+                print("localsync demo: workers did not finish; stopping them", file=out)
+                pool.stop()
+                break
+            lines, plain = progress_lines(run_number, started, writing_since, store, pool.workers)
+            display.show(lines, plain)
+            pool.join(0.1)
+        lines, plain = progress_lines(run_number, started, writing_since, store, pool.workers)
+        display.show(lines, plain, force=True)
+        observer.flush(20.0)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping workers, saving", file=out)
+        if pool is not None:
+            pool.stop()
+    finally:
+        if pool is not None:
+            pool.stop()
+        if observer is not None:
+            observer.close()
+        coordinator_exit = coordinator.stop(30.0)
+
+    if coordinator_exit != 0:
+        print(f"the coordinator exited with {coordinator_exit}:", file=out)
+        print(coordinator.log(), file=out)
+    after = summarize(load_persisted(path, args.persister))
+    kept = before["row_ids"] <= after["row_ids"]
+    this_run = after["per_run"].get(run_number, {})
+    written = [(r or {}).get("written", 0) for r in pool.results] if pool else []
+    columns = max([args.workers, *(max(w, default=-1) + 1 for w in after["per_run"].values())])
+    print(f"\npersisted in {path} (reloaded from disk):", file=out)
+    print(
+        "  run  " + "  ".join(f"{'w' + str(i):>6}" for i in range(columns)) + "   total",
+        file=out,
+    )
+    for run_id, per_worker in after["per_run"].items():
+        cells = "  ".join(f"{per_worker.get(i, 0):>6,}" for i in range(columns))
+        print(f"  {run_id:>3}  {cells}  {sum(per_worker.values()):>6,}", file=out)
+    print(f"  all runs: {after['orders']:,} orders", file=out)
+    if before["orders"]:
+        print(
+            f"  the {before['orders']:,} orders of earlier runs are "
+            + ("all still there" if kept else "NOT all there"),
+            file=out,
+        )
+    restarts = [info.restarts for info in pool.workers] if pool else []
+    if any(restarts):
+        print(f"  restarts per worker: {restarts} (resumed where they left off)", file=out)
+    for error in pool.errors if pool else []:
+        print(f"  {str(error).splitlines()[0]}", file=out)
+    ok = (
+        not interrupted
+        and kept
+        and pool is not None
+        and not pool.failed
+        and coordinator_exit == 0
+        and sum(this_run.values()) == sum(written)
+    )
+    if args.json:
+        summary = {
+            "run": run_number,
+            "previous_runs": before["runs"],
+            "previous_orders": before["orders"],
+            "previous_orders_kept": kept,
+            "orders": after["orders"],
+            "orders_this_run": sum(this_run.values()),
+            "written_by_workers": written,
+            "exit_codes": pool.exit_codes if pool else [],
+            "restarts": restarts,
+            "coordinator_exit": coordinator_exit,
+            "data_file": str(path),
+            "ok": ok,
+        }
+        print(json.dumps(summary), file=out)
+    out.flush()
+    with contextlib.suppress(Exception):
+        out.flush()
+    return 0 if ok else 1

@@ -1,0 +1,70 @@
+"""``localsync demo`` end to end: real coordinator, real workers, real files, run twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(data: Path, channel: str, *extra: str) -> tuple[dict, str]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "demo",
+            "--data",
+            str(data),
+            "--channel",
+            channel,
+            "--json",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return summary, result.stdout
+
+
+def test_second_run_starts_from_the_first_runs_persisted_data(tmp_path: Path) -> None:
+    channel = f"demo-test-{uuid.uuid4().hex[:12]}"
+    first, out1 = run_demo(tmp_path, channel, "--workers", "2", "--rows", "60", "--rate", "0")
+    assert "first run" in out1
+    assert (first["run"], first["previous_orders"]) == (1, 0)
+    assert first["written_by_workers"] == [60, 60]
+    assert first["orders"] == first["orders_this_run"] == 120
+    assert first["exit_codes"] == [0, 0] and first["coordinator_exit"] == 0
+    assert Path(first["data_file"]).is_file()
+
+    second, out2 = run_demo(tmp_path, channel, "--workers", "3", "--seconds", "1")
+    assert "found 120 orders from 1 previous run(s)" in out2
+    assert (second["run"], second["previous_runs"], second["previous_orders"]) == (2, 1, 120)
+    assert second["previous_orders_kept"] is True
+    assert second["orders_this_run"] == sum(second["written_by_workers"]) > 0
+    assert second["orders"] == 120 + second["orders_this_run"]
+    assert second["ok"] is True
+
+
+def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
+    channel = f"demo-chaos-{uuid.uuid4().hex[:12]}"
+    summary, out = run_demo(
+        tmp_path, channel, "--workers", "2", "--rows", "400", "--rate", "200", "--chaos"
+    )
+    assert summary["restarts"][0] == 1
+    assert summary["written_by_workers"] == [400, 400]
+    assert summary["orders"] == 800
+    assert summary["ok"] is True
+    assert "killed by SIGKILL" in out

@@ -1,0 +1,120 @@
+"""Workers whose stores are synchronized over a real channel (real processes, real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from workers import WorkerContext, WorkerPool, run_workers
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 40
+
+
+def write_and_read_everyone(ctx: WorkerContext, rows: int, deadline_s: float) -> dict:
+    """Write own rows and a conflicting cell, then wait to hold every worker's rows."""
+    store = ctx.store
+    store.set_cell("shared", "conflict", "writer", ctx.index)
+    for n in range(rows):
+        with store.transaction():
+            store.set_row("t", f"w{ctx.index}-{n:03d}", {"worker": ctx.index, "n": n})
+    store.set_value(f"done{ctx.index}", True)
+    deadline = time.monotonic() + deadline_s
+    wanted = ctx.count * rows
+
+    def complete() -> bool:
+        return len(store.get_row_ids("t")) == wanted and all(
+            store.get_value(f"done{i}") for i in range(ctx.count)
+        )
+
+    while not complete() and time.monotonic() < deadline:
+        ctx.sleep(0.02)
+    # wait for the slowest peer too, so nobody leaves while another still needs its data
+    store.set_value(f"seen{ctx.index}", True)
+    while time.monotonic() < deadline and not all(
+        store.get_value(f"seen{i}") for i in range(ctx.count)
+    ):
+        ctx.sleep(0.02)
+    return {
+        "rows": len(store.get_row_ids("t")),
+        "others": sorted({row["worker"] for row in store.get_table("t").values()}),
+        "hashes": list(store.get_mergeable_content_hashes()),
+        "content": store.get_content(),
+    }
+
+
+def test_workers_writing_to_their_stores_converge_through_the_channel() -> None:
+    channel = f"workers-test-{uuid.uuid4().hex[:12]}"
+    results = run_workers(
+        write_and_read_everyone, 3, channel=channel, args=(ROWS, 30.0), timeout=60
+    )
+    assert [r["rows"] for r in results] == [3 * ROWS] * 3
+    assert all(r["others"] == [0, 1, 2] for r in results)
+    # identical content and identical TinyBase hashes in every process
+    assert len({json.dumps(r["hashes"]) for r in results}) == 1
+    assert all(r["content"] == results[0]["content"] for r in results)
+    tables, _values = results[0]["content"]
+    assert tables["shared"]["conflict"]["writer"] in (0, 1, 2)
+
+
+def append_rows(ctx: WorkerContext, rows: int) -> int:
+    for n in range(rows):
+        ctx.store.set_row("orders", f"w{ctx.index}-a{ctx.attempt}-{n:03d}", {"n": n})
+    return rows
+
+
+def _load(path: Path) -> dict:
+    from localsync.mergeable_store import create_mergeable_store
+    from localsync.persisters.sqlite import create_sqlite_persister
+
+    store = create_mergeable_store()
+    persister = create_sqlite_persister(store, str(path))
+    asyncio.run(persister.load())
+    return store.get_table("orders")
+
+
+def test_acknowledged_flush_means_the_coordinator_saved_everything(tmp_path: Path) -> None:
+    """Workers exit normally; stopping the coordinator right after loses none of their rows."""
+    from localsync.coordinator import data_file
+
+    channel = f"workers-ack-{uuid.uuid4().hex[:12]}"
+    coordinator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "coordinator",
+            "--channel",
+            channel,
+            "--data",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert coordinator.stdout is not None
+        assert json.loads(coordinator.stdout.readline())["event"] == "ready"
+        with WorkerPool(
+            append_rows, 3, channel=channel, args=(50,), flush="acknowledged", flush_timeout=30
+        ) as pool:
+            assert pool.join(60)
+        assert pool.exit_codes == [0, 0, 0], pool.errors
+        # SIGKILL, not SIGTERM: no final save; only what was acknowledged is on disk
+        coordinator.kill()
+        coordinator.wait(10)
+    finally:
+        coordinator.kill()
+        coordinator.wait(10)
+    saved = _load(data_file(channel, tmp_path))
+    assert sorted(saved) == sorted(f"w{i}-a1-{n:03d}" for i in range(3) for n in range(50))
