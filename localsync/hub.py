@@ -94,8 +94,10 @@ class _Proxy:
         try:
             for sock in (xsub, xpub, control):
                 sock.linger = 0
-            xsub.rcvhwm = xsub.sndhwm = self._hwm
-            xpub.rcvhwm = xpub.sndhwm = self._hwm
+            # the mark limits data only: subscriptions travel the other way (XPUB -> XSUB)
+            # and a dropped subscription would silence a participant for good
+            xsub.rcvhwm = self._hwm
+            xpub.sndhwm = self._hwm
             xsub.bind(self._inbound)
             xpub.bind(self._outbound)
             control.bind(self._control)

@@ -202,9 +202,10 @@ class Proc:
             if item.get("event") == event and (where is None or where(item)):
                 return item
 
-    def ask(self, cmd: str, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    def ask(self, cmd: str, event: str, wait: float = 10.0, **fields: Any) -> dict[str, Any]:
+        """Send a command and return its reply event (``wait``: seconds to wait for it)."""
         self.send(cmd=cmd, **fields)
-        return self.expect(event, timeout)
+        return self.expect(event, wait)
 
     def kill(self) -> None:
         if self.popen.poll() is None:

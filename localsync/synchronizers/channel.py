@@ -175,8 +175,9 @@ class ChannelTransport:
             sock.linger = 500
             sock.reconnect_ivl = 20
             sock.reconnect_ivl_max = 200
-            sock.sndhwm = self._hwm
-            sock.rcvhwm = self._hwm
+        # data direction only; subscriptions (SUB -> hub -> PUB) keep ZeroMQ's default mark
+        pub.sndhwm = self._hwm
+        sub.rcvhwm = self._hwm
         pub.connect(self.inbound)
         sub.connect(self.outbound)
         sub.setsockopt(zmq.SUBSCRIBE, self._own_topic)
