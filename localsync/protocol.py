@@ -258,6 +258,15 @@ def _set_hlc(stamp: list[Any], hlc: str) -> None:
         stamp.append(hlc)
 
 
+def _is_diff_pair(body: Any) -> bool:
+    """Shape of a table/row diff response, for a body that already passed validation.
+
+    Of the four Response shapes only ``[tables stamp, hash tree]`` has a dict second item,
+    so this cheap test suffices and the body is not walked twice.
+    """
+    return isinstance(body, _ARRAY) and len(body) == 2 and type(body[1]) is dict
+
+
 def _changes_are_empty(changes: Any) -> bool:
     return not changes[0][0] and not changes[1][0]
 
@@ -468,7 +477,7 @@ class SyncEngine:
             self._remember_peer_hashes(from_client_id, body)
             self._on_content_hashes(pull, body)
         elif message == TABLE_DIFF:
-            if not (isinstance(body, _ARRAY) and len(body) == 2 and _is_stamp(body[0], 3)):
+            if not _is_diff_pair(body):
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
             new_tables, differing = body
             pull.tables_changes = list(new_tables)
@@ -477,7 +486,7 @@ class SyncEngine:
             else:
                 self._values_step(pull)
         elif message == ROW_DIFF:
-            if not (isinstance(body, _ARRAY) and len(body) == 2 and _is_stamp(body[0], 3)):
+            if not _is_diff_pair(body):
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
             new_rows, differing = body
             _merge_tables_stamps(pull.tables_changes, new_rows)
