@@ -43,6 +43,7 @@ from .store import (
     _encode_values,
     decode,
     encode_accepted,
+    js_ordered,
 )
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
@@ -264,8 +265,10 @@ class MergeableStore(Store):
             table = self._new_table(table_id)
         if row is None:
             row = table[row_id] = {}
+            if self._track_ids:
+                self._row_added(table_id, row_id)
         if old is ABSENT:
-            self._cell_id_added(table_id, cell_id)
+            self._cell_id_added(table_id, row_id, cell_id)
         row[cell_id] = cell
         if entry is None:
             changed[key] = [old, cell]
@@ -341,6 +344,8 @@ class MergeableStore(Store):
             else:
                 self._stamp_local_value(value_id, value, entry is None)
         values[value_id] = value
+        if old is ABSENT and self._track_ids:
+            self._ids_changed1(self._changed_value_ids, value_id, 1)
         if entry is None:
             self._changed_values[value_id] = [old, value]
         else:
@@ -356,6 +361,8 @@ class MergeableStore(Store):
             else:
                 self._stamp_local_value(value_id, UNDEFINED, entry is None)
         old = self._values.pop(value_id)
+        if self._track_ids:
+            self._ids_changed1(self._changed_value_ids, value_id, -1)
         if entry is None:
             self._changed_values[value_id] = [old, ABSENT]
         else:
@@ -496,7 +503,7 @@ class MergeableStore(Store):
         tables_hash = incoming_tables_hash if is_content else old_tables_hash
         tables_hlc = incoming_tables_hlc
         merge_things = self._merge_things
-        for table_id, table_in in tables_obj.items():
+        for table_id, table_in in js_ordered(tables_obj).items():
             rows_obj = table_in[0]
             incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
             incoming_table_hash = table_in[2] if len(table_in) > 2 else 0
@@ -510,7 +517,7 @@ class MergeableStore(Store):
             table_changes = tables_changes.get(table_id)
             if table_changes is None:
                 table_changes = tables_changes[table_id] = {}
-            for row_id, row_in in rows_obj.items():
+            for row_id, row_in in js_ordered(rows_obj).items():
                 row_stamp = row_stamps.get(row_id)
                 if row_stamp is None:
                     row_stamp = row_stamps[row_id] = [{}, "", 0]
@@ -562,7 +569,7 @@ class MergeableStore(Store):
         thing_stamps, old_hlc, old_hash = stamp
         things_hlc = incoming_hlc
         things_hash = incoming_hash if is_content else old_hash
-        for thing_id, thing_in in things_obj.items():
+        for thing_id, thing_in in js_ordered(things_obj).items():
             thing = thing_in[0]
             n = len(thing_in)
             thing_hlc = thing_in[1] if n > 1 else ""

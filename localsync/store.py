@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .codec import JSON_PREFIX, UNDEFINED, js_stringify
+from .codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
 
 __all__ = ["Store", "create_store"]
 
@@ -89,6 +89,17 @@ _TABULAR_KINDS = (
     "cell",
 )
 _VALUES_KINDS = ("has_values", "values", "value_ids", "has_value", "value")
+_ID_KINDS = (
+    "table_ids",
+    "has_table",
+    "row_count",
+    "row_ids",
+    "has_row",
+    "cell_ids",
+    "has_cell",
+    "value_ids",
+    "has_value",
+)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -138,11 +149,28 @@ def encode_cell(value: Any, what: str = "cell") -> Any:
     if t is float:
         if value - value != 0:
             raise ValueError(f"a {what} must be a finite number, not {value!r}")
+        if _BIG <= value < _HUGE or -_HUGE < value <= -_BIG:
+            return _js_integer(value)
         return value
     if t is dict or t is list:
         _check_json(value)
         return JSON_PREFIX + js_stringify(value)
     raise TypeError(f"a {what} must be str, int, float, bool, None, dict or list, not {t.__name__}")
+
+
+_BIG = float(2**53)
+_HUGE = 1e21
+
+
+def _js_integer(value: float) -> int:
+    """The int a JavaScript peer's JSON gives for a large integral float.
+
+    From 2**53 up to 1e21 JavaScript prints such a number as its shortest round-trip digits
+    (``51880143564854260``), which Python's json reads back as an int that does not compare
+    equal to the float. Storing that int keeps the writer's and every receiver's Python value
+    equal; it is the same double, so hashes and the wire are unchanged.
+    """
+    return int(js_number(value))
 
 
 def encode_accepted(value: Any) -> Any:
@@ -183,6 +211,37 @@ def same_cell(a: Any, b: Any) -> bool:
     return a == b and (type(a) is bool) is (type(b) is bool)
 
 
+_DIGITS = frozenset("0123456789")
+_MAX_INDEX = 2**32 - 2
+
+
+def _is_index(key: str) -> bool:
+    return (
+        key.isascii() and key.isdigit() and (key == "0" or key[0] != "0") and int(key) <= _MAX_INDEX
+    )
+
+
+def js_ordered(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` in JavaScript's own-property order: array-index keys ascending, then the rest.
+
+    TinyBase walks the objects it is given in that order, so rows, cells and values are
+    written (and stamped, and reported to listeners) in that order; we must do the same.
+    Returns ``obj`` itself when it has no index-like key (the common case).
+    """
+    digits = _DIGITS
+    for key in obj:
+        if key[:1] in digits and _is_index(key):
+            break
+    else:
+        return obj
+    indexes = sorted((key for key in obj if _is_index(key)), key=int)
+    ordered = {key: obj[key] for key in indexes}
+    for key, value in obj.items():
+        if key not in ordered:
+            ordered[key] = value
+    return ordered
+
+
 def _check_id(value: Any, what: str) -> None:
     if type(value) is not str:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
@@ -199,7 +258,7 @@ def _encode_row(row: Any) -> dict[str, Any]:
     for cell_id, cell in row.items():
         _check_id(cell_id, "a cell id")
         out[cell_id] = encode_cell(cell)
-    return out
+    return js_ordered(out)
 
 
 def _encode_table(table: Any) -> dict[str, dict[str, Any]]:
@@ -210,7 +269,7 @@ def _encode_table(table: Any) -> dict[str, dict[str, Any]]:
         encoded = _encode_row(row)
         if encoded:  # TinyBase drops empty rows
             out[row_id] = encoded
-    return out
+    return js_ordered(out)
 
 
 def _encode_tables(tables: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -221,7 +280,7 @@ def _encode_tables(tables: Any) -> dict[str, dict[str, dict[str, Any]]]:
         encoded = _encode_table(table)
         if encoded:  # TinyBase drops empty tables
             out[table_id] = encoded
-    return out
+    return js_ordered(out)
 
 
 def _encode_values(values: Any) -> dict[str, Any]:
@@ -230,7 +289,7 @@ def _encode_values(values: Any) -> dict[str, Any]:
     for value_id, value in values.items():
         _check_id(value_id, "a value id")
         out[value_id] = encode_cell(value, "value")
-    return out
+    return js_ordered(out)
 
 
 def _check_content(content: Any) -> tuple[Any, Any]:
@@ -260,6 +319,13 @@ class Store:
         self._changed_cells: dict[tuple[str, str, str], list[Any]] = {}
         self._changed_values: dict[str, list[Any]] = {}
         self._changed_table_cell_ids: dict[str, dict[str, int]] = {}
+        # id changes in TinyBase's own order, tracked only while id listeners exist
+        self._track_ids = False
+        self._changed_table_ids: dict[str, int] = {}
+        self._changed_row_ids: dict[str, dict[str, int]] = {}
+        self._changed_row_count: dict[str, int] = {}
+        self._changed_cell_ids: dict[str, dict[str, dict[str, int]]] = {}
+        self._changed_value_ids: dict[str, int] = {}
         # listeners: kind -> [plain registry, mutator registry]; registry: path -> {id: fn}
         self._registries: dict[str, tuple[dict[tuple[Any, ...], dict[str, Listener]], ...]] = {
             kind: ({}, {}) for kind in _LISTENER_ID_COUNTS
@@ -545,7 +611,7 @@ class Store:
         if t is str:
             if cell[:1] == JSON_PREFIX or cell == UNDEFINED:
                 encode_cell(cell)  # raises
-        elif not (t is int or t is bool or cell is None or (t is float and cell - cell == 0)):
+        elif not (t is int or t is bool or cell is None or (t is float and -_BIG < cell < _BIG)):
             if callable(cell):
                 cell = cell(self.get_cell(table_id, row_id, cell_id))
             cell = encode_cell(cell)
@@ -730,9 +796,11 @@ class Store:
         row = table.get(row_id)
         if row is None:
             row = table[row_id] = {}
+            if self._track_ids:
+                self._row_added(table_id, row_id)
         old = row.get(cell_id, ABSENT)
         if old is ABSENT:
-            self._cell_id_added(table_id, cell_id)
+            self._cell_id_added(table_id, row_id, cell_id)
         elif old == cell and (type(old) is bool) is (type(cell) is bool):
             return
         row[cell_id] = cell
@@ -760,6 +828,8 @@ class Store:
         if old is not ABSENT and old == value and (type(old) is bool) is (type(value) is bool):
             return
         values[value_id] = value
+        if old is ABSENT and self._track_ids:
+            self._ids_changed1(self._changed_value_ids, value_id, 1)
         entry = self._changed_values.get(value_id)
         if entry is None:
             self._changed_values[value_id] = [old, value]
@@ -770,6 +840,8 @@ class Store:
         old = self._values.pop(value_id, ABSENT)
         if old is ABSENT:
             return
+        if self._track_ids:
+            self._ids_changed1(self._changed_value_ids, value_id, -1)
         entry = self._changed_values.get(value_id)
         if entry is None:
             self._changed_values[value_id] = [old, ABSENT]
@@ -781,14 +853,28 @@ class Store:
         self._tables[table_id] = table
         self._pools[table_id] = [0, []]
         self._table_cell_ids[table_id] = {}
+        if self._track_ids and self._depth > 0:
+            self._ids_changed1(self._changed_table_ids, table_id, 1)
         return table
 
-    def _cell_id_added(self, table_id: str, cell_id: str) -> None:
+    def _row_added(self, table_id: str, row_id: str) -> None:
+        """Only called while id listeners are tracked (see ``_track_ids``)."""
+        if self._depth > 0:
+            self._ids_changed(self._changed_row_ids, table_id, row_id, 1)
+            counts = self._changed_row_count
+            counts[table_id] = counts.get(table_id, 0) + 1
+
+    def _cell_id_added(self, table_id: str, row_id: str, cell_id: str) -> None:
         counts = self._table_cell_ids[table_id]
         count = counts.get(cell_id, 0)
         counts[cell_id] = count + 1
-        if count == 0 and self._depth > 0:
-            self._ids_changed(self._changed_table_cell_ids, table_id, cell_id, 1)
+        if self._depth > 0:
+            if count == 0:
+                self._ids_changed(self._changed_table_cell_ids, table_id, cell_id, 1)
+            if self._track_ids:
+                self._ids_changed(
+                    self._changed_cell_ids.setdefault(table_id, {}), row_id, cell_id, 1
+                )
 
     def _raw_delete_cell(self, table_id: str, row_id: str, cell_id: str) -> Any:
         """Remove a cell (and its row and table when they become empty); returns the old cell."""
@@ -803,15 +889,24 @@ class Store:
             return ABSENT
         counts = self._table_cell_ids[table_id]
         count = counts[cell_id]
+        track = self._track_ids and self._depth > 0
         if count == 1:
             del counts[cell_id]
             if self._depth > 0:
                 self._ids_changed(self._changed_table_cell_ids, table_id, cell_id, -1)
         else:
             counts[cell_id] = count - 1
+        if track:
+            self._ids_changed(self._changed_cell_ids.setdefault(table_id, {}), row_id, cell_id, -1)
         if not row:
             del table[row_id]
+            if track:
+                self._ids_changed(self._changed_row_ids, table_id, row_id, -1)
+                row_counts = self._changed_row_count
+                row_counts[table_id] = row_counts.get(table_id, 0) - 1
             if not table:
+                if track:
+                    self._ids_changed1(self._changed_table_ids, table_id, -1)
                 del self._tables[table_id]
                 self._pools.pop(table_id, None)
                 self._table_cell_ids.pop(table_id, None)
@@ -825,8 +920,16 @@ class Store:
         if row is None:
             row = table[row_id] = {}
         if cell_id not in row:
-            self._cell_id_added(table_id, cell_id)
+            self._cell_id_added(table_id, row_id, cell_id)
         row[cell_id] = cell
+
+    @staticmethod
+    def _ids_changed1(ids: dict[str, int], id_: str, delta: int) -> None:
+        """TinyBase's idsChanged: a change that undoes the recorded one removes the entry."""
+        if ids.get(id_) == -delta:
+            del ids[id_]
+        else:
+            ids[id_] = delta
 
     @staticmethod
     def _ids_changed(changed: dict[str, dict[str, int]], parent: str, id_: str, delta: int) -> None:
@@ -908,6 +1011,7 @@ class Store:
         if self._depth == 1:
             self._had_tables = bool(self._tables)
             self._had_values = bool(self._values)
+            self._track_ids = self._has(0, *_ID_KINDS) or self._has(1, *_ID_KINDS)
             self._pre_start_transaction()
             if self._start_listeners:
                 try:
@@ -984,18 +1088,31 @@ class Store:
             self._changed_values = {}
         if self._changed_table_cell_ids:
             self._changed_table_cell_ids = {}
+        if self._track_ids:
+            self._track_ids = False
+            self._changed_table_ids = {}
+            self._changed_row_ids = {}
+            self._changed_row_count = {}
+            self._changed_cell_ids = {}
+            self._changed_value_ids = {}
 
     def _rollback(self) -> None:
         """Put every touched cell and value back as it was when the transaction started."""
         depth = self._depth
         self._depth = 0  # so that restoring records nothing
         try:
-            for (t, r, c), entry in reversed(list(self._changed_cells.items())):
-                old = entry[0]
-                if old is ABSENT:
-                    self._raw_delete_cell(t, r, c)
-                else:
-                    self._raw_set_cell(t, r, c, old)
+            # in TinyBase's order (by table, then row, then cell, each by first touch), so
+            # that restored ids get the same positions as in a JavaScript replica
+            grouped: dict[str, dict[str, list[tuple[str, Any]]]] = {}
+            for (t, r, c), entry in self._changed_cells.items():
+                grouped.setdefault(t, {}).setdefault(r, []).append((c, entry[0]))
+            for t, rows in grouped.items():
+                for r, cells in rows.items():
+                    for c, old in cells:
+                        if old is ABSENT:
+                            self._raw_delete_cell(t, r, c)
+                        else:
+                            self._raw_set_cell(t, r, c, old)
             for value_id, entry in self._changed_values.items():
                 old = entry[0]
                 if old is ABSENT:
@@ -1326,6 +1443,14 @@ class Store:
 
     def _call_tabular_listeners(self, index: int) -> None:
         derived = self._derive_changes()
+        if self._track_ids:  # TinyBase's own order, recorded as the changes happened
+            derived.table_ids = dict(self._changed_table_ids)
+            derived.row_ids = {t: dict(ids) for t, ids in self._changed_row_ids.items()}
+            derived.row_counts = {t: n for t, n in self._changed_row_count.items() if n}
+            derived.cell_ids = {
+                t: {r: dict(ids) for r, ids in rows.items()}
+                for t, rows in self._changed_cell_ids.items()
+            }
         call = self._call
         if self._registries["has_tables"][index]:
             has_now = bool(self._tables)
@@ -1395,11 +1520,14 @@ class Store:
             if has_now != self._had_values:
                 call("has_values", index, (), has_now)
         if self._has(index, "value_ids", "has_value"):
-            ids = {
-                v: (1 if old is ABSENT else -1)
-                for v, (old, new) in self._changed_values.items()
-                if (old is ABSENT) != (new is ABSENT)
-            }
+            if self._track_ids:
+                ids = dict(self._changed_value_ids)
+            else:
+                ids = {
+                    v: (1 if old is ABSENT else -1)
+                    for v, (old, new) in self._changed_values.items()
+                    if (old is ABSENT) != (new is ABSENT)
+                }
             self._call_ids("value_ids", "has_value", index, (), ids)
         if self._has(index, "value", "values"):
             changed = False
@@ -1416,14 +1544,14 @@ class Store:
         getCellChange)."""
         entry = self._changed_cells.get((table_id, row_id, cell_id))
         if entry is None:
-            cell = self.get_cell(table_id, row_id, cell_id)
+            cell = _public(self._tables.get(table_id, {}).get(row_id, {}).get(cell_id, ABSENT))
             return [False, cell, cell]
         return [True, _public(entry[0]), _public(entry[1])]
 
     def _get_value_change(self, value_id: str) -> list[Any]:
         entry = self._changed_values.get(value_id)
         if entry is None:
-            value = self.get_value(value_id)
+            value = _public(self._values.get(value_id, ABSENT))
             return [False, value, value]
         return [True, _public(entry[0]), _public(entry[1])]
 
@@ -1448,8 +1576,9 @@ def _same_or_absent(old: Any, new: Any) -> bool:
 
 
 def _public(value: Any) -> Any:
-    """Listener form of a stored cell: decoded, and None for a cell that does not exist."""
-    return None if value is ABSENT else decode(value)
+    """Listener form of a stored cell: decoded, and UNDEFINED for a cell that does not exist
+    (TinyBase passes ``undefined``; None would be ambiguous with a real null cell)."""
+    return UNDEFINED if value is ABSENT else decode(value)
 
 
 def _identity(value: Any) -> Any:
