@@ -222,8 +222,8 @@ BAD_CELLS = [
 
 @pytest.mark.parametrize("bad", BAD_CELLS, ids=[repr(bad)[:20] for bad in BAD_CELLS])
 def test_invalid_cells_raise_and_change_nothing(bad: Any) -> None:
-    store, clock = seeded()
-    twin, twin_clock = seeded()
+    store, _clock = seeded()
+    twin, _twin_clock = seeded()
     before = full_state(store)
     finished: list[Any] = []
     store.add_did_finish_transaction_listener(lambda s: finished.append(1))
