@@ -12,8 +12,10 @@ WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same cl
 * fill: N clients (N = 2 and 8) on one path; client 0 writes ``cells`` integer cells (rows
   of 10) in one transaction; the time from just before the write until every other client
   holds all of them.
-* latency: then client 0 sets a value ``samples`` times; one-way time until client 1 sees it
-  (CLOCK_MONOTONIC is system-wide on Linux, so processes' timestamps compare), p50 and p99.
+* latency (measured first, on small stores, so that it is the path through the server):
+  client 0 sets a value ``samples`` times (Python: every 20 ms; Node: each after the last
+  arrived); one-way time until client 1 sees it (CLOCK_MONOTONIC is system-wide on Linux,
+  so processes' timestamps compare), p50 and p99.
 
 Ratios are TinyBase's server figure divided by ours (> 1 means ours is faster), measured in
 the same run with the same clients.
@@ -94,11 +96,15 @@ class Server:
 # ------------------------------------------------------------------------ python clients
 
 
-def _py_client(url: str, index: int, rows: int, samples: int, q: Any, go: Any) -> None:
-    asyncio.run(_py_client_main(url, index, rows, samples, q, go))
+def _py_client(
+    url: str, index: int, rows: int, samples: int, q: Any, go: Any, barrier: Any
+) -> None:
+    asyncio.run(_py_client_main(url, index, rows, samples, q, go, barrier))
 
 
-async def _py_client_main(url: str, index: int, rows: int, samples: int, q: Any, go: Any) -> None:
+async def _py_client_main(
+    url: str, index: int, rows: int, samples: int, q: Any, go: Any, barrier: Any
+) -> None:
     from localsync import create_mergeable_store
     from localsync.synchronizers.ws import create_ws_synchronizer
 
@@ -113,6 +119,18 @@ async def _py_client_main(url: str, index: int, rows: int, samples: int, q: Any,
     q.put(("ready", index, None))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, go.wait)
+    # latency first, on small stores, so that it measures the path through the server
+    if index == 0:
+        for _ in range(samples):
+            store.set_value("ping", time.monotonic())
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+    elif index == 1:
+        deadline = time.monotonic() + 30
+        while len(latencies) < samples and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        q.put(("latency", index, latencies))
+    await loop.run_in_executor(None, barrier.wait)
     last = f"r{rows - 1}"
     if index == 0:
         start = time.monotonic()
@@ -122,12 +140,6 @@ async def _py_client_main(url: str, index: int, rows: int, samples: int, q: Any,
                 for c in range(10):
                     store.set_cell("t", row, f"c{c}", r * 10 + c)
         q.put(("start", index, start))
-        # wait for the readers, then the pings
-        await loop.run_in_executor(None, go.wait)
-        for _ in range(samples):
-            store.set_value("ping", time.monotonic())
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)
     else:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -135,11 +147,7 @@ async def _py_client_main(url: str, index: int, rows: int, samples: int, q: Any,
                 break
             await asyncio.sleep(0.001)
         q.put(("done", index, time.monotonic()))
-        if index == 1:
-            deadline = time.monotonic() + 30
-            while len(latencies) < samples and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            q.put(("latency", index, latencies))
+    await loop.run_in_executor(None, barrier.wait)
     await sync.destroy()
     q.put(("exit", index, None))
 
@@ -148,8 +156,9 @@ def run_python_clients(url: str, clients: int, cells: int, samples: int) -> dict
     rows = cells // 10
     q = _ctx.Queue()
     go = _ctx.Event()
+    barrier = _ctx.Barrier(clients, timeout=120)
     procs = [
-        _ctx.Process(target=_py_client, args=(url, i, rows, samples, q, go), daemon=True)
+        _ctx.Process(target=_py_client, args=(url, i, rows, samples, q, go, barrier), daemon=True)
         for i in range(clients)
     ]
     for p in procs:
@@ -169,11 +178,11 @@ def run_python_clients(url: str, clients: int, cells: int, samples: int) -> dict
         wait_for("ready", clients, 60)
         time.sleep(0.2)
         go.set()
+        wait_for("latency", 1, 60)
+        latencies = [x * 1000 for x in events["latency"][1]]
         wait_for("start", 1, 300)
         wait_for("done", clients - 1, 300)
         fill = max(events["done"].values()) - events["start"][0]
-        wait_for("latency", 1, 60)
-        latencies = [x * 1000 for x in events["latency"][1]]
         wait_for("exit", clients, 30)
     finally:
         for p in procs:

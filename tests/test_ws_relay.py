@@ -123,6 +123,23 @@ def test_wire_vectors_against_server(case: dict[str, Any]) -> None:
     run(scenario())
 
 
+def test_oversized_frame_closes_only_that_client() -> None:
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            big, _ = await _raw(f"{server.url}/room", max_size=None)
+            good, _ = await _raw(f"{server.url}/room")
+            other, other_id = await _raw(f"{server.url}/room")
+            await big.send("\n" + json.dumps([None, 3, "x" * (16 * 1024 * 1024)]))
+            assert await _closed_with(big, timeout=20) == (1013, "tinybase:15:socket")
+            await other.send('\n["y",1,""]')
+            assert await _recv(good) == other_id + '\n["y",1,""]'
+            assert server.get_stats()["overflows"] == 1
+            await good.close()
+            await other.close()
+
+    run(scenario())
+
+
 # ----------------------------------------------------------------------- server basics
 
 

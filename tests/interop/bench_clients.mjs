@@ -2,8 +2,8 @@
 // Usage: node bench_clients.mjs <url> <clients> <cells> <samples> <timeout_seconds>
 // Prints one JSON line: {fill_seconds, latency_ms: [...]}. Workload: client 0 writes
 // <cells> integer cells (rows of 10 in table "t") in one transaction; fill_seconds is the
-// time until every other client holds them all. Then <samples> one-way latencies: client 0
-// sets value "ping", client 1's value listener sees it (same process, same clock).
+// time until every other client holds them all. Before that, <samples> one-way latencies:
+// client 0 sets value "ping", client 1's value listener sees it (same process, same clock).
 import {WebSocket} from 'ws';
 import {performance} from 'node:perf_hooks';
 import {createMergeableStore} from 'tinybase';
@@ -30,6 +30,22 @@ for (let i = 0; i < clients; i++) {
 }
 await sleep(200);
 
+const latencies = [];
+if (samples > 0) {
+  let sentAt = 0;
+  let seen = -1;
+  stores[1].addValueListener('ping', (_s, _id, value) => {
+    latencies.push(now() - sentAt);
+    seen = value;
+  });
+  for (let i = 0; i < samples; i++) {
+    sentAt = now();
+    stores[0].setValue('ping', i);
+    const end = now() + 5000;
+    while (seen !== i && now() < end) await new Promise((r) => setImmediate(r));
+  }
+}
+await sleep(200);
 const full = (store) => store.getRowCount('t') === rows && store.hasCell('t', 'r' + (rows - 1), 'c9');
 const start = now();
 stores[0].transaction(() => {
@@ -46,21 +62,6 @@ while (now() - start < timeout) {
   await sleep(1);
 }
 
-const latencies = [];
-if (fill !== null && samples > 0) {
-  let sentAt = 0;
-  let seen = -1;
-  stores[1].addValueListener('ping', (_s, _id, value) => {
-    latencies.push(now() - sentAt);
-    seen = value;
-  });
-  for (let i = 0; i < samples; i++) {
-    sentAt = now();
-    stores[0].setValue('ping', i);
-    const end = now() + 5000;
-    while (seen !== i && now() < end) await new Promise((r) => setImmediate(r));
-  }
-}
 for (const sync of syncs) await sync.destroy();
 console.log(JSON.stringify({fill_seconds: fill, latency_ms: latencies}));
 process.exit(0);
