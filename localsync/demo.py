@@ -283,6 +283,14 @@ def progress_lines(
     return lines, plain
 
 
+def chaos_due(args: argparse.Namespace, store: Any, run: int, writing: float) -> bool:
+    """Time to kill worker 0: 40% into the run (by its own progress when ``--rows`` is set)."""
+    if args.rows is None:
+        return writing >= args.seconds * 0.4
+    row = store.get_row(STATUS, f"r{run}-w0")
+    return int(row.get("written", 0)) >= args.rows * 0.4 and not row.get("done")
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -362,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         limit = (args.seconds if args.rows is None else 0.0) + 60.0
         while not pool.done:
             now = time.monotonic()
-            if not chaos_done and now - writing_since >= (args.seconds or 1.0) * 0.4:
+            if not chaos_done and chaos_due(args, store, run_number, now - writing_since):
                 chaos_done = pool.kill(0, signal.SIGKILL)
             if args.rows is None and not stop_sent and now - writing_since >= args.seconds:
                 store.set_value("stop_run", run_number)  # workers see it through the channel
@@ -444,4 +452,6 @@ def run(args: argparse.Namespace) -> int:
     out.flush()
     with contextlib.suppress(Exception):
         out.flush()
+    if interrupted:
+        return 130  # the shell convention for a run ended by Ctrl-C
     return 0 if ok else 1

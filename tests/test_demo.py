@@ -68,3 +68,11 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_path: Path
     assert summary["orders"] == 800
     assert summary["ok"] is True
     assert "killed by SIGKILL" in out
+
+
+@pytest.mark.parametrize("bad", [["--workers", "0"], ["--rows", "-1"]])
+def test_bad_arguments_are_refused_before_anything_starts(bad: list[str], tmp_path: Path) -> None:
+    from localsync.cli import main
+
+    assert main(["demo", "--data", str(tmp_path / "data"), *bad]) == 2
+    assert not (tmp_path / "data").exists()

@@ -151,6 +151,14 @@ def worker_main(payload: bytes, index: int, attempt: int, conn: Any) -> None:
             _exit(EXIT_SETUP)
         ctx.store = link.store
         ctx._flush = link.flush
+    if stop_event.is_set():
+        # asked to stop while the store was still syncing: do not start the work at all
+        if link is not None:
+            with contextlib.suppress(BaseException):
+                link.close()
+        conn.close()
+        _exit(EXIT_OK)
+    # from here on the function runs (it may find ``ctx.stopping`` already set)
     _send(conn, ("ready",))
 
     code = EXIT_OK
