@@ -46,6 +46,10 @@ _EXPORTS: dict[str, str] = {
     "create_ws_synchronizer": ".synchronizers.ws",
     "create_file_persister": ".persisters.file",
     "create_sqlite_persister": ".persisters.sqlite",
+    "FilePersister": ".persisters.file",
+    "SqlitePersister": ".persisters.sqlite",
+    "PersistError": ".persisters.file",
+    "CorruptContentError": ".persisters.file",
     "create_ws_server": ".servers.ws_server",
     "create_ws_server_simple": ".servers.ws_server",
 }
