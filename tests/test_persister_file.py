@@ -328,3 +328,26 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
     os.utime(other, (1, 1))
     assert remove_stale_temp_files(target) == 1
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+@run_async
+async def test_content_the_store_rejects_is_not_overwritten(tmp_path: Path) -> None:
+    """Well-formed JSON with an invalid stamp: the store ignores it silently (as TinyBase
+    does); the persister must then treat the file as unreadable, not replace it."""
+    path = tmp_path / "invalid.json"
+    data = encode_content(
+        [[{"t": [{"r": [{"c": ["x", "not-an-hlc", 1]}, "", 2]}, "", 3]}, "", 4], [{}, "", 0]]
+    )
+    path.write_bytes(data)
+    store = _store()
+    errors: list[BaseException] = []
+    persister = _persister(store, path, errors)
+    await persister.load()
+    assert store.get_tables() == {}
+    await persister.start_auto_save()
+    store.set_cell("t", "r", "c", "mine")
+    with pytest.raises(PersistError):
+        await persister.flush()
+    assert path.read_bytes() == data
+    assert any("rejected" in str(e) for e in errors)
+    await persister.destroy()
