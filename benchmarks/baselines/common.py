@@ -29,9 +29,14 @@ import zmq
 CELLS_PER_ROW = 10
 TABLE = "t"
 
-# Spawned (not forked) children: a fork would inherit ZeroMQ contexts and event loops of the
-# runner, which is undefined behaviour for libzmq and skews start-up.
-CTX = mp.get_context("spawn")
+# Children come from a fork server, not from a fork of the runner: a plain fork would inherit
+# the runner's ZeroMQ contexts and threads (undefined behaviour for libzmq), while "spawn"
+# pays a fresh interpreter and imports per process. The server preloads the heavy imports
+# once (a module that fails to import is skipped by multiprocessing, not fatal).
+CTX = mp.get_context("forkserver")
+CTX.set_forkserver_preload(["benchmarks.baselines.common", "msgspec", "zmq", "pycrdt",
+                            "localsync.mergeable_store", "localsync.synchronizers.channel",
+                            "localsync.synchronizer", "localsync.coordinator"])
 
 
 def rows_for(cells: int) -> int:
