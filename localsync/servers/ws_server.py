@@ -72,8 +72,11 @@ MAX_PATH_ID_LENGTH = 128
 _PATH_ID = re.compile(rf"[A-Za-z0-9_~-][A-Za-z0-9._~-]{{0,{MAX_PATH_ID_LENGTH - 1}}}")
 # messages buffered per path while its server store starts (TinyBase's limits)
 MAX_START_BUFFER_COUNT = 1000
-# a frame may exceed the payload limit a little before our decoder sees and refuses it
-_MAX_FRAME = MAX_PAYLOAD_SIZE * 4 + 1024
+# Frames a little over the payload limit reach our decoder, which closes with TinyBase's 1013;
+# anything larger is refused by websockets itself (1009) before it is buffered. At most
+# _MAX_QUEUE frames wait unread per connection, so one connection holds at most ~64 MiB.
+_MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024
+_MAX_QUEUE = 4
 
 PathIdsListener = Callable[["WsServer", str, int], None]
 ClientIdsListener = Callable[["WsServer", str, str, int], None]
@@ -201,6 +204,7 @@ class WsServer:
             self._requested_port,
             process_request=self._process_request,
             max_size=_MAX_FRAME,
+            max_queue=_MAX_QUEUE,
             compression=None,
             ping_interval=20,
             ping_timeout=20,

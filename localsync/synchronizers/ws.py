@@ -59,7 +59,8 @@ __all__ = ["WsSynchronizer", "create_ws_synchronizer"]
 
 logger = logging.getLogger("localsync.ws")
 
-_MAX_FRAME = MAX_PAYLOAD_SIZE * 4 + 1024
+_MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024  # larger frames: 1009 from websockets itself
+_MAX_QUEUE = 4
 
 
 class _Transport:
@@ -185,6 +186,7 @@ class _Transport:
             self.url,
             compression=None,
             max_size=_MAX_FRAME,
+            max_queue=_MAX_QUEUE,
             open_timeout=self.open_timeout,
             additional_headers=self.headers,
             ping_interval=20,
