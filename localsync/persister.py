@@ -221,6 +221,7 @@ class Persister:
         """Apply loaded content (or changes), marking it as ours so it is not saved back."""
         store = self._store
         is_changes = len(content_or_changes) > 2 and content_or_changes[2] == 1
+        ignored_before = getattr(store, "ignored_count", None)
         self._applying += 1
         try:
             if self._is_mergeable_store and isinstance(content_or_changes[0], list):
@@ -234,6 +235,9 @@ class Persister:
                 store.set_content(content_or_changes)
         finally:
             self._applying -= 1
+        if ignored_before is not None and getattr(store, "ignored_count", 0) > ignored_before:
+            # the store drops invalid or far-future data silently, as TinyBase does; say so
+            raise TinyBaseError(ERROR_CONTENT, "ignored invalid or far-future mergeable data")
 
     def get_store(self) -> Any:
         return self._store
