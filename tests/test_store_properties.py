@@ -20,10 +20,12 @@ Notes on TinyBase behaviour that the checks reproduce rather than "fix":
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from localsync import (
@@ -395,3 +397,80 @@ def test_merge_method_leaves_both_stores_with_the_same_content(
     assert plain(a.store.get_values()) == plain(b.store.get_values())
     assert_hashes_honest(a.store, a.client_id)
     assert_hashes_honest(b.store, b.client_id)
+
+
+# ------------------------------------------------------------------------------ vs TinyBase
+
+_TINYBASE_HISTORIES_SCRIPT = r"""
+import {createMergeableStore} from 'tinybase';
+import {readFileSync} from 'node:fs';
+const camel = (name) => name.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
+const snap = (s) => ({
+  content: s.getMergeableContent(),
+  content_hashes: s.getMergeableContentHashes(),
+  table_hashes: s.getMergeableTableHashes(),
+  value_hashes: s.getMergeableValueHashes(),
+  tables: s.getTables(),
+  values: s.getValues(),
+});
+const results = JSON.parse(readFileSync(0, 'utf8')).map(({ids, base, offsets, steps}) => {
+  const clocks = offsets.map((offset) => base + offset);
+  const stores = ids.map((id, i) => createMergeableStore(id, () => clocks[i]));
+  const runOp = (store, [name, ...args]) => store[camel(name)](...args);
+  for (const [i, delta, [action, payload]] of steps) {
+    clocks[i] += delta;
+    const store = stores[i];
+    if (action == 'op') {
+      runOp(store, payload);
+    } else if (action == 'transaction') {
+      store.transaction(() => payload.forEach((op) => runOp(store, op)));
+    } else if (action == 'apply_content_of') {
+      store.applyMergeableChanges(stores[payload].getMergeableContent());
+    } else {
+      clocks[payload] = clocks[i];
+      store.merge(stores[payload]);
+    }
+  }
+  const all = createMergeableStore('R', () => base + 100000);
+  stores.forEach((store) => all.applyMergeableChanges(store.getMergeableContent()));
+  return {replicas: stores.map(snap), receiver: snap(all)};
+});
+console.log(JSON.stringify(results, (_key, value) => (value === undefined ? '\ufffc' : value)));
+"""
+
+
+@settings(
+    max_examples=8,
+    # no shrinking: each example runs node, so shrinking would take many minutes; the
+    # assertion message names the failing history instead
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(st.tuples(START_OFFSETS, STEPS), min_size=10, max_size=25))
+@pytest.mark.interop
+@pytest.mark.timeout(300)
+def test_random_histories_match_tinybase(
+    tmp_path_factory: Any, histories: list[tuple[tuple[int, ...], list[Any]]]
+) -> None:
+    """The same random writes and merges on TinyBase 10.0.1 give identical stores."""
+    from tests import npm_env
+
+    npm_env.require_node()
+    script = tmp_path_factory.mktemp("tinybase") / "localsync_store_histories.mjs"
+    script.write_text(_TINYBASE_HISTORIES_SCRIPT)
+    request = [
+        {"ids": UNIQUE_IDS, "base": BASE, "offsets": list(offsets), "steps": steps}
+        for offsets, steps in histories
+    ]
+    expected = npm_env.run_node_json(script, stdin=json.dumps(request), timeout=120)
+    for history, tinybase in zip(request, expected, strict=True):
+        replicas = build(tuple(history["offsets"]), history["steps"])
+        failing_history = json.dumps(history)
+        for replica, tinybase_snapshot in zip(replicas, tinybase["replicas"], strict=True):
+            assert snapshot(replica.store) == tinybase_snapshot, (
+                replica.unique_id,
+                failing_history,
+            )
+        everything = receiver(*(replica.store for replica in replicas))
+        assert snapshot(everything) == tinybase["receiver"], failing_history
