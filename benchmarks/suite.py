@@ -80,7 +80,7 @@ MODES: dict[str, Sizes] = {
         area_modules=("store", "local_sync", "persist", "ws")),
     "smoke": Sizes(
         fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
-        join_cells=[500], memory_cells=2_000, area_timeout=20, timeout=20,
+        join_cells=[500], memory_cells=20_000, area_timeout=20, timeout=20,
         area_modules=(), persist_rates=[1_000], persist_seconds=0.5),
 }
 
