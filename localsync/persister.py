@@ -301,7 +301,8 @@ class Persister:
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
-        if self._loop is None:
+        if self._loop is None or (self._loop is not loop and self._loop.is_closed()):
+            # first use, or the previous loop is gone (e.g. a second asyncio.run())
             self._loop = loop
             self._loop_thread = threading.get_ident()
         return loop

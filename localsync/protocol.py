@@ -299,10 +299,11 @@ class _Pending:
 
 
 class _Peer:
-    __slots__ = ("hashes",)
+    __slots__ = ("hashes", "last_heard")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float) -> None:
         self.hashes: tuple[Any, Any] | None = None
+        self.last_heard = now
 
 
 class SyncEngine:
@@ -518,6 +519,8 @@ class SyncEngine:
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1
+        if self.anti_entropy_seconds is not None:
+            self._known_peer(from_client_id)
         if self.on_receive is not None:
             self.on_receive(from_client_id, request_id, message, body)
         try:
@@ -553,13 +556,11 @@ class SyncEngine:
                 )
             return
         if message == CONTENT_DIFF:
-            self._known_peer(from_client_id)
             if is_auto_loading and self.persister_listener is not None:
                 self.persister_listener(None, body)
             return
         store = self.store
         if message == GET_CONTENT_HASHES:
-            self._known_peer(from_client_id)
             if not (self.syncing or self.is_auto_saving()):
                 return
             response = store.get_mergeable_content_hashes()
@@ -588,8 +589,11 @@ class SyncEngine:
 
     def _known_peer(self, client_id: str) -> _Peer:
         peer = self._peers.get(client_id)
+        now = self.clock()
         if peer is None:
-            peer = self._peers[client_id] = _Peer()
+            peer = self._peers[client_id] = _Peer(now)
+        else:
+            peer.last_heard = now
         return peer
 
     def _remember_peer_hashes(self, client_id: str, hashes: Any) -> None:
@@ -609,8 +613,12 @@ class SyncEngine:
         self.syncing = False
         self._next_anti_entropy = None
 
-    def _anti_entropy_due(self) -> bool:
+    def _anti_entropy_due(self, now: float) -> bool:
         self._anti_entropy_periods += 1
+        # a peer silent for three heartbeats has left: stop announcing for its stale hashes
+        horizon = now - 3 * self.heartbeat_every * (self.anti_entropy_seconds or 1.0)
+        for client_id in [c for c, p in self._peers.items() if p.last_heard < horizon]:
+            del self._peers[client_id]
         if self._anti_entropy_periods % self.heartbeat_every == 0:
             return True
         hashes = tuple(self.store.get_mergeable_content_hashes())
@@ -641,7 +649,7 @@ class SyncEngine:
                 ae += period
             self._next_anti_entropy = ae
             try:
-                if self._anti_entropy_due():
+                if self._anti_entropy_due(now):
                     self.anti_entropy_announcements += 1
                     self.send_content_hashes()
             except Exception as error:

@@ -204,3 +204,21 @@ def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
 def test_anti_entropy_needs_a_positive_period() -> None:
     with pytest.raises(ValueError):
         make(anti_entropy_seconds=0)
+
+
+def test_anti_entropy_forgets_a_peer_that_went_silent() -> None:
+    engine, _, clock, store = make(anti_entropy_seconds=1.0, heartbeat_every=4)
+    engine.start()
+    engine.send_content_hashes()
+    engine.data_to_send()
+    engine.receive("gone", "t", CONTENT_HASHES, [1, 2])  # differs, then never heard again
+    engine.data_to_send()
+    announced = []
+    for _ in range(24):
+        clock.now += 1.0
+        engine.tick()
+        announced.append(len([m for m in engine.data_to_send() if m.message == CONTENT_HASHES]))
+    # announced every period while the peer might still be there, then heartbeats only
+    assert announced[:10] == [1] * 10
+    assert announced[-8:] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert store.get_mergeable_content_hashes() == [0, 0]
