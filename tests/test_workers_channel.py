@@ -118,3 +118,61 @@ def test_acknowledged_flush_means_the_coordinator_saved_everything(tmp_path: Pat
         coordinator.wait(10)
     saved = _load(data_file(channel, tmp_path))
     assert sorted(saved) == sorted(f"w{i}-a1-{n:03d}" for i in range(3) for n in range(50))
+
+
+def finish_early_or_keep_writing(ctx: WorkerContext, rows: int) -> int:
+    """Worker 0 writes ``rows`` rows and leaves; the others write until they are stopped."""
+    n = 0
+    while (n < rows) if ctx.index == 0 else not ctx.stopping:
+        ctx.store.set_row("orders", f"w{ctx.index}-a{ctx.attempt}-{n:03d}", {"n": n})
+        n += 1
+        if ctx.index:
+            ctx.sleep(0.002)
+    return n
+
+
+def test_acknowledged_flush_completes_while_other_workers_keep_writing(tmp_path: Path) -> None:
+    """A worker leaving early gets its acknowledgement even though the store never goes quiet."""
+    from localsync.coordinator import data_file
+
+    channel = f"workers-busy-{uuid.uuid4().hex[:12]}"
+    coordinator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "coordinator",
+            "--channel",
+            channel,
+            "--data",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert coordinator.stdout is not None
+        assert json.loads(coordinator.stdout.readline())["event"] == "ready"
+        with WorkerPool(
+            finish_early_or_keep_writing,
+            2,
+            channel=channel,
+            args=(30,),
+            flush="acknowledged",
+            flush_timeout=20,
+            restart="never",
+        ) as pool:
+            assert pool.wait_for(lambda p: p.workers[0].state in ("finished", "failed"), 60)
+            assert pool.workers[1].state == "running"  # still writing all along
+            assert pool.workers[0].state == "finished", pool.errors
+            pool.stop(grace=20)
+        assert pool.exit_codes == [0, 0], pool.errors
+        coordinator.kill()  # no final save: only what was acknowledged is on disk
+        coordinator.wait(10)
+    finally:
+        coordinator.kill()
+        coordinator.wait(10)
+    saved = _load(data_file(channel, tmp_path))
+    assert {f"w0-a1-{n:03d}" for n in range(30)} <= set(saved)
+    assert len([row for row in saved if row.startswith("w1-")]) == pool.results[1]
