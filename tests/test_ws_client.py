@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,56 @@ def test_client_reacts_to_wire_vectors(case: dict[str, Any]) -> None:
                 ]
                 assert received == []
             await sync.destroy()
+
+    run(scenario(), timeout=30)
+
+
+def test_client_frames_match_tinybase_client_frames() -> None:
+    """What our client puts on the socket has the shape of TinyBase's client frames (vector
+    ``client_frames_to_server``): a GetContentHashes request, then ContentHashes, then a
+    ContentDiff with object cells encoded and deletions as U+FFFC."""
+    vector = next(
+        case
+        for case in json.loads((VECTORS / "protocol_traces.json").read_text("utf-8"))
+        if case.get("name") == "client_frames_to_server"
+    )
+    ids: dict[str, str] = {}
+
+    def normalise(frame: str) -> str:
+        def name(match: re.Match[str]) -> str:
+            txn = ids.setdefault(match.group(1), f"T{len(ids) + 1}")
+            return f'"{txn}' + (".R1" if match.group(2) else "") + '"'
+
+        return re.sub(r'"([-0-9A-Za-z_]{11})(\.[-0-9A-Za-z_]{4})?"', name, frame)
+
+    hashes: list[int] = []
+
+    async def scenario() -> None:
+        frames: list[str] = []
+
+        async def handler(ws: ServerConnection) -> None:
+            async for frame in ws:
+                frames.append(str(frame))
+
+        async with serve(handler, "127.0.0.1", 0) as raw:
+            port = next(iter(raw.sockets)).getsockname()[1]
+            store = create_mergeable_store()
+            store.set_cell("t1", "r1", "c1", "gone")
+            sync = create_ws_synchronizer(store, f"ws://127.0.0.1:{port}/room", 0.1)
+            await sync.start_sync()
+            hashes.extend(store.get_mergeable_content_hashes())
+            with store.transaction():
+                store.del_cell("t1", "r1", "c1")
+                store.set_value("v2", {"2": None, "o": [1, "é"]})
+            await eventually(lambda: len(frames) == 3, 5)
+            await sync.destroy()
+        got = [normalise(frame) for frame in frames]
+        want = vector["frames"]
+        assert got[0] == want[0]
+        assert got[1] == want[1].replace("3050228347,827218949", f"{hashes[0]},{hashes[1]}")
+        assert got[2].startswith('\n["T3",3,[[{"t1":[{"r1":[{"c1":["\ufffc","')
+        assert '"v2":["\ufffd{\\"2\\":null,\\"o\\":[1,\\"é\\"]}","' in got[2]
+        assert got[2].endswith("],1]]")
 
     run(scenario(), timeout=30)
 
