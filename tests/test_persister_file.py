@@ -159,10 +159,12 @@ def _fill(store: Any) -> None:
     store.del_cell("t", "r2", "n")
 
 
-def _persister(store: Any, path: Path, errors: list[BaseException] | None = None) -> Any:
+def _persister(
+    store: Any, path: Path, errors: list[BaseException] | None = None, **options: Any
+) -> Any:
     from localsync import create_file_persister
 
-    return create_file_persister(store, path, None if errors is None else errors.append)
+    return create_file_persister(store, path, None if errors is None else errors.append, **options)
 
 
 @run_async
@@ -350,4 +352,18 @@ async def test_content_the_store_rejects_is_not_overwritten(tmp_path: Path) -> N
         await persister.flush()
     assert path.read_bytes() == data
     assert any("rejected" in str(e) for e in errors)
+    await persister.destroy()
+
+
+@run_async
+async def test_auto_load_ignores_its_own_saves(tmp_path: Path) -> None:
+    store = _store()
+    persister = _persister(store, tmp_path / "own.json", poll_seconds=0.01)
+    await persister.start_auto_persisting()
+    loads = persister.get_stats()["loads"]
+    for i in range(5):
+        store.set_cell("t", "r", "c", i)
+        await persister.flush()
+        await asyncio.sleep(0.05)  # several polls see the new file
+    assert persister.get_stats()["loads"] == loads
     await persister.destroy()

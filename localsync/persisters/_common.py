@@ -138,6 +138,8 @@ class Backend:
         self.unreadable: Any = None
         # guards transaction numbering together with what subclasses track per transaction
         self.state_lock = threading.Lock()
+        # the watch token right after our own latest write (so auto-load ignores it)
+        self.own_token: Any = None
         # [tables_hash, values_hash] of content just read by a load, until the store has it
         self._expect_load: list[int] | None = None
         self._listener_id = store.add_did_finish_transaction_listener(self._on_transaction)
@@ -265,6 +267,8 @@ class Backend:
                 continue
             if token != last:
                 last = token
+                if token == self.own_token:
+                    continue  # our own save, not a change made elsewhere
                 result = listener()
                 if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                     await result

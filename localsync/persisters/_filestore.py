@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +152,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    durable: bool = True,
+    before_replace: Callable[[os.stat_result], None] | None = None,
+) -> None:
     """Replace the file at ``path`` with ``data`` so that a crash leaves old or new, never half.
 
     The temporary file keeps the target's permission bits (as TinyBase does). On any error the
     temporary file is removed and the target is untouched; the error propagates to the caller
     (the persister reports it). ``durable=False`` skips the fsyncs (for benchmarks only: the
     result is still atomic against a process crash, but not against a power cut).
+    ``before_replace`` receives the new file's ``fstat`` just before it becomes visible (a
+    rename keeps inode, size and mtime), so a watcher can recognise the write as its own.
     """
     target = resolve_target(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -177,6 +186,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = T
                 os.fchmod(fd, mode)
             if durable:
                 os.fsync(fd)
+            if before_replace is not None:
+                before_replace(os.fstat(fd))
         finally:
             os.close(fd)
         os.replace(temp, target)

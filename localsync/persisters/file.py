@@ -79,10 +79,13 @@ class FileBackend(Backend):
                 return seq, False
             content = self.store._get_encoded_mergeable_content()
         data = encode_content(content)
-        write_atomic(self.path, data, durable=self.durable)
+        write_atomic(self.path, data, durable=self.durable, before_replace=self._own_write)
         self.tracker.stats["writes"] += 1
         self.tracker.stats["full_writes"] += 1
         return seq, True
+
+    def _own_write(self, st: os.stat_result) -> None:
+        self.own_token = (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _watch_token(self) -> Any:
         return _identity(self.path)
