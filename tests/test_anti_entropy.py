@@ -156,6 +156,9 @@ SCALARS = st.one_of(
     st.booleans(),
     st.none(),
     st.floats(allow_nan=False, allow_infinity=False, width=32),
+    # object and array cells travel encoded ("\ufffd" + JSON); index-like keys test key order
+    st.dictionaries(st.sampled_from(["x", "1", "y"]), st.integers(0, 3), max_size=2),
+    st.lists(st.integers(0, 3), max_size=2),
 )
 OPS = st.tuples(
     st.integers(0, 5),  # replica (modulo n)
