@@ -25,6 +25,8 @@ Why it is built this way (and not as a line-by-line port):
 from __future__ import annotations
 
 import copy
+import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +35,7 @@ from fnv_hash_fast import fnv1a_32
 
 from .codec import JSON_PREFIX, UNDEFINED
 from .hash import get_value_hash, to_utf8
-from .hlc import HLC_MAX_FUTURE_OFFSET, get_hlc_functions, is_hlc
+from .hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts, get_hlc_functions, is_hlc
 from .store import (
     ABSENT,
     Store,
@@ -49,15 +51,27 @@ from .store import (
 __all__ = ["MergeableStore", "create_mergeable_store"]
 
 _MASK = 0xFFFFFFFF
+_HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
 
 
 def _h(id_: str, hash_: int) -> int:
     """TinyBase's getValueInValuesHash: ``H(id + ":" + hash)``."""
+    if hash_ == 0:
+        cached = _H0.get(id_)
+        if cached is not None:
+            return cached
     text = f"{id_}:{hash_}"
     try:
-        return fnv1a_32(text.encode())
+        result = fnv1a_32(text.encode())
     except UnicodeEncodeError:
-        return fnv1a_32(to_utf8(text))
+        result = fnv1a_32(to_utf8(text))
+    if hash_ == 0 and len(_H0) < 65536:
+        _H0[id_] = result
+    return result
+
+
+# H(id:0) is needed for every new cell and value (TinyBase's legacy term); ids repeat a lot.
+_H0: dict[str, int] = {}
 
 
 def _hlc_hash(hlc: str) -> int:
@@ -111,12 +125,24 @@ def _real_now() -> int:
 class _Validator:
     """TinyBase's validateMergeable, with the future limit and flags fixed for one call."""
 
-    __slots__ = ("encoded", "has_hashes", "max_time")
+    __slots__ = ("encoded", "has_hashes", "max_prefix", "max_time")
 
     def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
         self.has_hashes = has_hashes
         self.encoded = encoded
+        # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
+        # the 7-character time prefixes (exact for any integer limit below 2**42)
+        limit = math.floor(max_time) if math.isfinite(max_time) else -1
+        self.max_prefix = encode_hlc_parts(limit, 0, "")[:7] if 0 <= limit < 2**42 else None
+
+    def hlc(self, hlc: Any) -> bool:
+        if hlc == "":
+            return True
+        if type(hlc) is not str or len(hlc) != 16 or _HLC_RE.fullmatch(hlc) is None:
+            return False
+        prefix = self.max_prefix
+        return hlc[:7] <= prefix if prefix is not None else is_hlc(hlc, self.max_time)
 
     def mergeable(self, data: Any) -> bool:
         if type(data) is not list and type(data) is not tuple:
@@ -140,13 +166,13 @@ class _Validator:
                 type(hlc) is str
                 and (type(hash_) is int or (type(hash_) is float and hash_ - hash_ == 0))
                 and validate_thing(stamp[0])
-                and is_hlc(hlc, self.max_time)
+                and self.hlc(hlc)
             )
         if self.has_hashes or n == 0 or n > 2:
             return False
         if not validate_thing(stamp[0]):
             return False
-        return n == 1 or is_hlc(stamp[1], self.max_time)
+        return n == 1 or self.hlc(stamp[1])
 
     def tables(self, tables: Any) -> bool:
         if type(tables) is not dict:
@@ -268,7 +294,12 @@ class MergeableStore(Store):
             if self._track_ids:
                 self._row_added(table_id, row_id)
         if old is ABSENT:
-            self._cell_id_added(table_id, row_id, cell_id)
+            counts = self._table_cell_ids[table_id]
+            count = counts.get(cell_id, 0)
+            if count and not self._track_ids:
+                counts[cell_id] = count + 1
+            else:
+                self._cell_id_added(table_id, row_id, cell_id)
         row[cell_id] = cell
         if entry is None:
             changed[key] = [old, cell]
@@ -519,14 +550,15 @@ class MergeableStore(Store):
                 table_changes = tables_changes[table_id] = {}
             for row_id, row_in in js_ordered(rows_obj).items():
                 row_stamp = row_stamps.get(row_id)
-                if row_stamp is None:
+                fresh = row_stamp is None
+                if fresh:
                     row_stamp = row_stamps[row_id] = [{}, "", 0]
                     undo.append((row_stamps, row_id, ABSENT))
                 row_changes = table_changes.get(row_id)
                 if row_changes is None:
                     row_changes = table_changes[row_id] = {}
                 row_hlc, old_row_hash, row_hash = merge_things(
-                    row_in, row_stamp, row_changes, is_content
+                    row_in, row_stamp, row_changes, is_content, fresh
                 )
                 if not is_content:
                     table_hash ^= (_h(row_id, old_row_hash) if old_row_hash else 0) ^ _h(
@@ -559,9 +591,18 @@ class MergeableStore(Store):
         return [tables_changes, values_changes, 1]
 
     def _merge_things(
-        self, things_in: Any, stamp: list[Any], changes: dict[str, Any], is_content: bool
+        self,
+        things_in: Any,
+        stamp: list[Any],
+        changes: dict[str, Any],
+        is_content: bool,
+        fresh: bool = False,
     ) -> tuple[str, int, int]:
-        """TinyBase's mergeCellsOrValues for one row or the values."""
+        """TinyBase's mergeCellsOrValues for one row or the values.
+
+        ``fresh``: the row stamp was created by this merge, and undoing that creation undoes
+        everything in it, so no per-cell undo entries are needed.
+        """
         undo = self._undo
         things_obj = things_in[0]
         incoming_hlc = things_in[1] if len(things_in) > 1 else ""
@@ -581,9 +622,10 @@ class MergeableStore(Store):
                 old_thing_hlc = thing_stamp[1]
                 old_thing_hash = thing_stamp[2]
             if not old_thing_hlc or thing_hlc > old_thing_hlc:
-                undo.append(
-                    (thing_stamps, thing_id, ABSENT if thing_stamp is None else thing_stamp)
-                )
+                if not fresh:
+                    undo.append(
+                        (thing_stamps, thing_id, ABSENT if thing_stamp is None else thing_stamp)
+                    )
                 if is_content:
                     new_hash = _uint32(thing_in[2] if n > 2 else 0)
                 else:
@@ -602,8 +644,9 @@ class MergeableStore(Store):
                     things_hlc = thing_hlc
         if not is_content:
             things_hash ^= _replace_hlc_hash(old_hlc, incoming_hlc)
-        undo.append((stamp, 1, old_hlc))
-        undo.append((stamp, 2, old_hash))
+        if not fresh:
+            undo.append((stamp, 1, old_hlc))
+            undo.append((stamp, 2, old_hash))
         if incoming_hlc > old_hlc:
             stamp[1] = incoming_hlc
         stamp[2] = _uint32(things_hash)

@@ -337,6 +337,7 @@ class Store:
         self._listener_pool: list[str] = []
         self._next_listener_id = 0
         self._data_listener_count = [0, 0]  # plain, mutator
+        self._id_listener_count = 0  # listeners that need id changes in TinyBase's order
 
     # -------------------------------------------------------------------------- reads
 
@@ -1011,7 +1012,7 @@ class Store:
         if self._depth == 1:
             self._had_tables = bool(self._tables)
             self._had_values = bool(self._values)
-            self._track_ids = self._has(0, *_ID_KINDS) or self._has(1, *_ID_KINDS)
+            self._track_ids = self._id_listener_count > 0
             self._pre_start_transaction()
             if self._start_listeners:
                 try:
@@ -1239,6 +1240,8 @@ class Store:
             registry.setdefault(ids, {})[listener_id] = listener
             self._listener_index[listener_id] = (kind, index, ids)
             self._data_listener_count[index] += 1
+            if kind in _ID_KINDS:
+                self._id_listener_count += 1
             return listener_id
 
     def _new_listener_id(self) -> str:
@@ -1285,6 +1288,8 @@ class Store:
                     if not listeners:
                         del registry_by_path[ids]
                 self._data_listener_count[index] -= 1
+                if kind in _ID_KINDS:
+                    self._id_listener_count -= 1
             if _INTEGER.fullmatch(listener_id) and len(self._listener_pool) < _MAX_POOL:
                 self._listener_pool.append(listener_id)
             return self
