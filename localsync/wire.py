@@ -211,48 +211,63 @@ def _is_cell_or_value(value: Any) -> bool:
     return value is None or type(value) in (str, int, bool, dict, list)
 
 
-def _is_stamp_hlc(stamp: list[Any]) -> bool:
-    n = len(stamp)
-    if n == 1:
-        return True
-    if n != 2:
-        return False
-    hlc = stamp[1]
-    return hlc == "" or (type(hlc) is str and _HLC.fullmatch(hlc) is not None)
+_HLC_RUN = re.compile(r"[-0-9A-Z_a-z]*")
 
 
-def _is_stamp(stamp: Any, depth: int) -> bool:
-    if type(stamp) is not list or not _is_stamp_hlc(stamp):
-        return False
-    thing = stamp[0]
-    if depth:
-        if type(thing) is not dict:
-            return False
-        depth -= 1
-        if depth:
-            return all(_is_stamp(child, depth) for child in thing.values())
-        return all(_is_leaf_stamp(child) for child in thing.values())
-    return _is_cell_or_value(thing)
+def _hlcs_valid(hlcs: list[str]) -> bool:
+    # every HLC 16 alphabet characters: checked in bulk, as one C-level pass over all of them
+    return (not hlcs or set(map(len, hlcs)) == {16}) and _HLC_RUN.fullmatch(
+        "".join(hlcs)
+    ) is not None
 
 
-def _is_leaf_stamp(stamp: Any) -> bool:
-    # the hot path of a ContentDiff: one cell or value stamp
+def _stamp_ok(stamp: Any, depth: int, hlcs: list[str]) -> bool:
+    """Structure of a stamp tree; non-empty HLC strings are collected into ``hlcs``."""
     if type(stamp) is not list:
         return False
     n = len(stamp)
     if n == 2:
         hlc = stamp[1]
-        if not (hlc == "" or (type(hlc) is str and _HLC.fullmatch(hlc) is not None)):
+        if type(hlc) is not str:
             return False
+        if hlc:
+            hlcs.append(hlc)
     elif n != 1:
         return False
-    value = stamp[0]
-    t = type(value)
-    if t is str or t is int or t is bool or value is None:
-        return True
-    if t is float:
-        return value - value == 0.0
-    return t is dict or t is list
+    thing = stamp[0]
+    if not depth:
+        return _is_cell_or_value(thing)
+    if type(thing) is not dict:
+        return False
+    depth -= 1
+    if depth:
+        return all(_stamp_ok(child, depth, hlcs) for child in thing.values())
+    append = hlcs.append
+    for leaf in thing.values():  # the hot path of a ContentDiff: cell and value stamps
+        if type(leaf) is not list:
+            return False
+        n = len(leaf)
+        if n == 2:
+            hlc = leaf[1]
+            if type(hlc) is not str:
+                return False
+            if hlc:
+                append(hlc)
+        elif n != 1:
+            return False
+        value = leaf[0]
+        t = type(value)
+        if t is float:
+            if value - value != 0.0:
+                return False
+        elif not (t is str or t is int or t is bool or value is None or t is dict or t is list):
+            return False
+    return True
+
+
+def _is_stamp(stamp: Any, depth: int) -> bool:
+    hlcs: list[str] = []
+    return _stamp_ok(stamp, depth, hlcs) and _hlcs_valid(hlcs)
 
 
 def _is_content_hashes(body: Any) -> bool:
