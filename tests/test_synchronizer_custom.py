@@ -210,3 +210,21 @@ def test_on_send_and_on_receive_see_tinybase_arguments() -> None:
         await sb.destroy()
 
     asyncio.run(main())
+
+
+def test_destroy_during_the_first_load_does_not_wait_for_the_time_out() -> None:
+    async def main() -> None:
+        errors: list[BaseException] = []
+        store = create_mergeable_store()
+        sync = create_custom_synchronizer(
+            store, lambda *m: None, lambda r: None, None, 3600, on_ignored_error=errors.append
+        )
+        starting = asyncio.ensure_future(sync.start_sync())
+        await wait_for(lambda: sync.engine.pending_request_count() == 1)
+        await asyncio.wait_for(sync.destroy(), 10)  # an hour-long request must not hold it
+        await asyncio.wait_for(starting, 10)
+        assert [str(e) for e in errors] == ["tinybase:3:destroyed"]
+        assert not sync.is_syncing() and not sync.is_auto_loading()
+        assert sync.get_status() == 0
+
+    asyncio.run(main())
