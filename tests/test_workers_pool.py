@@ -74,6 +74,14 @@ def test_workers_return_results_and_exit_zero_without_restart() -> None:
     assert all(info.state == "finished" and info.attempt == 1 for info in pool.workers)
 
 
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_other_start_methods_work_too(method: str) -> None:
+    assert run_workers(times_ten, 2, args=(3,), start_method=method, timeout=30) == [
+        {"index": 0, "attempt": 1, "count": 2, "value": 0},
+        {"index": 1, "attempt": 1, "count": 2, "value": 3},
+    ]
+
+
 def test_closures_and_lambdas_travel_to_spawned_workers() -> None:
     offset = 1000
 

@@ -107,7 +107,10 @@ class WorkerPool:
         """Start the workers (returns at once; the processes come up in the background)."""
         if self._supervisor is not None:
             raise RuntimeError("this pool was already started; create a new one")
-        spec = WorkerSpec(**{**self._spec.__dict__, "parent_pid": os.getpid()})
+        # with forkserver the workers' parent is the fork server, not us: no parent check
+        direct_child = self._mp.get_start_method() in ("spawn", "fork")
+        parent_pid = os.getpid() if direct_child else 0
+        spec = WorkerSpec(**{**self._spec.__dict__, "parent_pid": parent_pid})
         try:
             payload = dump_spec(spec)
         except Exception as exc:
