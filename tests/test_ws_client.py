@@ -281,3 +281,56 @@ def test_blocking_facade_with_ws() -> None:
                 assert b.get_cell("t", "r", "c") == "from a plain thread"
         finally:
             loop.run(server.destroy(), timeout=20)
+
+
+def test_open_connection_is_used_as_is() -> None:
+    from websockets.asyncio.client import connect
+
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            ws = await connect(f"{server.url}/room", compression=None)
+            sa = await create_ws_synchronizer(a, ws, 0.3)
+            assert sa.get_web_socket() is ws
+            sb = await create_ws_synchronizer(b, f"{server.url}/room", 0.3)
+            await sa.start_sync()
+            await sb.start_sync()
+            a.set_cell("t", "r", "c", 1)
+            await eventually(same(a, b))
+            await sa.destroy()
+            await eventually(lambda: ws.close_code is not None)
+            await sb.destroy()
+
+    run(scenario())
+
+
+def test_failing_room_store_closes_its_clients_only() -> None:
+    def create_persister(path_id: str) -> Any:
+        if path_id == "broken":
+            raise OSError("disk on fire")
+        return None  # relay only for the others
+
+    async def scenario() -> None:
+        errors: list[BaseException] = []
+        async with await create_ws_server(
+            "127.0.0.1", 0, create_persister, on_ignored_error=errors.append
+        ) as server:
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import ConnectionClosed
+
+            broken = await connect(f"{server.url}/broken")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(broken.recv(), 5)
+            assert broken.close_code == 1011
+            assert any("disk on fire" in str(e) for e in errors)
+            a, b = create_mergeable_store(), create_mergeable_store()
+            sa = await create_ws_synchronizer(a, f"{server.url}/fine", 0.3)
+            sb = await create_ws_synchronizer(b, f"{server.url}/fine", 0.3)
+            await sa.start_sync()
+            await sb.start_sync()
+            a.set_value("still", "working")
+            await eventually(same(a, b))
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario())
