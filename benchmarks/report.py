@@ -59,6 +59,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
     if unit == "us":
         return f"{value:.0f} µs" if value >= 10 else f"{value:.1f} µs"
+    if unit == "ms":
+        return f"{value:.2f} ms"
     if unit == "B":
         return f"{value:.0f} B"
     if unit in ("cells/s", "ops/s", "msg/s"):
@@ -95,7 +97,7 @@ SCENARIO_TITLES = {
     "latency": "2. One-way latency of a single-cell change",
     "join": "3. Join: a new process catching up with N cells",
     "memory": "4. Memory per cell",
-    "ws": "5. WebSocket server (ours vs TinyBase createWsServer)",
+    "ws": "5. WebSocket server: ours vs TinyBase createWsServer (from `benchmarks/ws.py`)",
     "persist": "6. Persistence: a coordinator under sustained writes, quiescence to durable "
                "(file/SQLite persister costs: per-area benchmark `persist` below)",
 }

@@ -320,6 +320,32 @@ def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     return {"status": "ok", "seconds": round(time.time() - started, 1), "data": data}
 
 
+def ws_figures(area: dict[str, Any]) -> list[Figure]:
+    """Scenario 5 from ``benchmarks/ws.py``'s JSON: our server vs TinyBase's, same clients.
+
+    Only its ``rows`` are read (fill time and one-way latency per client kind and count); if
+    the module changes its format, the scenario shows as not available instead of guessing.
+    """
+    if area.get("status") != "ok":
+        return []
+    tb_server = "TinyBase createWsServer"
+    figures = []
+    for row in area.get("data", {}).get("rows", []):
+        try:
+            subject = LOCALSYNC if row["server"] == "ours" else tb_server
+            params = {"clients": f"{row['n']} {row['clients']}", "cells": row["cells"]}
+            figures += [
+                Figure("ws", "fill", subject, params, row["fill_seconds"], "s", tb_server,
+                       note="all clients hold the cells"),
+                Figure("ws", "p50", subject, params, row["latency_p50_ms"], "ms", tb_server,
+                       note=f"{row.get('samples', '?')} samples"),
+                Figure("ws", "p99", subject, params, row["latency_p99_ms"], "ms", tb_server),
+            ]
+        except (KeyError, TypeError):
+            return []
+    return figures
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -422,6 +448,8 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
         areas[name] = run_area(name, mode != "full", sizes.area_timeout)
         bar.advance()
     bar.finish()
+    if "ws" in areas:
+        figures += ws_figures(areas["ws"])
     for scenario, area in (("ws", "ws"),):
         if want(scenario) and areas.get(area, {}).get("status") != "ok":
             notes.append(f"Scenario {scenario}: localsync's benchmarks/{area}.py result is "
