@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -50,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Coordinator", "configure", "data_file", "run"]
+
+logger = logging.getLogger("localsync.coordinator")
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 PERSISTERS = ("sqlite", "file")
@@ -97,6 +100,7 @@ class Coordinator:
         self.synchronizer: Any = None
         self.saved_hashes: tuple[int, int] | None = None
         self.saves = 0
+        self.ignored_errors = 0
         self._dirty: asyncio.Event | None = None
         self._saved: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,6 +146,7 @@ class Coordinator:
             hub=self._hub,
             runtime_dir=self._runtime_dir,
             anti_entropy_seconds=self._anti_entropy,
+            on_ignored_error=self._on_ignored_error,
         )
         await self.synchronizer.start_sync()
         self._dirty.set()  # first save: makes the loaded content's hashes acknowledged
@@ -150,6 +155,12 @@ class Coordinator:
             asyncio.create_task(self._ack_loop(), name="localsync-coordinator-ack"),
         ]
         return self
+
+    def _on_ignored_error(self, error: BaseException) -> None:
+        # expected now and then (a request nobody answered: alone on the channel, a peer that
+        # died mid-exchange, invalid input); anti-entropy retries, so this is not a warning
+        self.ignored_errors += 1
+        logger.debug("ignored: %r", error)
 
     async def _save_once(self) -> None:
         assert self._saved is not None

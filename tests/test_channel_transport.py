@@ -391,3 +391,20 @@ def test_forked_child_does_not_keep_the_hub_lock(rundir: Path) -> None:
         successor.stop()
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_presence_is_answered_by_transports(rundir: Path) -> None:
+    async def scenario() -> None:
+        first = ChannelTransport("presence", runtime_dir=rundir)
+        assert await first.discover_peers(0.2) is False  # alone
+        second = ChannelTransport("presence", runtime_dir=rundir)
+        try:
+            # no receive callback registered: the transport itself answers
+            assert await second.discover_peers(2.0) is True
+            assert await first.discover_peers(2.0) is True
+            assert second.peers_answered >= 1
+        finally:
+            first.close()
+            second.close()
+
+    asyncio.run(scenario())

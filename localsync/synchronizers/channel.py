@@ -18,11 +18,15 @@ on_ignored_error``; keyword-only options:
     (publishers use PORT, subscribers PORT+1). No election; the hub must be running.
 ``runtime_dir``
     overrides the runtime folder (must be private: 0700, owned by the user).
-``request_timeout_seconds`` (default 1.0)
-    how long a request (one step of a hash-tree comparison) waits for a reply. TinyBase uses
-    10 ms for BroadcastChannel; through a hub, with a peer busy applying a big diff, 1 s avoids
-    spurious timeouts while keeping a lone first participant's ``start_sync`` short (it waits
-    one timeout for an answer nobody can give).
+``request_timeout_seconds`` (default ``None``: adaptive)
+    how long a request (one step of a hash-tree comparison) waits for a reply. A fixed value
+    is used for every request. Adaptive: TinyBase uses 10 ms for BroadcastChannel, but a peer
+    holding 10^6 cells needs seconds to compute a diff for a joiner, so one value cannot fit
+    both "is anybody there?" and "send me everything". Before the first sync the transport
+    broadcasts a hello that peers' transports answer at once (no engine involved, 0.25 s
+    bound): with no answer, requests time out after 0.5 s (a lone first participant's
+    ``start_sync`` returns quickly); with one, and after the first sync in any case, after
+    30 s (a known peer is computing, not gone; a dead peer's requests just expire).
 ``anti_entropy_seconds`` (default 1.0)
     period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
@@ -41,7 +45,7 @@ coordinator's acknowledgements. Each SUB subscribes to its own topic and ``b"*"`
 subscriptions travel up to the publishers, so a process never receives, let alone decodes,
 messages meant for others. Payload: msgspec msgpack of ``(from_client_id, request_id,
 message, body)``; a process drops its own broadcasts by comparing the id bytes in place,
-without decoding. Control payloads start with a zero byte.
+without decoding. Control payloads start with a zero byte (path-proving ping, hello/here presence).
 
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
@@ -84,6 +88,13 @@ CLIENT_ID_LENGTH = 16
 _ID_ALPHABET = string.ascii_letters + string.digits + "-_"
 _CONTROL = b"\x00"
 _PING = b"\x00P"
+_HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
+_HERE = b"\x00h"  # directed answer to a hello
+
+#: Adaptive request time-outs (``request_timeout_seconds=None``), see the module doc.
+DISCOVERY_SECONDS = 0.25
+ALONE_REQUEST_TIMEOUT = 0.5
+PEER_REQUEST_TIMEOUT = 30.0
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 Receive = Callable[[str, "str | None", int, Any], None]
@@ -147,6 +158,8 @@ class ChannelTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Future[None] | None = None
         self._ping_waiter: tuple[bytes, asyncio.Future[None]] | None = None
+        self._here_waiter: asyncio.Future[None] | None = None
+        self.peers_answered = 0
         self._closed = False
         self.stats = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
 
@@ -293,12 +306,9 @@ class ChannelTransport:
             with contextlib.suppress(Exception):
                 self._on_ignored_error(error)
 
-    def _dispatch(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self._ignore(ValueError(f"channel message with {len(frames)} frames"))
-            return
-        topic, payload = frames
-        if payload[:1] == _CONTROL:
+    def _control(self, topic: bytes, payload: bytes) -> None:
+        kind = payload[:2]
+        if kind == _PING:
             waiter = self._ping_waiter
             if (
                 topic == self._own_topic
@@ -307,6 +317,40 @@ class ChannelTransport:
                 and not waiter[1].done()
             ):
                 waiter[1].set_result(None)
+        elif kind == _HELLO and topic == BROADCAST:
+            asker = payload[2:]
+            if asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
+                self._send_raw(CLIENT_PREFIX + asker, _HERE)
+        elif kind == _HERE and topic == self._own_topic:
+            self.peers_answered += 1
+            if self._here_waiter is not None and not self._here_waiter.done():
+                self._here_waiter.set_result(None)
+
+    async def discover_peers(self, timeout: float = DISCOVERY_SECONDS) -> bool:
+        """True if another participant answers a hello within ``timeout`` seconds.
+
+        Answered by the peers' transports, not their sync engines, so it is cheap; a peer
+        whose event loop is busy for longer than ``timeout`` counts as absent.
+        """
+        await self.open()
+        assert self._loop is not None
+        self._here_waiter = self._loop.create_future()
+        try:
+            self._send_raw(BROADCAST, _HELLO + self._id_bytes)
+            await asyncio.wait_for(asyncio.shield(self._here_waiter), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._here_waiter = None
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._ignore(ValueError(f"channel message with {len(frames)} frames"))
+            return
+        topic, payload = frames
+        if payload[:1] == _CONTROL:
+            self._control(topic, payload)
             return
         if topic == ACK_TOPIC:
             if self._on_ack is not None:
@@ -338,10 +382,14 @@ class ChannelSynchronizer:
         {"start_sync", "load", "save", "start_auto_load", "start_auto_save"}
     )
 
-    def __init__(self, inner: Any, transport: ChannelTransport, store: Any) -> None:
+    def __init__(
+        self, inner: Any, transport: ChannelTransport, store: Any, adaptive_timeout: bool = False
+    ) -> None:
         self._inner = inner
         self._transport = transport
         self._store = store
+        self._adaptive = adaptive_timeout
+        self._discovered = False
         self._acks: dict[str, tuple[int, int]] = {}
         self._ack_event: asyncio.Event | None = None
 
@@ -370,11 +418,26 @@ class ChannelSynchronizer:
 
             async def opened_first(*args: Any, **kwargs: Any) -> Any:
                 await self._transport.open()
-                result = await attribute(*args, **kwargs)
+                if self._adaptive and not self._discovered:
+                    self._discovered = True
+                    alone = not await self._transport.discover_peers()
+                    self._set_request_timeout(
+                        ALONE_REQUEST_TIMEOUT if alone else PEER_REQUEST_TIMEOUT
+                    )
+                try:
+                    result = await attribute(*args, **kwargs)
+                finally:
+                    if self._adaptive:
+                        self._set_request_timeout(PEER_REQUEST_TIMEOUT)
                 return self if result is self._inner else result
 
             return opened_first
         return attribute
+
+    def _set_request_timeout(self, seconds: float) -> None:
+        engine = getattr(self._inner, "engine", None)
+        if engine is not None and hasattr(engine, "request_timeout_seconds"):
+            engine.request_timeout_seconds = seconds
 
     async def stop_sync(self) -> ChannelSynchronizer:
         await self._inner.stop_sync()
@@ -437,7 +500,7 @@ def create_channel_synchronizer(
     *,
     hub: str | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
-    request_timeout_seconds: float = 1.0,
+    request_timeout_seconds: float | None = None,
     anti_entropy_seconds: float | None = 1.0,
     hwm: int = DEFAULT_HWM,
     connect_timeout_seconds: float = 5.0,
@@ -460,10 +523,10 @@ def create_channel_synchronizer(
         transport.send,
         transport.register_receive,
         transport.close,
-        request_timeout_seconds,
+        ALONE_REQUEST_TIMEOUT if request_timeout_seconds is None else request_timeout_seconds,
         on_send=on_send,
         on_receive=on_receive,
         on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
     )
-    return ChannelSynchronizer(inner, transport, store)
+    return ChannelSynchronizer(inner, transport, store, request_timeout_seconds is None)
