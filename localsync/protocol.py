@@ -26,9 +26,12 @@ Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefin
 Anti-entropy (beyond TinyBase, using only TinyBase's messages): every ``anti_entropy_seconds``
 a syncing engine re-announces its ContentHashes when its hashes changed since its last
 announcement, when a known peer was last seen with different hashes, or on every
-``heartbeat_every``-th period. Peers whose hashes differ pull the difference, so a lost,
-duplicated or reordered message costs latency, never data; when everyone agrees, an idle
-period sends nothing but the occasional heartbeat.
+``heartbeat_every``-th period. Peers whose hashes differ pull the difference. On heartbeat
+periods it also broadcasts a GetContentHashes probe and reads *every* answer (TinyBase reads
+only the first), pulling from each peer whose hashes differ: this covers peers that never
+announce by themselves (TinyBase's own synchronizers). So a lost, duplicated or reordered
+message costs latency, never data; when everyone agrees, an idle period sends nothing, and a
+heartbeat period costs one announcement, one probe and one small answer per peer.
 """
 
 from __future__ import annotations
@@ -355,6 +358,8 @@ class SyncEngine:
         self._deadlines: list[tuple[float, str]] = []
         self._peers: dict[str, _Peer] = {}
         self._last_announced: tuple[Any, Any] | None = None
+        self._probes: dict[str, float] = {}
+        self.anti_entropy_probes = 0
         self._next_anti_entropy: float | None = None
         self._anti_entropy_periods = 0
 
@@ -544,6 +549,8 @@ class SyncEngine:
                     self._on_response(entry, body, from_client_id)
                 except Exception as error:
                     self._fail(entry.pull, error)
+            elif request_id in self._probes:
+                self._on_probe_answer(from_client_id, body, is_auto_loading)
             return
         if message == CONTENT_HASHES:
             self._remember_peer_hashes(from_client_id, body)
@@ -613,18 +620,42 @@ class SyncEngine:
         self.syncing = False
         self._next_anti_entropy = None
 
-    def _anti_entropy_due(self, now: float) -> bool:
+    def _anti_entropy_round(self, now: float) -> None:
+        """One period: announce our hashes when useful; on heartbeats also probe everyone.
+
+        Announcing lets peers pull what they miss from us. The probe (a broadcast
+        GetContentHashes whose every answer we read) lets us pull what *we* miss from peers
+        that never announce on their own, such as TinyBase's synchronizers.
+        """
         self._anti_entropy_periods += 1
+        period = self.anti_entropy_seconds or 1.0
         # a peer silent for three heartbeats has left: stop announcing for its stale hashes
-        horizon = now - 3 * self.heartbeat_every * (self.anti_entropy_seconds or 1.0)
+        horizon = now - 3 * self.heartbeat_every * period
         for client_id in [c for c, p in self._peers.items() if p.last_heard < horizon]:
             del self._peers[client_id]
-        if self._anti_entropy_periods % self.heartbeat_every == 0:
-            return True
+        for probe_id in [r for r, expiry in self._probes.items() if expiry < now]:
+            del self._probes[probe_id]
+        heartbeat = self._anti_entropy_periods % self.heartbeat_every == 0
         hashes = tuple(self.store.get_mergeable_content_hashes())
-        if hashes != self._last_announced:
-            return True
-        return any(peer.hashes != hashes for peer in self._peers.values())
+        if (
+            heartbeat
+            or hashes != self._last_announced
+            or any(peer.hashes != hashes for peer in self._peers.values())
+        ):
+            self.anti_entropy_announcements += 1
+            self.send_content_hashes()
+        if heartbeat:
+            self.anti_entropy_probes += 1
+            probe_id = self._transaction_id() + "." + self._request_suffix()
+            self._probes[probe_id] = now + self.heartbeat_every * period
+            self._emit(None, probe_id, GET_CONTENT_HASHES, "")
+
+    def _on_probe_answer(self, from_client_id: str, body: Any, is_auto_loading: bool) -> None:
+        if not _is_content_hashes(body):
+            return
+        self._remember_peer_hashes(from_client_id, body)
+        if is_auto_loading and list(body) != list(self.store.get_mergeable_content_hashes()):
+            self.pull(self._pushed_changes_handler(), from_client_id, body)
 
     def tick(self, now: float | None = None) -> None:
         """Expire overdue requests and run anti-entropy when due."""
@@ -649,8 +680,6 @@ class SyncEngine:
                 ae += period
             self._next_anti_entropy = ae
             try:
-                if self._anti_entropy_due(now):
-                    self.anti_entropy_announcements += 1
-                    self.send_content_hashes()
+                self._anti_entropy_round(now)
             except Exception as error:
                 self._report(error)

@@ -242,7 +242,7 @@ def test_replicas_converge_after_healing(
     sim.advance_to(sim.now + PERIOD)
     sim.settle()
     assert sim.converged()
-    assert sim.delivered - before <= n * (n - 1)
+    assert sim.delivered - before <= 3 * n * (n - 1)  # announcement, probe, answers
     # nothing invalid was ever sent between our own engines
     for replica in sim.replicas.values():
         assert not [e for e in replica.errors if getattr(e, "code", "") == "tinybase:14"]

@@ -187,7 +187,7 @@ def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
         clock.now += 5.0
         engine.tick()
         sent_per_period.append(len(engine.data_to_send()))
-    assert sent_per_period == [0, 0, 0, 1, 0, 0, 0, 1]  # heartbeats only
+    assert sent_per_period == [0, 0, 0, 2, 0, 0, 0, 2]  # heartbeats: announcement + probe
     # a local change (or a peer seen with other hashes) is announced at the next period
     store.set_cell("t", "r", "c", 1)
     clock.now += 5.0
@@ -222,3 +222,29 @@ def test_anti_entropy_forgets_a_peer_that_went_silent() -> None:
     assert announced[:10] == [1] * 10
     assert announced[-8:] == [0, 0, 0, 1, 0, 0, 0, 1]
     assert store.get_mergeable_content_hashes() == [0, 0]
+
+
+def test_anti_entropy_probe_pulls_from_every_peer_that_differs() -> None:
+    engine, _, clock, store = make(anti_entropy_seconds=1.0, heartbeat_every=1)
+    engine.start()
+    clock.now += 1.0
+    engine.tick()
+    out = engine.data_to_send()
+    assert [m.message for m in out] == [CONTENT_HASHES, GET_CONTENT_HASHES]
+    probe = out[1]
+    assert probe.to is None and probe.body == ""
+    # every answer counts, not just the first; an agreeing peer costs nothing more
+    engine.receive("P", probe.request_id, RESPONSE, store.get_mergeable_content_hashes())
+    assert engine.data_to_send() == []
+    engine.receive("Q", probe.request_id, RESPONSE, [5, 0])
+    [pull] = engine.data_to_send()
+    assert (pull.to, pull.message) == ("Q", TABLE_DIFF)
+    engine.receive("R", probe.request_id, RESPONSE, [0, 7])
+    [pull] = engine.data_to_send()
+    assert (pull.to, pull.message) == ("R", VALUE_DIFF)
+    # answers to a probe that expired are ignored
+    clock.now += 10.0
+    engine.tick()
+    engine.data_to_send()
+    engine.receive("S", probe.request_id, RESPONSE, [5, 0])
+    assert engine.data_to_send() == []
