@@ -8,7 +8,8 @@ recorded as "not available" with the reason; nothing is ever filled in.
 
 The per-area benchmarks other modules own (``benchmarks/store.py``, ``local_sync.py``,
 ``persist.py``, ``channel.py``, ``ws.py``) are run as subprocesses, their JSON embedded;
-scenarios 5 (WebSocket) and 6 (persistence) come from ``ws`` and ``persist`` this way.
+scenario 5 (WebSocket) comes from ``ws`` this way; scenario 6 (persistence) is measured here
+(coordinator under sustained writes) and complemented by ``persist`` (persister costs).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ MANAGER = "Manager().dict()"
 PYCRDT = "pycrdt over zmq"
 TINYBASE = "TinyBase BroadcastChannel (Node workers)"
 LOCALSYNC = "localsync"
-AREA_MODULES = ("store", "local_sync", "persist", "channel", "ws")
+AREA_MODULES = ("store", "local_sync", "persist", "channel", "ws", "workers")
 # Arguments that make each per-area benchmark short, from its own argparse; a module that
 # rejects them (exit 2, "unrecognized arguments") is retried with the next set.
 QUICK_ARGS: dict[str, list[list[str]]] = {
@@ -43,6 +44,7 @@ QUICK_ARGS: dict[str, list[list[str]]] = {
     "local_sync": [["--rows", "1000", "--repeat", "1"], []],
     "persist": [["--max-cells", "10000", "--tx", "5"], []],
     "channel": [["--quick"], []],
+    "workers": [["--workers", "2", "--repeat", "1"], []],
 }
 
 
