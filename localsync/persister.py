@@ -140,9 +140,12 @@ class _ScheduledAction:
 _schedules: dict[Hashable, _Schedule] = {}
 
 
-def _has_changes(changes: Any) -> bool:
+def _has_changes(changes: Any, mergeable: bool = True) -> bool:
+    """TinyBase's hasChanges: mergeable changes hold stamps, plain changes hold dicts."""
     try:
-        return bool(changes[0][0]) or bool(changes[1][0])
+        if mergeable:
+            return bool(changes[0][0]) or bool(changes[1][0])
+        return bool(changes[0]) or bool(changes[1])
     except (TypeError, IndexError, KeyError):
         return False
 
@@ -184,6 +187,7 @@ class Persister:
         self._destroying: asyncio.Future[Any] | None = None
         self._active_action: asyncio.Future[None] | None = None
         self._applying = 0
+        self._queued_saves = 0
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -211,7 +215,9 @@ class Persister:
         elif persist != Persists.MERGEABLE_STORE_ONLY:
             self._is_mergeable_store = False
             self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
-            get_changes = getattr(store, "get_transaction_changes", None)
+            get_changes = getattr(store, "_get_encoded_transaction_changes", None) or getattr(
+                store, "get_transaction_changes", None
+            )
             self._get_changes = get_changes if get_changes is not None else lambda: None
             self._set_default_content = store.set_content
         else:
@@ -230,9 +236,11 @@ class Persister:
                 else:
                     store._set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
-                store.apply_changes(content_or_changes)
+                apply = getattr(store, "_apply_encoded_changes", None) or store.apply_changes
+                apply(content_or_changes)
             else:
-                store.set_content(content_or_changes)
+                setter = getattr(store, "_set_encoded_content", None) or store.set_content
+                setter(content_or_changes)
         finally:
             self._applying -= 1
         if ignored_before is not None and getattr(store, "ignored_count", 0) > ignored_before:
@@ -577,6 +585,7 @@ class Persister:
         if (
             self._schedule_idle()
             and self._status == Status.IDLE
+            and not self._queued_saves
             and not inspect.iscoroutinefunction(self._set_persisted)
         ):
             self._set_status(Status.SAVING)
@@ -592,7 +601,15 @@ class Persister:
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
-        self._spawn(self._save_impl(changes))
+        self._queued_saves += 1
+        self._spawn(self._queued_save(changes))
+
+    async def _queued_save(self, changes: Any) -> None:
+        """A save that could not run inline; later inline saves wait for it (order kept)."""
+        try:
+            await self._save_impl(changes)
+        finally:
+            self._queued_saves -= 1
 
     def _make_auto_save_listener(self, generation: int) -> Callable[[Any], None]:
         def on_transaction(_store: Any) -> None:
@@ -606,7 +623,7 @@ class Persister:
             except Exception as error:
                 self._report(error)
                 return
-            if changes is not None and not _has_changes(changes):
+            if changes is not None and not _has_changes(changes, self._is_mergeable_store):
                 return
             if on_loop:
                 self._save_changes_now(changes)

@@ -218,3 +218,55 @@ def test_mergeable_only_persister_rejects_a_plain_store() -> None:
             lambda _h: None,
             persist=Persists.MERGEABLE_STORE_ONLY,
         )
+
+
+def test_plain_store_round_trip_and_auto_save() -> None:
+    """TinyBase persisters take plain Stores too: content is [tables, values]."""
+    from localsync import create_store
+
+    async def main() -> None:
+        storage = Storage()
+        a = create_store()
+        a.set_tables({"t": {"r": {"c": 1, "o": {"k": [1]}}}}).set_values({"v": "x"})
+        pa = persister_for(a, storage)
+        await pa.start_auto_save()
+        assert storage.content == a._get_encoded_content()
+        a.set_cell("t", "r", "c", 2)
+        await asyncio.sleep(0.01)
+        assert storage.writes[-1][1] is not None and storage.writes[-1][1][-1] == 1
+        b = create_store()
+        pb = persister_for(b, storage)
+        await pb.load()
+        assert b.get_tables() == a.get_tables() and b.get_values() == a.get_values()
+        await pa.destroy()
+        await pb.destroy()
+
+    asyncio.run(main())
+
+
+def test_saves_stay_in_transaction_order_when_some_are_queued() -> None:
+    async def main() -> None:
+        store = create_mergeable_store()
+        sent: list[Any] = []
+
+        def set_persisted(get_content: Any, changes: Any = None) -> None:
+            sent.append(changes and next(iter(changes[1][0])))
+
+        p = create_custom_persister(
+            store, lambda: None, set_persisted, lambda _l: 1, lambda _h: None
+        )
+        await p.start_auto_save()
+
+        def write_while_saving(_p: Any, status: int) -> None:
+            if status == Status.SAVING and not store.has_value("second"):
+                store.set_value("second", 2)  # cannot be saved inline now: it is queued
+
+        store.set_value("first", 1)
+        p.add_status_listener(write_while_saving)
+        await p.save()  # a full save, during which "second" is written
+        store.set_value("third", 3)  # inline is possible again, but must not overtake "second"
+        await asyncio.sleep(0.01)
+        assert [s for s in sent if s] == ["first", "second", "third"]
+        await p.destroy()
+
+    asyncio.run(main())
