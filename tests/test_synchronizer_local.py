@@ -189,3 +189,39 @@ def test_blocking_facade_writes_from_a_plain_thread() -> None:
         assert sb.get_synchronizer_stats()["receives"] > 0
         assert sb.is_syncing()  # forwarded to the synchronizer, on the loop thread
     assert not sa.background_loop.thread.is_alive()
+
+
+def test_many_writer_threads_while_syncing() -> None:
+    """Transactions on several threads at once: each is broadcast once, none is lost."""
+    a, b = create_mergeable_store(), create_mergeable_store()
+    with (
+        blocking(create_local_synchronizer, a, timeout=10) as sa,
+        blocking(create_local_synchronizer, b, loop=sa.background_loop, timeout=10) as sb,
+    ):
+
+        def writer(n: int) -> None:
+            for i in range(100):
+                with a.transaction():
+                    a.set_cell("t", f"{n}-{i}", "n", i)
+                    a.set_value(f"last-{n}", i)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        b.set_value("concurrent", True)  # and one on the main thread, on the other store
+        for thread in threads:
+            thread.join(30)
+
+        async def converged() -> bool:
+            for _ in range(4000):
+                if len(b.get_row_ids("t")) == 400 and same(a, b):
+                    return True
+                await asyncio.sleep(0.005)
+            return False
+
+        assert sa.background_loop.run(converged(), timeout=30)
+        assert a.get_value("concurrent") is True
+        assert {b.get_value(f"last-{n}") for n in range(4)} == {99}
+        diffs = sa.get_synchronizer_stats()["sends"]
+        assert diffs >= 400  # one ContentDiff per transaction (plus the protocol's own)
+        assert sb.get_status() == 0
