@@ -7,6 +7,9 @@ Both servers run as separate processes on loopback, relay only: ours is
 ``localsync serve --no-persist``, TinyBase's is ``createWsServer`` on a ``ws``
 WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same clients:
 
+* raw clients (the server alone): store-less Python clients in this process send ready-made
+  frames (a 100k-cell ContentDiff; a one-cell ContentDiff, latency = time until the first
+  peer got it, the others drained before the next).
 * Python clients: one process per client (``create_ws_synchronizer``); TinyBase clients: the
   legacy ``WsSynchronizer`` from npm, all in one Node process (tests/interop/bench_clients.mjs).
 * fill: N clients (N = 2 and 8) on one path; client 0 writes ``cells`` integer cells (rows
@@ -97,13 +100,13 @@ class Server:
 
 
 def _py_client(
-    url: str, index: int, rows: int, samples: int, q: Any, go: Any, barrier: Any
+    url: str, index: int, rows: int, samples: int, rounds: int, q: Any, go: Any, barrier: Any
 ) -> None:
-    asyncio.run(_py_client_main(url, index, rows, samples, q, go, barrier))
+    asyncio.run(_py_client_main(url, index, rows, samples, rounds, q, go, barrier))
 
 
 async def _py_client_main(
-    url: str, index: int, rows: int, samples: int, q: Any, go: Any, barrier: Any
+    url: str, index: int, rows: int, samples: int, rounds: int, q: Any, go: Any, barrier: Any
 ) -> None:
     from localsync import create_mergeable_store
     from localsync.synchronizers.ws import create_ws_synchronizer
@@ -130,35 +133,41 @@ async def _py_client_main(
         while len(latencies) < samples and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         q.put(("latency", index, latencies))
-    await loop.run_in_executor(None, barrier.wait)
     last = f"r{rows - 1}"
-    if index == 0:
-        start = time.monotonic()
-        with store.transaction():
-            for r in range(rows):
-                row = f"r{r}"
-                for c in range(10):
-                    store.set_cell("t", row, f"c{c}", r * 10 + c)
-        q.put(("start", index, start))
-    else:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if len(store.get_row_ids("t")) == rows and store.has_cell("t", last, "c9"):
-                break
-            await asyncio.sleep(0.001)
-        q.put(("done", index, time.monotonic()))
+    for k in range(rounds):  # each round fills a new table, so every round costs the same
+        await loop.run_in_executor(None, barrier.wait)
+        table = f"t{k}"
+        if index == 0:
+            start = time.monotonic()
+            with store.transaction():
+                for r in range(rows):
+                    row = f"r{r}"
+                    for c in range(10):
+                        store.set_cell(table, row, f"c{c}", r * 10 + c)
+            q.put((f"start{k}", index, start))
+        else:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if len(store.get_row_ids(table)) == rows and store.has_cell(table, last, "c9"):
+                    break
+                await asyncio.sleep(0.001)
+            q.put((f"done{k}", index, time.monotonic()))
     await loop.run_in_executor(None, barrier.wait)
     await sync.destroy()
     q.put(("exit", index, None))
 
 
-def run_python_clients(url: str, clients: int, cells: int, samples: int) -> dict[str, Any]:
+def run_python_clients(
+    url: str, clients: int, cells: int, samples: int, rounds: int
+) -> dict[str, Any]:
     rows = cells // 10
     q = _ctx.Queue()
     go = _ctx.Event()
     barrier = _ctx.Barrier(clients, timeout=120)
     procs = [
-        _ctx.Process(target=_py_client, args=(url, i, rows, samples, q, go, barrier), daemon=True)
+        _ctx.Process(
+            target=_py_client, args=(url, i, rows, samples, rounds, q, go, barrier), daemon=True
+        )
         for i in range(clients)
     ]
     for p in procs:
@@ -180,26 +189,38 @@ def run_python_clients(url: str, clients: int, cells: int, samples: int) -> dict
         go.set()
         wait_for("latency", 1, 60)
         latencies = [x * 1000 for x in events["latency"][1]]
-        wait_for("start", 1, 300)
-        wait_for("done", clients - 1, 300)
-        fill = max(events["done"].values()) - events["start"][0]
+        fills = []
+        for k in range(rounds):
+            wait_for(f"start{k}", 1, 300)
+            wait_for(f"done{k}", clients - 1, 300)
+            fills.append(max(events[f"done{k}"].values()) - events[f"start{k}"][0])
+        fill = statistics.median(fills)
         wait_for("exit", clients, 30)
     finally:
         for p in procs:
             p.join(5)
             if p.is_alive():
                 p.kill()
-    return {"fill_seconds": fill, "latency_ms": latencies}
+    return {"fill_seconds": fill, "fills": fills, "latency_ms": latencies}
 
 
 # -------------------------------------------------------------------------- node clients
 
 
 def run_node_clients(
-    folder: Path, url: str, clients: int, cells: int, samples: int
+    folder: Path, url: str, clients: int, cells: int, samples: int, rounds: int
 ) -> dict[str, Any]:
     out = subprocess.run(
-        ["node", "bench_clients.mjs", url, str(clients), str(cells), str(samples), "300"],
+        [
+            "node",
+            "bench_clients.mjs",
+            url,
+            str(clients),
+            str(cells),
+            str(samples),
+            "300",
+            str(rounds),
+        ],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -207,6 +228,59 @@ def run_node_clients(
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- raw clients
+
+
+def run_raw_clients(
+    url: str, clients: int, cells: int, samples: int, rounds: int
+) -> dict[str, Any]:
+    """The server alone: store-less Python clients send ready-made frames through it."""
+    from websockets.asyncio.client import connect
+
+    from localsync.wire import encode_payloads
+
+    rows = cells // 10
+    hlcs = [f"NjEtLV----{c}VnP9x" for c in range(10)]
+    body = [
+        [
+            {
+                "t": [
+                    {
+                        f"r{r}": [{f"c{c}": [r * 10 + c, hlcs[c]] for c in range(10)}]
+                        for r in range(rows)
+                    }
+                ]
+            }
+        ],
+        [{}],
+        1,
+    ]
+    (big,) = encode_payloads(None, "abcdefghijk", 3, body)
+    small = '\n["abcdefghijk",3,[[{}],[{"ping":[1,"NjEtLV----0VnP9x"]}],1]]'
+
+    async def main() -> dict[str, Any]:
+        socks = [await connect(url, compression=None, max_size=None) for _ in range(clients)]
+        await asyncio.sleep(0.2)
+        latencies = []
+        for _ in range(samples):
+            start = time.monotonic()
+            await socks[0].send(small)
+            await socks[1].recv()
+            latencies.append((time.monotonic() - start) * 1000)
+            await asyncio.gather(*[s.recv() for s in socks[2:]])
+        fills = []
+        for _ in range(rounds):
+            start = time.monotonic()
+            await socks[0].send(big)
+            await asyncio.gather(*[s.recv() for s in socks[1:]])
+            fills.append(time.monotonic() - start)
+        for ws in socks:
+            await ws.close()
+        return {"fill_seconds": statistics.median(fills), "fills": fills, "latency_ms": latencies}
+
+    return asyncio.run(main())
 
 
 # ---------------------------------------------------------------------------------- main
@@ -224,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="fills per run (median used)")
     args = parser.parse_args(argv)
     cells = 5_000 if args.quick else args.cells
     samples = 20 if args.quick else args.samples
     sizes = [2] if args.quick else [2, 8]
+    rounds = 1 if args.quick else args.rounds
 
     sys.path.insert(0, str(ROOT))
     from tests import npm_env
@@ -237,16 +313,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(INTEROP / script, folder / script)
 
     rows: list[dict[str, Any]] = []
-    for client_kind in ("python", "tinybase"):
+    for client_kind in ("raw", "python", "tinybase"):
         for n in sizes:
             for server_kind in ("ours", "tinybase"):
                 server = Server(server_kind, folder)
                 url = f"ws://127.0.0.1:{server.port}/bench{n}"
                 try:
-                    if client_kind == "python":
-                        result = run_python_clients(url, n, cells, samples)
+                    if client_kind == "raw":
+                        result = run_raw_clients(url, n, cells, samples, rounds)
+                    elif client_kind == "python":
+                        result = run_python_clients(url, n, cells, samples, rounds)
                     else:
-                        result = run_node_clients(folder, url, n, cells, samples)
+                        result = run_node_clients(folder, url, n, cells, samples, rounds)
                 finally:
                     server.stop()
                 lat = result["latency_ms"]
@@ -256,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     "server": server_kind,
                     "cells": cells,
                     "fill_seconds": result["fill_seconds"],
+                    "fills": result.get("fills"),
                     "latency_p50_ms": _pct(lat, 0.5),
                     "latency_p99_ms": _pct(lat, 0.99),
                     "latency_mean_ms": statistics.fmean(lat) if lat else None,
