@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import WorkerContext, WorkerPool, run_workers
+from workers import WorkerContext, WorkerPool
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 
@@ -54,9 +54,14 @@ def write_and_read_everyone(ctx: WorkerContext, rows: int, deadline_s: float) ->
 
 def test_workers_writing_to_their_stores_converge_through_the_channel() -> None:
     channel = f"workers-test-{uuid.uuid4().hex[:12]}"
-    results = run_workers(
-        write_and_read_everyone, 3, channel=channel, args=(ROWS, 30.0), timeout=60
-    )
+    with WorkerPool(write_and_read_everyone, 3, channel=channel, args=(ROWS, 30.0)) as pool:
+        assert pool.join(60)
+    # every worker joined the fresh channel at its first attempt (they start simultaneously).
+    # Known failure at the time of writing: the hub host's start_sync stalls for the channel's
+    # 30 s peer request timeout when its peers answer the presence hello before their engines
+    # answer GetContentHashes; the worker then fails with a setup timeout and is restarted.
+    assert pool.errors == [], "\n".join(map(str, pool.errors))
+    results = pool.results
     assert [r["rows"] for r in results] == [3 * ROWS] * 3
     assert all(r["others"] == [0, 1, 2] for r in results)
     # identical content and identical TinyBase hashes in every process
