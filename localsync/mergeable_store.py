@@ -192,7 +192,11 @@ class _Validator:
     def thing(self, value: Any) -> bool:
         t = type(value)
         if t is str:
-            return self.encoded or value[:1] != JSON_PREFIX
+            if value[:1] != JSON_PREFIX:
+                return True
+            # an encoded object cell must really hold a JSON object or array: TinyBase would
+            # merge the stamp and then fail to decode it on every read, so the set is refused
+            return self.encoded and encode_accepted(value) is not ABSENT
         if t is int or t is bool or value is None:
             return True
         if t is float:

@@ -328,9 +328,16 @@ def test_invalid_or_far_future_mergeable_data_is_ignored_as_a_whole() -> None:
     for bad in bad_inputs:
         assert store.apply_mergeable_changes(bad) is store
     assert store.set_mergeable_content([[{}], [{}]]) is store  # content needs hashes
-    assert store.ignored_count == len(bad_inputs) + 1
+    for encoded in ("\ufffd{broken", "\ufffd1", "\ufffd"):
+        bad_encoded = [[{"t": [{"r": [{"c": [encoded, good_hlc]}]}]}], [{}], 1]
+        assert store._apply_encoded_mergeable_changes(bad_encoded) is store
+    assert store.ignored_count == len(bad_inputs) + 4
     assert finished == []
     assert_same(full_state(store), before, "after ignored input")
+    good = [[{"t": [{"r": [{"c": ['\ufffd{"a":[1]}', good_hlc]}]}]}], [{}], 1]
+    store._apply_encoded_mergeable_changes(good)
+    assert store.get_cell("t", "r", "c") == {"a": [1]}
+    assert finished == [1]
 
 
 def test_diff_methods_reject_non_mapping_input() -> None:
