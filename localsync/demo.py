@@ -413,7 +413,10 @@ def run(args: argparse.Namespace) -> int:
     for run_id, per_worker in after["per_run"].items():
         cells = "  ".join(f"{per_worker.get(i, 0):>6,}" for i in range(columns))
         print(f"  {run_id:>3}  {cells}  {sum(per_worker.values()):>6,}", file=out)
-    print(f"  all runs: {after['orders']:,} orders", file=out)
+    print(
+        f"  all runs: {after['orders']:,} orders (every row: localsync inspect {data_dir})",
+        file=out,
+    )
     if before["orders"]:
         print(
             f"  the {before['orders']:,} orders of earlier runs are "

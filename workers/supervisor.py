@@ -15,6 +15,7 @@ the SIGKILL deadline, so it costs nothing while workers run and reacts at once t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from multiprocess import connection as mp_connection
 from .errors import FailureKind, WorkerError
 from .policy import RestartPolicy
 from .worker import worker_main
+
+logger = logging.getLogger("workers")
 
 WorkerState = Literal["pending", "starting", "running", "backoff", "finished", "failed", "stopped"]
 FINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "stopped"})
@@ -201,6 +204,11 @@ class Supervisor:
                         continue
                     with self._lock:
                         self._handle_ready(item)
+        except BaseException:
+            # a bug here must not leave workers unsupervised and silent: kill them (below) and
+            # say why, the pool then reports every worker as stopped
+            logger.exception("workers supervisor crashed; stopping all workers")
+            raise
         finally:
             with self._lock:
                 self._kill_all()
