@@ -152,6 +152,8 @@ def _is_stamp(stamp: Any, depth: int) -> bool:
     elif length != 1:
         return False
     thing = stamp[0]
+    if depth == 1:
+        return type(thing) is dict and _is_leaf_stamp_map(thing)
     if depth:
         if type(thing) is not dict:
             return False
@@ -160,6 +162,37 @@ def _is_stamp(stamp: Any, depth: int) -> bool:
                 return False
         return True
     return _is_cell_or_value_or_undefined(thing)
+
+
+_MAX_INT = 2**1024
+
+
+def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
+    """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body."""
+    fullmatch = _HLC.fullmatch
+    isfinite = math.isfinite
+    for key, stamp in things.items():
+        kind = type(stamp)
+        if type(key) is not str or (kind is not list and kind is not tuple):
+            return False
+        length = len(stamp)
+        if length == 2:
+            hlc = stamp[1]
+            if type(hlc) is not str or (hlc and fullmatch(hlc) is None):
+                return False
+        elif length != 1:
+            return False
+        value = stamp[0]
+        kind = type(value)
+        if kind is str or kind is int or kind is bool or value is None:
+            if kind is int and not -_MAX_INT < value < _MAX_INT:
+                return False
+        elif kind is float:
+            if not isfinite(value):
+                return False
+        elif kind is not dict and kind is not list and kind is not tuple:
+            return False
+    return True
 
 
 def _is_content_hashes(body: Any) -> bool:

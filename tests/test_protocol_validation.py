@@ -63,4 +63,7 @@ def test_python_only_shapes_are_rejected() -> None:
     assert not is_protocol_message_valid(None, 4, {1: 5})
     assert not is_protocol_message_valid(None, 3, [[{}], [{"v": [float("nan"), ""]}]])
     assert not is_protocol_message_valid(None, 3, [[{}], [{"v": [b"x", ""]}]])
+    assert not is_protocol_message_valid(None, 3, [[{}], [{"v": [2**1100, ""]}]])  # not a double
+    assert not is_protocol_message_valid(None, 3, [[{"t": [{"r": [{"c": [{1, 2}]}]}]}], [{}]])
+    assert is_protocol_message_valid(None, 3, [[{"t": [{"r": [{"c": [2**53]}]}]}], [{}]])
     assert is_protocol_message_valid(None, 1.0, "")
