@@ -3,8 +3,10 @@
 Each store gets a real :class:`Synchronizer` (asyncio) on an in-memory FIFO bus, exactly as the
 trace generator did: messages are delivered one at a time in send order, and after every
 delivery the event loop is allowed to settle (JavaScript runs its microtasks between two
-deliveries). We compare every message (sender, addressee, number, body and the *structure*
-of the random request ids), the final contents and the ignored errors.
+deliveries). The engines run on a virtual clock that jumps to the next request time-out only
+when nothing else can happen, so the replay is deterministic and never waits. We compare
+every message (sender, addressee, number, body and the *structure* of the random request
+ids), the final contents and the ignored errors.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import pytest
 
 from localsync import create_mergeable_store
-from localsync.synchronizer import Synchronizer, create_custom_synchronizer
+from localsync.protocol import SyncEngine
+from localsync.synchronizer import Synchronizer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,7 +97,9 @@ class FifoBus:
         for _ in range(20):
             await asyncio.sleep(0)
 
-    async def pump(self, running: list[asyncio.Future[Any]]) -> None:
+    async def pump(
+        self, running: list[asyncio.Future[Any]], syncs: list[Synchronizer], clock: VirtualClock
+    ) -> None:
         while True:
             await self.settle()
             if self.queue:
@@ -105,13 +110,30 @@ class FifoBus:
                 continue
             if all(task.done() for task in running):
                 break
-            await asyncio.sleep(0.01)  # a request time-out is due (real time, 0.3 s)
+            # only a request time-out can move things on: jump the engines' clock to it
+            deadlines = [d for s in syncs if (d := s.engine.next_deadline()) is not None]
+            assert deadlines, "stuck: tasks waiting with nothing in flight"
+            clock.now = min(deadlines)
+            for sync in syncs:
+                sync.engine.tick(clock.now)
+                sync._after_engine()
         for task in running:
             task.result()
 
 
+class VirtualClock:
+    """The engines' time (seconds): it moves only when the bus is idle, so no test waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def replay(case: dict[str, Any]) -> None:
     now = {"ms": 0}
+    clock = VirtualClock()
     bus = FifoBus()
     errors: list[str] = []
     stores: dict[str, Any] = {}
@@ -120,13 +142,18 @@ async def replay(case: dict[str, Any]) -> None:
         stores[name] = create_mergeable_store(unique_id=unique_id, get_now=lambda: now["ms"])
         client_id = case["client_ids"][name]
         send, register_receive, destroy = bus.transport(client_id)
-        syncs[name] = create_custom_synchronizer(
+        syncs[name] = Synchronizer(
             stores[name],
             send,
             register_receive,
             destroy,
             case["request_timeout_seconds"],
             on_ignored_error=lambda error: errors.append(getattr(error, "code", repr(error))),
+            engine=SyncEngine(
+                stores[name],
+                request_timeout_seconds=case["request_timeout_seconds"],
+                clock=clock,
+            ),
         )
     normalise = Normaliser()
     for index, step in enumerate(case["steps"]):
@@ -142,7 +169,7 @@ async def replay(case: dict[str, Any]) -> None:
             running.append(asyncio.ensure_future(syncs[store_name].stop_sync()))
         else:  # pragma: no cover - a new kind of step in the vectors
             raise AssertionError(step["action"])
-        await bus.pump(running)
+        await bus.pump(running, list(syncs.values()), clock)
         got = [dict(m, requestId=normalise(m["requestId"])) for m in bus.log]
         expected = [
             {k: m[k] for k in ("from", "to", "requestId", "message", "body")}
