@@ -7,7 +7,9 @@ value ``last`` to ``i`` in one transaction, printing ``ack i`` each time its per
 listener reports that transaction durable. A line is printed only after the save that covers
 it returned from fsync/commit, so whatever the test read from the pipe before the kill is an
 acknowledged change. After each kill the test loads the data in its own process and checks
-it; the next writer continues on top of it, so loads after crashes are exercised too.
+it; the next writer continues on top of it, so loads after crashes are exercised too. Every
+97th transaction is followed by a peer's stamp-only change (a deletion of a cell the writer
+never had), so the SQLite persister's repair path is killed mid-way too.
 
 ``LOCALSYNC_CRASH_KILLS`` (default 30) sets the kills per persister; the benchmark-style long
 run is ``LOCALSYNC_CRASH_KILLS=300 pytest tests/test_persister_crash.py``.
@@ -71,6 +73,13 @@ async def _writer(kind: str, path: str) -> None:
             store.set_cell("t", f"r{i % SLOTS}", "v", i)
             store.set_value("last", i)
         pending.append((persister.get_save_stats()["transactions"], i))
+        if i % 97 == 0:
+            # a peer's deletion of a cell this store never had: a stamp-only change, which
+            # the SQLite persister saves through its hash-tree repair path
+            peer = create_mergeable_store()
+            peer.set_cell("peer", f"x{i}", "c", i)
+            peer.del_cell("peer", f"x{i}", "c")
+            store.apply_mergeable_changes(peer.get_mergeable_content())
         await asyncio.sleep(0 if i % 50 else 0.001)
 
 

@@ -395,3 +395,16 @@ async def test_auto_load_sees_another_process(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
     assert store.get_cell("t", "r", "mine") == 1
     await persister.destroy()
+
+
+def test_database_is_wal_with_full_sync(tmp_path: Path) -> None:
+    """The durability promise rests on these two settings (see _sqlitestore's docstring)."""
+    storage = SqliteStorage(tmp_path / "d.sqlite")
+    storage.write_content([[{}, "", 0], [{}, "", 0]])
+    conn = storage._connect()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    other = sqlite3.connect(tmp_path / "d.sqlite")
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+    other.close()
+    storage.close()
