@@ -408,3 +408,35 @@ def test_database_is_wal_with_full_sync(tmp_path: Path) -> None:
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
     other.close()
     storage.close()
+
+
+@run_async
+async def test_write_errors_are_reported_and_keep_what_was_saved(tmp_path: Path) -> None:
+    """A file-size limit makes SQLite's writes fail as a full disk does."""
+    import resource
+    import signal
+
+    path = tmp_path / "full.sqlite"
+    store = _store()
+    errors: list[BaseException] = []
+    persister = _persister(store, path, errors)
+    await persister.start_auto_save()
+    store.set_cell("t", "r", "c", "saved")
+    await persister.flush()
+    saved = store.get_mergeable_content()
+    used = sum(p.stat().st_size for p in tmp_path.iterdir())
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (used + 4096, hard))
+    try:
+        store.set_cell("t", "r", "big", "x" * 200_000)
+        with pytest.raises(PersistError):
+            await persister.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert errors
+    assert (await _reload(path)).get_mergeable_content() == saved
+    await persister.flush()  # room again: the next save catches up
+    assert (await _reload(path)).get_mergeable_content() == store.get_mergeable_content()
+    await persister.destroy()
