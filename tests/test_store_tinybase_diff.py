@@ -293,23 +293,38 @@ def _peer_hlc(rng: random.Random, now: int) -> str:
     return encode_hlc_parts(now + rng.randrange(-5, 3), rng.randrange(3), PEER)
 
 
-def _peer_changes(rng: random.Random, now: int) -> list[Any]:
+def _stamp(rng: random.Random, thing: Any, now: int, hashes: bool) -> list[Any]:
+    """A stamp as a peer may send it: sometimes with an HLC on a row/table level too, and
+    with (ignored or, for content, trusted) hashes."""
+    if hashes:
+        return [thing, _peer_hlc(rng, now) if rng.random() < 0.3 else "", rng.randrange(2**32)]
+    if rng.random() < 0.2:
+        return [thing, _peer_hlc(rng, now)]
+    return [thing]
+
+
+def _peer_changes(rng: random.Random, now: int, hashes: bool = False) -> list[Any]:
     tables: dict[str, Any] = {}
     for t in rng.sample(TABLES, rng.randrange(0, 3)):
         rows = {}
         for r in rng.sample(ROWS, rng.randrange(1, 3)):
-            rows[r] = [
-                {
-                    c: [UNDEFINED if rng.random() < 0.25 else _cell(rng), _peer_hlc(rng, now)]
-                    for c in rng.sample(CELLS, rng.randrange(1, 3))
-                }
-            ]
-        tables[t] = [rows]
-    values = {
-        v: [UNDEFINED if rng.random() < 0.25 else _cell(rng), _peer_hlc(rng, now)]
-        for v in rng.sample(VALUES, rng.randrange(0, 3))
-    }
-    changes: list[Any] = [[tables], [values], 1]
+            cells = {}
+            for c in rng.sample(CELLS, rng.randrange(1, 3)):
+                cell = [UNDEFINED if rng.random() < 0.25 else _cell(rng), _peer_hlc(rng, now)]
+                if hashes or rng.random() < 0.1:
+                    cell.append(rng.randrange(2**32))
+                cells[c] = cell
+            rows[r] = _stamp(rng, cells, now, hashes)
+        tables[t] = _stamp(rng, rows, now, hashes)
+    values = {}
+    for v in rng.sample(VALUES, rng.randrange(0, 3)):
+        value = [UNDEFINED if rng.random() < 0.25 else _cell(rng), _peer_hlc(rng, now)]
+        if hashes:
+            value.append(rng.randrange(2**32))
+        values[v] = value
+    if hashes:
+        return [_stamp(rng, tables, now, True), _stamp(rng, values, now, True)]
+    changes: list[Any] = [_stamp(rng, tables, now, False), _stamp(rng, values, now, False), 1]
     if rng.random() < 0.1:  # far in the future: the whole set is ignored
         changes[1][0]["v1"] = ["late", encode_hlc_parts(now + 400_000, 0, PEER)]
     elif rng.random() < 0.05:  # malformed: ignored as a whole
@@ -332,7 +347,9 @@ def make_random_case(seed: int, steps: int = 30) -> dict[str, Any]:
     for _ in range(steps):
         now += rng.choice([0, 0, 1, 2])
         roll = rng.random()
-        if roll < 0.55:
+        if roll < 0.03:
+            op = ["setMergeableContent", _peer_changes(rng, now, hashes=True)]
+        elif roll < 0.55:
             op = _local_op(rng)
         elif roll < 0.65:
             op = ["transaction", [_local_op(rng) for _ in range(rng.randrange(2, 5))]]
