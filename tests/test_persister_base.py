@@ -270,3 +270,155 @@ def test_saves_stay_in_transaction_order_when_some_are_queued() -> None:
         await p.destroy()
 
     asyncio.run(main())
+
+
+# -- parity with TinyBase's own createCustomPersister --------------------------------------------
+
+TINYBASE_SCENARIO = r"""
+import {createMergeableStore} from 'tinybase';
+import {createCustomPersister} from 'tinybase/persisters';
+const U = '\uFFFC';
+const settle = () => new Promise((r) => setTimeout(r, 10));
+const encoded = (s) => JSON.parse(
+  JSON.stringify(s.getMergeableContent(), (k, v) => (v === undefined ? U : v)));
+const record = [];
+let storage;
+let listener;
+const writes = [];
+const source = createMergeableStore('source', () => 1700000000000);
+const store = createMergeableStore('store', () => 1700000000001);
+const p = createCustomPersister(
+  store,
+  async () => storage,
+  async (getContent, changes) => {
+    storage = getContent();
+    writes.push(changes ? 'changes' : 'full');
+  },
+  (l) => { listener = l; return 'h'; },
+  () => { listener = undefined; },
+  (e) => record.push(['error', String(e)]),
+  3,
+);
+const statuses = [];
+p.addStatusListener((_, s) => statuses.push(s));
+const snap = (label) => record.push([label, statuses.splice(0), writes.splice(0), p.getStats(),
+  store.getTables(), p.isAutoLoading(), p.isAutoSaving()]);
+await p.load([{t: {r: {c: 'default'}}}, {}]); await settle(); snap('load-nothing');
+await p.save(); await settle(); snap('save');
+source.setCell('t', 'r', 'c', 'from source');
+storage = encoded(source);
+await p.load(); await settle(); snap('load');
+await p.startAutoSave(); await settle(); snap('startAutoSave');
+store.setCell('t', 'r', 'd', 1); await settle(); snap('write');
+store.setCell('t', 'r', 'd', 1); await settle(); snap('no-op write');
+await p.startAutoLoad(); await settle(); snap('startAutoLoad');
+source.setCell('t', 'r', 'e', 2);
+await listener(encoded(source)); await settle(); snap('pushed content');
+source.setCell('t', 'r', 'f', 3);
+storage = encoded(source);
+await listener(); await settle(); snap('pushed nothing');
+await p.stopAutoPersisting(); await settle(); snap('stop');
+store.setCell('t', 'r', 'g', 4); await settle(); snap('write stopped');
+await p.destroy(); snap('destroy');
+process.stdout.write(JSON.stringify(record) + '\n');
+"""
+
+
+async def python_scenario() -> list[Any]:
+    record: list[Any] = []
+    state: dict[str, Any] = {"storage": None, "listener": None}
+    writes: list[str] = []
+    source = create_mergeable_store("source", get_now=lambda: 1700000000000)
+    store = create_mergeable_store("store", get_now=lambda: 1700000000001)
+
+    async def get_persisted() -> Any:
+        return state["storage"]
+
+    async def set_persisted(get_content: Any, changes: Any = None) -> None:
+        state["storage"] = get_content()
+        writes.append("changes" if changes else "full")
+
+    def add(listener: Any) -> str:
+        state["listener"] = listener
+        return "h"
+
+    p = create_custom_persister(
+        store,
+        get_persisted,
+        set_persisted,
+        add,
+        lambda _h: state.update(listener=None),
+        lambda e: record.append(["error", str(e)]),
+        3,
+    )
+    statuses: list[int] = []
+    p.add_status_listener(lambda _p, s: statuses.append(s))
+
+    async def snap(label: str) -> None:
+        await asyncio.sleep(0.01)
+        record.append(
+            [
+                label,
+                statuses[:],
+                writes[:],
+                p.get_stats(),
+                store.get_tables(),
+                p.is_auto_loading(),
+                p.is_auto_saving(),
+            ]
+        )
+        statuses.clear()
+        writes.clear()
+
+    await p.load([{"t": {"r": {"c": "default"}}}, {}])
+    await snap("load-nothing")
+    await p.save()
+    await snap("save")
+    source.set_cell("t", "r", "c", "from source")
+    state["storage"] = source._get_encoded_mergeable_content()
+    await p.load()
+    await snap("load")
+    await p.start_auto_save()
+    await snap("startAutoSave")
+    store.set_cell("t", "r", "d", 1)
+    await snap("write")
+    store.set_cell("t", "r", "d", 1)
+    await snap("no-op write")
+    await p.start_auto_load()
+    await snap("startAutoLoad")
+    source.set_cell("t", "r", "e", 2)
+    state["listener"](source._get_encoded_mergeable_content())
+    await snap("pushed content")
+    source.set_cell("t", "r", "f", 3)
+    state["storage"] = source._get_encoded_mergeable_content()
+    state["listener"]()
+    await snap("pushed nothing")
+    await p.stop_auto_persisting()
+    await snap("stop")
+    store.set_cell("t", "r", "g", 4)
+    await snap("write stopped")
+    await p.destroy()
+    await snap("destroy")
+    return record
+
+
+@pytest.mark.interop
+def test_lifecycle_matches_tinybase_create_custom_persister(tmp_path: Any) -> None:
+    """Statuses, stats, kinds of writes and contents after each step, as TinyBase 10.0.1."""
+    import json
+    import subprocess
+
+    from tests.npm_env import ensure_tinybase, require_node
+
+    require_node()
+    (tmp_path / "node_modules").symlink_to(ensure_tinybase() / "node_modules")
+    script = tmp_path / "scenario.mjs"
+    script.write_text(TINYBASE_SCENARIO, "utf-8")
+    done = subprocess.run(
+        ["node", str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    expected = json.loads(done.stdout.strip().splitlines()[-1])
+    got = asyncio.run(python_scenario())
+    assert [step[0] for step in got] == [step[0] for step in expected]
+    for ours, theirs in zip(got, expected, strict=True):
+        assert ours == theirs, ours[0]
