@@ -17,6 +17,21 @@ Why it is shaped like this:
   poison the surrounding transaction.
 * ``store.lock`` (a re-entrant lock) is held for the whole of every transaction, listeners
   included, so a sync thread and a user thread can write to the same store.
+
+Where Python differs from TinyBase on purpose:
+
+* Invalid cells, values, ids and containers raise (see above); empty rows, tables and
+  values are still silently skipped, as in TinyBase (the vectors record that).
+* ``get_cell``/``get_value`` return None for a missing cell (use ``has_cell``). Listener
+  arguments and ``get_cell_change`` use ``UNDEFINED`` for "no cell", because None is a real
+  (null) cell in TinyBase 10.
+* Rolling back restores every cell, including object cells. (TinyBase 10.0.1 re-sets rolled
+  back cells through its non-encoded setter, which drops an object cell as a reserved string;
+  found by the differential tests.) HLCs drawn before the error stay drawn.
+* An integral float from 2**53 up to 1e21 is stored as the int JavaScript prints for it
+  (``5.188014356485426e16`` -> ``51880143564854260``): the same double, hash and wire text,
+  but the Python value then equals what every receiver decodes.
+* Writes made by non-mutator listeners (during did-finish) are ignored, as in TinyBase.
 """
 
 from __future__ import annotations
@@ -338,6 +353,9 @@ class Store:
         self._next_listener_id = 0
         self._data_listener_count = [0, 0]  # plain, mutator
         self._id_listener_count = 0  # listeners that need id changes in TinyBase's order
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} tables={len(self._tables)} values={len(self._values)}>"
 
     # -------------------------------------------------------------------------- reads
 
