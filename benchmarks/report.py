@@ -200,6 +200,8 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
     import matplotlib.pyplot as plt
 
     written: list[str] = []
+    # one colour per subject across every chart, so localsync is the same line everywhere
+    palette = {name: f"C{i % 10}" for i, name in enumerate(sorted({f.subject for f in figures}))}
 
     def series(scenario: str, metric: str, fixed: dict[str, Any], x: str
                ) -> dict[str, list[tuple[float, float]]]:
@@ -219,18 +221,29 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
             return
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
         for ax, (title, data) in zip(axes[0], panels, strict=True):
-            for subject, points in sorted(data.items()):
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", label=subject,
-                        linewidth=2.5 if subject == "localsync" else 1.2)
+            xs_all = sorted({x for points in data.values() for x, _ in points})
+            if len(xs_all) == 1:
+                # one parameter value only (quick mode): bars read better than lone dots
+                names = sorted(data)
+                ax.bar(range(len(names)), [data[n][0][1] for n in names],
+                       color=[palette[n] for n in names])
+                ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names],
+                              rotation=30, ha="right", fontsize=7)
+                ax.set_xlabel(f"{xlabel} = {xs_all[0]:,}")
+            else:
+                for subject, points in sorted(data.items()):
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker="o", label=subject, color=palette[subject],
+                            linewidth=2.5 if subject == "localsync" else 1.2)
+                if logx:
+                    ax.set_xscale("log")
+                ax.set_xticks(xs_all, [f"{x:,}" for x in xs_all])
+                ax.set_xlabel(xlabel)
+                ax.legend(fontsize=7)
+                ax.set_yscale("log")  # subjects differ by orders of magnitude
             ax.set_title(title)
-            ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
-            ax.set_yscale("log")
-            if logx:
-                ax.set_xscale("log")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(folder / name, dpi=110)
         plt.close(fig)
