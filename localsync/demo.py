@@ -342,11 +342,16 @@ def run(args: argparse.Namespace) -> int:
         print("no previous data: first run", file=out)
     out.flush()
 
-    coordinator = CoordinatorProcess(args.channel, data_dir, args.persister)
+    try:
+        coordinator = CoordinatorProcess(args.channel, data_dir, args.persister)
+    except (OSError, RuntimeError) as error:
+        print(f"localsync demo: {error}", file=sys.stderr)
+        return 1
     observer = None
     pool = None
     started = time.monotonic()
     interrupted = False
+    failure = ""
     try:
         observer = open_link(args.channel, {}, 15.0, "acknowledged")
         store = observer.store
@@ -390,6 +395,9 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping workers, saving", file=out)
         if pool is not None:
             pool.stop()
+    except Exception as error:  # e.g. the channel could not be joined: say so, clean up
+        failure = f"{type(error).__name__}: {error}"
+        print(f"localsync demo: {failure}", file=sys.stderr)
     finally:
         if pool is not None:
             pool.stop()
@@ -430,6 +438,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {str(error).splitlines()[0]}", file=out)
     ok = (
         not interrupted
+        and not failure
         and kept
         and pool is not None
         and not pool.failed
