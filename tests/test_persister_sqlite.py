@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from localsync.persisters._common import PersistError
 from localsync.persisters._filestore import CorruptContentError
@@ -440,3 +442,74 @@ async def test_write_errors_are_reported_and_keep_what_was_saved(tmp_path: Path)
     await persister.flush()  # room again: the next save catches up
     assert (await _reload(path)).get_mergeable_content() == store.get_mergeable_content()
     await persister.destroy()
+
+
+# ------------------------------------------------------------------ random histories
+
+_ids = st.sampled_from(["a", "b", "c"])
+_cells = st.one_of(
+    st.integers(-3, 3), st.text(max_size=3), st.booleans(), st.none(), st.just({"k": [1]})
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), _ids, _ids, _ids, _cells),
+        st.tuples(st.just("del"), _ids, _ids, _ids),
+        st.tuples(st.just("value"), _ids, _cells),
+        st.tuples(st.just("del_value"), _ids),
+        st.tuples(st.just("peer"), _ids, _ids, _ids, _cells, st.booleans()),
+        st.tuples(st.just("replace"), _ids, _cells),
+        st.tuples(
+            st.just("flush"),
+        ),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_ops)
+def test_random_histories_reload_exactly(
+    tmp_path_factory: pytest.TempPathFactory, ops: Any
+) -> None:
+    """Local writes, peers' changes (including stamp-only ones), whole-content replacement
+    and flushes in any order: after a final flush a fresh load equals the store exactly."""
+    path = tmp_path_factory.mktemp("random") / "r.sqlite"
+
+    async def scenario() -> None:
+        from localsync import create_mergeable_store
+
+        store = _store()
+        errors: list[BaseException] = []
+        persister = _persister(store, path, errors)
+        await persister.start_auto_save()
+        for op in ops:
+            kind = op[0]
+            if kind == "set":
+                store.set_cell(op[1], op[2], op[3], op[4])
+            elif kind == "del":
+                store.del_cell(op[1], op[2], op[3])
+            elif kind == "value":
+                store.set_value(op[1], op[2])
+            elif kind == "del_value":
+                store.del_value(op[1])
+            elif kind == "peer":
+                peer = create_mergeable_store()
+                peer.set_cell(op[1], op[2], op[3], op[4])
+                if op[5]:
+                    peer.del_cell(op[1], op[2], op[3])
+                store.apply_mergeable_changes(peer.get_mergeable_content())
+            elif kind == "replace":
+                other = create_mergeable_store()
+                other.set_cell("only", "r", op[1], op[2])
+                store.set_mergeable_content(other.get_mergeable_content())
+            else:
+                await persister.flush()
+            await asyncio.sleep(0)
+        await persister.flush()
+        assert not errors, errors
+        fresh = await _reload(path)
+        assert fresh.get_mergeable_content() == store.get_mergeable_content()
+        assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+        await persister.destroy()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
