@@ -367,3 +367,25 @@ async def test_auto_load_ignores_its_own_saves(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)  # several polls see the new file
     assert persister.get_stats()["loads"] == loads
     await persister.destroy()
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_usable_from_blocking_code(tmp_path: Path, kind: str) -> None:
+    """Programs without asyncio use persisters through localsync.blocking, writing to the
+    store on their own thread while saves run on the background loop."""
+    from localsync import create_file_persister, create_sqlite_persister
+    from localsync.blocking import blocking
+
+    factory = create_file_persister if kind == "file" else create_sqlite_persister
+    path = tmp_path / f"blocking.{kind}"
+    store = _store()
+    with blocking(factory, store, path, start=False, timeout=30) as persister:
+        persister.load()
+        persister.start_auto_save()
+        for i in range(100):
+            store.set_cell("t", f"r{i}", "c", i)
+        assert persister.flush() >= 100
+    fresh = _store()
+    with blocking(factory, fresh, path, start=False, timeout=30) as reader:
+        reader.load()
+    assert fresh.get_mergeable_content() == store.get_mergeable_content()

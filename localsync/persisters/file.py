@@ -23,6 +23,20 @@ What it adds, and why:
   ``initial_content`` applies).
 * Auto-load watches the file's identity (inode, size, mtime) every ``poll_seconds``.
 
+Usage (asyncio)::
+
+    persister = create_file_persister(store, "orders.json")
+    await persister.start_auto_persisting()      # load, then save every transaction
+    store.set_cell("orders", "o1", "qty", 2)
+    await persister.flush()                      # returns once that change is on disk
+
+Without asyncio, ``localsync.blocking`` runs it on a background loop::
+
+    with blocking(create_file_persister, store, "orders.json", start=False) as persister:
+        persister.start_auto_persisting()
+        store.set_cell("orders", "o1", "qty", 2)
+        persister.flush()
+
 Deliberate difference: an explicit ``save()`` with no transaction since the last durable save
 does not rewrite the file (TinyBase rewrites it).
 """
