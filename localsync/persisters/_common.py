@@ -25,6 +25,9 @@ from ..persister import Persister, Persists
 __all__ = ["PersistError", "SaveTracker", "merge_changes"]
 
 
+_FLUSH_ATTEMPTS = 500  # save attempts skipped by loads before flush gives up (about 5 s)
+
+
 class PersistError(RuntimeError):
     """A save could not be made durable (reported through ``on_ignored_error`` too)."""
 
@@ -295,16 +298,28 @@ class Backend:
         and ``TimeoutError`` after ``timeout`` seconds. Returns the durable transaction number.
         """
         target = self.tracker.tx_seq
-        if self.tracker.durable_seq >= target:
-            return self.tracker.durable_seq
-        await asyncio.wait_for(self.persister.save(), timeout)
-        if self.tracker.durable_seq < target:
-            cause = self.tracker.last_error
-            raise PersistError(
-                f"{self.kind} {self.path!r}: transaction {target} is not durable"
-                + (f" ({cause})" if cause else " (a load was in progress)")
-            ) from cause
-        return self.tracker.durable_seq
+        return await asyncio.wait_for(self._flush(target), timeout)
+
+    async def _flush(self, target: int) -> int:
+        for _ in range(_FLUSH_ATTEMPTS):
+            if self.tracker.durable_seq >= target:
+                return self.tracker.durable_seq
+            errors = self.tracker.stats["errors"]
+            await self.persister.save()
+            if self.tracker.durable_seq >= target:
+                return self.tracker.durable_seq
+            if self.tracker.stats["errors"] > errors:
+                cause = self.tracker.last_error
+                raise PersistError(
+                    f"{self.kind} {self.path!r}: transaction {target} is not durable ({cause})"
+                ) from cause
+            # the save was skipped (the base does not save while a load is in progress,
+            # as TinyBase): try again shortly
+            await asyncio.sleep(0.01)
+        raise PersistError(
+            f"{self.kind} {self.path!r}: transaction {target} is not durable "
+            "(loads kept the persister busy)"
+        )
 
     def add_saved_listener(self, listener: SavedListener) -> int:
         """``listener(persister, durable_transaction_number)`` after each durable save."""
