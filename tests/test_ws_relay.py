@@ -265,6 +265,23 @@ def test_slow_client_is_closed_with_overflow_others_unaffected() -> None:
     run(scenario(), timeout=90)
 
 
+def test_max_clients_refuses_with_503() -> None:
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0, max_clients=2) as server:
+            a, _ = await _raw(f"{server.url}/x")
+            b, _ = await _raw(f"{server.url}/y")
+            with pytest.raises(InvalidStatus) as info:
+                await connect(f"{server.url}/x", open_timeout=5)
+            assert info.value.response.status_code == 503
+            await a.close()
+            await _eventually(lambda: server.get_stats()["clients"] == 1)
+            c, _ = await _raw(f"{server.url}/x")
+            await b.close()
+            await c.close()
+
+    run(scenario())
+
+
 def test_simple_server_relays() -> None:
     async def scenario() -> None:
         async with await create_ws_server_simple("127.0.0.1", 0) as server:

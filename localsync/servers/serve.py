@@ -75,6 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LOCALSYNC_TOKEN"),
         help="require this token (Authorization: Bearer or ?token=); env LOCALSYNC_TOKEN",
     )
+    parser.add_argument("--max-clients", type=int, default=None, help="refuse more (503)")
     parser.add_argument("--summary-seconds", type=float, default=30.0)
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
@@ -100,6 +101,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         args.port,
         factory,
         token=args.token,
+        max_clients=args.max_clients,
         on_ignored_error=lambda error: logger.info("ignored: %s", error),
     )
     where = "" if factory is None else f" (data in {Path(args.data).resolve()}, {args.persister})"

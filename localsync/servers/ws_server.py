@@ -19,6 +19,7 @@ service needs:
 * **Authentication** at the upgrade: ``token=`` (``Authorization: Bearer <t>`` or
   ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
   returning a bool or awaitable bool (False -> 403).
+* **Limits**: ``max_clients`` (None = unlimited) refuses further upgrades with 503.
 * **Back-pressure**: each client has a bounded outgoing queue (``max_queue_bytes``, 16 MiB by
   default). A client that cannot keep up is closed with 1013 ``tinybase:15:socket`` and
   counted; it never makes the server buffer without bound or slows other clients down.
@@ -165,6 +166,7 @@ class WsServer:
         authenticate: Authenticate | None = None,
         token: str | None = None,
         max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+        max_clients: int | None = None,
         listeners: bool = True,
     ) -> None:
         self._host = host
@@ -176,6 +178,7 @@ class WsServer:
         self._authenticate = authenticate
         self._token = token
         self._max_queue_bytes = max_queue_bytes
+        self._max_clients = max_clients
         self._listeners_enabled = listeners
         self._paths: dict[str, _Path] = {}
         self._stopping_paths: dict[str, asyncio.Task[None]] = {}
@@ -251,11 +254,10 @@ class WsServer:
 
     def get_stats(self) -> dict[str, int]:
         """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters."""
-        return {
-            "paths": len(self._paths),
-            "clients": sum(len(p.clients) for p in self._paths.values()),
-            **self._stats,
-        }
+        return {"paths": len(self._paths), "clients": self._client_count(), **self._stats}
+
+    def _client_count(self) -> int:
+        return sum(len(p.clients) for p in self._paths.values())
 
     async def destroy(self) -> None:
         """Close every connection, stop every path (saving its store), stop listening."""
@@ -318,6 +320,8 @@ class WsServer:
             return self._reject(connection, HTTPStatus.BAD_REQUEST, "invalid path id")
         if "Sec-WebSocket-Key" not in request.headers:
             return self._reject(connection, HTTPStatus.BAD_REQUEST, "not a WebSocket request")
+        if self._max_clients is not None and self._client_count() >= self._max_clients:
+            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
         if self._token is not None:
             supplied = _request_token(request)
             if supplied is None:
@@ -656,12 +660,13 @@ async def create_ws_server(
     authenticate: Authenticate | None = None,
     token: str | None = None,
     max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+    max_clients: int | None = None,
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
     ``create_persister(path_id)`` returns a Persister of a MergeableStore (or an awaitable of
-    one, or None for a relay-only path). See the module docstring for path ids, auth and
-    back-pressure.
+    one, or None for a relay-only path). See the module docstring for path ids, auth, limits
+    and back-pressure.
     """
     server = WsServer(
         host,
@@ -673,6 +678,7 @@ async def create_ws_server(
         authenticate=authenticate,
         token=token,
         max_queue_bytes=max_queue_bytes,
+        max_clients=max_clients,
     )
     await server._start()
     return server
@@ -686,6 +692,7 @@ async def create_ws_server_simple(
     authenticate: Authenticate | None = None,
     token: str | None = None,
     max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+    max_clients: int | None = None,
 ) -> WsServerSimple:
     """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
     server = WsServer(
@@ -696,6 +703,7 @@ async def create_ws_server_simple(
         authenticate=authenticate,
         token=token,
         max_queue_bytes=max_queue_bytes,
+        max_clients=max_clients,
         listeners=False,
     )
     await server._start()
