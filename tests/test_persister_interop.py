@@ -153,3 +153,31 @@ def test_tinybase_content_survives_sqlite(tmp_path: Path) -> None:
         return fresh
 
     assert _state(asyncio.run(main())) == theirs
+
+
+def test_plain_store_files_both_ways(tmp_path: Path) -> None:
+    """TinyBase's file persister also takes a plain Store: ``[tables, values]`` JSON."""
+    from localsync import create_file_persister, create_store
+
+    theirs_path = tmp_path / "plain-tinybase.json"
+    theirs = _tinybase("write-plain", theirs_path)
+
+    async def load_then_write() -> Any:
+        store = create_store()
+        errors: list[BaseException] = []
+        persister = create_file_persister(store, theirs_path, errors.append)
+        await persister.load()
+        assert not errors, errors
+        store.set_cell("t1", "r2", "fromPython", {"ok": [True]})
+        store.del_value("v")
+        await persister.save()
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(load_then_write())
+    assert store.get_tables()["t1"]["r1"] == theirs["tables"]["t1"]["r1"]
+    assert store.get_tables()["t-1"] == theirs["tables"]["t-1"]
+    again = _tinybase("read-plain", theirs_path)
+    assert again["tables"] == store.get_tables()
+    assert again["values"] == store.get_values()
+    assert again["content"] == store.get_content()

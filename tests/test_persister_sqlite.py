@@ -513,3 +513,13 @@ def test_random_histories_reload_exactly(
         await persister.destroy()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_plain_store_is_refused(tmp_path: Path) -> None:
+    """The schema stores stamps and hashes: it needs a MergeableStore (TinyBase's tabular
+    SQLite persisters are a different format)."""
+    from localsync import create_sqlite_persister, create_store
+
+    with pytest.raises(TypeError):
+        create_sqlite_persister(create_store(), tmp_path / "plain.sqlite")
+    assert not (tmp_path / "plain.sqlite").exists()

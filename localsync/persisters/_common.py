@@ -136,6 +136,7 @@ class Backend:
         self.path = path
         self.poll_seconds = poll_seconds
         self.tracker = SaveTracker(store)
+        self.mergeable = bool(store.is_mergeable())
         self.persister: Any = None
         # set when a load found data it could not read; saves are refused while it holds
         self.unreadable: Any = None
@@ -204,7 +205,7 @@ class Backend:
             self.unreadable = self._unreadable_marker()
             raise
         self.unreadable = None
-        if content is not None:
+        if content is not None and self.mergeable:
             self._expect_load = [_stamp_hash(content[0]), _stamp_hash(content[1])]
         return content
 
@@ -334,10 +335,14 @@ class BackendPersister(Persister):
 
     _backend: Backend
 
-    def __init__(self, store: Any, backend_factory: Any, on_ignored_error: Any) -> None:
-        super().__init__(
-            store, on_ignored_error=on_ignored_error, persist=Persists.MERGEABLE_STORE_ONLY
-        )
+    def __init__(
+        self,
+        store: Any,
+        backend_factory: Any,
+        on_ignored_error: Any,
+        persist: int = Persists.MERGEABLE_STORE_ONLY,
+    ) -> None:
+        super().__init__(store, on_ignored_error=on_ignored_error, persist=persist)
         self._backend = backend_factory()
         self._backend.persister = self
 

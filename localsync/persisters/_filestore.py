@@ -32,6 +32,7 @@ from ._jsonio import ContentDecodeError, dumps_bytes, loads
 __all__ = [
     "CorruptContentError",
     "check_content_shape",
+    "check_plain_content_shape",
     "decode_content",
     "encode_content",
     "read_content",
@@ -74,7 +75,18 @@ def check_content_shape(content: Any) -> None:
         )
 
 
-def decode_content(data: bytes) -> Any | None:
+def check_plain_content_shape(content: Any) -> None:
+    """The same cheap check for a plain Store's file: ``[tables, values]``."""
+    if not (
+        isinstance(content, list)
+        and len(content) == 2
+        and isinstance(content[0], dict)
+        and isinstance(content[1], dict)
+    ):
+        raise CorruptContentError("not store content: expected [tables, values]")
+
+
+def decode_content(data: bytes, mergeable: bool = True) -> Any | None:
     """Parse file bytes: ``None`` for an empty file, the content, or ``CorruptContentError``.
 
     An empty (or whitespace-only) file counts as "nothing saved": TinyBase itself creates an
@@ -87,18 +99,18 @@ def decode_content(data: bytes) -> Any | None:
         content = loads(data)
     except ContentDecodeError as error:
         raise CorruptContentError(str(error)) from error
-    check_content_shape(content)
+    (check_content_shape if mergeable else check_plain_content_shape)(content)
     return content
 
 
-def read_content(path: str | os.PathLike[str]) -> Any | None:
+def read_content(path: str | os.PathLike[str], mergeable: bool = True) -> Any | None:
     """Content in the file at ``path``; ``None`` when it does not exist (or is empty)."""
     try:
         with open(path, "rb") as file:
             data = file.read()
     except FileNotFoundError:
         return None
-    return decode_content(data)
+    return decode_content(data, mergeable)
 
 
 def resolve_target(path: str | os.PathLike[str]) -> Path:

@@ -1,9 +1,11 @@
 """File persister: a MergeableStore in one JSON file, compatible with TinyBase's.
 
 ``create_file_persister(store, path, on_ignored_error=None)`` is TinyBase's
-``createFilePersister``: the file holds the JSON of the store's *encoded* mergeable content
-(``undefined`` as U+FFFC, object/array cells as U+FFFD + JSON), so a file written here loads in
-TinyBase's ``createFilePersister`` and the other way round, with identical content and hashes.
+``createFilePersister``: for a MergeableStore the file holds the JSON of the store's *encoded*
+mergeable content (``undefined`` as U+FFFC, object/array cells as U+FFFD + JSON), so a file
+written here loads in TinyBase's ``createFilePersister`` and the other way round, with
+identical content and hashes. A plain Store is persisted too, as TinyBase does it: the JSON of
+``[tables, values]`` (object cells in the same stored string form).
 
 What it adds, and why:
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..persister import Persists
 from ._common import Backend, BackendPersister, PersistError
 from ._filestore import (
     CorruptContentError,
@@ -77,7 +80,7 @@ class FileBackend(Backend):
 
     def _load_sync(self) -> Any | None:
         remove_stale_temp_files(self.path)
-        return read_content(self.path)
+        return read_content(self.path, self.mergeable)
 
     def _unreadable_marker(self) -> Any:
         return _identity(self.path)
@@ -91,7 +94,11 @@ class FileBackend(Backend):
             seq = self.tracker.tx_seq
             if seq <= self.tracker.durable_seq:
                 return seq, False
-            content = self.store._get_encoded_mergeable_content()
+            content = (
+                self.store._get_encoded_mergeable_content()
+                if self.mergeable
+                else self.store._get_encoded_content()
+            )
         data = encode_content(content)
         write_atomic(self.path, data, durable=self.durable, before_replace=self._own_write)
         self.tracker.stats["writes"] += 1
@@ -122,6 +129,7 @@ class FilePersister(BackendPersister):
             store,
             lambda: FileBackend(store, self._path, poll_seconds, durable),
             on_ignored_error,
+            Persists.STORE_OR_MERGEABLE_STORE,
         )
 
     def get_file_path(self) -> str:

@@ -2,22 +2,27 @@
 //   node persister_file.mjs write PATH  -> builds a MergeableStore, saves it to PATH
 //   node persister_file.mjs read PATH   -> loads PATH into a fresh MergeableStore
 //   node persister_file.mjs append PATH -> loads PATH, adds a change, saves it back
+//   node persister_file.mjs write-plain|read-plain PATH -> the same with a plain Store
 // Prints one JSON line: the store's mergeable content, content hashes, tables and values.
 // Non-ASCII is escaped so that the line survives any line splitting (U+2028 and friends).
 import {createMergeableStore} from 'tinybase/mergeable-store';
+import {createStore} from 'tinybase/store';
 import {createFilePersister} from 'tinybase/persisters/persister-file';
 
 const [mode, path] = process.argv.slice(2);
 const UNDEFINED = '\uFFFC';
 
+const plain = mode.endsWith('-plain');
 const report = (store) => {
   const json = JSON.stringify(
-    {
-      content: store.getMergeableContent(),
-      hashes: store.getMergeableContentHashes(),
-      tables: store.getTables(),
-      values: store.getValues(),
-    },
+    plain
+      ? {content: store.getContent(), tables: store.getTables(), values: store.getValues()}
+      : {
+          content: store.getMergeableContent(),
+          hashes: store.getMergeableContentHashes(),
+          tables: store.getTables(),
+          values: store.getValues(),
+        },
     (_key, value) => (value === undefined ? UNDEFINED : value),
   );
   console.log(
@@ -26,7 +31,9 @@ const report = (store) => {
 };
 
 const errors = [];
-const store = createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
+const store = plain
+  ? createStore()
+  : createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
 const persister = createFilePersister(store, path, (error) => errors.push(String(error)));
 
 if (mode === 'write') {
@@ -48,7 +55,14 @@ if (mode === 'write') {
   store.delRow('t2', 'r1');
   store.delValue('vdel');
   await persister.save();
-} else if (mode === 'read') {
+} else if (mode === 'write-plain') {
+  store.setTables({
+    t1: {r1: {text: 'héllo 😀 \u2028', n: 1.5, b: false, z: null, o: {a: [1], 2: 'x'}}},
+    't-1': {0: {1: 'integer-like ids'}},
+  });
+  store.setValues({v: 'ünï', vnull: null, varr: [1, 'two']});
+  await persister.save();
+} else if (mode === 'read' || mode === 'read-plain') {
   await persister.load();
 } else if (mode === 'append') {
   await persister.load();
