@@ -334,3 +334,31 @@ def test_failing_room_store_closes_its_clients_only() -> None:
             await sb.destroy()
 
     run(scenario())
+
+
+def test_connection_aborted_during_a_large_transfer_heals() -> None:
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            url = f"{server.url}/room"
+            sa = await create_ws_synchronizer(a, url, 0.5, min_backoff=0.05, max_backoff=0.2)
+            sb = await create_ws_synchronizer(b, url, 0.5, min_backoff=0.05, max_backoff=0.2)
+            await sa.start_sync()
+            await sb.start_sync()
+            key_b = sb.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
+            with a.transaction():
+                for r in range(2000):
+                    for c in range(10):
+                        a.set_cell("t", f"r{r}", f"c{c}", r * 10 + c)
+            # while that ContentDiff is on its way, b's TCP connection dies without a close
+            (client_b,) = [
+                c for p in server._paths.values() for c in p.clients.values() if c.id == key_b
+            ]
+            client_b.ws.transport.abort()
+            await eventually(lambda: sb.get_connection_stats()["connects"] >= 2, 10)
+            await eventually(same(a, b), 20)
+            assert b.get_cell("t", "r1999", "c9") == 19999
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario())
