@@ -41,10 +41,10 @@ def test_two_stores_sync_and_extras(rundir: Path) -> None:
             a, "api", lambda *args: sent.append(args), runtime_dir=rundir
         )
         async with create_channel_synchronizer(b, "api", runtime_dir=rundir) as sync_b:
-            # b started alone (short request time-out); a found b (long one)
-            assert sync_b.engine.request_timeout_seconds == 30.0
+            # after the joining exchange both use the syncing time-out
+            assert sync_b.engine.request_timeout_seconds == 2.0
             assert await sync_a.start_sync() is sync_a
-            assert sync_a.engine.request_timeout_seconds == 30.0
+            assert sync_a.engine.request_timeout_seconds == 2.0
             assert sync_a.get_channel_name() == "api"
             assert sync_a.client_id != sync_b.client_id
             assert [sync_a.is_hub_host, sync_b.is_hub_host].count(True) == 1

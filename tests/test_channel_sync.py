@@ -27,7 +27,7 @@ def start(rundir: Path, channel: str, n: int, *extra: str) -> list[Proc]:
         Proc("sync", "--channel", channel, "--runtime-dir", str(rundir), *extra) for _ in range(n)
     ]
     for p in procs:
-        p.expect("ready", 20)
+        p.expect("ready", 45)
     return procs
 
 

@@ -399,6 +399,8 @@ def test_presence_is_answered_by_transports(rundir: Path) -> None:
         assert await first.discover_peers(0.2) is False  # alone
         second = ChannelTransport("presence", runtime_dir=rundir)
         try:
+            assert await second.discover_peers(0.2) is False  # first does not sync yet
+            first.answers_hello = second.answers_hello = True
             # no receive callback registered: the transport itself answers
             assert await second.discover_peers(2.0) is True
             assert await first.discover_peers(2.0) is True

@@ -25,8 +25,10 @@ on_ignored_error``; keyword-only options:
     both "is anybody there?" and "send me everything". Before the first sync the transport
     broadcasts a hello that peers' transports answer at once (no engine involved, 0.25 s
     bound): with no answer, requests time out after 0.5 s (a lone first participant's
-    ``start_sync`` returns quickly); with one, and after the first sync in any case, after
-    30 s (a known peer is computing, not gone; a dead peer's requests just expire).
+    ``start_sync`` returns quickly); with one, the joining exchange waits up to 30 s (a peer
+    that answered is computing a possibly huge diff, not gone). After that first exchange
+    requests time out after 2 s: a peer dying mid-exchange must not stall later pulls for
+    long, and anti-entropy retries anything that timed out.
 ``anti_entropy_seconds`` (default 1.0)
     period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
@@ -94,7 +96,8 @@ _HERE = b"\x00h"  # directed answer to a hello
 #: Adaptive request time-outs (``request_timeout_seconds=None``), see the module doc.
 DISCOVERY_SECONDS = 0.25
 ALONE_REQUEST_TIMEOUT = 0.5
-PEER_REQUEST_TIMEOUT = 30.0
+JOIN_REQUEST_TIMEOUT = 30.0
+SYNCING_REQUEST_TIMEOUT = 2.0
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 Receive = Callable[[str, "str | None", int, Any], None]
@@ -159,6 +162,9 @@ class ChannelTransport:
         self._opening: asyncio.Future[None] | None = None
         self._ping_waiter: tuple[bytes, asyncio.Future[None]] | None = None
         self._here_waiter: asyncio.Future[None] | None = None
+        # set by the synchronizer once its engine answers GetContentHashes: a hello answer
+        # promises that a request for content hashes will be answered
+        self.answers_hello = False
         self.peers_answered = 0
         self._closed = False
         self.stats = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
@@ -319,7 +325,7 @@ class ChannelTransport:
                 waiter[1].set_result(None)
         elif kind == _HELLO and topic == BROADCAST:
             asker = payload[2:]
-            if asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
+            if self.answers_hello and asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
                 self._send_raw(CLIENT_PREFIX + asker, _HERE)
         elif kind == _HERE and topic == self._own_topic:
             self.peers_answered += 1
@@ -327,10 +333,11 @@ class ChannelTransport:
                 self._here_waiter.set_result(None)
 
     async def discover_peers(self, timeout: float = DISCOVERY_SECONDS) -> bool:
-        """True if another participant answers a hello within ``timeout`` seconds.
+        """True if another syncing participant answers a hello within ``timeout`` seconds.
 
-        Answered by the peers' transports, not their sync engines, so it is cheap; a peer
-        whose event loop is busy for longer than ``timeout`` counts as absent.
+        Answered by the peers' transports (only once their engine answers GetContentHashes),
+        not by their engines, so it is cheap; a peer whose event loop is busy for longer than
+        ``timeout`` counts as absent.
         """
         await self.open()
         assert self._loop is not None
@@ -422,13 +429,15 @@ class ChannelSynchronizer:
                     self._discovered = True
                     alone = not await self._transport.discover_peers()
                     self._set_request_timeout(
-                        ALONE_REQUEST_TIMEOUT if alone else PEER_REQUEST_TIMEOUT
+                        ALONE_REQUEST_TIMEOUT if alone else JOIN_REQUEST_TIMEOUT
                     )
+                if name in ("start_sync", "start_auto_save"):
+                    self._transport.answers_hello = True
                 try:
                     result = await attribute(*args, **kwargs)
                 finally:
                     if self._adaptive:
-                        self._set_request_timeout(PEER_REQUEST_TIMEOUT)
+                        self._set_request_timeout(SYNCING_REQUEST_TIMEOUT)
                 return self if result is self._inner else result
 
             return opened_first
@@ -440,6 +449,7 @@ class ChannelSynchronizer:
             engine.request_timeout_seconds = seconds
 
     async def stop_sync(self) -> ChannelSynchronizer:
+        self._transport.answers_hello = False
         await self._inner.stop_sync()
         return self
 
