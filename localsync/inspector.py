@@ -1,6 +1,7 @@
 """``localsync inspect PATH``: print persisted stores as text tables.
 
-PATH is a file written by the file persister (or by TinyBase's ``createFilePersister``), an
+PATH is a file written by the file persister (or by TinyBase's ``createFilePersister``, for a
+MergeableStore or a plain Store), an
 SQLite database written by the SQLite persister, or a folder: then every persisted store
 directly inside it is printed. Nothing is ever written: databases are opened read-only, so
 inspecting a live store is safe.
@@ -67,8 +68,19 @@ def load_persisted(path: Path) -> tuple[str, list[Any]]:
             storage.close()
         kind = "sqlite"
     else:
-        content = read_content(path)
-        kind = "file"
+        try:
+            content = read_content(path)
+            kind = "file"
+        except CorruptContentError:
+            # a plain Store's file ([tables, values]); if it is not that either, the first
+            # error (about mergeable content) is the more useful one
+            try:
+                content = read_content(path, mergeable=False)
+            except CorruptContentError:
+                content = None
+            if content is None:
+                raise
+            kind = "file, plain Store"
     if content is None:
         content = [[{}, "", 0], [{}, "", 0]]
     return kind, content
@@ -83,8 +95,20 @@ def _decode(thing: Any) -> Any:
     return thing
 
 
+def _is_plain(content: list[Any]) -> bool:
+    return isinstance(content[0], dict)
+
+
 def plain_content(content: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``(tables, values)`` a store loaded from ``content`` would return."""
+    if _is_plain(content):
+        return (
+            {
+                t: {r: {c: _decode(v) for c, v in row.items()} for r, row in rows.items()}
+                for t, rows in content[0].items()
+            },
+            {k: _decode(v) for k, v in content[1].items()},
+        )
     tables: dict[str, Any] = {}
     for table_id, table_stamp in content[0][0].items():
         rows: dict[str, Any] = {}
@@ -131,11 +155,15 @@ def render(
     tables, values = plain_content(content)
     cell_count = sum(len(row) for rows in tables.values() for row in rows.values())
     row_count = sum(len(rows) for rows in tables.values())
+    hashes = (
+        ""
+        if _is_plain(content)
+        else f"; content hashes [{content[0][2] if len(content[0]) > 2 else 0}, "
+        f"{content[1][2] if len(content[1]) > 2 else 0}]"
+    )
     out = [
         f"== {name} ({kind}): {len(tables)} tables, {row_count} rows, {cell_count} cells, "
-        f"{len(values)} values; content hashes "
-        f"[{content[0][2] if len(content[0]) > 2 else 0}, "
-        f"{content[1][2] if len(content[1]) > 2 else 0}]"
+        f"{len(values)} values{hashes}"
     ]
     for table_id, rows in tables.items():
         cell_ids: dict[str, None] = {}

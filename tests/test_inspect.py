@@ -117,3 +117,14 @@ def test_max_rows_truncates(tmp_path: Path, rows: int) -> None:
     result = _inspect(str(path), "--max-rows", str(rows))
     assert result.returncode == 0
     assert "2 more rows" in result.stdout
+
+
+def test_plain_store_file(tmp_path: Path) -> None:
+    path = tmp_path / "plain.json"
+    tables = {"t": {"r": {"c": 1, "o": {"a": [1]}}}}
+    write_atomic(path, encode_content([{"t": {"r": {"c": 1, "o": '\ufffd{"a":[1]}'}}}, {"v": "x"}]))
+    result = _inspect(str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["tables"], shown["values"]) == (tables, {"v": "x"})
+    assert "plain Store" in shown["kind"]
