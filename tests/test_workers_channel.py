@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,62 @@ def append_rows(ctx: WorkerContext, rows: int) -> int:
     return rows
 
 
+@contextlib.contextmanager
+def coordinator_process(channel: str, data: Path) -> Iterator[subprocess.Popen[str]]:
+    """A ``localsync coordinator`` child, SIGKILLed on exit (no final save)."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "coordinator",
+            "--channel",
+            channel,
+            "--data",
+            str(data),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["event"] == "ready"
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def write_then_fail(ctx: WorkerContext, rows: int) -> None:
+    for n in range(rows):
+        ctx.store.set_row("orders", f"w{ctx.index}-{n:03d}", {"n": n})
+    raise RuntimeError("failed after writing")
+
+
+def test_changes_written_before_an_exception_are_still_flushed(tmp_path: Path) -> None:
+    from localsync.coordinator import data_file
+
+    channel = f"workers-exc-{uuid.uuid4().hex[:12]}"
+    with coordinator_process(channel, tmp_path):
+        with WorkerPool(
+            write_then_fail,
+            2,
+            channel=channel,
+            args=(25,),
+            flush="acknowledged",
+            flush_timeout=30,
+            restart="never",
+        ) as pool:
+            assert pool.join(60)
+        assert [(e.kind, e.exit_code) for e in pool.errors] == [("exception", 1)] * 2
+        assert all("failed after writing" in e.traceback for e in pool.errors)
+    saved = _load(data_file(channel, tmp_path))
+    assert sorted(saved) == sorted(f"w{i}-{n:03d}" for i in range(2) for n in range(25))
+
+
 def _load(path: Path) -> dict:
     from localsync.mergeable_store import create_mergeable_store
     from localsync.persisters.sqlite import create_sqlite_persister
@@ -89,39 +147,17 @@ def _load(path: Path) -> dict:
 
 
 def test_acknowledged_flush_means_the_coordinator_saved_everything(tmp_path: Path) -> None:
-    """Workers exit normally; stopping the coordinator right after loses none of their rows."""
+    """Workers exit normally; killing the coordinator right after loses none of their rows."""
     from localsync.coordinator import data_file
 
     channel = f"workers-ack-{uuid.uuid4().hex[:12]}"
-    coordinator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localsync.cli",
-            "coordinator",
-            "--channel",
-            channel,
-            "--data",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert coordinator.stdout is not None
-        assert json.loads(coordinator.stdout.readline())["event"] == "ready"
+    # leaving the block SIGKILLs the coordinator: no final save, only what was acknowledged
+    with coordinator_process(channel, tmp_path):
         with WorkerPool(
             append_rows, 3, channel=channel, args=(50,), flush="acknowledged", flush_timeout=30
         ) as pool:
             assert pool.join(60)
         assert pool.exit_codes == [0, 0, 0], pool.errors
-        # SIGKILL, not SIGTERM: no final save; only what was acknowledged is on disk
-        coordinator.kill()
-        coordinator.wait(10)
-    finally:
-        coordinator.kill()
-        coordinator.wait(10)
     saved = _load(data_file(channel, tmp_path))
     assert sorted(saved) == sorted(f"w{i}-a1-{n:03d}" for i in range(3) for n in range(50))
 
@@ -142,24 +178,7 @@ def test_acknowledged_flush_completes_while_other_workers_keep_writing(tmp_path:
     from localsync.coordinator import data_file
 
     channel = f"workers-busy-{uuid.uuid4().hex[:12]}"
-    coordinator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localsync.cli",
-            "coordinator",
-            "--channel",
-            channel,
-            "--data",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert coordinator.stdout is not None
-        assert json.loads(coordinator.stdout.readline())["event"] == "ready"
+    with coordinator_process(channel, tmp_path):
         with WorkerPool(
             finish_early_or_keep_writing,
             2,
@@ -174,11 +193,6 @@ def test_acknowledged_flush_completes_while_other_workers_keep_writing(tmp_path:
             assert pool.workers[0].state == "finished", pool.errors
             pool.stop(grace=20)
         assert pool.exit_codes == [0, 0], pool.errors
-        coordinator.kill()  # no final save: only what was acknowledged is on disk
-        coordinator.wait(10)
-    finally:
-        coordinator.kill()
-        coordinator.wait(10)
     saved = _load(data_file(channel, tmp_path))
     assert {f"w0-a1-{n:03d}" for n in range(30)} <= set(saved)
     assert len([row for row in saved if row.startswith("w1-")]) == pool.results[1]
