@@ -307,11 +307,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", default="localsync-data", metavar="DIR", help="data folder (./localsync-data)"
     )
-    parser.add_argument("--channel", default="localsync-demo", help="channel name")
-    parser.add_argument("--persister", choices=("sqlite", "file"), default="sqlite")
-    parser.add_argument("--chaos", action="store_true", help="SIGKILL worker 0 mid-run")
+    parser.add_argument(
+        "--channel", default="localsync-demo", help="channel name (default localsync-demo)"
+    )
+    parser.add_argument(
+        "--persister",
+        choices=("sqlite", "file"),
+        default="sqlite",
+        help="how the coordinator stores the data (default sqlite)",
+    )
+    parser.add_argument(
+        "--chaos", action="store_true", help="SIGKILL worker 0 mid-run (it is restarted)"
+    )
     parser.add_argument("--json", action="store_true", help="end with a JSON summary line")
-    parser.add_argument("--plain", action="store_true", help="no in-place redraw")
+    parser.add_argument(
+        "--plain", action="store_true", help="progress as plain lines even on a terminal"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

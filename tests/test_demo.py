@@ -76,3 +76,23 @@ def test_bad_arguments_are_refused_before_anything_starts(bad: list[str], tmp_pa
 
     assert main(["demo", "--data", str(tmp_path / "data"), *bad]) == 2
     assert not (tmp_path / "data").exists()
+
+
+def test_progress_is_redrawn_in_place_on_a_terminal_and_plain_lines_otherwise() -> None:
+    import io
+
+    from localsync.demo import Display
+
+    live = io.StringIO()
+    display = Display(live, live=True)
+    display.show(["a", "b"], "plain")
+    display.show(["c", "d"], "plain")
+    # the second frame moves the cursor back up over the two lines it replaces
+    assert live.getvalue() == "\x1b[2Ka\n\x1b[2Kb\n\x1b[2F\x1b[2Kc\n\x1b[2Kd\n"
+
+    plain = io.StringIO()
+    display = Display(plain, live=False)
+    for _ in range(5):
+        display.show(["a", "b"], "line")  # throttled to one line a second
+    display.show(["a"], "last", force=True)
+    assert plain.getvalue() == "line\nlast\n"
