@@ -141,12 +141,19 @@ def _raw_publisher(endpoint: str, go: Any, mode: str, n: int, out: Any) -> None:
 # -- channel roles ---------------------------------------------------------------------
 
 
+ANTI_ENTROPY_ENV = "LOCALSYNC_BENCH_ANTI_ENTROPY"
+
+
 async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
     from localsync import create_mergeable_store
     from localsync.synchronizers.channel import create_channel_synchronizer
 
+    setting = os.environ.get(ANTI_ENTROPY_ENV, "1.0")
+    anti_entropy = None if setting == "off" else float(setting)
     store = create_mergeable_store()
-    sync = create_channel_synchronizer(store, channel, runtime_dir=rundir)
+    sync = create_channel_synchronizer(
+        store, channel, runtime_dir=rundir, anti_entropy_seconds=anti_entropy
+    )
     await sync.start_sync()
     return store, sync
 
@@ -378,6 +385,7 @@ def _join_all(procs: list[Any]) -> None:
         p.join(30)
         if p.is_alive():
             p.kill()
+    time.sleep(1.0)  # let exiting processes get off the CPUs before the next measurement
 
 
 def fanout(bench: Bench, readers: int, cells: int, raw: bool) -> float:
@@ -414,6 +422,35 @@ def fanout(bench: Bench, readers: int, cells: int, raw: bool) -> float:
             start = value
     _join_all(procs)
     return max(finished) - start
+
+
+def store_floor(cells: int) -> dict[str, float]:
+    """What the stores alone cost for the fan-out workload, without any transport.
+
+    The writer's transactions (10 cells each) and one reader's application of the same
+    changes; a channel cannot fan out faster than the slower of the two.
+    """
+    from localsync import create_mergeable_store
+
+    writer = create_mergeable_store()
+    changes: list[Any] = []
+    writer.add_did_finish_transaction_listener(
+        lambda store: changes.append(store._get_encoded_transaction_mergeable_changes())
+    )
+    start = _now()
+    for i in range(cells // CELLS_PER_ROW):
+        with writer.transaction():
+            for j in range(CELLS_PER_ROW):
+                writer.set_cell("t", f"r{i}", f"c{j}", i * CELLS_PER_ROW + j)
+    written = _now() - start
+    encoded = [msgspec.msgpack.encode(c) for c in changes]
+    reader = create_mergeable_store()
+    start = _now()
+    for payload in encoded:
+        reader._apply_encoded_mergeable_changes(msgspec.msgpack.decode(payload))
+    applied = _now() - start
+    assert reader.get_mergeable_content_hashes() == writer.get_mergeable_content_hashes()
+    return {"write_s": written, "decode_apply_s": applied}
 
 
 def latency(bench: Bench, count: int, raw: bool) -> tuple[float, float]:
@@ -490,7 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--readers", default="3,7")
     parser.add_argument("--skip", default="", help="comma list of fanout,latency,join")
+    parser.add_argument(
+        "--anti-entropy", default="1.0", help="anti_entropy_seconds of the channel ('off')"
+    )
     args = parser.parse_args(argv)
+    os.environ[ANTI_ENTROPY_ENV] = args.anti_entropy  # inherited by the spawned processes
     if args.quick:
         args.cells, args.join_cells, args.latency_samples = 10_000, 50_000, 200
     skip = set(filter(None, args.skip.split(",")))
@@ -499,6 +540,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     try:
         if "fanout" not in skip:
+            floor = store_floor(args.cells)
+            results["store_floor"] = floor
+            rows.append(
+                (
+                    f"  stores alone: writer writes {args.cells} cells",
+                    "",
+                    f"{floor['write_s']:.3f} s",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "  stores alone: one reader decodes+applies",
+                    "",
+                    f"{floor['decode_apply_s']:.3f} s",
+                    "",
+                )
+            )
+            print(rows[-2:], flush=True)
             for readers in [int(r) for r in args.readers.split(",")]:
                 raw = fanout(bench, readers, args.cells, raw=True)
                 chan = fanout(bench, readers, args.cells, raw=False)
