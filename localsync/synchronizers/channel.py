@@ -23,12 +23,12 @@ on_ignored_error``; keyword-only options:
     is used for every request. Adaptive: TinyBase uses 10 ms for BroadcastChannel, but a peer
     holding 10^6 cells needs seconds to compute a diff for a joiner, so one value cannot fit
     both "is anybody there?" and "send me everything". Before the first sync the transport
-    broadcasts a hello that peers' transports answer at once (no engine involved, 0.25 s
-    bound): with no answer, requests time out after 0.5 s (a lone first participant's
-    ``start_sync`` returns quickly); with one, the joining exchange waits up to 30 s (a peer
-    that answered is computing a possibly huge diff, not gone). After that first exchange
-    requests time out after 2 s: a peer dying mid-exchange must not stall later pulls for
-    long, and anti-entropy retries anything that timed out.
+    broadcasts a hello that the transports of already-syncing peers answer at once (no
+    engine involved, 0.25 s bound). With no answer, requests time out after 0.5 s (a lone
+    first participant's ``start_sync`` returns quickly); with one, the joining exchange
+    waits up to 30 s (a peer that answered is computing a possibly huge diff, not gone).
+    After that first exchange requests time out after 2 s: a peer dying mid-exchange must
+    not stall later pulls for long, and anti-entropy retries anything that timed out.
 ``anti_entropy_seconds`` (default 1.0)
     period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
@@ -47,12 +47,18 @@ coordinator's acknowledgements. Each SUB subscribes to its own topic and ``b"*"`
 subscriptions travel up to the publishers, so a process never receives, let alone decodes,
 messages meant for others. Payload: msgspec msgpack of ``(from_client_id, request_id,
 message, body)``; a process drops its own broadcasts by comparing the id bytes in place,
-without decoding. Control payloads start with a zero byte (path-proving ping, hello/here presence).
+without decoding. Control payloads (path-proving ping, hello/here presence) start with a
+zero byte.
 
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
 ``get_channel_name()``, ``client_id``, ``is_hub_host``, ``get_channel_stats()`` and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.coordinator`).
+
+Without asyncio, use the blocking facade (:mod:`localsync.blocking`)::
+
+    with blocking(create_channel_synchronizer, store, "orders") as sync:
+        store.set_cell("t", "r", "c", 1)
 
 Receiving uses ``loop.add_reader`` on the SUB socket's file descriptor and drains it
 synchronously, rather than a ``zmq.asyncio`` await per message: one loop wake-up then
