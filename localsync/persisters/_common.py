@@ -142,6 +142,7 @@ class Backend:
         self.unreadable: Any = None
         # guards transaction numbering together with what subclasses track per transaction
         self.state_lock = threading.Lock()
+        self.stashed_changes: Any = None
         # the watch token right after our own latest write (so auto-load ignores it)
         self.own_token: Any = None
         # [tables_hash, values_hash] of content just read by a load, until the store has it
@@ -150,7 +151,19 @@ class Backend:
 
     # -------------------------------------------------------------- for subclasses
 
+    def take_changes(self) -> Any:
+        """This transaction's changes if ``_record`` already computed them, else ``None``.
+
+        Our did-finish listener is registered when the persister is created, so it runs
+        before the base's auto-save listener (registered later, on the same store, under the
+        same ``store.lock`` pass); handing the base our copy saves computing the changes with
+        hashes twice per transaction.
+        """
+        changes, self.stashed_changes = self.stashed_changes, None
+        return changes
+
     def _on_transaction(self, store: Any) -> None:
+        self.stashed_changes = None
         expected, self._expect_load = self._expect_load, None
         if expected is not None and list(store.get_mergeable_content_hashes()) == expected:
             # this transaction set the loaded content: the store now equals the storage,
@@ -345,6 +358,14 @@ class BackendPersister(Persister):
         super().__init__(store, on_ignored_error=on_ignored_error, persist=persist)
         self._backend = backend_factory()
         self._backend.persister = self
+        compute_changes = self._get_changes
+        take_changes = self._backend.take_changes
+
+        def get_changes() -> Any:
+            changes = take_changes()
+            return compute_changes() if changes is None else changes
+
+        self._get_changes = get_changes
 
     # coroutine functions on purpose: the base runs only those through its schedule (one
     # save at a time); a plain function returning an awaitable would be spawned unscheduled

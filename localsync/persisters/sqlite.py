@@ -61,6 +61,7 @@ class SqliteBackend(Backend):
             if changes is not None:
                 self._pending = merge_changes(self._pending, changes)
             self.tracker.on_transaction()
+        self.stashed_changes = changes
 
     def _loaded(self, seq: int) -> None:
         super()._loaded(seq)
