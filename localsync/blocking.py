@@ -32,6 +32,8 @@ API:
     default ``None`` = the wrapper's ``timeout``) and raises ``TimeoutError`` when exceeded.
     As a context manager it calls ``start_sync()`` on entry (unless ``start=False``) and
     ``destroy()`` plus ``close()`` on exit. ``.synchronizer`` is the wrapped object.
+    Persisters work too (``start=False``; then ``load()``, ``start_auto_save()``, or any of
+    their own coroutines such as ``flush()``, are blocking calls).
 ``blocking(factory, *args, **kwargs)``
     The same as ``BlockingSynchronizer(...)``, reads well in a ``with`` statement.
 ``BackgroundLoop(name=...)``

@@ -422,3 +422,20 @@ def test_lifecycle_matches_tinybase_create_custom_persister(tmp_path: Any) -> No
     assert [step[0] for step in got] == [step[0] for step in expected]
     for ours, theirs in zip(got, expected, strict=True):
         assert ours == theirs, ours[0]
+
+
+def test_a_persister_through_the_blocking_facade() -> None:
+    from localsync.blocking import BlockingSynchronizer
+
+    storage = Storage()
+    store = create_mergeable_store()
+    with BlockingSynchronizer(persister_for, store, storage, start=False, timeout=10) as p:
+        store.set_value("before", 1)
+        p.start_auto_save()  # a plain blocking call
+        assert p.is_auto_saving()
+        store.set_value("after", 2)  # written on this thread, saved on the loop thread
+        assert p.call(lambda: None) is None  # a round trip: the hand-over has been processed
+        assert p.schedule(lambda: None) is p.synchronizer  # any coroutine method, blocking
+        assert storage.content == store._get_encoded_mergeable_content()
+        assert p.get_stats()["saves"] >= 2
+    assert storage.listener is None and not p.synchronizer.is_auto_saving()
