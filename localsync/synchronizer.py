@@ -15,6 +15,19 @@ Building a transport (a new one should be one short file)::
 ``send`` must not block (queue the bytes); ``receive`` should be called on the event loop
 thread that runs the synchronizer (calls from other threads are handed over to it).
 Everything the engine emits is sent synchronously from the call that caused it, in order.
+
+Deliberate differences from TinyBase 10.0.1 (the message sequence of its protocol traces is
+reproduced exactly; see tests/test_protocol_traces.py):
+
+* ``destroy()`` fails requests in flight first (``tinybase:3:destroyed``) instead of letting
+  an in-flight load wait for its time-out.
+* A pull that finds nothing to apply applies nothing (TinyBase applies an empty change set,
+  which only counts a load and flips the status).
+* Mergeable data the store ignores (invalid or more than 5 minutes in the future) is
+  reported to ``on_ignored_error`` as ``tinybase:1`` instead of vanishing silently.
+* Local writes made while a load is in flight are sent after it rather than skipped (see
+  :mod:`localsync.persister`).
+* Optional anti-entropy (``anti_entropy_seconds``), see :mod:`localsync.protocol`.
 """
 
 from __future__ import annotations
