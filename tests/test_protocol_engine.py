@@ -248,3 +248,19 @@ def test_anti_entropy_probe_pulls_from_every_peer_that_differs() -> None:
     engine.data_to_send()
     engine.receive("S", probe.request_id, RESPONSE, [5, 0])
     assert engine.data_to_send() == []
+
+
+def test_a_response_of_the_wrong_shape_fails_the_pull_not_the_engine() -> None:
+    engine, errors, _, store = make()
+    results: list[Any] = []
+    engine.pull(results.append, "P", [1, 0])
+    [(_, rid, msg, _)] = engine.data_to_send()
+    assert msg == TABLE_DIFF
+    engine.receive("P", rid, RESPONSE, [7, 8])  # valid message, but content hashes here
+    assert results == [None]
+    assert codes(errors) == ["tinybase:14"]
+    assert engine.pending_request_count() == 0
+    # and the engine still answers
+    engine.receive("P", "q", VALUE_DIFF, {})
+    assert [m.message for m in engine.data_to_send()] == [RESPONSE]
+    assert store.get_tables() == {}
