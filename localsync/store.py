@@ -41,8 +41,7 @@ import itertools
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from .codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
@@ -634,7 +633,18 @@ class Store:
             if callable(cell):
                 cell = cell(self.get_cell(table_id, row_id, cell_id))
             cell = encode_cell(cell)
-        self._txn(self._write_cell, table_id, row_id, cell_id, cell)
+        with self.lock:
+            depth = self._depth
+            if depth > 0:  # inside a transaction already: skip the general wrapper
+                self._depth = depth + 1
+                try:
+                    self._write_cell(table_id, row_id, cell_id, cell)
+                except BaseException:
+                    self._abort()
+                    raise
+                self._depth = depth
+            else:
+                self._txn(self._write_cell, table_id, row_id, cell_id, cell)
         return self
 
     def set_values(self, values: Any) -> Store:
@@ -975,19 +985,8 @@ class Store:
             return self._transaction_context(do_rollback)
         return self._txn(actions, _do_rollback=do_rollback)
 
-    @contextmanager
-    def _transaction_context(self, do_rollback: Callable[..., Any] | None) -> Iterator[Store]:
-        with self.lock:
-            if self._depth < 0:
-                yield self
-                return
-            self._begin()
-            try:
-                yield self
-            except BaseException:
-                self._abort()
-                raise
-            self._end(do_rollback)
+    def _transaction_context(self, do_rollback: Callable[..., Any] | None) -> _Transaction:
+        return _Transaction(self, do_rollback)
 
     def start_transaction(self) -> Store:
         """Open a transaction by hand (close it with :meth:`finish_transaction`)."""
@@ -1577,6 +1576,41 @@ class Store:
             value = _public(self._values.get(value_id, ABSENT))
             return [False, value, value]
         return [True, _public(entry[0]), _public(entry[1])]
+
+
+class _Transaction:
+    """``with store.transaction():`` (a class: cheaper than a generator per transaction)."""
+
+    __slots__ = ("_active", "_do_rollback", "_store")
+
+    def __init__(self, store: Store, do_rollback: Callable[..., Any] | None) -> None:
+        self._store = store
+        self._do_rollback = do_rollback
+        self._active = False
+
+    def __enter__(self) -> Store:
+        store = self._store
+        store.lock.acquire()
+        try:
+            self._active = store._depth >= 0  # writes from did-finish listeners are ignored
+            if self._active:
+                store._begin()
+        except BaseException:
+            store.lock.release()
+            raise
+        return store
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        store = self._store
+        try:
+            if self._active:
+                if exc_type is not None:
+                    store._abort()
+                else:
+                    store._end(self._do_rollback)
+        finally:
+            store.lock.release()
+        return False
 
 
 class _Derived:
