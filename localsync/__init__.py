@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "BlockingSynchronizer": ".blocking",
     "run_coroutine": ".blocking",
     "create_channel_synchronizer": ".synchronizers.channel",
+    "Coordinator": ".coordinator",
     "create_ws_synchronizer": ".synchronizers.ws",
     "create_file_persister": ".persisters.file",
     "create_sqlite_persister": ".persisters.sqlite",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,45 @@ def test_coordinator_saves_acknowledges_and_reloads(rundir: Path) -> None:
             await again.stop()
 
     asyncio.run(scenario())
+
+
+def test_sync_through_a_tcp_hub() -> None:
+    from localsync.hub import TcpHub
+    from tests.test_channel_transport import free_port_pair
+
+    port = free_port_pair()
+
+    async def scenario() -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        address = f"tcp://127.0.0.1:{port}"
+        sync_a = create_channel_synchronizer(a, "net", hub=address)
+        sync_b = create_channel_synchronizer(b, "net", hub=address)
+        await sync_a.start_sync()
+        await sync_b.start_sync()
+        try:
+            assert not sync_a.is_hub_host and not sync_b.is_hub_host
+            a.set_cell("t", "r", "c", "over tcp")
+            b.set_value("v", True)
+            await until(lambda: b.has_cell("t", "r", "c") and a.has_value("v"))
+            assert a.get_mergeable_content_hashes() == b.get_mergeable_content_hashes()
+        finally:
+            await sync_a.destroy()
+            await sync_b.destroy()
+
+    with TcpHub(f"tcp://127.0.0.1:{port}"):
+        asyncio.run(scenario())
+
+
+def test_blocking_facade_without_asyncio(rundir: Path) -> None:
+    from localsync.blocking import blocking
+
+    a, b = create_mergeable_store(), create_mergeable_store()
+    with (
+        blocking(create_channel_synchronizer, a, "plain", runtime_dir=rundir, timeout=20),
+        blocking(create_channel_synchronizer, b, "plain", runtime_dir=rundir, timeout=20),
+    ):
+        a.set_row("t", "r", {"n": 1})  # a plain call on this (non-loop) thread
+        deadline = time.monotonic() + 10
+        while b.get_row("t", "r") != {"n": 1}:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
