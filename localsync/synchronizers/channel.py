@@ -108,6 +108,10 @@ _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our clien
 
 Receive = Callable[[str, "str | None", int, Any], None]
 
+# plain ints: combining pyzmq's Flag enums costs more per message than the send itself
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[str, str | None, int, Any])
 _ack_decoder = msgspec.msgpack.Decoder(tuple[str, int, int])
@@ -259,7 +263,9 @@ class ChannelTransport:
             raise ChannelError("channel transport is not open")
         # PUB never blocks: at the high-water mark the message is dropped (healed by
         # anti-entropy)
-        self._pub.send_multipart((topic, payload), zmq.NOBLOCK)
+        pub = self._pub
+        pub.send(topic, _MORE)
+        pub.send(payload, _NOBLOCK)
 
     def send(
         self, to_client_id: str | None, request_id: str | None, message: int, body: Any
