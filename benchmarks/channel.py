@@ -536,7 +536,11 @@ def main(argv: list[str] | None = None) -> int:
         args.cells, args.join_cells, args.latency_samples = 10_000, 50_000, 200
     skip = set(filter(None, args.skip.split(",")))
     bench = Bench()
-    results: dict[str, Any] = {"params": vars(args)}
+    results: dict[str, Any] = {
+        "params": vars(args),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+    }
     rows: list[tuple[str, str, str, str]] = []
     try:
         if "fanout" not in skip:
@@ -629,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'scenario':<{width}}  {'raw':>12}  {'channel':>12}  {'ratio':>8}")
     for name, raw_s, chan_s, ratio in rows:
         print(f"{name:<{width}}  {raw_s:>12}  {chan_s:>12}  {ratio:>8}")
+    results["load_average_after"] = os.getloadavg()
+    print(f"load average before {results['load_average_before']}, after {os.getloadavg()}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "channel.json").write_text(json.dumps(results, indent=2))
     return 0
