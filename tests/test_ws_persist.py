@@ -121,6 +121,31 @@ def test_hostile_path_ids_never_touch_the_file_system(tmp_path: Path) -> None:
     assert tree(tmp_path) == before
 
 
+def test_nested_path_ids_become_flat_file_names(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0, persister_factory(data)) as server:
+            a = create_mergeable_store()
+            sa = await create_ws_synchronizer(a, f"{server.url}/org/doc", 0.3)
+            await sa.start_sync()
+            a.set_value("nested", True)
+            assert server.get_path_ids() == ["org/doc"]
+            await asyncio.sleep(0.3)
+            await sa.destroy()
+            await eventually(lambda: server.get_path_ids() == [])
+            b = create_mergeable_store()
+            sb = await create_ws_synchronizer(b, f"{server.url}/org/doc", 0.3)
+            await sb.start_sync()
+            await eventually(lambda: b.get_values() == {"nested": True})
+            await sb.destroy()
+
+    run(scenario())
+    assert {p.name for p in tmp_path.iterdir()} == {"data"}
+    assert "org%2Fdoc.sqlite" in {p.name for p in data.iterdir()}
+    assert not (data / "org").exists()
+
+
 @pytest.mark.process
 def test_serve_command_persists_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"

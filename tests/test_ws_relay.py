@@ -183,7 +183,8 @@ def test_paths_clients_listeners_and_stats() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["../../etc/passwd", "..", "a/b", "%2e%2e", "x" * 129, ".hidden", "a%00b", ""]
+    "path",
+    ["../../etc/passwd", "..", "a/..", "a//b", "%2e%2e", "x" * 129, ".hidden", "a%00b", "a\\b", ""],
 )
 def test_invalid_path_refused_before_the_file_system(path: str, tmp_path: Path) -> None:
     calls: list[str] = []

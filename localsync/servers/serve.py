@@ -1,7 +1,8 @@
 """``localsync serve``: a persisting WebSocket sync server for TinyBase and localsync clients.
 
 Each URL path is a room whose MergeableStore is kept in ``--data DIR`` (one SQLite database
-``<pathId>.sqlite`` or one TinyBase JSON file ``<pathId>.json`` per room), so every client can
+``<pathId>.sqlite`` or one TinyBase JSON file ``<pathId>.json`` per room, a ``/`` in the id
+written as ``%2F``), so every client can
 leave and come back to its data, also after a restart. Path ids are validated by the server
 before a file name is made from them (see :mod:`localsync.servers.ws_server`).
 
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .ws_server import WsServer, create_ws_server, is_valid_path_id
+from .ws_server import WsServer, create_ws_server, path_file_name
 
 __all__ = ["configure", "persister_factory", "run", "serve"]
 
@@ -43,11 +44,10 @@ def persister_factory(
     folder.mkdir(parents=True, exist_ok=True)
 
     def create_persister(path_id: str) -> Any:
-        if not is_valid_path_id(path_id):
-            raise ValueError(f"invalid path id {path_id!r}")
+        name = path_file_name(path_id)  # ValueError for an invalid id
         from ..mergeable_store import create_mergeable_store
 
-        target = folder / (path_id + SUFFIXES[kind])
+        target = folder / (name + SUFFIXES[kind])
         if target.parent != folder:  # belt and braces: the id cannot leave the folder
             raise ValueError(f"invalid path id {path_id!r}")
         store = create_mergeable_store()

@@ -11,11 +11,14 @@ service needs:
   the path's store loads from it, saves every change, and is synchronized like a client;
   when the last client leaves, the path is stopped (persister and synchronizer destroyed)
   and the next client finds the data again - also after a server restart.
-* **Path ids are validated before anything else** (see ``is_valid_path_id``): 1 to 128
-  characters from ``A-Z a-z 0-9 _ ~ - .``, not starting with ``.``; no separators, no NUL,
-  no ``..``, no percent-decoding. The empty path (``ws://host/``) is allowed only when the
-  server does not persist. Anything else is refused at the HTTP upgrade with 400, so no file
-  name is ever made from it.
+* **Path ids are validated before anything else** (see ``is_valid_path_id``): at most 128
+  characters in 1 to 8 ``/``-separated segments (``org/doc`` works, as in TinyBase), each
+  segment from ``A-Z a-z 0-9 _ ~ - .`` and not starting with ``.`` (so no ``.``, ``..`` or
+  hidden names); no empty segment, no backslash, no NUL, no percent-decoding. The empty path
+  (``ws://host/``) is allowed only when the server does not persist. Anything else is
+  refused at the HTTP upgrade with 400, so no file name is ever made from it;
+  ``path_file_name`` turns a valid id into one flat file name (``/`` becomes ``%2F``, which
+  cannot occur in an id).
 * **Authentication** at the upgrade: ``token=`` (``Authorization: Bearer <t>`` or
   ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
   returning a bool or awaitable bool (False -> 403).
@@ -65,12 +68,15 @@ __all__ = [
     "create_ws_server",
     "create_ws_server_simple",
     "is_valid_path_id",
+    "path_file_name",
 ]
 
 logger = logging.getLogger("localsync.ws_server")
 
 MAX_PATH_ID_LENGTH = 128
-_PATH_ID = re.compile(rf"[A-Za-z0-9_~-][A-Za-z0-9._~-]{{0,{MAX_PATH_ID_LENGTH - 1}}}")
+MAX_PATH_ID_SEGMENTS = 8
+_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+_PATH_ID = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,{MAX_PATH_ID_SEGMENTS - 1}}}")
 # messages buffered per path while its server store starts (TinyBase's limits)
 MAX_START_BUFFER_COUNT = 1000
 # Frames a little over the payload limit reach our decoder, which closes with TinyBase's 1013;
@@ -89,7 +95,14 @@ def is_valid_path_id(path_id: str, allow_empty: bool = False) -> bool:
     """True when ``path_id`` is safe to use as a room name and as part of a file name."""
     if path_id == "":
         return allow_empty
-    return _PATH_ID.fullmatch(path_id) is not None
+    return len(path_id) <= MAX_PATH_ID_LENGTH and _PATH_ID.fullmatch(path_id) is not None
+
+
+def path_file_name(path_id: str) -> str:
+    """A flat, collision-free file name (without suffix) for a valid path id."""
+    if not is_valid_path_id(path_id):
+        raise ValueError(f"invalid path id {path_id!r}")
+    return path_id.replace("/", "%2F")
 
 
 def _path_id_of(request_path: str) -> str | None:
