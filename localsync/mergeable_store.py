@@ -310,6 +310,105 @@ class MergeableStore(Store):
         else:
             entry[1] = cell
 
+    def _set_cells(self, table_id: str, row_id: str, row: dict[str, Any]) -> None:
+        self._write_cells(table_id, row_id, row)
+
+    def _match_row(self, table_id: str, row_id: str, row: dict[str, Any]) -> None:
+        self._write_cells(table_id, row_id, row)
+        existing = self._tables[table_id][row_id]
+        if len(existing) != len(row):
+            for cell_id in [c for c in existing if c not in row]:
+                self._delete_cell(table_id, row_id, cell_id)
+
+    def _write_cells(self, table_id: str, row_id: str, cells: dict[str, Any]) -> None:
+        """``_write_cell`` for several cells of one row, finding the row's containers once.
+
+        Same effects, in the same order, as calling ``_write_cell`` per cell; this is the
+        path set_row, set_partial_row, set_table and set_tables take for every row.
+        """
+        if self._defaulting or not (self._listening or self._mutating):
+            write = self._write_cell
+            for cell_id, cell in cells.items():
+                write(table_id, row_id, cell_id, cell)
+            return
+        table = self._tables.get(table_id)
+        row = table.get(row_id) if table is not None else None
+        changed = self._changed_cells
+        undo = self._undo
+        next_hlc = self._next_hlc
+        track = self._track_ids
+        cell_stamps: dict[str, Any] | None = None
+        dirty_cells: dict[str, int] | None = None
+        counts: dict[str, int] | None = None
+        for cell_id, cell in cells.items():
+            if row is None:
+                old = ABSENT
+            else:
+                old = row.get(cell_id, ABSENT)
+                if (
+                    old is not ABSENT
+                    and old == cell
+                    and (type(old) is bool) is (type(cell) is bool)
+                ):
+                    continue
+            key = (table_id, row_id, cell_id)
+            entry = changed.get(key)
+            hlc = next_hlc()
+            if cell_stamps is None:
+                table_stamps = self._tstamp[0]
+                table_stamp = table_stamps.get(table_id)
+                if table_stamp is None:
+                    table_stamp = table_stamps[table_id] = [{}, "", 0]
+                    undo.append((table_stamps, table_id, ABSENT))
+                row_stamps = table_stamp[0]
+                row_stamp = row_stamps.get(row_id)
+                if row_stamp is None:
+                    row_stamp = row_stamps[row_id] = [{}, "", 0]
+                    undo.append((row_stamps, row_id, ABSENT))
+                cell_stamps = row_stamp[0]
+            old_stamp = cell_stamps.get(cell_id)
+            if old_stamp is None:
+                previous_hash: int | None = 0
+            else:
+                if old_stamp[1] >= hlc:
+                    raise RuntimeError("tinybase:13: the clock is behind a stamp")
+                previous_hash = old_stamp[2]
+            cell_stamps[cell_id] = (cell, hlc, None)
+            if entry is None:
+                undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
+            if previous_hash is not None:
+                if dirty_cells is None:
+                    dirty = self._dirty_cells
+                    dirty_rows = dirty.get(table_id)
+                    if dirty_rows is None:
+                        dirty_rows = dirty[table_id] = {}
+                        undo.append((dirty, table_id, ABSENT))
+                    dirty_cells = dirty_rows.get(row_id)
+                    if dirty_cells is None:
+                        dirty_cells = dirty_rows[row_id] = {}
+                        undo.append((dirty_rows, row_id, ABSENT))
+                dirty_cells[cell_id] = previous_hash
+                undo.append((dirty_cells, cell_id, ABSENT))
+            if row is None:
+                if table is None:
+                    table = self._new_table(table_id)
+                row = table[row_id] = {}
+                if track:
+                    self._row_added(table_id, row_id)
+            if old is ABSENT:
+                if counts is None:
+                    counts = self._table_cell_ids[table_id]
+                count = counts.get(cell_id, 0)
+                if count and not track:
+                    counts[cell_id] = count + 1
+                else:
+                    self._cell_id_added(table_id, row_id, cell_id)
+            row[cell_id] = cell
+            if entry is None:
+                changed[key] = [old, cell]
+            else:
+                entry[1] = cell
+
     def _delete_cell(self, table_id: str, row_id: str, cell_id: str) -> None:
         table = self._tables.get(table_id)
         row = table.get(row_id) if table is not None else None
