@@ -15,7 +15,8 @@ How a save decides what to write:
   changes give the new hashes. TinyBase's transaction changes leave out stamp-only changes
   (a deletion of a cell the store never had, a newer stamp with the same value, tables dropped
   by ``set_mergeable_content``); the check notices and that save writes the whole content.
-* The first save of a persister (and any save after a failed one) writes the whole content.
+* The first save of a persister writes the whole content (unless it follows a load). A save
+  after a failed one compares hash trees with the database, like the repair above.
   After that, explicit ``save()`` calls are incremental too, which keeps a caller that saves
   in a loop (the channel coordinator) at O(changes) per save.
 
@@ -53,6 +54,8 @@ class SqliteBackend(Backend):
         self._pending: list[Any] | None = None
         # False until a whole-content save has set the baseline the pending changes build on
         self._tracking = False
+        # True after a failed save: the next one brings the database up by hash comparison
+        self._needs_repair = False
         super().__init__(store, path, poll_seconds)
 
     def _record(self, store: Any) -> None:
@@ -81,14 +84,23 @@ class SqliteBackend(Backend):
                 self._tracking = True
         try:
             if content is None:
-                if pending is None:
-                    return seq, False
-                written = self.storage.write_changes(pending)
-                if written is None:
+                written = None
+                if self._needs_repair:
+                    # the last save failed: its changes are gone, but the database still
+                    # holds the state before it (every save is one SQLite transaction)
                     repaired = self._repair()
                     if repaired is not None:
                         seq, written = repaired
+                elif pending is None:
+                    return seq, False
+                else:
+                    written = self.storage.write_changes(pending)
+                    if written is None:
+                        repaired = self._repair()
+                        if repaired is not None:
+                            seq, written = repaired
                 if written is not None:
+                    self._needs_repair = False
                     self.tracker.stats["writes"] += 1
                     self.tracker.stats["incremental_writes"] += 1
                     return seq, True
@@ -97,10 +109,11 @@ class SqliteBackend(Backend):
                     self._pending = None
                     content = self.store._get_encoded_mergeable_content()
             self.storage.write_content(content)
+            self._needs_repair = False
         except BaseException:
-            # the pending changes are gone: the next save must rewrite everything
+            # the pending changes are gone: the next save compares hash trees instead
             with self.state_lock:
-                self._tracking = False
+                self._needs_repair = True
                 self._pending = None
             raise
         self.tracker.stats["writes"] += 1
@@ -181,7 +194,7 @@ class SqliteBackend(Backend):
         return seq, written
 
     def _has_work(self) -> bool:
-        return not self._tracking or super()._has_work()
+        return not self._tracking or self._needs_repair or super()._has_work()
 
     def _watch_token(self) -> Any:
         return self.storage.data_version()
