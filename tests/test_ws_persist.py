@@ -4,6 +4,7 @@ restart; hostile path ids never reach the file system; the command shuts down cl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -38,6 +39,26 @@ async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
+async def room_store_hashes(url: str) -> list[int]:
+    """Ask the room's server-side store ("S") for its content hashes, as any client can."""
+    async with connect(url, open_timeout=5) as ws:
+        await ws.send('S\n["probe",1,""]')
+        while True:
+            frame = str(await asyncio.wait_for(ws.recv(), 5))
+            if frame.startswith('S\n["probe",0,'):
+                return list(json.loads(frame[2:])[2])
+
+
+async def until_room_holds(url: str, store: Any, timeout: float = 10) -> None:
+    want = list(store.get_mergeable_content_hashes())
+
+    async def poll() -> None:
+        while await room_store_hashes(url) != want:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 def tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
@@ -62,8 +83,9 @@ def test_rooms_survive_leaving_and_restart(tmp_path: Path, kind: str) -> None:
         so = await create_ws_synchronizer(other, f"ws://127.0.0.1:{port}/other", 0.3)
         await so.start_sync()
         other.set_value("only", "other")
-        # the server's copy of the room follows the client (it is a peer like any other)
-        await eventually(lambda: server.get_stats()["messages_received"] >= 2)
+        # the server's copy of each room follows its client (it is a peer like any other)
+        await until_room_holds(f"ws://127.0.0.1:{port}/room", a)
+        await until_room_holds(f"ws://127.0.0.1:{port}/other", other)
         await sa.destroy()
         await so.destroy()
         await eventually(lambda: server.get_path_ids() == [])
@@ -131,7 +153,7 @@ def test_nested_path_ids_become_flat_file_names(tmp_path: Path) -> None:
             await sa.start_sync()
             a.set_value("nested", True)
             assert server.get_path_ids() == ["org/doc"]
-            await asyncio.sleep(0.3)
+            await until_room_holds(f"{server.url}/org/doc", a)
             await sa.destroy()
             await eventually(lambda: server.get_path_ids() == [])
             b = create_mergeable_store()
@@ -181,7 +203,7 @@ def test_serve_command_persists_and_stops_cleanly(tmp_path: Path) -> None:
         sa = await create_ws_synchronizer(a, f"ws://127.0.0.1:{port}/cli", 0.3)
         await sa.start_sync()
         a.set_cell("t", "r", "c", "kept")
-        await asyncio.sleep(0.5)
+        await until_room_holds(f"ws://127.0.0.1:{port}/cli", a)
         await sa.destroy()
 
     async def read(port: int) -> Any:
