@@ -14,6 +14,12 @@ Usage::
 
 ``await create_ws_synchronizer(...)`` also works and, like TinyBase's, returns once the
 socket is open (raising ``ConnectionError`` if it cannot open within ``open_timeout``).
+From code that does not use asyncio::
+
+    from localsync.blocking import blocking
+
+    with blocking(create_ws_synchronizer, store, "ws://127.0.0.1:8048/room1"):
+        store.set_cell("t", "r", "c", 1)      # synchronized from a background loop thread
 
 Beyond TinyBase, for long-running processes:
 
