@@ -525,3 +525,26 @@ def test_plain_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         create_sqlite_persister(create_store(), tmp_path / "plain.sqlite")
     assert not (tmp_path / "plain.sqlite").exists()
+
+
+@run_async
+async def test_lone_surrogates_in_ids_and_cells(tmp_path: Path) -> None:
+    """JavaScript strings may hold lone surrogates and the store accepts them; SQLite cannot
+    bind them as TEXT, so such ids are kept as BLOBs and turned back on load."""
+    path = tmp_path / "surrogates.sqlite"
+    store = _store()
+    errors: list[BaseException] = []
+    persister = _persister(store, path, errors)
+    await persister.start_auto_save()
+    store.set_cell("t", "r", "c", "a\ud800b")
+    store.set_cell("t", "r\udc00", "c\ud800", 1)
+    store.set_value("v\udfff", 2)
+    await persister.flush()
+    store.set_cell("t", "r\udc00", "c\ud800", 3)  # incremental upsert of a BLOB-keyed cell
+    await persister.flush()
+    assert not errors, errors
+    assert persister.get_save_stats()["incremental_writes"] >= 1
+    fresh = await _reload(path)
+    assert fresh.get_mergeable_content() == store.get_mergeable_content()
+    assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+    await persister.destroy()

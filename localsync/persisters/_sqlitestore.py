@@ -9,6 +9,8 @@ transaction writes only the stamps it touched::
     localsync_cells  (table_id, row_id, cell_id PK, thing, hlc, hash)           WITHOUT ROWID
     localsync_values (value_id PK, thing, hlc, hash)                            WITHOUT ROWID
 
+Ids are TEXT; an id holding a lone UTF-16 surrogate (possible in JavaScript strings) cannot be
+TEXT in SQLite and is stored as a BLOB of its surrogate-pass UTF-8 bytes instead.
 ``thing`` is the JSON text of the *encoded* cell or value: ``"\\ufffc"`` for a deletion
 (JavaScript ``undefined``), ``"\\ufffd{...}"`` strings for object/array cells, and plain JSON
 for strings, numbers, booleans and ``null``. JSON text keeps the distinctions SQLite's own
@@ -109,6 +111,37 @@ _UPSERT_VALUE = (
 )
 
 
+def _key(value: Any) -> Any:
+    """A parameter SQLite can bind: ids with lone surrogates (JavaScript strings may hold
+    them, and the store accepts them) become BLOBs of their surrogate-pass UTF-8 bytes."""
+    if type(value) is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _text(value: Any) -> Any:
+    """The id a stored key stands for (inverse of ``_key``)."""
+    return value.decode("utf-8", "surrogatepass") if type(value) is bytes else value
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    try:
+        return conn.execute(sql, params)
+    except UnicodeEncodeError:
+        return conn.execute(sql, tuple(_key(p) for p in params))
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``executemany``; only a batch holding a lone surrogate pays for converting ids."""
+    try:
+        conn.executemany(sql, rows)
+    except UnicodeEncodeError:
+        conn.executemany(sql, [tuple(_key(p) for p in row) for row in rows])
+
+
 def _hlc(stamp: list[Any]) -> str:
     return stamp[1] if len(stamp) > 1 else ""
 
@@ -145,6 +178,35 @@ def _flatten(content: list[Any]) -> tuple[_Rows, _Rows, _Rows, _Rows]:
         for value_id, stamp in content[1][0].items()
     ]
     return tables, rows, cells, values
+
+
+def _has_blob_ids(conn: sqlite3.Connection) -> bool:
+    """Whether any id was stored as a BLOB (see ``_key``); one scan in SQLite, no Python."""
+    return bool(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM localsync_tables WHERE typeof(table_id) = 'blob') "
+            "OR EXISTS (SELECT 1 FROM localsync_rows "
+            "  WHERE typeof(table_id) = 'blob' OR typeof(row_id) = 'blob') "
+            "OR EXISTS (SELECT 1 FROM localsync_cells WHERE typeof(table_id) = 'blob' "
+            "  OR typeof(row_id) = 'blob' OR typeof(cell_id) = 'blob') "
+            "OR EXISTS (SELECT 1 FROM localsync_values WHERE typeof(value_id) = 'blob')"
+        ).fetchone()[0]
+    )
+
+
+def _ids_as_text(content: list[Any]) -> list[Any]:
+    tables = {
+        _text(t): [
+            {
+                _text(r): [{_text(c): cell for c, cell in rs[0].items()}, *rs[1:]]
+                for r, rs in ts[0].items()
+            },
+            *ts[1:],
+        ]
+        for t, ts in content[0][0].items()
+    }
+    values = {_text(v): stamp for v, stamp in content[1][0].items()}
+    return [[tables, *content[0][1:]], [values, *content[1][1:]]]
 
 
 def _decode_things(things: list[str]) -> list[Any]:
@@ -223,7 +285,7 @@ class SqliteStorage:
         try:
             for sql, params in statements:
                 if params:
-                    conn.executemany(sql, params)
+                    _execute_many(conn, sql, params)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -299,7 +361,7 @@ class SqliteStorage:
                     return None
                 for sql, params in statements():
                     if params:
-                        conn.executemany(sql, params)
+                        _execute_many(conn, sql, params)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -320,22 +382,23 @@ class SqliteStorage:
             return False
         expected = meta[3]
         for value_id, stamp in values_stamp[0].items():
-            old = conn.execute(
-                "SELECT hash FROM localsync_values WHERE value_id = ?", (value_id,)
+            old = _execute(
+                conn, "SELECT hash FROM localsync_values WHERE value_id = ?", (value_id,)
             ).fetchone()
             expected ^= _in(value_id, old[0] if old else 0) ^ _in(value_id, _hash(stamp))
         if expected != _hash(values_stamp):
             return False
         expected_tables = meta[1]
         for table_id, table_stamp in tables_stamp[0].items():
-            old_table = conn.execute(
-                "SELECT hlc, hash FROM localsync_tables WHERE table_id = ?", (table_id,)
+            old_table = _execute(
+                conn, "SELECT hlc, hash FROM localsync_tables WHERE table_id = ?", (table_id,)
             ).fetchone() or ("", 0)
             if _hlc(table_stamp) != old_table[0]:
                 return False
             expected_table = old_table[1]
             for row_id, row_stamp in table_stamp[0].items():
-                old_row = conn.execute(
+                old_row = _execute(
+                    conn,
                     "SELECT hlc, hash FROM localsync_rows WHERE table_id = ? AND row_id = ?",
                     (table_id, row_id),
                 ).fetchone() or ("", 0)
@@ -343,7 +406,8 @@ class SqliteStorage:
                     return False
                 expected_row = old_row[1]
                 for cell_id, cell_stamp in row_stamp[0].items():
-                    old_cell = conn.execute(
+                    old_cell = _execute(
+                        conn,
                         "SELECT hash FROM localsync_cells "
                         "WHERE table_id = ? AND row_id = ? AND cell_id = ?",
                         (table_id, row_id, cell_id),
@@ -416,7 +480,8 @@ class SqliteStorage:
             value_id: [thing, hlc, hash_]
             for (value_id, _, hlc, hash_), thing in zip(value_rows, value_things, strict=True)
         }
-        return [[tables_obj, meta[1], meta[2]], [values_obj, meta[3], meta[4]]]
+        content = [[tables_obj, meta[1], meta[2]], [values_obj, meta[3], meta[4]]]
+        return _ids_as_text(content) if _has_blob_ids(conn) else content
 
     def stored_hashes(
         self, table_ids: list[str]
@@ -424,15 +489,22 @@ class SqliteStorage:
         """(table hashes, row hashes of ``table_ids``, value hashes) as stored."""
         with self._lock:
             conn = self._connect()
-            tables = dict(conn.execute("SELECT table_id, hash FROM localsync_tables").fetchall())
-            rows: dict[str, dict[str, int]] = {table_id: {} for table_id in table_ids}
+            tables = {
+                _text(k): h for k, h in conn.execute("SELECT table_id, hash FROM localsync_tables")
+            }
+            rows: dict[str, dict[str, int]] = {}
             for table_id in table_ids:
-                rows[table_id] = dict(
-                    conn.execute(
-                        "SELECT row_id, hash FROM localsync_rows WHERE table_id = ?", (table_id,)
-                    ).fetchall()
-                )
-            values = dict(conn.execute("SELECT value_id, hash FROM localsync_values").fetchall())
+                rows[table_id] = {
+                    _text(k): h
+                    for k, h in _execute(
+                        conn,
+                        "SELECT row_id, hash FROM localsync_rows WHERE table_id = ?",
+                        (table_id,),
+                    )
+                }
+            values = {
+                _text(k): h for k, h in conn.execute("SELECT value_id, hash FROM localsync_values")
+            }
             return tables, rows, values
 
     def data_version(self) -> int:
