@@ -1,4 +1,4 @@
-"""File persister: a MergeableStore in one JSON file, compatible with TinyBase's.
+"""File persister: a store in one JSON file, compatible with TinyBase's.
 
 ``create_file_persister(store, path, on_ignored_error=None)`` is TinyBase's
 ``createFilePersister``: for a MergeableStore the file holds the JSON of the store's *encoded*
@@ -17,13 +17,17 @@ What it adds, and why:
   ``n`` became durable, and ``get_save_stats()`` exposes the counters (see ``_common``).
 * Coalescing: a save that finds no transaction newer than the last durable one writes nothing,
   so an auto-saved burst of transactions costs a few writes, not one per transaction.
-* A file that exists but cannot be read (truncated, not JSON, not mergeable content) makes
-  ``load`` report a ``CorruptContentError`` (status listeners and ``on_ignored_error``, as
-  TinyBase reports errors) and leaves the store untouched; later saves are refused with
-  ``PersistError`` until that file is fixed or removed, so an empty store never replaces data
-  that merely failed to parse. A missing or empty file loads as "nothing saved" (TinyBase's
-  ``initial_content`` applies).
-* Auto-load watches the file's identity (inode, size, mtime) every ``poll_seconds``.
+* A file that exists but cannot be read (truncated, not JSON, not mergeable content, content
+  the store rejects, or a read error) makes ``load`` report the error through
+  ``on_ignored_error`` (a ``CorruptContentError`` for bad data) and leaves the store
+  untouched; later saves are refused with ``PersistError`` until that file is fixed or
+  removed (or a load succeeds), so an empty store never replaces data that merely failed to
+  load. A missing or empty file loads as "nothing saved" (TinyBase's ``initial_content``
+  applies). Write errors (full disk, read-only folder) leave the previous file in place and
+  are reported the same way; the next save tries again.
+* Auto-load watches the file's identity (inode, size, mtime) every ``poll_seconds`` and
+  ignores the persister's own saves. Temporary files left by a killed writer are removed
+  on load once they are ten minutes old.
 
 Usage (asyncio)::
 
