@@ -45,6 +45,7 @@ from .store import (
     _encode_values,
     decode,
     encode_accepted,
+    fits_js_number,
     js_ordered,
 )
 
@@ -197,7 +198,9 @@ class _Validator:
             # an encoded object cell must really hold a JSON object or array: TinyBase would
             # merge the stamp and then fail to decode it on every read, so the set is refused
             return self.encoded and encode_accepted(value) is not ABSENT
-        if t is int or t is bool or value is None:
+        if t is int:
+            return fits_js_number(value)
+        if t is bool or value is None:
             return True
         if t is float:
             return value - value == 0

@@ -28,9 +28,10 @@ Where Python differs from TinyBase on purpose:
 * Rolling back restores every cell, including object cells. (TinyBase 10.0.1 re-sets rolled
   back cells through its non-encoded setter, which drops an object cell as a reserved string;
   found by the differential tests.) HLCs drawn before the error stay drawn.
-* An integral float from 2**53 up to 1e21 is stored as the int JavaScript prints for it
-  (``5.188014356485426e16`` -> ``51880143564854260``): the same double, hash and wire text,
-  but the Python value then equals what every receiver decodes.
+* A number beyond 2**53 is stored as the value a JavaScript replica holds and prints:
+  ``5.188014356485426e16`` and ``51880143564854257`` both become ``51880143564854260``, and
+  from 1e21 up a float; the same double, hash and wire text, but the Python value then
+  equals what every receiver decodes. Ints too large for a JavaScript number raise.
 * Writes made by non-mutator listeners (during did-finish) are ignored, as in TinyBase.
 """
 
@@ -124,7 +125,11 @@ def _check_json(value: Any, depth: int = 0) -> None:
     if depth > 500:
         raise ValueError("object cell nested too deeply")
     t = type(value)
-    if t is str or t is int or t is bool or value is None:
+    if t is str or t is bool or value is None:
+        return
+    if t is int:
+        if not fits_js_number(value):
+            raise ValueError("object cells cannot hold an int too large for JavaScript")
         return
     if t is float:
         if value - value != 0:
@@ -158,7 +163,17 @@ def encode_cell(value: Any, what: str = "cell") -> Any:
                 "reserved by TinyBase's encoding"
             )
         return value
-    if t is int or t is bool or value is None:
+    if t is int:
+        if -_BIG <= value <= _BIG:
+            return value
+        try:
+            as_float = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"a {what} must fit in a JavaScript number, not {str(value)[:24]}..."
+            ) from None
+        return _js_integer(as_float) if -_HUGE < as_float < _HUGE else as_float
+    if t is bool or value is None:
         return value
     if t is float:
         if value - value != 0:
@@ -173,11 +188,23 @@ def encode_cell(value: Any, what: str = "cell") -> Any:
 
 
 _BIG = float(2**53)
+_BIG_INT = 2**53
 _HUGE = 1e21
 
 
+def fits_js_number(value: int) -> bool:
+    """True when an int is a finite JavaScript number (beyond that JSON gives Infinity)."""
+    if -_BIG_INT <= value <= _BIG_INT:
+        return True
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _js_integer(value: float) -> int:
-    """The int a JavaScript peer's JSON gives for a large integral float.
+    """The int a JavaScript peer's JSON gives for a large integral number.
 
     From 2**53 up to 1e21 JavaScript prints such a number as its shortest round-trip digits
     (``51880143564854260``), which Python's json reads back as an int that does not compare
@@ -629,7 +656,7 @@ class Store:
         if t is str:
             if cell[:1] == JSON_PREFIX or cell == UNDEFINED:
                 encode_cell(cell)  # raises
-        elif not (t is int or t is bool or cell is None or (t is float and -_BIG < cell < _BIG)):
+        elif not (((t is int or t is float) and -_BIG < cell < _BIG) or t is bool or cell is None):
             if callable(cell):
                 cell = cell(self.get_cell(table_id, row_id, cell_id))
             cell = encode_cell(cell)

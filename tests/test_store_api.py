@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from localsync import UNDEFINED, create_mergeable_store, create_store
+from localsync import UNDEFINED, create_mergeable_store, create_store, get_value_hash
 from localsync.hlc import encode_hlc_parts, get_client_id_from_unique_id
 from tests.conformance_replay import Clock, assert_same, snapshot
 
@@ -219,6 +219,8 @@ BAD_CELLS = [
     {1: "int key"},
     [1, {2, 3}],
     [b"x"],
+    2**1100,
+    {"big": -(2**1100)},
 ]
 
 
@@ -289,6 +291,25 @@ def test_a_caught_error_inside_a_transaction_does_not_poison_it() -> None:
     assert store.get_row("t", "r") == {"ok": 1, "also": 2}
 
 
+def test_numbers_beyond_2_53_are_stored_as_a_javascript_replica_holds_them() -> None:
+    store, _ = make()
+    # what JavaScript's String(x) prints for the double nearest to each number
+    cases = {
+        2**53 + 1: 9007199254740992,
+        51880143564854257: 51880143564854260,
+        5.188014356485426e16: 51880143564854260,
+        -(2**60): -1152921504606847000,
+        10**22 + 3: 1e22,
+    }
+    for written, held in cases.items():
+        store.set_cell("t", "r", "c", written)
+        cell = store.get_cell("t", "r", "c")
+        assert cell == held and type(cell) is type(held), written
+        # the same JavaScript number, so the same hash as for the number written
+        _, hlc, hash_ = store.get_mergeable_content()[0][0]["t"][0]["r"][0]["c"]
+        assert hash_ == get_value_hash(written, hlc) == get_value_hash(held, hlc)
+
+
 def test_what_tinybase_accepts_is_accepted() -> None:
     store, _ = make()
     odd = {"none": None, "big": 2**60, "neg0": -0.0, "empty": "", "obj": {}, "arr": [], "b": False}
@@ -321,6 +342,7 @@ def test_invalid_or_far_future_mergeable_data_is_ignored_as_a_whole() -> None:
         [[{"t": [{"r": [{"c": ["x", good_hlc]}]}]}], [{"v": ["late", future]}], 1],
         [[{"t": [{"r": [{"c": ["x", "short"]}]}]}], [{}], 1],
         [[{"t": [{"r": [{"c": [math.nan, good_hlc]}]}]}], [{}], 1],
+        [[{"t": [{"r": [{"c": [2**1100, good_hlc]}]}]}], [{}], 1],
         [[{"t": [{"r": [{"c": ["\ufffd{}", good_hlc]}]}]}], [{}], 1],
         [[{"t": [{"r": [{"c": [b"x", good_hlc]}]}]}], [{}], 1],
         [[{"t": [{"r": [{5: ["x", good_hlc]}]}]}], [{}], 1],
