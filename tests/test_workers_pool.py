@@ -58,6 +58,17 @@ def ignore_stop_requests(ctx: WorkerContext) -> None:
         time.sleep(0.05)
 
 
+def unpicklable_result(ctx: WorkerContext) -> object:
+    return (x for x in range(3))  # a generator cannot be pickled back to the parent
+
+
+def fail_after_a_healthy_run(ctx: WorkerContext, successes_at: int) -> int:
+    if ctx.attempt < successes_at:
+        time.sleep(0.4)  # longer than the pool's healthy_after
+        raise RuntimeError("late failure")
+    return ctx.attempt
+
+
 def exit_with(ctx: WorkerContext, how: str) -> None:
     if how == "os._exit":
         os._exit(3)
@@ -262,3 +273,41 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_result_that_cannot_be_sent_back_is_reported_but_the_work_counts_as_done() -> None:
+    with WorkerPool(unpicklable_result, 1) as pool:
+        assert pool.join(30)
+    assert pool.workers[0].state == "finished"
+    assert pool.exit_codes == [0]
+    assert pool.results == [None]
+    assert [(e.kind, e.exit_code) for e in pool.errors] == [("exception", 0)]
+    assert "generator" in pool.errors[0].traceback
+
+
+def test_a_long_healthy_run_clears_the_failure_streak() -> None:
+    """max_restarts=1 would give up at attempt 2, but each attempt ran past healthy_after."""
+    with WorkerPool(
+        fail_after_a_healthy_run,
+        1,
+        args=(4,),
+        max_restarts=1,
+        healthy_after=0.3,
+        backoff=(0.01, 0.01),
+    ) as pool:
+        assert pool.join(30)
+    assert pool.workers[0].state == "finished"
+    assert pool.results == [4]
+    assert pool.workers[0].exit_codes == (1, 1, 1, 0)
+
+    with WorkerPool(
+        fail_after_a_healthy_run,
+        1,
+        args=(4,),
+        max_restarts=1,
+        healthy_after=None,
+        backoff=(0.01, 0.01),
+    ) as pool:
+        assert pool.join(30)
+    assert pool.failed == [0]
+    assert pool.workers[0].exit_codes == (1, 1)
