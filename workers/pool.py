@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -110,7 +111,7 @@ class WorkerPool:
         # with forkserver the workers' parent is the fork server, not us: no parent check
         direct_child = self._mp.get_start_method() in ("spawn", "fork")
         parent_pid = os.getpid() if direct_child else 0
-        spec = WorkerSpec(**{**self._spec.__dict__, "parent_pid": parent_pid})
+        spec = dataclasses.replace(self._spec, parent_pid=parent_pid)
         try:
             payload = dump_spec(spec)
         except Exception as exc:
