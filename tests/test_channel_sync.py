@@ -59,6 +59,10 @@ def test_four_processes_converge_and_survive_a_sigkilled_writer(rundir: Path) ->
                     ["shared", "r", "c", f"from {i}"],  # conflicting cell
                 ],
             )
+        all_four = converge(procs)
+        four = contents(procs)
+        assert all(c == four[0] for c in four)
+        assert four[0][0]["shared"]["r"]["c"] in {f"from {i}" for i in range(4)}
         # one process dies in the middle of a burst of writes
         victim = procs[3]
         victim.send(cmd="write_loop", table="burst", count=100_000)
@@ -68,7 +72,7 @@ def test_four_processes_converge_and_survive_a_sigkilled_writer(rundir: Path) ->
         survivors = procs[:3]
         for i, p in enumerate(survivors):
             p.send(cmd="set", cells=[["after", f"p{i}", "n", i]])
-        converge(survivors)
+        assert converge(survivors) != all_four
         first, *others = contents(survivors)
         assert all(c == first for c in others)
         tables = first[0]
