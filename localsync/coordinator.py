@@ -280,5 +280,12 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         print(f"localsync coordinator: {error}", file=sys.stderr)
         return 2
-    coordinator.run()
+    from .runtime import RuntimeDirError
+    from .synchronizers.channel import ChannelError
+
+    try:
+        coordinator.run()
+    except (ChannelError, RuntimeDirError, OSError) as error:
+        print(f"localsync coordinator: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -132,6 +132,28 @@ def test_coordinator_rejects_bad_arguments(rundir: Path) -> None:
     )
     assert result.returncode == 2
     assert "empty" in result.stderr
+    os.chmod(rundir, 0o755)  # not private: refused with a clear message, not a traceback
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "coordinator",
+            "--channel",
+            "c",
+            "--data",
+            str(rundir / "data"),
+            "--runtime-dir",
+            str(rundir),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "0755" in result.stderr and "Traceback" not in result.stderr
     assert data_file("a b/c", rundir).name.startswith("channel-")
     with pytest.raises(ValueError):
         data_file("x", rundir, "postgres")
