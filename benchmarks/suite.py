@@ -46,6 +46,11 @@ QUICK_ARGS: dict[str, list[list[str]]] = {
     "channel": [["--quick"], []],
     "workers": [["--workers", "2", "--repeat", "1"], []],
 }
+# Full mode keeps each module's defaults except where they alone would break the suite's
+# 15-minute budget on 2 cores (ws at 100,000 cells x 8 combinations took > 4 minutes).
+FULL_ARGS: dict[str, list[list[str]]] = {
+    "ws": [["--cells", "20000", "--samples", "200"], []],
+}
 
 
 @dataclass
@@ -73,7 +78,7 @@ MODES: dict[str, Sizes] = {
         latency_readers=[1, 3, 7], latency_samples=2000,
         join_cells=[10_000, 100_000, 1_000_000], memory_cells=1_000_000,
         area_timeout=240, timeout=180,
-        persist_rates=[2_000, 10_000, 50_000], persist_seconds=5.0),
+        persist_rates=[2_000, 10_000, 50_000], persist_seconds=5.0, node_join_timeout=20.0),
     "quick": Sizes(
         fanout=[(1, 10_000), (3, 10_000), (1, 100_000)],
         latency_readers=[3], latency_samples=300,
@@ -206,13 +211,22 @@ def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
     if not skip_node:
         subjects[TINYBASE] = lambda c: tinybase.join(c, sizes.node_join_timeout)
 
+    failed_at: dict[str, int] = {}  # subject -> smallest size it failed to join in this run
+
     def make(subject: str, cells: int) -> Callable[[], list[Figure]]:
         params = {"cells": cells}
 
         def run() -> list[Figure]:
             if subject == LOCALSYNC and (why := _localsync_missing()):
                 return [_na("join", "join time", subject, params, "s", snapshot, why)]
+            if subject in failed_at:
+                # a join that failed at a smaller size is not retried bigger: it would only
+                # spend the timeout again (TinyBase's 10 ms BroadcastChannel requests)
+                return [_na("join", "join time", subject, params, "s", snapshot,
+                            f"not run: already failed at {failed_at[subject]:,} cells")]
             value = subjects[subject](cells)
+            if value is None:
+                failed_at[subject] = cells
             limit = sizes.node_join_timeout if subject == TINYBASE else sizes.timeout * 2
             return [Figure("join", "join time", subject, params, value, "s", snapshot,
                            note="" if value is not None else
@@ -297,7 +311,8 @@ def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
     out_file = RESULTS_DIR / f"{name}.json"
     started = time.time()
     root = Path(__file__).resolve().parents[1]
-    attempts = QUICK_ARGS.get(name, [["--quick"], []]) if quick else [[]]
+    attempts = (QUICK_ARGS.get(name, [["--quick"], []]) if quick
+                else FULL_ARGS.get(name, [[]]))
     proc = None
     for extra in attempts:
         try:
