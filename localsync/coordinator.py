@@ -29,9 +29,10 @@ Acknowledged
     the ``[tables_hash, values_hash]`` of the content it saved (read just before the save, so
     the saved content holds at least that), and repeats the latest one every
     ``ack_interval_seconds``. A participant calls ``await sync.wait_acknowledged(timeout)``
-    (:class:`localsync.synchronizers.channel.ChannelSynchronizer`): it returns when the
-    announced hashes equal its own content hashes, i.e. everything it holds is on disk and
-    survives a coordinator restart. In-process, :meth:`Coordinator.wait_saved` and
+    (:class:`localsync.synchronizers.channel.ChannelSynchronizer`): it returns once an
+    announced pair equals the hashes of a state its store passed through since the call,
+    i.e. everything it held at the call is on disk and survives a coordinator restart, even
+    while other processes keep writing. In-process, :meth:`Coordinator.wait_saved` and
     :attr:`Coordinator.saved_hashes` give the same guarantee.
 """
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from localsync import create_mergeable_store, create_store
-from localsync.coordinator import Coordinator
+from localsync.coordinator import Coordinator, data_file
+from localsync.persisters.sqlite import create_sqlite_persister
 from localsync.synchronizers.channel import create_channel_synchronizer
 
 pytestmark = pytest.mark.timeout(60)
@@ -133,3 +134,46 @@ def test_blocking_facade_without_asyncio(rundir: Path) -> None:
         while b.get_row("t", "r") != {"n": 1}:
             assert time.monotonic() < deadline
             time.sleep(0.01)
+
+
+def test_acknowledged_while_another_process_keeps_writing(rundir: Path) -> None:
+    async def scenario() -> None:
+        data = rundir / "data"
+        coordinator = await Coordinator("busy", data, runtime_dir=rundir).start()
+        busy, leaving = create_mergeable_store(), create_mergeable_store()
+        sync_busy = create_channel_synchronizer(busy, "busy", runtime_dir=rundir)
+        sync_leaving = create_channel_synchronizer(leaving, "busy", runtime_dir=rundir)
+        await sync_busy.start_sync()
+        await sync_leaving.start_sync()
+        stop = asyncio.Event()
+
+        async def keep_writing() -> int:
+            n = 0
+            while not stop.is_set():
+                busy.set_cell("busy", f"r{n}", "n", n)
+                n += 1
+                await asyncio.sleep(0.002)
+            return n
+
+        writer = asyncio.create_task(keep_writing())
+        await asyncio.sleep(0.2)
+        leaving.set_row("mine", "r", {"v": "keep me"})
+        mine = leaving.get_mergeable_content()[0][0]["mine"]
+        await sync_leaving.wait_acknowledged(20)
+        assert not writer.done()  # acknowledged while the other store never went quiet
+        stop.set()
+        await writer
+        await sync_leaving.destroy()
+        await sync_busy.destroy()
+        # read the coordinator's database while it still runs (no final save has happened):
+        # the acknowledged row is on disk
+        check = create_mergeable_store()
+        persister = create_sqlite_persister(check, str(data_file("busy", data)))
+        await persister.load()
+        try:
+            assert check.get_mergeable_content()[0][0]["mine"] == mine
+        finally:
+            await persister.destroy()
+            await coordinator.stop()
+
+    asyncio.run(scenario())

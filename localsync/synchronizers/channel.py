@@ -73,6 +73,7 @@ import contextlib
 import os
 import secrets
 import string
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +99,8 @@ _CONTROL = b"\x00"
 _PING = b"\x00P"
 _HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
 _HERE = b"\x00h"  # directed answer to a hello
+
+_MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
 
 #: Adaptive request time-outs (``request_timeout_seconds=None``), see the module doc.
 DISCOVERY_SECONDS = 0.25
@@ -409,8 +412,9 @@ class ChannelSynchronizer:
         self._store = store
         self._adaptive = adaptive_timeout
         self._discovered = False
-        self._acks: dict[str, tuple[int, int]] = {}
+        self._acked: set[tuple[int, int]] = set()
         self._ack_event: asyncio.Event | None = None
+        self._loop_set_event: Callable[[], None] | None = None
 
     @property
     def client_id(self) -> str:
@@ -480,37 +484,65 @@ class ChannelSynchronizer:
         await self.destroy()
 
     def _on_ack(self, from_id: str, tables_hash: int, values_hash: int) -> None:
-        self._acks[from_id] = (tables_hash, values_hash)
+        acked = (tables_hash, values_hash)
+        if acked not in self._acked:
+            if len(self._acked) >= _MAX_REMEMBERED:
+                self._acked.clear()
+            self._acked.add(acked)
         if self._ack_event is not None:
             self._ack_event.set()
 
     async def wait_acknowledged(self, timeout: float | None = None) -> None:
-        """Return once a coordinator announces it durably saved exactly this store's content.
+        """Return once a coordinator has durably saved everything this store held at the call.
 
-        "Acknowledged" means: a coordinator on this channel has saved content whose
-        ``[tables_hash, values_hash]`` equal this store's current content hashes, so everything
-        this store holds survives a coordinator restart. Call it at a quiescent point (e.g.
-        before a worker exits): while peers keep writing, the two contents may never be equal
-        at the same moment. Raises ``TimeoutError`` after ``timeout`` seconds.
+        Sound and cheap, without comparing contents: from the call on, the hashes of every
+        state this store passes through are recorded (content only grows, so each of these
+        states includes everything held at the call). A coordinator announces the hashes of
+        each content it saved (:mod:`localsync.coordinator`). As soon as an announced pair
+        equals a recorded one, the coordinator saved a content equal to one of those states,
+        which includes everything held at the call. Peers may keep writing meanwhile: this
+        store and the coordinator see the same stream of changes, so they pass through the
+        same states. Raises ``TimeoutError`` after ``timeout`` seconds (e.g. no coordinator).
         """
         await self._transport.open()
         if self._ack_event is None:
             self._ack_event = asyncio.Event()
             self._transport.watch_acks(self._on_ack)
+        store = self._store
+        seen: set[tuple[int, int]] = set()
+        seen_lock = threading.Lock()
+        lock = getattr(store, "lock", None)
 
-        async def until_equal() -> None:
-            assert self._ack_event is not None
+        def record(_store: Any = None) -> None:
+            # runs after each transaction, on whichever thread made it
+            with lock if lock is not None else contextlib.nullcontext():
+                hashes = store.get_mergeable_content_hashes()
+            with seen_lock:
+                if len(seen) >= _MAX_REMEMBERED:
+                    seen.clear()  # (bounded memory; older states are as good as newer ones)
+                seen.add((hashes[0], hashes[1]))
+            if self._ack_event is not None and self._loop_set_event is not None:
+                self._loop_set_event()
+
+        loop = asyncio.get_running_loop()
+        event = self._ack_event
+        self._loop_set_event = lambda: loop.call_soon_threadsafe(event.set)
+        listener = store.add_did_finish_transaction_listener(record)
+        record()
+
+        async def until_saved() -> None:
             while True:
-                self._ack_event.clear()
-                lock = getattr(self._store, "lock", None)
-                with lock if lock is not None else contextlib.nullcontext():
-                    current = tuple(self._store.get_mergeable_content_hashes())
-                if current in self._acks.values():
-                    return
+                event.clear()
+                with seen_lock:
+                    if not seen.isdisjoint(self._acked):
+                        return
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._ack_event.wait(), 0.1)
+                    await asyncio.wait_for(event.wait(), 0.1)
 
-        await asyncio.wait_for(until_equal(), timeout)
+        try:
+            await asyncio.wait_for(until_saved(), timeout)
+        finally:
+            store.del_listener(listener)
 
 
 def create_channel_synchronizer(
