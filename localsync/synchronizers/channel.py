@@ -34,7 +34,9 @@ on_ignored_error``; keyword-only options:
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
     costs latency, never data. When nothing changed it costs one small message per period.
 ``hwm`` (default :data:`localsync.hub.DEFAULT_HWM`)
-    high-water mark of this process's sockets and of the hub it may host; tiny values make
+    high-water mark (messages) of the data direction of this process's sockets and of the
+    hub it may host (subscriptions keep ZeroMQ's default: a dropped subscription would
+    silence a peer for good). ``0`` means no limit (ZeroMQ's convention); tiny values make
     drops happen on purpose (tests).
 ``connect_timeout_seconds`` (default 5.0)
     bound on proving the path: before syncing, a message to ourselves must come back through
