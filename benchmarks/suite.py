@@ -84,6 +84,7 @@ MODES: dict[str, Sizes] = {
         latency_readers=[3], latency_samples=300,
         join_cells=[10_000, 100_000], memory_cells=100_000,
         area_timeout=60, timeout=60, node_join_timeout=5.0,
+        persist_rates=[2_000, 10_000, 50_000],
         area_modules=("store", "local_sync", "persist", "ws")),
     "smoke": Sizes(
         fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
