@@ -15,11 +15,13 @@ scenario 5 (WebSocket) comes from ``ws`` this way; scenario 6 (persistence) is m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -66,6 +68,7 @@ class Sizes:
     timeout: float
     persist_rates: list[int] = field(default_factory=lambda: [2_000, 10_000])
     persist_seconds: float = 2.0
+    repeat: int = 1  # fan-out and join runs per figure (median kept); --repeat
     node_join_timeout: float = 30.0  # TinyBase's BroadcastChannel may never deliver a big join
     area_modules: tuple[str, ...] = AREA_MODULES
     subjects: tuple[str, ...] = (LOCALSYNC, RAW, MANAGER, PYCRDT, TINYBASE)
@@ -157,12 +160,18 @@ def fanout_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
                 LOCALSYNC: lambda: localsync_subject.fanout(readers, cells, sizes.timeout),
                 TINYBASE: lambda: _tinybase_fanout(readers, cells, sizes.timeout),
             }[subject]
-            result = fn()
-            return [Figure("fanout", "convergence", subject, params, result.seconds, "s", RAW,
-                           note=result.note,
-                           extra={"per_reader_seconds": result.per_reader,
-                                  "cells_per_second": None if not result.seconds
-                                  else cells / result.seconds})]
+            runs = [fn() for _ in range(sizes.repeat)]
+            ok = [r for r in runs if r.seconds is not None]
+            value = statistics.median(r.seconds for r in ok) if ok else None  # type: ignore[misc]
+            note = runs[-1].note if not ok else (
+                f"median of {len(ok)}" + (f"; {len(runs) - len(ok)} run(s) failed"
+                                          if len(ok) < len(runs) else "")
+                if sizes.repeat > 1 else "")
+            return [Figure("fanout", "convergence", subject, params, value, "s", RAW,
+                           note=note,
+                           extra={"runs_seconds": [r.seconds for r in runs],
+                                  "per_reader_seconds": [r.per_reader for r in runs],
+                                  "cells_per_second": None if not value else cells / value})]
         return run
 
     return [(f"fan-out {s} readers={r} cells={c:,}", make(s, r, c))
@@ -225,12 +234,16 @@ def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
                 # spend the timeout again (TinyBase's 10 ms BroadcastChannel requests)
                 return [_na("join", "join time", subject, params, "s", snapshot,
                             f"not run: already failed at {failed_at[subject]:,} cells")]
-            value = subjects[subject](cells)
+            runs = [subjects[subject](cells) for _ in range(sizes.repeat)]
+            ok = [r for r in runs if r is not None]
+            value = statistics.median(ok) if ok else None
             if value is None:
                 failed_at[subject] = cells
             limit = sizes.node_join_timeout if subject == TINYBASE else sizes.timeout * 2
             return [Figure("join", "join time", subject, params, value, "s", snapshot,
-                           note="" if value is not None else
+                           extra={"runs_seconds": runs},
+                           note=(f"median of {len(ok)}/{len(runs)}" if sizes.repeat > 1
+                                 else "") if value is not None else
                            f"n/a: did not hold all {cells:,} cells within {limit:.0f} s")]
         return run
 
@@ -412,9 +425,10 @@ def git_commit() -> str | None:
 
 
 def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool = False,
-              only: set[str] | None = None, progress: bool = True) -> dict[str, Any]:
+              only: set[str] | None = None, progress: bool = True, repeat: int = 1
+              ) -> dict[str, Any]:
     """Run the scenarios of ``mode``; write results.json, results.md and charts into out_dir."""
-    sizes = MODES[mode]
+    sizes = dataclasses.replace(MODES[mode], repeat=max(1, repeat))
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     notes: list[str] = []
@@ -475,6 +489,7 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
     compute_ratios(figures)
     meta: dict[str, Any] = {
         "mode": mode,
+        "repeat": sizes.repeat,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(), "versions": versions(), "git_commit": git_commit(),
         "elapsed_seconds": time.monotonic() - started, "notes": notes,
@@ -505,10 +520,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these scenarios: fanout, latency, join, memory, areas, "
                              "or an area module name (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per fan-out and join figure, median reported (default 1)")
     args = parser.parse_args(argv)
     mode = args.mode or "full"
     result = run_suite(mode, args.out, args.skip_node, set(args.only) if args.only else None,
-                       not args.no_progress)
+                       not args.no_progress, args.repeat)
     print((args.out / "results.md").read_text())
     missing = [f for f in result["figures"] if f.value is None]
     print(f"{len(result['figures'])} figures, {len(missing)} not available; "
