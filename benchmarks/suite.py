@@ -317,12 +317,33 @@ def persist_tasks(sizes: Sizes) -> list[Task]:
 
 
 def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
-    """Run ``python -m benchmarks.<name>`` and read the JSON it writes; never invent data."""
+    """Run ``python -m benchmarks.<name>`` and read the JSON it writes; never invent data.
+
+    The module's own ``results/<name>.json`` belongs to its owner (often committed from a
+    full run), so it is restored afterwards: the suite's copy lives in results.json only.
+    """
     module_file = Path(__file__).resolve().parent / f"{name}.py"
     if not module_file.exists():
         return {"status": "not available",
                 "note": f"benchmarks/{name}.py does not exist yet in this tree."}
     out_file = RESULTS_DIR / f"{name}.json"
+    try:
+        previous: bytes | None = out_file.read_bytes()
+    except OSError:
+        previous = None
+    try:
+        return _run_area(name, quick, timeout, out_file)
+    finally:
+        try:
+            if previous is None:
+                out_file.unlink(missing_ok=True)
+            else:
+                out_file.write_bytes(previous)
+        except OSError:
+            pass
+
+
+def _run_area(name: str, quick: bool, timeout: float, out_file: Path) -> dict[str, Any]:
     started = time.time()
     root = Path(__file__).resolve().parents[1]
     attempts = (QUICK_ARGS.get(name, [["--quick"], []]) if quick
@@ -339,7 +360,7 @@ def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
             break
     assert proc is not None
     if proc.returncode != 0:
-        return {"status": "failed", "note": f"exit {proc.returncode}: "
+        return {"status": "failed", "args": extra, "note": f"exit {proc.returncode}: "
                 f"{proc.stderr.strip()[-400:]}"}
     try:
         fresh = out_file.stat().st_mtime >= started - 1
@@ -348,7 +369,8 @@ def run_area(name: str, quick: bool, timeout: float) -> dict[str, Any]:
         return {"status": "failed", "note": f"no readable {out_file.name}: {error}"}
     if data is None:
         return {"status": "failed", "note": f"{out_file.name} was not rewritten by this run."}
-    return {"status": "ok", "seconds": round(time.time() - started, 1), "data": data}
+    return {"status": "ok", "args": extra, "seconds": round(time.time() - started, 1),
+            "data": data}
 
 
 def ws_figures(area: dict[str, Any]) -> list[Figure]:
