@@ -81,3 +81,26 @@ def test_markdown_and_charts(smoke_run: tuple[Path, subprocess.CompletedProcess[
     # the progress bar went to stderr, the table to stdout
     assert "[" in proc.stderr and "/" in proc.stderr
     assert "# localsync benchmarks" in proc.stdout
+
+
+def test_ratios_only_against_the_same_group() -> None:
+    from benchmarks.report import Figure, compute_ratios
+
+    figures = [
+        Figure("fanout", "convergence", "raw", {"readers": 1}, 2.0, "s", "raw"),
+        Figure("fanout", "convergence", "localsync", {"readers": 1}, 5.0, "s", "raw"),
+        Figure("fanout", "convergence", "raw", {"readers": 3}, 4.0, "s", "raw"),
+        Figure("fanout", "convergence", "localsync", {"readers": 3}, 6.0, "s", "raw"),
+        # no reference measured for these parameters: no ratio rather than a wrong one
+        Figure("fanout", "convergence", "localsync", {"readers": 7}, 9.0, "s", "raw"),
+        Figure("fanout", "convergence", "localsync", {"readers": 9}, None, "s", "raw"),
+    ]
+    compute_ratios(figures)
+    assert [f.ratio for f in figures] == [1.0, 2.5, 1.0, 1.5, None, None]
+
+
+def test_missing_area_module_is_reported_not_invented() -> None:
+    from benchmarks.suite import run_area
+
+    info = run_area("no_such_area_module", quick=True, timeout=10)
+    assert info["status"] == "not available" and "data" not in info
