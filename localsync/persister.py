@@ -188,6 +188,14 @@ class Persister:
         self._active_action: asyncio.Future[None] | None = None
         self._applying = 0
         self._queued_saves = 0
+        # coalescing (synchronizers): transactions written on other threads wait in
+        # _handover until one loop callback takes them all; saves that must queue behind a
+        # busy schedule join the last queued save that has not started yet (_open_batch)
+        self._coalesce_saves = False
+        self._handover_lock = threading.Lock()
+        self._handover: list[tuple[int, Any]] = []
+        self._handover_scheduled = False
+        self._open_batch: list[Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -304,6 +312,13 @@ class Persister:
 
     def _destroy_extra(self) -> Any:
         return None
+
+    def _merge_changes(self, batch: list[Any]) -> list[Any]:
+        """Turn waiting transactions' changes into the change sets to save, in order.
+
+        The base keeps them apart; a synchronizer merges them (see ``_coalesce_saves``).
+        """
+        return batch
 
     # -- loop plumbing --------------------------------------------------------------------------
 
@@ -601,6 +616,15 @@ class Persister:
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
+        if self._coalesce_saves:
+            batch = self._open_batch
+            if batch is not None:
+                batch.append(changes)  # joins the queued save that has not started yet
+                return
+            batch = self._open_batch = [changes]
+            self._queued_saves += 1
+            self._spawn(self._queued_batch_save(batch))
+            return
         self._queued_saves += 1
         self._spawn(self._queued_save(changes))
 
@@ -608,6 +632,30 @@ class Persister:
         """A save that could not run inline; later inline saves wait for it (order kept)."""
         try:
             await self._save_impl(changes)
+        finally:
+            self._queued_saves -= 1
+
+    async def _queued_batch_save(self, batch: list[Any]) -> None:
+        """A queued save that keeps taking later transactions until its turn comes."""
+
+        def persist() -> None:
+            if self._open_batch is batch:
+                self._open_batch = None  # from now on, new saves queue behind this one
+            for changes in self._merge_changes(batch):
+                self._set_persisted(self._get_content, changes)
+
+        try:
+            try:
+                try:
+                    self._set_status(Status.SAVING)
+                    self._saves += 1
+                    await self.schedule(persist)
+                finally:
+                    if self._open_batch is batch:
+                        self._open_batch = None
+                    self._set_status(Status.IDLE)
+            finally:
+                await self._run_auto_load_after_save()
         finally:
             self._queued_saves -= 1
 
@@ -627,11 +675,48 @@ class Persister:
                 return
             if on_loop:
                 self._save_changes_now(changes)
+            elif self._coalesce_saves:
+                self._hand_over(generation, changes)
             else:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
 
         return on_transaction
+
+    def _hand_over(self, generation: int, changes: Any) -> None:
+        """Queue a transaction from another thread; only the first of a run wakes the loop.
+
+        So a lone write is handled on the loop's next turn (no added latency), while writes
+        that pile up before that turn are merged and cost one wake-up and one message.
+        """
+        with self._handover_lock:
+            self._handover.append((generation, changes))
+            if self._handover_scheduled:
+                return
+            self._handover_scheduled = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._drain_handover)
+        except RuntimeError:  # the loop is closed: nothing will ever send these
+            with self._handover_lock:
+                self._handover.clear()
+                self._handover_scheduled = False
+
+    def _drain_handover(self) -> None:
+        with self._handover_lock:
+            waiting = self._handover
+            self._handover = []
+            self._handover_scheduled = False
+        generation = self._auto_save_generation
+        if self._destroyed:
+            return
+        batch = [changes for gen, changes in waiting if gen == generation]
+        if batch:
+            for changes in self._merge_changes(batch):
+                self._save_changes_now(changes)
+
+    def _has_unsent_changes(self) -> bool:
+        return bool(self._handover) or self._open_batch is not None
 
     def _save_changes_from_thread(self, generation: int, changes: Any) -> None:
         if generation == self._auto_save_generation and not self._destroyed:

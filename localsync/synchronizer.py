@@ -4,6 +4,17 @@ Why a Persister: as in TinyBase, a synchronizer "loads" by pulling from peers an
 broadcasting (a ContentDiff per local transaction, else ContentHashes), so start/stop, status,
 statistics and echo suppression come from :mod:`localsync.persister` unchanged.
 
+Coalescing (beyond TinyBase, wire-compatible): a transaction made on the loop thread while
+nothing is queued is sent at once, from inside its transaction listener, as TinyBase does.
+Transactions that have to wait - written on another thread (the blocking facade) before the
+loop got round to them, or made while an earlier save is still queued behind a load - are
+merged into one ContentDiff per run (newest HLC per cell/value, latest row/table HLCs; see
+:func:`localsync.protocol.coalesce_changes` for the size caps). A burst of N writes from a
+worker thread therefore costs its readers a handful of messages and transactions instead of
+N, and a lone write still leaves on the loop's next turn. Changes applied from peers are
+never re-sent (the echo rule is unchanged) and diffs leave in transaction order.
+``coalesced_transactions`` counts transactions that travelled inside another's diff.
+
 Building a transport (a new one should be one short file)::
 
     def create_my_synchronizer(store, ...):
@@ -40,7 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .persister import Persister, Persists, TinyBaseError
-from .protocol import SyncEngine
+from .protocol import SyncEngine, coalesce_changes
 
 __all__ = ["Synchronizer", "create_custom_synchronizer"]
 
@@ -89,6 +100,10 @@ class Synchronizer(Persister):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._flushing = False
+        # merge local transactions that wait for the loop into fewer ContentDiffs (the
+        # flag is private: benchmarks switch it off to measure one diff per transaction)
+        self._coalesce_saves = True
+        self.coalesced_transactions = 0
         # engine decisions read the store; hold its lock so that a transaction running on
         # another thread is never seen half-done (RLock: applying changes re-enters it)
         lock = getattr(store, "lock", None)
@@ -195,6 +210,11 @@ class Synchronizer(Persister):
                 self._engine.send_content_hashes()
         self._after_engine()
 
+    def _merge_changes(self, batch: list[Any]) -> list[Any]:
+        merged = coalesce_changes(batch)
+        self.coalesced_transactions += len(batch) - len(merged)
+        return merged
+
     def _add_persister_listener(self, listener: Callable[..., None]) -> int:
         self._engine.persister_listener = listener
         return 1
@@ -252,7 +272,12 @@ class Synchronizer(Persister):
         A convenience for programs and tests; it says nothing about peers' queues.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._engine.pending_request_count() or self._status or self._tasks:
+        while (
+            self._engine.pending_request_count()
+            or self._status
+            or self._tasks
+            or self._has_unsent_changes()
+        ):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(poll)
