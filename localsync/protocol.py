@@ -51,12 +51,12 @@ __all__ = [
     "CONTENT_DIFF",
     "CONTENT_HASHES",
     "GET_CONTENT_HASHES",
+    "MAX_COALESCED_BYTES",
+    "MAX_COALESCED_STAMPS",
     "MAX_PENDING_REQUESTS",
     "RESPONSE",
     "ROW_DIFF",
     "TABLE_DIFF",
-    "MAX_COALESCED_BYTES",
-    "MAX_COALESCED_STAMPS",
     "VALUE_DIFF",
     "Message",
     "Outgoing",
@@ -335,9 +335,7 @@ def _changes_weight(changes: Any) -> tuple[int, int]:
             size += _STAMP_OVERHEAD + len(row_id)
             for cell_id, cell_stamp in cells.items():
                 thing = cell_stamp[0]
-                size += _STAMP_OVERHEAD + len(cell_id) + (
-                    len(thing) if type(thing) is str else 24
-                )
+                size += _STAMP_OVERHEAD + len(cell_id) + (len(thing) if type(thing) is str else 24)
     for value_id, value_stamp in changes[1][0].items():
         thing = value_stamp[0]
         stamps += 1
