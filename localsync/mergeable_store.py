@@ -53,6 +53,19 @@ __all__ = ["MergeableStore", "create_mergeable_store"]
 
 _MASK = 0xFFFFFFFF
 _HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
+_HLC_CHARS_RE = re.compile(r"[-0-9A-Z_a-z]*")
+_BIG_INT = 2**53
+_BIG = float(2**53)
+_prefix_cache: list[Any] = [None, None]
+
+
+def _time_prefix(limit: int) -> str:
+    """The 7-character HLC time prefix of ``limit`` (cached: the limit changes once a ms)."""
+    cache = _prefix_cache
+    if cache[0] != limit:
+        cache[1] = encode_hlc_parts(limit, 0, "")[:7]
+        cache[0] = limit
+    return cache[1]
 
 
 def _h(id_: str, hash_: int) -> int:
@@ -124,18 +137,25 @@ def _real_now() -> int:
 
 
 class _Validator:
-    """TinyBase's validateMergeable, with the future limit and flags fixed for one call."""
+    """TinyBase's validateMergeable, with the future limit and flags fixed for one call.
 
-    __slots__ = ("encoded", "has_hashes", "max_prefix", "max_time")
+    Peer data arrives in bulk (a joining replica receives millions of cells), so the cell
+    level is one inlined loop and the HLCs are collected and checked all at once at the end
+    (lengths via ``map``, characters with one regex over their concatenation, the future
+    limit with ``max``): the verdict is the same as checking each stamp in turn.
+    """
+
+    __slots__ = ("encoded", "has_hashes", "hlcs", "max_prefix", "max_time")
 
     def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
         self.has_hashes = has_hashes
         self.encoded = encoded
+        self.hlcs: list[str] = []
         # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
         # the 7-character time prefixes (exact for any integer limit below 2**42)
         limit = math.floor(max_time) if math.isfinite(max_time) else -1
-        self.max_prefix = encode_hlc_parts(limit, 0, "")[:7] if 0 <= limit < 2**42 else None
+        self.max_prefix = _time_prefix(limit) if 0 <= limit < 2**42 else None
 
     def hlc(self, hlc: Any) -> bool:
         if hlc == "":
@@ -144,6 +164,21 @@ class _Validator:
             return False
         prefix = self.max_prefix
         return hlc[:7] <= prefix if prefix is not None else is_hlc(hlc, self.max_time)
+
+    def collected_hlcs(self) -> bool:
+        """``hlc()`` of every non-empty HLC the cell loops collected, checked in bulk."""
+        hlcs = self.hlcs
+        if not hlcs:
+            return True
+        if min(map(len, hlcs)) != 16 or max(map(len, hlcs)) != 16:
+            return False
+        if _HLC_CHARS_RE.fullmatch("".join(hlcs)) is None:
+            return False
+        prefix = self.max_prefix
+        if prefix is not None:
+            return max(hlcs)[:7] <= prefix
+        max_time = self.max_time
+        return all(is_hlc(hlc, max_time) for hlc in hlcs)
 
     def mergeable(self, data: Any) -> bool:
         if type(data) is not list and type(data) is not tuple:
@@ -154,7 +189,11 @@ class _Validator:
                 return False
         elif n != 2 and (n != 3 or type(data[2]) not in (int, float) or data[2] != 1):
             return False
-        return self.stamp(data[0], self.tables) and self.stamp(data[1], self.things)
+        return (
+            self.stamp(data[0], self.tables)
+            and self.stamp(data[1], self.things)
+            and self.collected_hlcs()
+        )
 
     def stamp(self, stamp: Any, validate_thing: Callable[[Any], bool]) -> bool:
         if type(stamp) is not list and type(stamp) is not tuple:
@@ -186,9 +225,52 @@ class _Validator:
         return all(type(k) is str and self.stamp(v, self.things) for k, v in rows.items())
 
     def things(self, things: Any) -> bool:
+        """``stamp(v, thing)`` for every cell of a row (or every value), inlined."""
         if type(things) is not dict:
             return False
-        return all(type(k) is str and self.stamp(v, self.thing) for k, v in things.items())
+        has_hashes = self.has_hashes
+        append = self.hlcs.append
+        for key, stamp in things.items():
+            if type(key) is not str:
+                return False
+            ts = type(stamp)
+            if ts is not list and ts is not tuple:
+                return False
+            n = len(stamp)
+            if n == 3:
+                hash_ = stamp[2]
+                th = type(hash_)
+                if th is not int and (th is not float or hash_ - hash_ != 0):
+                    return False
+                hlc = stamp[1]
+                if type(hlc) is not str:
+                    return False
+            elif has_hashes:
+                return False
+            elif n == 2:
+                hlc = stamp[1]
+                if type(hlc) is not str:
+                    return False
+            elif n == 1:
+                hlc = ""
+            else:
+                return False
+            value = stamp[0]
+            t = type(value)
+            if t is str:
+                if value[:1] == JSON_PREFIX and not self.thing(value):
+                    return False
+            elif t is int:
+                if not -_BIG_INT <= value <= _BIG_INT and not fits_js_number(value):
+                    return False
+            elif t is float:
+                if value - value != 0:
+                    return False
+            elif t is not bool and value is not None and not self.thing(value):
+                return False
+            if hlc:
+                append(hlc)
+        return True
 
     def thing(self, value: Any) -> bool:
         t = type(value)
@@ -215,6 +297,11 @@ class _Validator:
 
 class MergeableStore(Store):
     """A TinyBase MergeableStore. Create one with :func:`create_mergeable_store`."""
+
+    # True: merge peer data with the line-by-line port (settle, ``_merge``, then write the
+    # winners) instead of the fused fast path. The port is the executable specification the
+    # fast path is tested against (tests/test_store_receive.py).
+    _reference_receive = False
 
     def __init__(
         self, unique_id: str | None = None, get_now: Callable[[], float] | None = None
@@ -587,6 +674,12 @@ class MergeableStore(Store):
                     undo.append((dirty, table_id, rows))
             root[2] ^= tables_delta
             dirty.clear()
+        if self._dirty_values:
+            self._settle_values()
+
+    def _settle_values(self) -> None:
+        log = self._depth > 0
+        undo = self._undo
         dirty_values = self._dirty_values
         if dirty_values:
             root = self._vstamp
@@ -758,11 +851,229 @@ class MergeableStore(Store):
         stamp[2] = _uint32(things_hash)
         return things_hlc, old_hash, stamp[2]
 
+    def _merge_and_write(self, data: Any, is_content: bool, encoded: bool) -> None:
+        """mergeContentOrChanges and the data writes of its winners, one row at a time.
+
+        Same stamps, hashes, clock effects, data, and change records (in the same order) as
+        ``_merge`` followed by writing every winning cell, without building the intermediate
+        changes structure. Two further savings, both unobservable:
+
+        * a row created by this merge needs no per-cell undo entries or stamp look-ups, and
+          its data is written with the row's containers found once;
+        * changes (which carry no hashes) leave the merged cells' hashes to be settled on
+          demand, like local writes: each winning cell is noted dirty with the hash it had.
+          The row and table hashes are folded into their parents with the hash they will
+          have *before* settling (``inter``), and ``_settle`` later folds from ``inter`` to
+          the final hash, so the two steps telescope to TinyBase's single fold (TinyBase's
+          "no removal term for a zero hash" rule is honoured at both steps).
+        """
+        undo = self._undo
+        tables_in = data[0]
+        tables_obj = tables_in[0]
+        incoming_tables_hlc = tables_in[1] if len(tables_in) > 1 else ""
+        incoming_tables_hash = tables_in[2] if len(tables_in) > 2 else 0
+        root = self._tstamp
+        table_stamps, old_tables_hlc, old_tables_hash = root
+        tables_hash = incoming_tables_hash if is_content else old_tables_hash
+        tables_hlc = incoming_tables_hlc
+        dirty = self._dirty_cells
+        lazy = not is_content
+        write_row = self._write_merged_row
+        for table_id, table_in in js_ordered(tables_obj).items():
+            rows_obj = table_in[0]
+            incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
+            incoming_table_hash = table_in[2] if len(table_in) > 2 else 0
+            table_stamp = table_stamps.get(table_id)
+            if table_stamp is None:
+                table_stamp = table_stamps[table_id] = [{}, "", 0]
+                undo.append((table_stamps, table_id, ABSENT))
+            row_stamps, old_table_hlc, old_table_hash = table_stamp
+            table_hash = incoming_table_hash if is_content else old_table_hash
+            table_hlc = incoming_table_hlc
+            dirty_rows = dirty.get(table_id)
+            for row_id, row_in in js_ordered(rows_obj).items():
+                cells_obj = row_in[0]
+                n_row = len(row_in)
+                incoming_row_hlc = row_in[1] if n_row > 1 else ""
+                row_stamp = row_stamps.get(row_id)
+                fresh = row_stamp is None
+                if fresh:
+                    cell_stamps: dict[str, Any] = {}
+                    row_stamp = row_stamps[row_id] = [cell_stamps, "", 0]
+                    undo.append((row_stamps, row_id, ABSENT))
+                    old_row_hlc = ""
+                    old_row_hash = 0
+                else:
+                    cell_stamps, old_row_hlc, old_row_hash = row_stamp
+                row_hash = (row_in[2] if n_row > 2 else 0) if is_content else old_row_hash
+                row_hlc = incoming_row_hlc
+                winners: dict[str, Any] = {}
+                dirty_cells = dirty_rows.get(row_id) if dirty_rows is not None else None
+                new_dirty_cells = False
+                for cell_id, cell_in in js_ordered(cells_obj).items():
+                    thing = cell_in[0]
+                    n = len(cell_in)
+                    cell_hlc = cell_in[1] if n > 1 else ""
+                    if fresh:
+                        old_stamp = None
+                        old_cell_hlc = ""
+                    else:
+                        old_stamp = cell_stamps.get(cell_id)
+                        old_cell_hlc = "" if old_stamp is None else old_stamp[1]
+                    if old_cell_hlc and cell_hlc <= old_cell_hlc:
+                        continue
+                    if not fresh:
+                        undo.append(
+                            (cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp)
+                        )
+                    if type(thing) is dict or type(thing) is list:
+                        thing = copy.deepcopy(thing)
+                    if lazy:
+                        cell_stamps[cell_id] = (thing, cell_hlc, None)
+                        # a cell whose hash is pending already has its dirty entry (with
+                        # the hash it had when it was last settled): keep that one
+                        previous = 0 if old_stamp is None else old_stamp[2]
+                        if previous is not None:
+                            if dirty_cells is None:
+                                if dirty_rows is None:
+                                    dirty_rows = dirty[table_id] = {}
+                                    undo.append((dirty, table_id, ABSENT))
+                                dirty_cells = dirty_rows[row_id] = {}
+                                undo.append((dirty_rows, row_id, ABSENT))
+                                new_dirty_cells = True
+                            elif not new_dirty_cells:
+                                undo.append((dirty_cells, cell_id, ABSENT))
+                            dirty_cells[cell_id] = previous
+                    else:
+                        hash_in = cell_in[2] if n > 2 else 0
+                        cell_stamps[cell_id] = (
+                            thing,
+                            cell_hlc,
+                            hash_in & _MASK if type(hash_in) is int else _uint32(hash_in),
+                        )
+                    winners[cell_id] = thing
+                    if cell_hlc > row_hlc:
+                        row_hlc = cell_hlc
+                if lazy:
+                    row_hash ^= _replace_hlc_hash(old_row_hlc, incoming_row_hlc)
+                if not fresh:
+                    undo.append((row_stamp, 1, old_row_hlc))
+                    undo.append((row_stamp, 2, old_row_hash))
+                if incoming_row_hlc > old_row_hlc:
+                    row_stamp[1] = incoming_row_hlc
+                row_hash = row_stamp[2] = _uint32(row_hash)
+                if lazy:
+                    old_term = _h(row_id, old_row_hash) if old_row_hash else 0
+                    if dirty_cells is None:
+                        table_hash ^= old_term ^ _h(row_id, row_hash)
+                    else:
+                        table_hash ^= old_term ^ (_h(row_id, row_hash) if row_hash else 0)
+                if row_hlc > table_hlc:
+                    table_hlc = row_hlc
+                if winners:
+                    write_row(table_id, row_id, winners, encoded)
+            if lazy:
+                table_hash ^= _replace_hlc_hash(old_table_hlc, incoming_table_hlc)
+            undo.append((table_stamp, 1, old_table_hlc))
+            undo.append((table_stamp, 2, old_table_hash))
+            if incoming_table_hlc > old_table_hlc:
+                table_stamp[1] = incoming_table_hlc
+            table_hash = table_stamp[2] = _uint32(table_hash)
+            if lazy:
+                old_term = _h(table_id, old_table_hash) if old_table_hash else 0
+                if dirty_rows is None:
+                    tables_hash ^= old_term ^ _h(table_id, table_hash)
+                else:
+                    tables_hash ^= old_term ^ (_h(table_id, table_hash) if table_hash else 0)
+            if table_hlc > tables_hlc:
+                tables_hlc = table_hlc
+        if lazy:
+            tables_hash ^= _replace_hlc_hash(old_tables_hlc, incoming_tables_hlc)
+        undo.append((root, 1, old_tables_hlc))
+        undo.append((root, 2, old_tables_hash))
+        if incoming_tables_hlc > old_tables_hlc:
+            root[1] = incoming_tables_hlc
+        root[2] = _uint32(tables_hash)
+        values_changes: dict[str, Any] = {}
+        values_hlc = self._merge_things(data[1], self._vstamp, values_changes, is_content)[0]
+        self._seen_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
+        for value_id, thing in values_changes.items():
+            if thing == UNDEFINED:
+                self._delete_value(value_id)
+            else:
+                stored = encode_accepted(thing) if encoded else _encode_merged(thing)
+                if stored is not ABSENT:
+                    self._write_value(value_id, stored)
+
+    def _write_merged_row(
+        self, table_id: str, row_id: str, cells: dict[str, Any], encoded: bool
+    ) -> None:
+        """Write a row's merge winners to the data, as ``_write_cell``/``_delete_cell`` would
+        (outside of stamping), finding the row's containers once."""
+        tables = self._tables
+        table = tables.get(table_id)
+        row = table.get(row_id) if table is not None else None
+        changed = self._changed_cells
+        track = self._track_ids
+        counts: dict[str, int] | None = None
+        for cell_id, thing in cells.items():
+            t = type(thing)
+            if t is str:
+                if thing == UNDEFINED:
+                    self._delete_cell(table_id, row_id, cell_id)
+                    table = tables.get(table_id)
+                    row = table.get(row_id) if table is not None else None
+                    counts = None
+                    continue
+                cell = thing  # validated: a "\ufffd" string is accepted JSON (encoded only)
+            elif (
+                (t is int and -_BIG_INT <= thing <= _BIG_INT)
+                or (t is float and -_BIG < thing < _BIG)
+                or t is bool
+                or thing is None
+            ):
+                cell = thing
+            else:
+                cell = encode_accepted(thing) if encoded else _encode_merged(thing)
+                if cell is ABSENT:
+                    continue
+            if row is None:
+                old = ABSENT
+            else:
+                old = row.get(cell_id, ABSENT)
+                if old is not ABSENT and old == cell and (type(old) is bool) is (t is bool):
+                    continue
+            key = (table_id, row_id, cell_id)
+            if row is None:
+                if table is None:
+                    table = self._new_table(table_id)
+                row = table[row_id] = {}
+                if track:
+                    self._row_added(table_id, row_id)
+            if old is ABSENT:
+                if counts is None:
+                    counts = self._table_cell_ids[table_id]
+                count = counts.get(cell_id, 0)
+                if count and not track:
+                    counts[cell_id] = count + 1
+                else:
+                    self._cell_id_added(table_id, row_id, cell_id)
+            row[cell_id] = cell
+            entry = changed.get(key)
+            if entry is None:
+                changed[key] = [old, cell]
+            else:
+                entry[1] = cell
+
     def _apply_merge(self, data: Any, is_content: bool, encoded: bool) -> None:
         """Inside a transaction: merge stamps, then apply the winning changes to the data."""
         listening = self._listening
         self._listening = False
         try:
+            if is_content or self._mutating or self._reference_receive:
+                self._settle()
+            elif self._dirty_values:
+                self._settle_values()  # values are merged with eager hashes
             if is_content:
                 self._delete_all_tables()
                 self._delete_all_values()
@@ -774,6 +1085,9 @@ class MergeableStore(Store):
                     root[0] = {}
                     root[1] = ""
                     root[2] = 0
+            if not self._mutating and not self._reference_receive:
+                self._merge_and_write(data, is_content, encoded)
+                return
             tables_changes, values_changes, _ = self._merge(data, is_content)
             write = self._write_cell
             delete = self._delete_cell
@@ -808,7 +1122,6 @@ class MergeableStore(Store):
                 return self
             if self._depth < 0:
                 return self
-            self._settle()
             self._txn(self._apply_merge, data, is_content, encoded)
         return self
 
