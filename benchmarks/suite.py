@@ -410,7 +410,7 @@ def machine_info() -> dict[str, Any]:
         pass
     memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gb": memory_gb,
-            "platform": platform.platform(), "hostname": platform.node()}
+            "platform": platform.platform()}
 
 
 def versions() -> dict[str, str | None]:
