@@ -103,6 +103,30 @@ SCENARIO_TITLES = {
 }
 
 
+METHOD = [
+    "## Method",
+    "",
+    "- Workload, identical for every subject: table `t`, rows `r<i>`, 10 integer cells per "
+    "row, one transaction (or message, or `update()`) per row.",
+    "- Every participant is its own process (fork server; Node subjects are worker threads "
+    "of one Node process). Participants first prove they are connected (localsync: "
+    "`start_sync()` returned; raw/pycrdt: a probe arrived through the proxy); the clock starts "
+    "only then. Times are `CLOCK_MONOTONIC`, shared by all processes of the machine.",
+    "- Fan-out: from the writer's first write to the last reader holding every cell. "
+    "Raw pyzmq+msgspec and pycrdt go through the same XSUB/XPUB proxy on ipc:// sockets as "
+    "localsync's channel hub. Manager readers poll `len()` every ms, then copy the dict.",
+    "- Latency: a single-cell change every 2 ms carrying its send time; pooled over readers.",
+    "- Join: from the newcomer opening the channel (or connecting) to holding all cells, "
+    "measured inside the newcomer; process start-up excluded for every subject.",
+    "- Memory: RSS growth of a fresh process while building the content (Python subjects), "
+    "V8 `heapUsed` growth after GC (TinyBase); ids and values count for every subject.",
+    "- Persistence: writer paced at the target rate for the stated seconds, then quiet; "
+    "localsync is durable when its `wait_acknowledged()` returns (a SQLite coordinator saved "
+    "content with its hashes), the raw sink when its commit includes the last row.",
+    "",
+]
+
+
 def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
                    areas: dict[str, Any]) -> None:
     m = meta["machine"]
@@ -122,6 +146,7 @@ def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
         "reference).",
         "",
     ]
+    lines += METHOD
     by_scenario: dict[str, list[Figure]] = defaultdict(list)
     for f in figures:
         by_scenario[f.scenario].append(f)
