@@ -25,10 +25,13 @@ Why it is built this way (and not as a line-by-line port):
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from fnv_hash_fast import fnv1a_32
@@ -57,6 +60,7 @@ _HLC_CHARS_RE = re.compile(r"[-0-9A-Z_a-z]*")
 _BIG_INT = 2**53
 _BIG = float(2**53)
 _prefix_cache: list[Any] = [None, None]
+_second = itemgetter(1)
 
 
 def _time_prefix(limit: int) -> str:
@@ -66,6 +70,41 @@ def _time_prefix(limit: int) -> str:
         cache[1] = encode_hlc_parts(limit, 0, "")[:7]
         cache[0] = limit
     return cache[1]
+
+
+class _GcPaused:
+    """Pause Python's cyclic garbage collector around bulk work on stamps and content.
+
+    Receiving or building a large store allocates millions of lists and dicts; each round of
+    the cyclic collector rescans all of them, which measured 2-3x the work itself for a
+    million cells (none of it is cyclic garbage). Pausing is process-wide, so it is
+    reference-counted across threads and never re-enables a collector someone else disabled.
+    """
+
+    __slots__ = ()
+    _lock = threading.Lock()
+    _depth = 0
+    _resume = False
+
+    def __enter__(self) -> None:
+        cls = _GcPaused
+        with cls._lock:
+            if cls._depth == 0:
+                cls._resume = gc.isenabled()
+                if cls._resume:
+                    gc.disable()
+            cls._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _GcPaused
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0 and cls._resume:
+                cls._resume = False
+                gc.enable()
+
+
+_gc_paused = _GcPaused()
 
 
 def _h(id_: str, hash_: int) -> int:
@@ -145,13 +184,15 @@ class _Validator:
     limit with ``max``): the verdict is the same as checking each stamp in turn.
     """
 
-    __slots__ = ("encoded", "has_hashes", "hlcs", "max_prefix", "max_time")
+    __slots__ = ("encoded", "has_hashes", "hlcs", "max_prefix", "max_time", "plain")
 
     def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
         self.has_hashes = has_hashes
         self.encoded = encoded
         self.hlcs: list[str] = []
+        # no object cell and no number beyond 2**53: every cell is stored as it arrived
+        self.plain = True
         # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
         # the 7-character time prefixes (exact for any integer limit below 2**42)
         limit = math.floor(max_time) if math.isfinite(max_time) else -1
@@ -261,13 +302,19 @@ class _Validator:
                 if value[:1] == JSON_PREFIX and not self.thing(value):
                     return False
             elif t is int:
-                if not -_BIG_INT <= value <= _BIG_INT and not fits_js_number(value):
-                    return False
+                if not -_BIG_INT <= value <= _BIG_INT:
+                    if not fits_js_number(value):
+                        return False
+                    self.plain = False
             elif t is float:
-                if value - value != 0:
+                if not -_BIG < value < _BIG:
+                    if value - value != 0:
+                        return False
+                    self.plain = False
+            elif t is not bool and value is not None:
+                if not self.thing(value):
                     return False
-            elif t is not bool and value is not None and not self.thing(value):
-                return False
+                self.plain = False
             if hlc:
                 append(hlc)
         return True
@@ -851,7 +898,7 @@ class MergeableStore(Store):
         stamp[2] = _uint32(things_hash)
         return things_hlc, old_hash, stamp[2]
 
-    def _merge_and_write(self, data: Any, is_content: bool, encoded: bool) -> None:
+    def _merge_and_write(self, data: Any, is_content: bool, encoded: bool, plain: bool) -> None:
         """mergeContentOrChanges and the data writes of its winners, one row at a time.
 
         Same stamps, hashes, clock effects, data, and change records (in the same order) as
@@ -879,6 +926,9 @@ class MergeableStore(Store):
         dirty = self._dirty_cells
         lazy = not is_content
         write_row = self._write_merged_row
+        put_row = self._put_new_row
+        # no change record yet: rows new to the data can be inserted whole (see _put_new_row)
+        clean = not self._changed_cells and not self._track_ids
         for table_id, table_in in js_ordered(tables_obj).items():
             rows_obj = table_in[0]
             incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
@@ -910,50 +960,78 @@ class MergeableStore(Store):
                 winners: dict[str, Any] = {}
                 dirty_cells = dirty_rows.get(row_id) if dirty_rows is not None else None
                 new_dirty_cells = False
-                for cell_id, cell_in in js_ordered(cells_obj).items():
-                    thing = cell_in[0]
-                    n = len(cell_in)
-                    cell_hlc = cell_in[1] if n > 1 else ""
-                    if fresh:
-                        old_stamp = None
-                        old_cell_hlc = ""
+                cells_obj = js_ordered(cells_obj)
+                new_row = None
+                if fresh and plain and dirty_cells is None and cells_obj:
+                    # a row this merge creates, of plain cells: every cell wins, so build the
+                    # stamps and the data row in bulk (shapes differing from the common one
+                    # fall back to the loop below)
+                    try:
+                        if lazy:
+                            cell_stamps = {c: (v, h, None) for c, (v, h) in cells_obj.items()}
+                        else:
+                            cell_stamps = {
+                                c: (v, h, x & _MASK) for c, (v, h, x) in cells_obj.items()
+                            }
+                    except (TypeError, ValueError):
+                        cell_stamps = row_stamp[0]
                     else:
-                        old_stamp = cell_stamps.get(cell_id)
-                        old_cell_hlc = "" if old_stamp is None else old_stamp[1]
-                    if old_cell_hlc and cell_hlc <= old_cell_hlc:
-                        continue
-                    if not fresh:
-                        undo.append(
-                            (cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp)
-                        )
-                    if type(thing) is dict or type(thing) is list:
-                        thing = copy.deepcopy(thing)
-                    if lazy:
-                        cell_stamps[cell_id] = (thing, cell_hlc, None)
-                        # a cell whose hash is pending already has its dirty entry (with
-                        # the hash it had when it was last settled): keep that one
-                        previous = 0 if old_stamp is None else old_stamp[2]
-                        if previous is not None:
-                            if dirty_cells is None:
-                                if dirty_rows is None:
-                                    dirty_rows = dirty[table_id] = {}
-                                    undo.append((dirty, table_id, ABSENT))
-                                dirty_cells = dirty_rows[row_id] = {}
-                                undo.append((dirty_rows, row_id, ABSENT))
-                                new_dirty_cells = True
-                            elif not new_dirty_cells:
-                                undo.append((dirty_cells, cell_id, ABSENT))
-                            dirty_cells[cell_id] = previous
-                    else:
-                        hash_in = cell_in[2] if n > 2 else 0
-                        cell_stamps[cell_id] = (
-                            thing,
-                            cell_hlc,
-                            hash_in & _MASK if type(hash_in) is int else _uint32(hash_in),
-                        )
-                    winners[cell_id] = thing
-                    if cell_hlc > row_hlc:
-                        row_hlc = cell_hlc
+                        row_stamp[0] = cell_stamps
+                        if lazy:
+                            if dirty_rows is None:
+                                dirty_rows = dirty[table_id] = {}
+                                undo.append((dirty, table_id, ABSENT))
+                            dirty_cells = dirty_rows[row_id] = dict.fromkeys(cell_stamps, 0)
+                            undo.append((dirty_rows, row_id, ABSENT))
+                        cells_hlc = max(map(_second, cells_obj.values()))
+                        if cells_hlc > row_hlc:
+                            row_hlc = cells_hlc
+                        new_row = {c: v for c, (v, *_) in cells_obj.items() if v != UNDEFINED}
+                if new_row is None:
+                    for cell_id, cell_in in cells_obj.items():
+                        thing = cell_in[0]
+                        n = len(cell_in)
+                        cell_hlc = cell_in[1] if n > 1 else ""
+                        if fresh:
+                            old_stamp = None
+                            old_cell_hlc = ""
+                        else:
+                            old_stamp = cell_stamps.get(cell_id)
+                            old_cell_hlc = "" if old_stamp is None else old_stamp[1]
+                        if old_cell_hlc and cell_hlc <= old_cell_hlc:
+                            continue
+                        if not fresh:
+                            undo.append(
+                                (cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp)
+                            )
+                        if type(thing) is dict or type(thing) is list:
+                            thing = copy.deepcopy(thing)
+                        if lazy:
+                            cell_stamps[cell_id] = (thing, cell_hlc, None)
+                            # a cell whose hash is pending already has its dirty entry (with
+                            # the hash it had when it was last settled): keep that one
+                            previous = 0 if old_stamp is None else old_stamp[2]
+                            if previous is not None:
+                                if dirty_cells is None:
+                                    if dirty_rows is None:
+                                        dirty_rows = dirty[table_id] = {}
+                                        undo.append((dirty, table_id, ABSENT))
+                                    dirty_cells = dirty_rows[row_id] = {}
+                                    undo.append((dirty_rows, row_id, ABSENT))
+                                    new_dirty_cells = True
+                                elif not new_dirty_cells:
+                                    undo.append((dirty_cells, cell_id, ABSENT))
+                                dirty_cells[cell_id] = previous
+                        else:
+                            hash_in = cell_in[2] if n > 2 else 0
+                            cell_stamps[cell_id] = (
+                                thing,
+                                cell_hlc,
+                                hash_in & _MASK if type(hash_in) is int else _uint32(hash_in),
+                            )
+                        winners[cell_id] = thing
+                        if cell_hlc > row_hlc:
+                            row_hlc = cell_hlc
                 if lazy:
                     row_hash ^= _replace_hlc_hash(old_row_hlc, incoming_row_hlc)
                 if not fresh:
@@ -970,7 +1048,9 @@ class MergeableStore(Store):
                         table_hash ^= old_term ^ (_h(row_id, row_hash) if row_hash else 0)
                 if row_hlc > table_hlc:
                     table_hlc = row_hlc
-                if winners:
+                if new_row:
+                    (put_row if clean else write_row)(table_id, row_id, new_row, encoded)
+                elif winners:
                     write_row(table_id, row_id, winners, encoded)
             if lazy:
                 table_hash ^= _replace_hlc_hash(old_table_hlc, incoming_table_hlc)
@@ -1004,6 +1084,27 @@ class MergeableStore(Store):
                 stored = encode_accepted(thing) if encoded else _encode_merged(thing)
                 if stored is not ABSENT:
                     self._write_value(value_id, stored)
+
+    def _put_new_row(
+        self, table_id: str, row_id: str, cells: dict[str, Any], encoded: bool
+    ) -> None:
+        """``_write_merged_row`` for plain cells of a row the data does not have yet, called
+        only while the transaction has no earlier change record: the row is inserted whole."""
+        table = self._tables.get(table_id)
+        if table is not None and row_id in table:
+            self._write_merged_row(table_id, row_id, cells, encoded)
+            return
+        if table is None:
+            table = self._new_table(table_id)
+        table[row_id] = cells
+        self._changed_cells.update({(table_id, row_id, c): [ABSENT, v] for c, v in cells.items()})
+        counts = self._table_cell_ids[table_id]
+        for cell_id in cells:
+            count = counts.get(cell_id, 0)
+            if count:
+                counts[cell_id] = count + 1
+            else:
+                self._cell_id_added(table_id, row_id, cell_id)
 
     def _write_merged_row(
         self, table_id: str, row_id: str, cells: dict[str, Any], encoded: bool
@@ -1065,7 +1166,7 @@ class MergeableStore(Store):
             else:
                 entry[1] = cell
 
-    def _apply_merge(self, data: Any, is_content: bool, encoded: bool) -> None:
+    def _apply_merge(self, data: Any, is_content: bool, encoded: bool, plain: bool = False) -> None:
         """Inside a transaction: merge stamps, then apply the winning changes to the data."""
         listening = self._listening
         self._listening = False
@@ -1086,7 +1187,7 @@ class MergeableStore(Store):
                     root[1] = ""
                     root[2] = 0
             if not self._mutating and not self._reference_receive:
-                self._merge_and_write(data, is_content, encoded)
+                self._merge_and_write(data, is_content, encoded, plain)
                 return
             tables_changes, values_changes, _ = self._merge(data, is_content)
             write = self._write_cell
@@ -1111,7 +1212,7 @@ class MergeableStore(Store):
             self._listening = listening
 
     def _merge_in(self, data: Any, is_content: bool, encoded: bool) -> MergeableStore:
-        with self.lock:
+        with self.lock, _gc_paused:
             validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
             try:
                 valid = validator.mergeable(data)
@@ -1122,7 +1223,7 @@ class MergeableStore(Store):
                 return self
             if self._depth < 0:
                 return self
-            self._txn(self._apply_merge, data, is_content, encoded)
+            self._txn(self._apply_merge, data, is_content, encoded, validator.plain)
         return self
 
     def apply_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
@@ -1174,7 +1275,7 @@ class MergeableStore(Store):
         return self._content(_raw)
 
     def _content(self, convert: Callable[[Any], Any]) -> list[Any]:
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             tables, tables_hlc, tables_hash = self._tstamp
             values, values_hlc, values_hash = self._vstamp
@@ -1211,7 +1312,7 @@ class MergeableStore(Store):
     def _transaction_mergeable_changes(
         self, with_hashes: bool, convert: Callable[[Any], Any]
     ) -> list[Any]:
-        with self.lock:
+        with self.lock, _gc_paused:
             if with_hashes:
                 self._settle()
 
@@ -1260,12 +1361,12 @@ class MergeableStore(Store):
     # ------------------------------------------------------------------ hashes and diffs
 
     def get_mergeable_content_hashes(self) -> list[int]:
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             return [self._tstamp[2], self._vstamp[2]]
 
     def get_mergeable_table_hashes(self) -> dict[str, int]:
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             return {table_id: stamp[2] for table_id, stamp in self._tstamp[0].items()}
 
@@ -1273,7 +1374,7 @@ class MergeableStore(Store):
         """``[new tables stamp, {table id: our hash}]`` for tables the other side lacks or
         has differently."""
         _check_mapping(other_table_hashes)
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             tables, tables_hlc, _ = self._tstamp
             new_tables: dict[str, Any] = {}
@@ -1305,7 +1406,7 @@ class MergeableStore(Store):
 
     def get_mergeable_row_diff(self, other_table_row_hashes: dict[str, Any]) -> list[Any]:
         _check_mapping(other_table_row_hashes)
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             tables, tables_hlc, _ = self._tstamp
             new_rows: dict[str, Any] = {}
@@ -1346,7 +1447,7 @@ class MergeableStore(Store):
 
     def get_mergeable_cell_diff(self, other_table_row_cell_hashes: dict[str, Any]) -> list[Any]:
         _check_mapping(other_table_row_cell_hashes)
-        with self.lock:
+        with self.lock, _gc_paused:
             self._settle()
             tables, tables_hlc, _ = self._tstamp
             tables_out: dict[str, Any] = {}
