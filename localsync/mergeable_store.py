@@ -11,9 +11,16 @@ Why it is built this way (and not as a line-by-line port):
   XORs give the same numbers, including TinyBase's quirks (trusted hashes from
   ``set_mergeable_content`` stay trusted; the ``H(id:0)`` legacy term; a zero row hash adding
   no removal term).
-* Changes from peers (``apply_mergeable_changes``, ``set_mergeable_content``, ``merge``) go
-  through a faithful port of ``mergeContentOrChanges``, so their stamps, hashes and clock
-  effects are TinyBase's own, down to hashing the *decoded* object of an object cell.
+* Changes from peers (``apply_mergeable_changes``, ``set_mergeable_content``, ``merge``) get
+  TinyBase's own stamps, hashes and clock effects (``mergeContentOrChanges``), down to hashing
+  the *decoded* object of an object cell, but not by running its general routine: receiving
+  is what a reader of a busy channel and a replica joining a large one spend their time on.
+  The fast path merges and writes one row at a time; a row new to the store is built whole;
+  validation is one inlined pass with the HLCs checked in bulk; merged *changes* leave their
+  cells' hashes to be settled lazily like local writes (content carries trusted hashes); and
+  the cyclic GC is paused during bulk work. The line-by-line port (``_merge``) is kept as the
+  reference the fast path is tested against (``_reference_receive``), and still serves
+  default content and writes made from mutator listeners.
 * Cell stamps are immutable tuples ``(cell, hlc, hash)``; row/table/tables stamps are lists
   ``[children, hlc, hash]``. A transaction keeps an undo log of ``(container, key, old)``
   entries for every stamp it replaces, so a rollback restores stamps exactly and no closure is
@@ -1279,22 +1286,28 @@ class MergeableStore(Store):
             self._settle()
             tables, tables_hlc, tables_hash = self._tstamp
             values, values_hlc, values_hash = self._vstamp
+            raw = convert is _raw
             tables_out: dict[str, Any] = {}
             for table_id, (rows, table_hlc, table_hash) in tables.items():
                 rows_out: dict[str, Any] = {}
                 for row_id, (cells, row_hlc, row_hash) in rows.items():
-                    rows_out[row_id] = [
-                        {
+                    if raw:  # only object cells need converting (a copy)
+                        cells_out = {
+                            cell_id: [cell, hlc, hash_]
+                            if type(cell) not in _OBJECTS
+                            else [copy.deepcopy(cell), hlc, hash_]
+                            for cell_id, (cell, hlc, hash_) in cells.items()
+                        }
+                    else:
+                        cells_out = {
                             cell_id: [
                                 convert(cell) if type(cell) is not int else cell,
                                 hlc,
                                 hash_,
                             ]
                             for cell_id, (cell, hlc, hash_) in cells.items()
-                        },
-                        row_hlc,
-                        row_hash,
-                    ]
+                        }
+                    rows_out[row_id] = [cells_out, row_hlc, row_hash]
                 tables_out[table_id] = [rows_out, table_hlc, table_hash]
             values_out = {
                 value_id: [convert(value), hlc, hash_]
@@ -1493,10 +1506,16 @@ class MergeableStore(Store):
 
 def _row_without_hashes(row_stamp: list[Any]) -> list[Any]:
     cells, row_hlc, _ = row_stamp
-    return _stamp(
-        {cell_id: _stamp(_raw(cell), hlc) for cell_id, (cell, hlc, _h2) in cells.items()},
-        row_hlc,
-    )
+    cells_out = {
+        cell_id: ([cell, hlc] if hlc else [cell])
+        if type(cell) not in _OBJECTS
+        else _stamp(copy.deepcopy(cell), hlc)
+        for cell_id, (cell, hlc, _h2) in cells.items()
+    }
+    return [cells_out, row_hlc] if row_hlc else [cells_out]
+
+
+_OBJECTS = (dict, list)
 
 
 def _check_mapping(value: Any) -> None:
