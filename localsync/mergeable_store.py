@@ -1082,7 +1082,11 @@ class MergeableStore(Store):
             root[1] = incoming_tables_hlc
         root[2] = _uint32(tables_hash)
         values_changes: dict[str, Any] = {}
-        values_hlc = self._merge_things(data[1], self._vstamp, values_changes, is_content)[0]
+        values_in = data[1]
+        values_hlc = values_in[1] if len(values_in) > 1 else ""
+        if is_content or values_in[0] or values_hlc > self._vstamp[1]:
+            # (changes without values and without a newer values HLC change nothing there)
+            values_hlc = self._merge_things(values_in, self._vstamp, values_changes, is_content)[0]
         self._seen_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
         for value_id, thing in values_changes.items():
             if thing == UNDEFINED:
