@@ -51,9 +51,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .persisters._common import PersistError
+
 __all__ = ["Coordinator", "configure", "data_file", "run"]
 
 logger = logging.getLogger("localsync.coordinator")
+
+# pauses between attempts when saving fails (full disk, read-only folder): short at first,
+# so a transient error costs little, capped so a lasting one does not spin
+_SAVE_RETRY_FIRST_SECONDS = 0.5
+_SAVE_RETRY_MAX_SECONDS = 10.0
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 PERSISTERS = ("sqlite", "file")
@@ -101,6 +108,8 @@ class Coordinator:
         self.synchronizer: Any = None
         self.saved_hashes: tuple[int, int] | None = None
         self.saves = 0
+        self.save_errors = 0
+        self.final_save_failed = False
         self.ignored_errors = 0
         self._dirty: asyncio.Event | None = None
         self._saved: asyncio.Condition | None = None
@@ -166,7 +175,9 @@ class Coordinator:
     async def _save_once(self) -> None:
         assert self._saved is not None
         hashes = tuple(self.store.get_mergeable_content_hashes())
-        await self.persister.save()
+        # flush(), not save(): save() reports a failure (full disk, read-only folder) only to
+        # listeners, and announcing hashes that are not on disk would break "acknowledged".
+        await self.persister.flush()
         self.saves += 1
         self.saved_hashes = (hashes[0], hashes[1])
         self._announce()
@@ -180,10 +191,22 @@ class Coordinator:
 
     async def _save_loop(self) -> None:
         assert self._dirty is not None
+        backoff = _SAVE_RETRY_FIRST_SECONDS
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            await self._save_once()
+            try:
+                await self._save_once()
+            except PersistError as error:
+                # keep serving and keep the data in memory; nothing is acknowledged until a
+                # save succeeds, and the next attempt comes after a growing pause
+                self.save_errors += 1
+                logger.error("save failed (attempt again in %.1f s): %s", backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _SAVE_RETRY_MAX_SECONDS)
+                self._dirty.set()
+            else:
+                backoff = _SAVE_RETRY_FIRST_SECONDS
 
     async def _ack_loop(self) -> None:
         while True:
@@ -218,8 +241,13 @@ class Coordinator:
         if self.synchronizer is not None:
             await self.synchronizer.destroy()
         if self.persister is not None:
-            await self.persister.save()
-            self.saves += 1
+            try:
+                await self.persister.flush()
+                self.saves += 1
+            except PersistError as error:
+                self.save_errors += 1
+                self.final_save_failed = True
+                logger.error("final save failed: %s", error)
             destroy = getattr(self.persister, "destroy", None)
             if destroy is not None:
                 await destroy()
@@ -288,5 +316,8 @@ def run(args: argparse.Namespace) -> int:
         coordinator.run()
     except (ChannelError, RuntimeDirError, OSError) as error:
         print(f"localsync coordinator: {error}", file=sys.stderr)
+        return 1
+    if coordinator.final_save_failed:
+        print("localsync coordinator: the final save failed (see the log)", file=sys.stderr)
         return 1
     return 0

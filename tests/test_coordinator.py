@@ -182,3 +182,50 @@ def test_coordinator_rejects_bad_arguments(rundir: Path) -> None:
     assert data_file("a b/c", rundir).name.startswith("channel-")
     with pytest.raises(ValueError):
         data_file("x", rundir, "postgres")
+
+
+def test_a_failed_save_is_not_acknowledged_then_retried(rundir: Path) -> None:
+    """A save that fails (here: the data file's path became a folder) must not be announced
+    as acknowledged; the coordinator keeps serving and acknowledges once a retry succeeds."""
+    import asyncio
+
+    from localsync import create_mergeable_store
+    from localsync.coordinator import Coordinator
+    from localsync.synchronizers.channel import create_channel_synchronizer
+
+    data = rundir / "data"
+
+    async def scenario() -> None:
+        coordinator = Coordinator("ack-fail", data, "file", runtime_dir=rundir)
+        await coordinator.start()
+        store = create_mergeable_store()
+        sync = create_channel_synchronizer(store, "ack-fail", runtime_dir=rundir)
+        await sync.start_sync()
+        try:
+            store.set_cell("t", "r", "c", 1)
+            await sync.wait_acknowledged(20)
+
+            path = coordinator.path
+            path.unlink()
+            path.mkdir()  # every save now fails at the final rename
+            store.set_cell("t", "r", "c", 2)
+            latest = tuple(store.get_mergeable_content_hashes())
+            for _ in range(400):
+                if coordinator.save_errors:
+                    break
+                await asyncio.sleep(0.025)
+            assert coordinator.save_errors > 0
+            assert coordinator.saved_hashes != latest
+            with pytest.raises(TimeoutError):
+                await sync.wait_acknowledged(1.0)
+
+            path.rmdir()  # the disk "recovers": the retry must save and acknowledge
+            await sync.wait_acknowledged(30)
+            assert coordinator.saved_hashes == latest
+        finally:
+            await sync.destroy()
+            await coordinator.stop()
+        saved = json.loads(coordinator.path.read_text())
+        assert saved[0][0]["t"][0]["r"][0]["c"][0] == 2
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
