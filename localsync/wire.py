@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .codec import UNDEFINED, get_unique_id, js_stringify
+from .codec import get_unique_id, js_stringify
+from .protocol import is_protocol_message_valid
 
 __all__ = [
     "CLOSE_INVALID",
@@ -69,10 +70,8 @@ CLOSE_OVERFLOW = 1013
 ERROR_MESSAGE = "tinybase:14"
 ERROR_OVERFLOW = "tinybase:15"
 
-_HLC = re.compile(r"[-0-9A-Z_a-z]{16}")
 _FRAGMENT = re.compile(r"([-0-9A-Z_a-z]{16})\n([0-9]+)\n([0-9]+)\n(.*)", re.DOTALL)
 _FRAGMENT_PAYLOAD = re.compile(r"[^\n]*\n[-0-9A-Z_a-z]{16}\n[0-9]+\n[0-9]+\n")
-_MAX_HASH = 4294967295
 _INFINITY = math.inf
 
 
@@ -187,144 +186,8 @@ def fragment_remainder(client_id: str, remainder: str, fragment_size: int | None
 # ---------------------------------------------------------------------------- validation
 
 
-def _is_hash(value: Any) -> bool:
-    t = type(value)
-    if t is int:
-        return 0 <= value <= _MAX_HASH
-    if t is float:
-        return value.is_integer() and 0 <= value <= _MAX_HASH
-    return False
-
-
-def _is_hash_tree(tree: Any, depth: int) -> bool:
-    if type(tree) is not dict:
-        return False
-    if depth:
-        return all(_is_hash_tree(child, depth - 1) for child in tree.values())
-    return all(_is_hash(child) for child in tree.values())
-
-
-def _is_cell_or_value(value: Any) -> bool:
-    # TinyBase 10: string, boolean, finite number, null, object, array (or undefined)
-    if type(value) is float:
-        return value - value == 0.0
-    return value is None or type(value) in (str, int, bool, dict, list)
-
-
-_HLC_RUN = re.compile(r"[-0-9A-Z_a-z]*")
-
-
-def _hlcs_valid(hlcs: list[str]) -> bool:
-    # every HLC 16 alphabet characters: checked in bulk, as one C-level pass over all of them
-    return (not hlcs or set(map(len, hlcs)) == {16}) and _HLC_RUN.fullmatch(
-        "".join(hlcs)
-    ) is not None
-
-
-def _stamp_ok(stamp: Any, depth: int, hlcs: list[str]) -> bool:
-    """Structure of a stamp tree; non-empty HLC strings are collected into ``hlcs``."""
-    if type(stamp) is not list:
-        return False
-    n = len(stamp)
-    if n == 2:
-        hlc = stamp[1]
-        if type(hlc) is not str:
-            return False
-        if hlc:
-            hlcs.append(hlc)
-    elif n != 1:
-        return False
-    thing = stamp[0]
-    if not depth:
-        return _is_cell_or_value(thing)
-    if type(thing) is not dict:
-        return False
-    depth -= 1
-    if depth:
-        return all(_stamp_ok(child, depth, hlcs) for child in thing.values())
-    append = hlcs.append
-    for leaf in thing.values():  # the hot path of a ContentDiff: cell and value stamps
-        if type(leaf) is not list:
-            return False
-        n = len(leaf)
-        if n == 2:
-            hlc = leaf[1]
-            if type(hlc) is not str:
-                return False
-            if hlc:
-                append(hlc)
-        elif n != 1:
-            return False
-        value = leaf[0]
-        t = type(value)
-        if t is float:
-            if value - value != 0.0:
-                return False
-        elif not (t is str or t is int or t is bool or value is None or t is dict or t is list):
-            return False
-    return True
-
-
-def _is_stamp(stamp: Any, depth: int) -> bool:
-    hlcs: list[str] = []
-    return _stamp_ok(stamp, depth, hlcs) and _hlcs_valid(hlcs)
-
-
-def _is_content_hashes(body: Any) -> bool:
-    return type(body) is list and len(body) == 2 and _is_hash(body[0]) and _is_hash(body[1])
-
-
-def _is_content_or_changes(body: Any) -> bool:
-    return (
-        type(body) is list
-        and (len(body) == 2 or (len(body) == 3 and body[2] == 1 and type(body[2]) is not bool))
-        and _is_stamp(body[0], 3)
-        and _is_stamp(body[1], 1)
-    )
-
-
-def _is_response(body: Any) -> bool:
-    return (
-        _is_content_hashes(body)
-        or _is_stamp(body, 3)
-        or _is_stamp(body, 1)
-        or (
-            type(body) is list
-            and len(body) == 2
-            and _is_stamp(body[0], 3)
-            and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
-        )
-    )
-
-
-_BODY_CHECKS: dict[int, Callable[[Any], bool]] = {
-    0: _is_response,
-    1: lambda body: body == "" and type(body) is str,
-    2: _is_content_hashes,
-    3: _is_content_or_changes,
-    4: lambda body: _is_hash_tree(body, 0),
-    5: lambda body: _is_hash_tree(body, 1),
-    6: lambda body: _is_hash_tree(body, 2),
-    7: lambda body: _is_hash_tree(body, 0),
-}
-
-
-def _message_number(message: Any) -> int | None:
-    t = type(message)
-    if t is int:
-        return message
-    if t is float and message.is_integer():
-        return int(message)
-    return None
-
-
-def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
-    """TinyBase 10's ``isProtocolMessageValid`` on decoded (U+FFFC-marked) data."""
-    if not (request_id is None or (type(request_id) is str and request_id != UNDEFINED)):
-        return False
-    number = _message_number(message)
-    check = _BODY_CHECKS.get(number) if number is not None else None
-    return check is not None and check(body)
+# Message validation is the engine's (``localsync.protocol.is_protocol_message_valid``): one
+# definition of what TinyBase 10 accepts, shared by the engine, the client and the relay server.
 
 
 # ------------------------------------------------------------------------------ decoding
