@@ -148,12 +148,19 @@ def _make_ops(seed: int, steps: int) -> list[Any]:
 
 
 class _Replica:
-    def __init__(self, reference: bool) -> None:
+    """``listeners``: 2 = cell, row id and value listeners too, 1 = did-finish, table cell
+    ids and tables listeners only (no id tracking: rows new to the store are then inserted
+    whole), 0 = none."""
+
+    def __init__(self, reference: bool, listeners: int = 2) -> None:
         self.now = 0
         self.store = create_mergeable_store("replica", lambda: self.now)
         self.store._reference_receive = reference
         self.log: list[Any] = []
         store = self.store
+        self.cell_listener = ""
+        if listeners == 0:
+            return
         store.add_did_finish_transaction_listener(
             lambda s: self.log.append(
                 (
@@ -163,6 +170,12 @@ class _Replica:
                 )
             )
         )
+        store.add_table_cell_ids_listener(
+            None, lambda s, t, f: self.log.append(("table_cell_ids", t, f()))
+        )
+        store.add_tables_listener(lambda s, f: self.log.append(("tables", s.get_tables())))
+        if listeners == 1:
+            return
         self.cell_listener = store.add_cell_listener(
             None, None, None, lambda s, *args: self.log.append(args[:5])
         )
@@ -220,7 +233,7 @@ class _Replica:
 
 @pytest.mark.parametrize("seed", range(60))
 def test_fast_receive_path_equals_the_port(seed: int) -> None:
-    fast, reference = _Replica(False), _Replica(True)
+    fast, reference = _Replica(False, seed % 3), _Replica(True, seed % 3)
     for step, op in enumerate(_make_ops(seed, 80)):
         assert fast.run(op) == reference.run(op), f"step {step}: {op[0]}"
         assert fast.log == reference.log, f"step {step}: {op[0]}"
@@ -250,3 +263,25 @@ def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
     assert fast.store._dirty_cells  # the fast path really left hashes pending
     assert fast.snapshot() == reference.snapshot()
     assert fast.log == reference.log
+
+
+def test_bulk_work_pauses_the_collector_and_restores_its_state() -> None:
+    """The pause must never leave the collector off, nor turn on one the program turned off."""
+    import gc
+
+    store = create_mergeable_store("gc")
+    seen: list[bool] = []
+    store.add_did_finish_transaction_listener(lambda s: seen.append(gc.isenabled()))
+    data = [[{"t": [{"r": [{"c": [1, encode_hlc_parts(1, 0, PEERS[0])]}]}]}], [{}], 1]
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable()
+        store._apply_encoded_mergeable_changes(data)
+        assert seen == [False] and gc.isenabled()
+        gc.disable()
+        store.get_mergeable_content()
+        store._set_encoded_mergeable_content(store._get_encoded_mergeable_content())
+        assert not gc.isenabled()
+    finally:
+        if was_enabled:
+            gc.enable()
