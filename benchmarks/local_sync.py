@@ -9,6 +9,13 @@ live
     Two stores with started local synchronizers. One row (10 cells) per transaction is written
     on A; we time from the first write until B holds every cell. Every transaction becomes one
     ContentDiff, so this measures the engine, validation and the receiving merge.
+thread (coalescing on / off)
+    The blocking facade: A's and B's synchronizers run on a background loop; a plain thread
+    writes one row per transaction on A (as a worker program does) and we time from the first
+    write until B holds every cell. With coalescing on (the default), transactions that pile
+    up while the loop is busy travel as one ContentDiff per run; "off" sets the private flag
+    ``_coalesce_saves = False`` to send one diff per transaction, as TinyBase does. Both run
+    in the same round, so their ratio is the gain of coalescing on this machine.
 join
     A already holds all cells; B starts syncing (the TinyBase pull: GetContentHashes ->
     GetTableDiff -> ... ) and we time until its ``start_sync()`` returns holding everything.
@@ -33,6 +40,7 @@ import asyncio
 import gc
 import json
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +117,33 @@ async def live(rows: int) -> dict[str, float]:
     return {"total": elapsed, "write_phase": written}
 
 
+def thread_writer(rows: int, coalesce: bool) -> dict[str, float]:
+    from localsync.blocking import BackgroundLoop, blocking
+
+    a, b = create_mergeable_store(), create_mergeable_store()
+    with (
+        BackgroundLoop(name="bench-local-sync") as bg,
+        blocking(create_local_synchronizer, a, loop=bg, timeout=60) as sa,
+        blocking(create_local_synchronizer, b, loop=bg, timeout=60),
+    ):
+        sa.synchronizer._coalesce_saves = coalesce
+        done = threading.Event()
+        b.add_did_finish_transaction_listener(
+            lambda s: done.set() if s.get_row_count("t") >= rows else None
+        )
+        start = time.perf_counter()
+        for i in range(rows):
+            a.set_row("t", f"r{i}", row(i))
+        written = time.perf_counter() - start
+        assert done.wait(600), "B never received every row"
+        elapsed = time.perf_counter() - start
+        assert bg.call(lambda: b.get_mergeable_content_hashes()) == bg.call(
+            lambda: a.get_mergeable_content_hashes()
+        )
+        diffs = rows - sa.synchronizer.coalesced_transactions
+    return {"total": elapsed, "write_phase": written, "diffs": float(diffs)}
+
+
 async def join(rows: int) -> dict[str, float]:
     a, b = create_mergeable_store(), create_mergeable_store()
     for i in range(rows):
@@ -134,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, cells = args.rows, args.rows * 10
 
     # interleaved rounds, best of each: on a shared machine, load then hits all figures alike
-    runs: dict[str, list[Any]] = {k: [] for k in ("write", "changes", "content", "live", "join")}
+    keys = ("write", "changes", "content", "live", "join", "thread_on", "thread_off")
+    runs: dict[str, list[Any]] = {k: [] for k in keys}
     for _ in range(args.repeat):
         for key, fn in (
             ("write", lambda: baseline_write(rows)),
@@ -142,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             ("live", lambda: asyncio.run(live(rows))),
             ("content", lambda: baseline_apply_content(rows)),
             ("join", lambda: asyncio.run(join(rows))),
+            ("thread_on", lambda: thread_writer(rows, True)),
+            ("thread_off", lambda: thread_writer(rows, False)),
         ):
             gc.collect()
             runs[key].append(fn())
@@ -150,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_content = min(runs["content"])
     live_r = min(runs["live"], key=lambda r: r["total"])
     join_r = min(runs["join"], key=lambda r: r["total"])
+    on_r = min(runs["thread_on"], key=lambda r: r["total"])
+    off_r = min(runs["thread_off"], key=lambda r: r["total"])
 
     table = [
         ("baseline: write only (no sync)", write, None),
@@ -158,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline: write + apply per txn (sum)", write + apply_changes, None),
         ("live: write on A until B has all", live_r["total"], live_r["total"] / apply_changes),
         ("join: B start_sync with A full", join_r["total"], join_r["total"] / apply_content),
+        ("thread, coalescing off (1 diff/txn)", off_r["total"], off_r["total"] / apply_changes),
+        ("thread, coalescing on", on_r["total"], on_r["total"] / apply_changes),
     ]
     print(f"local_sync: {rows:,} rows x 10 = {cells:,} cells (best of {args.repeat})")
     print(f"{'scenario':46} {'seconds':>9} {'cells/s':>11} {'ratio':>7}")
@@ -168,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         "ratios: live vs apply-changes baseline, join vs apply-content baseline; "
         f"live vs write+apply: {live_r['total'] / (write + apply_changes):.2f}x; "
         f"the live write loop (deliveries interleaved) ended after {live_r['write_phase']:.3f} s"
+    )
+    print(
+        f"writer thread: coalescing on is {off_r['total'] / on_r['total']:.2f}x faster than off "
+        f"({on_r['diffs']:,.0f} vs {off_r['diffs']:,.0f} ContentDiffs for {rows:,} transactions;"
+        f" write loop {on_r['write_phase']:.3f} s vs {off_r['write_phase']:.3f} s)"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
@@ -182,12 +229,23 @@ def main(argv: list[str] | None = None) -> int:
             "live_total": live_r["total"],
             "live_write_phase": live_r["write_phase"],
             "join_total": join_r["total"],
+            "thread_coalesce_on_total": on_r["total"],
+            "thread_coalesce_on_write_phase": on_r["write_phase"],
+            "thread_coalesce_off_total": off_r["total"],
+            "thread_coalesce_off_write_phase": off_r["write_phase"],
+        },
+        "content_diffs": {
+            "thread_coalesce_on": on_r["diffs"],
+            "thread_coalesce_off": off_r["diffs"],
         },
         "ratios": {
             "live_vs_apply_changes": live_r["total"] / apply_changes,
             "live_vs_write_only": live_r["total"] / write,
             "live_vs_write_plus_apply": live_r["total"] / (write + apply_changes),
             "join_vs_apply_content": join_r["total"] / apply_content,
+            "thread_on_vs_apply_changes": on_r["total"] / apply_changes,
+            "thread_off_vs_apply_changes": off_r["total"] / apply_changes,
+            "thread_off_vs_on": off_r["total"] / on_r["total"],
         },
     }
     (RESULTS / "local_sync.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -41,6 +41,10 @@ on other threads (the store serialises them with ``store.lock``); their changes 
 the writing thread inside the transaction listener and handed to the loop with
 ``call_soon_threadsafe``.
 
+Coalescing (``_coalesce_saves``, switched on by synchronizers): auto-saved changes are queued
+and saved on the loop's next turn, merged by ``_merge_changes``; see
+:mod:`localsync.synchronizer`. Persisters keep one save per transaction.
+
 One deliberate difference from TinyBase: a transaction is treated as an echo (and not saved)
 only while this persister itself is applying loaded content on the loop thread. TinyBase skips
 *any* save while its status is "loading", which silently delays local writes that happen while
@@ -673,42 +677,49 @@ class Persister:
                 return
             if changes is not None and not _has_changes(changes, self._is_mergeable_store):
                 return
-            if on_loop:
+            if self._coalesce_saves:
+                self._hand_over(generation, changes, on_loop)
+            elif on_loop:
                 self._save_changes_now(changes)
-            elif self._coalesce_saves:
-                self._hand_over(generation, changes)
             else:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
 
         return on_transaction
 
-    def _hand_over(self, generation: int, changes: Any) -> None:
-        """Queue a transaction from another thread; only the first of a run wakes the loop.
+    def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
+        """Queue a transaction's changes; only the first of a run schedules the send.
 
-        So a lone write is handled on the loop's next turn (no added latency), while writes
-        that pile up before that turn are merged and cost one wake-up and one message.
+        The send runs on the loop's next turn: a lone write waits for nothing else, while
+        writes that pile up before that turn (in the same turn on the loop thread, or from
+        a thread faster than the loop) are merged and cost one wake-up and one message.
+        Transactions are serialised by ``store.lock``, so the queue is in transaction order.
         """
         with self._handover_lock:
             self._handover.append((generation, changes))
             if self._handover_scheduled:
                 return
             self._handover_scheduled = True
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._drain_handover)
+            if on_loop:
+                loop.call_soon(self._drain_handover)
+            else:
+                loop.call_soon_threadsafe(self._drain_handover)
         except RuntimeError:  # the loop is closed: nothing will ever send these
             with self._handover_lock:
                 self._handover.clear()
                 self._handover_scheduled = False
 
     def _drain_handover(self) -> None:
+        """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
         with self._handover_lock:
             waiting = self._handover
             self._handover = []
             self._handover_scheduled = False
         generation = self._auto_save_generation
-        if self._destroyed:
+        if not waiting or self._destroyed:
             return
         batch = [changes for gen, changes in waiting if gen == generation]
         if batch:
@@ -737,6 +748,7 @@ class Persister:
         return self
 
     async def stop_auto_save(self, keep_generation: bool = False) -> Persister:
+        self._drain_handover()  # transactions made before the stop are still saved
         if not keep_generation:
             self._auto_save_generation += 1
         listener_id = self._auto_save_listener_id
@@ -787,6 +799,7 @@ class Persister:
     async def destroy(self) -> Persister:
         """Stop persisting, let the running action finish, release resources. Idempotent."""
         if self._destroying is None:
+            self._drain_handover()  # transactions made before destroy are still saved
             self._destroyed = True
             self._destroying = asyncio.ensure_future(self._destroy_impl())
         await asyncio.shield(self._destroying)

@@ -4,16 +4,19 @@ Why a Persister: as in TinyBase, a synchronizer "loads" by pulling from peers an
 broadcasting (a ContentDiff per local transaction, else ContentHashes), so start/stop, status,
 statistics and echo suppression come from :mod:`localsync.persister` unchanged.
 
-Coalescing (beyond TinyBase, wire-compatible): a transaction made on the loop thread while
-nothing is queued is sent at once, from inside its transaction listener, as TinyBase does.
-Transactions that have to wait - written on another thread (the blocking facade) before the
-loop got round to them, or made while an earlier save is still queued behind a load - are
-merged into one ContentDiff per run (newest HLC per cell/value, latest row/table HLCs; see
-:func:`localsync.protocol.coalesce_changes` for the size caps). A burst of N writes from a
-worker thread therefore costs its readers a handful of messages and transactions instead of
-N, and a lone write still leaves on the loop's next turn. Changes applied from peers are
-never re-sent (the echo rule is unchanged) and diffs leave in transaction order.
-``coalesced_transactions`` counts transactions that travelled inside another's diff.
+Coalescing (beyond TinyBase, wire-compatible): TinyBase sends one ContentDiff per local
+transaction from inside the transaction listener. Here a transaction's changes are queued and
+sent on the loop's next turn; every transaction that joins the queue before that turn - more
+writes in the same turn on the loop thread, writes from a thread faster than the loop (the
+blocking facade), writes made while an earlier save is queued behind a load - travels in the
+same ContentDiff (newest HLC per cell/value, latest row/table HLCs; see
+:func:`localsync.protocol.coalesce_changes` for the size caps). A burst of N writes therefore
+costs readers a handful of messages and store transactions instead of N, while a lone write
+waits for nothing but the end of the current loop turn. Changes applied from peers are never
+re-sent (the echo rule is unchanged), diffs leave in transaction order, and ``stop_sync``/
+``destroy`` send what is still queued first. ``coalesced_transactions`` counts transactions
+that travelled inside another's diff; ``_coalesce_saves = False`` (private, for benchmarks)
+restores TinyBase's one-diff-per-transaction behaviour.
 
 Building a transport (a new one should be one short file)::
 
@@ -38,6 +41,8 @@ reproduced exactly; see tests/test_protocol_traces.py):
   reported to ``on_ignored_error`` as ``tinybase:1`` instead of vanishing silently.
 * Local writes made while a load is in flight are sent after it rather than skipped (see
   :mod:`localsync.persister`).
+* Local transactions leave on the next loop turn, coalesced (below), not from inside the
+  transaction listener.
 * Optional anti-entropy (``anti_entropy_seconds``), see :mod:`localsync.protocol`.
 """
 
@@ -248,6 +253,8 @@ class Synchronizer(Persister):
         """Stop syncing, fail requests in flight, and close the transport. Idempotent."""
         engine = self._engine
         if not engine.destroyed:
+            if not self._destroyed:
+                self._drain_handover()  # local transactions made before destroy still go out
             engine.destroyed = True
             engine.reject_pending_requests(TinyBaseError(3, "destroyed"))
             if self._timer is not None:

@@ -301,3 +301,56 @@ def test_interleaved_local_and_remote_bursts_converge_without_echoes() -> None:
             assert len(diffs) + sync.synchronizer.coalesced_transactions <= 4 * 150 + 4
         assert sa.synchronizer.coalesced_transactions > 0
         assert sb.synchronizer.coalesced_transactions > 0
+
+
+def test_loop_thread_writes_of_one_turn_are_one_diff_sent_on_the_next_turn() -> None:
+    async def main() -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sent: list[tuple[int, Any]] = []
+        sb = await create_local_synchronizer(b).start_sync()
+        sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
+        await sa.wait_until_idle(timeout=10)
+        sent.clear()
+        a.set_cell("t", "r", "c", 1)
+        assert sent == []  # not from inside the transaction listener...
+        await asyncio.sleep(0)
+        assert [m for m, _ in sent] == [CONTENT_DIFF]  # ...but on the very next turn
+        sent.clear()
+        for i in range(10):
+            a.set_cell("t", "r", f"c{i}", i)
+        await asyncio.sleep(0)
+        assert [m for m, _ in sent] == [CONTENT_DIFF]
+        assert len(sent[0][1][0][0]["t"][0]["r"][0]) == 10
+        for _ in range(2000):
+            if same(a, b):
+                break
+            await asyncio.sleep(0.002)
+        assert same(a, b)
+        await sa.destroy()
+        await sb.destroy()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ending", ["stop_sync", "destroy"])
+def test_writes_just_before_stop_or_destroy_still_go_out(ending: str) -> None:
+    async def main() -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sent: list[tuple[int, Any]] = []
+        sb = await create_local_synchronizer(b).start_sync()
+        sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
+        await sa.wait_until_idle(timeout=10)
+        sent.clear()
+        a.set_row("t", "r", {"x": 1})
+        a.set_value("v", 2)
+        await getattr(sa, ending)()  # in the same turn as the writes
+        assert [m for m, _ in sent] == [CONTENT_DIFF]
+        for _ in range(2000):
+            if same(a, b):
+                break
+            await asyncio.sleep(0.002)
+        assert same(a, b)
+        await sa.destroy()
+        await sb.destroy()
+
+    asyncio.run(main())

@@ -63,20 +63,26 @@ def test_two_stores_converge_both_ways() -> None:
 def test_received_changes_are_not_echoed() -> None:
     async def main() -> None:
         a, b = create_mergeable_store(), create_mergeable_store()
+        sent_by_a: list[int] = []
         sent_by_b: list[int] = []
-        sa = create_local_synchronizer(a)
+        sa = create_local_synchronizer(a, on_send=lambda to, rid, msg, body: sent_by_a.append(msg))
         sb = create_local_synchronizer(b, on_send=lambda to, rid, msg, body: sent_by_b.append(msg))
         await sa.start_sync()
         await sb.start_sync()
         await wait_for(lambda: sa.get_status() == 0 and sb.get_status() == 0)
+        sent_by_a.clear()
         sent_by_b.clear()
+        receives_before = sb.get_synchronizer_stats()["receives"]
         for i in range(20):
             a.set_cell("t", f"r{i}", "c", i)
+            if i % 5 == 4:
+                await asyncio.sleep(0)  # four loop turns: four coalesced diffs
         await wait_for(lambda: same(a, b) and len(b.get_row_ids("t")) == 20)
         await asyncio.sleep(0.02)
         assert CONTENT_DIFF not in sent_by_b
-        assert sa.get_synchronizer_stats()["sends"] >= 20
-        assert sb.get_synchronizer_stats()["receives"] >= 20
+        assert sent_by_a.count(CONTENT_DIFF) == 4
+        assert sa.coalesced_transactions == 16
+        assert sb.get_synchronizer_stats()["receives"] - receives_before >= 4
         await sa.destroy()
         await sb.destroy()
 
