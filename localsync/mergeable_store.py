@@ -700,12 +700,27 @@ class MergeableStore(Store):
                         stamp = cell_stamps.get(cell_id)
                         if stamp is None:
                             continue
-                        hash_ = stamp[2]
+                        cell, hlc, hash_ = stamp
                         if hash_ is None:
-                            hash_ = get_value_hash(stamp[0], stamp[1])
-                            cell_stamps[cell_id] = (stamp[0], stamp[1], hash_)
+                            # get_value_hash, with its commonest case inlined
+                            if type(cell) is int and -_BIG_INT <= cell <= _BIG_INT:
+                                text = f"{cell}:{hlc}"
+                                try:
+                                    hash_ = fnv1a_32(text.encode())
+                                except UnicodeEncodeError:
+                                    hash_ = fnv1a_32(to_utf8(text))
+                            else:
+                                hash_ = get_value_hash(cell, hlc)
+                            cell_stamps[cell_id] = (cell, hlc, hash_)
                         if hash_ != previous:
-                            row_delta ^= _h(cell_id, previous) ^ _h(cell_id, hash_)
+                            old_term = _H0.get(cell_id) if previous == 0 else None
+                            if old_term is None:
+                                old_term = _h(cell_id, previous)
+                            text = f"{cell_id}:{hash_}"
+                            try:
+                                row_delta ^= old_term ^ fnv1a_32(text.encode())
+                            except UnicodeEncodeError:
+                                row_delta ^= old_term ^ fnv1a_32(to_utf8(text))
                     old_row_hash = row_stamp[2]
                     new_row_hash = old_row_hash ^ row_delta
                     if log:
