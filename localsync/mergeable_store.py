@@ -112,6 +112,7 @@ class _GcPaused:
 
 
 _gc_paused = _GcPaused()
+_BULK = 1000  # cells in one merge from which pausing the collector pays
 
 
 def _h(id_: str, hash_: int) -> int:
@@ -191,13 +192,14 @@ class _Validator:
     limit with ``max``): the verdict is the same as checking each stamp in turn.
     """
 
-    __slots__ = ("encoded", "has_hashes", "hlcs", "max_prefix", "max_time", "plain")
+    __slots__ = ("cells", "encoded", "has_hashes", "hlcs", "max_prefix", "max_time", "plain")
 
     def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
         self.has_hashes = has_hashes
         self.encoded = encoded
         self.hlcs: list[str] = []
+        self.cells = 0  # cells and values seen
         # no object cell and no number beyond 2**53: every cell is stored as it arrived
         self.plain = True
         # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
@@ -218,9 +220,11 @@ class _Validator:
         hlcs = self.hlcs
         if not hlcs:
             return True
-        if min(map(len, hlcs)) != 16 or max(map(len, hlcs)) != 16:
+        joined = "".join(hlcs)
+        # every length is 16 when none is shorter and they add up to 16 each
+        if len(joined) != 16 * len(hlcs) or min(map(len, hlcs)) != 16:
             return False
-        if _HLC_CHARS_RE.fullmatch("".join(hlcs)) is None:
+        if _HLC_CHARS_RE.fullmatch(joined) is None:
             return False
         prefix = self.max_prefix
         if prefix is not None:
@@ -265,12 +269,22 @@ class _Validator:
     def tables(self, tables: Any) -> bool:
         if type(tables) is not dict:
             return False
-        return all(type(k) is str and self.stamp(v, self.rows) for k, v in tables.items())
+        stamp = self.stamp
+        rows = self.rows
+        for key, value in tables.items():
+            if type(key) is not str or not stamp(value, rows):
+                return False
+        return True
 
     def rows(self, rows: Any) -> bool:
         if type(rows) is not dict:
             return False
-        return all(type(k) is str and self.stamp(v, self.things) for k, v in rows.items())
+        stamp = self.stamp
+        things = self.things
+        for key, value in rows.items():
+            if type(key) is not str or not stamp(value, things):
+                return False
+        return True
 
     def things(self, things: Any) -> bool:
         """``stamp(v, thing)`` for every cell of a row (or every value), inlined."""
@@ -278,6 +292,7 @@ class _Validator:
             return False
         has_hashes = self.has_hashes
         append = self.hlcs.append
+        self.cells += len(things)
         for key, stamp in things.items():
             if type(key) is not str:
                 return False
@@ -1238,7 +1253,7 @@ class MergeableStore(Store):
             self._listening = listening
 
     def _merge_in(self, data: Any, is_content: bool, encoded: bool) -> MergeableStore:
-        with self.lock, _gc_paused:
+        with self.lock:
             validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
             try:
                 valid = validator.mergeable(data)
@@ -1249,7 +1264,11 @@ class MergeableStore(Store):
                 return self
             if self._depth < 0:
                 return self
-            self._txn(self._apply_merge, data, is_content, encoded, validator.plain)
+            if validator.cells < _BULK:
+                self._txn(self._apply_merge, data, is_content, encoded, validator.plain)
+            else:
+                with _gc_paused:
+                    self._txn(self._apply_merge, data, is_content, encoded, validator.plain)
         return self
 
     def apply_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:

@@ -272,7 +272,9 @@ def test_bulk_work_pauses_the_collector_and_restores_its_state() -> None:
     store = create_mergeable_store("gc")
     seen: list[bool] = []
     store.add_did_finish_transaction_listener(lambda s: seen.append(gc.isenabled()))
-    data = [[{"t": [{"r": [{"c": [1, encode_hlc_parts(1, 0, PEERS[0])]}]}]}], [{}], 1]
+    hlc = encode_hlc_parts(1, 0, PEERS[0])
+    rows = {f"r{i}": [{f"c{j}": [j, hlc] for j in range(10)}] for i in range(200)}
+    data = [[{"t": [rows]}], [{}], 1]  # 2,000 cells: large enough to pause for
     was_enabled = gc.isenabled()
     try:
         gc.enable()
