@@ -1069,14 +1069,16 @@ class MergeableStore(Store):
                         winners[cell_id] = thing
                         if cell_hlc > row_hlc:
                             row_hlc = cell_hlc
-                if lazy:
+                if lazy and incoming_row_hlc > old_row_hlc:
                     row_hash ^= _replace_hlc_hash(old_row_hlc, incoming_row_hlc)
                 if not fresh:
                     undo.append((row_stamp, 1, old_row_hlc))
                     undo.append((row_stamp, 2, old_row_hash))
                 if incoming_row_hlc > old_row_hlc:
                     row_stamp[1] = incoming_row_hlc
-                row_hash = row_stamp[2] = _uint32(row_hash)
+                row_hash = row_stamp[2] = (
+                    row_hash & _MASK if type(row_hash) is int else _uint32(row_hash)
+                )
                 if lazy:
                     old_term = _h(row_id, old_row_hash) if old_row_hash else 0
                     if dirty_cells is None:
@@ -1089,13 +1091,15 @@ class MergeableStore(Store):
                     (put_row if clean else write_row)(table_id, row_id, new_row, encoded)
                 elif winners:
                     write_row(table_id, row_id, winners, encoded)
-            if lazy:
+            if lazy and incoming_table_hlc > old_table_hlc:
                 table_hash ^= _replace_hlc_hash(old_table_hlc, incoming_table_hlc)
             undo.append((table_stamp, 1, old_table_hlc))
             undo.append((table_stamp, 2, old_table_hash))
             if incoming_table_hlc > old_table_hlc:
                 table_stamp[1] = incoming_table_hlc
-            table_hash = table_stamp[2] = _uint32(table_hash)
+            table_hash = table_stamp[2] = (
+                table_hash & _MASK if type(table_hash) is int else _uint32(table_hash)
+            )
             if lazy:
                 old_term = _h(table_id, old_table_hash) if old_table_hash else 0
                 if dirty_rows is None:
@@ -1104,13 +1108,13 @@ class MergeableStore(Store):
                     tables_hash ^= old_term ^ (_h(table_id, table_hash) if table_hash else 0)
             if table_hlc > tables_hlc:
                 tables_hlc = table_hlc
-        if lazy:
+        if lazy and incoming_tables_hlc > old_tables_hlc:
             tables_hash ^= _replace_hlc_hash(old_tables_hlc, incoming_tables_hlc)
         undo.append((root, 1, old_tables_hlc))
         undo.append((root, 2, old_tables_hash))
         if incoming_tables_hlc > old_tables_hlc:
             root[1] = incoming_tables_hlc
-        root[2] = _uint32(tables_hash)
+        root[2] = tables_hash & _MASK if type(tables_hash) is int else _uint32(tables_hash)
         values_changes: dict[str, Any] = {}
         values_in = data[1]
         values_hlc = values_in[1] if len(values_in) > 1 else ""
