@@ -170,10 +170,18 @@ def _is_stamp(stamp: Any, depth: int) -> bool:
 _MAX_INT = 2**1024
 
 
+_HLC_RUN = re.compile(r"[-0-9A-Z_a-z]*")
+
+
 def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
-    """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body."""
-    fullmatch = _HLC.fullmatch
+    """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body.
+
+    HLCs are checked for length one by one and for their alphabet all at once (one regex
+    over their concatenation): the regex call per stamp was a third of the check's cost.
+    """
     isfinite = math.isfinite
+    hlcs: list[str] = []
+    add_hlc = hlcs.append
     for key, stamp in things.items():
         kind = type(stamp)
         if type(key) is not str or (kind is not list and kind is not tuple):
@@ -181,8 +189,12 @@ def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
         length = len(stamp)
         if length == 2:
             hlc = stamp[1]
-            if type(hlc) is not str or (hlc and fullmatch(hlc) is None):
+            if type(hlc) is not str:
                 return False
+            if hlc:
+                if len(hlc) != 16:
+                    return False
+                add_hlc(hlc)
         elif length != 1:
             return False
         value = stamp[0]
@@ -195,7 +207,7 @@ def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
                 return False
         elif kind is not dict and kind is not list and kind is not tuple:
             return False
-    return True
+    return not hlcs or _HLC_RUN.fullmatch("".join(hlcs)) is not None
 
 
 def _is_content_hashes(body: Any) -> bool:
