@@ -12,7 +12,9 @@ same run (so the ratios compare between machines):
     transactions produce), one transaction each, vs updating a nested dict with each diff's
     cells; settling the hashes afterwards (the first hash read) is reported separately;
 (c) ``get_mergeable_table_diff({})`` and ``_get_encoded_mergeable_content()`` on the filled
-    store, vs copying its plain nested data.
+    store, vs copying its plain nested data;
+(d) what a joiner does with that table diff (the protocol's path): apply it as changes, then
+    settle the hashes on the first read, vs building the plain nested dict from it.
 
 "port" rows run the same operation through the line-by-line port of TinyBase's
 mergeContentOrChanges that the fast path replaced (kept as ``_reference_receive``), i.e.
@@ -201,6 +203,33 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
         cpu(filled._get_encoded_mergeable_content, repeat),
         base,
     )
+
+    # (d) the joiner's side of the protocol: the table diff arrives as changes (no hashes),
+    # then the first hash read settles them
+    table_diff = [filled.get_mergeable_table_diff({})[0], [{}], 1]
+    base = cpu(lambda: plain_from_content(table_diff), repeat, no_gc=True)
+    add("d: join via table diff", cells, "baseline: plain dict build", base, base)
+    joined: list[MergeableStore] = []
+
+    def join(store: MergeableStore) -> None:
+        store._apply_encoded_mergeable_changes(table_diff)
+        joined.append(store)
+
+    add(
+        "d: join via table diff",
+        cells,
+        "store: apply",
+        cpu(join, repeat, setup=lambda: receiver(False)),
+        base,
+    )
+    add(
+        "d: join via table diff",
+        cells,
+        "store: settle hashes afterwards",
+        cpu(joined[-1].get_mergeable_content_hashes, 1),
+        base,
+    )
+    assert joined[-1].get_mergeable_content_hashes() == expected
 
 
 def print_table(figures: list[dict[str, Any]]) -> None:
