@@ -4,7 +4,8 @@ Why: most worker programs are ordinary blocking code. They should be able to wri
 and have it synchronized without learning asyncio. Here a synchronizer lives on a private event
 loop running in a background thread; the program keeps calling store methods on its own thread
 (the store serialises transactions with ``store.lock``, and the synchronizer hands each
-transaction's changes over to its loop thread).
+transaction's changes over to its loop thread; transactions that pile up while the loop is
+busy are sent as one merged ContentDiff, so a fast writer thread costs peers few messages).
 
 Typical use::
 
