@@ -13,11 +13,10 @@ Flushing is what makes a normal exit lose nothing:
     bytes to the hub). Needs nobody else; a message dropped by PUB/SUB after that point is
     only healed while some process still holds the data.
 ``"acknowledged"``
-    additionally waits until a coordinator announces that it durably saved content equal to
-    this store's (``ChannelSynchronizer.wait_acknowledged``): the data survives every process
-    exiting. Needs a coordinator on the channel, and a quiet moment: while other processes
-    keep writing, the two contents may not be equal at the same instant, and the wait ends
-    in a timeout.
+    additionally waits until a coordinator announces that it durably saved the content of
+    a state this store passed through since the flush began
+    (``ChannelSynchronizer.wait_acknowledged``): the data survives every process exiting.
+    Needs a coordinator on the channel; other processes may keep writing meanwhile.
 """
 
 from __future__ import annotations
