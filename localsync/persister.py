@@ -701,16 +701,18 @@ class Persister:
                 return
             self._handover_scheduled = True
         loop = self._loop
-        assert loop is not None
         try:
+            if loop is None:
+                raise RuntimeError("no event loop bound")
             if on_loop:
                 loop.call_soon(self._drain_handover)
             else:
                 loop.call_soon_threadsafe(self._drain_handover)
-        except RuntimeError:  # the loop is closed: nothing will ever send these
+        except RuntimeError as error:  # the loop is closed: nothing will ever send these
             with self._handover_lock:
                 self._handover.clear()
                 self._handover_scheduled = False
+            self._report(error)
 
     def _drain_handover(self) -> None:
         """Send what is queued now (also called before auto-save stops, so nothing is lost)."""

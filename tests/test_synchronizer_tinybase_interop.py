@@ -240,3 +240,54 @@ def test_anti_entropy_repairs_lost_diffs_with_an_unmodified_tinybase_peer(tmp_pa
             await stop_peer(peer)
 
     asyncio.run(main())
+
+
+def test_coalesced_diffs_are_applied_exactly_by_tinybase(tmp_path: Path) -> None:
+    """Bursts merged into one ContentDiff (same turn, and from a thread) are valid TinyBase."""
+
+    async def main() -> None:
+        peer = await start_peer(tmp_path)
+        errors: list[BaseException] = []
+        sent: list[int] = []
+        store = create_mergeable_store("python-peer")
+        sync = create_custom_synchronizer(
+            store,
+            peer.send,
+            peer.register_receive,
+            None,
+            1.0,
+            on_send=lambda to, request_id, message, body: sent.append(message),
+            on_ignored_error=errors.append,
+        )
+        try:
+            await peer.command("start")  # alone: its first request times out
+            await sync.start_sync()
+            await converge(peer, store)
+            sent.clear()
+            rnd = random.Random(7)
+            for _ in range(80):  # one loop turn: one diff (deletions and overwrites included)
+                method, args = random_op(rnd)
+                getattr(store, snake(method))(*args)
+
+            def burst() -> None:
+                for i in range(80):
+                    method, args = random_op(rnd)
+                    getattr(store, snake(method))(*args)
+                    store.set_cell("t", f"r{i % 7}", "n", i)
+
+            await asyncio.to_thread(burst)
+            reply = await converge(peer, store)
+            _, content, hashes, tables, values, node_errors = reply
+            assert content == store.get_mergeable_content()
+            assert hashes == store.get_mergeable_content_hashes()
+            assert tables == store.get_tables() and values == store.get_values()
+            assert [e for e in node_errors if "tinybase:3:" not in e] == []  # start-up only
+            assert not [e for e in errors if getattr(e, "code", "") == "tinybase:14"]
+            diffs = sent.count(CONTENT_DIFF)
+            assert 1 <= diffs < 160 and diffs + sync.coalesced_transactions <= 240
+            assert sync.coalesced_transactions >= 79
+        finally:
+            await sync.destroy()
+            await stop_peer(peer)
+
+    asyncio.run(main())
