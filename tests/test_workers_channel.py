@@ -161,7 +161,17 @@ def test_acknowledged_flush_means_the_coordinator_saved_everything(tmp_path: Pat
 
 
 def finish_early_or_keep_writing(ctx: WorkerContext, rows: int) -> int:
-    """Worker 0 writes ``rows`` rows and leaves; the others write until they are stopped."""
+    """Worker 0 writes ``rows`` rows and leaves; the others write until they are stopped.
+
+    Worker 0 first waits (bounded) until it sees another worker's rows, so that its flush
+    really happens while the store keeps changing, however slowly the processes start."""
+    if ctx.index == 0:
+        for _ in range(3000):
+            if any(row.startswith("w1-") for row in ctx.store.get_row_ids("orders")):
+                break
+            ctx.sleep(0.01)
+        else:
+            raise AssertionError("worker 1 never started writing")
     n = 0
     while (n < rows) if ctx.index == 0 else not ctx.stopping:
         ctx.store.set_row("orders", f"w{ctx.index}-a{ctx.attempt}-{n:03d}", {"n": n})
