@@ -609,14 +609,20 @@ class Persister:
         ):
             self._set_status(Status.SAVING)
             self._saves += 1
+            deferred = False
             try:
                 result = self._set_persisted(self._get_content, changes)
                 if inspect.isawaitable(result):
-                    self._spawn(result)
+                    # an asynchronous hook behind a plain function: finish it inside the
+                    # schedule, so that later saves queue behind it instead of overlapping it
+                    deferred = True
+                    self._queued_saves += 1
+                    self._spawn(self._finish_inline_save(result))
             except Exception as error:
                 self._report(error)
             finally:
-                self._set_status(Status.IDLE)
+                if not deferred:
+                    self._set_status(Status.IDLE)
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
@@ -631,6 +637,16 @@ class Persister:
             return
         self._queued_saves += 1
         self._spawn(self._queued_save(changes))
+
+    async def _finish_inline_save(self, pending: Any) -> None:
+        """The rest of an inline save whose hook returned an awaitable (status stays SAVING)."""
+        try:
+            try:
+                await self.schedule(lambda: pending)
+            finally:
+                self._set_status(Status.IDLE)
+        finally:
+            self._queued_saves -= 1
 
     async def _queued_save(self, changes: Any) -> None:
         """A save that could not run inline; later inline saves wait for it (order kept)."""

@@ -272,6 +272,49 @@ def test_saves_stay_in_transaction_order_when_some_are_queued() -> None:
     asyncio.run(main())
 
 
+def test_a_plain_hook_returning_an_awaitable_never_overlaps_the_next_save() -> None:
+    """A hook written as a plain function that returns a coroutine is still one save at a time,
+    in transaction order, and the status says SAVING until it has finished."""
+
+    async def main() -> None:
+        store = create_mergeable_store()
+        running = 0
+        most = 0
+        order: list[Any] = []
+        statuses: list[int] = []
+
+        async def write(changes: Any) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.01)  # a slow disk
+            order.append(changes and next(iter(changes[1][0])))
+            running -= 1
+
+        def set_persisted(get_content: Any, changes: Any = None) -> Any:
+            return write(changes)  # not a coroutine function, but returns an awaitable
+
+        p = create_custom_persister(
+            store, lambda: None, set_persisted, lambda _l: 1, lambda _h: None
+        )
+        await p.start_auto_save()
+        p.add_status_listener(lambda _p, status: statuses.append(status))
+        store.set_value("first", 1)
+        assert p.get_status() == Status.SAVING  # the write is still in flight
+        store.set_value("second", 2)
+        store.set_value("third", 3)
+        for _ in range(200):
+            if len([o for o in order if o]) == 3 and p.get_status() == Status.IDLE:
+                break
+            await asyncio.sleep(0.01)
+        assert most == 1
+        assert [o for o in order if o] == ["first", "second", "third"]
+        assert statuses[-1] == Status.IDLE
+        await p.destroy()
+
+    asyncio.run(main())
+
+
 # -- parity with TinyBase's own createCustomPersister --------------------------------------------
 
 TINYBASE_SCENARIO = r"""
