@@ -142,6 +142,27 @@ def _raw_publisher(endpoint: str, go: Any, mode: str, n: int, out: Any) -> None:
 
 
 ANTI_ENTROPY_ENV = "LOCALSYNC_BENCH_ANTI_ENTROPY"
+#: ``LOCALSYNC_BENCH_PROFILE=DIR``: every channel role runs under cProfile and dumps
+#: ``DIR/<role>-<pid>.prof`` (read with ``python -m pstats``); timings are then inflated.
+PROFILE_ENV = "LOCALSYNC_BENCH_PROFILE"
+
+
+def _run_role(role: str, main: Any) -> None:
+    """``asyncio.run(main())``, under cProfile when :data:`PROFILE_ENV` names a folder."""
+    folder = os.environ.get(PROFILE_ENV)
+    if not folder:
+        asyncio.run(main())
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(main())
+    finally:
+        profiler.disable()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(os.path.join(folder, f"{role}-{os.getpid()}.prof"))
 
 
 async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
@@ -159,8 +180,26 @@ async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
 
 
 async def _wait_rows(store: Any, rows: int, table: str = "t") -> None:
-    while not store.has_table(table) or len(store.get_row_ids(table)) < rows:
-        await asyncio.sleep(0.002)
+    """Return as soon as ``table`` holds ``rows`` rows.
+
+    Checked after each transaction (a listener), not by polling: polling every few ms both
+    adds its period to the measured time and, listing up to 10^5 row ids each time, takes
+    CPU from the very processes being measured (as the raw readers count cells inline).
+    """
+    if store.get_row_count(table) >= rows:
+        return
+    reached = asyncio.Event()
+
+    def check(_store: Any) -> None:
+        if _store.get_row_count(table) >= rows:
+            reached.set()
+
+    listener = store.add_did_finish_transaction_listener(check)
+    try:
+        if store.get_row_count(table) < rows:
+            await reached.wait()
+    finally:
+        store.del_listener(listener)
 
 
 def _cell_count(store: Any, table: str = "t") -> int:
@@ -178,7 +217,7 @@ def _channel_reader(rundir: str, channel: str, expected_cells: int, out: Any) ->
         await asyncio.sleep(0.5)  # keep answering while the others finish
         await sync.destroy()
 
-    asyncio.run(run())
+    _run_role("reader", run)
 
 
 def _channel_writer(rundir: str, channel: str, go: Any, mode: str, n: int, out: Any) -> None:
@@ -194,6 +233,7 @@ def _channel_writer(rundir: str, channel: str, go: Any, mode: str, n: int, out: 
                         store.set_cell("t", f"r{i}", f"c{j}", i * CELLS_PER_ROW + j)
                 if i % 50 == 0:
                     await asyncio.sleep(0)
+            out.put(("wrote", _now()))
             out.put(("start", start))
             await asyncio.sleep(3)  # answer anti-entropy requests while readers catch up
         else:
@@ -204,7 +244,7 @@ def _channel_writer(rundir: str, channel: str, go: Any, mode: str, n: int, out: 
             await asyncio.sleep(1)
         await sync.destroy()
 
-    asyncio.run(run())
+    _run_role(f"writer-{mode}", run)
 
 
 def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> None:
@@ -226,7 +266,7 @@ def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> 
         out.put(("done", latencies))
         await sync.destroy()
 
-    asyncio.run(run())
+    _run_role("latency-reader", run)
 
 
 def _holder(rundir: str, channel: str, cells: int, go: Any, out: Any) -> None:
@@ -413,6 +453,7 @@ def fanout(bench: Bench, readers: int, cells: int, raw: bool) -> float:
     go.put("go")
     finished = []
     start = None
+    wrote = None
     deadline = _now() + 300
     while len(finished) < readers or start is None:
         event, value = out.get(timeout=max(0.1, deadline - _now()))
@@ -420,8 +461,16 @@ def fanout(bench: Bench, readers: int, cells: int, raw: bool) -> float:
             finished.append(value)
         elif event == "start":
             start = value
+        elif event == "wrote":
+            wrote = value
     _join_all(procs)
+    if wrote is not None:
+        LAST_WRITER_S[0] = wrote - start
     return max(finished) - start
+
+
+#: how long the channel writer spent in its write loop during the last fan-out run
+LAST_WRITER_S = [0.0]
 
 
 def store_floor(cells: int) -> dict[str, float]:
@@ -570,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                     "raw_s": raw,
                     "channel_s": chan,
                     "ratio": chan / raw,
+                    "channel_writer_loop_s": LAST_WRITER_S[0],
                 }
                 rows.append(
                     (
