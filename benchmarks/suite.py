@@ -38,7 +38,7 @@ MANAGER = "Manager().dict()"
 PYCRDT = "pycrdt over zmq"
 TINYBASE = "TinyBase BroadcastChannel (Node workers)"
 LOCALSYNC = "localsync"
-AREA_MODULES = ("store", "local_sync", "persist", "channel", "ws", "workers")
+AREA_MODULES = ("store", "store_receive", "local_sync", "persist", "channel", "ws", "workers")
 # Arguments that make each per-area benchmark short, from its own argparse; a module that
 # rejects them (exit 2, "unrecognized arguments") is retried with the next set.
 QUICK_ARGS: dict[str, list[list[str]]] = {
@@ -47,11 +47,14 @@ QUICK_ARGS: dict[str, list[list[str]]] = {
     "persist": [["--max-cells", "10000", "--tx", "5"], []],
     "channel": [["--quick"], []],
     "workers": [["--workers", "2", "--repeat", "1"], []],
+    "store_receive": [["--sizes", "100000", "--repeat", "1", "--no-port"], []],
 }
 # Full mode keeps each module's defaults except where they alone would break the suite's
 # 15-minute budget on 2 cores (ws at 100,000 cells x 8 combinations took > 4 minutes).
 FULL_ARGS: dict[str, list[list[str]]] = {
     "ws": [["--cells", "20000", "--samples", "200"], []],
+    # the reference port's runs are a development comparison, minutes long at 10^6 cells
+    "store_receive": [["--no-port"], []],
 }
 
 
@@ -88,7 +91,7 @@ MODES: dict[str, Sizes] = {
         join_cells=[10_000, 100_000], memory_cells=100_000,
         area_timeout=60, timeout=60, node_join_timeout=5.0,
         persist_rates=[2_000, 10_000, 50_000],
-        area_modules=("store", "local_sync", "persist", "ws")),
+        area_modules=("store", "store_receive", "local_sync", "persist", "ws")),
     "smoke": Sizes(
         fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
         join_cells=[500], memory_cells=20_000, area_timeout=20, timeout=20,
