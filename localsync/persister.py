@@ -268,7 +268,14 @@ class Persister:
         """Pass an ignored error on; never let a faulty handler break the persister."""
         handler = self._on_ignored_error
         if handler is None:
-            logger.warning("ignored error in %s: %r", type(self).__name__, error)
+            # a request nobody answered (alone on a channel, a peer that left) is routine and
+            # retried by anti-entropy: not worth a warning on every start; the rest is
+            level = (
+                logging.DEBUG
+                if isinstance(error, TinyBaseError) and error.code == "tinybase:3"
+                else logging.WARNING
+            )
+            logger.log(level, "ignored error in %s: %r", type(self).__name__, error)
             return
         try:
             handler(error)
