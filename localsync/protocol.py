@@ -32,6 +32,10 @@ only the first), pulling from each peer whose hashes differ: this covers peers t
 announce by themselves (TinyBase's own synchronizers). So a lost, duplicated or reordered
 message costs latency, never data; when everyone agrees, an idle period sends nothing, and a
 heartbeat period costs one announcement, one probe and one small answer per peer.
+While ContentDiffs are streaming (one sent or received within the last period), a round is
+postponed, at most ``MAX_POSTPONED_ROUNDS`` times in a row: hashes read mid-burst are bound to
+differ from peers' and would make every process settle its hashes and pull rows that are
+already on their way; the burst's end, or the cap, lets the round run.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ __all__ = [
     "MAX_COALESCED_BYTES",
     "MAX_COALESCED_STAMPS",
     "MAX_PENDING_REQUESTS",
+    "MAX_POSTPONED_ROUNDS",
     "RESPONSE",
     "ROW_DIFF",
     "TABLE_DIFF",
@@ -329,6 +334,9 @@ def _changes_are_empty(changes: Any) -> bool:
 # channel's frames are smaller still) and a receiver applies it as one transaction of
 # bounded size. The byte figure is an estimate of the JSON text (ids, HLCs, string cells);
 # a single transaction is never split, so a transaction bigger than the caps goes alone.
+#: rounds of anti-entropy skipped in a row while ContentDiffs stream (then one runs anyway)
+MAX_POSTPONED_ROUNDS = 3
+
 MAX_COALESCED_STAMPS = 4096
 MAX_COALESCED_BYTES = 1 << 20
 
@@ -538,6 +546,9 @@ class SyncEngine:
         self.anti_entropy_probes = 0
         self._next_anti_entropy: float | None = None
         self._anti_entropy_periods = 0
+        self._last_diff_traffic = -math.inf
+        self._postponed_rounds = 0
+        self.anti_entropy_postponed = 0
 
     # -- outputs ----------------------------------------------------------------------------
 
@@ -577,6 +588,7 @@ class SyncEngine:
 
     def send_content_diff(self, changes: Any) -> None:
         """Broadcast one transaction's encoded changes (without hashes)."""
+        self._last_diff_traffic = self.clock()
         self._emit(None, self._transaction_id(), CONTENT_DIFF, changes)
 
     def send_content_hashes(self) -> None:
@@ -739,6 +751,7 @@ class SyncEngine:
                 )
             return
         if message == CONTENT_DIFF:
+            self._last_diff_traffic = self.clock()
             if is_auto_loading and self.persister_listener is not None:
                 self.persister_listener(None, body)
             return
@@ -803,8 +816,16 @@ class SyncEngine:
         GetContentHashes whose every answer we read) lets us pull what *we* miss from peers
         that never announce on their own, such as TinyBase's synchronizers.
         """
-        self._anti_entropy_periods += 1
         period = self.anti_entropy_seconds or 1.0
+        if (
+            now - self._last_diff_traffic <= period
+            and self._postponed_rounds < MAX_POSTPONED_ROUNDS
+        ):
+            self._postponed_rounds += 1
+            self.anti_entropy_postponed += 1
+            return
+        self._postponed_rounds = 0
+        self._anti_entropy_periods += 1
         # a peer silent for three heartbeats has left: stop announcing for its stale hashes
         horizon = now - 3 * self.heartbeat_every * period
         for client_id in [c for c, p in self._peers.items() if p.last_heard < horizon]:

@@ -201,6 +201,34 @@ def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
     assert [m.message for m in engine.data_to_send()] == [CONTENT_HASHES]
 
 
+def test_anti_entropy_waits_while_content_diffs_stream_but_not_forever() -> None:
+    """Mid-burst hashes always differ; a round then would only make everyone settle hashes
+    and pull rows already on their way. Postponed at most MAX_POSTPONED_ROUNDS times."""
+    from localsync.protocol import MAX_POSTPONED_ROUNDS
+
+    engine, _, clock, store = make(anti_entropy_seconds=1.0, heartbeat_every=100)
+    engine.start()
+    announced = []
+    for n in range(MAX_POSTPONED_ROUNDS + 2):
+        store.set_cell("t", "r", "c", n)  # a local change every period: hashes keep moving
+        engine.send_content_diff(store.get_transaction_mergeable_changes())
+        engine.data_to_send()
+        clock.now += 1.0
+        engine.tick()
+        announced.append([m.message for m in engine.data_to_send()])
+    assert announced[:MAX_POSTPONED_ROUNDS] == [[]] * MAX_POSTPONED_ROUNDS
+    assert announced[MAX_POSTPONED_ROUNDS] == [CONTENT_HASHES]  # the cap lets one through
+    assert engine.anti_entropy_postponed == MAX_POSTPONED_ROUNDS + 1
+    # received diffs count as streaming too; once quiet, the next period announces at once
+    engine.receive("P", "t9", CONTENT_DIFF, store.get_transaction_mergeable_changes())
+    clock.now += 1.0
+    engine.tick()
+    assert engine.data_to_send() == []
+    clock.now += 1.0
+    engine.tick()
+    assert [m.message for m in engine.data_to_send()] == [CONTENT_HASHES]
+
+
 def test_anti_entropy_needs_a_positive_period() -> None:
     with pytest.raises(ValueError):
         make(anti_entropy_seconds=0)
