@@ -222,6 +222,11 @@ def _decode_things(things: list[str]) -> list[Any]:
     return decoded
 
 
+
+def _meta_rows(stamps: list[Any]) -> list[tuple[Any, ...]]:
+    """The one meta row: format, and the tables' and values' HLCs and hashes."""
+    return [(FORMAT, _hlc(stamps[0]), _hash(stamps[0]), _hlc(stamps[1]), _hash(stamps[1]))]
+
 class SqliteStorage:
     """One connection to a localsync SQLite database, usable from any one thread at a time.
 
@@ -298,15 +303,7 @@ class SqliteStorage:
         """Make the database hold exactly ``content`` (encoded mergeable content with hashes)."""
         check_content_shape(content)
         tables, rows, cells, values = _flatten(content)
-        meta = [
-            (
-                FORMAT,
-                _hlc(content[0]),
-                _hash(content[0]),
-                _hlc(content[1]),
-                _hash(content[1]),
-            )
-        ]
+        meta = _meta_rows(content)
 
         def statements() -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
             for table in ("cells", "rows", "tables", "values"):
@@ -335,15 +332,7 @@ class SqliteStorage:
         so the incremental path stays independent of the store's size.
         """
         tables, rows, cells, values = _flatten(changes)
-        meta = [
-            (
-                FORMAT,
-                _hlc(changes[0]),
-                _hash(changes[0]),
-                _hlc(changes[1]),
-                _hash(changes[1]),
-            )
-        ]
+        meta = _meta_rows(changes)
 
         def statements() -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
             yield _UPSERT_TABLE, tables
