@@ -41,7 +41,6 @@ import hmac
 import inspect
 import logging
 import re
-from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -51,6 +50,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..frame_queue import FrameQueue
 from ..wire import (
     MAX_PAYLOAD_SIZE,
     SERVER_CLIENT_ID,
@@ -119,20 +119,18 @@ class _Client:
         "id",
         "path",
         "queue",
-        "queued",
-        "wake",
         "writer",
         "ws",
     )
 
-    def __init__(self, client_id: str, ws: ServerConnection, path: _Path, timeout: float):
+    def __init__(
+        self, client_id: str, ws: ServerConnection, path: _Path, timeout: float, max_bytes: int
+    ):
         self.id = client_id
         self.ws = ws
         self.path = path
         self.decoder = PayloadDecoder(timeout)
-        self.queue: deque[tuple[str, int]] = deque()
-        self.queued = 0
-        self.wake = asyncio.Event()
+        self.queue = FrameQueue(max_bytes)
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -403,35 +401,20 @@ class WsServer:
             logger.info("client %s left /%s", client_id, path_id)
 
     async def _write(self, client: _Client) -> None:
-        ws = client.ws
-        queue = client.queue
-        try:
-            while not client.closing:
-                while queue:
-                    payload, size = queue.popleft()
-                    client.queued -= size
-                    await ws.send(payload)
-                client.wake.clear()
-                await client.wake.wait()
-        except ConnectionClosed:
-            pass
+        await client.queue.drain(client.ws, lambda: not client.closing)
 
     def _send_to(self, client: _Client, payload: str, size: int) -> None:
         if client.closing:
             return
-        if size > MAX_PAYLOAD_SIZE or client.queued + size > self._max_queue_bytes:
+        if not client.queue.put(payload, size):
             self._overflow(client, "socket")
             return
-        client.queue.append((payload, size))
-        client.queued += size
         self._stats["messages_sent"] += 1
         self._stats["bytes_sent"] += size
-        client.wake.set()
 
     def _overflow(self, client: _Client, details: str) -> None:
         client.closing = True
         client.queue.clear()
-        client.queued = 0
         self._stats["overflows"] += 1
         error = overflow_error(details)
         self._report(error)
@@ -451,7 +434,7 @@ class WsServer:
                 path.starting = asyncio.ensure_future(self._start_path(path))
             else:
                 path.ready = True
-        path.clients[client_id] = _Client(client_id, ws, path, self._timeout)
+        path.clients[client_id] = _Client(client_id, ws, path, self._timeout, self._max_queue_bytes)
         self._call_listeners(True, path_id, client_id, 1)
         return path
 

@@ -44,13 +44,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..frame_queue import FrameQueue
 from ..synchronizer import ReceiveFn, SendFn, Synchronizer
 from ..wire import (
     MAX_PAYLOAD_SIZE,
@@ -93,12 +93,9 @@ class _Transport:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.open_timeout = open_timeout
-        self.max_queue_bytes = max_queue_bytes
         self.headers = headers
         self.ws: ClientConnection | None = None
-        self.queue: deque[tuple[str, int]] = deque()
-        self.queued = 0
-        self.wake = asyncio.Event()
+        self.queue = FrameQueue(max_queue_bytes)
         self.opened = asyncio.Event()
         self.receive: ReceiveFn | None = None
         self.report: Callable[[BaseException], None] = lambda _e: None
@@ -123,13 +120,9 @@ class _Transport:
             self.stats["dropped_sends"] += 1
             return
         for payload in encode_payloads(to, request_id, message, body, self.fragment_size):
-            size = payload_size(payload)
-            if size > MAX_PAYLOAD_SIZE or self.queued + size > self.max_queue_bytes:
+            if not self.queue.put(payload, payload_size(payload)):
                 self._overflow(ws)
                 return
-            self.queue.append((payload, size))
-            self.queued += size
-        self.wake.set()
 
     def _overflow(self, ws: ClientConnection) -> None:
         self.stats["overflows"] += 1
@@ -142,24 +135,13 @@ class _Transport:
         self.ws = None
         self.opened.clear()
         self.queue.clear()
-        self.queued = 0
 
     def _spawn_close(self, ws: ClientConnection, code: int, reason: str) -> None:
         task = asyncio.ensure_future(ws.close(code, reason))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _write(self, ws: ClientConnection) -> None:
-        queue = self.queue
-        try:
-            while self.ws is ws:
-                while queue and self.ws is ws:
-                    payload, size = queue.popleft()
-                    self.queued -= size
-                    await ws.send(payload)
-                self.wake.clear()
-                await self.wake.wait()
-        except ConnectionClosed:
-            pass
+        await self.queue.drain(ws, lambda: self.ws is ws)
 
     # --------------------------------------------------------------------- connection
 
