@@ -395,7 +395,11 @@ class Bench:
 
         if self.hub is None:
             folder = self.rundir
-            paths = ChannelPaths(folder, folder / "raw.lock", folder / "raw.in", folder / "raw.out")
+            raw = folder / "raw"
+            paths = ChannelPaths(
+                folder, raw.with_suffix(".lock"), raw.with_suffix(".in"),
+                raw.with_suffix(".out"), raw.with_suffix(".peers"),
+            )
             self.hub = LocalHub(paths).start()
             self.hub.wait_host(5)
         return self.hub.paths.inbound_endpoint, self.hub.paths.outbound_endpoint

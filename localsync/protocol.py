@@ -59,6 +59,7 @@ __all__ = [
     "MAX_COALESCED_STAMPS",
     "MAX_PENDING_REQUESTS",
     "MAX_POSTPONED_ROUNDS",
+    "MAX_PULL_RESTARTS",
     "RESPONSE",
     "ROW_DIFF",
     "TABLE_DIFF",
@@ -91,6 +92,8 @@ Message = {
 }
 
 MAX_PENDING_REQUESTS = 100
+#: How many times a pull that asked everyone may start over when its peer leaves.
+MAX_PULL_RESTARTS = 3
 ERROR_SYNC_RESPONSE = 3
 ERROR_SYNC_MESSAGE = 14
 ERROR_SYNC_OVERFLOW = 15
@@ -464,7 +467,16 @@ def coalesce_changes(
 class _Pull:
     """One ``getChangesFromOtherStore`` run, advanced by responses instead of awaits."""
 
-    __slots__ = ("on_done", "other", "other_values_hash", "tables_changes", "tx_id", "values_hash")
+    __slots__ = (
+        "asked_everyone",
+        "on_done",
+        "other",
+        "other_values_hash",
+        "restarts",
+        "tables_changes",
+        "tx_id",
+        "values_hash",
+    )
 
     def __init__(self, tx_id: str, other: str | None, on_done: Callable[[Any], None]) -> None:
         self.tx_id = tx_id
@@ -473,15 +485,22 @@ class _Pull:
         self.tables_changes: list[Any] = _stamp_new_obj()
         self.values_hash: Any = None
         self.other_values_hash: Any = None
+        # began with a broadcast GetContentHashes: any peer will do, so a peer that leaves
+        # mid-sequence can be replaced by asking everyone again
+        self.asked_everyone = False
+        self.restarts = 0
 
 
 class _Pending:
-    __slots__ = ("deadline", "message", "pull", "to")
+    __slots__ = ("deadline", "message", "pull", "sent", "to")
 
-    def __init__(self, to: str | None, message: int, pull: _Pull, deadline: float) -> None:
+    def __init__(
+        self, to: str | None, message: int, pull: _Pull, sent: float, deadline: float
+    ) -> None:
         self.to = to
         self.message = message
         self.pull = pull
+        self.sent = sent
         self.deadline = deadline
 
 
@@ -518,6 +537,9 @@ class SyncEngine:
             raise ValueError("anti_entropy_seconds must be a positive number or None")
         self.store = store
         self.request_timeout_seconds = float(request_timeout_seconds)
+        # optional shorter bound for "who is there? send me your hashes": answering it is
+        # cheap, so only the diffs that follow may deserve a long time-out
+        self.broadcast_hashes_timeout_seconds: float | None = None
         self.on_ignored_error = on_ignored_error
         self.on_receive = on_receive
         self.clock = clock
@@ -604,8 +626,13 @@ class SyncEngine:
             self._fail(pull, TinyBaseError(ERROR_SYNC_OVERFLOW, "requests"))
             return
         request_id = pull.tx_id + "." + self._request_suffix()
-        deadline = self.clock() + self.request_timeout_seconds
-        self._pending[request_id] = _Pending(to, message, pull, deadline)
+        now = self.clock()
+        timeout = self.request_timeout_seconds
+        cap = self.broadcast_hashes_timeout_seconds
+        if cap is not None and to is None and message == GET_CONTENT_HASHES and cap < timeout:
+            timeout = cap
+        deadline = now + timeout
+        self._pending[request_id] = _Pending(to, message, pull, now, deadline)
         heapq.heappush(self._deadlines, (deadline, request_id))
         self._emit(to, request_id, message, body)
 
@@ -633,6 +660,7 @@ class SyncEngine:
         """
         pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
         if other_content_hashes is None:
+            pull.asked_everyone = True
             self._request(pull, None, GET_CONTENT_HASHES, "")
         else:
             self._on_content_hashes(pull, other_content_hashes)
@@ -798,6 +826,43 @@ class SyncEngine:
     def forget_peer(self, client_id: str) -> None:
         """Stop expecting ``client_id`` to agree with us (it left)."""
         self._peers.pop(client_id, None)
+
+    def peer_left(self, client_id: str) -> None:
+        """``client_id`` is gone (its transport said so): stop waiting for its answers.
+
+        Without this a request to a departed peer waits for its whole time-out, which for a
+        joiner is long on purpose (a live peer may need seconds to compute a big diff). A
+        pull that began by asking everyone asks everyone again (at most
+        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits mid-sequence
+        still gets the content from another peer; any other pull fails as a time-out would.
+        """
+        self.forget_peer(client_id)
+        gone = [rid for rid, entry in self._pending.items() if entry.to == client_id]
+        for request_id in gone:
+            entry = self._pending.pop(request_id)
+            pull = entry.pull
+            if pull.asked_everyone and pull.restarts < MAX_PULL_RESTARTS and not self.destroyed:
+                pull.restarts += 1
+                pull.other = None
+                pull.tables_changes = _stamp_new_obj()
+                self._request(pull, None, GET_CONTENT_HASHES, "")
+            else:
+                self._fail(
+                    pull,
+                    TinyBaseError(
+                        ERROR_SYNC_RESPONSE, f"{client_id}.{request_id}.{entry.message} (left)"
+                    ),
+                )
+
+    def awaited_peers(self, min_wait: float, now: float | None = None) -> set[str]:
+        """Peers that owe us an answer for at least ``min_wait`` seconds (liveness checks)."""
+        if now is None:
+            now = self.clock()
+        return {
+            entry.to
+            for entry in self._pending.values()
+            if entry.to is not None and now - entry.sent >= min_wait
+        }
 
     def start(self) -> None:
         """Mark syncing (answer GetContentHashes, pull on ContentHashes) and arm anti-entropy."""

@@ -64,6 +64,7 @@ class ChannelPaths:
     lock: Path
     inbound: Path  # hub XSUB: every participant's PUB connects here
     outbound: Path  # hub XPUB: every participant's SUB connects here
+    peers: Path  # one locked file per live participant (:mod:`localsync.presence`)
 
     @property
     def inbound_endpoint(self) -> str:
@@ -155,6 +156,7 @@ def channel_paths(name: str, runtime_dir: str | os.PathLike[str] | None = None) 
         lock=folder / f"{digest}.lock",
         inbound=folder / f"{digest}.in",
         outbound=folder / f"{digest}.out",
+        peers=folder / f"{digest}.peers",
     )
     longest = max(len(os.fsencode(paths.inbound)), len(os.fsencode(paths.outbound)))
     if longest > MAX_SOCKET_PATH_BYTES:

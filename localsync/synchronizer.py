@@ -137,6 +137,20 @@ class Synchronizer(Persister):
             self._engine.receive(from_client_id, request_id, message, body)
         self._after_engine()
 
+    def peer_left(self, client_id: str) -> None:
+        """Tell the engine a peer is gone (transports that learn it: channel goodbyes)."""
+        loop = self._loop
+        if (
+            loop is not None
+            and self._loop_thread is not None
+            and threading.get_ident() != self._loop_thread
+        ):
+            loop.call_soon_threadsafe(self.peer_left, client_id)
+            return
+        with self._lock:
+            self._engine.peer_left(client_id)
+        self._after_engine()
+
     def _after_engine(self) -> None:
         """Send what the engine queued and re-arm the timer for its next deadline."""
         if not self._flushing:

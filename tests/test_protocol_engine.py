@@ -292,3 +292,88 @@ def test_a_response_of_the_wrong_shape_fails_the_pull_not_the_engine() -> None:
     engine.receive("P", "q", VALUE_DIFF, {})
     assert [m.message for m in engine.data_to_send()] == [RESPONSE]
     assert store.get_tables() == {}
+
+
+def test_a_pull_whose_peer_leaves_asks_everyone_again_and_finishes_from_another() -> None:
+    """A joiner's first answerer exits mid-sequence: the pull starts over, no time-out."""
+    engine, errors, clock, store = make()
+    engine.request_timeout_seconds = 30.0
+    other = create_mergeable_store(unique_id="o", get_now=lambda: 1_700_000_000_000)
+    other.set_row("t", "r", {"a": 1})
+    results: list[Any] = []
+    engine.pull(results.append)
+    [(_, rid, _, _)] = engine.data_to_send()
+    engine.receive("GONE", rid, RESPONSE, [123, 0])  # the leaver answered first
+    [(to, rid2, msg, _)] = engine.data_to_send()
+    assert (to, msg) == ("GONE", TABLE_DIFF)
+    clock.now += 1.0
+    assert engine.awaited_peers(0.5) == {"GONE"} and engine.awaited_peers(2.0) == set()
+    engine.peer_left("GONE")
+    [(to, rid3, msg, body)] = engine.data_to_send()
+    assert (to, msg, body) == (None, GET_CONTENT_HASHES, "")
+    assert rid3.split(".")[0] == rid.split(".")[0] and rid3 != rid  # same transaction
+    straggler = other.get_mergeable_table_diff(store.get_mergeable_table_hashes())
+    engine.receive("GONE", rid2, RESPONSE, straggler)  # a straggler changes nothing
+    assert engine.data_to_send() == []
+    # another peer carries the pull to the end
+    engine.receive("P", rid3, RESPONSE, other.get_mergeable_content_hashes())
+    [(to, rid4, msg, body)] = engine.data_to_send()
+    assert (to, msg) == ("P", TABLE_DIFF)
+    engine.receive("P", rid4, RESPONSE, other.get_mergeable_table_diff(body))
+    assert engine.data_to_send() == []  # values agree: done
+    [changes] = results
+    store._apply_encoded_mergeable_changes(changes)
+    assert store.get_tables() == other.get_tables()
+    assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
+    assert errors == [] and engine.pending_request_count() == 0
+
+
+def test_a_pull_from_a_named_peer_that_leaves_fails_at_once() -> None:
+    engine, errors, _, _ = make()
+    engine.request_timeout_seconds = 30.0
+    results: list[Any] = []
+    engine.pull(results.append, "GONE", [1, 2])
+    [(to, _rid, msg, _)] = engine.data_to_send()
+    assert (to, msg) == ("GONE", TABLE_DIFF)
+    engine.peer_left("SOMEONE-ELSE")
+    assert results == [] and engine.pending_request_count() == 1
+    engine.peer_left("GONE")
+    assert results == [None] and engine.data_to_send() == []
+    assert codes(errors) == ["tinybase:3"] and "left" in str(errors[0])
+    assert engine.pending_request_count() == 0
+
+
+def test_a_pull_starts_over_a_bounded_number_of_times() -> None:
+    from localsync.protocol import MAX_PULL_RESTARTS
+
+    engine, errors, _, _ = make()
+    results: list[Any] = []
+    engine.pull(results.append)
+    [(_, rid, _, _)] = engine.data_to_send()
+    for n in range(MAX_PULL_RESTARTS + 1):
+        engine.receive(f"L{n}", rid, RESPONSE, [n + 1, 0])
+        [(to, _, msg, _)] = engine.data_to_send()
+        assert (to, msg) == (f"L{n}", TABLE_DIFF)
+        engine.peer_left(f"L{n}")
+        out = engine.data_to_send()
+        if n < MAX_PULL_RESTARTS:
+            [(to, rid, msg, _)] = out
+            assert (to, msg) == (None, GET_CONTENT_HASHES) and results == []
+        else:
+            assert out == [] and results == [None] and codes(errors) == ["tinybase:3"]
+
+
+def test_broadcast_hashes_request_can_have_a_shorter_time_out() -> None:
+    engine, _errors, clock, _ = make()
+    engine.request_timeout_seconds = 30.0
+    engine.broadcast_hashes_timeout_seconds = 2.0
+    results: list[Any] = []
+    engine.pull(results.append)
+    engine.data_to_send()
+    assert engine.next_deadline() == clock.now + 2.0
+    engine.pull(results.append, "P", [1, 0])  # directed steps keep the long time-out
+    assert engine.data_to_send()[0].message == TABLE_DIFF
+    clock.now += 2.0
+    engine.tick()
+    assert results == [None] and engine.pending_request_count() == 1
+    assert engine.next_deadline() == clock.now - 2.0 + 30.0

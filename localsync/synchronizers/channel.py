@@ -29,6 +29,11 @@ on_ignored_error``; keyword-only options:
     waits up to 30 s (a peer that answered is computing a possibly huge diff, not gone).
     After that first exchange requests time out after 2 s: a peer dying mid-exchange must
     not stall later pulls for long, and anti-entropy retries anything that timed out.
+    The broadcast "send me your hashes" that opens an exchange is cheap to answer, so it
+    times out after 2 s even while joining. A peer that leaves mid-exchange is noticed at
+    once when it leaves cleanly (it broadcasts a goodbye) and within about 0.5 s when it is
+    killed (local channels: its presence lock, :mod:`localsync.presence`, is checked while
+    it owes an answer); a joiner then asks everyone again instead of waiting 30 s.
 ``anti_entropy_seconds`` (default 1.0)
     period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
@@ -49,8 +54,8 @@ coordinator's acknowledgements. Each SUB subscribes to its own topic and ``b"*"`
 subscriptions travel up to the publishers, so a process never receives, let alone decodes,
 messages meant for others. Payload: msgspec msgpack of ``(from_client_id, request_id,
 message, body)``; a process drops its own broadcasts by comparing the id bytes in place,
-without decoding. Control payloads (path-proving ping, hello/here presence) start with a
-zero byte.
+without decoding. Control payloads (path-proving ping, hello/here presence, goodbye) start
+with a zero byte.
 
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
@@ -83,6 +88,7 @@ import msgspec
 import zmq
 
 from ..hub import DEFAULT_HWM, LocalHub, tcp_endpoints
+from ..presence import Presence, is_alive, sweep
 from ..runtime import channel_paths, validate_channel_name
 
 __all__ = [
@@ -101,6 +107,7 @@ _CONTROL = b"\x00"
 _PING = b"\x00P"
 _HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
 _HERE = b"\x00h"  # directed answer to a hello
+_BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
 
 _MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
 
@@ -109,6 +116,9 @@ DISCOVERY_SECONDS = 0.25
 ALONE_REQUEST_TIMEOUT = 0.5
 JOIN_REQUEST_TIMEOUT = 30.0
 SYNCING_REQUEST_TIMEOUT = 2.0
+#: How long a peer may owe an answer before its liveness is checked (local channels), and
+#: how often the check repeats while it still owes one.
+LIVENESS_CHECK_SECONDS = 0.5
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 Receive = Callable[[str, "str | None", int, Any], None]
@@ -173,6 +183,9 @@ class ChannelTransport:
             self._paths = None
             self.inbound, self.outbound = tcp_endpoints(hub)
         self._receive: Receive | None = None
+        self._presence: Presence | None = None
+        #: called with a peer's client id when it says goodbye
+        self.on_peer_left: Callable[[str], None] | None = None
         self._on_ack: Callable[[str, int, int], None] | None = None
         self._pub: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
@@ -204,6 +217,8 @@ class ChannelTransport:
     async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._paths is not None:
+            sweep(self._paths.peers)
+            self._presence = Presence(self._paths.peers, self.client_id)
             self.local_hub = LocalHub(self._paths, hwm=self._hwm).start()
         context = zmq.Context.instance()
         pub = context.socket(zmq.PUB)
@@ -252,6 +267,10 @@ class ChannelTransport:
         """Close the sockets and leave the hub election (a peer takes over a hosted hub)."""
         if self._closed:
             return
+        if self._pub is not None and self._opening is not None and self._opening.done():
+            # peers waiting for our answers move on at once instead of timing out
+            with contextlib.suppress(Exception):
+                self._send_raw(BROADCAST, _BYE + self._id_bytes)
         self._closed = True
         if self._sub is not None:
             if self._loop is not None and not self._loop.is_closed():
@@ -262,7 +281,16 @@ class ChannelTransport:
             self._pub.close()  # linger: let the last messages out
         if self.local_hub is not None:
             self.local_hub.stop()
+        if self._presence is not None:
+            self._presence.close()
         self._receive = None
+        self.on_peer_left = None
+
+    def peer_alive(self, client_id: str) -> bool:
+        """False only when ``client_id`` is known to be gone (local channels: its lock)."""
+        if self._paths is None or len(client_id) != CLIENT_ID_LENGTH:
+            return True
+        return is_alive(self._paths.peers, client_id)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -365,6 +393,12 @@ class ChannelTransport:
             asker = payload[2:]
             if self.answers_hello and asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
                 self._send_raw(CLIENT_PREFIX + asker, _HERE)
+        elif kind == _BYE and topic == BROADCAST:
+            leaver = payload[2:]
+            if leaver != self._id_bytes and len(leaver) == CLIENT_ID_LENGTH:
+                on_peer_left = self.on_peer_left
+                if on_peer_left is not None:
+                    on_peer_left(leaver.decode("ascii", "replace"))
         elif kind == _HERE and topic == self._own_topic:
             self.peers_answered += 1
             if self._here_waiter is not None and not self._here_waiter.done():
@@ -434,6 +468,13 @@ class ChannelSynchronizer:
         self._acked: set[tuple[int, int]] = set()
         self._ack_event: asyncio.Event | None = None
         self._loop_set_event: Callable[[], None] | None = None
+        self._liveness: asyncio.TimerHandle | None = None
+        peer_left = getattr(inner, "peer_left", None)
+        if peer_left is not None:
+            transport.on_peer_left = peer_left
+        engine = getattr(inner, "engine", None)
+        if adaptive_timeout and engine is not None:
+            engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
 
     @property
     def client_id(self) -> str:
@@ -460,6 +501,7 @@ class ChannelSynchronizer:
 
             async def opened_first(*args: Any, **kwargs: Any) -> Any:
                 await self._transport.open()
+                self._watch_liveness()
                 if self._adaptive and not self._discovered:
                     self._discovered = True
                     alone = not await self._transport.discover_peers()
@@ -478,6 +520,34 @@ class ChannelSynchronizer:
             return opened_first
         return attribute
 
+    def _watch_liveness(self) -> None:
+        """Every LIVENESS_CHECK_SECONDS, drop peers that owe us answers but have died.
+
+        A peer killed by SIGKILL says no goodbye; without this check a joiner would wait for
+        the whole join time-out. Only peers that have owed an answer for a while are checked
+        (a few system calls each, see :mod:`localsync.presence`); tcp channels have no
+        presence files and rely on goodbyes and time-outs.
+        """
+        if self._liveness is not None or self._transport._paths is None:
+            return
+        engine = getattr(self._inner, "engine", None)
+        peer_left = getattr(self._inner, "peer_left", None)
+        if engine is None or peer_left is None:
+            return
+        loop = asyncio.get_running_loop()
+        transport = self._transport
+
+        def check() -> None:
+            self._liveness = None
+            if not transport.is_open or engine.destroyed:
+                return
+            for client_id in engine.awaited_peers(LIVENESS_CHECK_SECONDS):
+                if not transport.peer_alive(client_id):
+                    peer_left(client_id)
+            self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
+
+        self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
+
     def _set_request_timeout(self, seconds: float) -> None:
         engine = getattr(self._inner, "engine", None)
         if engine is not None and hasattr(engine, "request_timeout_seconds"):
@@ -489,6 +559,9 @@ class ChannelSynchronizer:
         return self
 
     async def destroy(self) -> ChannelSynchronizer:
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
         try:
             await self._inner.destroy()
         finally:

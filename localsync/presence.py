@@ -1,0 +1,122 @@
+"""Who is still alive on a local channel: one locked file per participant.
+
+Why: PUB/SUB never tells a sender that the receiver is gone. A participant that exits cleanly
+says goodbye on the channel, but one killed with SIGKILL (or the OOM killer) says nothing,
+and a joiner waiting for its diff would wait for the whole join time-out (long on purpose:
+a live peer may need seconds to compute a diff of 10^6 cells). The kernel is the one witness
+that never misses a death: every participant of a local channel holds an exclusive
+``flock`` on its own file ``<channel>.peers/<client_id>``, and the kernel releases it when the
+process dies, however it dies. Anyone can then ask "is X alive?" by trying to take X's lock
+without blocking: refused means alive, granted (or no file) means gone. The check is a few
+system calls, done only for peers that owe an answer for a while.
+
+Files of dead participants are removed by whoever finds them unlocked (when checking, and in
+a bounded sweep when joining); ids are random and never reused, so a removed file cannot
+belong to a newer participant. A fork()ed child closes its inherited copy of the descriptor
+(without unlocking, which would release the parent's lock) so that the lock dies with the
+process that took it. Channels on a tcp:// hub have no shared folder, hence no presence:
+they fall back to goodbyes and time-outs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import weakref
+from pathlib import Path
+
+__all__ = ["Presence", "is_alive", "sweep"]
+
+#: Dead participants' files examined per join (bounds the cost of a large backlog).
+SWEEP_LIMIT = 64
+
+_held: weakref.WeakSet[Presence] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for presence in list(_held):
+        presence._forget_fd()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class Presence:
+    """This participant's locked file; :meth:`close` (or process death) releases it."""
+
+    def __init__(self, folder: Path, client_id: str) -> None:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.path = folder / client_id
+        # lock under a hidden name, then rename: a sweep must never see the file unlocked
+        hidden = folder / f".{client_id}"
+        fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+            raise
+        self._fd: int | None = fd
+        self._owner = os.getpid()
+        _held.add(self)
+
+    def _forget_fd(self) -> None:
+        if self._fd is not None and os.getpid() != self._owner:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Leave: remove the file first, so nobody mistakes the unlocked file for a death."""
+        if self._fd is None:
+            return
+        if os.getpid() == self._owner:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+
+
+def is_alive(folder: Path, client_id: str) -> bool:
+    """False when ``client_id``'s process is gone (its file is unlocked or absent)."""
+    path = folder / client_id
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: assume alive, the request time-out still applies
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True  # held (EWOULDBLOCK), or cannot tell: the time-out still applies
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
+    finally:
+        os.close(fd)
+
+
+def sweep(folder: Path, limit: int = SWEEP_LIMIT) -> int:
+    """Remove up to ``limit`` files of dead participants; returns how many were removed."""
+    removed = 0
+    try:
+        entries = os.scandir(folder)
+    except OSError:
+        return 0
+    with entries:
+        for examined, entry in enumerate(entries):
+            if examined >= limit:
+                break
+            if (
+                not entry.name.startswith(".")
+                and entry.is_file(follow_symlinks=False)
+                and not is_alive(folder, entry.name)
+            ):
+                removed += 1
+    return removed
