@@ -62,6 +62,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
 from typing import Any
 
+from .collector import tune_collector
+
 __all__ = [
     "Persister",
     "Persists",
@@ -171,6 +173,7 @@ class Persister:
         schedule_id: Hashable | None = None,
         is_synchronizer: bool = False,
     ) -> None:
+        tune_collector()  # a process that syncs or persists a store: see localsync.collector
         self._store = store
         self._on_ignored_error = on_ignored_error
         self._is_synchronizer = is_synchronizer
@@ -200,6 +203,9 @@ class Persister:
         self._handover: list[tuple[int, Any]] = []
         self._handover_scheduled = False
         self._open_batch: list[Any] | None = None
+        # a synchronizer over a MergeableStore queues what each transaction touched and
+        # builds the wire records once per drained run (MergeableStore docs)
+        self._get_touched: Callable[[], Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -223,6 +229,8 @@ class Persister:
             self._get_changes: Callable[[], Any] = lambda: (
                 store._get_encoded_transaction_mergeable_changes(with_hashes)
             )
+            if self._is_synchronizer:
+                self._get_touched = getattr(store, "_transaction_touched", None)
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
         elif persist != Persists.MERGEABLE_STORE_ONLY:
             self._is_mergeable_store = False
@@ -693,6 +701,11 @@ class Persister:
             on_loop = self._on_loop_thread()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
+            if self._coalesce_saves and self._get_touched is not None:
+                touched = self._get_touched()
+                if touched[0] or touched[1]:
+                    self._hand_over(generation, touched, on_loop)
+                return
             try:
                 changes = self._get_changes()
             except Exception as error:
@@ -748,8 +761,13 @@ class Persister:
             return
         batch = [changes for gen, changes in waiting if gen == generation]
         if batch:
-            for changes in self._merge_changes(batch):
+            build = self._build_changes if self._get_touched is not None else None
+            for changes in build(batch) if build is not None else self._merge_changes(batch):
                 self._save_changes_now(changes)
+
+    def _build_changes(self, touched: list[Any]) -> list[Any]:
+        """Wire records for queued transactions (only synchronizers queue what was touched)."""
+        raise NotImplementedError
 
     def _has_unsent_changes(self) -> bool:
         return bool(self._handover) or self._open_batch is not None

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .persister import Persister, Persists, TinyBaseError
-from .protocol import SyncEngine, coalesce_changes
+from .protocol import MAX_COALESCED_BYTES, MAX_COALESCED_STAMPS, SyncEngine, coalesce_changes
 
 __all__ = ["Synchronizer", "create_custom_synchronizer"]
 
@@ -228,6 +228,13 @@ class Synchronizer(Persister):
             with self._lock:
                 self._engine.send_content_hashes()
         self._after_engine()
+
+    def _build_changes(self, touched: list[Any]) -> list[Any]:
+        bodies = self._store._encoded_mergeable_changes_of(
+            touched, MAX_COALESCED_STAMPS, MAX_COALESCED_BYTES
+        )
+        self.coalesced_transactions += len(touched) - len(bodies)
+        return bodies
 
     def _merge_changes(self, batch: list[Any]) -> list[Any]:
         merged = coalesce_changes(batch)

@@ -133,6 +133,77 @@ def test_caps_split_a_run_but_never_a_transaction() -> None:
     assert len(tiny) == len(batch)  # every transaction is over the byte cap: none merged
 
 
+def touched_transactions(seed: int, count: int) -> tuple[Any, list[Any], list[Any]]:
+    """A writer, what each of its transactions touched, and each one's own change record."""
+    writer = create_mergeable_store()
+    touched: list[Any] = []
+    recorded: list[Any] = []
+
+    def listener(store: Any) -> None:
+        touched.append(store._transaction_touched())
+        recorded.append(store._get_encoded_transaction_mergeable_changes())
+
+    writer.add_did_finish_transaction_listener(listener)
+    rng = random.Random(seed)
+    for _ in range(count):
+        random_transaction(writer, rng)
+    return (
+        writer,
+        [t for t in touched if t[0] or t[1]],
+        [c for c in recorded if c[0][0] or c[1][0]],
+    )
+
+
+def body_keys(body: Any) -> set[tuple[str, ...]]:
+    keys: set[tuple[str, ...]] = {
+        (t, r, c) for t, table in body[0][0].items() for r, row in table[0].items() for c in row[0]
+    }
+    return keys | {(v,) for v in body[1][0]}
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("max_stamps", [1, 5, 4096])
+def test_bodies_built_from_what_transactions_touched_equal_the_merged_records(
+    seed: int, max_stamps: int
+) -> None:
+    """The writer's path: queue what each transaction touched, build the diffs at once."""
+    writer, touched, recorded = touched_transactions(seed, 60)
+    bodies = writer._encoded_mergeable_changes_of(touched, max_stamps, 1 << 20)
+    if max_stamps == 4096:
+        assert len(bodies) == 1
+        # the same diff the per-transaction records merge into (same stamps, same HLCs)
+        assert bodies == coalesce_changes(recorded)
+    receiver = create_mergeable_store()
+    for body in bodies:
+        assert is_protocol_message_valid("id", CONTENT_DIFF, body)
+        receiver._apply_encoded_mergeable_changes(body)
+    assert same(receiver, writer)
+    # bodies are cut between transactions only: each transaction's stamps travel together
+    # (a cell touched again later may travel again in a later body)
+    for cells, values in touched:
+        wanted = set(cells) | {(v,) for v in values}
+        assert any(wanted <= body_keys(body) for body in bodies)
+    if max_stamps == 1:
+        assert len(bodies) == len(touched)
+
+
+def test_built_bodies_carry_object_cells_values_and_deletions() -> None:
+    writer = create_mergeable_store()
+    touched: list[Any] = []
+    writer.add_did_finish_transaction_listener(lambda s: touched.append(s._transaction_touched()))
+    writer.set_cell("t", "r", "obj", {"k": [1, 2]})
+    writer.set_cell("t", "r", "gone", 1)
+    writer.del_cell("t", "r", "gone")
+    writer.set_value("v", "x")
+    [body] = writer._encoded_mergeable_changes_of(touched, 4096, 1 << 20)
+    assert body[0][0]["t"][0]["r"][0]["gone"][0] == UNDEFINED  # a deletion is a stamp too
+    receiver = create_mergeable_store()
+    receiver._apply_encoded_mergeable_changes(body)
+    assert receiver.get_cell("t", "r", "obj") == {"k": [1, 2]}
+    assert not receiver.has_cell("t", "r", "gone") and receiver.get_value("v") == "x"
+    assert same(receiver, writer)
+
+
 @contextmanager
 def loop_held(sync: BlockingSynchronizer) -> Iterator[None]:
     """Keep the synchronizer's loop thread busy for the duration of the block."""
