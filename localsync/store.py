@@ -1482,7 +1482,10 @@ class Store:
 
     def _has(self, index: int, *kinds: str) -> bool:
         registries = self._registries
-        return any(registries[kind][index] for kind in kinds)
+        for kind in kinds:  # noqa: SIM110 (any() over a generator cost more than the check)
+            if registries[kind][index]:
+                return True
+        return False
 
     def _call_data_listeners(self, index: int) -> None:
         if self._changed_cells and self._has(index, *_TABULAR_KINDS):

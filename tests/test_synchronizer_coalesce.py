@@ -374,24 +374,28 @@ def test_interleaved_local_and_remote_bursts_converge_without_echoes() -> None:
         assert sb.synchronizer.coalesced_transactions > 0
 
 
-def test_loop_thread_writes_of_one_turn_are_one_diff_sent_on_the_next_turn() -> None:
+def test_a_turns_first_write_leaves_at_once_and_the_rest_of_the_turn_together() -> None:
     async def main() -> None:
         a, b = create_mergeable_store(), create_mergeable_store()
         sent: list[tuple[int, Any]] = []
         sb = await create_local_synchronizer(b).start_sync()
         sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
         await sa.wait_until_idle(timeout=10)
+        await asyncio.sleep(0)
         sent.clear()
         a.set_cell("t", "r", "c", 1)
-        assert sent == []  # not from inside the transaction listener...
+        # a lone write is sent from inside the transaction listener, as TinyBase does
+        assert [m for m, _ in sent] == [CONTENT_DIFF]
         await asyncio.sleep(0)
-        assert [m for m, _ in sent] == [CONTENT_DIFF]  # ...but on the very next turn
         sent.clear()
         for i in range(10):
             a.set_cell("t", "r", f"c{i}", i)
+        assert [m for m, _ in sent] == [CONTENT_DIFF]  # the turn's first write...
+        assert list(sent[0][1][0][0]["t"][0]["r"][0]) == ["c0"]
         await asyncio.sleep(0)
-        assert [m for m, _ in sent] == [CONTENT_DIFF]
-        assert len(sent[0][1][0][0]["t"][0]["r"][0]) == 10
+        # ...then the other nine of the same turn in one diff on the next turn
+        assert [m for m, _ in sent] == [CONTENT_DIFF, CONTENT_DIFF]
+        assert list(sent[1][1][0][0]["t"][0]["r"][0]) == [f"c{i}" for i in range(1, 10)]
         for _ in range(2000):
             if same(a, b):
                 break
@@ -415,7 +419,9 @@ def test_writes_just_before_stop_or_destroy_still_go_out(ending: str) -> None:
         a.set_row("t", "r", {"x": 1})
         a.set_value("v", 2)
         await getattr(sa, ending)()  # in the same turn as the writes
-        assert [m for m, _ in sent] == [CONTENT_DIFF]
+        # the first at once, the second (queued for the next turn) before stopping
+        assert [m for m, _ in sent] == [CONTENT_DIFF, CONTENT_DIFF]
+        assert sent[1][1][1][0] == {"v": sent[1][1][1][0]["v"]} and not sent[1][1][0][0]
         for _ in range(2000):
             if same(a, b):
                 break
