@@ -104,6 +104,17 @@ _TABULAR_KINDS = (
     "cell",
 )
 _VALUES_KINDS = ("has_values", "values", "value_ids", "has_value", "value")
+#: listener kinds that need the ids worked out by ``_derive_changes``
+_DERIVED_ID_KINDS = (
+    "table_ids",
+    "has_table",
+    "row_count",
+    "row_ids",
+    "has_row",
+    "cell_ids",
+    "has_cell",
+)
+
 _ID_KINDS = (
     "table_ids",
     "has_table",
@@ -1221,8 +1232,13 @@ class Store:
             }
             return [tables_out, values_out, 1]
 
-    def _derive_changes(self) -> _Derived:
-        """Group the touched cells by table and row and work out which ids came and went."""
+    def _derive_changes(self, ids: bool = True) -> _Derived:
+        """Group the touched cells by table and row and work out which ids came and went.
+
+        ``ids=False`` stops after the grouping: with only cell/row/table listeners (the
+        common case, and every received message pays this) the id bookkeeping was half of
+        the listener dispatch.
+        """
         derived = _Derived()
         grouped = derived.cells
         for (t, r, c), entry in self._changed_cells.items():
@@ -1233,6 +1249,8 @@ class Store:
             if cells is None:
                 cells = rows[r] = {}
             cells[c] = entry
+        if not ids:
+            return derived
         tables = self._tables
         for t, rows in grouped.items():
             table_now = tables.get(t)
@@ -1473,8 +1491,7 @@ class Store:
         registry = self._registries[kind][index]
         if not registry:
             return
-        paths = itertools.product(*[(id_, None) for id_ in ids]) if ids else iter(((),))
-        for path in paths:
+        for path in _wildcard_paths(ids):
             listeners = registry.get(path)
             if listeners:
                 for fn in list(listeners.values()):
@@ -1494,7 +1511,7 @@ class Store:
             self._call_values_listeners(index)
 
     def _call_tabular_listeners(self, index: int) -> None:
-        derived = self._derive_changes()
+        derived = self._derive_changes(not self._track_ids and self._has(index, *_DERIVED_ID_KINDS))
         if self._track_ids:  # TinyBase's own order, recorded as the changes happened
             derived.table_ids = dict(self._changed_table_ids)
             derived.row_ids = {t: dict(ids) for t, ids in self._changed_row_ids.items()}
@@ -1654,6 +1671,33 @@ class _Derived:
         self.row_ids: dict[str, dict[str, int]] = {}
         self.row_counts: dict[str, int] = {}
         self.cell_ids: dict[str, dict[str, dict[str, int]]] = {}
+
+
+def _wildcard_paths(ids: tuple[str, ...]) -> Any:
+    """Registry keys that match ``ids``: each id or None (wildcard), in TinyBase's order
+    (``itertools.product`` order, spelled out for the common lengths: every received
+    message that has cell listeners asks for them)."""
+    n = len(ids)
+    if n == 3:
+        a, b, c = ids
+        return (
+            (a, b, c),
+            (a, b, None),
+            (a, None, c),
+            (a, None, None),
+            (None, b, c),
+            (None, b, None),
+            (None, None, c),
+            (None, None, None),
+        )
+    if n == 2:
+        a, b = ids
+        return ((a, b), (a, None), (None, b), (None, None))
+    if n == 1:
+        return ((ids[0],), (None,))
+    if n == 0:
+        return ((),)
+    return itertools.product(*[(id_, None) for id_ in ids])
 
 
 def _same_or_absent(old: Any, new: Any) -> bool:
