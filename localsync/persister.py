@@ -57,6 +57,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
@@ -74,6 +75,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("localsync.persister")
+
+#: A transaction on the loop thread is sent from its listener (not on the next loop turn)
+#: when nothing was sent for this long: lone writes go at once, bursts stay merged.
+INLINE_IDLE_SECONDS = 0.001
 
 ERROR_STORE_TYPE = 0
 ERROR_CONTENT = 1
@@ -203,6 +208,8 @@ class Persister:
         self._handover: list[tuple[int, Any]] = []
         self._handover_scheduled = False
         self._inline_turn = False  # this loop turn's first transaction was sent at once
+        self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
+        self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
         self._open_batch: list[Any] | None = None
         # a synchronizer over a MergeableStore queues what each transaction touched and
         # builds the wire records once per drained run (MergeableStore docs)
@@ -727,20 +734,26 @@ class Persister:
     def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
         """Queue a transaction's changes; only the first of a run schedules the send.
 
-        On the loop thread, the first transaction of a loop turn is sent at once, from the
-        transaction listener as TinyBase does (a lone write pays no loop turn: about a
-        quarter of a one-cell change's latency on a channel). Later transactions of the
-        same turn, and writes from other threads, wait for the loop's next turn, where all
-        that piled up (a burst on the loop thread, a thread faster than the loop) is merged
-        and costs one wake-up and one message. Transactions are serialised by
-        ``store.lock``, so the queue is in transaction order.
+        On the loop thread, a lone write (the first of a loop turn, after at least
+        ``INLINE_IDLE_SECONDS`` without sending) is sent at once, from the transaction
+        listener as TinyBase does: it pays no loop turn, about a quarter of a one-cell
+        change's latency on a channel. Other transactions, and writes from other threads,
+        wait for the loop's next turn, where all that piled up (a burst on the loop thread,
+        a thread faster than the loop) is merged and costs one wake-up and one message; a
+        busy writer thus keeps sending one merged diff per turn. Transactions are
+        serialised by ``store.lock``, so the queue is in transaction order.
         """
         inline = False
         with self._handover_lock:
             self._handover.append((generation, changes))
             if self._handover_scheduled:
                 return
-            if on_loop and not self._inline_turn and len(self._handover) == 1:
+            if (
+                on_loop
+                and not self._inline_turn
+                and len(self._handover) == 1
+                and time.monotonic() - self._last_drain >= self._inline_idle
+            ):
                 inline = self._inline_turn = True
             else:
                 self._handover_scheduled = True
@@ -777,6 +790,7 @@ class Persister:
             return
         batch = [changes for gen, changes in waiting if gen == generation]
         if batch:
+            self._last_drain = time.monotonic()
             build = self._build_changes if self._get_touched is not None else None
             for changes in build(batch) if build is not None else self._merge_changes(batch):
                 self._save_changes_now(changes)

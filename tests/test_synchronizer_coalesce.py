@@ -382,6 +382,7 @@ def test_a_turns_first_write_leaves_at_once_and_the_rest_of_the_turn_together() 
         sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
         await sa.wait_until_idle(timeout=10)
         await asyncio.sleep(0)
+        sa._inline_idle = 0.0  # every turn counts as idle here (the rule: see the last part)
         sent.clear()
         a.set_cell("t", "r", "c", 1)
         # a lone write is sent from inside the transaction listener, as TinyBase does
@@ -396,6 +397,16 @@ def test_a_turns_first_write_leaves_at_once_and_the_rest_of_the_turn_together() 
         # ...then the other nine of the same turn in one diff on the next turn
         assert [m for m, _ in sent] == [CONTENT_DIFF, CONTENT_DIFF]
         assert list(sent[1][1][0][0]["t"][0]["r"][0]) == [f"c{i}" for i in range(1, 10)]
+        # a writer that sent within the idle time keeps one merged diff per turn
+        sa._inline_idle = 60.0
+        await asyncio.sleep(0)
+        sent.clear()
+        for i in range(10):
+            a.set_cell("t", "r2", f"c{i}", i)
+        assert sent == []
+        await asyncio.sleep(0)
+        assert [m for m, _ in sent] == [CONTENT_DIFF]
+        assert len(sent[0][1][0][0]["t"][0]["r2"][0]) == 10
         for _ in range(2000):
             if same(a, b):
                 break
