@@ -198,6 +198,22 @@ def _real_now() -> int:
     return time.time_ns() // 1_000_000
 
 
+class CheckedChanges(list):  # type: ignore[type-arg]
+    """Mergeable changes whose shape a sync engine has already checked, plus what it gathered.
+
+    Made by :func:`localsync.protocol.check_content_diff` for every received ContentDiff, so
+    that applying it does not walk every cell a second time: ``hlcs`` holds every non-empty
+    HLC of the body and ``special`` every value the store must still look at (object cells,
+    ``"\ufffd"`` strings, numbers beyond 2**53). Only the engine makes them; the store
+    trusts the shape, never the values.
+    """
+
+    __slots__ = ("hlcs", "special")
+
+    hlcs: list[str]
+    special: list[Any]
+
+
 class _Validator:
     """TinyBase's validateMergeable, with the future limit and flags fixed for one call.
 
@@ -241,6 +257,34 @@ class _Validator:
             return False
         if _HLC_CHARS_RE.fullmatch(joined) is None:
             return False
+        prefix = self.max_prefix
+        if prefix is not None:
+            return max(hlcs)[:7] <= prefix
+        max_time = self.max_time
+        return all(is_hlc(hlc, max_time) for hlc in hlcs)
+
+    def checked(self, data: CheckedChanges) -> bool:
+        """``mergeable(data)`` for changes whose shape the engine checked (see
+        :class:`CheckedChanges`): what remains is the special values and the future limit."""
+        for value in data.special:
+            t = type(value)
+            if t is str:
+                if not self.thing(value):
+                    return False
+            elif t is int:
+                if not fits_js_number(value):
+                    return False
+                self.plain = False
+            elif t is float:
+                self.plain = False  # (finite: checked by the engine)
+            else:
+                if not self.thing(value):
+                    return False
+                self.plain = False
+        hlcs = data.hlcs
+        self.cells = len(hlcs)
+        if not hlcs:
+            return True
         prefix = self.max_prefix
         if prefix is not None:
             return max(hlcs)[:7] <= prefix
@@ -1275,7 +1319,10 @@ class MergeableStore(Store):
         with self.lock:
             validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
             try:
-                valid = validator.mergeable(data)
+                if type(data) is CheckedChanges and encoded and not is_content:
+                    valid = validator.checked(data)
+                else:
+                    valid = validator.mergeable(data)
             except RecursionError:
                 valid = False
             if not valid:

@@ -47,7 +47,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .codec import UNDEFINED, get_unique_id
+from .codec import JSON_PREFIX, UNDEFINED, get_unique_id
+from .mergeable_store import CheckedChanges
 from .persister import TinyBaseError
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "Message",
     "Outgoing",
     "SyncEngine",
+    "check_content_diff",
     "coalesce_changes",
     "is_protocol_message_valid",
 ]
@@ -152,7 +154,14 @@ def _is_cell_or_value_or_undefined(thing: Any) -> bool:
     return kind is tuple
 
 
-def _is_stamp(stamp: Any, depth: int) -> bool:
+def _is_stamp(
+    stamp: Any,
+    depth: int,
+    hlcs: list[str] | None = None,
+    special: list[Any] | None = None,
+) -> bool:
+    """TinyBase's isStamp check, nested ``depth`` levels; with ``hlcs``/``special`` lists it
+    also gathers what a store needs to finish validating (see :func:`check_content_diff`)."""
     if not isinstance(stamp, _ARRAY):
         return False
     length = len(stamp)
@@ -160,36 +169,45 @@ def _is_stamp(stamp: Any, depth: int) -> bool:
         hlc = stamp[1]
         if type(hlc) is not str or (hlc != "" and not _HLC.fullmatch(hlc)):
             return False
+        if hlc and hlcs is not None:
+            hlcs.append(hlc)
     elif length != 1:
         return False
     thing = stamp[0]
     if depth == 1:
-        return type(thing) is dict and _is_leaf_stamp_map(thing)
+        return type(thing) is dict and _is_leaf_stamp_map(thing, hlcs, special)
     if depth:
         if type(thing) is not dict:
             return False
         for key, child in thing.items():
-            if type(key) is not str or not _is_stamp(child, depth - 1):
+            if type(key) is not str or not _is_stamp(child, depth - 1, hlcs, special):
                 return False
         return True
     return _is_cell_or_value_or_undefined(thing)
 
 
 _MAX_INT = 2**1024
+_BIG_INT = 2**53
+_BIG_FLOAT = float(2**53)
 
 
 _HLC_RUN = re.compile(r"[-0-9A-Z_a-z]*")
 
 
-def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
+def _is_leaf_stamp_map(
+    things: dict[Any, Any], gathered: list[str] | None = None, special: list[Any] | None = None
+) -> bool:
     """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body.
 
     HLCs are checked for length one by one and for their alphabet all at once (one regex
     over their concatenation): the regex call per stamp was a third of the check's cost.
+    With ``gathered``/``special`` the HLCs and the values a store must look at again are
+    collected too (the caller then checks the HLCs' alphabet once for the whole body).
     """
     isfinite = math.isfinite
-    hlcs: list[str] = []
+    hlcs: list[str] = [] if gathered is None else gathered
     add_hlc = hlcs.append
+    gather = special is not None
     for key, stamp in things.items():
         kind = type(stamp)
         if type(key) is not str or (kind is not list and kind is not tuple):
@@ -207,15 +225,59 @@ def _is_leaf_stamp_map(things: dict[Any, Any]) -> bool:
             return False
         value = stamp[0]
         kind = type(value)
-        if kind is str or kind is int or kind is bool or value is None:
-            if kind is int and not -_MAX_INT < value < _MAX_INT:
+        if kind is str:
+            if gather and value[:1] == JSON_PREFIX:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is int:
+            if not -_MAX_INT < value < _MAX_INT:
                 return False
+            if gather and not -_BIG_INT <= value <= _BIG_INT:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is bool or value is None:
+            pass
         elif kind is float:
             if not isfinite(value):
                 return False
-        elif kind is not dict and kind is not list and kind is not tuple:
+            if gather and not -_BIG_FLOAT < value < _BIG_FLOAT:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is dict or kind is list or kind is tuple:
+            if gather:
+                special.append(value)  # type: ignore[union-attr]
+        else:
             return False
+    if gathered is not None:
+        return True
     return not hlcs or _HLC_RUN.fullmatch("".join(hlcs)) is not None
+
+
+def check_content_diff(body: Any) -> CheckedChanges | None:
+    """TinyBase's check of a ContentDiff body, gathering what the store's own check needs.
+
+    A received ContentDiff was walked twice: once here (TinyBase's message check) and once
+    by the store before merging (TinyBase's validateMergeable). The second walk repeats the
+    first except for a few facts, gathered here on the way: every HLC (for the 5-minute
+    future limit), the values a store must look at again (object cells, ``"\ufffd"``
+    strings, numbers beyond 2**53) and the number of leaves. Returns the body as
+    :class:`~localsync.mergeable_store.CheckedChanges` carrying those, or None when the body
+    is not a valid ContentDiff (the same verdict as ``is_protocol_message_valid``).
+    """
+    if not (
+        isinstance(body, _ARRAY)
+        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
+    ):
+        return None
+    hlcs: list[str] = []
+    special: list[Any] = []
+    if not (_is_stamp(body[0], 3, hlcs, special) and _is_stamp(body[1], 1, hlcs, special)):
+        return None
+    # the leaves' HLCs were checked for length; their alphabet is checked here at once
+    # (intermediate ones were matched one by one, so matching them again changes nothing)
+    if hlcs and _HLC_RUN.fullmatch("".join(hlcs)) is None:
+        return None
+    checked = CheckedChanges(body)
+    checked.hlcs = hlcs
+    checked.special = special
+    return checked
 
 
 def _is_content_hashes(body: Any) -> bool:
@@ -734,9 +796,22 @@ class SyncEngine:
         """Handle one message from a peer; never raises into the transport."""
         if self.destroyed:
             return
-        if not is_protocol_message_valid(request_id, message, body):
+        if message == CONTENT_DIFF and type(message) is int:
+            # the common message: checked once for the protocol and, on the way, for the
+            # store that will merge it (see check_content_diff)
+            checked = (
+                check_content_diff(body)
+                if request_id is None or (type(request_id) is str and request_id != UNDEFINED)
+                else None
+            )
+            if checked is None:
+                self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
+                return
+        elif not is_protocol_message_valid(request_id, message, body):
             self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
             return
+        else:
+            checked = None
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1
@@ -745,7 +820,13 @@ class SyncEngine:
         if self.on_receive is not None:
             self.on_receive(from_client_id, request_id, message, body)
         try:
-            self._dispatch(from_client_id, request_id, message, body, is_auto_loading)
+            self._dispatch(
+                from_client_id,
+                request_id,
+                message,
+                body if checked is None else checked,
+                is_auto_loading,
+            )
         except Exception as error:
             self._report(error)
 
