@@ -167,10 +167,16 @@ def _is_stamp(
     length = len(stamp)
     if length == 2:
         hlc = stamp[1]
-        if type(hlc) is not str or (hlc != "" and not _HLC.fullmatch(hlc)):
+        if type(hlc) is not str:
             return False
-        if hlc and hlcs is not None:
-            hlcs.append(hlc)
+        if hlc:
+            if hlcs is None:
+                if not _HLC.fullmatch(hlc):
+                    return False
+            elif len(hlc) == 16:
+                hlcs.append(hlc)  # (its alphabet is checked with all the others at the end)
+            else:
+                return False
     elif length != 1:
         return False
     thing = stamp[0]
@@ -270,8 +276,7 @@ def check_content_diff(body: Any) -> CheckedChanges | None:
     special: list[Any] = []
     if not (_is_stamp(body[0], 3, hlcs, special) and _is_stamp(body[1], 1, hlcs, special)):
         return None
-    # the leaves' HLCs were checked for length; their alphabet is checked here at once
-    # (intermediate ones were matched one by one, so matching them again changes nothing)
+    # every HLC gathered was checked for length; their alphabet is checked here at once
     if hlcs and _HLC_RUN.fullmatch("".join(hlcs)) is None:
         return None
     checked = CheckedChanges(body)
