@@ -20,7 +20,8 @@ bound on ``PORT`` (publishers connect) and XPUB on ``PORT + 1`` (subscribers con
 a channel with ``create_channel_synchronizer(store, name, hub="tcp://HOST:PORT")``. TCP gives
 no access control: bind to loopback or a private network only.
 
-A fork()ed child of a host closes its inherited copy of the lock file (``os.register_at_fork``)
+A fork()ed child of a host closes its inherited copy of the lock file
+(:func:`localsync.presence.close_in_forked_children`)
 so that the lock is released as soon as the host itself dies.
 """
 
@@ -33,12 +34,12 @@ import itertools
 import os
 import signal
 import threading
-import weakref
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import zmq
 
+from .presence import close_in_forked_children
 from .runtime import ChannelPaths
 
 __all__ = [
@@ -135,17 +136,6 @@ class _Proxy:
             control.close()
 
 
-_live_hubs: weakref.WeakSet[LocalHub] = weakref.WeakSet()
-
-
-def _close_inherited_locks() -> None:
-    for hub in list(_live_hubs):
-        hub._forget_lock_in_child()
-
-
-os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
 class LocalHub:
     """Competes for a local channel's hub role in a background thread (see module doc)."""
 
@@ -176,7 +166,7 @@ class LocalHub:
         return self._hosting.is_set()
 
     def start(self) -> LocalHub:
-        _live_hubs.add(self)
+        close_in_forked_children(self)
         self._thread.start()
         return self
 
@@ -191,9 +181,8 @@ class LocalHub:
             proxy.stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        _live_hubs.discard(self)
 
-    def _forget_lock_in_child(self) -> None:
+    def _forget_in_child(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -25,21 +25,32 @@ import fcntl
 import os
 import weakref
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Presence", "is_alive", "sweep"]
+__all__ = ["Presence", "close_in_forked_children", "is_alive", "sweep"]
 
 #: Dead participants' files examined per join (bounds the cost of a large backlog).
 SWEEP_LIMIT = 64
 
-_held: weakref.WeakSet[Presence] = weakref.WeakSet()
+_lock_holders: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _forget_in_child() -> None:
-    for presence in list(_held):
-        presence._forget_fd()
+def close_in_forked_children(holder: Any) -> None:
+    """Have ``holder._forget_in_child()`` run in every fork()ed child while it lives.
+
+    A flock belongs to the open file, which a fork()ed child shares: unless the child closes
+    its copy (without unlocking, which would release the parent's lock too), the lock would
+    outlive the process that took it. Used by presence files and by the hub election lock.
+    """
+    _lock_holders.add(holder)
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+def _forget_in_children() -> None:
+    for holder in list(_lock_holders):
+        holder._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_in_children)
 
 
 class Presence:
@@ -61,9 +72,9 @@ class Presence:
             raise
         self._fd: int | None = fd
         self._owner = os.getpid()
-        _held.add(self)
+        close_in_forked_children(self)
 
-    def _forget_fd(self) -> None:
+    def _forget_in_child(self) -> None:
         if self._fd is not None and os.getpid() != self._owner:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

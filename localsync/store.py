@@ -115,17 +115,7 @@ _DERIVED_ID_KINDS = (
     "has_cell",
 )
 
-_ID_KINDS = (
-    "table_ids",
-    "has_table",
-    "row_count",
-    "row_ids",
-    "has_row",
-    "cell_ids",
-    "has_cell",
-    "value_ids",
-    "has_value",
-)
+_ID_KINDS = (*_DERIVED_ID_KINDS, "value_ids", "has_value")
 
 
 # ------------------------------------------------------------------------------ validation
