@@ -5,15 +5,17 @@ broadcasting (a ContentDiff per local transaction, else ContentHashes), so start
 statistics and echo suppression come from :mod:`localsync.persister` unchanged.
 
 Coalescing (beyond TinyBase, wire-compatible): TinyBase sends one ContentDiff per local
-transaction from inside the transaction listener. Here a transaction's changes are queued and
-sent on the loop's next turn; every transaction that joins the queue before that turn - more
-writes in the same turn on the loop thread, writes from a thread faster than the loop (the
-blocking facade), writes made while an earlier save is queued behind a load - travels in the
-same ContentDiff (newest HLC per cell/value, latest row/table HLCs; see
-:func:`localsync.protocol.coalesce_changes` for the size caps). A burst of N writes therefore
-costs readers a handful of messages and store transactions instead of N, while a lone write
-waits for nothing but the end of the current loop turn. Changes applied from peers are never
-re-sent (the echo rule is unchanged), diffs leave in transaction order, and ``stop_sync``/
+transaction from inside the transaction listener. Here a lone write on the loop thread (after
+``persister.INLINE_IDLE_SECONDS`` without sending) is sent the same way, at once; any other
+transaction is queued and sent on the loop's next turn, and every transaction that joins the
+queue before that turn - more writes in the same turn on the loop thread, writes from a thread
+faster than the loop (the blocking facade), writes made while an earlier save is queued behind
+a load - travels in the same ContentDiff (newest HLC per cell/value, latest row/table HLCs,
+built once from the current stamps: ``MergeableStore._encoded_mergeable_changes_of``, with the
+size caps of :func:`localsync.protocol.coalesce_changes`). A burst of N writes therefore costs
+readers a handful of messages and store transactions instead of N. Changes applied from
+peers are never re-sent (the echo rule is unchanged), diffs leave in transaction order, and
+``stop_sync``/
 ``destroy`` send what is still queued first. ``coalesced_transactions`` counts transactions
 that travelled inside another's diff; ``_coalesce_saves = False`` (private, for benchmarks)
 restores TinyBase's one-diff-per-transaction behaviour.
@@ -41,8 +43,8 @@ reproduced exactly; see tests/test_protocol_traces.py):
   reported to ``on_ignored_error`` as ``tinybase:1`` instead of vanishing silently.
 * Local writes made while a load is in flight are sent after it rather than skipped (see
   :mod:`localsync.persister`).
-* Local transactions leave on the next loop turn, coalesced (below), not from inside the
-  transaction listener.
+* Local transactions that follow each other closely leave merged on the next loop turn
+  (below); only a lone write is sent from inside its transaction listener.
 * Optional anti-entropy (``anti_entropy_seconds``), see :mod:`localsync.protocol`.
 """
 
