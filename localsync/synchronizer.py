@@ -15,10 +15,9 @@ built once from the current stamps: ``MergeableStore._encoded_mergeable_changes_
 size caps of :func:`localsync.protocol.coalesce_changes`). A burst of N writes therefore costs
 readers a handful of messages and store transactions instead of N. Changes applied from
 peers are never re-sent (the echo rule is unchanged), diffs leave in transaction order, and
-``stop_sync``/
-``destroy`` send what is still queued first. ``coalesced_transactions`` counts transactions
-that travelled inside another's diff; ``_coalesce_saves = False`` (private, for benchmarks)
-restores TinyBase's one-diff-per-transaction behaviour.
+``stop_sync``/``destroy`` send what is still queued first. ``coalesced_transactions`` counts
+transactions that travelled inside another's diff; ``_coalesce_saves = False`` (private, for
+benchmarks) restores TinyBase's one-diff-per-transaction behaviour.
 
 Building a transport (a new one should be one short file)::
 
