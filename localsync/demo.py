@@ -139,6 +139,7 @@ def load_persisted(path: Path, persister: str) -> Any:
     if not path.exists():
         return None
     store = create_mergeable_store()
+    saved: Any
     if persister == "sqlite":
         from .persisters.sqlite import create_sqlite_persister
 
@@ -462,8 +463,8 @@ def run(args: argparse.Namespace) -> int:
     restarts = [info.restarts for info in pool.workers] if pool else []
     if any(restarts):
         print(f"  restarts per worker: {restarts} (resumed where they left off)", file=out)
-    for error in pool.errors if pool else []:
-        print(f"  {str(error).splitlines()[0]}", file=out)
+    for worker_error in pool.errors if pool else []:
+        print(f"  {str(worker_error).splitlines()[0]}", file=out)
     ignored = Counter(IGNORED)
     for result in pool.results if pool else []:
         ignored.update((result or {}).get("ignored", {}))

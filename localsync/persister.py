@@ -927,8 +927,8 @@ class _CustomPersister(Persister):
     ) -> None:
         self._get_persisted = get_persisted  # type: ignore[method-assign]
         self._set_persisted = set_persisted  # type: ignore[method-assign]
-        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign]
-        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign]
+        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign,assignment]
+        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign,assignment]
         if extra_destroy is not None:
             self._destroy_extra = extra_destroy  # type: ignore[method-assign]
         super().__init__(store, **kwargs)

@@ -43,7 +43,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
 
@@ -727,10 +727,11 @@ class Store:
                 for c, cell in row.items():
                     _check_id(c, "a cell id")
                     plan.append((t, r, c, ABSENT if cell == UNDEFINED else encode_cell(cell)))
+        for v in values:
+            _check_id(v, "a value id")
         value_plan = [
             (v, ABSENT if value == UNDEFINED else encode_cell(value, "value"))
             for v, value in values.items()
-            if _check_id(v, "a value id") is None
         ]
         self._txn(self._apply_plan, plan, value_plan)
         return self
@@ -1527,8 +1528,8 @@ class Store:
             for t, ids in derived.row_ids.items():
                 self._call_ids("row_ids", "has_row", index, (t,), ids)
         if self._has(index, "cell_ids", "has_cell"):
-            for t, rows in derived.cell_ids.items():
-                for r, ids in rows.items():
+            for t, row_cell_ids in derived.cell_ids.items():
+                for r, ids in row_cell_ids.items():
                     self._call_ids("cell_ids", "has_cell", index, (t, r), ids)
         if self._has(index, "cell", "row", "table", "tables"):
             get_cell_change = self._get_cell_change
@@ -1637,7 +1638,7 @@ class _Transaction:
             raise
         return store
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         store = self._store
         try:
             if self._active:

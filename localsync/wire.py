@@ -311,12 +311,13 @@ class PayloadDecoder:
             raise self._invalid(overflow_error("fragments"))
         if not (total > 0 and 0 <= index < total):
             raise self._invalid()
+        slot = int(index)  # (finite now: below total, itself at most MAX_FRAGMENT_COUNT)
         self.expire()
         key = client_id + MESSAGE_SEPARATOR + message_id
         pending = self._pending.get(key)
         if pending is None and len(self._pending) >= MAX_FRAGMENT_BUFFERS:
             raise self._invalid(overflow_error("fragments"))
-        if pending is not None and (pending.total != total or pending.fragments[index] is not None):
+        if pending is not None and (pending.total != total or pending.fragments[slot] is not None):
             raise self._invalid()
         retained = payload_size(remainder) + (0 if pending is not None else payload_size(key))
         if self._buffered + retained > self._max:
@@ -325,7 +326,7 @@ class PayloadDecoder:
             pending = _Pending(int(total), self._clock() + self._timeout)
             self._pending[key] = pending
         index = int(index)
-        pending.fragments[index] = chunk
+        pending.fragments[slot] = chunk
         pending.remainders[index] = remainder
         pending.missing -= 1
         pending.retained += retained

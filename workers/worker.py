@@ -18,7 +18,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .context import WorkerContext
 
@@ -86,7 +86,7 @@ def _die_with_parent(parent_pid: int, stop_event: threading.Event) -> None:
         stop_event.set()
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     """Exit normally (atexit, logging flush) but never hang in interpreter shutdown."""
     sys.stdout.flush()
     sys.stderr.flush()

@@ -158,7 +158,9 @@ class SqliteBackend(Backend):
                 if differing:
                     differing_rows[table_id] = differing
             cell_hashes = store.get_mergeable_cell_hashes(differing_rows)
-            every_cell = {t: {row_id: {} for row_id in rows} for t, rows in differing_rows.items()}
+            every_cell: dict[str, dict[str, dict[str, Any]]] = {
+                t: {row_id: {} for row_id in rows} for t, rows in differing_rows.items()
+            }
             cell_diff = store.get_mergeable_cell_diff(every_cell)
             value_hashes = store.get_mergeable_value_hashes()
             if set(stored_values) - set(value_hashes):

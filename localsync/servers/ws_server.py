@@ -42,6 +42,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -451,7 +452,7 @@ class WsServer:
                 task = asyncio.ensure_future(self._stop_path(path))
                 path.stopping = task
                 self._stopping_paths[path.id] = task
-                task.add_done_callback(lambda _t, p=path.id: self._forget_stopping(p, task))
+                task.add_done_callback(partial(self._forget_stopping, path.id))
 
     def _forget_stopping(self, path_id: str, task: asyncio.Task[None]) -> None:
         if self._stopping_paths.get(path_id) is task:

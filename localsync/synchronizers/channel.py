@@ -82,14 +82,14 @@ import secrets
 import string
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import zmq
 
 from ..hub import DEFAULT_HWM, LocalHub, tcp_endpoints
 from ..presence import Presence, is_alive, sweep
-from ..runtime import channel_paths, validate_channel_name
+from ..runtime import ChannelPaths, channel_paths, validate_channel_name
 
 __all__ = [
     "ChannelError",
@@ -158,7 +158,7 @@ class ChannelTransport:
         runtime_dir: str | os.PathLike[str] | None = None,
         hwm: int = DEFAULT_HWM,
         connect_timeout_seconds: float = 5.0,
-        on_ignored_error: Callable[[Exception], None] | None = None,
+        on_ignored_error: Callable[[BaseException], None] | None = None,
         client_id: str | None = None,
     ) -> None:
         self.name = validate_channel_name(name)
@@ -175,6 +175,7 @@ class ChannelTransport:
         self._connect_timeout = connect_timeout_seconds
         self._on_ignored_error = on_ignored_error
         self.local_hub: LocalHub | None = None
+        self._paths: ChannelPaths | None
         if hub is None:
             paths = channel_paths(name, runtime_dir)
             self._paths = paths
@@ -220,7 +221,7 @@ class ChannelTransport:
             sweep(self._paths.peers)
             self._presence = Presence(self._paths.peers, self.client_id)
             self.local_hub = LocalHub(self._paths, hwm=self._hwm).start()
-        context = zmq.Context.instance()
+        context: zmq.Context[Any] = zmq.Context.instance()
         pub = context.socket(zmq.PUB)
         sub = context.socket(zmq.SUB)
         for sock in (pub, sub):
@@ -235,7 +236,7 @@ class ChannelTransport:
         sub.setsockopt(zmq.SUBSCRIBE, self._own_topic)
         sub.setsockopt(zmq.SUBSCRIBE, BROADCAST)
         self._pub, self._sub = pub, sub
-        self._loop.add_reader(sub.getsockopt(zmq.FD), self._on_readable)
+        self._loop.add_reader(cast(int, sub.getsockopt(zmq.FD)), self._on_readable)
         self._loop.call_soon(self._on_readable)
         try:
             await self._prove_path()
@@ -275,7 +276,7 @@ class ChannelTransport:
         if self._sub is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._sub.getsockopt(zmq.FD))
+                    self._loop.remove_reader(cast(int, self._sub.getsockopt(zmq.FD)))
             self._sub.close(0)
         if self._pub is not None:
             self._pub.close()  # linger: let the last messages out
@@ -347,7 +348,7 @@ class ChannelTransport:
         get = sub.get
         recv = sub.recv
         handled = 0
-        while get(_EVENTS) & _POLLIN:
+        while get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # an int; no cast per message
             try:
                 topic = recv(_NOBLOCK)
                 frames = 1
@@ -618,7 +619,10 @@ class ChannelSynchronizer:
 
         loop = asyncio.get_running_loop()
         event = self._ack_event
-        self._loop_set_event = lambda: loop.call_soon_threadsafe(event.set)
+        def set_event_from_any_thread() -> None:
+            loop.call_soon_threadsafe(event.set)
+
+        self._loop_set_event = set_event_from_any_thread
         listener = store.add_did_finish_transaction_listener(record)
         record()
 
@@ -642,7 +646,7 @@ def create_channel_synchronizer(
     name: str,
     on_send: Callable[..., None] | None = None,
     on_receive: Callable[..., None] | None = None,
-    on_ignored_error: Callable[[Exception], None] | None = None,
+    on_ignored_error: Callable[[BaseException], None] | None = None,
     *,
     hub: str | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
