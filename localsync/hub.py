@@ -17,8 +17,22 @@ sending process: a message addressed to one client is not copied to the others a
 
 Beyond one machine: ``localsync hub --bind tcp://HOST:PORT`` runs the same proxy with XSUB
 bound on ``PORT`` (publishers connect) and XPUB on ``PORT + 1`` (subscribers connect); open
-a channel with ``create_channel_synchronizer(store, name, hub="tcp://HOST:PORT")``. TCP gives
-no access control: bind to loopback or a private network only.
+a channel with ``create_channel_synchronizer(store, name, hub="tcp://HOST:PORT")``. Plain TCP
+gives no access control: bind it to loopback or a private network only. With keys (ZeroMQ's
+CURVE: encryption plus authentication, checked by libzmq) a hub can face a wider network::
+
+    localsync hub --keygen keys/ --name hub          # keys/hub.key (public), hub.key_secret
+    localsync hub --keygen keys/ --name worker1      # one pair per machine that may join
+    localsync hub --bind tcp://0.0.0.0:7700 --secret-key keys/hub.key_secret --allow keys/
+
+    create_channel_synchronizer(store, "orders", hub="tcp://10.0.0.5:7700",
+                                hub_key="keys/hub.key", client_key="keys/worker1.key_secret")
+
+Participants must name the hub's public key (a ``.key`` file or its 40-character Z85 text):
+a hub impersonator cannot complete the handshake. ``--allow DIR`` admits only clients whose
+public ``.key`` files are in DIR; without it any client that knows the hub's key may join
+(with a throw-away key pair when it gives none). A client without keys, or with the wrong
+ones, never gets through the handshake: its ``start_sync`` fails with ``ChannelError``.
 
 A fork()ed child of a host closes its inherited copy of the lock file
 (:func:`localsync.presence.close_in_forked_children`)
@@ -33,11 +47,16 @@ import fcntl
 import itertools
 import os
 import signal
+import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
+import zmq.auth
+import zmq.utils.z85
 
 from .presence import close_in_forked_children
 from .runtime import ChannelPaths
@@ -47,6 +66,9 @@ __all__ = [
     "LocalHub",
     "TcpHub",
     "configure",
+    "generate_keys",
+    "load_public_key",
+    "load_secret_key",
     "run",
     "tcp_endpoints",
 ]
@@ -56,6 +78,49 @@ __all__ = [
 DEFAULT_HWM = 100_000
 
 _ids = itertools.count()
+
+
+#: Length of a CURVE key written as Z85 text.
+Z85_KEY_LENGTH = 40
+
+
+def generate_keys(folder: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write a CURVE key pair: ``folder/name.key`` (public) and ``name.key_secret`` (0600)."""
+    target = Path(folder)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(target), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def load_public_key(key: str | os.PathLike[str]) -> bytes:
+    """A public key given as its 40-character Z85 text or as a certificate file."""
+    if isinstance(key, str) and len(key) == Z85_KEY_LENGTH and not os.path.exists(key):
+        try:
+            zmq.utils.z85.decode(key)
+        except (ValueError, KeyError, IndexError, struct.error) as error:
+            raise ValueError(f"not a Z85 key: {key!r}") from error
+        return key.encode("ascii")
+    public, _secret = _load_certificate(key)
+    return public
+
+
+def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` certificate file."""
+    public, secret = _load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{os.fspath(path)} holds no secret key (give the .key_secret file)")
+    return public, secret
+
+
+def _load_certificate(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret = zmq.auth.load_certificate(os.fspath(path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read a CURVE key from {os.fspath(path)}: {error}") from error
+    if public is None:
+        raise ValueError(f"{os.fspath(path)} holds no public key")
+    return public, secret
 
 
 def tcp_endpoints(address: str) -> tuple[str, str]:
@@ -76,11 +141,19 @@ def tcp_endpoints(address: str) -> tuple[str, str]:
 class _Proxy:
     """One XSUB/XPUB proxy that can be stopped from another thread."""
 
-    def __init__(self, context: zmq.Context, inbound: str, outbound: str, hwm: int) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        inbound: str,
+        outbound: str,
+        hwm: int,
+        curve: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self._context = context
         self._inbound = inbound
         self._outbound = outbound
         self._hwm = hwm
+        self._curve = curve  # (public, secret): the sockets act as CURVE servers
         self._control = f"inproc://localsync-hub-{os.getpid()}-{next(_ids)}"
         self._state = threading.Lock()
         self._running = False
@@ -99,6 +172,10 @@ class _Proxy:
             # and a dropped subscription would silence a participant for good
             xsub.rcvhwm = self._hwm
             xpub.sndhwm = self._hwm
+            if self._curve is not None:
+                for sock in (xsub, xpub):
+                    sock.curve_publickey, sock.curve_secretkey = self._curve
+                    sock.curve_server = True
             xsub.bind(self._inbound)
             xpub.bind(self._outbound)
             control.bind(self._control)
@@ -233,15 +310,37 @@ class LocalHub:
 
 
 class TcpHub:
-    """A standalone hub on ``tcp://HOST:PORT`` (XSUB) and ``PORT+1`` (XPUB), in a thread."""
+    """A standalone hub on ``tcp://HOST:PORT`` (XSUB) and ``PORT+1`` (XPUB), in a thread.
+
+    ``secret_key`` (a ``.key_secret`` file) makes it a CURVE server; ``allow`` (a folder of
+    public ``.key`` files) then admits only those clients (see the module doc).
+    """
 
     def __init__(
-        self, bind: str, *, hwm: int = DEFAULT_HWM, context: zmq.Context | None = None
+        self,
+        bind: str,
+        *,
+        hwm: int = DEFAULT_HWM,
+        context: zmq.Context | None = None,
+        secret_key: str | os.PathLike[str] | None = None,
+        allow: str | os.PathLike[str] | None = None,
     ) -> None:
         self.inbound, self.outbound = tcp_endpoints(bind)
+        if allow is not None and secret_key is None:
+            raise ValueError("allow= needs secret_key=: client keys are checked by CURVE")
+        if allow is not None and not os.path.isdir(allow):
+            raise ValueError(f"allow= must be a folder of public .key files: {os.fspath(allow)}")
+        curve = load_secret_key(secret_key) if secret_key is not None else None
+        self.public_key = curve[0].decode("ascii") if curve is not None else None
+        # a hub with keys gets a context of its own: an authenticator serves a whole context
+        self._own_context = context is None and curve is not None
+        ctx = context or (zmq.Context() if curve is not None else zmq.Context.instance())
+        self._context = ctx
+        self._allow = os.fspath(allow) if allow is not None else None
+        self._auth: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._proxy = _Proxy(context or zmq.Context.instance(), self.inbound, self.outbound, hwm)
+        self._proxy = _Proxy(ctx, self.inbound, self.outbound, hwm, curve)
         self._thread = threading.Thread(target=self._run, name="localsync-tcp-hub", daemon=True)
 
     def _run(self) -> None:
@@ -252,6 +351,12 @@ class TcpHub:
             self._ready.set()
 
     def start(self, timeout: float = 5.0) -> TcpHub:
+        if self._allow is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._auth = ThreadAuthenticator(self._context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=self._allow)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TimeoutError("hub did not bind in time")
@@ -262,6 +367,11 @@ class TcpHub:
     def stop(self, timeout: float = 5.0) -> None:
         self._proxy.stop()
         self._thread.join(timeout)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context:
+            self._context.term()
 
     def __enter__(self) -> TcpHub:
         return self.start()
@@ -273,12 +383,27 @@ class TcpHub:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bind",
-        required=True,
         metavar="tcp://HOST:PORT",
-        help="publishers connect to PORT, subscribers to PORT+1; bind loopback or a private "
-        "network only (no authentication)",
+        help="publishers connect to PORT, subscribers to PORT+1; without --secret-key bind "
+        "loopback or a private network only (no authentication)",
     )
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="socket high-water mark")
+    parser.add_argument(
+        "--secret-key",
+        metavar="FILE",
+        help="the hub's .key_secret file: encrypt and authenticate with CURVE",
+    )
+    parser.add_argument(
+        "--allow",
+        metavar="DIR",
+        help="with --secret-key: admit only the clients whose public .key files are in DIR",
+    )
+    parser.add_argument(
+        "--keygen",
+        metavar="DIR",
+        help="write a key pair NAME.key / NAME.key_secret into DIR and exit",
+    )
+    parser.add_argument("--name", default="hub", help="with --keygen: the key pair's name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -287,14 +412,24 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    if args.keygen is not None:
+        public, secret = generate_keys(args.keygen, args.name)
+        key = load_public_key(public).decode("ascii")
+        print(f"localsync hub: public key {key} in {public}, secret in {secret}", flush=True)
+        return 0
+    if args.bind is None:
+        print("localsync hub: --bind tcp://HOST:PORT is required", flush=True)
+        return 2
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        hub = TcpHub(args.bind, hwm=args.hwm).start()
+        hub = TcpHub(args.bind, hwm=args.hwm, secret_key=args.secret_key, allow=args.allow)
+        hub.start()
     except (ValueError, zmq.ZMQError) as error:
         print(f"localsync hub: {error}", flush=True)
         return 2
-    print(f"localsync hub: publishers {hub.inbound}, subscribers {hub.outbound}", flush=True)
+    keyed = f", CURVE key {hub.public_key}" if hub.public_key else ""
+    print(f"localsync hub: publishers {hub.inbound}, subscribers {hub.outbound}{keyed}", flush=True)
     while not stop.wait(0.2):
         pass
     hub.stop()

@@ -43,6 +43,10 @@ on_ignored_error``; keyword-only options:
     hub it may host (subscriptions keep ZeroMQ's default: a dropped subscription would
     silence a peer for good). ``0`` means no limit (ZeroMQ's convention); tiny values make
     drops happen on purpose (tests).
+``hub_key``, ``client_key`` (tcp hubs only)
+    the hub's public CURVE key (a ``.key`` file or its Z85 text) and this participant's
+    ``.key_secret`` file (a throw-away pair when omitted); needed when the hub was started
+    with ``--secret-key`` (see :mod:`localsync.hub`).
 ``connect_timeout_seconds`` (default 5.0)
     bound on proving the path: before syncing, a message to ourselves must come back through
     the hub (this defeats PUB/SUB's "slow joiner" loss of the first messages). Failing raises
@@ -87,7 +91,7 @@ from typing import Any, cast
 import msgspec
 import zmq
 
-from ..hub import DEFAULT_HWM, LocalHub, tcp_endpoints
+from ..hub import DEFAULT_HWM, LocalHub, load_public_key, load_secret_key, tcp_endpoints
 from ..presence import Presence, is_alive, sweep
 from ..runtime import ChannelPaths, channel_paths, validate_channel_name
 
@@ -160,6 +164,8 @@ class ChannelTransport:
         connect_timeout_seconds: float = 5.0,
         on_ignored_error: Callable[[BaseException], None] | None = None,
         client_id: str | None = None,
+        hub_key: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = validate_channel_name(name)
         if not isinstance(hwm, int) or hwm < 0:
@@ -183,6 +189,19 @@ class ChannelTransport:
         else:
             self._paths = None
             self.inbound, self.outbound = tcp_endpoints(hub)
+        # CURVE (tcp hubs started with --secret-key): (hub public, our public, our secret)
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if hub_key is not None:
+            if hub is None:
+                raise ValueError("hub_key is for tcp:// hubs; a local channel needs no keys")
+            server = load_public_key(hub_key)
+            if client_key is not None:
+                public, secret = load_secret_key(client_key)
+            else:
+                public, secret = zmq.curve_keypair()  # a throw-away pair
+            self._curve = (server, public, secret)
+        elif client_key is not None:
+            raise ValueError("client_key needs hub_key (the hub's public key)")
         self._receive: Receive | None = None
         self._presence: Presence | None = None
         #: called with a peer's client id when it says goodbye
@@ -228,6 +247,8 @@ class ChannelTransport:
             sock.linger = 500
             sock.reconnect_ivl = 20
             sock.reconnect_ivl_max = 200
+            if self._curve is not None:
+                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
         # data direction only; subscriptions (SUB -> hub -> PUB) keep ZeroMQ's default mark
         pub.sndhwm = self._hwm
         sub.rcvhwm = self._hwm
@@ -256,7 +277,8 @@ class ChannelTransport:
                     raise ChannelError(
                         f"no channel hub answered at {self.outbound} within "
                         f"{self._connect_timeout:g} s (for tcp hubs: is `localsync hub` "
-                        "running?)"
+                        "running, and do hub_key/client_key match its --secret-key and "
+                        "--allow?)"
                     )
                 self._send_raw(self._own_topic, _PING + nonce)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -654,6 +676,8 @@ def create_channel_synchronizer(
     anti_entropy_seconds: float | None = 1.0,
     hwm: int = DEFAULT_HWM,
     connect_timeout_seconds: float = 5.0,
+    hub_key: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
 ) -> ChannelSynchronizer:
     """Synchronize ``store`` with every process that opens channel ``name`` (see module doc)."""
     from ..synchronizer import create_custom_synchronizer
@@ -667,6 +691,8 @@ def create_channel_synchronizer(
         hwm=hwm,
         connect_timeout_seconds=connect_timeout_seconds,
         on_ignored_error=on_ignored_error,
+        hub_key=hub_key,
+        client_key=client_key,
     )
     inner = create_custom_synchronizer(
         store,
