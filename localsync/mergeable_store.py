@@ -32,10 +32,8 @@ Why it is built this way (and not as a line-by-line port):
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import re
-import threading
 import time
 from collections.abc import Callable
 from operator import itemgetter
@@ -44,6 +42,7 @@ from typing import Any
 from fnv_hash_fast import fnv1a_32
 
 from .codec import JSON_PREFIX, UNDEFINED
+from .collector import paused as _gc_paused
 from .hash import get_value_hash, to_utf8
 from .hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts, get_hlc_functions, is_hlc
 from .store import (
@@ -79,39 +78,6 @@ def _time_prefix(limit: int) -> str:
     return cache[1]
 
 
-class _GcPaused:
-    """Pause Python's cyclic garbage collector around bulk work on stamps and content.
-
-    Receiving or building a large store allocates millions of lists and dicts; each round of
-    the cyclic collector rescans all of them, which measured 2-3x the work itself for a
-    million cells (none of it is cyclic garbage). Pausing is process-wide, so it is
-    reference-counted across threads and never re-enables a collector someone else disabled.
-    """
-
-    __slots__ = ()
-    _lock = threading.Lock()
-    _depth = 0
-    _resume = False
-
-    def __enter__(self) -> None:
-        cls = _GcPaused
-        with cls._lock:
-            if cls._depth == 0:
-                cls._resume = gc.isenabled()
-                if cls._resume:
-                    gc.disable()
-            cls._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        cls = _GcPaused
-        with cls._lock:
-            cls._depth -= 1
-            if cls._depth == 0 and cls._resume:
-                cls._resume = False
-                gc.enable()
-
-
-_gc_paused = _GcPaused()
 _BULK = 1000  # cells in one merge from which pausing the collector pays
 
 

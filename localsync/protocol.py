@@ -285,6 +285,38 @@ def check_content_diff(body: Any) -> CheckedChanges | None:
     return checked
 
 
+Gathered = tuple[list[str], list[Any]]  # (every HLC, the values a store must look at again)
+
+
+def _gathered_stamp(stamp: Any, depth: int) -> Gathered | None:
+    """``_is_stamp(stamp, depth)`` that also gathers for the store, or None when invalid."""
+    hlcs: list[str] = []
+    special: list[Any] = []
+    if not _is_stamp(stamp, depth, hlcs, special):
+        return None
+    if hlcs and _HLC_RUN.fullmatch("".join(hlcs)) is None:
+        return None
+    return hlcs, special
+
+
+def check_response(body: Any) -> tuple[bool, Gathered | None]:
+    """``_is_response(body)`` (same alternatives, same order, same verdict), plus what the
+    store needs when the body is a diff pair ``[tables stamp, hash tree]``, the shape a
+    joiner's table diff arrives in (see :func:`check_content_diff` for why)."""
+    if _is_content_hashes(body):
+        return True, None
+    if _is_stamp(body, 3) or _is_stamp(body, 1):
+        return True, None
+    if (
+        isinstance(body, _ARRAY)
+        and len(body) == 2
+        and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
+    ):
+        gathered = _gathered_stamp(body[0], 3)
+        return gathered is not None, gathered
+    return False, None
+
+
 def _is_content_hashes(body: Any) -> bool:
     return isinstance(body, _ARRAY) and len(body) == 2 and _is_hash(body[0]) and _is_hash(body[1])
 
@@ -536,6 +568,7 @@ class _Pull:
 
     __slots__ = (
         "asked_everyone",
+        "gathered",
         "on_done",
         "other",
         "other_values_hash",
@@ -556,6 +589,9 @@ class _Pull:
         # mid-sequence can be replaced by asking everyone again
         self.asked_everyone = False
         self.restarts = 0
+        # what the responses' checks gathered for the store (check_content_diff), while
+        # the result is exactly a table diff plus a value diff; None once rows get merged
+        self.gathered: Gathered | None = ([], [])
 
 
 class _Pending:
@@ -737,7 +773,13 @@ class SyncEngine:
         pull.on_done(None)
 
     def _finish(self, pull: _Pull, values_stamp: Any) -> None:
-        pull.on_done([pull.tables_changes, values_stamp, 1])
+        gathered = pull.gathered
+        if gathered is None:
+            pull.on_done([pull.tables_changes, values_stamp, 1])
+            return
+        changes = CheckedChanges([pull.tables_changes, values_stamp, 1])
+        changes.hlcs, changes.special = gathered
+        pull.on_done(changes)
 
     def _on_content_hashes(self, pull: _Pull, other_hashes: Any) -> None:
         other_tables_hash, other_values_hash = other_hashes
@@ -755,7 +797,9 @@ class SyncEngine:
         else:
             self._request(pull, pull.other, VALUE_DIFF, self.store.get_mergeable_value_hashes())
 
-    def _on_response(self, entry: _Pending, body: Any, from_client_id: str) -> None:
+    def _on_response(
+        self, entry: _Pending, body: Any, from_client_id: str, gathered: Gathered | None = None
+    ) -> None:
         pull = entry.pull
         message = entry.message
         store = self.store
@@ -770,6 +814,11 @@ class SyncEngine:
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
             new_tables, differing = body
             pull.tables_changes = list(new_tables)
+            if pull.gathered is not None and gathered is not None and not differing:
+                pull.gathered[0].extend(gathered[0])
+                pull.gathered[1].extend(gathered[1])
+            else:
+                pull.gathered = None  # rows will be merged in: the store checks in full
             if differing:
                 self._request(pull, pull.other, ROW_DIFF, store.get_mergeable_row_hashes(differing))
             else:
@@ -778,6 +827,7 @@ class SyncEngine:
             if not _is_diff_pair(body):
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
             new_rows, differing = body
+            pull.gathered = None
             _merge_tables_stamps(pull.tables_changes, new_rows)
             if differing:
                 self._request(
@@ -788,11 +838,16 @@ class SyncEngine:
         elif message == CELL_DIFF:
             if not _is_stamp(body, 3):
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            pull.gathered = None
             _merge_tables_stamps(pull.tables_changes, body)
             self._values_step(pull)
         else:  # VALUE_DIFF
-            if not _is_stamp(body, 1):
+            values = _gathered_stamp(body, 1)  # (the same check as _is_stamp(body, 1))
+            if values is None:
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            if pull.gathered is not None:
+                pull.gathered[0].extend(values[0])
+                pull.gathered[1].extend(values[1])
             self._finish(pull, body)
 
     # -- receiving ----------------------------------------------------------------------------
@@ -801,6 +856,7 @@ class SyncEngine:
         """Handle one message from a peer; never raises into the transport."""
         if self.destroyed:
             return
+        gathered: Gathered | None = None
         if message == CONTENT_DIFF and type(message) is int:
             # the common message: checked once for the protocol and, on the way, for the
             # store that will merge it (see check_content_diff)
@@ -812,11 +868,20 @@ class SyncEngine:
             if checked is None:
                 self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
                 return
-        elif not is_protocol_message_valid(request_id, message, body):
-            self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
-            return
         else:
             checked = None
+            if message == RESPONSE and type(message) is int:
+                # (a joiner's table diff: checked once, gathering for the store on the way)
+                valid, gathered = (
+                    check_response(body)
+                    if request_id is None or (type(request_id) is str and request_id != UNDEFINED)
+                    else (False, None)
+                )
+            else:
+                valid, gathered = is_protocol_message_valid(request_id, message, body), None
+            if not valid:
+                self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
+                return
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1
@@ -831,6 +896,7 @@ class SyncEngine:
                 message,
                 body if checked is None else checked,
                 is_auto_loading,
+                gathered,
             )
         except Exception as error:
             self._report(error)
@@ -842,13 +908,14 @@ class SyncEngine:
         message: int,
         body: Any,
         is_auto_loading: bool,
+        gathered: Gathered | None = None,
     ) -> None:
         if message == RESPONSE:
             entry = self._pending.get(request_id) if request_id is not None else None
             if entry is not None and (entry.to is None or entry.to == from_client_id):
                 del self._pending[request_id]  # type: ignore[arg-type]
                 try:
-                    self._on_response(entry, body, from_client_id)
+                    self._on_response(entry, body, from_client_id, gathered)
                 except Exception as error:
                     self._fail(entry.pull, error)
             elif request_id in self._probes:
@@ -931,6 +998,7 @@ class SyncEngine:
                 pull.restarts += 1
                 pull.other = None
                 pull.tables_changes = _stamp_new_obj()
+                pull.gathered = ([], [])
                 self._request(pull, None, GET_CONTENT_HASHES, "")
             else:
                 self._fail(

@@ -17,7 +17,16 @@ from localsync import create_mergeable_store
 from localsync.codec import JSON_PREFIX, UNDEFINED
 from localsync.hlc import encode_hlc_parts
 from localsync.mergeable_store import CheckedChanges
-from localsync.protocol import CONTENT_DIFF, check_content_diff, is_protocol_message_valid
+from localsync.protocol import (
+    CONTENT_DIFF,
+    RESPONSE,
+    TABLE_DIFF,
+    VALUE_DIFF,
+    SyncEngine,
+    check_content_diff,
+    check_response,
+    is_protocol_message_valid,
+)
 
 NOW = 1_700_000_000_000
 
@@ -143,3 +152,80 @@ def test_a_valid_diff_with_every_kind_of_special_value() -> None:
     checked_far = check_content_diff(far)
     assert checked_far is not None  # a valid message...
     assert merged(checked_far)[3] == 1  # ...whose changes the store ignores, as in full
+
+
+responses = st.one_of(
+    bodies,
+    st.tuples(stamps(tables), st.dictionaries(ids, st.integers(0, 2**32), max_size=2)).map(list),
+    st.tuples(stamps(tables), st.just({"t": {"r": 7}})).map(list),
+    st.tuples(st.integers(0, 2**32), st.integers(0, 2**32)).map(list),
+    stamps(leaves),
+)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses)
+def test_the_gathering_response_check_gives_the_protocol_verdict(body: Any) -> None:
+    valid, gathered = check_response(body)
+    assert valid == is_protocol_message_valid("id", RESPONSE, body)
+    if gathered is not None:
+        assert valid and isinstance(body, list) and type(body[1]) is dict
+
+
+def pulled(table_body: Any, value_body: Any, checked: bool) -> tuple[Any, ...]:
+    """Drive a pull by hand: a peer answers a table diff and a value diff."""
+    store = create_mergeable_store("x", get_now=lambda: NOW)
+    store.set_cell("t", "r", "c", "old")
+    engine = SyncEngine(store, request_timeout_seconds=5.0)
+    results: list[Any] = []
+    engine.pull(results.append, "P", [1, 1])  # hashes that differ from ours in both halves
+    [(_, rid, message, _)] = engine.data_to_send()
+    assert message == TABLE_DIFF
+    engine.receive("P", rid, RESPONSE, table_body)
+    out = engine.data_to_send()
+    if out:
+        [(_, rid, message, _)] = out
+        assert message == VALUE_DIFF
+        engine.receive("P", rid, RESPONSE, value_body)
+    if results and results[0] is not None:
+        changes = results[0]
+        store._apply_encoded_mergeable_changes(changes if checked else list(changes))
+    return (
+        len(results),
+        store.get_mergeable_content(),
+        store.get_mergeable_content_hashes(),
+        store.ignored_count,
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stamps(tables), stamps(leaves))
+def test_a_pulled_table_and_value_diff_merge_as_the_fully_checked_changes(
+    tables_stamp: Any, values_stamp: Any
+) -> None:
+    table_body = [tables_stamp, {}]
+    assert pulled(table_body, values_stamp, True) == pulled(
+        copy.deepcopy(table_body), copy.deepcopy(values_stamp), False
+    )
+
+
+def test_a_joiners_pull_hands_the_store_checked_changes() -> None:
+    """Table diff + value diff (what a joiner gets) arrive as CheckedChanges; rows merged in
+    from a row diff fall back to the store's full check."""
+    holder = create_mergeable_store("h", get_now=lambda: NOW)
+    holder.set_row("t", "r", {"a": 1, "o": {"k": [1]}})
+    holder.set_value("v", 2**60)
+    joiner = create_mergeable_store("j", get_now=lambda: NOW)
+    engine = SyncEngine(joiner, request_timeout_seconds=5.0)
+    results: list[Any] = []
+    engine.pull(results.append, "H", holder.get_mergeable_content_hashes())
+    [(_, rid, message, body)] = engine.data_to_send()
+    engine.receive("H", rid, RESPONSE, holder.get_mergeable_table_diff(body))
+    [(_, rid, message, body)] = engine.data_to_send()
+    assert message == VALUE_DIFF
+    engine.receive("H", rid, RESPONSE, holder.get_mergeable_value_diff(body))
+    [changes] = results
+    assert type(changes) is CheckedChanges
+    assert len(changes.special) == 2  # the object cell and the big number
+    joiner._apply_encoded_mergeable_changes(changes)
+    assert joiner.get_mergeable_content_hashes() == holder.get_mergeable_content_hashes()

@@ -91,6 +91,7 @@ from typing import Any, cast
 import msgspec
 import zmq
 
+from ..collector import paused
 from ..hub import DEFAULT_HWM, LocalHub, load_public_key, load_secret_key, tcp_endpoints
 from ..presence import Presence, is_alive, sweep
 from ..runtime import ChannelPaths, channel_paths, validate_channel_name
@@ -113,6 +114,7 @@ _HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
 _HERE = b"\x00h"  # directed answer to a hello
 _BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
 
+_BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
 _MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
 
 #: Adaptive request time-outs (``request_timeout_seconds=None``), see the module doc.
@@ -462,6 +464,15 @@ class ChannelTransport:
         if payload[2:18] == self._id_bytes and payload[:2] == _FROM_HEADER:
             self.stats["own_dropped"] += 1
             return
+        if len(payload) >= _BIG_MESSAGE:
+            # a joiner's diff: decode, check and merge it without the cyclic collector
+            # rescanning the decoded temporaries (see localsync.collector.paused)
+            with paused:
+                self._decode_and_receive(payload)
+            return
+        self._decode_and_receive(payload)
+
+    def _decode_and_receive(self, payload: bytes) -> None:
         try:
             from_id, request_id, message, body = _decoder.decode(payload)
         except msgspec.DecodeError as error:
