@@ -208,6 +208,7 @@ class Persister:
         self._handover: list[tuple[int, Any]] = []
         self._handover_scheduled = False
         self._inline_turn = False  # this loop turn's first transaction was sent at once
+        self._set_persisted_kind: tuple[Any, bool] | None = None
         self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
         self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
         self._open_batch: list[Any] | None = None
@@ -616,6 +617,16 @@ class Persister:
         finally:
             await self._run_auto_load_after_save()
 
+    def _set_persisted_is_coroutine(self) -> bool:
+        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function: it
+        was asked on every save, a measurable part of a one-cell write's send path."""
+        hook = self._set_persisted
+        func = getattr(hook, "__func__", hook)
+        cached = self._set_persisted_kind
+        if cached is None or cached[0] is not func:
+            cached = self._set_persisted_kind = (func, inspect.iscoroutinefunction(hook))
+        return cached[1]
+
     def _save_changes_now(self, changes: Any) -> None:
         """Save one transaction's changes, synchronously when the schedule is free.
 
@@ -628,14 +639,14 @@ class Persister:
             self._schedule_idle()
             and self._status == Status.IDLE
             and not self._queued_saves
-            and not inspect.iscoroutinefunction(self._set_persisted)
+            and not self._set_persisted_is_coroutine()
         ):
             self._set_status(Status.SAVING)
             self._saves += 1
             deferred = False
             try:
                 result = self._set_persisted(self._get_content, changes)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     # an asynchronous hook behind a plain function: finish it inside the
                     # schedule, so that later saves queue behind it instead of overlapping it
                     deferred = True
