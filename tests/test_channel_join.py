@@ -127,3 +127,30 @@ def test_join_survives_its_first_answerer_leaving(rundir: Path, how: str) -> Non
             await holder.destroy()
 
     asyncio.run(scenario())
+
+
+def test_goodbyes_name_the_leaver_and_only_other_participants(rundir: Path) -> None:
+    from localsync.synchronizers.channel import ChannelTransport
+
+    async def scenario() -> None:
+        channel = f"bye-{uuid.uuid4().hex[:10]}"
+        stayer = ChannelTransport(channel, runtime_dir=rundir)
+        leaver = ChannelTransport(channel, runtime_dir=rundir)
+        left: list[str] = []
+        stayer.on_peer_left = left.append
+        leaver.on_peer_left = lambda client_id: left.append("leaver heard " + client_id)
+        await stayer.open()
+        await leaver.open()
+        assert stayer.peer_alive(leaver.client_id) and leaver.peer_alive(stayer.client_id)
+        # a malformed goodbye (short id) is ignored
+        leaver._send_raw(b"*", b"\x00B" + b"short")
+        leaver.close()
+        for _ in range(200):
+            if left:
+                break
+            await asyncio.sleep(0.01)
+        assert left == [leaver.client_id]
+        assert not stayer.peer_alive(leaver.client_id)  # its presence file is gone
+        stayer.close()
+
+    asyncio.run(scenario())
