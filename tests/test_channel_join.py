@@ -73,9 +73,9 @@ def rundir() -> Iterator[Path]:
 
 @pytest.mark.parametrize("how", ["leave", "kill"])
 def test_join_survives_its_first_answerer_leaving(rundir: Path, how: str) -> None:
-    channel = f"join-{uuid.uuid4().hex[:10]}"
-
-    async def scenario() -> None:
+    async def attempt() -> bool:
+        """One join; True when the first answerer really was asked (and then left)."""
+        channel = f"join-{uuid.uuid4().hex[:10]}"
         holder_store = create_mergeable_store()
         for n in range(200):
             holder_store.set_row("t", f"r{n}", {"n": n, "s": "x" * 20})
@@ -111,20 +111,34 @@ def test_join_survives_its_first_answerer_leaving(rundir: Path, how: str) -> Non
             assert line.strip() == "ready"
             # well under the 30 s a request to the departed peer would wait
             await asyncio.wait_for(joiner.start_sync(), JOIN_REQUEST_TIMEOUT / 2)
-            line = await loop.run_in_executor(None, process.stdout.readline)
-            assert line.strip() == "asked for a diff"  # it really was the first answerer
-            code = await loop.run_in_executor(None, process.wait, 10)
-            assert code == (-9 if how == "kill" else 0)
             assert joiner_store.get_content() == holder_store.get_content()
             assert (
                 joiner_store.get_mergeable_content_hashes()
                 == holder_store.get_mergeable_content_hashes()
             )
+            try:
+                line = await asyncio.wait_for(
+                    loop.run_in_executor(None, process.stdout.readline), 5
+                )
+            except TimeoutError:
+                return False  # the holder answered first (a loaded machine): no departure
+            assert line.strip() == "asked for a diff"
+            code = await loop.run_in_executor(None, process.wait, 10)
+            assert code == (-9 if how == "kill" else 0)
+            return True
         finally:
             process.kill()
             process.wait(10)
             await joiner.destroy()
             await holder.destroy()
+
+    async def scenario() -> None:
+        # the first answerer answers at once and the holder 1 s later, so it is nearly
+        # always first; a machine loaded enough to reorder them gets another attempt
+        for _ in range(3):
+            if await attempt():
+                return
+        raise AssertionError("the first answerer was never asked for a diff in 3 attempts")
 
     asyncio.run(scenario())
 
