@@ -140,7 +140,8 @@ def _raw(thing: Any) -> Any:
     return thing
 
 
-#: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, an HLC)
+#: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
+#: 16-character HLC): the size caps of merged ContentDiffs (here and in localsync.protocol)
 _STAMP_OVERHEAD = 32
 
 
@@ -223,6 +224,10 @@ class _Validator:
             return False
         if _HLC_CHARS_RE.fullmatch(joined) is None:
             return False
+        return self.within_future_limit(hlcs)
+
+    def within_future_limit(self, hlcs: list[str]) -> bool:
+        """Every HLC (well-formed, non-empty) at most ``max_time``."""
         prefix = self.max_prefix
         if prefix is not None:
             return max(hlcs)[:7] <= prefix
@@ -249,13 +254,7 @@ class _Validator:
                 self.plain = False
         hlcs = data.hlcs
         self.cells = len(hlcs)
-        if not hlcs:
-            return True
-        prefix = self.max_prefix
-        if prefix is not None:
-            return max(hlcs)[:7] <= prefix
-        max_time = self.max_time
-        return all(is_hlc(hlc, max_time) for hlc in hlcs)
+        return not hlcs or self.within_future_limit(hlcs)
 
     def mergeable(self, data: Any) -> bool:
         if type(data) is not list and type(data) is not tuple:
@@ -1462,7 +1461,7 @@ class MergeableStore(Store):
                         continue
                     thing, hlc, _ = cell_stamp
                     kind = type(thing)
-                    if kind is dict or kind is list:
+                    if kind is dict or kind is list:  # (_raw and _stamp, inlined: per cell)
                         thing = copy.deepcopy(thing)
                     cells_out[cell_id] = [thing, hlc] if hlc else [thing]
                     stamps += 1
@@ -1472,12 +1471,9 @@ class MergeableStore(Store):
                     if value_stamp is None or value_id in values_out:
                         continue
                     thing, hlc, _ = value_stamp
-                    kind = type(thing)
-                    if kind is dict or kind is list:
-                        thing = copy.deepcopy(thing)
-                    values_out[value_id] = [thing, hlc] if hlc else [thing]
+                    values_out[value_id] = _stamp(_raw(thing), hlc)
                     stamps += 1
-                    size += overhead + len(value_id) + (len(thing) if kind is str else 24)
+                    size += overhead + len(value_id) + (len(thing) if type(thing) is str else 24)
                 if stamps >= max_stamps or size >= max_bytes:
                     out.append(_changes_body(tables_out, tables_hlc, values_out, values_hlc))
                     tables_out, values_out = {}, {}

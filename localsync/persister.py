@@ -802,8 +802,13 @@ class Persister:
         batch = [changes for gen, changes in waiting if gen == generation]
         if batch:
             self._last_drain = time.monotonic()
-            build = self._build_changes if self._get_touched is not None else None
-            for changes in build(batch) if build is not None else self._merge_changes(batch):
+            # synchronizers queue what transactions touched; other persisters, their changes
+            built = (
+                self._build_changes(batch)
+                if self._get_touched is not None
+                else self._merge_changes(batch)
+            )
+            for changes in built:
                 self._save_changes_now(changes)
 
     def _build_changes(self, touched: list[Any]) -> list[Any]:

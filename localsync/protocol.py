@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .codec import JSON_PREFIX, UNDEFINED, get_unique_id
-from .mergeable_store import CheckedChanges
+from .mergeable_store import _STAMP_OVERHEAD, CheckedChanges
 from .persister import TinyBaseError
 
 __all__ = [
@@ -272,28 +272,26 @@ def check_content_diff(body: Any) -> CheckedChanges | None:
         and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
     ):
         return None
-    hlcs: list[str] = []
-    special: list[Any] = []
-    if not (_is_stamp(body[0], 3, hlcs, special) and _is_stamp(body[1], 1, hlcs, special)):
-        return None
-    # every HLC gathered was checked for length; their alphabet is checked here at once
-    if hlcs and _HLC_RUN.fullmatch("".join(hlcs)) is None:
+    gathered = _gathered_stamps((body[0], 3), (body[1], 1))
+    if gathered is None:
         return None
     checked = CheckedChanges(body)
-    checked.hlcs = hlcs
-    checked.special = special
+    checked.hlcs, checked.special = gathered
     return checked
 
 
 Gathered = tuple[list[str], list[Any]]  # (every HLC, the values a store must look at again)
 
 
-def _gathered_stamp(stamp: Any, depth: int) -> Gathered | None:
-    """``_is_stamp(stamp, depth)`` that also gathers for the store, or None when invalid."""
+def _gathered_stamps(*stamps: tuple[Any, int]) -> Gathered | None:
+    """``_is_stamp(stamp, depth)`` of every (stamp, depth), also gathering for the store;
+    None when one is invalid."""
     hlcs: list[str] = []
     special: list[Any] = []
-    if not _is_stamp(stamp, depth, hlcs, special):
-        return None
+    for stamp, depth in stamps:
+        if not _is_stamp(stamp, depth, hlcs, special):
+            return None
+    # every HLC gathered was checked for length; their alphabet is checked here at once
     if hlcs and _HLC_RUN.fullmatch("".join(hlcs)) is None:
         return None
     return hlcs, special
@@ -312,7 +310,7 @@ def check_response(body: Any) -> tuple[bool, Gathered | None]:
         and len(body) == 2
         and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
     ):
-        gathered = _gathered_stamp(body[0], 3)
+        gathered = _gathered_stamps((body[0], 3))
         return gathered is not None, gathered
     return False, None
 
@@ -356,9 +354,13 @@ _BODY_CHECKS: dict[int, Callable[[Any], bool]] = {
 }
 
 
+def _is_request_id(request_id: Any) -> bool:
+    return request_id is None or (type(request_id) is str and request_id != UNDEFINED)
+
+
 def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
     """TinyBase 10's check of every received message (request id, number, body shape)."""
-    if request_id is not None and (type(request_id) is not str or request_id == UNDEFINED):
+    if not _is_request_id(request_id):
         return False
     if not _is_number(message) or not math.isfinite(message) or message != int(message):
         return False
@@ -441,8 +443,6 @@ MAX_POSTPONED_ROUNDS = 3
 
 MAX_COALESCED_STAMPS = 4096
 MAX_COALESCED_BYTES = 1 << 20
-
-_STAMP_OVERHEAD = 32  # quotes, brackets, commas and a 16-character HLC per stamp
 
 
 def _changes_weight(changes: Any) -> tuple[int, int]:
@@ -592,6 +592,12 @@ class _Pull:
         # what the responses' checks gathered for the store (check_content_diff), while
         # the result is exactly a table diff plus a value diff; None once rows get merged
         self.gathered: Gathered | None = ([], [])
+
+    def gather(self, more: Gathered) -> None:
+        """Add a response's gatherings, unless the result stopped being a plain diff."""
+        if self.gathered is not None:
+            self.gathered[0].extend(more[0])
+            self.gathered[1].extend(more[1])
 
 
 class _Pending:
@@ -814,9 +820,8 @@ class SyncEngine:
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
             new_tables, differing = body
             pull.tables_changes = list(new_tables)
-            if pull.gathered is not None and gathered is not None and not differing:
-                pull.gathered[0].extend(gathered[0])
-                pull.gathered[1].extend(gathered[1])
+            if gathered is not None and not differing:
+                pull.gather(gathered)
             else:
                 pull.gathered = None  # rows will be merged in: the store checks in full
             if differing:
@@ -842,12 +847,10 @@ class SyncEngine:
             _merge_tables_stamps(pull.tables_changes, body)
             self._values_step(pull)
         else:  # VALUE_DIFF
-            values = _gathered_stamp(body, 1)  # (the same check as _is_stamp(body, 1))
+            values = _gathered_stamps((body, 1))  # (the same check as _is_stamp(body, 1))
             if values is None:
                 raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
-            if pull.gathered is not None:
-                pull.gathered[0].extend(values[0])
-                pull.gathered[1].extend(values[1])
+            pull.gather(values)
             self._finish(pull, body)
 
     # -- receiving ----------------------------------------------------------------------------
@@ -856,32 +859,22 @@ class SyncEngine:
         """Handle one message from a peer; never raises into the transport."""
         if self.destroyed:
             return
+        # ContentDiffs and responses (a joiner's table diff) are checked once for the protocol
+        # and, on the way, for the store that will merge them (see check_content_diff)
+        checked: CheckedChanges | None = None
         gathered: Gathered | None = None
-        if message == CONTENT_DIFF and type(message) is int:
-            # the common message: checked once for the protocol and, on the way, for the
-            # store that will merge it (see check_content_diff)
-            checked = (
-                check_content_diff(body)
-                if request_id is None or (type(request_id) is str and request_id != UNDEFINED)
-                else None
-            )
-            if checked is None:
-                self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
-                return
+        if type(message) is not int or not _is_request_id(request_id):
+            valid = is_protocol_message_valid(request_id, message, body)
+        elif message == CONTENT_DIFF:
+            checked = check_content_diff(body)
+            valid = checked is not None
+        elif message == RESPONSE:
+            valid, gathered = check_response(body)
         else:
-            checked = None
-            if message == RESPONSE and type(message) is int:
-                # (a joiner's table diff: checked once, gathering for the store on the way)
-                valid, gathered = (
-                    check_response(body)
-                    if request_id is None or (type(request_id) is str and request_id != UNDEFINED)
-                    else (False, None)
-                )
-            else:
-                valid, gathered = is_protocol_message_valid(request_id, message, body), None
-            if not valid:
-                self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
-                return
+            valid = is_protocol_message_valid(request_id, message, body)
+        if not valid:
+            self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
+            return
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1

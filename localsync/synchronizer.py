@@ -123,16 +123,22 @@ class Synchronizer(Persister):
 
     # -- engine driving -----------------------------------------------------------------------
 
-    def _receive(
-        self, from_client_id: str, request_id: str | None, message: int, body: Any
-    ) -> None:
+    def _handed_to_loop(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Called off the loop's thread: schedule ``fn(*args)`` on the loop and say so."""
         loop = self._loop
         if (
             loop is not None
             and self._loop_thread is not None
             and threading.get_ident() != self._loop_thread
         ):
-            loop.call_soon_threadsafe(self._receive, from_client_id, request_id, message, body)
+            loop.call_soon_threadsafe(fn, *args)
+            return True
+        return False
+
+    def _receive(
+        self, from_client_id: str, request_id: str | None, message: int, body: Any
+    ) -> None:
+        if self._handed_to_loop(self._receive, from_client_id, request_id, message, body):
             return
         with self._lock:
             self._engine.receive(from_client_id, request_id, message, body)
@@ -140,13 +146,7 @@ class Synchronizer(Persister):
 
     def peer_left(self, client_id: str) -> None:
         """Tell the engine a peer is gone (transports that learn it: channel goodbyes)."""
-        loop = self._loop
-        if (
-            loop is not None
-            and self._loop_thread is not None
-            and threading.get_ident() != self._loop_thread
-        ):
-            loop.call_soon_threadsafe(self.peer_left, client_id)
+        if self._handed_to_loop(self.peer_left, client_id):
             return
         with self._lock:
             self._engine.peer_left(client_id)
