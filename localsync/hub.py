@@ -359,8 +359,10 @@ class TcpHub:
             self._auth.configure_curve(domain="*", location=self._allow)
         self._thread.start()
         if not self._ready.wait(timeout):
+            self.stop()
             raise TimeoutError("hub did not bind in time")
         if self._error is not None:
+            self.stop()  # (the authenticator and our own context must not outlive a failure)
             raise self._error
         return self
 
@@ -371,6 +373,7 @@ class TcpHub:
             self._auth.stop()
             self._auth = None
         if self._own_context:
+            self._own_context = False
             self._context.term()
 
     def __enter__(self) -> TcpHub:

@@ -180,3 +180,18 @@ def test_localsync_hub_command_with_keys(keys: Path, tmp_path: Path) -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and "secret_key" in bad.stdout
+
+
+def test_a_keyed_hub_that_cannot_bind_leaves_no_authenticator_behind(keys: Path) -> None:
+    import socket
+    import threading
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = set(threading.enumerate())
+        hub = TcpHub(f"tcp://127.0.0.1:{port}", secret_key=keys / "hub.key_secret", allow=keys)
+        with pytest.raises(Exception, match="in use"):
+            hub.start()
+        assert set(threading.enumerate()) <= before
