@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +15,6 @@ from localsync.persisters.sqlite import create_sqlite_persister
 from localsync.synchronizers.channel import create_channel_synchronizer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def rundir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:

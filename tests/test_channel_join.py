@@ -10,13 +10,10 @@ answers first and then leaves (cleanly, or by SIGKILL); the join must finish wel
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +59,6 @@ FIRST_ANSWERER = textwrap.dedent(
 )
 
 HOLDER_DELAY = 1.0  # the holder answers the joiner's "hashes?" after the first answerer
-
-
-@pytest.fixture
-def rundir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("how", ["leave", "kill"])

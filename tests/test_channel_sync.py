@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +10,6 @@ import pytest
 from tests.channel_procs import Proc
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def rundir() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def start(rundir: Path, channel: str, n: int, *extra: str) -> list[Proc]:

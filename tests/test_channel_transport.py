@@ -11,9 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -30,14 +28,6 @@ from localsync.synchronizers.channel import ChannelError, ChannelTransport
 from tests.channel_procs import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def rundir() -> Iterator[Path]:
-    """A short private folder (socket paths must stay under 107 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port_pair() -> int:
