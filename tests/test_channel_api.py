@@ -13,16 +13,13 @@ from localsync import create_mergeable_store, create_store
 from localsync.coordinator import Coordinator, data_file
 from localsync.persisters.sqlite import create_sqlite_persister
 from localsync.synchronizers.channel import create_channel_synchronizer
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:
-    async def loop() -> None:
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(loop(), timeout)
+    await eventually(predicate, timeout)
 
 
 def test_two_stores_sync_and_extras(rundir: Path) -> None:

@@ -13,17 +13,13 @@ import pytest
 from localsync import create_mergeable_store
 from localsync.protocol import CONTENT_DIFF
 from localsync.synchronizer import Synchronizer, create_custom_synchronizer
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
+    await eventually(predicate, timeout, poll=0.002)
 
 
 class LossyBus:

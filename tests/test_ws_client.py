@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,28 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from localsync import create_mergeable_store
 from localsync.servers.ws_server import create_ws_server
 from localsync.synchronizers.ws import WsSynchronizer, create_ws_synchronizer
-
-VECTORS = Path(__file__).parent / "conformance"
-WIRE_CASES = [
-    case
-    for case in json.loads((VECTORS / "invalid_messages.json").read_text("utf-8"))
-    if case["layer"] == "wire"
-]
-
-
-def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
+from tests.helpers import VECTORS, WIRE_CASES, eventually, run
 
 
 def same(*stores: Any) -> Callable[[], bool]:

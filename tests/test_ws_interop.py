@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from localsync import create_mergeable_store
 from localsync.servers.serve import persister_factory
 from localsync.servers.ws_server import create_ws_server
 from localsync.synchronizers.ws import create_ws_synchronizer
-from tests import npm_env
+from tests import helpers, npm_env
 from tests.interop.node_peers import NodeClient, NodeServer
 
 pytestmark = pytest.mark.interop
@@ -39,19 +38,11 @@ BIG = "ü" * 150_000  # 300 kB of UTF-8: fragmented with a 16 kB fragment size
 
 def run(coro: Awaitable[Any], timeout: float = 90) -> Any:
     npm_env.require_node()
-
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
+    return helpers.run(coro, timeout)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
+    await helpers.eventually(check, timeout)
 
 
 def holds(store: Any, snapshot: dict[str, Any]) -> Callable[[], bool]:

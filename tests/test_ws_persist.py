@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,7 @@ from localsync import create_mergeable_store
 from localsync.servers.serve import persister_factory
 from localsync.servers.ws_server import create_ws_server
 from localsync.synchronizers.ws import create_ws_synchronizer
-
-
-def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
+from tests.helpers import eventually, run
 
 
 async def room_store_hashes(url: str) -> list[int]:

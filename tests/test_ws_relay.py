@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +19,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from localsync.servers.ws_server import WsServer, create_ws_server, create_ws_server_simple
 from tests import npm_env
+from tests.helpers import VECTORS, WIRE_CASES, run
 from tests.interop.node_peers import NodeClient
 
-VECTORS = Path(__file__).parent / "conformance"
 WS_CASES = {
     case["name"]: case
     for case in json.loads((VECTORS / "protocol_traces.json").read_text("utf-8"))
     if case.get("type") == "websocket"
 }
-WIRE_CASES = [
-    case
-    for case in json.loads((VECTORS / "invalid_messages.json").read_text("utf-8"))
-    if case["layer"] == "wire"
-]
-
-
-def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 async def _raw(url: str, **kwargs: Any) -> tuple[ClientConnection, str]:
