@@ -242,8 +242,12 @@ def get_hlc_functions(
         if hlc is None or hlc == "":
             remote_time: float = 0
             remote_counter = 0
-        elif is_hlc(hlc, now + HLC_MAX_FUTURE_OFFSET):
+        elif type(hlc) is str and len(hlc) == 16 and _HLC_RE.fullmatch(hlc) is not None:
+            # is_hlc(hlc, now + HLC_MAX_FUTURE_OFFSET) with the limit compared to the decoded
+            # time (needed anyway) instead of encoded: the same verdict, NaN included
             remote_time, remote_counter, _ = decode_hlc(hlc)
+            if not remote_time <= now + HLC_MAX_FUTURE_OFFSET:
+                return
         else:
             return
         previous = last_logical_time

@@ -65,17 +65,19 @@ _HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
 _HLC_CHARS_RE = re.compile(r"[-0-9A-Z_a-z]*")
 _BIG_INT = 2**53
 _BIG = float(2**53)
-_prefix_cache: list[Any] = [None, None]
+#: (limit, its 7-character HLC time prefix) of the last future limit computed
+_prefix_cache: tuple[int, str] = (-1, "")
 _second = itemgetter(1)
 
 
 def _time_prefix(limit: int) -> str:
     """The 7-character HLC time prefix of ``limit`` (cached: the limit changes once a ms)."""
-    cache = _prefix_cache
-    if cache[0] != limit:
-        cache[1] = encode_hlc_parts(limit, 0, "")[:7]
-        cache[0] = limit
-    return cache[1]
+    global _prefix_cache
+    cached_limit, prefix = _prefix_cache
+    if cached_limit != limit:
+        prefix = encode_hlc_parts(limit, 0, "")[:7]
+        _prefix_cache = (limit, prefix)  # (one assignment: threads see a consistent pair)
+    return prefix
 
 
 _BULK = 1000  # cells in one merge from which pausing the collector pays
@@ -190,7 +192,16 @@ class _Validator:
     limit with ``max``): the verdict is the same as checking each stamp in turn.
     """
 
-    __slots__ = ("cells", "encoded", "has_hashes", "hlcs", "max_prefix", "max_time", "plain")
+    __slots__ = (
+        "cells",
+        "encoded",
+        "has_hashes",
+        "hlcs",
+        "limit",
+        "low_prefix",
+        "max_time",
+        "plain",
+    )
 
     def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
@@ -202,16 +213,29 @@ class _Validator:
         self.plain = True
         # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
         # the 7-character time prefixes (exact for any integer limit below 2**42)
-        limit = math.floor(max_time) if math.isfinite(max_time) else -1
-        self.max_prefix = _time_prefix(limit) if 0 <= limit < 2**42 else None
+        if type(max_time) is int:
+            limit = max_time
+        else:
+            limit = math.floor(max_time) if math.isfinite(max_time) else -1
+        self.limit = limit if 0 <= limit < 2**42 else -1
+        # The prefix of an earlier, lower limit settles most verdicts without encoding this
+        # one (a one-cell diff arrives in a new millisecond each time): a stamp at or below
+        # it is below this limit too; only one above it needs the exact prefix.
+        cached_limit, cached_prefix = _prefix_cache
+        self.low_prefix = cached_prefix if 0 <= cached_limit <= limit else ""
+
+    def _time_within_limit(self, time_prefix: str) -> bool:
+        """``time_prefix`` (of a well-formed HLC) at most the limit; needs ``limit >= 0``."""
+        return time_prefix <= self.low_prefix or time_prefix <= _time_prefix(self.limit)
 
     def hlc(self, hlc: Any) -> bool:
         if hlc == "":
             return True
         if type(hlc) is not str or len(hlc) != 16 or _HLC_RE.fullmatch(hlc) is None:
             return False
-        prefix = self.max_prefix
-        return hlc[:7] <= prefix if prefix is not None else is_hlc(hlc, self.max_time)
+        if self.limit >= 0:
+            return self._time_within_limit(hlc[:7])
+        return is_hlc(hlc, self.max_time)
 
     def collected_hlcs(self) -> bool:
         """``hlc()`` of every non-empty HLC the cell loops collected, checked in bulk."""
@@ -228,9 +252,8 @@ class _Validator:
 
     def within_future_limit(self, hlcs: list[str]) -> bool:
         """Every HLC (well-formed, non-empty) at most ``max_time``."""
-        prefix = self.max_prefix
-        if prefix is not None:
-            return max(hlcs)[:7] <= prefix
+        if self.limit >= 0:
+            return self._time_within_limit(max(hlcs)[:7])
         max_time = self.max_time
         return all(is_hlc(hlc, max_time) for hlc in hlcs)
 

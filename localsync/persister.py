@@ -217,6 +217,9 @@ class Persister:
         self._get_touched: Callable[[], Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
+        # the store's hooks, looked up once (a received change asks for them every time)
+        self._had_mutated: Callable[[], bool] | None = getattr(store, "_had_mutated", None)
+        self._merge_encoded_changes: Callable[[Any], Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -241,6 +244,7 @@ class Persister:
             if self._is_synchronizer:
                 self._get_touched = getattr(store, "_transaction_touched", None)
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
+            self._merge_encoded_changes = getattr(store, "_apply_encoded_mergeable_changes", None)
         elif persist != Persists.MERGEABLE_STORE_ONLY:
             self._is_mergeable_store = False
             self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
@@ -261,7 +265,11 @@ class Persister:
         try:
             if self._is_mergeable_store and isinstance(content_or_changes[0], list):
                 if is_changes:
-                    store._apply_encoded_mergeable_changes(content_or_changes)
+                    merge = self._merge_encoded_changes
+                    if merge is not None:
+                        merge(content_or_changes)
+                    else:
+                        store._apply_encoded_mergeable_changes(content_or_changes)
                 else:
                     store._set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
@@ -468,7 +476,7 @@ class Persister:
                 self._set_default_content(initial_content)
 
     async def _save_after_mutated(self) -> None:
-        had_mutated = getattr(self._store, "_had_mutated", None)
+        had_mutated = self._had_mutated
         if self.is_auto_saving() and had_mutated is not None and had_mutated():
             await self.save()
 
@@ -485,7 +493,8 @@ class Persister:
         """The callback handed to ``add_persister_listener`` (thread-safe)."""
 
         def listener(content: Any = None, changes: Any = None) -> None:
-            if not self._on_loop_thread():
+            loop_thread = self._loop_thread  # (_on_loop_thread, inlined: per received change)
+            if loop_thread is not None and loop_thread != threading.get_ident():
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(listener, content, changes)
                 return
@@ -531,11 +540,11 @@ class Persister:
             self._report(error)
         finally:
             self._pending_auto_loads -= 1
-            if not self._pending_auto_loads:
+            if not self._pending_auto_loads and self._status is not Status.IDLE:
                 self._set_status(Status.IDLE)
         if not self._pending_auto_loads:
-            had_mutated = getattr(self._store, "_had_mutated", None)
-            if self.is_auto_saving() and had_mutated is not None and had_mutated():
+            had_mutated = self._had_mutated
+            if had_mutated is not None and self.is_auto_saving() and had_mutated():
                 self._spawn(self.save())
 
     async def _scheduled_auto_load(self, payload: Any) -> None:
@@ -717,7 +726,8 @@ class Persister:
         def on_transaction(_store: Any) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
-            on_loop = self._on_loop_thread()
+            loop_thread = self._loop_thread  # (_on_loop_thread, inlined: per transaction)
+            on_loop = loop_thread is None or loop_thread == threading.get_ident()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
             if self._coalesce_saves and self._get_touched is not None:
@@ -771,8 +781,10 @@ class Persister:
         loop = self._loop
         if inline:
             assert loop is not None
-            loop.call_soon(self._end_inline_turn)
-            self._drain_handover()
+            try:
+                self._drain_handover()
+            finally:  # (after the send: it is on the path of a one-cell change's latency)
+                loop.call_soon(self._end_inline_turn)
             return
         try:
             if loop is None:

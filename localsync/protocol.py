@@ -878,6 +878,25 @@ class SyncEngine:
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1
+        if checked is not None:
+            # a ContentDiff (most messages): _known_peer and _dispatch inlined, one clock read
+            now = self.clock()
+            if self.anti_entropy_seconds is not None:
+                peer = self._peers.get(from_client_id)
+                if peer is None:
+                    self._peers[from_client_id] = _Peer(now)
+                else:
+                    peer.last_heard = now
+            if self.on_receive is not None:
+                self.on_receive(from_client_id, request_id, message, body)
+            self._last_diff_traffic = now
+            listener = self.persister_listener
+            if is_auto_loading and listener is not None:
+                try:
+                    listener(None, checked)
+                except Exception as error:
+                    self._report(error)
+            return
         if self.anti_entropy_seconds is not None:
             self._known_peer(from_client_id)
         if self.on_receive is not None:

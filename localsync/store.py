@@ -116,6 +116,10 @@ _DERIVED_ID_KINDS = (
 )
 
 _ID_KINDS = (*_DERIVED_ID_KINDS, "value_ids", "has_value")
+_TABULAR_SET = frozenset(_TABULAR_KINDS)
+_VALUES_SET = frozenset(_VALUES_KINDS)
+_DERIVED_ID_SET = frozenset(_DERIVED_ID_KINDS)
+_CELL_UP_SET = frozenset(("cell", "row", "table", "tables"))
 
 
 # ------------------------------------------------------------------------------ validation
@@ -379,6 +383,9 @@ class Store:
         self._listener_pool: list[str] = []
         self._next_listener_id = 0
         self._data_listener_count = [0, 0]  # plain, mutator
+        # the kinds that have listeners, per index: a transaction's dispatch asks about
+        # every kind, and one set lookup is cheaper than a registry lookup per kind
+        self._live_kinds: tuple[set[str], set[str]] = (set(), set())
         self._id_listener_count = 0  # listeners that need id changes in TinyBase's order
 
     def __repr__(self) -> str:
@@ -1291,6 +1298,7 @@ class Store:
             index = 1 if mutator else 0
             registry = self._registries[kind][index]
             registry.setdefault(ids, {})[listener_id] = listener
+            self._live_kinds[index].add(kind)
             self._listener_index[listener_id] = (kind, index, ids)
             self._data_listener_count[index] += 1
             if kind in _ID_KINDS:
@@ -1340,6 +1348,8 @@ class Store:
                     listeners.pop(listener_id, None)
                     if not listeners:
                         del registry_by_path[ids]
+                        if not registry_by_path:
+                            self._live_kinds[index].discard(kind)
                 self._data_listener_count[index] -= 1
                 if kind in _ID_KINDS:
                     self._id_listener_count -= 1
@@ -1482,27 +1492,35 @@ class Store:
         registry = self._registries[kind][index]
         if not registry:
             return
+        if len(registry) == 1:
+            # one registered path (the usual case): match it instead of looking up each of
+            # the 2**len(ids) wildcard paths
+            [(path, listeners)] = registry.items()
+            for want, got in zip(path, ids, strict=True):
+                if want is not None and want != got:
+                    return
+            for fn in list(listeners.values()):
+                fn(self, *ids, *args)
+            return
         for path in _wildcard_paths(ids):
-            listeners = registry.get(path)
-            if listeners:
-                for fn in list(listeners.values()):
+            matching = registry.get(path)
+            if matching:
+                for fn in list(matching.values()):
                     fn(self, *ids, *args)
 
     def _has(self, index: int, *kinds: str) -> bool:
-        registries = self._registries
-        for kind in kinds:  # noqa: SIM110 (any() over a generator cost more than the check)
-            if registries[kind][index]:
-                return True
-        return False
+        return not self._live_kinds[index].isdisjoint(kinds)
 
     def _call_data_listeners(self, index: int) -> None:
-        if self._changed_cells and self._has(index, *_TABULAR_KINDS):
+        live = self._live_kinds[index]
+        if self._changed_cells and not live.isdisjoint(_TABULAR_SET):
             self._call_tabular_listeners(index)
-        if self._changed_values and self._has(index, *_VALUES_KINDS):
+        if self._changed_values and not live.isdisjoint(_VALUES_SET):
             self._call_values_listeners(index)
 
     def _call_tabular_listeners(self, index: int) -> None:
-        derived = self._derive_changes(not self._track_ids and self._has(index, *_DERIVED_ID_KINDS))
+        live = self._live_kinds[index]
+        derived = self._derive_changes(not self._track_ids and not live.isdisjoint(_DERIVED_ID_SET))
         if self._track_ids:  # TinyBase's own order, recorded as the changes happened
             derived.table_ids = dict(self._changed_table_ids)
             derived.row_ids = {t: dict(ids) for t, ids in self._changed_row_ids.items()}
@@ -1512,26 +1530,31 @@ class Store:
                 for t, rows in self._changed_cell_ids.items()
             }
         call = self._call
-        if self._registries["has_tables"][index]:
+        if "has_tables" in live:
             has_now = bool(self._tables)
             if has_now != self._had_tables:
                 call("has_tables", index, (), has_now)
-        if self._has(index, "table_ids", "has_table"):
+        if "table_ids" in live or "has_table" in live:
             self._call_ids("table_ids", "has_table", index, (), derived.table_ids)
-        if self._has(index, "table_cell_ids", "has_table_cell"):
+        if "table_cell_ids" in live or "has_table_cell" in live:
             for t, ids in list(self._changed_table_cell_ids.items()):
                 self._call_ids("table_cell_ids", "has_table_cell", index, (t,), ids)
-        if self._registries["row_count"][index]:
+        if "row_count" in live:
             for t in derived.row_counts:
                 call("row_count", index, (t,), self.get_row_count(t))
-        if self._has(index, "row_ids", "has_row"):
+        if "row_ids" in live or "has_row" in live:
             for t, ids in derived.row_ids.items():
                 self._call_ids("row_ids", "has_row", index, (t,), ids)
-        if self._has(index, "cell_ids", "has_cell"):
+        if "cell_ids" in live or "has_cell" in live:
             for t, row_cell_ids in derived.cell_ids.items():
                 for r, ids in row_cell_ids.items():
                     self._call_ids("cell_ids", "has_cell", index, (t, r), ids)
-        if self._has(index, "cell", "row", "table", "tables"):
+        if not live.isdisjoint(_CELL_UP_SET):
+            # (each registry is tested where it is called, so a listener added by an
+            # earlier one in this dispatch is still called, as before)
+            registries = self._registries
+            cells_registry = registries["cell"][index]
+            rows_registry = registries["row"][index]
             get_cell_change = self._get_cell_change
             tables_changed = False
             for t, rows in derived.cells.items():
@@ -1541,16 +1564,17 @@ class Store:
                     for c, entry in cells.items():
                         old, new = entry[0], entry[1]
                         if not _same_or_absent(old, new):
-                            call(
-                                "cell",
-                                index,
-                                (t, r, c),
-                                _public(new),
-                                _public(old),
-                                get_cell_change,
-                            )
+                            if cells_registry:
+                                call(
+                                    "cell",
+                                    index,
+                                    (t, r, c),
+                                    _public(new),
+                                    _public(old),
+                                    get_cell_change,
+                                )
                             tables_changed = table_changed = row_changed = True
-                    if row_changed:
+                    if row_changed and rows_registry:
                         call("row", index, (t, r), get_cell_change)
                 if table_changed:
                     call("table", index, (t,), get_cell_change)

@@ -136,6 +136,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _RCVMORE = int(zmq.RCVMORE)
 
+# pyzmq's Socket.send is a Python wrapper (routing ids, groups) around the backend's; the
+# channel uses neither, and the wrapper's frame is on the path of every message sent
+_send = zmq.backend.Socket.send
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(tuple[str, str | None, int, Any])
 _ack_decoder = msgspec.msgpack.Decoder(tuple[str, int, int])
@@ -325,8 +329,8 @@ class ChannelTransport:
         # PUB never blocks: at the high-water mark the message is dropped (healed by
         # anti-entropy)
         pub = self._pub
-        pub.send(topic, _MORE)
-        pub.send(payload, _NOBLOCK)
+        _send(pub, topic, _MORE)  # (the backend's send: see _send)
+        _send(pub, payload, _NOBLOCK)
 
     def send(
         self, to_client_id: str | None, request_id: str | None, message: int, body: Any
@@ -364,29 +368,30 @@ class ChannelTransport:
         sub = self._sub
         if sub is None or self._closed:
             return
-        # The frames are read one by one with plain-int socket options instead of through
-        # recv_multipart and Flag enums: about 1 us less per message, which is a measurable
-        # part of the receiving side of a single-cell change (see benchmarks/channel.py).
-        # Asking ZMQ_EVENTS before each message (not draining until EAGAIN) keeps the common
-        # one-message wake-up free of an exception.
+        # Frames are received uncopied (``copy=False``) and their ``more`` flag read from the
+        # frame: pyzmq's ``get(RCVMORE)`` converts the option to an enum in Python on every
+        # call, which is a measurable part of receiving a single-cell change (see
+        # benchmarks/channel.py). ZMQ_EVENTS is asked before each message (not draining
+        # until EAGAIN) to keep the common one-message wake-up free of an exception.
         get = sub.get
         recv = sub.recv
         handled = 0
         while get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # an int; no cast per message
             try:
-                topic = recv(_NOBLOCK)
+                topic = recv(_NOBLOCK, False)
                 frames = 1
-                payload = b""
-                if get(_RCVMORE):
-                    payload = recv(_NOBLOCK)
+                payload = None
+                if topic.more:
+                    payload = recv(_NOBLOCK, False)
                     frames = 2
-                    while get(_RCVMORE):  # (frames of one message arrive together)
-                        recv(_NOBLOCK)
+                    more = payload.more
+                    while more:  # (frames of one message arrive together)
+                        more = recv(_NOBLOCK, False).more
                         frames += 1
             except zmq.Again:
                 break
-            if frames == 2:
-                self._dispatch(topic, payload)
+            if payload is not None and frames == 2:
+                self._dispatch(topic.bytes, payload.bytes)
             else:
                 self._ignore(ValueError(f"channel message with {frames} frames"))
             if self._closed:
