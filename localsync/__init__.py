@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .compiled import warn_if_stale as _warn_if_stale
+
+_warn_if_stale()
+
 # public name -> module that defines it (relative to this package)
 _EXPORTS: dict[str, str] = {
     # pure helpers

@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .codec import ENCODE, get_unique_id
 from .hash import get_hash
@@ -210,9 +210,9 @@ def get_hlc_functions(
     """
     now_fn: Callable[[], float] = _real_now if get_now is None else get_now
     client_id = get_unique_id(5) if unique_id is None else get_client_id_from_unique_id(unique_id)
-    last_logical_time: float = 0
+    last_logical_time: Any = 0  # (int or float, as the clock gives: Any, also for mypyc)
     last_counter = -1
-    cached_time: float = -1
+    cached_time: Any = -1
     cached_prefix = ""
     pairs = _PAIRS
 
@@ -236,11 +236,11 @@ def get_hlc_functions(
         counter = last_counter
         return cached_prefix + pairs[counter >> 12] + pairs[counter & 4095] + client_id
 
-    def seen_hlc(hlc: str | None = None) -> None:
+    def seen_hlc(hlc: object = None) -> None:
         nonlocal last_logical_time, last_counter
         now = now_fn()
         if hlc is None or hlc == "":
-            remote_time: float = 0
+            remote_time: Any = 0
             remote_counter = 0
         elif type(hlc) is str and len(hlc) == 16 and _HLC_RE.fullmatch(hlc) is not None:
             # is_hlc(hlc, now + HLC_MAX_FUTURE_OFFSET) with the limit compared to the decoded

@@ -41,6 +41,7 @@ from typing import Any
 
 from fnv_hash_fast import fnv1a_32
 
+from .checked_changes import CheckedChanges
 from .codec import JSON_PREFIX, UNDEFINED
 from .collector import paused as _gc_paused
 from .hash import get_value_hash, to_utf8
@@ -165,22 +166,6 @@ def _stamp(thing: Any, hlc: str) -> list[Any]:
 
 def _real_now() -> int:
     return time.time_ns() // 1_000_000
-
-
-class CheckedChanges(list):  # type: ignore[type-arg]
-    """Mergeable changes whose shape a sync engine has already checked, plus what it gathered.
-
-    Made by :func:`localsync.protocol.check_content_diff` for every received ContentDiff, so
-    that applying it does not walk every cell a second time: ``hlcs`` holds every non-empty
-    HLC of the body and ``special`` every value the store must still look at (object cells,
-    ``"\ufffd"`` strings, numbers beyond 2**53). Only the engine makes them; the store
-    trusts the shape, never the values.
-    """
-
-    __slots__ = ("hlcs", "special")
-
-    hlcs: list[str]
-    special: list[Any]
 
 
 class _Validator:

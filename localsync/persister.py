@@ -528,14 +528,23 @@ class Persister:
             self._loads += 1
             self._spawn(self._scheduled_auto_load(payload))
             return
+        # (a synchronizer runs this for every received change: status changes nobody listens
+        # to are plain assignments, and a frame fewer is measurable in a one-cell latency)
         self._pending_auto_loads += 1
+        listened = bool(self._status_listeners)
         try:
-            self._set_status(Status.LOADING)
+            if listened:
+                self._set_status(Status.LOADING)
+            else:
+                self._status = Status.LOADING
             self._loads += 1
             try:
                 self._set_content_or_changes(payload)
             finally:
-                self._set_status(Status.IDLE)
+                if listened or self._status_listeners:
+                    self._set_status(Status.IDLE)
+                else:
+                    self._status = Status.IDLE
         except Exception as error:
             self._report(error)
         finally:
@@ -642,15 +651,18 @@ class Persister:
         The synchronous path matters for synchronizers: TinyBase sends a ContentDiff from
         inside the transaction listener, before any other message can be handled.
         """
-        if self._destroyed or not self.is_auto_saving():
+        if self._destroyed or self._auto_save_listener_id is None:  # (is_auto_saving, inlined)
             return
         if (
-            self._schedule_idle()
-            and self._status == Status.IDLE
+            self._status is Status.IDLE
             and not self._queued_saves
+            and self._schedule_idle()
             and not self._set_persisted_is_coroutine()
         ):
-            self._set_status(Status.SAVING)
+            if self._status_listeners:
+                self._set_status(Status.SAVING)
+            else:
+                self._status = Status.SAVING  # (the frame of _set_status is on a write's path)
             self._saves += 1
             deferred = False
             try:
@@ -664,8 +676,12 @@ class Persister:
             except Exception as error:
                 self._report(error)
             finally:
-                if not deferred:
+                if deferred:
+                    pass
+                elif self._status_listeners:
                     self._set_status(Status.IDLE)
+                else:
+                    self._status = Status.IDLE
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return

@@ -47,8 +47,9 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .checked_changes import CheckedChanges
 from .codec import JSON_PREFIX, UNDEFINED, get_unique_id
-from .mergeable_store import _STAMP_OVERHEAD, CheckedChanges
+from .mergeable_store import _STAMP_OVERHEAD
 from .persister import TinyBaseError
 
 __all__ = [
@@ -683,6 +684,9 @@ class SyncEngine:
 
     # -- outputs ----------------------------------------------------------------------------
 
+    def has_data_to_send(self) -> bool:
+        return bool(self._outbox)
+
     def data_to_send(self) -> list[Outgoing]:
         """Take the queued messages (oldest first)."""
         out = self._outbox
@@ -855,8 +859,9 @@ class SyncEngine:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive(self, from_client_id: str, request_id: str | None, message: int, body: Any) -> None:
-        """Handle one message from a peer; never raises into the transport."""
+    def receive(self, from_client_id: Any, request_id: Any, message: Any, body: Any) -> None:
+        """Handle one message from a peer; never raises into the transport (its arguments are
+        whatever arrived, hence ``Any``: they are checked here)."""
         if self.destroyed:
             return
         # ContentDiffs and responses (a joiner's table diff) are checked once for the protocol

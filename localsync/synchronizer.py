@@ -156,7 +156,7 @@ class Synchronizer(Persister):
 
     def _after_engine(self) -> None:
         """Send what the engine queued and re-arm the timer for its next deadline."""
-        if not self._flushing:
+        if self._engine.has_data_to_send() and not self._flushing:
             self._flushing = True
             try:
                 engine = self._engine
