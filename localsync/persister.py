@@ -653,10 +653,11 @@ class Persister:
         """
         if self._destroyed or self._auto_save_listener_id is None:  # (is_auto_saving, inlined)
             return
+        sched = _schedules.get(self._schedule_id)  # (_schedule_idle, inlined)
         if (
             self._status is Status.IDLE
             and not self._queued_saves
-            and self._schedule_idle()
+            and (sched is None or (not sched.running and not sched.actions))
             and not self._set_persisted_is_coroutine()
         ):
             if self._status_listeners:
@@ -792,14 +793,24 @@ class Persister:
                 and time.monotonic() - self._last_drain >= self._inline_idle
             ):
                 inline = self._inline_turn = True
+                self._handover = []  # (this entry, the only one: it is sent below)
             else:
                 self._handover_scheduled = True
         loop = self._loop
         if inline:
             assert loop is not None
             try:
-                self._drain_handover()
-            finally:  # (after the send: it is on the path of a one-cell change's latency)
+                # (_drain_handover for this entry alone, taken out of the queue above: no
+                # second lock and filter on this path of a one-cell change's latency)
+                self._last_drain = time.monotonic()
+                built = (
+                    self._build_changes([changes])
+                    if self._get_touched is not None
+                    else self._merge_changes([changes])
+                )
+                for built_changes in built:
+                    self._save_changes_now(built_changes)
+            finally:  # (after the send, off that path)
                 loop.call_soon(self._end_inline_turn)
             return
         try:

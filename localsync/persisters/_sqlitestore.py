@@ -222,10 +222,10 @@ def _decode_things(things: list[str]) -> list[Any]:
     return decoded
 
 
-
 def _meta_rows(stamps: list[Any]) -> list[tuple[Any, ...]]:
     """The one meta row: format, and the tables' and values' HLCs and hashes."""
     return [(FORMAT, _hlc(stamps[0]), _hash(stamps[0]), _hlc(stamps[1]), _hash(stamps[1]))]
+
 
 class SqliteStorage:
     """One connection to a localsync SQLite database, usable from any one thread at a time.

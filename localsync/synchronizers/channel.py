@@ -132,9 +132,6 @@ Receive = Callable[[str, "str | None", int, Any], None]
 # plain ints: combining pyzmq's Flag enums costs more per message than the send itself
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_RCVMORE = int(zmq.RCVMORE)
 
 # pyzmq's Socket.send is a Python wrapper (routing ids, groups) around the backend's; the
 # channel uses neither, and the wrapper's frame is on the path of every message sent
@@ -343,7 +340,12 @@ class ChannelTransport:
         else:
             raise ValueError(f"not a channel client id: {to_client_id!r}")
         payload = _encoder.encode((self.client_id, request_id, message, body))
-        self._send_raw(topic, payload)
+        pub = self._pub
+        if pub is None or self._closed:
+            raise ChannelError("channel transport is not open")
+        # (_send_raw, inlined: this is every ContentDiff's path)
+        _send(pub, topic, _MORE)
+        _send(pub, payload, _NOBLOCK)
         self.stats["sent"] += 1
 
     def publish_ack(self, tables_hash: int, values_hash: int) -> None:
@@ -369,14 +371,14 @@ class ChannelTransport:
         if sub is None or self._closed:
             return
         # Frames are received uncopied (``copy=False``) and their ``more`` flag read from the
-        # frame: pyzmq's ``get(RCVMORE)`` converts the option to an enum in Python on every
-        # call, which is a measurable part of receiving a single-cell change (see
-        # benchmarks/channel.py). ZMQ_EVENTS is asked before each message (not draining
-        # until EAGAIN) to keep the common one-message wake-up free of an exception.
-        get = sub.get
+        # frame, and the socket is drained until EAGAIN (which also re-arms its descriptor)
+        # instead of asking ZMQ_EVENTS before each message: pyzmq's ``get`` converts the
+        # option to an enum in Python on every call, and before the first message that was
+        # a measurable part of a single-cell change's latency (see benchmarks/channel.py);
+        # the one exception per wake-up comes after the messages.
         recv = sub.recv
         handled = 0
-        while get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # an int; no cast per message
+        while True:
             try:
                 topic = recv(_NOBLOCK, False)
                 frames = 1
@@ -657,6 +659,7 @@ class ChannelSynchronizer:
 
         loop = asyncio.get_running_loop()
         event = self._ack_event
+
         def set_event_from_any_thread() -> None:
             loop.call_soon_threadsafe(event.set)
 
