@@ -675,6 +675,11 @@ class SyncEngine:
         self._peers: dict[str, _Peer] = {}
         self._last_announced: tuple[Any, Any] | None = None
         self._probes: dict[str, float] = {}
+        # the pull running from each peer: its ContentHashes (announced every anti-entropy
+        # period while hashes differ) start no second pull meanwhile. Without this, each
+        # announcement added a pull whose answer is the same big diff; on a lossy link
+        # (tiny high-water marks) the answers crowded each other out and nothing arrived.
+        self._pulling_from: dict[str, _Pull] = {}
         self.anti_entropy_probes = 0
         self._next_anti_entropy: float | None = None
         self._anti_entropy_periods = 0
@@ -771,7 +776,13 @@ class SyncEngine:
         ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
         ``None`` when the sequence failed (the failure is reported first).
         """
-        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+        if other_client_id is not None and other_content_hashes is not None:
+            if other_client_id in self._pulling_from:
+                return  # (the running pull asks for the difference as it is when it asks)
+            pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+            self._pulling_from[other_client_id] = pull
+        else:
+            pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
         if other_content_hashes is None:
             pull.asked_everyone = True
             self._request(pull, None, GET_CONTENT_HASHES, "")
@@ -779,10 +790,17 @@ class SyncEngine:
             self._on_content_hashes(pull, other_content_hashes)
 
     def _fail(self, pull: _Pull, error: BaseException) -> None:
+        self._pull_ended(pull)
         self._report(error)
         pull.on_done(None)
 
+    def _pull_ended(self, pull: _Pull) -> None:
+        other = pull.other
+        if other is not None and self._pulling_from.get(other) is pull:
+            del self._pulling_from[other]
+
     def _finish(self, pull: _Pull, values_stamp: Any) -> None:
+        self._pull_ended(pull)
         gathered = pull.gathered
         if gathered is None:
             pull.on_done([pull.tables_changes, values_stamp, 1])

@@ -377,3 +377,50 @@ def test_broadcast_hashes_request_can_have_a_shorter_time_out() -> None:
     engine.tick()
     assert results == [None] and engine.pending_request_count() == 1
     assert engine.next_deadline() == clock.now - 2.0 + 30.0
+
+
+def test_repeated_announcements_from_a_peer_start_one_pull_at_a_time() -> None:
+    """Anti-entropy re-announces every period while hashes differ: each announcement must
+    not add a pull (and another big diff in flight) while one from that peer is running."""
+    engine, errors, clock, store = make()
+    other = create_mergeable_store(get_now=lambda: 1_700_000_000_000)
+    other.set_cell("t", "r", "c", 1)
+    engine.start()
+    hashes = other.get_mergeable_content_hashes()
+    for n in range(3):
+        engine.receive("P", f"announce{n}", CONTENT_HASHES, hashes)
+    out = engine.data_to_send()
+    assert [(o.to, o.message) for o in out] == [("P", TABLE_DIFF)]
+    # the running pull finishes (its steps answered): the next announcement pulls again
+    rid, body = out[0].request_id, out[0].body
+    engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
+    for step in engine.data_to_send():
+        assert step.message != TABLE_DIFF
+        engine.receive("P", step.request_id, RESPONSE, _answer(other, step))
+    while True:
+        steps = engine.data_to_send()
+        if not steps:
+            break
+        for step in steps:
+            engine.receive("P", step.request_id, RESPONSE, _answer(other, step))
+    store.set_cell("t", "r", "c", 0)  # (differs again)
+    engine.receive("P", "announce3", CONTENT_HASHES, hashes)
+    assert [o.message for o in engine.data_to_send()] == [TABLE_DIFF]
+    # a pull that times out also makes way for the next one
+    clock.now += 5
+    engine.tick()
+    engine.receive("P", "announce4", CONTENT_HASHES, hashes)
+    assert [o.message for o in engine.data_to_send()] == [TABLE_DIFF]
+    assert codes(errors) == ["tinybase:3"]
+
+
+def _answer(other: Any, step: Outgoing) -> Any:
+    from localsync.protocol import CELL_DIFF, ROW_DIFF
+
+    if step.message == ROW_DIFF:
+        return other.get_mergeable_row_diff(step.body)
+    if step.message == CELL_DIFF:
+        return other.get_mergeable_cell_diff(step.body)
+    if step.message == VALUE_DIFF:
+        return other.get_mergeable_value_diff(step.body)
+    raise AssertionError(step)

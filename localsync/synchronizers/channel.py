@@ -132,6 +132,8 @@ Receive = Callable[[str, "str | None", int, Any], None]
 # plain ints: combining pyzmq's Flag enums costs more per message than the send itself
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 # pyzmq's Socket.send is a Python wrapper (routing ids, groups) around the backend's; the
 # channel uses neither, and the wrapper's frame is on the path of every message sent
@@ -371,11 +373,11 @@ class ChannelTransport:
         if sub is None or self._closed:
             return
         # Frames are received uncopied (``copy=False``) and their ``more`` flag read from the
-        # frame, and the socket is drained until EAGAIN (which also re-arms its descriptor)
-        # instead of asking ZMQ_EVENTS before each message: pyzmq's ``get`` converts the
-        # option to an enum in Python on every call, and before the first message that was
-        # a measurable part of a single-cell change's latency (see benchmarks/channel.py);
-        # the one exception per wake-up comes after the messages.
+        # frame, and the socket is read until EAGAIN before ZMQ_EVENTS is asked: pyzmq's
+        # ``get`` converts the option to an enum in Python on every call, and before the
+        # first message that was a measurable part of a single-cell change's latency (see
+        # benchmarks/channel.py). ZMQ_EVENTS still ends every wake-up, as libzmq documents
+        # for its edge-triggered descriptor (a message may have come in meanwhile).
         recv = sub.recv
         handled = 0
         while True:
@@ -391,6 +393,8 @@ class ChannelTransport:
                         more = recv(_NOBLOCK, False).more
                         frames += 1
             except zmq.Again:
+                if sub.get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # (an int)
+                    continue
                 break
             if payload is not None and frames == 2:
                 self._dispatch(topic.bytes, payload.bytes)
