@@ -217,9 +217,8 @@ class Persister:
         self._get_touched: Callable[[], Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
-        # the store's hooks, looked up once (a received change asks for them every time)
+        # the store's hook, looked up once (a received change asks for it every time)
         self._had_mutated: Callable[[], bool] | None = getattr(store, "_had_mutated", None)
-        self._merge_encoded_changes: Callable[[Any], Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -244,7 +243,6 @@ class Persister:
             if self._is_synchronizer:
                 self._get_touched = getattr(store, "_transaction_touched", None)
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
-            self._merge_encoded_changes = getattr(store, "_apply_encoded_mergeable_changes", None)
         elif persist != Persists.MERGEABLE_STORE_ONLY:
             self._is_mergeable_store = False
             self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
@@ -265,11 +263,7 @@ class Persister:
         try:
             if self._is_mergeable_store and isinstance(content_or_changes[0], list):
                 if is_changes:
-                    merge = self._merge_encoded_changes
-                    if merge is not None:
-                        merge(content_or_changes)
-                    else:
-                        store._apply_encoded_mergeable_changes(content_or_changes)
+                    store._apply_encoded_mergeable_changes(content_or_changes)
                 else:
                     store._set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
@@ -493,8 +487,7 @@ class Persister:
         """The callback handed to ``add_persister_listener`` (thread-safe)."""
 
         def listener(content: Any = None, changes: Any = None) -> None:
-            loop_thread = self._loop_thread  # (_on_loop_thread, inlined: per received change)
-            if loop_thread is not None and loop_thread != threading.get_ident():
+            if not self._on_loop_thread():
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(listener, content, changes)
                 return
@@ -528,28 +521,19 @@ class Persister:
             self._loads += 1
             self._spawn(self._scheduled_auto_load(payload))
             return
-        # (a synchronizer runs this for every received change: status changes nobody listens
-        # to are plain assignments, and a frame fewer is measurable in a one-cell latency)
         self._pending_auto_loads += 1
-        listened = bool(self._status_listeners)
         try:
-            if listened:
-                self._set_status(Status.LOADING)
-            else:
-                self._status = Status.LOADING
+            self._set_status(Status.LOADING)
             self._loads += 1
             try:
                 self._set_content_or_changes(payload)
             finally:
-                if listened or self._status_listeners:
-                    self._set_status(Status.IDLE)
-                else:
-                    self._status = Status.IDLE
+                self._set_status(Status.IDLE)
         except Exception as error:
             self._report(error)
         finally:
             self._pending_auto_loads -= 1
-            if not self._pending_auto_loads and self._status is not Status.IDLE:
+            if not self._pending_auto_loads:
                 self._set_status(Status.IDLE)
         if not self._pending_auto_loads:
             had_mutated = self._had_mutated
@@ -651,19 +635,15 @@ class Persister:
         The synchronous path matters for synchronizers: TinyBase sends a ContentDiff from
         inside the transaction listener, before any other message can be handled.
         """
-        if self._destroyed or self._auto_save_listener_id is None:  # (is_auto_saving, inlined)
+        if self._destroyed or not self.is_auto_saving():
             return
-        sched = _schedules.get(self._schedule_id)  # (_schedule_idle, inlined)
         if (
             self._status is Status.IDLE
             and not self._queued_saves
-            and (sched is None or (not sched.running and not sched.actions))
+            and self._schedule_idle()
             and not self._set_persisted_is_coroutine()
         ):
-            if self._status_listeners:
-                self._set_status(Status.SAVING)
-            else:
-                self._status = Status.SAVING  # (the frame of _set_status is on a write's path)
+            self._set_status(Status.SAVING)
             self._saves += 1
             deferred = False
             try:
@@ -677,12 +657,8 @@ class Persister:
             except Exception as error:
                 self._report(error)
             finally:
-                if deferred:
-                    pass
-                elif self._status_listeners:
+                if not deferred:
                     self._set_status(Status.IDLE)
-                else:
-                    self._status = Status.IDLE
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
@@ -743,8 +719,7 @@ class Persister:
         def on_transaction(_store: Any) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
-            loop_thread = self._loop_thread  # (_on_loop_thread, inlined: per transaction)
-            on_loop = loop_thread is None or loop_thread == threading.get_ident()
+            on_loop = self._on_loop_thread()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
             if self._coalesce_saves and self._get_touched is not None:
@@ -800,17 +775,8 @@ class Persister:
         if inline:
             assert loop is not None
             try:
-                # (_drain_handover for this entry alone, taken out of the queue above: no
-                # second lock and filter on this path of a one-cell change's latency)
-                self._last_drain = time.monotonic()
-                built = (
-                    self._build_changes([changes])
-                    if self._get_touched is not None
-                    else self._merge_changes([changes])
-                )
-                for built_changes in built:
-                    self._save_changes_now(built_changes)
-            finally:  # (after the send, off that path)
+                self._send_batch([changes])  # (taken out of the queue above)
+            finally:  # (after the send: it is on the path of a one-cell change's latency)
                 loop.call_soon(self._end_inline_turn)
             return
         try:
@@ -840,15 +806,17 @@ class Persister:
             return
         batch = [changes for gen, changes in waiting if gen == generation]
         if batch:
-            self._last_drain = time.monotonic()
-            # synchronizers queue what transactions touched; other persisters, their changes
-            built = (
-                self._build_changes(batch)
-                if self._get_touched is not None
-                else self._merge_changes(batch)
-            )
-            for changes in built:
-                self._save_changes_now(changes)
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: list[Any]) -> None:
+        self._last_drain = time.monotonic()
+        # synchronizers queue what transactions touched; other persisters, their changes
+        if self._get_touched is not None:
+            built = self._build_changes(batch)
+        else:
+            built = self._merge_changes(batch)
+        for changes in built:
+            self._save_changes_now(changes)
 
     def _build_changes(self, touched: list[Any]) -> list[Any]:
         """Wire records for queued transactions (only synchronizers queue what was touched)."""

@@ -776,17 +776,15 @@ class SyncEngine:
         ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
         ``None`` when the sequence failed (the failure is reported first).
         """
-        if other_client_id is not None and other_content_hashes is not None:
-            if other_client_id in self._pulling_from:
-                return  # (the running pull asks for the difference as it is when it asks)
-            pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
-            self._pulling_from[other_client_id] = pull
-        else:
-            pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+        if other_client_id in self._pulling_from and other_content_hashes is not None:
+            return  # (the running pull asks for the difference as it is when it asks)
+        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
         if other_content_hashes is None:
             pull.asked_everyone = True
             self._request(pull, None, GET_CONTENT_HASHES, "")
         else:
+            if other_client_id is not None:
+                self._pulling_from[other_client_id] = pull
             self._on_content_hashes(pull, other_content_hashes)
 
     def _fail(self, pull: _Pull, error: BaseException) -> None:
@@ -901,25 +899,6 @@ class SyncEngine:
         message = int(message)
         is_auto_loading = self.syncing or self.is_auto_loading()
         self.receives += 1
-        if checked is not None:
-            # a ContentDiff (most messages): _known_peer and _dispatch inlined, one clock read
-            now = self.clock()
-            if self.anti_entropy_seconds is not None:
-                peer = self._peers.get(from_client_id)
-                if peer is None:
-                    self._peers[from_client_id] = _Peer(now)
-                else:
-                    peer.last_heard = now
-            if self.on_receive is not None:
-                self.on_receive(from_client_id, request_id, message, body)
-            self._last_diff_traffic = now
-            listener = self.persister_listener
-            if is_auto_loading and listener is not None:
-                try:
-                    listener(None, checked)
-                except Exception as error:
-                    self._report(error)
-            return
         if self.anti_entropy_seconds is not None:
             self._known_peer(from_client_id)
         if self.on_receive is not None:

@@ -138,9 +138,7 @@ class Synchronizer(Persister):
     def _receive(
         self, from_client_id: str, request_id: str | None, message: int, body: Any
     ) -> None:
-        if threading.get_ident() != self._loop_thread and self._handed_to_loop(
-            self._receive, from_client_id, request_id, message, body
-        ):
+        if self._handed_to_loop(self._receive, from_client_id, request_id, message, body):
             return
         with self._lock:
             self._engine.receive(from_client_id, request_id, message, body)

@@ -342,12 +342,7 @@ class ChannelTransport:
         else:
             raise ValueError(f"not a channel client id: {to_client_id!r}")
         payload = _encoder.encode((self.client_id, request_id, message, body))
-        pub = self._pub
-        if pub is None or self._closed:
-            raise ChannelError("channel transport is not open")
-        # (_send_raw, inlined: this is every ContentDiff's path)
-        _send(pub, topic, _MORE)
-        _send(pub, payload, _NOBLOCK)
+        self._send_raw(topic, payload)
         self.stats["sent"] += 1
 
     def publish_ack(self, tables_hash: int, values_hash: int) -> None:
