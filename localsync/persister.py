@@ -207,7 +207,6 @@ class Persister:
         self._handover_lock = threading.Lock()
         self._handover: list[tuple[int, Any]] = []
         self._handover_scheduled = False
-        self._inline_turn = False  # this loop turn's first transaction was sent at once
         self._set_persisted_kind: tuple[Any, bool] | None = None
         self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
         self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
@@ -747,14 +746,21 @@ class Persister:
     def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
         """Queue a transaction's changes; only the first of a run schedules the send.
 
-        On the loop thread, a lone write (the first of a loop turn, after at least
-        ``INLINE_IDLE_SECONDS`` without sending) is sent at once, from the transaction
+        On the loop thread, a lone write (nothing queued, and at least
+        ``INLINE_IDLE_SECONDS`` since the last send) is sent at once, from the transaction
         listener as TinyBase does: it pays no loop turn, about a quarter of a one-cell
         change's latency on a channel. Other transactions, and writes from other threads,
         wait for the loop's next turn, where all that piled up (a burst on the loop thread,
         a thread faster than the loop) is merged and costs one wake-up and one message; a
         busy writer thus keeps sending one merged diff per turn. Transactions are
         serialised by ``store.lock``, so the queue is in transaction order.
+
+        The rule is about time only, so a lone write schedules nothing: it used to mark
+        "this loop turn already sent one" and clear the mark with ``call_soon``, which cost
+        the writer an extra loop iteration after every send. On a small machine the
+        writer's CPU time right after a send delays the message itself (its I/O thread and
+        the readers wait for a CPU), and that iteration was about 6 us of a one-cell
+        change's latency (benchmarks/channel.py, A/B in the same run).
         """
         inline = False
         with self._handover_lock:
@@ -763,21 +769,16 @@ class Persister:
                 return
             if (
                 on_loop
-                and not self._inline_turn
                 and len(self._handover) == 1
                 and time.monotonic() - self._last_drain >= self._inline_idle
             ):
-                inline = self._inline_turn = True
+                inline = True
                 self._handover = []  # (this entry, the only one: it is sent below)
             else:
                 self._handover_scheduled = True
         loop = self._loop
         if inline:
-            assert loop is not None
-            try:
-                self._send_batch([changes])  # (taken out of the queue above)
-            finally:  # (after the send: it is on the path of a one-cell change's latency)
-                loop.call_soon(self._end_inline_turn)
+            self._send_batch([changes])  # (taken out of the queue above)
             return
         try:
             if loop is None:
@@ -791,9 +792,6 @@ class Persister:
                 self._handover.clear()
                 self._handover_scheduled = False
             self._report(error)
-
-    def _end_inline_turn(self) -> None:
-        self._inline_turn = False
 
     def _drain_handover(self) -> None:
         """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
