@@ -422,6 +422,10 @@ class MergeableStore(Store):
         self._undo: list[tuple[Any, Any, Any]] = []
         self._listening = True
         self._defaulting = False
+        # TinyBase's ``mutated``: a mutator listener changed data (stamped as a local write)
+        # while changes were being applied; persisters then save (``_had_mutated``)
+        self._mutated = False
+        self._old_mutated = False
         self.ignored_count = 0
 
     def is_mergeable(self) -> bool:
@@ -443,6 +447,8 @@ class MergeableStore(Store):
         changed = self._changed_cells
         entry = changed.get(key)
         if self._listening or self._mutating:
+            if self._mutating:
+                self._mutated = True
             if self._defaulting:
                 self._merge_local_cell(table_id, row_id, cell_id, cell)
             else:
@@ -522,6 +528,7 @@ class MergeableStore(Store):
             for cell_id, cell in cells.items():
                 write(table_id, row_id, cell_id, cell)
             return
+        mutating = self._mutating
         table = self._tables.get(table_id)
         row = table.get(row_id) if table is not None else None
         changed = self._changed_cells
@@ -544,6 +551,8 @@ class MergeableStore(Store):
                     continue
             key = (table_id, row_id, cell_id)
             entry = changed.get(key)
+            if mutating:
+                self._mutated = True
             hlc = next_hlc()
             if cell_stamps is None:
                 table_stamps = self._tstamp[0]
@@ -608,6 +617,8 @@ class MergeableStore(Store):
         key = (table_id, row_id, cell_id)
         entry = self._changed_cells.get(key)
         if self._listening or self._mutating:
+            if self._mutating:
+                self._mutated = True
             if self._defaulting:
                 self._merge_local_cell(table_id, row_id, cell_id, UNDEFINED)
             else:
@@ -664,6 +675,8 @@ class MergeableStore(Store):
             return
         entry = self._changed_values.get(value_id)
         if self._listening or self._mutating:
+            if self._mutating:
+                self._mutated = True
             if self._defaulting:
                 self._merge_local_value(value_id, value)
             else:
@@ -681,6 +694,8 @@ class MergeableStore(Store):
             return
         entry = self._changed_values.get(value_id)
         if self._listening or self._mutating:
+            if self._mutating:
+                self._mutated = True
             if self._defaulting:
                 self._merge_local_value(value_id, UNDEFINED)
             else:
@@ -824,7 +839,22 @@ class MergeableStore(Store):
         if self._undo:
             self._undo = []
 
+    def _pre_start_transaction(self) -> None:
+        self._old_mutated = self._mutated
+
+    def _had_mutated(self) -> bool:
+        """Whether mutator listeners changed data since the last call (and reset it).
+
+        TinyBase's ``hadMutated``: a persister asks after each load or pushed change, and
+        saves when it is true, so that what a mutator listener derived from loaded data is
+        persisted (and sent to peers, for a synchronizer) instead of staying local.
+        """
+        result = self._mutated
+        self._mutated = False
+        return result
+
     def _rollback_stamps(self) -> None:
+        self._mutated = self._old_mutated
         undo = self._undo
         while undo:
             container, key, old = undo.pop()
