@@ -12,10 +12,13 @@ system calls, done only for peers that owe an answer for a while.
 
 Files of dead participants are removed by whoever finds them unlocked (when checking, and in
 a bounded sweep when joining); ids are random and never reused, so a removed file cannot
-belong to a newer participant. A fork()ed child closes its inherited copy of the descriptor
-(without unlocking, which would release the parent's lock) so that the lock dies with the
-process that took it. Channels on a tcp:// hub have no shared folder, hence no presence:
-they fall back to goodbyes and time-outs.
+belong to a newer participant. A file is locked under a hidden name and then renamed; a
+process killed in between leaves the hidden file behind, which a sweep removes once it is
+unlocked and older than ``HIDDEN_GRACE_SECONDS`` (its creator holds it for microseconds).
+A fork()ed child closes its inherited copy of the descriptor (without unlocking, which would
+release the parent's lock) so that the lock dies with the process that took it. Channels on
+a tcp:// hub have no shared folder, hence no presence: they fall back to goodbyes and
+time-outs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,10 @@ __all__ = ["Presence", "close_in_forked_children", "is_alive", "sweep"]
 
 #: Dead participants' files examined per join (bounds the cost of a large backlog).
 SWEEP_LIMIT = 64
+
+#: A hidden file (a presence file being created) this old and unlocked was left by a process
+#: that died between creating and renaming it.
+HIDDEN_GRACE_SECONDS = 60.0
 
 _lock_holders: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -113,9 +121,34 @@ def is_alive(folder: Path, client_id: str) -> bool:
         os.close(fd)
 
 
+def _remove_stale_hidden(path: Path, mtime: float, now: float) -> bool:
+    """Remove a hidden file left by a creator that died before renaming it (see module doc).
+
+    Only when old: a young one may belong to a creator between its open and its lock, and
+    removing it then would make that creator's rename fail.
+    """
+    if now - mtime < HIDDEN_GRACE_SECONDS:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # locked: its creator lives (stopped, perhaps); leave it
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return True
+    finally:
+        os.close(fd)
+
+
 def sweep(folder: Path, limit: int = SWEEP_LIMIT) -> int:
     """Remove up to ``limit`` files of dead participants; returns how many were removed."""
     removed = 0
+    now = time.time()
     try:
         entries = os.scandir(folder)
     except OSError:
@@ -124,10 +157,15 @@ def sweep(folder: Path, limit: int = SWEEP_LIMIT) -> int:
         for examined, entry in enumerate(entries):
             if examined >= limit:
                 break
-            if (
-                not entry.name.startswith(".")
-                and entry.is_file(follow_symlinks=False)
-                and not is_alive(folder, entry.name)
-            ):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.startswith("."):
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except OSError:
+                    continue
+                if _remove_stale_hidden(folder / entry.name, mtime, now):
+                    removed += 1
+            elif not is_alive(folder, entry.name):
                 removed += 1
     return removed

@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from localsync.presence import Presence, is_alive, sweep
+from localsync.presence import HIDDEN_GRACE_SECONDS, Presence, is_alive, sweep
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
@@ -93,3 +94,35 @@ def test_close_removes_the_file_and_sweep_removes_only_the_dead(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden-being-created", "L" * 16]
     assert is_alive(tmp_path, "L" * 16)
     live.close()
+
+
+def test_sweep_removes_a_hidden_file_left_by_a_creator_killed_before_renaming(
+    tmp_path: Path,
+) -> None:
+    holder = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    old = time.time() - 2 * HIDDEN_GRACE_SECONDS
+    orphan, stopped = tmp_path / f".{'O' * 16}", tmp_path / f".{'S' * 16}"
+    killed = subprocess.Popen([sys.executable, "-c", holder, str(orphan)], stdout=subprocess.PIPE)
+    alive = subprocess.Popen([sys.executable, "-c", holder, str(stopped)], stdout=subprocess.PIPE)
+    try:
+        for process in (killed, alive):
+            assert process.stdout is not None and process.stdout.readline() == b"locked\n"
+        killed.kill()  # died between creating its hidden file and renaming it
+        killed.wait(10)
+        young = tmp_path / f".{'Y' * 16}"
+        young.write_text("")  # (a creator between its open and its lock, as far as we know)
+        for path in (orphan, stopped):
+            os.utime(path, (old, old))
+        assert sweep(tmp_path) == 1
+        # the orphan is gone; a locked one (its creator lives) and a young one stay
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".{'S' * 16}", f".{'Y' * 16}"]
+    finally:
+        for process in (killed, alive):
+            process.kill()
+            process.wait(10)
