@@ -181,3 +181,38 @@ def test_plain_store_files_both_ways(tmp_path: Path) -> None:
     assert again["tables"] == store.get_tables()
     assert again["values"] == store.get_values()
     assert again["content"] == store.get_content()
+
+
+def test_a_mutator_derivation_during_a_load_is_saved_as_tinybase_saves_it(
+    tmp_path: Path,
+) -> None:
+    """TinyBase's hadMutated: a load whose mutator listener changed data is saved back."""
+    from localsync import create_file_persister
+
+    theirs_path, ours_path = tmp_path / "tinybase.json", tmp_path / "ours.json"
+    theirs = _tinybase("mutate", theirs_path)
+
+    async def ours() -> Any:
+        store = _store()
+
+        def derive(s: Any, table_id: str, row_id: str, _cell: str, cell: Any, *_: Any) -> None:
+            if isinstance(cell, int):
+                s.set_cell(table_id, row_id, "double", cell * 2)
+
+        store.add_cell_listener("t", None, "c", derive, mutator=True)
+        persister = create_file_persister(store, ours_path)
+        await persister.start_auto_save()
+        other = _store()
+        other.set_cell("t", "r", "c", 4)
+        await create_file_persister(other, ours_path).save()
+        await persister.load()
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(ours())
+    assert theirs["tables"] == store.get_tables() == {"t": {"r": {"c": 4, "double": 8}}}
+    # both files now hold the derived cell (TinyBase saved after its load, and so did we)
+    for path in (theirs_path, ours_path):
+        saved = json.loads(path.read_text())
+        assert saved[0][0]["t"][0]["r"][0]["double"][0] == 8
+        assert _load_file(path).get_tables() == {"t": {"r": {"c": 4, "double": 8}}}
