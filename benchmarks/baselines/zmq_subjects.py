@@ -12,6 +12,7 @@ reader has seen one, and only then starts the clock.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -86,7 +87,21 @@ def writer(kind: str, endpoint: str, cells: int, go: Any, queue: Any) -> None:
     ctx.term()
 
 
-def reader(kind: str, endpoint: str, cells: int, index: int, queue: Any) -> None:
+def _host(folder: str | None) -> Proxy | None:
+    """The run's proxy, in this process when ``folder`` is given (the first reader)."""
+    return Proxy(Path(folder)) if folder is not None else None
+
+
+def _unhost(proxy: Proxy | None, stop: Any) -> None:
+    if proxy is not None:
+        stop.wait(60)  # (the other processes may still be using it)
+        proxy.close()
+
+
+def reader(
+    kind: str, endpoint: str, cells: int, index: int, queue: Any, host: str | None, stop: Any
+) -> None:
+    proxy = _host(host)
     ctx, sub = _sub(endpoint)
     decode = msgspec.msgpack.Decoder().decode
     ready = False
@@ -127,6 +142,7 @@ def reader(kind: str, endpoint: str, cells: int, index: int, queue: Any) -> None
     queue.put(("done", index, time.monotonic_ns() if count >= cells else None))
     sub.close(0)
     ctx.term()
+    _unhost(proxy, stop)
 
 
 def fanout(kind: str, readers: int, cells: int, timeout: float = 120.0) -> FanoutResult:
@@ -134,13 +150,19 @@ def fanout(kind: str, readers: int, cells: int, timeout: float = 120.0) -> Fanou
     from .common import CTX
 
     folder = scratch_dir("lsb-")
-    proxy = Proxy(folder)
+    pub_endpoint, sub_endpoint = Proxy.endpoints(folder)
     queue = CTX.Queue()
-    go = CTX.Event()
+    go, stop = CTX.Event(), CTX.Event()
     deadline = time.monotonic() + timeout
-    procs = run_group(reader, [(kind, proxy.sub_endpoint, cells, i, queue) for i in range(readers)],
-                      timeout)
-    procs += run_group(writer, [(kind, proxy.pub_endpoint, cells, go, queue)], timeout)
+    procs = run_group(
+        reader,
+        [
+            (kind, sub_endpoint, cells, i, queue, str(folder) if i == 0 else None, stop)
+            for i in range(readers)
+        ],
+        timeout,
+    )
+    procs += run_group(writer, [(kind, pub_endpoint, cells, go, queue)], timeout)
     try:
         got = collect(queue, readers, min(deadline, time.monotonic() + 30))
         if len(got) < readers:
@@ -155,8 +177,8 @@ def fanout(kind: str, readers: int, cells: int, timeout: float = 120.0) -> Fanou
         return summarize(start, finishes, readers)
     finally:
         go.set()
+        stop.set()
         join_all(procs, time.monotonic() + 5)
-        proxy.close()
 
 
 # --- one-way latency -------------------------------------------------------------------------
@@ -176,7 +198,10 @@ def latency_writer(endpoint: str, samples: int, gap: float, go: Any, queue: Any)
     ctx.term()
 
 
-def latency_reader(endpoint: str, samples: int, index: int, queue: Any) -> None:
+def latency_reader(
+    endpoint: str, samples: int, index: int, queue: Any, host: str | None, stop: Any
+) -> None:
+    proxy = _host(host)
     ctx, sub = _sub(endpoint)
     decode = msgspec.msgpack.Decoder().decode
     ready = False
@@ -198,6 +223,7 @@ def latency_reader(endpoint: str, samples: int, index: int, queue: Any) -> None:
     queue.put(("done", index, deltas))
     sub.close(0)
     ctx.term()
+    _unhost(proxy, stop)
 
 
 def latency(readers: int, samples: int, gap: float = 0.002, timeout: float = 60.0
@@ -206,13 +232,19 @@ def latency(readers: int, samples: int, gap: float = 0.002, timeout: float = 60.
     from .common import CTX
 
     folder = scratch_dir("lsb-")
-    proxy = Proxy(folder)
+    pub_endpoint, sub_endpoint = Proxy.endpoints(folder)
     queue = CTX.Queue()
-    go = CTX.Event()
+    go, stop = CTX.Event(), CTX.Event()
     deadline = time.monotonic() + timeout
-    procs = run_group(latency_reader,
-                      [(proxy.sub_endpoint, samples, i, queue) for i in range(readers)], timeout)
-    procs += run_group(latency_writer, [(proxy.pub_endpoint, samples, gap, go, queue)], timeout)
+    procs = run_group(
+        latency_reader,
+        [
+            (sub_endpoint, samples, i, queue, str(folder) if i == 0 else None, stop)
+            for i in range(readers)
+        ],
+        timeout,
+    )
+    procs += run_group(latency_writer, [(pub_endpoint, samples, gap, go, queue)], timeout)
     try:
         if len(collect(queue, readers, min(deadline, time.monotonic() + 30))) < readers:
             return None
@@ -227,8 +259,8 @@ def latency(readers: int, samples: int, gap: float = 0.002, timeout: float = 60.
         return sorted(pooled) if pooled else None
     finally:
         go.set()
+        stop.set()
         join_all(procs, time.monotonic() + 5)
-        proxy.close()
 
 
 def latency_summary(values_us: list[float]) -> dict[str, float]:
