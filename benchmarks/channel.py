@@ -290,7 +290,7 @@ def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> 
     _run_role("latency-reader", run)
 
 
-def _holder(rundir: str, channel: str, cells: int, go: Any, out: Any) -> None:
+def _holder(rundir: str, channel: str, cells: int, raw_inbound: str, go: Any, out: Any) -> None:
     """Hold ``cells`` cells on the channel; also offer them raw (socket and shared memory)."""
 
     async def run() -> None:
@@ -321,7 +321,7 @@ def _holder(rundir: str, channel: str, cells: int, go: Any, out: Any) -> None:
         )
         loop = asyncio.get_running_loop()
         pub = zmq.Context.instance().socket(zmq.PUB)
-        pub.connect(f"ipc://{rundir}/raw.in")
+        pub.connect(raw_inbound)
         while True:
             command = await loop.run_in_executor(None, go.get)
             if command == "raw":
@@ -410,21 +410,12 @@ class Bench:
         self.hub: Any = None
 
     def proxy(self) -> tuple[str, str]:
-        """A raw XSUB/XPUB proxy (the same code the channel hub runs), for the baselines."""
+        """A raw XSUB/XPUB proxy (the same code the channel hub runs) hosted here, for the
+        join baseline."""
         from localsync.hub import LocalHub
-        from localsync.runtime import ChannelPaths
 
         if self.hub is None:
-            folder = self.rundir
-            raw = folder / "raw"
-            paths = ChannelPaths(
-                folder,
-                raw.with_suffix(".lock"),
-                raw.with_suffix(".in"),
-                raw.with_suffix(".out"),
-                raw.with_suffix(".peers"),
-            )
-            self.hub = LocalHub(paths).start()
+            self.hub = LocalHub(self.raw_paths()).start()
             self.hub.wait_host(5)
         return self.hub.paths.inbound_endpoint, self.hub.paths.outbound_endpoint
 
@@ -433,18 +424,11 @@ class Bench:
         return f"bench-{self.counter}"
 
     def raw_paths(self) -> Any:
-        """Paths for a raw proxy that one of the run's processes hosts (fresh per run)."""
-        from localsync.runtime import ChannelPaths
+        """Paths for a raw proxy (fresh per call): a channel's files under another name."""
+        from localsync.runtime import channel_paths
 
         self.counter += 1
-        raw = self.rundir / f"raw-{self.counter}"
-        return ChannelPaths(
-            self.rundir,
-            raw.with_suffix(".lock"),
-            raw.with_suffix(".in"),
-            raw.with_suffix(".out"),
-            raw.with_suffix(".peers"),
-        )
+        return channel_paths(f"raw-{self.counter}", self.rundir)
 
     def close(self) -> None:
         if self.hub is not None:
@@ -630,8 +614,8 @@ def join(bench: Bench, cells: int) -> dict[str, float]:
     out, go = _ctx.Queue(), _ctx.Queue()
     channel = bench.channel()
     rd = str(bench.rundir)
-    _inbound, outbound = bench.proxy()
-    holder = _ctx.Process(target=_holder, args=(rd, channel, cells, go, out))
+    inbound, outbound = bench.proxy()
+    holder = _ctx.Process(target=_holder, args=(rd, channel, cells, inbound, go, out))
     holder.start()
     held = _collect(out, "held", 1, 600)[0]
     result = {"build_s": held["build_s"], "encode_s": held["encode_s"], "bytes": held["bytes"]}
