@@ -90,7 +90,7 @@ async def _measure(samples: int, evict: _Evictor) -> list[dict[str, Any]]:
         send_raw(topic, payload)
 
     transport._send_raw = capture  # type: ignore[method-assign]
-    needed = 8 * samples  # four reader stages, hot and cold
+    needed = 10 * samples  # five reader stages, hot and cold
     for i in range(needed + 50):
         writer.set_cell("lat", "r", "c", i)
         await asyncio.sleep(0)
@@ -114,47 +114,53 @@ async def _measure(samples: int, evict: _Evictor) -> list[dict[str, Any]]:
 
     parts = chunks()
 
-    def stage(name: str, prepare: Callable[[Any], Any], call: Callable[[Any], Any]) -> None:
-        hot_items = [prepare(m) for m in next(parts)]
-        cold_items = [prepare(m) for m in next(parts)]
-        hot = _time(hot_items, call, lambda: heard[0], None)
-        cold = _time(cold_items, call, lambda: heard[0], evict)
+    def stage(
+        name: str,
+        hot_items: Iterable[Any],
+        cold_items: Iterable[Any],
+        call: Callable[[Any], Any],
+        end: Callable[[], int],
+    ) -> None:
+        hot = _time(hot_items, call, end, None)
+        cold = _time(cold_items, call, end, evict)
         rows.append({"stage": name, "hot_us": hot, "cold_us": cold, "ratio": cold / hot})
 
-    stage("reader: transport dispatch -> listener", lambda m: m, lambda m: dispatch(*m))
-    stage(
+    def reader_stage(
+        name: str,
+        prepare: Callable[[Any], Any],
+        call: Callable[[Any], Any],
+        end: Callable[[], int] = lambda: heard[0],
+    ) -> None:
+        """Hot on one slice of the messages, cold on the next (each message merged once)."""
+        hot_items = [prepare(m) for m in next(parts)]
+        stage(name, hot_items, [prepare(m) for m in next(parts)], call, end)
+
+    returned = time.perf_counter_ns
+    reader_stage("reader: transport dispatch -> listener", lambda m: m, lambda m: dispatch(*m))
+    reader_stage(
         "reader: engine receive -> listener",
         lambda m: decoder.decode(m[1]),
         lambda d: engine.receive(*d),
     )
-    stage(
+    reader_stage(
         "reader: store apply -> listener",
         lambda m: check_content_diff(decoder.decode(m[1])[3]),
         reader._apply_encoded_mergeable_changes,
     )
-    returned = time.perf_counter_ns
-    for name, prepare, call in (
-        ("reader: msgspec decode", lambda m: m[1], decoder.decode),
-        (
-            "reader: engine check (check_content_diff)",
-            lambda m: decoder.decode(m[1])[3],
-            check_content_diff,
-        ),
-    ):
-        hot_items = [prepare(m) for m in messages[:samples]]
-        cold_items = [prepare(m) for m in messages[samples : 2 * samples]]
-        hot = _time(hot_items, call, returned, None)
-        cold = _time(cold_items, call, returned, evict)
-        rows.append({"stage": name, "hot_us": hot, "cold_us": cold, "ratio": cold / hot})
+    reader_stage("reader: msgspec decode", lambda m: m[1], decoder.decode, returned)
+    reader_stage(
+        "reader: engine check (check_content_diff)",
+        lambda m: decoder.decode(m[1])[3],
+        check_content_diff,
+        returned,
+    )
     plain = create_mergeable_store()
     counter = iter(range(10**9))
 
     def set_cell(_: Any) -> None:
         plain.set_cell("lat", "r", "c", next(counter))
 
-    hot = _time(range(samples), set_cell, returned, None)
-    cold = _time(range(samples), set_cell, returned, evict)
-    rows.append({"stage": "writer: set_cell", "hot_us": hot, "cold_us": cold, "ratio": cold / hot})
+    stage("writer: set_cell", range(samples), range(samples), set_cell, returned)
     await reader_sync.destroy()
     await writer_sync.destroy()
     return rows
@@ -177,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"samples": samples, "evict_mb": args.evict_mb, "rows": rows}, indent=2)
-        + "\n"
+        json.dumps({"samples": samples, "evict_mb": args.evict_mb, "rows": rows}, indent=2) + "\n"
     )
     return 0
 
