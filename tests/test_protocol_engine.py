@@ -394,14 +394,9 @@ def test_repeated_announcements_from_a_peer_start_one_pull_at_a_time() -> None:
     # the running pull finishes (its steps answered): the next announcement pulls again
     rid, body = out[0].request_id, out[0].body
     engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
-    for step in engine.data_to_send():
-        assert step.message != TABLE_DIFF
-        engine.receive("P", step.request_id, RESPONSE, _answer(other, step))
-    while True:
-        steps = engine.data_to_send()
-        if not steps:
-            break
+    while steps := engine.data_to_send():
         for step in steps:
+            assert step.message != TABLE_DIFF  # (no second pull while this one runs)
             engine.receive("P", step.request_id, RESPONSE, _answer(other, step))
     store.set_cell("t", "r", "c", 0)  # (differs again)
     engine.receive("P", "announce3", CONTENT_HASHES, hashes)
