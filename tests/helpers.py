@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules (asyncio running and polling, conformance vectors)."""
+"""Helpers shared by the test modules (asyncio running and polling, conformance vectors, a
+mutator listener)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 10, poll: float
             await asyncio.sleep(poll)
 
     await asyncio.wait_for(until(), timeout)
+
+
+def derive_double(store: Any) -> None:
+    """A mutator listener for the hadMutated tests: ``t/<row>/double`` follows ``t/<row>/c``."""
+
+    def on_cell(s: Any, table_id: str, row_id: str, _cell_id: str, new: Any, *_: Any) -> None:
+        if isinstance(new, int):
+            s.set_cell(table_id, row_id, "double", new * 2)
+
+    store.add_cell_listener("t", None, "c", on_cell, mutator=True)

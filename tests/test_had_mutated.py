@@ -17,16 +17,7 @@ from typing import Any
 from localsync import create_mergeable_store
 from localsync.persisters.file import create_file_persister
 from localsync.synchronizers.local import create_local_synchronizer
-
-
-def _derive_double(store: Any) -> None:
-    """A mutator listener: ``t/r/double`` follows ``t/r/c``."""
-
-    def on_cell(s: Any, table_id: str, row_id: str, cell_id: str, new: Any, *_: Any) -> None:
-        if isinstance(new, int):
-            s.set_cell(table_id, row_id, "double", new * 2)
-
-    store.add_cell_listener("t", None, "c", on_cell, mutator=True)
+from tests.helpers import derive_double, eventually
 
 
 def _peer_changes(cells: dict[str, Any]) -> list[Any]:
@@ -38,7 +29,7 @@ def _peer_changes(cells: dict[str, Any]) -> list[Any]:
 
 def test_the_store_reports_mutator_writes_once() -> None:
     store = create_mergeable_store()
-    _derive_double(store)
+    derive_double(store)
     assert store._had_mutated() is False
     store.set_cell("t", "r", "other", 1)  # no mutator involved
     assert store._had_mutated() is False
@@ -58,7 +49,7 @@ def test_the_store_reports_mutator_writes_once() -> None:
 
 def test_a_rolled_back_transaction_forgets_its_mutations() -> None:
     store = create_mergeable_store()
-    _derive_double(store)
+    derive_double(store)
     store.transaction(lambda: store.set_cell("t", "r", "c", 1), lambda *_: True)
     assert store.get_cell("t", "r", "double") is None
     assert store._had_mutated() is False
@@ -69,7 +60,7 @@ def test_a_rolled_back_transaction_forgets_its_mutations() -> None:
 def test_a_synchronizer_sends_what_a_mutator_derived_from_a_peers_change() -> None:
     async def main() -> None:
         plain, deriving = create_mergeable_store(), create_mergeable_store()
-        _derive_double(deriving)
+        derive_double(deriving)
         # no anti-entropy: only the save after the mutation can bring the derived cell back
         sa = await create_local_synchronizer(plain).start_sync()
         sb = await create_local_synchronizer(deriving).start_sync()
@@ -78,10 +69,7 @@ def test_a_synchronizer_sends_what_a_mutator_derived_from_a_peers_change() -> No
                 assert await sync.wait_until_idle(timeout=10)
             await asyncio.sleep(0.05)
             plain.set_cell("t", "r", "c", 5)
-            for _ in range(400):
-                if plain.get_cell("t", "r", "double") == 10:
-                    break
-                await asyncio.sleep(0.005)
+            await eventually(lambda: plain.get_cell("t", "r", "double") == 10, timeout=2)
             assert deriving.get_cell("t", "r", "double") == 10
             assert plain.get_cell("t", "r", "double") == 10
             assert plain.get_mergeable_content_hashes() == deriving.get_mergeable_content_hashes()
@@ -96,7 +84,7 @@ def test_a_file_persister_saves_what_a_mutator_derived_during_a_load(tmp_path: P
     async def main() -> None:
         path = tmp_path / "store.json"
         store = create_mergeable_store()
-        _derive_double(store)
+        derive_double(store)
         persister = create_file_persister(store, path)
         await persister.start_auto_save()  # (saves the empty store first)
         try:

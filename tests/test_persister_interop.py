@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import derive_double
 from tests.npm_env import require_node, run_node_json
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
@@ -194,12 +195,7 @@ def test_a_mutator_derivation_during_a_load_is_saved_as_tinybase_saves_it(
 
     async def ours() -> Any:
         store = _store()
-
-        def derive(s: Any, table_id: str, row_id: str, _cell: str, cell: Any, *_: Any) -> None:
-            if isinstance(cell, int):
-                s.set_cell(table_id, row_id, "double", cell * 2)
-
-        store.add_cell_listener("t", None, "c", derive, mutator=True)
+        derive_double(store)  # (the same mutator as persister_file.mjs's "mutate" mode)
         persister = create_file_persister(store, ours_path)
         await persister.start_auto_save()
         other = _store()
