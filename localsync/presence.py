@@ -121,30 +121,6 @@ def is_alive(folder: Path, client_id: str) -> bool:
         os.close(fd)
 
 
-def _remove_stale_hidden(path: Path, mtime: float, now: float) -> bool:
-    """Remove a hidden file left by a creator that died before renaming it (see module doc).
-
-    Only when old: a young one may belong to a creator between its open and its lock, and
-    removing it then would make that creator's rename fail.
-    """
-    if now - mtime < HIDDEN_GRACE_SECONDS:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False  # locked: its creator lives (stopped, perhaps); leave it
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return True
-    finally:
-        os.close(fd)
-
-
 def sweep(folder: Path, limit: int = SWEEP_LIMIT) -> int:
     """Remove up to ``limit`` files of dead participants; returns how many were removed."""
     removed = 0
@@ -160,12 +136,14 @@ def sweep(folder: Path, limit: int = SWEEP_LIMIT) -> int:
             if not entry.is_file(follow_symlinks=False):
                 continue
             if entry.name.startswith("."):
+                # a file being created: left alone while young, as its creator may be between
+                # its open and its lock (removing it then would make its rename fail)
                 try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    age = now - entry.stat(follow_symlinks=False).st_mtime
                 except OSError:
                     continue
-                if _remove_stale_hidden(folder / entry.name, mtime, now):
-                    removed += 1
-            elif not is_alive(folder, entry.name):
+                if age < HIDDEN_GRACE_SECONDS:
+                    continue
+            if not is_alive(folder, entry.name):  # (removes it when unlocked)
                 removed += 1
     return removed
