@@ -134,7 +134,7 @@ def test_join_survives_its_first_answerer_leaving(rundir: Path, how: str) -> Non
 
 
 def test_goodbyes_name_the_leaver_and_only_other_participants(rundir: Path) -> None:
-    from localsync.synchronizers.channel import ChannelTransport
+    from localsync.synchronizers.channel import ChannelTransport, broadcast_topic
 
     async def scenario() -> None:
         channel = f"bye-{uuid.uuid4().hex[:10]}"
@@ -147,7 +147,7 @@ def test_goodbyes_name_the_leaver_and_only_other_participants(rundir: Path) -> N
         await leaver.open()
         assert stayer.peer_alive(leaver.client_id) and leaver.peer_alive(stayer.client_id)
         # a malformed goodbye (short id) is ignored
-        leaver._send_raw(b"*", b"\x00B" + b"short")
+        leaver._send_raw(broadcast_topic(leaver.client_id), b"\x00B" + b"short")
         leaver.close()
         for _ in range(200):
             if left:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import stat
+import string
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 import msgspec
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 from localsync.runtime import (
     RuntimeDirError,
@@ -24,7 +27,12 @@ from localsync.runtime import (
     resolve_runtime_dir,
     validate_channel_name,
 )
-from localsync.synchronizers.channel import ChannelError, ChannelTransport
+from localsync.synchronizers.channel import (
+    ChannelError,
+    ChannelTransport,
+    broadcast_topic,
+    others_broadcast_prefixes,
+)
 from tests.channel_procs import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(60)
@@ -123,20 +131,22 @@ def test_addressing_own_broadcasts_and_invalid_messages(rundir: Path) -> None:
             rogue = zmq.Context.instance().socket(zmq.PUB)
             rogue.connect(paths.inbound_endpoint)
             await asyncio.sleep(0.2)  # (rogue has no path proof; give it its subscriptions)
-            rogue.send_multipart([b"*", b"\x93not-a-message"])
-            rogue.send_multipart([b"*", b"a", b"b"])
+            topic = broadcast_topic("R" * 16)
+            rogue.send_multipart([topic, b"\x93not-a-message"])
+            rogue.send_multipart([topic, b"a", b"b"])
             deadline = time.monotonic() + 5
             while len(ignored) < 2 or len(got[c.client_id]) < 2:
                 assert time.monotonic() < deadline, (got, ignored)
                 await asyncio.sleep(0.01)
             rogue.close(0)
-            assert got[a.client_id] == []  # own broadcast dropped
+            assert got[a.client_id] == []  # own broadcast not delivered back
             assert got[b.client_id] == [(a.client_id, {"x": ["\ufffc", 1.5]})]
             assert got[c.client_id] == [
                 (a.client_id, {"x": ["\ufffc", 1.5]}),
                 (b.client_id, [1, 2]),
             ]
-            assert a.stats["own_dropped"] == 1
+            # ... by the hub: it never reached a (before, it came back and was dropped)
+            assert a.stats["own_dropped"] == 0 and a.stats["received"] == 0
             assert all(isinstance(e, ValueError) for e in ignored)
             with pytest.raises(ValueError):
                 a.send("short", None, 0, None)
@@ -321,10 +331,63 @@ def test_payload_is_msgpack_of_four_fields(rundir: Path) -> None:
                     break
                 assert time.monotonic() < deadline
             spy.close(0)
-            assert topic == b"*"
+            assert topic == broadcast_topic(t.client_id)
             assert msgspec.msgpack.decode(payload) == [t.client_id, "req", 1, ""]
         finally:
             t.close()
+
+    asyncio.run(scenario())
+
+
+_ids = st.text(alphabet=string.ascii_letters + string.digits + "-_", min_size=16, max_size=16)
+
+
+@given(own=_ids, other=_ids)
+def test_broadcast_prefixes_match_every_topic_but_ones_own(own: str, other: str) -> None:
+    prefixes = others_broadcast_prefixes(own)
+    assert len(prefixes) == 144 and len(broadcast_topic(own)) == 49
+    matching = [p for p in prefixes if broadcast_topic(other).startswith(p)]
+    assert len(matching) == (0 if other == own else 1)
+    assert not any(p.startswith((b"C", b"A")) for p in prefixes)  # (addressed, acks)
+
+
+def test_client_ids_outside_the_alphabet_are_refused(rundir: Path) -> None:
+    for bad in ("short", "a" * 17, "a" * 15 + "!", "a" * 15 + "\u00e9"):
+        with pytest.raises(ValueError, match="client_id"):
+            ChannelTransport("orders", runtime_dir=rundir, client_id=bad)
+
+
+def test_a_late_joiner_is_heard_by_everyone_among_many(rundir: Path) -> None:
+    """Eleven participants hold 1,595 subscriptions; the hub's XSUB sends them all to each
+    publisher that connects. Before its mark was lifted the burst stopped at 1,000, and the
+    late joiner's publisher, whose topic sorts last ("_" is the alphabet's last character),
+    never learnt that anybody listens to it: its broadcasts never left the process."""
+
+    async def scenario() -> None:
+        early = [ChannelTransport("many", runtime_dir=rundir) for _ in range(10)]
+        got: dict[str, set[str]] = {}
+        for t in early:
+            got[t.client_id] = set()
+            t.register_receive(lambda f, r, m, b, t=t: got[t.client_id].add(f))
+        await _open_all(early)
+        late = ChannelTransport("many", runtime_dir=rundir, client_id="_" * 16)
+        got[late.client_id] = set()
+        late.register_receive(lambda f, r, m, b: got[late.client_id].add(f))
+        await late.open()
+        everyone = [*early, late]
+        try:
+            deadline = time.monotonic() + 10
+            while any(
+                got[t.client_id] != {u.client_id for u in everyone} - {t.client_id}
+                for t in everyone
+            ):
+                assert time.monotonic() < deadline, {k: len(v) for k, v in got.items()}
+                for t in everyone:
+                    t.send(None, None, 1, "")
+                await asyncio.sleep(0.05)
+        finally:
+            for t in everyone:
+                t.close()
 
     asyncio.run(scenario())
 
