@@ -171,8 +171,8 @@ class _Proxy:
             # the mark limits data only: subscriptions travel the other way (XPUB -> XSUB)
             # and a dropped subscription would silence a participant for good. XSUB sends
             # every subscription it holds to a publisher that connects, in one burst: each
-            # participant holds 145 (see channel.py), so from 7 participants on that burst
-            # passed ZeroMQ's default mark of 1,000 and the rest was dropped; no mark there.
+            # participant holds 1,009 (see channel.py), more than ZeroMQ's default mark of
+            # 1,000, past which the rest of the burst would be dropped: no mark there.
             xsub.rcvhwm = self._hwm
             xsub.sndhwm = 0
             xpub.sndhwm = self._hwm

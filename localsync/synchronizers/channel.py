@@ -40,9 +40,9 @@ on_ignored_error``; keyword-only options:
     costs latency, never data. When nothing changed it costs one small message per period.
 ``hwm`` (default :data:`localsync.hub.DEFAULT_HWM`)
     high-water mark (messages) of the data direction of this process's sockets and of the
-    hub it may host (subscriptions keep ZeroMQ's default: a dropped subscription would
-    silence a peer for good). ``0`` means no limit (ZeroMQ's convention); tiny values make
-    drops happen on purpose (tests).
+    hub it may host (subscriptions have none: a dropped subscription would silence a peer
+    for good). ``0`` means no limit (ZeroMQ's convention); tiny values make drops happen on
+    purpose (tests).
 ``hub_key``, ``client_key`` (tcp hubs only)
     the hub's public CURVE key (a ``.key`` file or its Z85 text) and this participant's
     ``.key_secret`` file (a throw-away pair when omitted); needed when the hub was started
@@ -53,15 +53,21 @@ on_ignored_error``; keyword-only options:
     :class:`ChannelError`.
 
 Wire format: multipart ``[topic, payload]``. Topics: ``b"C" + client_id`` (16-character ids,
-so a 17-byte subscription matches exactly one recipient), ``b"*"`` + the sender's id in
-base 4 for broadcasts (:func:`broadcast_topic`), ``b"A"`` a coordinator's acknowledgements.
-Each SUB subscribes to its own topic and to every *other* broadcast topic: ZeroMQ can only
-match prefixes, so that is the 144 prefixes that leave the sender's own digits at one of the
-48 positions (:func:`others_broadcast_prefixes`). The hub's XPUB thus never hands a process
-its own broadcasts, as a BroadcastChannel never delivers to its sender. They used to come
-back and be dropped on arrival; on a 2-CPU machine that echo woke the writer's I/O thread
-and event loop just when the readers needed the CPUs: a one-cell change's latency went
-from 222 to 199 us at p50 without it (10 alternating rounds of 350 samples). Payload:
+so a 17-byte subscription matches exactly one recipient), ``b"*" + client_id`` for the
+sender's broadcasts, ``b"A"`` a coordinator's acknowledgements. Each SUB subscribes to its
+own topic and to every *other* broadcast topic: ZeroMQ can only match prefixes, so that is
+the 1,008 prefixes that leave the sender's id at one of its 16 characters
+(:func:`others_broadcast_prefixes`). The hub's XPUB thus never hands a process its own
+broadcasts, as a BroadcastChannel never delivers to its sender. They used to come back and
+be dropped on arrival; on a 2-CPU machine that echo woke the writer's I/O thread and event
+loop just when the readers needed the CPUs: a one-cell change's latency went from 222 to
+199 us at p50 without it (10 alternating rounds of 350 samples). Why the id itself rather
+than a longer spelling with fewer symbols (base 4: 144 prefixes): ZeroMQ matches a topic by
+walking a trie node per byte, in the publisher and again in the hub, and the sender's own
+path is in both tries all the way down, so each byte costs a cache miss per message; and a
+topic of at most 33 bytes travels inside the message, without an allocation per hop. The
+subscriptions leave through pipes without a high-water mark (ZeroMQ's default, 1,000,
+would drop the rest). Payload:
 msgspec msgpack of ``(from_client_id, request_id, message, body)``; a message that claims to
 come from ourselves (a replay) is still dropped by comparing the id bytes in place, without
 decoding. Control payloads (path-proving ping, hello/here presence, goodbye) start with a
@@ -115,6 +121,7 @@ CLIENT_PREFIX = b"C"
 CLIENT_ID_LENGTH = 16
 _ID_ALPHABET = string.ascii_letters + string.digits + "-_"
 _ID_SET = frozenset(_ID_ALPHABET)
+_ID_BYTES = _ID_ALPHABET.encode()
 _CONTROL = b"\x00"
 _PING = b"\x00P"
 _HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
@@ -160,32 +167,23 @@ def new_client_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(CLIENT_ID_LENGTH))
 
 
-# an id character (one of 64) as three base-4 digits: with 4 symbols per position, excluding
-# one's own topic takes 3 prefixes per position, 144 in all (base 64 would take 1,008, more
-# than ZeroMQ's default high-water mark of the pipe that carries subscriptions)
-_BASE4 = {
-    char: bytes(b"0123"[(index >> shift) & 3] for shift in (4, 2, 0))
-    for index, char in enumerate(_ID_ALPHABET)
-}
-
-
 def broadcast_topic(client_id: str) -> bytes:
-    """The topic of ``client_id``'s broadcasts: ``b"*"`` and the id as 48 base-4 digits."""
-    return BROADCAST + b"".join([_BASE4[char] for char in client_id])
+    """The topic of ``client_id``'s broadcasts."""
+    return BROADCAST + client_id.encode()
 
 
 def others_broadcast_prefixes(client_id: str) -> list[bytes]:
-    """Prefixes that match every broadcast topic but ``client_id``'s own.
+    """Prefixes that match every broadcast topic but ``client_id``'s own (see module doc).
 
-    Another id's topic first differs from ours at some digit; it matches exactly the prefix
-    that is our topic up to there followed by its digit, and our own topic matches none.
+    Another id first differs from ours at some character; its topic matches exactly the
+    prefix that is our topic up to there followed by its character, and ours matches none.
     """
     own = broadcast_topic(client_id)
     return [
-        own[:position] + bytes([digit])
+        own[:position] + bytes([char])
         for position in range(1, len(own))
-        for digit in b"0123"
-        if digit != own[position]
+        for char in _ID_BYTES
+        if char != own[position]
     ]
 
 
@@ -214,9 +212,7 @@ class ChannelTransport:
         if client_id is None:
             client_id = new_client_id()
         if len(client_id) != CLIENT_ID_LENGTH or not set(client_id) <= _ID_SET:
-            raise ValueError(
-                f"client_id must be {CLIENT_ID_LENGTH} characters of {_ID_ALPHABET!r}"
-            )
+            raise ValueError(f"client_id must be {CLIENT_ID_LENGTH} characters of {_ID_ALPHABET!r}")
         self.client_id = client_id
         self._id_bytes = client_id.encode()
         self._own_topic = CLIENT_PREFIX + self._id_bytes
@@ -293,9 +289,13 @@ class ChannelTransport:
             sock.reconnect_ivl_max = 200
             if self._curve is not None:
                 sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        # data direction only; subscriptions (SUB -> hub -> PUB) keep ZeroMQ's default mark
+        # data direction only; subscriptions (SUB -> hub -> PUB) get no mark (module doc):
+        # a PUB with one would hold back the rest of the hub's burst until it is used, and
+        # send its first messages knowing only some of the listeners
         pub.sndhwm = self._hwm
         sub.rcvhwm = self._hwm
+        sub.sndhwm = 0
+        pub.rcvhwm = 0
         pub.connect(self.inbound)
         sub.connect(self.outbound)
         # own topic last: the XPUB applies one SUB's subscriptions in order, so the ping
@@ -410,11 +410,13 @@ class ChannelTransport:
         if sub is None or self._closed:
             return
         # Frames are received uncopied (``copy=False``) and their ``more`` flag read from the
-        # frame, and the socket is read until EAGAIN before ZMQ_EVENTS is asked: pyzmq's
-        # ``get`` converts the option to an enum in Python on every call, and before the
-        # first message that was a measurable part of a single-cell change's latency (see
-        # benchmarks/channel.py). ZMQ_EVENTS still ends every wake-up, as libzmq documents
-        # for its edge-triggered descriptor (a message may have come in meanwhile).
+        # frame. ZMQ_EVENTS ends every wake-up, as libzmq documents for its edge-triggered
+        # descriptor (a message may have come in meanwhile). After the first message it is
+        # asked at once: a lone message (the common case between bursts) then costs no
+        # third receive and no raised and caught ``zmq.Again`` (pyzmq builds that exception
+        # in Python: 2.7 us hot, several times that with the cold caches a process has when
+        # its next message arrives). A burst is read until EAGAIN: ZMQ_EVENTS is a system
+        # call each time, a receive only every so often.
         recv = sub.recv
         handled = 0
         while True:
@@ -440,6 +442,8 @@ class ChannelTransport:
             if self._closed:
                 return
             handled += 1
+            if handled == 1 and not sub.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                break
             if handled >= 2000:  # let other tasks run; come back for the rest
                 assert self._loop is not None
                 self._loop.call_soon(self._on_readable)
