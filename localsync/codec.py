@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from json.encoder import encode_basestring as _encode_basestring
 from typing import Any
@@ -60,14 +61,36 @@ def get_unique_id(length: int = 16) -> str:
     """Random id made of ``length`` alphabet characters, as TinyBase's ``getUniqueId``.
 
     Each random byte keeps only its low six bits, exactly as TinyBase does, so ids generated
-    here look the same as (and are as unique as) those of JavaScript peers.
+    here look the same as (and are as unique as) those of JavaScript peers. The bytes come
+    from ``os.urandom`` a kilobyte at a time: an id is drawn for every ContentDiff a process
+    sends, and its own ``getrandom`` system call was on the path of every one-cell change.
     """
-    return os.urandom(length).translate(_UNIQUE_ID_TABLE).decode("ascii")
+    global _pool, _pool_at
+    with _pool_lock:
+        start = _pool_at
+        end = start + length
+        if end > len(_pool):
+            if length > _POOL_BYTES:
+                return os.urandom(length).translate(_UNIQUE_ID_TABLE).decode("ascii")
+            _pool = os.urandom(_POOL_BYTES).translate(_UNIQUE_ID_TABLE).decode("ascii")
+            start, end = 0, length
+        _pool_at = end
+        return _pool[start:end]
 
 
-# byte -> ENCODE[byte & 63], for bytes.translate (one C call per id: request ids are drawn for
-# every ContentDiff a process sends)
+def _forget_pool() -> None:
+    """A forked child must not hand out the ids its parent has not used yet."""
+    global _pool, _pool_at
+    _pool, _pool_at = "", 0
+
+
+# byte -> ENCODE[byte & 63], for bytes.translate (one C call per kilobyte of ids)
 _UNIQUE_ID_TABLE = bytes(ord(ENCODE[b & 63]) for b in range(256))
+_POOL_BYTES = 1024
+_pool = ""  # characters drawn ahead; the next id starts at _pool_at
+_pool_at = 0
+_pool_lock = threading.Lock()
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 # --------------------------------------------------------------------------------- numbers

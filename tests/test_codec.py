@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -272,3 +273,39 @@ def test_get_unique_id(length: int) -> None:
     if length >= 5:
         assert len(ids) == 20
     assert len(get_unique_id()) == 16
+
+
+def test_unique_ids_span_refills_and_threads() -> None:
+    """Ids are cut from characters drawn a kilobyte ahead: none repeats across refills, from
+    threads drawing at once, or for lengths beyond one draw."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def draw(n: int) -> list[str]:
+        return [get_unique_id(16) for _ in range(n)]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for chunk in pool.map(draw, [500] * 8) for i in chunk]
+    assert len(set(ids)) == len(ids) == 4000
+    long = get_unique_id(5000)
+    assert len(long) == 5000 and set(long) <= set(ENCODE)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_ids_of_its_own() -> None:
+    """A child must not hand out the ids its parent drew ahead and has not used yet."""
+    get_unique_id(16)  # (the parent now holds characters drawn ahead)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        os.write(write, "".join(get_unique_id(16) for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    os.waitpid(pid, 0)
+    parent = "".join(get_unique_id(16) for _ in range(20))
+    assert len(child) == len(parent) == 320
+    assert {child[i : i + 16] for i in range(0, 320, 16)}.isdisjoint(
+        {parent[i : i + 16] for i in range(0, 320, 16)}
+    )
