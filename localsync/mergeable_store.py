@@ -1319,6 +1319,8 @@ class MergeableStore(Store):
             self._listening = listening
 
     def _merge_in(self, data: Any, is_content: bool, encoded: bool) -> MergeableStore:
+        if type(data) is CheckedChanges and encoded and not is_content and self._merge_pushed(data):
+            return self
         with self.lock:
             validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
             try:
@@ -1339,6 +1341,73 @@ class MergeableStore(Store):
                 with _gc_paused:
                     self._txn(self._apply_merge, data, is_content, encoded, validator.plain)
         return self
+
+    def _merge_pushed(self, data: CheckedChanges) -> bool:
+        """``_merge_in`` of a peer's checked plain changes when no listener can veto or
+        extend the transaction; False (nothing done) when the general path is needed.
+
+        Why: this is every ContentDiff a channel process receives between bursts, and each
+        arrives to cold caches, where every layer costs its own cache misses. Without start,
+        will-finish, mutator or id listeners, and with the engine's shape check done, the
+        validator object and the ``_txn``/``_begin``/``_apply_merge`` layers only repeat
+        checks whose answers are known; the merge and the end of the transaction (data
+        listeners, did-finish listeners, reset) are the general ones, called directly. The
+        same stamps, hashes, clock, data, listener calls and transaction changes as the
+        general path (tests/test_store_receive.py compares both on random histories).
+        """
+        if data.special or len(data.hlcs) >= _BULK:
+            return False  # (special values: the validator; bulk: with the collector paused)
+        with self.lock:
+            if (
+                self._depth != 0
+                or self._mutating
+                or self._reference_receive
+                or self._start_listeners
+                or self._will_finish_listeners
+                or self._data_listener_count[1]
+                or self._id_listener_count
+            ):
+                return False
+            values_in = data[1]
+            if values_in[0] or (len(values_in) > 1 and values_in[1] > self._vstamp[1]):
+                return False
+            hlcs = data.hlcs
+            if hlcs:
+                # _Validator.within_future_limit (and its limit), for a limit below 2**42
+                max_time = self._get_now() + HLC_MAX_FUTURE_OFFSET
+                limit: int
+                if type(max_time) is int:
+                    limit = max_time
+                else:
+                    limit = math.floor(max_time) if math.isfinite(max_time) else -1
+                if not 0 <= limit < 2**42:
+                    return False
+                top = max(hlcs)[:7]
+                cached_limit, cached_prefix = _prefix_cache
+                if not (
+                    (0 <= cached_limit <= limit and top <= cached_prefix)
+                    or top <= _time_prefix(limit)
+                ):
+                    return False  # (refused and counted by the general path)
+            # _begin for a transaction without start listeners or id tracking
+            self._depth = 1
+            self._had_tables = bool(self._tables)
+            self._had_values = bool(self._values)
+            self._track_ids = False
+            self._pre_start_transaction()
+            listening = self._listening
+            self._listening = False
+            try:
+                if self._dirty_values:
+                    self._settle_values()
+                self._merge_and_write(data, False, True, True)
+            except BaseException:
+                self._listening = listening
+                self._abort()
+                raise
+            self._listening = listening
+            self._end(None)
+        return True
 
     def apply_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
         """Merge changes (or content) from a peer; invalid or far-future data is ignored."""

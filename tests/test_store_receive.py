@@ -19,6 +19,7 @@ import pytest
 
 from localsync import UNDEFINED, create_mergeable_store
 from localsync.hlc import encode_hlc_parts
+from localsync.protocol import check_content_diff
 
 TABLES = ["t1", "t2", "0"]
 ROWS = ["r1", "r2", "r3", "1", "0"]
@@ -63,10 +64,17 @@ def _stamp(rng: random.Random, thing: Any, now: int, hashes: bool) -> list[Any]:
     return [thing]
 
 
-def _peer_data(rng: random.Random, now: int, content: bool, encoded: bool) -> list[Any]:
+def _peer_data(
+    rng: random.Random, now: int, content: bool, encoded: bool, plain: bool = False
+) -> list[Any]:
+    """``plain``: changes as a peer's transaction pushes them (tables only, no object cells,
+    floats or big numbers: what ``_merge_pushed`` takes)."""
+
     def thing() -> Any:
         if not content and rng.random() < 0.25:
             return UNDEFINED
+        if plain:
+            return rng.choice([rng.randrange(-3, 4), f"s{rng.randrange(3)}", True, None])
         cell = _cell(rng)
         return _encoded(cell) if encoded else cell
 
@@ -83,7 +91,7 @@ def _peer_data(rng: random.Random, now: int, content: bool, encoded: bool) -> li
             rows[r] = _stamp(rng, cells, now, content)
         tables[t] = _stamp(rng, rows, now, content)
     values = {}
-    for v in rng.sample(VALUES, rng.randrange(0, 3)):
+    for v in rng.sample(VALUES, 0 if plain else rng.randrange(0, 3)):
         value = [thing(), _peer_hlc(rng, now)]
         if content:
             value.append(rng.randrange(2**32))
@@ -93,7 +101,10 @@ def _peer_data(rng: random.Random, now: int, content: bool, encoded: bool) -> li
     data: list[Any] = [_stamp(rng, tables, now, False), _stamp(rng, values, now, False), 1]
     roll = rng.random()
     if roll < 0.05:  # far in the future: ignored as a whole
-        data[1][0]["v1"] = ["late", encode_hlc_parts(now + 400_000, 0, PEERS[0])]
+        data[1 if not plain else 0][0]["v1" if not plain else "t1"] = [
+            "late" if not plain else {},
+            encode_hlc_parts(now + 400_000, 0, PEERS[0]),
+        ]
     elif roll < 0.08:  # malformed: ignored as a whole
         data[1][0]["v2"] = ["bad", "not-an-hlc"]
     return data
@@ -124,7 +135,9 @@ def _make_ops(seed: int, steps: int) -> list[Any]:
     for _ in range(steps):
         now += rng.randrange(0, 3)
         roll = rng.random()
-        if roll < 0.35:
+        if roll < 0.15:
+            ops.append(("changes", now, True, _peer_data(rng, now, False, True, plain=True)))
+        elif roll < 0.35:
             encoded = rng.random() < 0.5
             ops.append(("changes", now, encoded, _peer_data(rng, now, False, encoded)))
         elif roll < 0.4:
@@ -150,16 +163,22 @@ def _make_ops(seed: int, steps: int) -> list[Any]:
 class _Replica:
     """``listeners``: 2 = cell, row id and value listeners too, 1 = did-finish, table cell
     ids and tables listeners only (no id tracking: rows new to the store are then inserted
-    whole), 0 = none."""
+    whole), 3 = did-finish, cell, row, table and tables listeners (what a pushed change may
+    meet and still take ``_merge_pushed``), 0 = none. Encoded changes arrive as a sync engine
+    hands them over (checked: ``check_content_diff``) whenever they pass its check."""
 
     def __init__(self, reference: bool, listeners: int = 2) -> None:
         self.now = 0
         self.store = create_mergeable_store("replica", lambda: self.now)
         self.store._reference_receive = reference
         self.log: list[Any] = []
+        self.pushed = 0  # changes merged by _merge_pushed
         store = self.store
         self.cell_listener = ""
         if listeners == 0:
+            return
+        if listeners == 3:
+            self._add_pushed_path_listeners()
             return
         store.add_did_finish_transaction_listener(
             lambda s: self.log.append(
@@ -182,13 +201,40 @@ class _Replica:
         store.add_row_ids_listener(None, lambda s, t, f: self.log.append(("row_ids", t, f())))
         store.add_value_listener(None, lambda s, *args: self.log.append(args[:3]))
 
+    def _add_pushed_path_listeners(self) -> None:
+        store, log = self.store, self.log
+        store.add_did_finish_transaction_listener(
+            lambda s: log.append(
+                (
+                    "finish",
+                    s.get_transaction_changes(),
+                    s._get_encoded_transaction_mergeable_changes(),
+                    s.get_mergeable_content_hashes(),
+                )
+            )
+        )
+        self.cell_listener = store.add_cell_listener(
+            None, None, None, lambda s, *args: log.append(args[:5])
+        )
+        store.add_row_listener(None, "r1", lambda s, t, r, get: log.append(("row", t, r)))
+        store.add_table_listener(
+            "t1", lambda s, t, get: log.append(("table", t, get(t, "r1", "a")))
+        )
+        store.add_tables_listener(lambda s, get: log.append(("tables", s.get_tables())))
+
     def run(self, op: Any) -> Any:
         kind = op[0]
         self.now = op[1]
         store = self.store
         if kind == "changes":
             if op[2]:
-                store._apply_encoded_mergeable_changes(op[3])
+                checked = check_content_diff(op[3])
+                if checked is None:
+                    store._apply_encoded_mergeable_changes(op[3])
+                elif store._merge_pushed(checked):  # (what _apply_... tries first; counted)
+                    self.pushed += 1
+                else:
+                    store._apply_encoded_mergeable_changes(checked)
             else:
                 store.apply_mergeable_changes(op[3])
         elif kind == "content":
@@ -231,14 +277,17 @@ class _Replica:
         )
 
 
-@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("seed", range(80))
 def test_fast_receive_path_equals_the_port(seed: int) -> None:
-    fast, reference = _Replica(False, seed % 3), _Replica(True, seed % 3)
+    fast, reference = _Replica(False, seed % 4), _Replica(True, seed % 4)
     for step, op in enumerate(_make_ops(seed, 80)):
         assert fast.run(op) == reference.run(op), f"step {step}: {op[0]}"
         assert fast.log == reference.log, f"step {step}: {op[0]}"
     assert fast.snapshot() == reference.snapshot()
     assert fast.log == reference.log
+    assert reference.pushed == 0
+    if seed % 4 != 2:  # (no row id listener: pushed changes take the short path)
+        assert fast.pushed > 0
 
 
 def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
