@@ -67,11 +67,11 @@ walking a trie node per byte, in the publisher and again in the hub, and the sen
 path is in both tries all the way down, so each byte costs a cache miss per message; and a
 topic of at most 33 bytes travels inside the message, without an allocation per hop. The
 subscriptions leave through pipes without a high-water mark (ZeroMQ's default, 1,000,
-would drop the rest). Payload:
-msgspec msgpack of ``(from_client_id, request_id, message, body)``; a message that claims to
-come from ourselves (a replay) is still dropped by comparing the id bytes in place, without
-decoding. Control payloads (path-proving ping, hello/here presence, goodbye) start with a
-zero byte.
+would drop the rest). Processes of earlier versions, which broadcast on ``b"*"``, are not
+heard. Payload: msgspec msgpack of ``(from_client_id, request_id, message, body)``; a
+message that claims to come from ourselves (a replay) is still dropped by comparing the id
+bytes in place, without decoding. Control payloads (path-proving ping, hello/here presence,
+goodbye) start with a zero byte.
 
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
