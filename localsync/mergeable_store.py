@@ -81,6 +81,31 @@ def _time_prefix(limit: int) -> str:
     return prefix
 
 
+def _future_limit(max_time: float) -> int:
+    """The integer limit of "HLC time <= max_time" that HLC prefixes are compared with; -1
+    when ``max_time`` is not finite or not below 2**42 (then every HLC is decoded instead).
+    HLC strings sort like the numbers they encode, so "time <= max" is a comparison of the
+    7-character time prefixes (exact for any integer limit below 2**42)."""
+    if type(max_time) is int:
+        limit = max_time
+    else:
+        limit = math.floor(max_time) if math.isfinite(max_time) else -1
+    return limit if 0 <= limit < 2**42 else -1
+
+
+def _prefix_within(time_prefix: str, limit: int, low_prefix: str) -> bool:
+    """``time_prefix`` (of a well-formed HLC) at most ``limit`` (>= 0). ``low_prefix`` is the
+    prefix of an earlier, lower limit, which settles most verdicts without encoding this one
+    (a one-cell diff arrives in a new millisecond each time): a stamp at or below it is below
+    this limit too; only one above it needs the exact prefix."""
+    return time_prefix <= low_prefix or time_prefix <= _time_prefix(limit)
+
+
+def _low_prefix(limit: int) -> str:
+    cached_limit, cached_prefix = _prefix_cache
+    return cached_prefix if 0 <= cached_limit <= limit else ""
+
+
 _BULK = 1000  # cells in one merge from which pausing the collector pays
 
 
@@ -196,22 +221,12 @@ class _Validator:
         self.cells = 0  # cells and values seen
         # no object cell and no number beyond 2**53: every cell is stored as it arrived
         self.plain = True
-        # HLC strings sort like the numbers they encode, so "time <= max" is a comparison of
-        # the 7-character time prefixes (exact for any integer limit below 2**42)
-        if type(max_time) is int:
-            limit = max_time
-        else:
-            limit = math.floor(max_time) if math.isfinite(max_time) else -1
-        self.limit = limit if 0 <= limit < 2**42 else -1
-        # The prefix of an earlier, lower limit settles most verdicts without encoding this
-        # one (a one-cell diff arrives in a new millisecond each time): a stamp at or below
-        # it is below this limit too; only one above it needs the exact prefix.
-        cached_limit, cached_prefix = _prefix_cache
-        self.low_prefix = cached_prefix if 0 <= cached_limit <= limit else ""
+        self.limit = _future_limit(max_time)
+        self.low_prefix = _low_prefix(self.limit)
 
     def _time_within_limit(self, time_prefix: str) -> bool:
         """``time_prefix`` (of a well-formed HLC) at most the limit; needs ``limit >= 0``."""
-        return time_prefix <= self.low_prefix or time_prefix <= _time_prefix(self.limit)
+        return _prefix_within(time_prefix, self.limit, self.low_prefix)
 
     def hlc(self, hlc: Any) -> bool:
         if hlc == "":
@@ -1372,23 +1387,10 @@ class MergeableStore(Store):
             if values_in[0] or (len(values_in) > 1 and values_in[1] > self._vstamp[1]):
                 return False
             hlcs = data.hlcs
-            if hlcs:
-                # _Validator.within_future_limit (and its limit), for a limit below 2**42
-                max_time = self._get_now() + HLC_MAX_FUTURE_OFFSET
-                limit: int
-                if type(max_time) is int:
-                    limit = max_time
-                else:
-                    limit = math.floor(max_time) if math.isfinite(max_time) else -1
-                if not 0 <= limit < 2**42:
-                    return False
-                top = max(hlcs)[:7]
-                cached_limit, cached_prefix = _prefix_cache
-                if not (
-                    (0 <= cached_limit <= limit and top <= cached_prefix)
-                    or top <= _time_prefix(limit)
-                ):
-                    return False  # (refused and counted by the general path)
+            if hlcs:  # (the validator's future limit, without the validator)
+                limit = _future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
+                if limit < 0 or not _prefix_within(max(hlcs)[:7], limit, _low_prefix(limit)):
+                    return False  # (decided, refused and counted by the general path)
             # _begin for a transaction without start listeners or id tracking
             self._depth = 1
             self._had_tables = bool(self._tables)
