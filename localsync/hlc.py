@@ -39,6 +39,7 @@ HLC_MAX_FUTURE_OFFSET = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clo
 _SHIFT24 = 2**24
 _MAX_SAFE_INTEGER = 2**53
 _DECODE: dict[str, int] = {char: index for index, char in enumerate(ENCODE)}
+_DECODE_BYTES = bytes(_DECODE.get(chr(byte), 0) for byte in range(256))  # (for translate)
 _PAIRS: tuple[str, ...] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
 _PAIR_VALUES: dict[str, int] = {pair: value for value, pair in enumerate(_PAIRS)}
 _MAX_TIME = 2**42 - 1
@@ -126,16 +127,22 @@ def decode_hlc_time(hlc: str) -> int:
 
 def decode_hlc(hlc: str) -> tuple[int, int, str]:
     """``(logical_time, counter, client_id)``; the client id is ``hlc[11:]``, any length."""
-    if len(hlc) >= 11:
-        pairs = _PAIR_VALUES
-        try:
-            return (
-                decode_hlc_time(hlc),
-                (pairs[hlc[7:9]] << 12) | pairs[hlc[9:11]],
-                hlc[11:],
-            )
-        except KeyError:
-            pass
+    if len(hlc) >= 11 and hlc.isascii():
+        # one C call maps every character to its 6-bit value (0 outside the alphabet, as
+        # TinyBase decodes it); six lookups of character pairs in a 4,096-entry dict cost
+        # 3.8 us instead of 2.3 with the caches cold, as a received change finds them
+        d = hlc.encode("ascii").translate(_DECODE_BYTES)
+        return (
+            (d[0] << 36)
+            | (d[1] << 30)
+            | (d[2] << 24)
+            | (d[3] << 18)
+            | (d[4] << 12)
+            | (d[5] << 6)
+            | d[6],
+            (d[7] << 18) | (d[8] << 12) | (d[9] << 6) | d[10],
+            hlc[11:],
+        )
     get = _DECODE.get
     counter = 0
     for char in hlc[7:11]:
