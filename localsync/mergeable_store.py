@@ -1358,57 +1358,27 @@ class MergeableStore(Store):
         return self
 
     def _merge_pushed(self, data: CheckedChanges) -> bool:
-        """``_merge_in`` of a peer's checked plain changes when no listener can veto or
-        extend the transaction; False (nothing done) when the general path is needed.
+        """``_merge_in`` of a peer's checked plain changes without a ``_Validator``; False
+        (nothing done) when the validator is needed.
 
         Why: this is every ContentDiff a channel process receives between bursts, and each
-        arrives to cold caches, where every layer costs its own cache misses. Without start,
-        will-finish, mutator or id listeners, and with the engine's shape check done, the
-        validator object and the ``_txn``/``_begin``/``_apply_merge`` layers only repeat
-        checks whose answers are known; the merge and the end of the transaction (data
-        listeners, did-finish listeners, reset) are the general ones, called directly. The
-        same stamps, hashes, clock, data, listener calls and transaction changes as the
-        general path (tests/test_store_receive.py compares both on random histories).
+        arrives to cold caches, where every object built costs its own cache misses. With
+        the engine's shape check done and no special value to look at, all the validator
+        would still decide is the future limit, checked here the same way; the transaction
+        is the general one, so stamps, hashes, clock, data and listener calls are those of
+        the general path by construction (tests/test_store_receive.py compares both).
         """
-        if data.special or len(data.hlcs) >= _BULK:
-            return False  # (special values: the validator; bulk: with the collector paused)
+        if data.special or len(data.hlcs) >= _BULK or self._reference_receive:
+            # (special values: the validator; bulk: with the collector paused; the reference
+            # port is the specification the other paths are tested against)
+            return False
         with self.lock:
-            if (
-                self._depth != 0
-                or self._mutating
-                or self._reference_receive
-                or self._start_listeners
-                or self._will_finish_listeners
-                or self._data_listener_count[1]
-                or self._id_listener_count
-            ):
-                return False
-            values_in = data[1]
-            if values_in[0] or (len(values_in) > 1 and values_in[1] > self._vstamp[1]):
-                return False
             hlcs = data.hlcs
-            if hlcs:  # (the validator's future limit, without the validator)
+            if hlcs:
                 limit = _future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
                 if limit < 0 or not _prefix_within(max(hlcs)[:7], limit, _low_prefix(limit)):
                     return False  # (decided, refused and counted by the general path)
-            # _begin for a transaction without start listeners or id tracking
-            self._depth = 1
-            self._had_tables = bool(self._tables)
-            self._had_values = bool(self._values)
-            self._track_ids = False
-            self._pre_start_transaction()
-            listening = self._listening
-            self._listening = False
-            try:
-                if self._dirty_values:
-                    self._settle_values()
-                self._merge_and_write(data, False, True, True)
-            except BaseException:
-                self._listening = listening
-                self._abort()
-                raise
-            self._listening = listening
-            self._end(None)
+            self._txn(self._apply_merge, data, False, True, True)
         return True
 
     def apply_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
