@@ -274,8 +274,9 @@ def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> 
         latencies: list[float] = []
         done = asyncio.Event()
 
-        def on_cell(_store: Any, *args: Any) -> None:
-            value = _store.get_cell("lat", "r", "c")
+        def on_cell(_store: Any, _t: str, _r: str, _c: str, value: Any, *_rest: Any) -> None:
+            # (the new cell as the listener is handed it, as the raw reader takes it from
+            # the decoded body: reading it back with get_cell was a second, cold store call)
             if isinstance(value, int):
                 latencies.append((time.monotonic_ns() - value) / 1e6)
                 if len(latencies) >= count:

@@ -104,3 +104,24 @@ def test_missing_area_module_is_reported_not_invented() -> None:
 
     info = run_area("no_such_area_module", quick=True, timeout=10)
     assert info["status"] == "not available" and "data" not in info
+
+
+@pytest.mark.process
+@pytest.mark.timeout(240)
+def test_latency_split_measures_every_combination(tmp_path: Path) -> None:
+    """Raw and channel ends interoperate: a raw publisher's ContentDiffs reach a channel
+    reader's listener and a channel writer's diffs decode in a raw subscriber; every
+    combination yields all of its samples (a refused message would leave one short)."""
+    out = tmp_path / "split.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.latency_split", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["p50_ms"]) == {
+        "raw -> raw", "raw -> raw-asyncio", "raw -> channel-transport", "raw -> channel",
+        "channel -> raw", "channel -> channel",
+    }
+    assert data["samples_each"] == 40
+    assert all(value > 0 for value in data["p50_ms"].values())
+    assert len(data["steps_ms"]) == 4
