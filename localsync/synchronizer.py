@@ -110,6 +110,7 @@ class Synchronizer(Persister):
         # flag is private: benchmarks switch it off to measure one diff per transaction)
         self._coalesce_saves = True
         self.coalesced_transactions = 0
+        self._last_pull_failed = False
         # engine decisions read the store; hold its lock so that a transaction running on
         # another thread is never seen half-done (RLock: applying changes re-enters it)
         lock = getattr(store, "lock", None)
@@ -218,6 +219,7 @@ class Synchronizer(Persister):
             self._engine.pull(on_done)
         self._after_engine()
         changes = await done
+        self._last_pull_failed = changes is None  # (the engine reported why)
         if changes is not None and (changes[0][0] or changes[1][0]):
             return changes
         return None

@@ -340,3 +340,44 @@ def test_connection_aborted_during_a_large_transfer_heals() -> None:
             await sb.destroy()
 
     run(scenario())
+
+
+def test_a_resync_that_fails_is_tried_again() -> None:
+    """After a reconnect the client pulls what it missed; when that pull fails (here its
+    requests time out, as a peer slower than the time-out on a loaded machine makes them),
+    it is tried again with back-off instead of leaving the store behind until the next
+    reconnect (WebSocket clients have no periodic anti-entropy by default)."""
+
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            url = f"{server.url}/room"
+            errors: list[BaseException] = []
+            sa = await create_ws_synchronizer(a, url, 2.0)
+            sb = await create_ws_synchronizer(
+                b, url, 2.0, on_ignored_error=errors.append, min_backoff=0.6, max_backoff=0.6
+            )
+            await sa.start_sync()
+            await sb.start_sync()
+            a.set_cell("t", "before", "c", 1)
+            await eventually(same(a, b))
+            key_b = sb.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
+            (client_b,) = [
+                c for p in server._paths.values() for c in p.clients.values() if c.id == key_b
+            ]
+            client_b.ws.transport.abort()
+            await eventually(lambda: not sb.is_connected(), 5)
+            for r in range(50):  # (b is away: it misses these)
+                a.set_cell("t", f"r{r}", "c", r)
+            sb.engine.request_timeout_seconds = 1e-6  # its resync's requests all time out
+            await eventually(lambda: sb.get_connection_stats()["connects"] >= 2, 10)
+            await eventually(lambda: any(":3" in str(e) for e in errors), 5)
+            assert b.get_cell("t", "r49", "c") is None
+            sb.engine.request_timeout_seconds = 2.0
+            await eventually(same(a, b), 10)
+            assert sb.get_connection_stats()["connects"] == 2  # (healed without reconnecting)
+            assert sb.resync_retries >= 1
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario())

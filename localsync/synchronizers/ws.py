@@ -27,7 +27,9 @@ Beyond TinyBase, for long-running processes:
   exponential back-off and full jitter between ``min_backoff`` and ``max_backoff`` seconds.
   An HTTP 4xx refusal (bad path, bad token) is final and reported, not retried.
 * **Resync**: after every reconnect the synchronizer pulls from its peers and announces its
-  content hashes again, so whatever changed on either side while apart is exchanged.
+  content hashes again, so whatever changed on either side while apart is exchanged. A pull
+  that fails (its requests time out) is tried again with back-off, up to
+  ``RESYNC_ATTEMPTS`` pulls (counted in ``resync_retries``).
   Messages sent while disconnected are dropped and counted (the resync covers them).
 * **Bounds**: outgoing frames wait in a queue of at most ``max_queue_bytes``; frames over 16
   MiB or a full queue close the socket with 1013 ``tinybase:15:socket`` (then reconnect and
@@ -61,12 +63,14 @@ from ..wire import (
     payload_size,
 )
 
-__all__ = ["WsSynchronizer", "create_ws_synchronizer"]
+__all__ = ["RESYNC_ATTEMPTS", "WsSynchronizer", "create_ws_synchronizer"]
 
 logger = logging.getLogger("localsync.ws")
 
 _MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024  # larger frames: 1009 from websockets itself
 _MAX_QUEUE = 4
+#: pulls a resync after a reconnect makes at most (the first and its retries)
+RESYNC_ATTEMPTS = 5
 
 
 class _Transport:
@@ -273,6 +277,8 @@ class WsSynchronizer(Synchronizer):
 
     _transport: _Transport
     _sync_wanted: bool = False
+    #: pulls repeated by resyncs after a reconnect (see ``_resync``)
+    resync_retries: int = 0
 
     def get_web_socket(self) -> ClientConnection | None:
         """The socket of the moment (None while disconnected)."""
@@ -311,16 +317,39 @@ class WsSynchronizer(Synchronizer):
     def _on_open(self, generation: int) -> None:
         if self._sync_wanted and generation != getattr(self, "_synced_generation", 0):
             self._synced_generation = generation
-            self._spawn(self._resync())
+            self._spawn(self._resync(generation))
 
-    async def _resync(self) -> None:
-        # a reconnect may hide anything: pull what peers have, then offer our hashes
-        try:
-            await self.load()
-            if self._sync_wanted:
-                await self.save()
-        except Exception as error:
-            self._report(error)
+    async def _resync(self, generation: int) -> None:
+        """Pull what peers have, then offer our hashes; a pull that failed is tried again.
+
+        Why again: a reconnect may hide anything, and a WebSocket client has no periodic
+        anti-entropy by default, so one pull that timed out (a peer slower than the request
+        time-out, as on a loaded machine) left the store behind until the next reconnect.
+        At most ``RESYNC_ATTEMPTS``, with the connection's back-off between them; it stops
+        once the socket changes (that connection's own resync takes over) or syncing stops.
+        Alone in a room every pull fails for want of an answer, which is why the attempts
+        are bounded: the next peer to join pulls from us and announces its hashes, and
+        those make us pull from it.
+        """
+        transport = self._transport
+        for attempt in range(RESYNC_ATTEMPTS):
+            try:
+                await self.load()
+                if self._sync_wanted:
+                    await self.save()
+            except Exception as error:
+                self._report(error)
+            if not self._last_pull_failed:
+                return
+            self.resync_retries += 1
+            await asyncio.sleep(transport._backoff(attempt))
+            if (
+                not self._sync_wanted
+                or self._destroyed
+                or transport.generation != generation
+                or transport.ws is None
+            ):
+                return
 
     def __await__(self) -> Generator[Any, None, WsSynchronizer]:
         return self._await_open().__await__()
