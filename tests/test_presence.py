@@ -26,11 +26,13 @@ HOLDER = textwrap.dedent(
     from localsync.presence import Presence
     presence = Presence(Path(sys.argv[1]), sys.argv[2])
     if sys.argv[3] == "fork":
-        child = os.fork()
-        if child == 0:
+        # the child reports itself: code after fork() runs after the at-fork handlers, so the
+        # line proves that the child has closed its copy (the parent reporting the child's
+        # pid let a loaded machine kill the parent before the child had run at all)
+        if os.fork() == 0:
+            print(os.getpid(), flush=True)
             time.sleep(60)
             os._exit(0)
-        print(child, flush=True)
     else:
         print(0, flush=True)
     time.sleep(60)
