@@ -381,3 +381,41 @@ def test_a_resync_that_fails_is_tried_again() -> None:
             await sb.destroy()
 
     run(scenario())
+
+
+def test_a_first_pull_that_fails_is_tried_again() -> None:
+    """start_sync's pull times out (a slow peer) yet the peer answers late: the client tries
+    again and gets the content; a client alone in its room does not keep asking."""
+
+    async def scenario() -> None:
+        async with await create_ws_server("127.0.0.1", 0) as server:
+            a, b, lone = (create_mergeable_store() for _ in range(3))
+            errors: list[BaseException] = []
+            sa = await create_ws_synchronizer(a, f"{server.url}/room", 2.0)
+            await sa.start_sync()
+            for r in range(50):
+                a.set_cell("t", f"r{r}", "c", r)
+            sb = await create_ws_synchronizer(
+                b, f"{server.url}/room", 2.0, on_ignored_error=errors.append,
+                min_backoff=0.6, max_backoff=0.6,
+            )
+            sb.engine.request_timeout_seconds = 1e-6  # its first pull times out
+            await sb.start_sync()
+            assert any(":3" in str(e) for e in errors)
+            # (meanwhile a, hearing b's hashes, pulls from b and announces its own, which
+            # makes b pull again, and time out again: only the retry is left)
+            await asyncio.sleep(0.3)
+            assert b.get_cell("t", "r49", "c") is None
+            sb.engine.request_timeout_seconds = 2.0
+            await eventually(same(a, b), 10)
+            await eventually(lambda: sb.resync_retries >= 1, 5)
+            sl = await create_ws_synchronizer(
+                lone, f"{server.url}/alone", 0.05, min_backoff=0.05, max_backoff=0.05
+            )
+            await sl.start_sync()
+            await asyncio.sleep(0.5)
+            assert sl.resync_retries == 0 and sl.engine.receives == 0
+            for s in (sa, sb, sl):
+                await s.destroy()
+
+    run(scenario())

@@ -29,7 +29,8 @@ Beyond TinyBase, for long-running processes:
 * **Resync**: after every reconnect the synchronizer pulls from its peers and announces its
   content hashes again, so whatever changed on either side while apart is exchanged. A pull
   that fails (its requests time out) is tried again with back-off, up to
-  ``RESYNC_ATTEMPTS`` pulls (counted in ``resync_retries``).
+  ``RESYNC_ATTEMPTS`` pulls (counted in ``resync_retries``), as is ``start_sync``'s first
+  pull, by a client that has heard from a peer.
   Messages sent while disconnected are dropped and counted (the resync covers them).
 * **Bounds**: outgoing frames wait in a queue of at most ``max_queue_bytes``; frames over 16
   MiB or a full queue close the socket with 1013 ``tinybase:15:socket`` (then reconnect and
@@ -304,9 +305,12 @@ class WsSynchronizer(Synchronizer):
         """
         transport = self._transport
         await self.wait_connected(transport.open_timeout)
-        self._synced_generation = transport.generation
+        self._synced_generation = generation = transport.generation
         self._sync_wanted = True
         await super().start_sync(initial_content)
+        if self._last_pull_failed and transport.ws is not None:
+            # (as after a reconnect: tried again if a peer turns out to be there)
+            self._spawn(self._resync(generation, 1))
         return self
 
     async def stop_sync(self) -> WsSynchronizer:
@@ -319,20 +323,32 @@ class WsSynchronizer(Synchronizer):
             self._synced_generation = generation
             self._spawn(self._resync(generation))
 
-    async def _resync(self, generation: int) -> None:
+    async def _resync(self, generation: int, done: int = 0) -> None:
         """Pull what peers have, then offer our hashes; a pull that failed is tried again.
 
         Why again: a reconnect may hide anything, and a WebSocket client has no periodic
         anti-entropy by default, so one pull that timed out (a peer slower than the request
         time-out, as on a loaded machine) left the store behind until the next reconnect.
-        At most ``RESYNC_ATTEMPTS``, with the connection's back-off between them; it stops
-        once the socket changes (that connection's own resync takes over) or syncing stops.
-        Alone in a room every pull fails for want of an answer, which is why the attempts
-        are bounded: the next peer to join pulls from us and announces its hashes, and
-        those make us pull from it.
+        At most ``RESYNC_ATTEMPTS`` pulls (``done`` of them made already), with the
+        connection's back-off between them; it stops once the socket changes (that
+        connection's own resync takes over) or syncing stops. Only a client that has heard
+        from a peer (by the end of the pause) tries again: alone in a room every pull fails
+        for want of an answer, and the next peer to join pulls from us and announces its
+        hashes, which makes us pull from it.
         """
         transport = self._transport
-        for attempt in range(RESYNC_ATTEMPTS):
+        for attempt in range(done, RESYNC_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(transport._backoff(attempt - 1))
+                if (
+                    not self._sync_wanted
+                    or self._destroyed
+                    or transport.generation != generation
+                    or transport.ws is None
+                    or not self._engine.receives  # (asked after the pause: answers come late)
+                ):
+                    return
+                self.resync_retries += 1
             try:
                 await self.load()
                 if self._sync_wanted:
@@ -340,15 +356,6 @@ class WsSynchronizer(Synchronizer):
             except Exception as error:
                 self._report(error)
             if not self._last_pull_failed:
-                return
-            self.resync_retries += 1
-            await asyncio.sleep(transport._backoff(attempt))
-            if (
-                not self._sync_wanted
-                or self._destroyed
-                or transport.generation != generation
-                or transport.ws is None
-            ):
                 return
 
     def __await__(self) -> Generator[Any, None, WsSynchronizer]:
