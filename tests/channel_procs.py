@@ -112,6 +112,23 @@ async def _sync(args: argparse.Namespace) -> None:
             _emit("hashes", value=store.get_mergeable_content_hashes())
         elif cmd == "content":
             _emit("content", value=store.get_content())
+        elif cmd == "mergeable":  # (diagnostics of a failed convergence)
+            _emit("mergeable", value=store.get_mergeable_content())
+        elif cmd == "engine":
+            engine = sync.engine
+            _emit(
+                "engine",
+                pending=engine.pending_request_count(),
+                pulling_from=sorted(engine._pulling_from),
+                ignored_errors=engine.ignored_errors,
+                syncing=engine.syncing,
+                request_timeout=engine.request_timeout_seconds,
+                next_deadline_in=(
+                    None
+                    if engine.next_deadline() is None
+                    else engine.next_deadline() - engine.clock()
+                ),
+            )
         elif cmd == "wait_ack":
             try:
                 await sync.wait_acknowledged(command["timeout"])

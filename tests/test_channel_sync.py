@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -29,7 +30,15 @@ def converge(procs: list[Proc], timeout: float = 30.0) -> list[str]:
         if all(h == hashes[0] for h in hashes):
             return hashes[0]
         if time.monotonic() > deadline:
-            raise AssertionError(f"no convergence: {hashes}")
+            # what a rare failure needs to be understood: is it the data or only the hashes,
+            # and what each engine is waiting for
+            same_content = len({json.dumps(c, sort_keys=True) for c in contents(procs)}) == 1
+            engines = [p.ask("engine", "engine") for p in procs]
+            stats = [p.ask("stats", "stats") for p in procs]
+            raise AssertionError(
+                f"no convergence: {hashes}; same content: {same_content}; "
+                f"engines: {engines}; stats: {stats}"
+            )
         time.sleep(0.1)
 
 
