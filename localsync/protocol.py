@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import re
 import time
 from collections.abc import Callable
@@ -656,6 +657,13 @@ class SyncEngine:
         self._transaction_id = transaction_id or (lambda: get_unique_id(11))
         self._request_suffix = request_suffix or (lambda: get_unique_id(4))
         self.anti_entropy_seconds = anti_entropy_seconds
+        # each period drawn from period * (1 +/- jitter): participants started together
+        # otherwise keep their rounds in step for ever, so the bursts of announcements,
+        # probes and answers meet at the same moments, and on a lossy link (tiny high-water
+        # marks, a busy machine) the pulls those rounds start are the messages dropped, round
+        # after round. 0 (exact periods) unless a transport asks for it.
+        self.anti_entropy_jitter = 0.0
+        self.random: Callable[[], float] = random.random
         self.heartbeat_every = max(1, heartbeat_every)
         self.max_pending_requests = max_pending_requests
         # state the driver sets
@@ -1036,7 +1044,15 @@ class SyncEngine:
         """Mark syncing (answer GetContentHashes, pull on ContentHashes) and arm anti-entropy."""
         self.syncing = True
         if self.anti_entropy_seconds is not None:
-            self._next_anti_entropy = self.clock() + self.anti_entropy_seconds
+            self._next_anti_entropy = self.clock() + self._period()
+
+    def _period(self) -> float:
+        """The next anti-entropy period (``anti_entropy_jitter`` applied)."""
+        period = self.anti_entropy_seconds or 1.0
+        jitter = self.anti_entropy_jitter
+        if jitter:
+            period *= 1.0 + jitter * (2.0 * self.random() - 1.0)
+        return period
 
     def stop(self) -> None:
         self.syncing = False
@@ -1105,9 +1121,8 @@ class SyncEngine:
                 )
         ae = self._next_anti_entropy
         if self.syncing and ae is not None and ae <= now and not self.destroyed:
-            period = self.anti_entropy_seconds or 1.0
             while ae <= now:
-                ae += period
+                ae += self._period()
             self._next_anti_entropy = ae
             try:
                 self._anti_entropy_round(now)

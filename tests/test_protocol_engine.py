@@ -201,6 +201,32 @@ def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
     assert [m.message for m in engine.data_to_send()] == [CONTENT_HASHES]
 
 
+def test_anti_entropy_jitter_varies_each_period_within_bounds() -> None:
+    """Jittered periods keep participants started together from staying in step; without
+    jitter the periods are exact (as every other test here assumes)."""
+    engine, _, clock, _store = make(anti_entropy_seconds=4.0)
+    draws = iter([0.0, 1.0, 0.5, 0.25])
+    engine.anti_entropy_jitter = 0.25
+    engine.random = lambda: next(draws)
+    engine.start()
+    assert engine.next_deadline() == pytest.approx(clock.now + 3.0)  # 4 * (1 - 0.25)
+    deadlines = []
+    for _ in range(3):
+        clock.now = engine.next_deadline()  # type: ignore[assignment]
+        engine.tick()
+        deadlines.append(engine.next_deadline() - clock.now)  # type: ignore[operator]
+    assert deadlines == pytest.approx([5.0, 4.0, 3.5])  # 4 * (1 + 0.25 * (2r - 1))
+    exact, _, clock2, _ = make(anti_entropy_seconds=4.0)
+    exact.start()
+    assert exact.next_deadline() == clock2.now + 4.0
+
+def test_channel_synchronizers_jitter_their_anti_entropy(tmp_path: Any) -> None:
+    from localsync.synchronizers.channel import ANTI_ENTROPY_JITTER, create_channel_synchronizer
+
+    sync = create_channel_synchronizer(create_mergeable_store(), "jitter", runtime_dir=tmp_path)
+    assert sync.engine.anti_entropy_jitter == ANTI_ENTROPY_JITTER > 0
+
+
 def test_anti_entropy_waits_while_content_diffs_stream_but_not_forever() -> None:
     """Mid-burst hashes always differ; a round then would only make everyone settle hashes
     and pull rows already on their way. Postponed at most MAX_POSTPONED_ROUNDS times."""

@@ -139,6 +139,8 @@ SYNCING_REQUEST_TIMEOUT = 2.0
 #: How long a peer may owe an answer before its liveness is checked (local channels), and
 #: how often the check repeats while it still owes one.
 LIVENESS_CHECK_SECONDS = 0.5
+#: anti-entropy periods vary by this fraction either way (see SyncEngine.anti_entropy_jitter)
+ANTI_ENTROPY_JITTER = 0.25
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 Receive = Callable[[str, "str | None", int, Any], None]
@@ -559,6 +561,8 @@ class ChannelSynchronizer:
         if peer_left is not None:
             transport.on_peer_left = peer_left
         engine = getattr(inner, "engine", None)
+        if engine is not None:
+            engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
         if adaptive_timeout and engine is not None:
             engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
 
