@@ -38,6 +38,8 @@ on_ignored_error``; keyword-only options:
     period of the engine's content-hash exchange. PUB/SUB drops messages at the high-water
     mark and during a hub failover; the periodic exchange heals every such loss, so a drop
     costs latency, never data. When nothing changed it costs one small message per period.
+    Each period varies by ``ANTI_ENTROPY_JITTER`` (25 %) either way, so processes started
+    together do not keep their exchanges, and the bursts of messages they cause, in step.
 ``hwm`` (default :data:`localsync.hub.DEFAULT_HWM`)
     high-water mark (messages) of the data direction of this process's sockets and of the
     hub it may host (subscriptions have none: a dropped subscription would silence a peer
