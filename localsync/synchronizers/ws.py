@@ -278,7 +278,7 @@ class WsSynchronizer(Synchronizer):
 
     _transport: _Transport
     _sync_wanted: bool = False
-    #: pulls repeated by resyncs after a reconnect (see ``_resync``)
+    #: pulls tried again after one failed, at start_sync or after a reconnect (``_resync``)
     resync_retries: int = 0
 
     def get_web_socket(self) -> ClientConnection | None:
