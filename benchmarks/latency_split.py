@@ -31,7 +31,16 @@ from typing import Any
 
 import msgspec
 
-from benchmarks.channel import Bench, _collect, _ctx, _join_all, _open, _p50_p99
+from benchmarks.channel import (
+    Bench,
+    _channel_writer,
+    _collect,
+    _ctx,
+    _host_raw_proxy,
+    _join_all,
+    _open,
+    _p50_p99,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_split.json"
 WRITERS = ("raw", "channel")
@@ -54,13 +63,10 @@ def _cell_of(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> int | Non
 def _raw_read(kind: str, rundir: str, channel: str, count: int, out: Any) -> list[float]:
     import zmq
 
-    from localsync.hub import LocalHub
     from localsync.runtime import channel_paths
 
     paths = channel_paths(channel, rundir)
-    hub = LocalHub(paths).start()
-    if not hub.wait_host(10):
-        raise RuntimeError("the hub did not start")
+    hub = _host_raw_proxy(paths)
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.connect(paths.outbound_endpoint)
     sub.subscribe(b"*")  # (every broadcast topic starts with it)
@@ -161,22 +167,11 @@ def _raw_writer(rundir: str, channel: str, go: Any, n: int) -> None:
     pub.close()
 
 
-def _channel_writer(rundir: str, channel: str, go: Any, n: int) -> None:
-    async def run() -> None:
-        store, sync = await _open(rundir, channel)
-        await asyncio.get_running_loop().run_in_executor(None, go.get)
-        time.sleep(0.3)  # (as the raw writer)
-        for _ in range(n):
-            store.set_cell("lat", "r", "c", time.monotonic_ns())
-            await asyncio.sleep(GAP_SECONDS)
-        await asyncio.sleep(0.3)
-        await sync.destroy()
-
-    asyncio.run(run())
-
-
-def _writer(kind: str, rundir: str, channel: str, go: Any, n: int) -> None:
-    (_raw_writer if kind == "raw" else _channel_writer)(rundir, channel, go, n)
+def _writer(kind: str, rundir: str, channel: str, go: Any, n: int, out: Any) -> None:
+    if kind == "raw":
+        _raw_writer(rundir, channel, go, n)
+    else:  # (benchmarks.channel's latency writer: a set_cell every 2 ms, as GAP_SECONDS)
+        _channel_writer(rundir, channel, go, "latency", n, out)
 
 
 def samples(bench: Bench, writer: str, reader: str, count: int) -> list[float]:
@@ -189,7 +184,7 @@ def samples(bench: Bench, writer: str, reader: str, count: int) -> list[float]:
     _collect(out, "ready", 1, 60)
     # (the writer sends more than the reader waits for: the first few may precede its
     # subscriptions)
-    write = _ctx.Process(target=_writer, args=(writer, rundir, channel, go, total + 20))
+    write = _ctx.Process(target=_writer, args=(writer, rundir, channel, go, total + 20, out))
     write.start()
     go.put("go")
     latencies = _collect(out, "done", 1, 120)[0][WARM_UP:]
