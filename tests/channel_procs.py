@@ -112,9 +112,7 @@ async def _sync(args: argparse.Namespace) -> None:
             _emit("hashes", value=store.get_mergeable_content_hashes())
         elif cmd == "content":
             _emit("content", value=store.get_content())
-        elif cmd == "mergeable":  # (diagnostics of a failed convergence)
-            _emit("mergeable", value=store.get_mergeable_content())
-        elif cmd == "engine":
+        elif cmd == "engine":  # (diagnostics of a failed convergence)
             engine = sync.engine
             _emit(
                 "engine",

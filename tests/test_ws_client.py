@@ -314,6 +314,13 @@ def test_failing_room_store_closes_its_clients_only() -> None:
     run(scenario())
 
 
+def abort_connection(server: Any, sync: WsSynchronizer) -> None:
+    """Kill ``sync``'s TCP connection from the server's side, without a close handshake."""
+    key = sync.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
+    (client,) = [c for p in server._paths.values() for c in p.clients.values() if c.id == key]
+    client.ws.transport.abort()
+
+
 def test_connection_aborted_during_a_large_transfer_heals() -> None:
     async def scenario() -> None:
         async with await create_ws_server("127.0.0.1", 0) as server:
@@ -323,16 +330,12 @@ def test_connection_aborted_during_a_large_transfer_heals() -> None:
             sb = await create_ws_synchronizer(b, url, 0.5, min_backoff=0.05, max_backoff=0.2)
             await sa.start_sync()
             await sb.start_sync()
-            key_b = sb.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
             with a.transaction():
                 for r in range(2000):
                     for c in range(10):
                         a.set_cell("t", f"r{r}", f"c{c}", r * 10 + c)
             # while that ContentDiff is on its way, b's TCP connection dies without a close
-            (client_b,) = [
-                c for p in server._paths.values() for c in p.clients.values() if c.id == key_b
-            ]
-            client_b.ws.transport.abort()
+            abort_connection(server, sb)
             await eventually(lambda: sb.get_connection_stats()["connects"] >= 2, 10)
             await eventually(same(a, b), 20)
             assert b.get_cell("t", "r1999", "c9") == 19999
@@ -361,11 +364,7 @@ def test_a_resync_that_fails_is_tried_again() -> None:
             await sb.start_sync()
             a.set_cell("t", "before", "c", 1)
             await eventually(same(a, b))
-            key_b = sb.get_web_socket().request.headers["Sec-WebSocket-Key"]  # type: ignore[union-attr]
-            (client_b,) = [
-                c for p in server._paths.values() for c in p.clients.values() if c.id == key_b
-            ]
-            client_b.ws.transport.abort()
+            abort_connection(server, sb)
             await eventually(lambda: not sb.is_connected(), 5)
             for r in range(50):  # (b is away: it misses these)
                 a.set_cell("t", f"r{r}", "c", r)

@@ -565,8 +565,8 @@ class ChannelSynchronizer:
         engine = getattr(inner, "engine", None)
         if engine is not None:
             engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
-        if adaptive_timeout and engine is not None:
-            engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
+            if adaptive_timeout:
+                engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
 
     @property
     def client_id(self) -> str:
