@@ -170,16 +170,18 @@ PROFILE_ENV = "LOCALSYNC_BENCH_PROFILE"
 
 def _run_role(role: str, main: Any) -> None:
     """``asyncio.run(main())``, under cProfile when :data:`PROFILE_ENV` names a folder."""
+    from localsync import event_loop
+
     folder = os.environ.get(PROFILE_ENV)
     if not folder:
-        asyncio.run(main())
+        event_loop.run(main())
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(main())
+        event_loop.run(main())
     finally:
         profiler.disable()
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -651,6 +653,8 @@ def join(bench: Bench, cells: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from localsync import event_loop
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--cells", type=int, default=100_000)
@@ -681,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         "params": vars(args),
         "cpus": os.cpu_count(),
         "load_average_before": os.getloadavg(),
+        # the channel processes' loop (localsync.event_loop: uvloop when installed)
+        "event_loop": event_loop.loop_kind(),
     }
     rows: list[tuple[str, str, str, str]] = []
     try:
@@ -792,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}  {raw_s:>12}  {chan_s:>12}  {ratio:>8}")
     results["load_average_after"] = os.getloadavg()
     print(f"load average before {results['load_average_before']}, after {os.getloadavg()}")
+    print(f"channel processes ran on the {results['event_loop']} event loop")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "channel.json").write_text(json.dumps(results, indent=2))
     return 0

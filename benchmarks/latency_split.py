@@ -41,6 +41,7 @@ from benchmarks.channel import (
     _open,
     _p50_p99,
 )
+from localsync import event_loop
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_split.json"
 WRITERS = ("raw", "channel")
@@ -98,7 +99,7 @@ def _raw_read(kind: str, rundir: str, channel: str, count: int, out: Any) -> lis
             out.put(("ready", None))
             await done.wait()
 
-        asyncio.run(run())
+        event_loop.run(run())
         return latencies
     finally:
         sub.close(linger=0)
@@ -137,7 +138,7 @@ def _reader(kind: str, rundir: str, channel: str, count: int, out: Any) -> None:
         out.put(("done", latencies))
         await sync.destroy()
 
-    asyncio.run(run())
+    event_loop.run(run())
 
 
 def _raw_writer(rundir: str, channel: str, go: Any, n: int) -> None:

@@ -54,6 +54,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .event_loop import new_event_loop
+
 __all__ = ["BackgroundLoop", "BlockingSynchronizer", "blocking", "run_coroutine"]
 
 T = TypeVar("T")
@@ -63,7 +65,7 @@ class BackgroundLoop:
     """An asyncio event loop running forever on a daemon thread."""
 
     def __init__(self, name: str = "localsync-loop") -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._ready = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)

@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import event_loop
 from .persisters._common import PersistError
 
 __all__ = ["Coordinator", "configure", "data_file", "run"]
@@ -286,7 +287,7 @@ class Coordinator:
 
     def run(self) -> None:
         """Blocking: serve until SIGTERM/SIGINT (for programs without asyncio)."""
-        asyncio.run(self.serve_until_signal())
+        event_loop.run(self.serve_until_signal())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,6 @@ attempt resumes from the rows its previous attempt had already shared (rows are 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -134,6 +133,7 @@ def demo_worker(ctx: Any, run: int, rows: int | None, rate: float) -> dict[str, 
 
 def load_persisted(path: Path, persister: str) -> Any:
     """A fresh store holding exactly what is on disk (``None`` if there is no file yet)."""
+    from . import event_loop
     from .mergeable_store import create_mergeable_store
 
     if not path.exists():
@@ -155,7 +155,7 @@ def load_persisted(path: Path, persister: str) -> Any:
         if destroy is not None:
             await destroy()
 
-    asyncio.run(load())
+    event_loop.run(load())
     return store
 
 

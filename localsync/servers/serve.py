@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import event_loop
 from .ws_server import WsServer, create_ws_server, path_file_name
 
 __all__ = ["configure", "persister_factory", "run", "serve"]
@@ -126,4 +127,4 @@ def run(args: argparse.Namespace) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    return asyncio.run(serve(args))
+    return event_loop.run(serve(args))
