@@ -45,7 +45,7 @@ from .checked_changes import CheckedChanges
 from .codec import JSON_PREFIX, UNDEFINED
 from .collector import paused as _gc_paused
 from .hash import get_value_hash, to_utf8
-from .hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts, get_hlc_functions, is_hlc
+from .hlc import HLC_MAX_FUTURE_OFFSET, clock_with_deferred_seen, encode_hlc_parts, is_hlc
 from .store import (
     ABSENT,
     Store,
@@ -426,10 +426,13 @@ class MergeableStore(Store):
         if unique_id is not None and type(unique_id) is not str:
             raise TypeError("unique_id must be a str or None")
         self._get_now: Callable[[], float] = _real_now if get_now is None else get_now
-        clock = get_hlc_functions(unique_id, self._get_now)
+        clock, seen_hlc_later = clock_with_deferred_seen(unique_id, self._get_now)
         self._hlc_functions = clock
         self._next_hlc = clock.get_next_hlc
+        # merges validate every HLC first, so they can leave the fold for the clock's next
+        # use (see hlc.clock_with_deferred_seen); the reference port keeps calling seen_hlc
         self._seen_hlc = clock.seen_hlc
+        self._seen_merged_hlc = seen_hlc_later
         self._tstamp: list[Any] = [{}, "", 0]  # [{table id: [{row id: [{cell id: (cell, hlc,
         self._vstamp: list[Any] = [{}, "", 0]  #   hash)}, hlc, hash]}, hlc, hash]}, hlc, hash]
         self._dirty_cells: dict[str, dict[str, dict[str, int]]] = {}
@@ -1198,7 +1201,7 @@ class MergeableStore(Store):
         if is_content or values_in[0] or values_hlc > self._vstamp[1]:
             # (changes without values and without a newer values HLC change nothing there)
             values_hlc = self._merge_things(values_in, self._vstamp, values_changes, is_content)[0]
-        self._seen_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
+        self._seen_merged_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
         for value_id, thing in values_changes.items():
             if thing == UNDEFINED:
                 self._delete_value(value_id)

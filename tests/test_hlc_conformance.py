@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from localsync import get_hash, get_hlc_functions
 from localsync.codec import ENCODE
-from localsync.hlc import HLC_MAX_FUTURE_OFFSET, is_hlc
+from localsync.hlc import HLC_MAX_FUTURE_OFFSET, clock_with_deferred_seen, encode_hlc_parts, is_hlc
 
 VECTORS = Path(__file__).parent / "conformance"
 HLC_CASES: list[dict[str, Any]] = json.loads((VECTORS / "hlc.json").read_text("utf-8"))
@@ -283,3 +283,57 @@ def test_is_hlc_and_decode_match_the_reference_definition(hlc: str, limit: float
     assert is_hlc(hlc, limit) == (hlc == "" or (valid and _reference_time(hlc) <= limit))
     # the limit cache must not leak between calls with different limits
     assert is_hlc(hlc, -1) == (hlc == "")
+
+
+_BASE = 1_700_000_000_000
+_ODD_NOWS = [float("nan"), 0, _BASE + 0.5, float("inf")]  # (inf ends every difference: rare)
+# mostly steps forward, repeats and steps back; now and then a clock gone odd
+_NOWS = st.integers(0, 80).map(lambda i: _BASE - 5 + i if i < 77 else _ODD_NOWS[i - 77])
+_REMOTE = st.one_of(
+    st.just(""),
+    st.builds(
+        lambda offset, counter, peer: encode_hlc_parts(_BASE + offset, counter, peer),
+        st.sampled_from(
+            [-3, 0, 1, 2, 3, 5, 10, 20, 40, HLC_MAX_FUTURE_OFFSET, HLC_MAX_FUTURE_OFFSET + 30]
+        ),
+        st.integers(0, 3),
+        st.sampled_from(["PeerA", "PeerB"]),
+    ),
+)
+_OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["seen", "seen", "seen", "next", "time", "counter", "public"]),
+        _REMOTE,
+        _NOWS,
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_OPERATIONS)
+def test_deferred_seen_is_indistinguishable_from_seen_hlc(
+    operations: list[tuple[str, str, float]],
+) -> None:
+    """A store's merges note remote HLCs with ``seen_hlc_later`` (validated already) and the
+    clock folds them in at its next use: every HLC and getter must equal seen_hlc's."""
+    eager_clock, lazy_clock = FakeClock(_BASE), FakeClock(_BASE)
+    eager = get_hlc_functions("same-id", eager_clock)
+    lazy, seen_later = clock_with_deferred_seen("same-id", lazy_clock)
+    for kind, remote, now in operations:
+        eager_clock.now = lazy_clock.now = now
+        if kind == "seen":
+            eager.seen_hlc(remote)
+            seen_later(remote)
+        elif kind == "public":
+            eager.seen_hlc(remote)
+            lazy.seen_hlc(remote)
+        elif kind == "next":
+            assert lazy.get_next_hlc() == eager.get_next_hlc()
+        elif kind == "time":
+            assert repr(lazy.get_last_logical_time()) == repr(eager.get_last_logical_time())
+        else:
+            assert lazy.get_last_counter() == eager.get_last_counter()
+    assert repr(lazy.get_last_logical_time()) == repr(eager.get_last_logical_time())
+    assert lazy.get_last_counter() == eager.get_last_counter()
+    assert lazy.get_next_hlc() == eager.get_next_hlc()
