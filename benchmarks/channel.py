@@ -14,7 +14,8 @@ Scenarios (each one in fresh processes, on a fresh channel in a private runtime 
     through the same proxy.
 
 In (a) and (b) the raw proxy (localsync's hub code, ``LocalHub``) runs where the channel's
-hub runs: in the first process that starts, a reader. Where the proxy runs matters on a
+hub runs: in the first reader (started alone, so that it is the one to host the channel's
+hub; it reports that it does, see ``_start_channel``). Where the proxy runs matters on a
 small machine (measured: hosting it in the reader made raw's latency p50 4% lower than
 hosting it in this benchmark's own process), so both sides get the same placement.
 (c) a process joining a channel that holds ``join_cells`` cells: time from creating its
@@ -232,7 +233,7 @@ def _cell_count(store: Any, table: str = "t") -> int:
 def _channel_reader(rundir: str, channel: str, expected_cells: int, out: Any) -> None:
     async def run() -> None:
         store, sync = await _open(rundir, channel)
-        out.put(("ready", None))
+        out.put(("ready", sync.is_hub_host))
         await _wait_rows(store, expected_cells // CELLS_PER_ROW)
         done = _now()
         assert _cell_count(store) == expected_cells
@@ -285,7 +286,7 @@ def _channel_latency_reader(rundir: str, channel: str, count: int, out: Any) -> 
                     done.set()
 
         store.add_cell_listener("lat", "r", "c", on_cell)
-        out.put(("ready", None))
+        out.put(("ready", sync.is_hub_host))
         await done.wait()
         out.put(("done", latencies))
         await sync.destroy()
@@ -449,6 +450,21 @@ def _collect(queue: Any, kind: str, n: int, timeout: float) -> list[Any]:
     return items
 
 
+def _start_channel(procs: list[Any], out: Any) -> None:
+    """Start a channel scenario's processes, the first one (a reader) alone until it is in.
+
+    Why: the first process on a channel hosts its hub, and the raw baseline's proxy always
+    runs in its first reader. Started together, the channel's processes raced for the hub
+    (in one 5-round latency run the writer won 3 times), so the two sides were measured
+    with different placements. Readers report ``("ready", hosts_the_hub)``.
+    """
+    procs[0].start()
+    if _collect(out, "ready", 1, 60) != [True]:
+        raise RuntimeError("the first channel reader does not host the hub")
+    for p in procs[1:]:
+        p.start()
+
+
 def _join_all(procs: list[Any]) -> None:
     for p in procs:
         p.join(30)
@@ -497,9 +513,13 @@ def fanout(
         procs.append(
             _ctx.Process(target=_channel_writer, args=(rd, channel, go, "fanout", rows, out))
         )
-    for p in procs:
-        p.start()
-    _collect(out, "ready", readers, 60)
+    if raw:
+        for p in procs:
+            p.start()
+        _collect(out, "ready", readers, 60)
+    else:
+        _start_channel(procs, out)
+        _collect(out, "ready", readers - 1, 60)
     go.put("go")
     finished = []
     start = None
@@ -574,9 +594,12 @@ def latency_samples(bench: Bench, count: int, raw: bool) -> list[float]:
                 target=_channel_writer, args=(rd, channel, go, "latency", count + 60, out)
             ),
         ]
-    for p in procs:
-        p.start()
-    _collect(out, "ready", 1, 60)
+    if raw:
+        for p in procs:
+            p.start()
+        _collect(out, "ready", 1, 60)
+    else:
+        _start_channel(procs, out)
     go.put("go")
     samples = _collect(out, "done", 1, 120)[0][50:]  # skip warm-up
     _join_all(procs)
