@@ -119,7 +119,7 @@ def test_latency_split_measures_every_combination(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert set(data["p50_ms"]) == {
-        "raw -> raw", "raw -> raw-asyncio", "raw -> channel-transport", "raw -> channel",
+        "raw -> raw", "raw -> raw-loop", "raw -> channel-transport", "raw -> channel",
         "channel -> raw", "channel -> channel",
     }
     assert data["samples_each"] == 40
