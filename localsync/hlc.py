@@ -26,6 +26,7 @@ from .hash import get_hash
 __all__ = [
     "HLC_MAX_FUTURE_OFFSET",
     "HlcFunctions",
+    "clock_with_deferred_seen",
     "decode_hlc",
     "decode_hlc_time",
     "encode_hlc_parts",
