@@ -55,6 +55,8 @@ __all__ = [
     "encode_payloads",
     "encode_remainder",
     "is_protocol_message_valid",
+    "overflow_error",
+    "parse_json",
     "payload_size",
     "split_payload",
 ]
@@ -206,6 +208,12 @@ def _parse_json(text: str) -> Any:
         # msgspec refuses lone surrogate escapes and out-of-range numbers, which
         # JSON.parse accepts (as a lone surrogate, or as Infinity); validation decides then
         return json.loads(text, parse_constant=_reject_constant)
+
+
+def parse_json(text: str) -> Any:
+    """``JSON.parse`` as TinyBase's peers see it (also what msgspec alone refuses); raises
+    ``ValueError`` for text that is not JSON."""
+    return _parse_json(text)
 
 
 def decode_remainder(remainder: str) -> tuple[str | None, int, Any] | None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -155,5 +156,49 @@ def test_python_client_through_tinybase_server(persist: bool) -> None:
             await sb.destroy()
             await js.stop()
             await node_server.stop()
+
+    run(scenario())
+
+
+def test_tinybase_synchronizers_sharing_one_socket_through_our_server(tmp_path: Path) -> None:
+    """TinyBase 9.3+'s shared socket (subprotocol 'tinybase'): one room per channel."""
+    data = tmp_path / "data"
+
+    async def scenario() -> None:
+        server = await create_ws_server("127.0.0.1", 0, persister_factory(data, "sqlite"))
+        base = f"ws://127.0.0.1:{server.port}/shop"
+        stores: dict[str, Any] = {}
+        syncs = []
+        try:
+            for channel in ("pets", "staff"):
+                store = stores[channel] = create_mergeable_store()
+                sync = create_ws_synchronizer(store, f"{base}/{channel}", 0.5)
+                await sync.start_sync()
+                syncs.append(sync)
+                store.set_cell("py", channel, "n", 10)
+            script = npm_env.INTEROP_DIR / "tb_shared.mjs"
+            result = await asyncio.to_thread(
+                npm_env.run_node_json, script, base, "pets", "staff", timeout=60
+            )
+            assert result["protocol"] == "tinybase"
+            assert result["errors"] == []
+            for index, channel in enumerate(("pets", "staff"), start=1):
+                store = stores[channel]
+                await eventually(lambda: store.get_cell("js", channel, "n") == index)  # noqa: B023
+                # each channel holds its own room's data only, the same on both sides
+                got = result["stores"][channel]
+                assert got["tables"] == {"py": {channel: {"n": 10}}, "js": {channel: {"n": index}}}
+                assert got["tables"] == store.get_tables()
+                assert got["hashes"] == list(store.get_mergeable_content_hashes())
+        finally:
+            for sync in syncs:
+                await sync.destroy()
+        await eventually(lambda: server.get_path_ids() == [])
+        await server.destroy()
+        # the server persisted each channel's room under its own name
+        assert sorted(p.name for p in data.iterdir() if p.suffix == ".sqlite") == [
+            "shop%2Fpets.sqlite",
+            "shop%2Fstaff.sqlite",
+        ]
 
     run(scenario())

@@ -29,8 +29,10 @@ service needs:
 * **Bad input** (garbage, oversized, malformed or invalid frames) closes only that
   connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``).
 
-TinyBase 10's multiplexed client protocol (subprotocol ``tinybase``) is not supported; such
-clients fail at the handshake because no subprotocol is selected.
+* **Shared sockets**: a client that offers the ``tinybase`` subprotocol (TinyBase 9.3+, several
+  WsSynchronizers over one WebSocket) gets it, and each of its channels joins the room
+  ``<path>/<channel id>`` (see :mod:`localsync.servers.ws_multiplex`); the socket's path may
+  then be empty. Other clients use the legacy protocol, as before.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from websockets.http11 import Request, Response
 
 from ..frame_queue import FrameQueue
 from ..wire import (
+    ERROR_MESSAGE,
     MAX_PAYLOAD_SIZE,
     SERVER_CLIENT_ID,
     Decoded,
@@ -61,6 +64,13 @@ from ..wire import (
     encode_payloads,
     overflow_error,
     payload_size,
+)
+from .ws_multiplex import (
+    SUBPROTOCOL,
+    ChannelMessage,
+    MultiplexedSocket,
+    Subscribe,
+    channel_frame,
 )
 
 __all__ = [
@@ -114,7 +124,11 @@ def _path_id_of(request_path: str) -> str | None:
 
 
 class _Client:
+    """A client in one path's room: a legacy socket, or one channel of a shared socket
+    (``channel`` set: its frames are wrapped, and it shares the socket's queue)."""
+
     __slots__ = (
+        "channel",
         "closing",
         "decoder",
         "id",
@@ -125,13 +139,20 @@ class _Client:
     )
 
     def __init__(
-        self, client_id: str, ws: ServerConnection, path: _Path, timeout: float, max_bytes: int
+        self,
+        client_id: str,
+        ws: ServerConnection,
+        path: _Path,
+        timeout: float,
+        queue: FrameQueue,
+        channel: str | None = None,
     ):
         self.id = client_id
         self.ws = ws
         self.path = path
         self.decoder = PayloadDecoder(timeout)
-        self.queue = FrameQueue(max_bytes)
+        self.queue = queue
+        self.channel = channel
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -218,6 +239,7 @@ class WsServer:
             self._host,
             self._requested_port,
             process_request=self._process_request,
+            select_subprotocol=_select_subprotocol,
             max_size=_MAX_FRAME,
             max_queue=_MAX_QUEUE,
             compression=None,
@@ -326,8 +348,10 @@ class WsServer:
         path_id = _path_id_of(request.path)
         if self._destroying is not None:
             return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        shared = SUBPROTOCOL in _offered_subprotocols(request)
+        # (a shared socket's own path is only a prefix: its rooms are path/channel)
         if path_id is None or not is_valid_path_id(
-            path_id, allow_empty=self._create_persister is None
+            path_id, allow_empty=shared or self._create_persister is None
         ):
             return self._reject(connection, HTTPStatus.BAD_REQUEST, "invalid path id")
         if "Sec-WebSocket-Key" not in request.headers:
@@ -340,17 +364,22 @@ class WsServer:
                 return self._reject(connection, HTTPStatus.UNAUTHORIZED, "token required")
             if not hmac.compare_digest(supplied.encode(), self._token.encode()):
                 return self._reject(connection, HTTPStatus.FORBIDDEN, "bad token")
-        if self._authenticate is not None:
-            try:
-                allowed = self._authenticate(path_id, request)
-                if inspect.isawaitable(allowed):
-                    allowed = await allowed
-            except Exception as exc:
-                self._report(exc)
-                allowed = False
-            if not allowed:
-                return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
+        if not await self._allowed(path_id, request):
+            return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
         return None
+
+    async def _allowed(self, path_id: str, request: Request) -> bool:
+        """The ``authenticate`` hook's verdict (True without one; False when it raises)."""
+        if self._authenticate is None:
+            return True
+        try:
+            allowed = self._authenticate(path_id, request)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception as exc:
+            self._report(exc)
+            return False
+        return bool(allowed)
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
         self._stats["rejected"] += 1
@@ -365,6 +394,9 @@ class WsServer:
         path_id = _path_id_of(request.path) or ""
         client_id = request.headers["Sec-WebSocket-Key"]
         self._stats["connections"] += 1
+        if ws.subprotocol == SUBPROTOCOL:
+            await self._handle_shared(ws, path_id, client_id)
+            return
         path = self._paths.get(path_id)
         if path is not None and client_id in path.clients:
             await ws.close(1008, "duplicate client id")
@@ -401,12 +433,103 @@ class WsServer:
                     await client.writer
             logger.info("client %s left /%s", client_id, path_id)
 
+    async def _handle_shared(self, ws: ServerConnection, base_path_id: str, socket_id: str) -> None:
+        """A socket shared by TinyBase synchronizers: each channel is a client of its room."""
+        shared = MultiplexedSocket(base_path_id, self._timeout)
+        queue = FrameQueue(self._max_queue_bytes)  # (one per socket: frames stay in order)
+        clients: dict[str, _Client] = {}
+        alive = [True]
+        writer = asyncio.ensure_future(queue.drain(ws, lambda: alive[0]))
+        logger.info("shared socket %s opened on /%s", socket_id, base_path_id)
+        try:
+            async for data in ws:
+                text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+                self._stats["bytes_received"] += len(text)
+                close = await self._shared_frame(ws, shared, text, socket_id, queue, clients)
+                if close is not None:
+                    alive[0] = False
+                    await ws.close(*close)
+                    break
+                if any(client.closing for client in clients.values()):
+                    break  # (a channel overflowed: the socket is being closed)
+        except ConnectionClosed:
+            pass
+        finally:
+            alive[0] = False
+            shared.close()
+            for client in clients.values():
+                client.closing = True
+                self._del_client(client)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            logger.info("shared socket %s closed", socket_id)
+
+    async def _shared_frame(
+        self,
+        ws: ServerConnection,
+        shared: MultiplexedSocket,
+        text: str,
+        socket_id: str,
+        queue: FrameQueue,
+        clients: dict[str, _Client],
+    ) -> tuple[int, str] | None:
+        """Handle one frame of a shared socket; the close code and reason when it must end."""
+        try:
+            events, answers = shared.feed(text)
+            for event in events:
+                if isinstance(event, ChannelMessage):
+                    client = clients.get(event.channel_id)
+                    if client is not None and not client.closing:
+                        self._stats["messages_received"] += 1
+                        self._route(client.path, socket_id, event.message)
+                elif isinstance(event, Subscribe):
+                    clients[event.channel_id] = await self._join_channel(
+                        ws, event, socket_id, queue
+                    )
+                else:
+                    left = clients.pop(event.channel_id, None)
+                    if left is not None:
+                        left.closing = True
+                        self._del_client(left)
+        except WireError as error:
+            self._stats["invalid" if error.code == 1007 else "overflows"] += 1
+            self._report(error)
+            return error.code, error.reason
+        for answer in answers:  # (after the events: a channel is in its room when answered)
+            if not queue.put(answer, payload_size(answer)):
+                overflow = overflow_error("socket")
+                self._stats["overflows"] += 1
+                self._report(overflow)
+                return overflow.code, overflow.reason
+        return None
+
+    async def _join_channel(
+        self, ws: ServerConnection, event: Subscribe, socket_id: str, queue: FrameQueue
+    ) -> _Client:
+        """Add a shared socket's channel to its room; ``WireError`` when it may not join."""
+        path_id = event.path_id
+        if not is_valid_path_id(path_id):
+            raise WireError(ERROR_MESSAGE)  # (not a path this server can name a room by)
+        assert ws.request is not None
+        if not await self._allowed(path_id, ws.request):
+            self._stats["rejected"] += 1
+            raise WireError(ERROR_MESSAGE)
+        existing = self._paths.get(path_id)
+        if existing is not None and socket_id in existing.clients:
+            raise WireError(ERROR_MESSAGE)
+        path = self._add_client(path_id, socket_id, ws, queue, event.channel_id)
+        return path.clients[socket_id]
+
     async def _write(self, client: _Client) -> None:
         await client.queue.drain(client.ws, lambda: not client.closing)
 
     def _send_to(self, client: _Client, payload: str, size: int) -> None:
         if client.closing:
             return
+        if client.channel is not None:
+            payload = channel_frame(client.channel, payload)
+            size += payload_size(client.channel) + 3
         if not client.queue.put(payload, size):
             self._overflow(client, "socket")
             return
@@ -425,7 +548,14 @@ class WsServer:
 
     # --------------------------------------------------------------------------- paths
 
-    def _add_client(self, path_id: str, client_id: str, ws: ServerConnection) -> _Path:
+    def _add_client(
+        self,
+        path_id: str,
+        client_id: str,
+        ws: ServerConnection,
+        queue: FrameQueue | None = None,
+        channel: str | None = None,
+    ) -> _Path:
         path = self._paths.get(path_id)
         if path is None:
             path = _Path(path_id)
@@ -435,7 +565,9 @@ class WsServer:
                 path.starting = asyncio.ensure_future(self._start_path(path))
             else:
                 path.ready = True
-        path.clients[client_id] = _Client(client_id, ws, path, self._timeout, self._max_queue_bytes)
+        if queue is None:
+            queue = FrameQueue(self._max_queue_bytes)
+        path.clients[client_id] = _Client(client_id, ws, path, self._timeout, queue, channel)
         self._call_listeners(True, path_id, client_id, 1)
         return path
 
@@ -606,6 +738,19 @@ class WsServer:
         stopping = list(self._stopping_paths.values())
         if stopping:
             await asyncio.gather(*stopping, return_exceptions=True)
+
+
+def _offered_subprotocols(request: Request) -> list[str]:
+    offered: list[str] = []
+    for header in request.headers.get_all("Sec-WebSocket-Protocol"):
+        offered.extend(part.strip() for part in header.split(","))
+    return offered
+
+
+def _select_subprotocol(_connection: ServerConnection, offered: Any) -> Any:
+    # TinyBase's shared-socket protocol when offered; otherwise none (legacy clients offer
+    # nothing; anything else is accepted as legacy, as TinyBase's server treats it)
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
 def _request_token(request: Request) -> str | None:
