@@ -195,10 +195,19 @@ def test_tinybase_synchronizers_sharing_one_socket_through_our_server(tmp_path: 
                 await sync.destroy()
         await eventually(lambda: server.get_path_ids() == [])
         await server.destroy()
-        # the server persisted each channel's room under its own name
+        # the server persisted each channel's room under its own name, and serves it again
         assert sorted(p.name for p in data.iterdir() if p.suffix == ".sqlite") == [
             "shop%2Fpets.sqlite",
             "shop%2Fstaff.sqlite",
         ]
+        server = await create_ws_server("127.0.0.1", 0, persister_factory(data, "sqlite"))
+        later = create_mergeable_store()
+        sync = create_ws_synchronizer(later, f"ws://127.0.0.1:{server.port}/shop/staff", 0.5)
+        try:
+            await sync.start_sync()
+            await eventually(lambda: later.get_tables() == stores["staff"].get_tables())
+        finally:
+            await sync.destroy()
+            await server.destroy()
 
     run(scenario())
