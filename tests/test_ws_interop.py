@@ -160,6 +160,36 @@ def test_python_client_through_tinybase_server(persist: bool) -> None:
     run(scenario())
 
 
+def test_fragmented_payloads_on_a_shared_socket() -> None:
+    """TinyBase's client fragments each channel's payloads; the server reassembles them per
+    channel and relays the fragments to the room's other clients."""
+
+    async def scenario() -> None:
+        server = await create_ws_server("127.0.0.1", 0)
+        base = f"ws://127.0.0.1:{server.port}/big"
+        store = create_mergeable_store()
+        sync = create_ws_synchronizer(store, f"{base}/docs", 0.5, fragment_size=300)
+        try:
+            await sync.start_sync()
+            store.set_cell("py", "docs", "text", "ü" * 3_000)
+            script = npm_env.INTEROP_DIR / "tb_shared.mjs"
+            result = await asyncio.to_thread(
+                npm_env.run_node_json, script, "--fragment=256", base, "docs", timeout=60
+            )
+            assert result["protocol"] == "tinybase"
+            assert result["errors"] == []
+            got = result["stores"]["docs"]
+            assert got["tables"]["py"] == {"docs": {"text": "ü" * 3_000}}
+            await eventually(lambda: store.get_cell("js", "docs", "text") == "é" * 2_000)
+            assert got["tables"] == store.get_tables()
+            assert got["hashes"] == list(store.get_mergeable_content_hashes())
+        finally:
+            await sync.destroy()
+            await server.destroy()
+
+    run(scenario())
+
+
 def test_tinybase_synchronizers_sharing_one_socket_through_our_server(tmp_path: Path) -> None:
     """TinyBase 9.3+'s shared socket (subprotocol 'tinybase'): one room per channel."""
     data = tmp_path / "data"

@@ -6,7 +6,12 @@ import {WebSocket} from 'ws';
 import {createMergeableStore} from 'tinybase';
 import {createWsSynchronizer} from 'tinybase/synchronizers/synchronizer-ws-client';
 
-const [url, ...channels] = process.argv.slice(2);
+// (an optional first argument --fragment=N makes the synchronizers fragment their payloads)
+const args = process.argv.slice(2);
+const fragmentSize = args[0]?.startsWith('--fragment=')
+  ? Number(args.shift().slice('--fragment='.length))
+  : undefined;
+const [url, ...channels] = args;
 const socket = new WebSocket(url, 'tinybase');
 const errors = [];
 const entries = [];
@@ -20,9 +25,13 @@ for (const [index, channel] of channels.entries()) {
     undefined,
     undefined,
     (error) => errors.push(String(error?.message ?? error)),
+    fragmentSize,
   );
   await synchronizer.startSync();
   store.setCell('js', channel, 'n', index + 1);
+  if (fragmentSize) {
+    store.setCell('js', channel, 'text', 'é'.repeat(2_000));
+  }
   entries.push([channel, store, synchronizer]);
 }
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
