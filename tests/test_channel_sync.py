@@ -130,3 +130,45 @@ def test_messages_dropped_at_a_tiny_high_water_mark_heal(rundir: Path) -> None:
     finally:
         for p in procs:
             p.kill()
+
+
+WRITE_THEN_EXIT = """
+import asyncio, os, sys
+from localsync import create_mergeable_store
+from localsync.synchronizers.channel import create_channel_synchronizer
+
+async def main() -> None:
+    store = create_mergeable_store()
+    sync = create_channel_synchronizer(store, "leaver", runtime_dir=sys.argv[1])
+    await sync.start_sync()
+    store.set_cell("t", "r", "big", "x" * int(sys.argv[2]))
+    await sync.destroy()
+    os._exit(0)  # no interpreter shutdown at all: nothing after destroy may be needed
+
+asyncio.run(main())
+"""
+
+
+def test_a_writer_that_exits_right_after_destroy_loses_nothing(rundir: Path) -> None:
+    """ZeroMQ sends from an I/O thread that nobody waits for at exit: ``destroy`` must not
+    return before the hub holds what was sent (without that, this change never arrived)."""
+    import subprocess
+    import sys
+
+    from localsync import create_mergeable_store
+    from localsync.blocking import blocking
+    from localsync.synchronizers.channel import create_channel_synchronizer
+
+    size = 40_000_000
+    store = create_mergeable_store()
+    with blocking(create_channel_synchronizer, store, "leaver", runtime_dir=str(rundir)) as sync:
+        assert sync.synchronizer.is_hub_host  # (the writer's messages go to another process)
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_THEN_EXIT, str(rundir), str(size)], timeout=60
+        )
+        assert done.returncode == 0
+        deadline = time.monotonic() + 20
+        while store.get_cell("t", "r", "big") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        big = store.get_cell("t", "r", "big")
+        assert big is not None and len(big) == size
