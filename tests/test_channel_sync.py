@@ -141,6 +141,8 @@ async def main() -> None:
     store = create_mergeable_store()
     sync = create_channel_synchronizer(store, "leaver", runtime_dir=sys.argv[1])
     await sync.start_sync()
+    print("hosting" if sync.is_hub_host else "joined", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     store.set_cell("t", "r", "big", "x" * int(sys.argv[2]))
     await sync.destroy()
     os._exit(0)  # no interpreter shutdown at all: nothing after destroy may be needed
@@ -149,9 +151,13 @@ asyncio.run(main())
 """
 
 
-def test_a_writer_that_exits_right_after_destroy_loses_nothing(rundir: Path) -> None:
+@pytest.mark.parametrize("writer_hosts_the_hub", [False, True])
+def test_a_writer_that_exits_right_after_destroy_loses_nothing(
+    rundir: Path, writer_hosts_the_hub: bool
+) -> None:
     """ZeroMQ sends from an I/O thread that nobody waits for at exit: ``destroy`` must not
-    return before the hub holds what was sent (without that, this change never arrived)."""
+    return before the hub holds what was sent, and a writer hosting the hub (which leaves
+    with it) before a peer does (without that, this change never arrived)."""
     import subprocess
     import sys
 
@@ -161,12 +167,27 @@ def test_a_writer_that_exits_right_after_destroy_loses_nothing(rundir: Path) -> 
 
     size = 40_000_000
     store = create_mergeable_store()
-    with blocking(create_channel_synchronizer, store, "leaver", runtime_dir=str(rundir)) as sync:
-        assert sync.synchronizer.is_hub_host  # (the writer's messages go to another process)
-        done = subprocess.run(
-            [sys.executable, "-c", WRITE_THEN_EXIT, str(rundir), str(size)], timeout=60
+
+    def start_writer() -> subprocess.Popen[str]:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITE_THEN_EXIT, str(rundir), str(size)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        assert done.returncode == 0
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == ("hosting" if writer_hosts_the_hub else "joined")
+        return writer
+
+    writer = start_writer() if writer_hosts_the_hub else None
+    with blocking(create_channel_synchronizer, store, "leaver", runtime_dir=str(rundir)) as sync:
+        assert sync.synchronizer.is_hub_host is not writer_hosts_the_hub
+        if writer is None:
+            writer = start_writer()
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(60) == 0
         deadline = time.monotonic() + 20
         while store.get_cell("t", "r", "big") is None and time.monotonic() < deadline:
             time.sleep(0.02)

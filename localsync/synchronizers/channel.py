@@ -143,8 +143,6 @@ SYNCING_REQUEST_TIMEOUT = 2.0
 LIVENESS_CHECK_SECONDS = 0.5
 # destroy waits at most this long for the hub to hold what this process sent (see flush)
 FLUSH_ON_CLOSE_SECONDS = 3.0
-# a hub host that leaves gives its proxy this long to forward what it holds (best effort)
-HUB_HANDOFF_SECONDS = 0.05
 #: anti-entropy periods vary by this fraction either way (see SyncEngine.anti_entropy_jitter)
 ANTI_ENTROPY_JITTER = 0.25
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
@@ -353,8 +351,12 @@ class ChannelTransport:
         synchronizer's ``destroy`` leaves, after sending what it still had queued."""
         try:
             if await self.flush() and self.local_hub is not None:
-                # our proxy holds the messages for the others now: a moment to pass them on
-                await asyncio.sleep(HUB_HANDOFF_SECONDS)
+                # the hub is ours and leaves with us: wait until a peer has answered a hello
+                # sent after our messages, so that one holds them too (its answer follows
+                # everything we sent it through the same proxy); no answer within
+                # DISCOVERY_SECONDS: nobody is there, or nobody could answer, and the proxy
+                # has had that long to pass our messages on
+                await self.discover_peers()
         finally:
             self.close()
 
@@ -368,7 +370,7 @@ class ChannelTransport:
         anyone (measured: a 300 MB cell, written just before exit on a loaded machine, lost
         in 1 of 3 runs). The hub receives each publisher's messages in order, so the ping's
         return proves that it holds the earlier ones; the hub is another process unless we
-        host it, in which case :meth:`close` gives its proxy a moment to pass them on.
+        host it, in which case :meth:`flush_and_close` also waits for a peer's answer.
         """
         if self._pub is None or self._closed or self._loop is None:
             return False
