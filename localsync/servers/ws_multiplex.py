@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..wire import (
+    ERROR_MESSAGE,
     MAX_FRAGMENT_BUFFERS,
     MAX_PAYLOAD_SIZE,
     SERVER_CLIENT_ID,
@@ -42,6 +43,7 @@ from ..wire import (
     overflow_error,
     parse_json,
     payload_size,
+    split_payload,
 )
 
 __all__ = [
@@ -148,7 +150,7 @@ class MultiplexedSocket:
         self.valid = False
         for decoder in self.channels.values():
             decoder.clear()
-        return error or WireError("tinybase:14")
+        return error or WireError(ERROR_MESSAGE)
 
     def feed(self, payload: str) -> tuple[list[Event], list[str]]:
         """Events from one received frame, and the frames to send back (control answers).
@@ -160,18 +162,18 @@ class MultiplexedSocket:
             return [], []
         if payload_size(payload) > MAX_PAYLOAD_SIZE:
             raise self._invalid(overflow_error("socket"))
-        at = payload.find("\n")
-        if at < 0:
+        split = split_payload(payload)
+        if split is None:
             raise self._invalid()
-        kind, remainder = payload[:at], payload[at + 1 :]
+        kind, remainder = split
         if kind == SERVER_CLIENT_ID:
             control = self._control(remainder)
             if control is not None:
                 return self._handle_control(*control)
         elif kind == MULTIPLE_CLIENT_ID:
-            at = remainder.find("\n")
-            if at >= 0:
-                channel_id, channel_payload = remainder[:at], remainder[at + 1 :]
+            channel_split = split_payload(remainder)
+            if channel_split is not None:
+                channel_id, channel_payload = channel_split
                 if _too_large(channel_id):
                     raise self._invalid(overflow_error("channels"))
                 if _well_formed(channel_id):
@@ -208,10 +210,9 @@ class MultiplexedSocket:
     def _handle_control(
         self, request_id: str | None, control: int, body: Any
     ) -> tuple[list[Event], list[str]]:
+        # (TinyBase answers a hello and a subscription with the control message itself)
         answer = [
-            SERVER_CLIENT_ID
-            + "\n"
-            + encode_remainder(request_id, MULTIPLE_MESSAGE, [control, body])
+            f"{SERVER_CLIENT_ID}\n{encode_remainder(request_id, MULTIPLE_MESSAGE, [control, body])}"
         ]
         if control == HELLO:
             self.negotiated = True
@@ -251,11 +252,7 @@ class MultiplexedSocket:
             raise self._invalid(overflow_error("fragments"))
         return [ChannelMessage(channel_id, message) for message in messages]
 
-    def close(self) -> list[str]:
-        """Forget every channel; returns their ids (the rooms to leave)."""
-        self.valid = False
-        channel_ids = list(self.channels)
-        for decoder in self.channels.values():
-            decoder.clear()
+    def close(self) -> None:
+        """Forget every channel (the socket closed); later frames are ignored."""
+        self._invalid()
         self.channels.clear()
-        return channel_ids

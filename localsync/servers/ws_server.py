@@ -529,7 +529,7 @@ class WsServer:
             return
         if client.channel is not None:
             payload = channel_frame(client.channel, payload)
-            size += payload_size(client.channel) + 3
+            size += payload_size(client.channel) + 3  # ("M" and two newlines)
         if not client.queue.put(payload, size):
             self._overflow(client, "socket")
             return
