@@ -15,7 +15,7 @@ Scenarios (each one in fresh processes, on a fresh channel in a private runtime 
 
 In (a) and (b) the raw proxy (localsync's hub code, ``LocalHub``) runs where the channel's
 hub runs: in the first reader (started alone, so that it is the one to host the channel's
-hub; it reports that it does, see ``_start_channel``). Where the proxy runs matters on a
+hub; it reports that it does, see ``_start``). Where the proxy runs matters on a
 small machine (measured: hosting it in the reader made raw's latency p50 4% lower than
 hosting it in this benchmark's own process), so both sides get the same placement.
 (c) a process joining a channel that holds ``join_cells`` cells: time from creating its
@@ -170,7 +170,8 @@ PROFILE_ENV = "LOCALSYNC_BENCH_PROFILE"
 
 
 def _run_role(role: str, main: Any) -> None:
-    """``asyncio.run(main())``, under cProfile when :data:`PROFILE_ENV` names a folder."""
+    """``localsync.event_loop.run(main())``, under cProfile when :data:`PROFILE_ENV` names a
+    folder."""
     from localsync import event_loop
 
     folder = os.environ.get(PROFILE_ENV)
@@ -450,19 +451,22 @@ def _collect(queue: Any, kind: str, n: int, timeout: float) -> list[Any]:
     return items
 
 
-def _start_channel(procs: list[Any], out: Any) -> None:
-    """Start a channel scenario's processes, the first one (a reader) alone until it is in.
+def _start(procs: list[Any], out: Any, raw: bool, readers: int) -> None:
+    """Start a scenario's processes (readers first) and wait until every reader is ready.
 
-    Why: the first process on a channel hosts its hub, and the raw baseline's proxy always
-    runs in its first reader. Started together, the channel's processes raced for the hub
-    (in one 5-round latency run the writer won 3 times), so the two sides were measured
-    with different placements. Readers report ``("ready", hosts_the_hub)``.
+    A channel's first reader starts alone until it is in. Why: the first process on a
+    channel hosts its hub, and the raw baseline's proxy always runs in its first reader.
+    Started together, the channel's processes raced for the hub (in one 5-round latency run
+    the writer won 3 times), so the two sides were measured with different placements.
+    Channel readers report ``("ready", hosts_the_hub)``.
     """
-    procs[0].start()
-    if _collect(out, "ready", 1, 60) != [True]:
-        raise RuntimeError("the first channel reader does not host the hub")
-    for p in procs[1:]:
+    if not raw:
+        procs[0].start()
+        if _collect(out, "ready", 1, 60) != [True]:
+            raise RuntimeError("the first channel reader does not host the hub")
+    for p in procs if raw else procs[1:]:
         p.start()
+    _collect(out, "ready", readers if raw else readers - 1, 60)
 
 
 def _join_all(procs: list[Any]) -> None:
@@ -513,13 +517,7 @@ def fanout(
         procs.append(
             _ctx.Process(target=_channel_writer, args=(rd, channel, go, "fanout", rows, out))
         )
-    if raw:
-        for p in procs:
-            p.start()
-        _collect(out, "ready", readers, 60)
-    else:
-        _start_channel(procs, out)
-        _collect(out, "ready", readers - 1, 60)
+    _start(procs, out, raw, readers)
     go.put("go")
     finished = []
     start = None
@@ -594,12 +592,7 @@ def latency_samples(bench: Bench, count: int, raw: bool) -> list[float]:
                 target=_channel_writer, args=(rd, channel, go, "latency", count + 60, out)
             ),
         ]
-    if raw:
-        for p in procs:
-            p.start()
-        _collect(out, "ready", 1, 60)
-    else:
-        _start_channel(procs, out)
+    _start(procs, out, raw, 1)
     go.put("go")
     samples = _collect(out, "done", 1, 120)[0][50:]  # skip warm-up
     _join_all(procs)
