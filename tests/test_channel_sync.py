@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from localsync import create_mergeable_store
+from localsync.blocking import blocking
+from localsync.synchronizers.channel import create_channel_synchronizer
 from tests.channel_procs import Proc
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
@@ -158,13 +163,6 @@ def test_a_writer_that_exits_right_after_destroy_loses_nothing(
     """ZeroMQ sends from an I/O thread that nobody waits for at exit: ``destroy`` must not
     return before the hub holds what was sent, and a writer hosting the hub (which leaves
     with it) before a peer does (without that, this change never arrived)."""
-    import subprocess
-    import sys
-
-    from localsync import create_mergeable_store
-    from localsync.blocking import blocking
-    from localsync.synchronizers.channel import create_channel_synchronizer
-
     size = 40_000_000
     store = create_mergeable_store()
 
