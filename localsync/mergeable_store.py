@@ -45,7 +45,13 @@ from .checked_changes import CheckedChanges
 from .codec import JSON_PREFIX, UNDEFINED
 from .collector import paused as _gc_paused
 from .hash import get_value_hash, to_utf8
-from .hlc import HLC_MAX_FUTURE_OFFSET, clock_with_deferred_seen, encode_hlc_parts, is_hlc
+from .hlc import (
+    HLC_MAX_FUTURE_OFFSET,
+    Number,
+    clock_with_deferred_seen,
+    encode_hlc_parts,
+    is_hlc,
+)
 from .store import (
     ABSENT,
     Store,
@@ -81,7 +87,7 @@ def _time_prefix(limit: int) -> str:
     return prefix
 
 
-def _future_limit(max_time: float) -> int:
+def _future_limit(max_time: Number) -> int:
     """The integer limit of "HLC time <= max_time" that HLC prefixes are compared with; -1
     when ``max_time`` is not finite or not below 2**42 (then every HLC is decoded instead).
     HLC strings sort like the numbers they encode, so "time <= max" is a comparison of the
@@ -213,7 +219,7 @@ class _Validator:
         "plain",
     )
 
-    def __init__(self, max_time: float, has_hashes: bool, encoded: bool) -> None:
+    def __init__(self, max_time: Number, has_hashes: bool, encoded: bool) -> None:
         self.max_time = max_time
         self.has_hashes = has_hashes
         self.encoded = encoded
@@ -420,12 +426,12 @@ class MergeableStore(Store):
     _reference_receive = False
 
     def __init__(
-        self, unique_id: str | None = None, get_now: Callable[[], float] | None = None
+        self, unique_id: str | None = None, get_now: Callable[[], Number] | None = None
     ) -> None:
         super().__init__()
         if unique_id is not None and type(unique_id) is not str:
             raise TypeError("unique_id must be a str or None")
-        self._get_now: Callable[[], float] = _real_now if get_now is None else get_now
+        self._get_now: Callable[[], Number] = _real_now if get_now is None else get_now
         clock, seen_hlc_later = clock_with_deferred_seen(unique_id, self._get_now)
         self._hlc_functions = clock
         self._next_hlc = clock.get_next_hlc
@@ -1773,7 +1779,7 @@ def _encode_merged(thing: Any) -> Any:
 
 
 def create_mergeable_store(
-    unique_id: str | None = None, get_now: Callable[[], float] | None = None
+    unique_id: str | None = None, get_now: Callable[[], Number] | None = None
 ) -> MergeableStore:
     """A new, empty MergeableStore (TinyBase's ``createMergeableStore(uniqueId, getNow)``).
 

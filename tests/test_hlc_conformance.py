@@ -178,6 +178,19 @@ def test_zero_clock_quirk_matches_tinybase() -> None:
     assert functions.decode_hlc(functions.get_next_hlc())[:2] == (0, 2)
 
 
+def test_an_integer_clock_stays_integer_in_either_build() -> None:
+    """The real clock gives whole milliseconds: the clock must keep them as ints, compiled
+    or not. (The mypyc build once turned them into floats at ``float`` annotations, which
+    also sent every new millisecond's HLC prefix down the slow float encoding.)"""
+    for functions in (get_hlc_functions("s"), get_hlc_functions("s", lambda: 1_700_000_000_000)):
+        hlc = functions.get_next_hlc()
+        assert type(functions.get_last_logical_time()) is int
+        assert functions.decode_hlc(hlc)[0] == functions.get_last_logical_time()
+    assert encode_hlc_parts(1_700_000_000_000, 5, "abcde") == encode_hlc_parts(
+        1_700_000_000_000.0, 5.0, "abcde"
+    )
+
+
 @pytest.mark.parametrize(
     "hlc",
     ["", "zzzzzzzzzzzzzzzz", "NjEtLV-----7JQY8\n", "NjEtLV-----7JQY", "NjEtLV-----7JQY!", 5, None],
