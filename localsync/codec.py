@@ -26,7 +26,7 @@ import re
 import threading
 from collections.abc import Callable
 from json.encoder import encode_basestring as _encode_basestring
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "ENCODE",
@@ -41,13 +41,13 @@ __all__ = [
     "js_stringify",
 ]
 
-UNDEFINED = "\ufffc"
-JSON_PREFIX = "\ufffd"
+UNDEFINED: Final = "\ufffc"
+JSON_PREFIX: Final = "\ufffd"
 
 # TinyBase's 64-character alphabet (also the HLC alphabet); index = 6-bit value.
-ENCODE = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+ENCODE: Final = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 
-_MAX_SAFE_INTEGER = 2**53
+_MAX_SAFE_INTEGER: Final = 2**53
 # Canonical array-index keys: "0" or no leading zero, value <= 2**32 - 2 (checked separately).
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_ARRAY_INDEX = 2**32 - 2

@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .codec import ENCODE, get_unique_id
 from .hash import get_hash
@@ -35,17 +35,17 @@ __all__ = [
     "is_hlc",
 ]
 
-HLC_MAX_FUTURE_OFFSET = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
+HLC_MAX_FUTURE_OFFSET: Final = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
 
-_SHIFT24 = 2**24
-_MAX_SAFE_INTEGER = 2**53
-_DECODE: dict[str, int] = {char: index for index, char in enumerate(ENCODE)}
-_DECODE_BYTES = bytes(_DECODE.get(chr(byte), 0) for byte in range(256))  # (for translate)
-_PAIRS: tuple[str, ...] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
-_MAX_TIME = 2**42 - 1
-_HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
-_TIME_SHIFTS = (36, 30, 24, 18, 12, 6, 0)
-_COUNTER_SHIFTS = (18, 12, 6, 0)
+_SHIFT24: Final = 2**24
+_MAX_SAFE_INTEGER: Final = 2**53
+_DECODE: Final[dict[str, int]] = {char: index for index, char in enumerate(ENCODE)}
+_DECODE_BYTES: Final = bytes(_DECODE.get(chr(byte), 0) for byte in range(256))  # (for translate)
+_PAIRS: Final[tuple[str, ...]] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
+_MAX_TIME: Final = 2**42 - 1
+_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
+_TIME_SHIFTS: Final = (36, 30, 24, 18, 12, 6, 0)
+_COUNTER_SHIFTS: Final = (18, 12, 6, 0)
 
 #: Times and counters are ints from the clock, floats only from odd inputs. Annotated as
 #: ``float``, mypyc would pass them as C doubles: every int converted, and the exact int

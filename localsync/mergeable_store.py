@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 from fnv_hash_fast import fnv1a_32
 
@@ -67,14 +67,14 @@ from .store import (
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
 
-_MASK = 0xFFFFFFFF
-_HLC_RE = re.compile(r"[-0-9A-Z_a-z]{16}")
+_MASK: Final = 0xFFFFFFFF
+_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
 _HLC_CHARS_RE = re.compile(r"[-0-9A-Z_a-z]*")
-_BIG_INT = 2**53
-_BIG = float(2**53)
+_BIG_INT: Final = 2**53
+_BIG: Final = float(2**53)
 #: (limit, its 7-character HLC time prefix) of the last future limit computed
 _prefix_cache: tuple[int, str] = (-1, "")
-_second = itemgetter(1)
+_second: Final = itemgetter(1)
 
 
 def _time_prefix(limit: int) -> str:
@@ -112,7 +112,7 @@ def _low_prefix(limit: int) -> str:
     return cached_prefix if 0 <= cached_limit <= limit else ""
 
 
-_BULK = 1000  # cells in one merge from which pausing the collector pays
+_BULK: Final = 1000  # cells in one merge from which pausing the collector pays
 
 
 def _h(id_: str, hash_: int) -> int:
@@ -132,7 +132,7 @@ def _h(id_: str, hash_: int) -> int:
 
 
 # H(id:0) is needed for every new cell and value (TinyBase's legacy term); ids repeat a lot.
-_H0: dict[str, int] = {}
+_H0: Final[dict[str, int]] = {}
 
 
 def _hlc_hash(hlc: str) -> int:
@@ -176,7 +176,7 @@ def _raw(thing: Any) -> Any:
 
 #: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
 #: 16-character HLC): the size caps of merged ContentDiffs (here and in localsync.protocol)
-_STAMP_OVERHEAD = 32
+_STAMP_OVERHEAD: Final = 32
 
 
 def _changes_body(

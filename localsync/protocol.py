@@ -46,7 +46,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .checked_changes import CheckedChanges
 from .codec import JSON_PREFIX, UNDEFINED, get_unique_id
@@ -75,14 +75,14 @@ __all__ = [
     "is_protocol_message_valid",
 ]
 
-RESPONSE = 0
-GET_CONTENT_HASHES = 1
-CONTENT_HASHES = 2
-CONTENT_DIFF = 3
-TABLE_DIFF = 4
-ROW_DIFF = 5
-CELL_DIFF = 6
-VALUE_DIFF = 7
+RESPONSE: Final = 0
+GET_CONTENT_HASHES: Final = 1
+CONTENT_HASHES: Final = 2
+CONTENT_DIFF: Final = 3
+TABLE_DIFF: Final = 4
+ROW_DIFF: Final = 5
+CELL_DIFF: Final = 6
+VALUE_DIFF: Final = 7
 
 Message = {
     "Response": RESPONSE,
@@ -99,12 +99,12 @@ MAX_PENDING_REQUESTS = 100
 #: How many times a pull that asked everyone may start over when its peer leaves.
 MAX_PULL_RESTARTS = 3
 ERROR_SYNC_RESPONSE = 3
-ERROR_SYNC_MESSAGE = 14
+ERROR_SYNC_MESSAGE: Final = 14
 ERROR_SYNC_OVERFLOW = 15
 
-_HLC = re.compile(r"[-0-9A-Z_a-z]{16}")
+_HLC: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
 _MAX_HASH = 4294967295
-_ARRAY = (list, tuple)
+_ARRAY: Final = (list, tuple)
 
 
 class Outgoing(NamedTuple):
@@ -194,12 +194,12 @@ def _is_stamp(
     return _is_cell_or_value_or_undefined(thing)
 
 
-_MAX_INT = 2**1024
+_MAX_INT: Final = 2**1024
 _BIG_INT = 2**53
-_BIG_FLOAT = float(2**53)
+_BIG_FLOAT: Final = float(2**53)
 
 
-_HLC_RUN = re.compile(r"[-0-9A-Z_a-z]*")
+_HLC_RUN: Final = re.compile(r"[-0-9A-Z_a-z]*")
 
 
 def _is_leaf_stamp_map(

@@ -43,7 +43,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
 
@@ -61,7 +61,7 @@ class _Absent:
         return "<absent>"
 
 
-ABSENT: Any = _Absent()
+ABSENT: Final[Any] = _Absent()
 _INTEGER = re.compile(r"\d+")
 _MAX_POOL = 1000
 
@@ -116,10 +116,10 @@ _DERIVED_ID_KINDS = (
 )
 
 _ID_KINDS = (*_DERIVED_ID_KINDS, "value_ids", "has_value")
-_TABULAR_SET = frozenset(_TABULAR_KINDS)
-_VALUES_SET = frozenset(_VALUES_KINDS)
-_DERIVED_ID_SET = frozenset(_DERIVED_ID_KINDS)
-_CELL_UP_SET = frozenset(("cell", "row", "table", "tables"))
+_TABULAR_SET: Final = frozenset(_TABULAR_KINDS)
+_VALUES_SET: Final = frozenset(_VALUES_KINDS)
+_DERIVED_ID_SET: Final = frozenset(_DERIVED_ID_KINDS)
+_CELL_UP_SET: Final = frozenset(("cell", "row", "table", "tables"))
 
 
 # ------------------------------------------------------------------------------ validation
@@ -192,9 +192,9 @@ def encode_cell(value: Any, what: str = "cell") -> Any:
     raise TypeError(f"a {what} must be str, int, float, bool, None, dict or list, not {t.__name__}")
 
 
-_BIG = float(2**53)
-_BIG_INT = 2**53
-_HUGE = 1e21
+_BIG: Final = float(2**53)
+_BIG_INT: Final = 2**53
+_HUGE: Final = 1e21
 
 
 def fits_js_number(value: int) -> bool:
