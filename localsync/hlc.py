@@ -241,6 +241,9 @@ def clock_with_deferred_seen(
     pending = False
     pending_hlc = ""  # the greatest remote HLC ("" when none: remote time and counter 0)
     pending_now: Any = None  # the greatest now at those calls (None: no comparable now)
+    # the now of seen_hlc_later's last exact future limit, and that limit's time prefix
+    limit_now: Any = None
+    limit_prefix = ""
 
     def fold(remote_time: Any, remote_counter: int, now: Any) -> None:
         nonlocal last_logical_time, last_counter
@@ -269,14 +272,22 @@ def clock_with_deferred_seen(
             fold(0, 0, now)
 
     def seen_hlc_later(hlc: str) -> None:
-        nonlocal pending, pending_hlc, pending_now
+        nonlocal pending, pending_hlc, pending_now, limit_now, limit_prefix
         now = now_fn()
         if now != now:  # NaN: seen_hlc refuses every HLC, and a NaN never wins its max
             if not hlc:
                 pending = True
             return
-        if hlc and hlc[:7] > _time_prefix_limit(now + HLC_MAX_FUTURE_OFFSET):
-            return  # (seen_hlc's own future check, at this call's now)
+        if hlc:
+            # seen_hlc's own future check, at this call's now. The limit only grows with
+            # now, so an HLC within the limit of an earlier, smaller now is within this one:
+            # a received change (in a new millisecond each time) rarely needs the encoding.
+            prefix = hlc[:7]
+            if limit_now is None or now < limit_now or prefix > limit_prefix:
+                limit_prefix = _time_prefix_limit(now + HLC_MAX_FUTURE_OFFSET)
+                limit_now = now
+                if prefix > limit_prefix:
+                    return
         pending = True
         if hlc > pending_hlc:
             pending_hlc = hlc
