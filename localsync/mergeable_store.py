@@ -42,7 +42,7 @@ from typing import Any, Final
 from fnv_hash_fast import fnv1a_32
 
 from .checked_changes import CheckedChanges
-from .codec import JSON_PREFIX, UNDEFINED
+from .codec import JSON_PREFIX, UNDEFINED, only_hlc_chars
 from .collector import paused as _gc_paused
 from .hash import get_value_hash, to_utf8
 from .hlc import (
@@ -69,7 +69,6 @@ __all__ = ["MergeableStore", "create_mergeable_store"]
 
 _MASK: Final = 0xFFFFFFFF
 _HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
-_HLC_CHARS_RE = re.compile(r"[-0-9A-Z_a-z]*")
 _BIG_INT: Final = 2**53
 _BIG: Final = float(2**53)
 #: (limit, its 7-character HLC time prefix) of the last future limit computed
@@ -105,6 +104,16 @@ def _prefix_within(time_prefix: str, limit: int, low_prefix: str) -> bool:
     (a one-cell diff arrives in a new millisecond each time): a stamp at or below it is below
     this limit too; only one above it needs the exact prefix."""
     return time_prefix <= low_prefix or time_prefix <= _time_prefix(limit)
+
+
+def _greatest(hlcs: list[str]) -> str:
+    """``max(hlcs)`` of a non-empty list, without the builtin's keyword-argument parsing (code
+    that a process woken by a one-cell change runs with cold caches)."""
+    greatest = hlcs[0]
+    for hlc in hlcs:
+        if hlc > greatest:
+            greatest = hlc
+    return greatest
 
 
 def _low_prefix(limit: int) -> str:
@@ -252,14 +261,14 @@ class _Validator:
         # every length is 16 when none is shorter and they add up to 16 each
         if len(joined) != 16 * len(hlcs) or min(map(len, hlcs)) != 16:
             return False
-        if _HLC_CHARS_RE.fullmatch(joined) is None:
+        if not only_hlc_chars(joined):
             return False
         return self.within_future_limit(hlcs)
 
     def within_future_limit(self, hlcs: list[str]) -> bool:
         """Every HLC (well-formed, non-empty) at most ``max_time``."""
         if self.limit >= 0:
-            return self._time_within_limit(max(hlcs)[:7])
+            return self._time_within_limit(_greatest(hlcs)[:7])
         max_time = self.max_time
         return all(is_hlc(hlc, max_time) for hlc in hlcs)
 
@@ -1048,8 +1057,6 @@ class MergeableStore(Store):
         tables_hlc = incoming_tables_hlc
         dirty = self._dirty_cells
         lazy = not is_content
-        write_row = self._write_merged_row
-        put_row = self._put_new_row
         # no change record yet: rows new to the data can be inserted whole (see _put_new_row)
         clean = not self._changed_cells and not self._track_ids
         for table_id, table_in in js_ordered(tables_obj).items():
@@ -1173,10 +1180,15 @@ class MergeableStore(Store):
                         table_hash ^= old_term ^ (_h(row_id, row_hash) if row_hash else 0)
                 if row_hlc > table_hlc:
                     table_hlc = row_hlc
+                # (methods called directly: through a local alias mypyc calls them as
+                # Python objects, with argument parsing)
                 if new_row:
-                    (put_row if clean else write_row)(table_id, row_id, new_row, encoded)
+                    if clean:
+                        self._put_new_row(table_id, row_id, new_row, encoded)
+                    else:
+                        self._write_merged_row(table_id, row_id, new_row, encoded)
                 elif winners:
-                    write_row(table_id, row_id, winners, encoded)
+                    self._write_merged_row(table_id, row_id, winners, encoded)
             if lazy and incoming_table_hlc > old_table_hlc:
                 table_hash ^= _replace_hlc_hash(old_table_hlc, incoming_table_hlc)
             undo.append((table_stamp, 1, old_table_hlc))
@@ -1385,7 +1397,7 @@ class MergeableStore(Store):
             hlcs = data.hlcs
             if hlcs:
                 limit = _future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
-                if limit < 0 or not _prefix_within(max(hlcs)[:7], limit, _low_prefix(limit)):
+                if limit < 0 or not _prefix_within(_greatest(hlcs)[:7], limit, _low_prefix(limit)):
                     return False  # (decided, refused and counted by the general path)
             self._txn(self._apply_merge, data, False, True, True)
         return True

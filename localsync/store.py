@@ -1495,9 +1495,13 @@ class Store:
         if len(registry) == 1:
             # one registered path (the usual case): match it instead of looking up each of
             # the 2**len(ids) wildcard paths
+            # (an index loop: zip's keyword parsing is more code to run with cold caches)
             [(path, listeners)] = registry.items()
-            for want, got in zip(path, ids, strict=True):
-                if want is not None and want != got:
+            if len(path) != len(ids):
+                raise ValueError(f"listener path {path!r} does not fit ids {ids!r}")
+            for i in range(len(ids)):
+                want = path[i]
+                if want is not None and want != ids[i]:
                     return
             for fn in list(listeners.values()):
                 fn(self, *ids, *args)
@@ -1529,11 +1533,10 @@ class Store:
                 t: {r: dict(ids) for r, ids in rows.items()}
                 for t, rows in self._changed_cell_ids.items()
             }
-        call = self._call
         if "has_tables" in live:
             has_now = bool(self._tables)
             if has_now != self._had_tables:
-                call("has_tables", index, (), has_now)
+                self._call("has_tables", index, (), has_now)
         if "table_ids" in live or "has_table" in live:
             self._call_ids("table_ids", "has_table", index, (), derived.table_ids)
         if "table_cell_ids" in live or "has_table_cell" in live:
@@ -1541,7 +1544,7 @@ class Store:
                 self._call_ids("table_cell_ids", "has_table_cell", index, (t,), ids)
         if "row_count" in live:
             for t in derived.row_counts:
-                call("row_count", index, (t,), self.get_row_count(t))
+                self._call("row_count", index, (t,), self.get_row_count(t))
         if "row_ids" in live or "has_row" in live:
             for t, ids in derived.row_ids.items():
                 self._call_ids("row_ids", "has_row", index, (t,), ids)
@@ -1565,7 +1568,7 @@ class Store:
                         old, new = entry[0], entry[1]
                         if not _same_or_absent(old, new):
                             if cells_registry:
-                                call(
+                                self._call(
                                     "cell",
                                     index,
                                     (t, r, c),
@@ -1575,11 +1578,11 @@ class Store:
                                 )
                             tables_changed = table_changed = row_changed = True
                     if row_changed and rows_registry:
-                        call("row", index, (t, r), get_cell_change)
+                        self._call("row", index, (t, r), get_cell_change)
                 if table_changed:
-                    call("table", index, (t,), get_cell_change)
+                    self._call("table", index, (t,), get_cell_change)
             if tables_changed:
-                call("tables", index, (), get_cell_change)
+                self._call("tables", index, (), get_cell_change)
 
     def _call_ids(
         self,
@@ -1598,11 +1601,10 @@ class Store:
                 self._call(has_kind, index, (*parent_ids, id_), delta == 1)
 
     def _call_values_listeners(self, index: int) -> None:
-        call = self._call
         if self._registries["has_values"][index]:
             has_now = bool(self._values)
             if has_now != self._had_values:
-                call("has_values", index, (), has_now)
+                self._call("has_values", index, (), has_now)
         if self._has(index, "value_ids", "has_value"):
             if self._track_ids:
                 ids = dict(self._changed_value_ids)
@@ -1618,10 +1620,10 @@ class Store:
             get_value_change = self._get_value_change
             for v, (old, new) in list(self._changed_values.items()):
                 if not _same_or_absent(old, new):
-                    call("value", index, (v,), _public(new), _public(old), get_value_change)
+                    self._call("value", index, (v,), _public(new), _public(old), get_value_change)
                     changed = True
             if changed:
-                call("values", index, (), get_value_change)
+                self._call("values", index, (), get_value_change)
 
     def _get_cell_change(self, table_id: str, row_id: str, cell_id: str) -> list[Any]:
         """``[changed, old, new]`` for a cell in the current transaction (TinyBase's
