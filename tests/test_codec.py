@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -30,6 +31,7 @@ from localsync.codec import (
     is_encoded_json,
     js_number,
     js_stringify,
+    only_hlc_chars,
 )
 
 # --------------------------------------------------------------------------- node oracle
@@ -309,3 +311,22 @@ def test_a_forked_child_draws_ids_of_its_own() -> None:
     assert {child[i : i + 16] for i in range(0, 320, 16)}.isdisjoint(
         {parent[i : i + 16] for i in range(0, 320, 16)}
     )
+
+
+_HLC_ALPHABET_RUN = re.compile(r"[-0-9A-Z_a-z]*")
+
+
+@given(
+    st.one_of(
+        st.text(alphabet=ENCODE, max_size=64),
+        st.text(alphabet=ENCODE + "+/.=:~ \x00\x7f\xe9\u00ff\u0100\ud7ff\U0001f600", max_size=64),
+        st.text(max_size=40),
+    )
+)
+@example("")
+@example("-" * 16 + "\u00e9")
+@example("abc\x00")
+def test_only_hlc_chars_is_the_alphabet_regex(text: str) -> None:
+    """The received-message check (a byte translation, see its docstring) decides as the
+    regular expression it replaced, non-ASCII and control characters included."""
+    assert only_hlc_chars(text) == (_HLC_ALPHABET_RUN.fullmatch(text) is not None)
