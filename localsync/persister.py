@@ -303,6 +303,8 @@ class Persister:
     def _set_status(self, status: Status) -> None:
         if status != self._status:
             self._status = status
+            if not self._status_listeners:
+                return
             for listener in list(self._status_listeners.values()):
                 try:
                     listener(self, int(status))
@@ -486,7 +488,10 @@ class Persister:
         """The callback handed to ``add_persister_listener`` (thread-safe)."""
 
         def listener(content: Any = None, changes: Any = None) -> None:
-            if not self._on_loop_thread():
+            # (_on_loop_thread inlined here and in the auto-save listener: both run for every
+            # synced message, and each Python call is more code to run with cold caches)
+            loop_thread = self._loop_thread
+            if loop_thread is not None and loop_thread != threading.get_ident():
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(listener, content, changes)
                 return
@@ -532,7 +537,7 @@ class Persister:
             self._report(error)
         finally:
             self._pending_auto_loads -= 1
-            if not self._pending_auto_loads:
+            if not self._pending_auto_loads and self._status != Status.IDLE:
                 self._set_status(Status.IDLE)
         if not self._pending_auto_loads:
             had_mutated = self._had_mutated
@@ -718,7 +723,8 @@ class Persister:
         def on_transaction(_store: Any) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
-            on_loop = self._on_loop_thread()
+            loop_thread = self._loop_thread
+            on_loop = loop_thread is None or loop_thread == threading.get_ident()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
             if self._coalesce_saves and self._get_touched is not None:

@@ -139,7 +139,11 @@ class Synchronizer(Persister):
     def _receive(
         self, from_client_id: str, request_id: str | None, message: int, body: Any
     ) -> None:
-        if self._handed_to_loop(self._receive, from_client_id, request_id, message, body):
+        # (_handed_to_loop inlined: this runs for every received message)
+        loop_thread = self._loop_thread
+        loop = self._loop
+        if loop is not None and loop_thread is not None and threading.get_ident() != loop_thread:
+            loop.call_soon_threadsafe(self._receive, from_client_id, request_id, message, body)
             return
         with self._lock:
             self._engine.receive(from_client_id, request_id, message, body)
@@ -175,7 +179,8 @@ class Synchronizer(Persister):
                             self._report(error)
             finally:
                 self._flushing = False
-        self._arm_timer()
+        if self._engine.next_deadline() != self._timer_deadline:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         deadline = self._engine.next_deadline()
