@@ -47,6 +47,9 @@ JSON_PREFIX: Final = "\ufffd"
 # TinyBase's 64-character alphabet (also the HLC alphabet); index = 6-bit value.
 ENCODE: Final = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
 _ENCODE_BYTES: Final = ENCODE.encode("ascii")
+# a one-cell change's HLCs: str.strip (no encoding, no table) for up to this many characters;
+# strip compares each character with the 64 of the alphabet, so longer texts are translated
+_STRIP_AT_MOST: Final = 256
 
 _MAX_SAFE_INTEGER: Final = 2**53
 # Canonical array-index keys: "0" or no leading zero, value <= 2**32 - 2 (checked separately).
@@ -65,6 +68,8 @@ def only_hlc_chars(text: str) -> bool:
     expression: the regex engine's code is one more thing a process woken by a message runs
     with cold caches (a byte translation is a small loop).
     """
+    if len(text) <= _STRIP_AT_MOST:
+        return not text.strip(ENCODE)  # (what is left holds a character outside the alphabet)
     return text.isascii() and not text.encode("ascii").translate(None, _ENCODE_BYTES)
 
 

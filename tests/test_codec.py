@@ -326,6 +326,9 @@ _HLC_ALPHABET_RUN = re.compile(r"[-0-9A-Z_a-z]*")
 @example("")
 @example("-" * 16 + "\u00e9")
 @example("abc\x00")
+@example(ENCODE * 5)  # (longer texts take the translation instead of str.strip)
+@example(ENCODE * 5 + "+")
+@example("\u00e9" + ENCODE * 5)
 def test_only_hlc_chars_is_the_alphabet_regex(text: str) -> None:
     """The received-message check (a byte translation, see its docstring) decides as the
     regular expression it replaced, non-ASCII and control characters included."""
