@@ -66,7 +66,7 @@ def only_hlc_chars(text: str) -> bool:
 
     Checks every HLC a received message carries, joined into one string. Not a regular
     expression: the regex engine's code is one more thing a process woken by a message runs
-    with cold caches (a byte translation is a small loop).
+    with cold caches (``str.strip`` and a byte translation are small loops).
     """
     if len(text) <= _STRIP_AT_MOST:
         return not text.strip(ENCODE)  # (what is left holds a character outside the alphabet)
