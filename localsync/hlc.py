@@ -149,29 +149,33 @@ def decode_hlc(hlc: str) -> tuple[int, int, str]:
     return decode_hlc_time(hlc), counter, hlc[11:]
 
 
-# (max_logical_time, 7-character time prefix of floor(max_logical_time)): one merge checks
-# every stamp against the same limit, so the limit is encoded once, not decoded per stamp.
-_limit_cache: tuple[float, str] = (-1.0, "")
+# (time limit, the 7-character time prefix of its floor) of the last limit encoded
+_limit_cache: tuple[Number, str] = (-1, "")
 
 
-def _time_prefix_limit(max_logical_time: Number) -> str:
-    """Greatest 7-character time prefix whose time is <= ``max_logical_time``.
+def time_prefix_within(time_prefix: str, max_logical_time: Number) -> bool:
+    """A well-formed HLC's ``time_prefix`` (its first 7 characters) encodes a time at most
+    ``max_logical_time`` (not NaN).
 
-    The alphabet is in ASCII order, so for valid HLCs ``decode_hlc_time(h) <= limit`` is
-    ``h[:7] <= prefix``: a string comparison instead of decoding every stamp.
+    The alphabet is in ASCII order, so comparing prefixes replaces decoding each stamp. The
+    limit's own prefix is cached, and since it only grows with the limit, a prefix at or
+    below an earlier, smaller limit's is within this one too: a received change, checked in
+    a new millisecond each time, rarely needs a limit encoded.
     """
     global _limit_cache
-    cached = _limit_cache
-    if cached[0] == max_logical_time:
-        return cached[1]
+    cached_time, cached_prefix = _limit_cache
+    if time_prefix <= cached_prefix and cached_time <= max_logical_time:
+        return True
+    if cached_time == max_logical_time:
+        return False
     if max_logical_time >= _MAX_TIME:
         prefix = "zzzzzzz"
     elif max_logical_time < 0:
         prefix = ""  # nothing non-empty is <= ""
     else:
         prefix = _encode_time(math.floor(max_logical_time))
-    _limit_cache = (max_logical_time, prefix)
-    return prefix
+    _limit_cache = (max_logical_time, prefix)  # (one assignment: threads see a matching pair)
+    return time_prefix <= prefix
 
 
 def is_hlc(hlc: object, max_logical_time: Number) -> bool:
@@ -184,7 +188,7 @@ def is_hlc(hlc: object, max_logical_time: Number) -> bool:
         return hlc == ""
     if _HLC_RE.fullmatch(hlc) is None or max_logical_time != max_logical_time:  # NaN limit
         return False
-    return hlc[:7] <= _time_prefix_limit(max_logical_time)
+    return time_prefix_within(hlc[:7], max_logical_time)
 
 
 def _real_now() -> int:
@@ -241,9 +245,6 @@ def clock_with_deferred_seen(
     pending = False
     pending_hlc = ""  # the greatest remote HLC ("" when none: remote time and counter 0)
     pending_now: Any = None  # the greatest now at those calls (None: no comparable now)
-    # the now of seen_hlc_later's last exact future limit, and that limit's time prefix
-    limit_now: Any = None
-    limit_prefix = ""
 
     def fold(remote_time: Any, remote_counter: int, now: Any) -> None:
         nonlocal last_logical_time, last_counter
@@ -272,22 +273,14 @@ def clock_with_deferred_seen(
             fold(0, 0, now)
 
     def seen_hlc_later(hlc: str) -> None:
-        nonlocal pending, pending_hlc, pending_now, limit_now, limit_prefix
+        nonlocal pending, pending_hlc, pending_now
         now = now_fn()
         if now != now:  # NaN: seen_hlc refuses every HLC, and a NaN never wins its max
             if not hlc:
                 pending = True
             return
-        if hlc:
-            # seen_hlc's own future check, at this call's now. The limit only grows with
-            # now, so an HLC within the limit of an earlier, smaller now is within this one:
-            # a received change (in a new millisecond each time) rarely needs the encoding.
-            prefix = hlc[:7]
-            if limit_now is None or now < limit_now or prefix > limit_prefix:
-                limit_prefix = _time_prefix_limit(now + HLC_MAX_FUTURE_OFFSET)
-                limit_now = now
-                if prefix > limit_prefix:
-                    return
+        if hlc and not time_prefix_within(hlc[:7], now + HLC_MAX_FUTURE_OFFSET):
+            return  # (seen_hlc's own future check, at this call's now)
         pending = True
         if hlc > pending_hlc:
             pending_hlc = hlc

@@ -49,8 +49,8 @@ from .hlc import (
     HLC_MAX_FUTURE_OFFSET,
     Number,
     clock_with_deferred_seen,
-    encode_hlc_parts,
     is_hlc,
+    time_prefix_within,
 )
 from .store import (
     ABSENT,
@@ -71,19 +71,7 @@ _MASK: Final = 0xFFFFFFFF
 _HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
 _BIG_INT: Final = 2**53
 _BIG: Final = float(2**53)
-#: (limit, its 7-character HLC time prefix) of the last future limit computed
-_prefix_cache: tuple[int, str] = (-1, "")
 _second: Final = itemgetter(1)
-
-
-def _time_prefix(limit: int) -> str:
-    """The 7-character HLC time prefix of ``limit`` (cached: the limit changes once a ms)."""
-    global _prefix_cache
-    cached_limit, prefix = _prefix_cache
-    if cached_limit != limit:
-        prefix = encode_hlc_parts(limit, 0, "")[:7]
-        _prefix_cache = (limit, prefix)  # (one assignment: threads see a consistent pair)
-    return prefix
 
 
 def _future_limit(max_time: Number) -> int:
@@ -98,14 +86,6 @@ def _future_limit(max_time: Number) -> int:
     return limit if 0 <= limit < 2**42 else -1
 
 
-def _prefix_within(time_prefix: str, limit: int, low_prefix: str) -> bool:
-    """``time_prefix`` (of a well-formed HLC) at most ``limit`` (>= 0). ``low_prefix`` is the
-    prefix of an earlier, lower limit, which settles most verdicts without encoding this one
-    (a one-cell diff arrives in a new millisecond each time): a stamp at or below it is below
-    this limit too; only one above it needs the exact prefix."""
-    return time_prefix <= low_prefix or time_prefix <= _time_prefix(limit)
-
-
 def _greatest(hlcs: list[str]) -> str:
     """``max(hlcs)`` of a non-empty list, without the builtin's keyword-argument parsing (code
     that a process woken by a one-cell change runs with cold caches)."""
@@ -114,11 +94,6 @@ def _greatest(hlcs: list[str]) -> str:
         if hlc > greatest:
             greatest = hlc
     return greatest
-
-
-def _low_prefix(limit: int) -> str:
-    cached_limit, cached_prefix = _prefix_cache
-    return cached_prefix if 0 <= cached_limit <= limit else ""
 
 
 _BULK: Final = 1000  # cells in one merge from which pausing the collector pays
@@ -223,7 +198,6 @@ class _Validator:
         "has_hashes",
         "hlcs",
         "limit",
-        "low_prefix",
         "max_time",
         "plain",
     )
@@ -237,11 +211,10 @@ class _Validator:
         # no object cell and no number beyond 2**53: every cell is stored as it arrived
         self.plain = True
         self.limit = _future_limit(max_time)
-        self.low_prefix = _low_prefix(self.limit)
 
     def _time_within_limit(self, time_prefix: str) -> bool:
         """``time_prefix`` (of a well-formed HLC) at most the limit; needs ``limit >= 0``."""
-        return _prefix_within(time_prefix, self.limit, self.low_prefix)
+        return time_prefix_within(time_prefix, self.limit)
 
     def hlc(self, hlc: Any) -> bool:
         if hlc == "":
@@ -1397,7 +1370,7 @@ class MergeableStore(Store):
             hlcs = data.hlcs
             if hlcs:
                 limit = _future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
-                if limit < 0 or not _prefix_within(_greatest(hlcs)[:7], limit, _low_prefix(limit)):
+                if limit < 0 or not time_prefix_within(_greatest(hlcs)[:7], limit):
                     return False  # (decided, refused and counted by the general path)
             self._txn(self._apply_merge, data, False, True, True)
         return True
