@@ -158,10 +158,15 @@ def main() -> None:
 class Proc:
     """A role process with JSON-line I/O and bounded waits."""
 
-    def __init__(self, *argv: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *argv: str,
+        extra_env: dict[str, str] | None = None,
+        module: str = "tests.channel_procs",
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.channel_procs", *argv],
+            [sys.executable, "-m", module, *argv],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
