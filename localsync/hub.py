@@ -12,6 +12,27 @@ ZeroMQ's automatic reconnect (20 ms interval, see ``channel.py``) makes everyone
 Socket files are only ever unlinked by the lock holder (stale ones before binding; libzmq
 removes its own on close, before the lock is released), so nobody removes a live hub's path.
 
+A host that stops without dying (SIGSTOP, swapped out, a debugger) keeps its lock, and its
+frozen proxy would stall everyone. So participants check that the hub answers: each sends a
+heartbeat to itself through the hub every :data:`HUB_HEARTBEAT_SECONDS`, and one that hears
+nothing at all from the hub (no echo, no other message) for :data:`HUB_TIMEOUT_SECONDS` of
+its own event loop's turns declares the hub's *generation* dead. Generation N has its own
+lock and socket files (``<hash>.gN.lock``/``.in``/``.out``; generation 0 is the plain
+``<hash>.lock``/``.in``/``.out``) and ``<hash>.gen`` records the newest generation (see
+:mod:`localsync.runtime`). A participant that declares generation N dead reconnects to N+1
+and its hub competes for N+1's lock; the winner binds N+1's sockets and records N+1. Every
+participant reads the generation file with each heartbeat and follows the newest
+generation, including the frozen host once it runs again: it stops its proxy (libzmq
+removes its socket files), releases its lock and becomes an ordinary participant of the
+new generation. Measured failover while a host is stopped: about ``HUB_TIMEOUT_SECONDS``
+plus one heartbeat. A false alarm (a machine so loaded that no message got through for
+that long) elects a new generation while the old hub still works; that costs latency only:
+messages sent through the old hub during the switch may be lost, and anti-entropy repairs
+them as for any other drop. The newest host removes older generations' files that nobody
+holds. Limits: at most :data:`localsync.runtime.MAX_GENERATION` failovers per channel
+(files); tcp hubs (below) are fixed processes, so a tcp participant only reports whether
+its hub answers (``hub_answering``), it cannot elect another.
+
 Subscriptions flow XPUB -> proxy -> XSUB -> each PUB, so filtering by topic happens in the
 sending process: a message addressed to one client is not copied to the others at all.
 
@@ -63,6 +84,8 @@ from .runtime import ChannelPaths
 
 __all__ = [
     "DEFAULT_HWM",
+    "HUB_HEARTBEAT_SECONDS",
+    "HUB_TIMEOUT_SECONDS",
     "LocalHub",
     "TcpHub",
     "configure",
@@ -76,6 +99,13 @@ __all__ = [
 #: High-water mark (messages) of hub and participant sockets. PUB/SUB drops, never blocks,
 #: at the mark; drops are healed by anti-entropy, so the mark trades memory for latency.
 DEFAULT_HWM = 100_000
+
+#: Period of each participant's heartbeat through the hub (one tiny message to itself, and
+#: a read of the generation file; see the module doc).
+HUB_HEARTBEAT_SECONDS = 0.5
+#: A participant that hears nothing from its hub for this long (counted in heartbeat turns
+#: of its event loop, so a busy loop does not count as a dead hub) elects a new generation.
+HUB_TIMEOUT_SECONDS = 3.0
 
 _ids = itertools.count()
 
@@ -218,7 +248,12 @@ class _Proxy:
 
 
 class LocalHub:
-    """Competes for a local channel's hub role in a background thread (see module doc)."""
+    """Competes for a local channel's hub role in a background thread (see module doc).
+
+    ``paths`` are the channel's (generation 0) paths; the hub competes for the generation
+    given (default: the newest recorded one) and moves on when :meth:`follow` names a newer
+    one. ``retry_seconds`` is the period of lock attempts while another process hosts.
+    """
 
     def __init__(
         self,
@@ -227,14 +262,17 @@ class LocalHub:
         hwm: int = DEFAULT_HWM,
         retry_seconds: float = 0.05,
         context: zmq.Context | None = None,
+        generation: int | None = None,
     ) -> None:
-        self.paths = paths
+        self.paths = paths.at_generation(0)
         self._hwm = hwm
         self._retry = retry_seconds
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._hosting = threading.Event()
-        self._proxy: _Proxy | None = None
+        self._state = threading.Lock()
+        self._generation = paths.read_generation() if generation is None else generation
+        self._proxy: tuple[int, _Proxy] | None = None  # (generation, proxy) being hosted
         self._fd: int | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"localsync-hub-{paths.lock.stem}", daemon=True
@@ -243,8 +281,13 @@ class LocalHub:
 
     @property
     def is_host(self) -> bool:
-        """True while this process holds the lock and runs the proxy."""
+        """True while this process holds the current generation's lock and runs the proxy."""
         return self._hosting.is_set()
+
+    @property
+    def generation(self) -> int:
+        """The hub generation this hub competes for (or hosts)."""
+        return self._generation
 
     def start(self) -> LocalHub:
         close_in_forked_children(self)
@@ -254,12 +297,29 @@ class LocalHub:
     def wait_host(self, timeout: float | None = None) -> bool:
         return self._hosting.wait(timeout)
 
+    def follow(self, generation: int) -> None:
+        """Compete for ``generation`` from now on if it is newer than the current one.
+
+        A proxy this process runs for an older generation is stopped and its lock released
+        (a host that was frozen while the others elected a successor steps down this way).
+        Raises ``ValueError`` for a generation beyond :data:`localsync.runtime.MAX_GENERATION`.
+        """
+        self.paths.at_generation(generation)  # (validates)
+        with self._state:
+            if generation <= self._generation:
+                return
+            self._generation = generation
+            current = self._proxy
+        if current is not None and current[0] < generation:
+            current[1].stop()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop competing; if hosting, stop the proxy and release the lock (a peer takes over)."""
         self._stop.set()
-        proxy = self._proxy
-        if proxy is not None:
-            proxy.stop()
+        with self._state:
+            current = self._proxy
+        if current is not None:
+            current[1].stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -270,47 +330,82 @@ class LocalHub:
                 os.close(fd)
 
     def _run(self) -> None:
-        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._fd = fd
-        try:
-            os.fchmod(fd, 0o600)
-            while not self._stop.is_set():
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    self._stop.wait(self._retry)
-                    continue
-                try:
-                    self._host()
-                finally:
-                    self._hosting.clear()
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-        finally:
-            self._fd = None
-            os.close(fd)
+        while not self._stop.is_set():
+            generation = self._generation
+            paths = self.paths.at_generation(generation)
+            fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = fd
+            try:
+                os.fchmod(fd, 0o600)
+                while not self._stop.is_set() and self._generation == generation:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        self._stop.wait(self._retry)
+                        continue
+                    try:
+                        self._host(paths)
+                    finally:
+                        self._hosting.clear()
+                        with self._state:
+                            self._proxy = None
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    if self._generation == generation:
+                        return  # stopped, or the proxy ended (context terminated)
+            finally:
+                self._fd = None
+                os.close(fd)
 
-    def _host(self) -> None:
-        # we hold the lock: any socket file here belongs to a dead hub
-        for path in (self.paths.inbound, self.paths.outbound):
+    def _host(self, paths: ChannelPaths) -> None:
+        # we hold the lock: any socket file here belongs to a dead (or stale) hub
+        for path in (paths.inbound, paths.outbound):
             path.unlink(missing_ok=True)
 
         def after_bind() -> None:
-            os.chmod(self.paths.inbound, 0o600)
-            os.chmod(self.paths.outbound, 0o600)
+            os.chmod(paths.inbound, 0o600)
+            os.chmod(paths.outbound, 0o600)
+            if paths.generation > 0:
+                paths.publish_generation(paths.generation)
+                self._remove_older_generations(paths.generation)
             self.times_hosted += 1
             self._hosting.set()
 
-        proxy = _Proxy(
-            self._context,
-            self.paths.inbound_endpoint,
-            self.paths.outbound_endpoint,
-            self._hwm,
-        )
-        self._proxy = proxy
-        if self._stop.is_set():
-            return
+        proxy = _Proxy(self._context, paths.inbound_endpoint, paths.outbound_endpoint, self._hwm)
+        with self._state:
+            if self._stop.is_set() or self._generation != paths.generation:
+                return
+            self._proxy = (paths.generation, proxy)
         proxy.run(after_bind)
+
+    def _remove_older_generations(self, generation: int) -> None:
+        """Remove the files of older generations (> 0) that nobody hosts any more.
+
+        A file is removed only while its lock is held by us, as for a stale socket file; a
+        process that has not yet heard of the newer generation may still lock a removed
+        lock file and host that stale generation until it hears (harmless: nobody follows
+        an older generation).
+        """
+        stem = self.paths.peers.stem
+        for lock in self.paths.folder.glob(f"{stem}.g*.lock"):
+            try:
+                older = int(lock.name[len(stem) + 2 : -len(".lock")])
+            except ValueError:
+                continue
+            if not 0 < older < generation:
+                continue
+            stale = self.paths.at_generation(older)
+            try:
+                fd = os.open(stale.lock, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for path in (stale.inbound, stale.outbound, stale.lock):
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass  # held: its host is frozen or has not stepped down yet
+            finally:
+                os.close(fd)
 
 
 class TcpHub:

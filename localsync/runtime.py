@@ -20,6 +20,12 @@ Channel files are named by a 16-hex-digit BLAKE2b hash of the channel name, so a
 (within :data:`MAX_CHANNEL_NAME_LENGTH` characters) fits the ~107-byte limit of a Unix socket
 path as long as the folder's own path is short; a path that would still be too long raises a
 clear :class:`ValueError` instead of ZeroMQ's cryptic EINVAL.
+
+Hub generations (:mod:`localsync.hub`): generation 0 of a channel uses ``<hash>.lock``,
+``<hash>.in`` and ``<hash>.out``; generation N > 0 (elected when generation N-1's hub stopped
+answering) uses ``<hash>.gN.lock``, ``.gN.in`` and ``.gN.out``, and ``<hash>.gen`` holds the
+newest generation's number. The socket path length is checked with room for generation
+numbers up to :data:`MAX_GENERATION`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import hashlib
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = [
@@ -51,6 +58,10 @@ MAX_SOCKET_PATH_BYTES = 107
 
 ENV_VAR = "LOCALSYNC_RUNTIME_DIR"
 
+#: Highest hub generation whose socket paths are guaranteed to fit (checked up front); a
+#: channel would need that many hub failovers to exceed it.
+MAX_GENERATION = 999_999
+
 
 class RuntimeDirError(PermissionError):
     """The runtime folder is not private to this user, so joining a channel there is unsafe."""
@@ -65,6 +76,54 @@ class ChannelPaths:
     inbound: Path  # hub XSUB: every participant's PUB connects here
     outbound: Path  # hub XPUB: every participant's SUB connects here
     peers: Path  # one locked file per live participant (:mod:`localsync.presence`)
+    generation: int = 0  # hub generation these lock/socket paths belong to
+
+    @property
+    def generation_file(self) -> Path:
+        """``<hash>.gen``: the newest hub generation's number (absent: 0)."""
+        return self.folder / f"{self.peers.stem}.gen"
+
+    def at_generation(self, generation: int) -> ChannelPaths:
+        """The same channel's lock and socket paths for hub ``generation`` (see module doc)."""
+        if not isinstance(generation, int) or not 0 <= generation <= MAX_GENERATION:
+            raise ValueError(f"hub generation must be in 0..{MAX_GENERATION}, got {generation!r}")
+        stem = self.peers.stem if generation == 0 else f"{self.peers.stem}.g{generation}"
+        return replace(
+            self,
+            lock=self.folder / f"{stem}.lock",
+            inbound=self.folder / f"{stem}.in",
+            outbound=self.folder / f"{stem}.out",
+            generation=generation,
+        )
+
+    def read_generation(self) -> int:
+        """The newest hub generation recorded in :attr:`generation_file` (0 when unreadable)."""
+        try:
+            with open(self.generation_file, "rb") as file:
+                text = file.read(32)
+        except OSError:
+            return 0
+        try:
+            value = int(text)
+        except ValueError:
+            return 0
+        return value if 0 <= value <= MAX_GENERATION else 0
+
+    def publish_generation(self, generation: int) -> None:
+        """Record ``generation`` as the newest unless a newer one is recorded already.
+
+        Written to a temporary file and renamed, so readers see the old or the new number,
+        never a torn one. Two hosts publishing different generations at the same instant
+        could leave the older one; a host re-publishes its generation while it hosts (see
+        :mod:`localsync.hub`), which repairs that.
+        """
+        if self.read_generation() >= generation:
+            return
+        temporary = self.folder / f".{self.peers.stem}.gen.{os.getpid()}.{threading.get_ident()}"
+        with open(temporary, "w") as file:
+            file.write(str(generation))
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, self.generation_file)
 
     @property
     def inbound_endpoint(self) -> str:
@@ -158,10 +217,12 @@ def channel_paths(name: str, runtime_dir: str | os.PathLike[str] | None = None) 
         outbound=folder / f"{digest}.out",
         peers=folder / f"{digest}.peers",
     )
-    longest = max(len(os.fsencode(paths.inbound)), len(os.fsencode(paths.outbound)))
+    furthest = paths.at_generation(MAX_GENERATION)
+    longest = max(len(os.fsencode(furthest.inbound)), len(os.fsencode(furthest.outbound)))
     if longest > MAX_SOCKET_PATH_BYTES:
         raise ValueError(
-            f"socket path {paths.outbound} is {longest} bytes long; Unix sockets allow at most "
+            f"socket path {furthest.outbound} (of hub generation {MAX_GENERATION}) is "
+            f"{longest} bytes long; Unix sockets allow at most "
             f"{MAX_SOCKET_PATH_BYTES}. Use a shorter runtime folder (runtime_dir= or "
             f"${ENV_VAR})."
         )

@@ -16,7 +16,8 @@ Roles:
                    {"cmd": "hashes"}, {"cmd": "content"}, {"cmd": "wait_ack", "timeout": S},
                    {"cmd": "status"}, {"cmd": "stats"}, {"cmd": "exit"}
          events:   ready{id, host}, hashes{value}, content{value}, acked{ok}, status{host},
-                   stats{channel, sync}
+                   stats{channel, sync}; status also carries the hub generation followed and
+                   the number of generation switches (failovers)
 """
 
 from __future__ import annotations
@@ -134,7 +135,13 @@ async def _sync(args: argparse.Namespace) -> None:
             except TimeoutError:
                 _emit("acked", ok=False)
         elif cmd == "status":
-            _emit("status", host=sync.is_hub_host)
+            stats = sync.get_channel_stats()
+            _emit(
+                "status",
+                host=sync.is_hub_host,
+                generation=stats["hub_generation"],
+                failovers=stats["hub_failovers"],
+            )
         elif cmd == "stats":
             _emit("stats", channel=sync.get_channel_stats(), sync=sync.get_synchronizer_stats())
         elif cmd == "exit":

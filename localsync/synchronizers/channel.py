@@ -77,7 +77,8 @@ goodbye) start with a zero byte.
 
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
-``get_channel_name()``, ``client_id``, ``is_hub_host``, ``get_channel_stats()`` and
+``get_channel_name()``, ``client_id``, ``is_hub_host``, ``hub_answering``,
+``get_channel_stats()`` (including ``hub_generation`` and ``hub_failovers``) and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.coordinator`).
 
 Without asyncio, use the blocking facade (:mod:`localsync.blocking`)::
@@ -106,7 +107,15 @@ import msgspec
 import zmq
 
 from ..collector import paused
-from ..hub import DEFAULT_HWM, LocalHub, load_public_key, load_secret_key, tcp_endpoints
+from ..hub import (
+    DEFAULT_HWM,
+    HUB_HEARTBEAT_SECONDS,
+    HUB_TIMEOUT_SECONDS,
+    LocalHub,
+    load_public_key,
+    load_secret_key,
+    tcp_endpoints,
+)
 from ..presence import Presence, is_alive, sweep
 from ..runtime import ChannelPaths, channel_paths, validate_channel_name
 
@@ -129,6 +138,7 @@ _PING = b"\x00P"
 _HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
 _HERE = b"\x00h"  # directed answer to a hello
 _BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
+_BEAT = b"\x00K"  # heartbeat to our own topic: the hub answers (see localsync.hub)
 
 _BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
 _MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
@@ -264,7 +274,24 @@ class ChannelTransport:
         self.answers_hello = False
         self.peers_answered = 0
         self._closed = False
-        self.stats = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
+        # hub liveness (see localsync.hub): heartbeat echoes heard, heartbeat turns without
+        # hearing anything from the hub, the generation connected to
+        self._generation = 0
+        self._beats_heard = 0
+        self._silent_turns = 0
+        self._heard_at_last_turn = (0, 0)
+        self._heartbeat: asyncio.TimerHandle | None = None
+        #: False while the hub has not answered for HUB_TIMEOUT_SECONDS (tcp hubs; a local
+        #: channel elects a new hub generation instead)
+        self.hub_answering = True
+        self.stats = {
+            "sent": 0,
+            "received": 0,
+            "ignored": 0,
+            "own_dropped": 0,
+            "hub_generation": 0,
+            "hub_failovers": 0,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -285,7 +312,12 @@ class ChannelTransport:
         if self._paths is not None:
             sweep(self._paths.peers)
             self._presence = Presence(self._paths.peers, self.client_id)
-            self.local_hub = LocalHub(self._paths, hwm=self._hwm).start()
+            self._generation = self._paths.read_generation()
+            self.stats["hub_generation"] = self._generation
+            current = self._paths.at_generation(self._generation)
+            self.inbound, self.outbound = current.inbound_endpoint, current.outbound_endpoint
+            self.local_hub = LocalHub(self._paths, hwm=self._hwm, generation=self._generation)
+            self.local_hub.start()
         context: zmq.Context[Any] = zmq.Context.instance()
         pub = context.socket(zmq.PUB)
         sub = context.socket(zmq.SUB)
@@ -317,10 +349,20 @@ class ChannelTransport:
         except BaseException:
             self.close()
             raise
+        self._heartbeat = self._loop.call_later(HUB_HEARTBEAT_SECONDS, self._beat)
 
     async def _prove_path(self) -> None:
         assert self._loop is not None
-        if not await self._ping_self(self._loop.time() + self._connect_timeout):
+        deadline = self._loop.time() + self._connect_timeout
+        while self._paths is not None:
+            # a local hub that does not answer within HUB_TIMEOUT_SECONDS may be frozen:
+            # follow a newer generation, or elect one (see localsync.hub)
+            if await self._ping_self(min(deadline, self._loop.time() + HUB_TIMEOUT_SECONDS)):
+                return
+            if self._loop.time() >= deadline or self._closed:
+                break
+            self._switch_generation(max(self._paths.read_generation(), self._generation + 1))
+        if not await self._ping_self(deadline):
             raise ChannelError(
                 f"no channel hub answered at {self.outbound} within "
                 f"{self._connect_timeout:g} s (for tcp hubs: is `localsync hub` "
@@ -378,10 +420,76 @@ class ChannelTransport:
             return False
         return await self._ping_self(self._loop.time() + timeout)
 
+    # -- hub liveness ---------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        """One heartbeat turn (every HUB_HEARTBEAT_SECONDS, on the loop; see localsync.hub).
+
+        Reads what already arrived first, so that a loop that was busy does not take its own
+        backlog for silence; anything heard from the hub since the last turn counts.
+        """
+        self._heartbeat = None
+        if self._closed or self._pub is None or self._loop is None:
+            return
+        self._on_readable()
+        if self._closed:
+            return
+        heard = (self._beats_heard, self.stats["received"])
+        if heard != self._heard_at_last_turn:
+            self._heard_at_last_turn = heard
+            self._silent_turns = 0
+            self.hub_answering = True
+        else:
+            self._silent_turns += 1
+        paths = self._paths
+        if paths is not None:
+            newest = paths.read_generation()
+            if newest > self._generation:
+                self._switch_generation(newest)
+            elif self._silent_turns * HUB_HEARTBEAT_SECONDS >= HUB_TIMEOUT_SECONDS:
+                self._switch_generation(self._generation + 1)
+            elif newest < self._generation and self.local_hub and self.local_hub.is_host:
+                paths.publish_generation(self._generation)  # (a racing publisher's older one)
+        elif self._silent_turns * HUB_HEARTBEAT_SECONDS >= HUB_TIMEOUT_SECONDS:
+            self.hub_answering = False
+        with contextlib.suppress(ChannelError, zmq.ZMQError):
+            self._send_raw(self._own_topic, _BEAT)
+        self._heartbeat = self._loop.call_later(HUB_HEARTBEAT_SECONDS, self._beat)
+
+    def _switch_generation(self, generation: int) -> None:
+        """Reconnect to hub ``generation``'s sockets and have our hub compete for it."""
+        assert self._paths is not None
+        try:
+            target = self._paths.at_generation(generation)
+        except ValueError as error:  # (beyond MAX_GENERATION)
+            self._ignore(error)
+            return
+        old_inbound, old_outbound = self.inbound, self.outbound
+        self._generation = generation
+        self.stats["hub_generation"] = generation
+        self.stats["hub_failovers"] += 1
+        self._silent_turns = 0
+        self.inbound, self.outbound = target.inbound_endpoint, target.outbound_endpoint
+        if self.local_hub is not None:
+            self.local_hub.follow(generation)
+        pub, sub = self._pub, self._sub
+        if pub is None or sub is None or self._closed:
+            return
+        for sock, old, new in (
+            (pub, old_inbound, self.inbound),
+            (sub, old_outbound, self.outbound),
+        ):
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disconnect(old)
+            sock.connect(new)
+
     def close(self) -> None:
         """Close the sockets and leave the hub election (a peer takes over a hosted hub)."""
         if self._closed:
             return
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
         if self._pub is not None and self._opening is not None and self._opening.done():
             # peers waiting for our answers move on at once instead of timing out
             with contextlib.suppress(Exception):
@@ -521,6 +629,8 @@ class ChannelTransport:
                 on_peer_left = self.on_peer_left
                 if on_peer_left is not None:
                     on_peer_left(leaver.decode("ascii", "replace"))
+        elif kind == _BEAT and topic == self._own_topic:
+            self._beats_heard += 1
         elif kind == _HERE and topic == self._own_topic:
             self.peers_answered += 1
             if self._here_waiter is not None and not self._here_waiter.done():
@@ -621,6 +731,12 @@ class ChannelSynchronizer:
     def is_hub_host(self) -> bool:
         hub = self._transport.local_hub
         return hub is not None and hub.is_host
+
+    @property
+    def hub_answering(self) -> bool:
+        """False while the hub has not answered heartbeats for ``HUB_TIMEOUT_SECONDS`` (tcp
+        hubs; a local channel elects a new hub instead, see :mod:`localsync.hub`)."""
+        return self._transport.hub_answering
 
     def get_channel_name(self) -> str:
         return self._transport.name

@@ -1,0 +1,81 @@
+"""Trust at the edges: a frozen hub host, a stalled reader's cost, CURVE key mismatches.
+
+Real processes and sockets: a hub host frozen with SIGSTOP must not stall the others (a new
+hub generation is elected, see :mod:`localsync.hub`), and resumes as an ordinary participant.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.channel_procs import Proc
+from tests.test_channel_sync import contents, converge, start
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
+
+
+def has_cell(proc: Proc, table: str, row: str) -> bool:
+    tables = proc.ask("content", "content")["value"][0]
+    return row in tables.get(table, {})
+
+
+def wait_for_cell(procs: list[Proc], table: str, row: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(has_cell(p, table, row) for p in procs):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
+    """SIGSTOP the hub host for up to 20 s: the other two replicate within 12 s while it is
+    stopped (before: nothing until it resumed), and once resumed it is an ordinary
+    participant whose writes arrive."""
+    procs = start(rundir, "frozen", 3)
+    stopped = False
+    try:
+        procs[0].send(cmd="set", cells=[["t", "before", "v", 0]])
+        converge(procs)
+        host = next(p for p in procs if p.ask("status", "status")["host"])
+        writer, reader = (p for p in procs if p is not host)
+        os.kill(host.popen.pid, signal.SIGSTOP)
+        stopped = True
+        frozen_at = time.monotonic()
+        writer.send(cmd="set", cells=[["t", "during", "v", 1]])
+        arrived = wait_for_cell([reader], "t", "during", 12.0)
+        took = time.monotonic() - frozen_at
+        assert arrived, "no replication while the hub host is stopped"
+        assert took < 20.0  # (the host is stopped for that long: it really was frozen)
+        print(f"replication resumed {took:.2f} s after the hub host was stopped")
+        # the survivors elected a newer generation, and one of them hosts it
+        statuses = [p.ask("status", "status") for p in (writer, reader)]
+        assert sum(s["host"] for s in statuses) == 1, statuses
+        assert statuses[0]["generation"] == statuses[1]["generation"] >= 1, statuses
+        os.kill(host.popen.pid, signal.SIGCONT)
+        stopped = False
+        # the resumed host steps down and follows the new generation
+        deadline = time.monotonic() + 15
+        while True:
+            status = host.ask("status", "status")
+            if not status["host"] and status["generation"] == statuses[0]["generation"]:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        host.send(cmd="set", cells=[["t", "resumed", "v", 2]])
+        assert wait_for_cell([writer, reader], "t", "resumed", 15.0)
+        converge(procs)
+        first, *others = contents(procs)
+        assert all(c == first for c in others)
+        assert set(first[0]["t"]) == {"before", "during", "resumed"}
+        assert sum(p.ask("status", "status")["host"] for p in procs) == 1
+    finally:
+        for p in procs:
+            if stopped:
+                os.kill(p.popen.pid, signal.SIGCONT)
+            p.kill()
