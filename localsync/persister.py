@@ -344,6 +344,16 @@ class Persister:
     def _destroy_extra(self) -> Any:
         return None
 
+    def _after_load(self, applied: bool) -> None:
+        """Called after ``load`` handed persisted content to the store (loop thread).
+
+        ``applied`` is False when the store ignored it as invalid (``ignored_count`` rose:
+        invalid or far-future stamps, which the store drops silently as TinyBase does) or
+        applying it raised. Content that was valid but merged only partly (older stamps
+        losing to newer ones) counts as applied. Persisters that must not overwrite storage
+        the store could not take (file, SQLite) override this; the base does nothing.
+        """
+
     def _merge_changes(self, batch: list[Any]) -> list[Any]:
         """Turn waiting transactions' changes into the change sets to save, in order.
 
@@ -460,10 +470,16 @@ class Persister:
         try:
             content = await maybe_await(self._get_persisted())
             if isinstance(content, list):
-                self._set_content_or_changes(content)
+                applied = False
+                try:
+                    self._set_content_or_changes(content)
+                    applied = True
+                finally:
+                    self._after_load(applied)
             elif content is None and initial_content is not None:
                 self._set_default_content(initial_content)
             elif content is not None:
+                self._after_load(False)
                 raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
         except Exception as error:
             self._report(error)
@@ -473,7 +489,7 @@ class Persister:
     async def _save_after_mutated(self) -> None:
         had_mutated = self._had_mutated
         if self.is_auto_saving() and had_mutated is not None and had_mutated():
-            await self.save()
+            await self._save_whole()
 
     async def _run_auto_load_after_save(self) -> None:
         generation = self._auto_load_after_save_generation
@@ -542,7 +558,7 @@ class Persister:
         if not self._pending_auto_loads:
             had_mutated = self._had_mutated
             if had_mutated is not None and self.is_auto_saving() and had_mutated():
-                self._spawn(self.save())
+                self._spawn(self._save_whole())
 
     async def _scheduled_auto_load(self, payload: Any) -> None:
         try:
@@ -606,11 +622,19 @@ class Persister:
     # -- save -------------------------------------------------------------------------------
 
     async def save(self) -> Persister:
-        """Save the whole store (TinyBase ``save``); skipped while loading, as in TinyBase."""
+        """Save the whole store (TinyBase ``save``); skipped while loading, as in TinyBase.
+
+        Errors go to ``on_ignored_error`` here; a subclass may also raise them (the file and
+        SQLite persisters do), which is why the base's own saves call ``_save_whole``.
+        """
+        await self._save_whole()
+        return self
+
+    async def _save_whole(self) -> None:
+        """``save`` without any raising a subclass adds (for saves the base starts itself)."""
         self._bind_loop()
         if self._status != Status.LOADING:
             await self._save_impl(None)
-        return self
 
     async def _save_impl(self, changes: Any) -> None:
         try:

@@ -214,7 +214,8 @@ async def test_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path) ->
     assert statuses == [1, 0]
     assert store.get_mergeable_content() == before  # store untouched
 
-    await persister.start_auto_save()
+    with pytest.raises(PersistError, match="corrupt.json"):
+        await persister.start_auto_save()  # its first save is refused, loudly
     store.set_cell("t", "r", "c2", "new")
     with pytest.raises(PersistError):
         await persister.flush()
@@ -346,7 +347,8 @@ async def test_content_the_store_rejects_is_not_overwritten(tmp_path: Path) -> N
     persister = _persister(store, path, errors)
     await persister.load()
     assert store.get_tables() == {}
-    await persister.start_auto_save()
+    with pytest.raises(PersistError, match="rejected"):
+        await persister.start_auto_save()
     store.set_cell("t", "r", "c", "mine")
     with pytest.raises(PersistError):
         await persister.flush()

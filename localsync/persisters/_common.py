@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..persister import Persister, Persists
+from ._integrity import HashesRepaired, recompute_hashes
 
-__all__ = ["PersistError", "SaveTracker", "merge_changes"]
+__all__ = ["PersistError", "SaveTracker", "StorageCreateError", "merge_changes"]
 
 
 _FLUSH_ATTEMPTS = 500  # save attempts skipped by loads before flush gives up (about 5 s)
@@ -30,6 +31,10 @@ _FLUSH_ATTEMPTS = 500  # save attempts skipped by loads before flush gives up (a
 
 class PersistError(RuntimeError):
     """A save could not be made durable (reported through ``on_ignored_error`` too)."""
+
+
+class StorageCreateError(PersistError):
+    """The storage's folder or file could not be created (the message says which, and why)."""
 
 
 def _merge_stamp_map(into: list[Any], new: list[Any], depth: int) -> None:
@@ -86,6 +91,7 @@ class SaveTracker:
             "repairs": 0,
             "skipped": 0,
             "errors": 0,
+            "hash_repairs": 0,
         }
         self._listeners: dict[int, SavedListener] = {}
         self._next_listener_id = 0
@@ -138,8 +144,10 @@ class Backend:
         self.tracker = SaveTracker(store)
         self.mergeable = bool(store.is_mergeable())
         self.persister: Any = None
-        # set when a load found data it could not read; saves are refused while it holds
+        # set when a load found data it could not read, or content the store rejected; saves
+        # are refused while it holds (unreadable_reason says why, for the error message)
         self.unreadable: Any = None
+        self.unreadable_reason = ""
         # guards transaction numbering together with what subclasses track per transaction
         self.state_lock = threading.Lock()
         self.stashed_changes: Any = None
@@ -201,26 +209,70 @@ class Backend:
 
     # -------------------------------------------------------------- hooks
 
+    def _load_checked(self) -> tuple[Any | None, int]:
+        """Read (on a worker thread) and recompute the hashes of mergeable content.
+
+        Returns the content and how many stored hashes had to be corrected (see
+        ``_integrity``: hashes are checked against the stamps before the store trusts them).
+        """
+        content = self._load_sync()
+        if content is None or not self.mergeable:
+            return content, 0
+        return content, recompute_hashes(content)
+
     async def get_persisted(self) -> Any | None:
         from ._filestore import CorruptContentError
 
         try:
-            content = await asyncio.to_thread(self._load_sync)
+            content, repaired = await asyncio.to_thread(self._load_checked)
+        except StorageCreateError:
+            # nothing there could be read because nothing could be created: no data to
+            # protect, so later saves try again (and raise the same clear error if they fail)
+            raise
         except CorruptContentError as error:
-            self.unreadable = self._unreadable_marker()
+            self._mark_unreadable(f"it is unreadable ({error})")
             raise CorruptContentError(
                 f"{self.kind} {self.path!r} is unreadable and will not be overwritten "
                 f"until it is fixed or removed: {error}"
             ) from error
-        except Exception:
+        except Exception as error:
             # could not even look (permissions, I/O error, locked): what is there is unknown,
             # so it must not be replaced either; a later successful load lifts this
-            self.unreadable = self._unreadable_marker()
+            self._mark_unreadable(f"it could not be read ({error!r})")
             raise
         self.unreadable = None
+        self.unreadable_reason = ""
+        self._expect_load = None
         if content is not None and self.mergeable:
-            self._expect_load = [_stamp_hash(content[0]), _stamp_hash(content[1])]
+            if repaired:
+                # the store gets truthful hashes, the storage still has the wrong ones: it is
+                # not "already saved", so the next save writes the corrected hashes
+                self.tracker.stats["hash_repairs"] += repaired
+                if self.persister is not None:
+                    self.persister._report(HashesRepaired(self.path, repaired))
+            else:
+                self._expect_load = [_stamp_hash(content[0]), _stamp_hash(content[1])]
         return content
+
+    def after_load(self, applied: bool) -> None:
+        """Called once the loaded content was handed to the store (on the loop thread).
+
+        ``applied`` is False when the store refused it (invalid stamps, stamps too far in the
+        future for this process's clock: the store ignores such content silently, as
+        TinyBase does) or applying it raised. The storage then holds data this store does not
+        have, so it is protected exactly like an unreadable file: every save raises
+        ``PersistError`` until it is fixed or removed, or a later load succeeds.
+        """
+        self._expect_load = None
+        if not applied:
+            self._mark_unreadable(
+                "it holds content the store rejected (invalid stamps, or stamps too far in "
+                "the future for this clock)"
+            )
+
+    def _mark_unreadable(self, reason: str) -> None:
+        self.unreadable = self._unreadable_marker()
+        self.unreadable_reason = reason
 
     def _unreadable_marker(self) -> Any:
         return True
@@ -228,24 +280,14 @@ class Backend:
     async def set_persisted(self, get_content: Any = None, changes: Any = None) -> None:
         if self._still_unreadable():
             error = PersistError(
-                f"refusing to overwrite unreadable {self.kind} {self.path!r}; "
-                "fix or remove it (a later load that succeeds also clears this)"
-            )
-            self.tracker.failed(error)
-            raise error
-        if self._expect_load is not None:
-            # a load read content that never reached the store (the store rejected it as
-            # invalid, silently, as TinyBase does): saving now would replace it with whatever
-            # the store holds, so treat the storage as unreadable instead
-            self._expect_load = None
-            self.unreadable = self._unreadable_marker()
-            error = PersistError(
-                f"{self.kind} {self.path!r} held content the store rejected as invalid; "
-                "it will not be overwritten until it is fixed or removed"
+                f"refusing to overwrite {self.kind} {self.path!r}: "
+                f"{self.unreadable_reason or 'it could not be read'}; fix or remove it "
+                "(a later load that succeeds also clears this)"
             )
             self.tracker.failed(error)
             raise error
         self.unreadable = None
+        self.unreadable_reason = ""
         if not self._has_work():
             # a queued auto-save whose transactions an earlier write already covered: no
             # thread hop, no write (this is what makes a burst cost a few writes)
@@ -319,7 +361,7 @@ class Backend:
             if self.tracker.durable_seq >= target:
                 return self.tracker.durable_seq
             errors = self.tracker.stats["errors"]
-            await self.persister.save()
+            await self.persister._save_whole()
             if self.tracker.durable_seq >= target:
                 return self.tracker.durable_seq
             if self.tracker.stats["errors"] > errors:
@@ -383,6 +425,29 @@ class BackendPersister(Persister):
 
     def _destroy_extra(self) -> Any:
         return self._backend.destroy()
+
+    def _after_load(self, applied: bool) -> None:
+        self._backend.after_load(applied)
+
+    async def save(self) -> BackendPersister:
+        """Save the whole store now; raise ``PersistError`` if that failed.
+
+        Unlike TinyBase's ``save`` (errors only reach ``on_ignored_error``, which still hears
+        them), a failed save raises here, so ``save()`` and ``start_auto_save()`` on storage
+        that is unreadable, or that cannot be created or written, fail loudly. Saving when
+        nothing changed since the last durable save writes nothing and succeeds.
+        """
+        backend = self._backend
+        errors = backend.tracker.stats["errors"]
+        await self._save_whole()
+        if backend.tracker.stats["errors"] > errors:
+            cause = backend.tracker.last_error
+            if isinstance(cause, PersistError):
+                raise cause
+            raise PersistError(
+                f"{backend.kind} {backend.path!r}: the save failed ({cause})"
+            ) from cause
+        return self
 
     async def flush(self, timeout: float | None = None) -> int:
         """Return once every transaction finished before the call is durable (see Backend)."""

@@ -33,8 +33,10 @@ __all__ = [
     "CorruptContentError",
     "check_content_shape",
     "check_plain_content_shape",
+    "create_private_file",
     "decode_content",
     "encode_content",
+    "ensure_folder",
     "read_content",
     "remove_stale_temp_files",
     "resolve_target",
@@ -151,6 +153,62 @@ def remove_stale_temp_files(path: str | os.PathLike[str], older_than: float = 60
     return removed
 
 
+def _describe(error: OSError) -> str:
+    """``permission denied`` from ``[Errno 13] Permission denied: 'x'``."""
+    return (error.strerror or str(error)).lower()
+
+
+def ensure_folder(path: str | os.PathLike[str]) -> None:
+    """Create the missing folders above ``path``, each ``0700``; leave existing ones alone.
+
+    Persisted data is private to the user running the process (like the live sockets), so
+    folders this code creates are ``0700``; a folder that already exists keeps its mode
+    (the operator chose it). Raises ``StorageCreateError`` naming the folder that could not
+    be created and why, e.g. ``cannot create folder data/rooms: permission denied``.
+    """
+    from ._common import StorageCreateError
+
+    folder = Path(path).parent
+    missing: list[Path] = []
+    while str(folder) not in ("", ".") and not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)  # the umask can only remove bits: stays <= 0700
+        except FileExistsError:
+            if not folder.is_dir():
+                raise StorageCreateError(
+                    f"cannot create folder {folder}: a file of that name is in the way"
+                ) from None
+        except OSError as error:
+            raise StorageCreateError(
+                f"cannot create folder {folder}: {_describe(error)}"
+            ) from error
+
+
+def create_private_file(path: str | os.PathLike[str]) -> bool:
+    """Create ``path`` empty with mode ``0600`` (and its folders) if it does not exist.
+
+    Returns whether it was created. Used before SQLite opens a database: SQLite creates its
+    ``-wal``, ``-shm`` and ``-journal`` files with the database file's permissions, so this
+    keeps all of them private. Raises ``StorageCreateError`` (what, where, why) on failure.
+    """
+    from ._common import StorageCreateError
+
+    ensure_folder(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise StorageCreateError(f"cannot create {path}: {_describe(error)}") from error
+    os.close(fd)
+    return True
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename durable; some filesystems refuse O_RDONLY on folders, which we tolerate."""
     try:
@@ -173,21 +231,29 @@ def write_atomic(
 ) -> None:
     """Replace the file at ``path`` with ``data`` so that a crash leaves old or new, never half.
 
-    The temporary file keeps the target's permission bits (as TinyBase does). On any error the
+    The temporary file keeps the target's permission bits (as TinyBase does); a new file is
+    ``0600`` and missing folders are created ``0700`` (see ``ensure_folder``). On any error the
     temporary file is removed and the target is untouched; the error propagates to the caller
     (the persister reports it). ``durable=False`` skips the fsyncs (for benchmarks only: the
     result is still atomic against a process crash, but not against a power cut).
     ``before_replace`` receives the new file's ``fstat`` just before it becomes visible (a
     rename keeps inode, size and mtime), so a watcher can recognise the write as its own.
     """
+    from ._common import StorageCreateError
+
     target = resolve_target(path)
     folder = target.parent if str(target.parent) else Path(".")
     try:
         mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = None
+        ensure_folder(target)
     temp = folder / f"{target.name}.{get_unique_id()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is None else mode)
+    except OSError as error:
+        what = "create" if mode is None else "write"
+        raise StorageCreateError(f"cannot {what} {path}: {_describe(error)}") from error
     try:
         try:
             view = memoryview(data)

@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..hash import get_value_in_values_hash as _in
-from ._filestore import CorruptContentError, check_content_shape
+from ._filestore import CorruptContentError, check_content_shape, create_private_file
 from ._jsonio import ContentDecodeError, dumps_str, loads
 
 __all__ = ["FORMAT", "SqliteStorage"]
@@ -222,6 +222,32 @@ def _decode_things(things: list[str]) -> list[Any]:
     return decoded
 
 
+_TABLES = (
+    "localsync_meta",
+    "localsync_tables",
+    "localsync_rows",
+    "localsync_cells",
+    "localsync_values",
+)
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _check_tables(path: str, names: set[str]) -> None:
+    """Refuse a database holding some of our tables but not all (one was dropped).
+
+    A new database has none (the schema is created); recreating a dropped table empty would
+    load the rest as if the missing stamps had never existed, and the next save would make
+    that loss permanent. Raises ``CorruptContentError`` naming the missing tables.
+    """
+    present = [name for name in _TABLES if name in names]
+    if present and len(present) != len(_TABLES):
+        missing = ", ".join(name for name in _TABLES if name not in names)
+        raise CorruptContentError(f"{path}: incomplete localsync database (missing {missing})")
+
+
 def _meta_rows(stamps: list[Any]) -> list[tuple[Any, ...]]:
     """The one meta row: format, and the tables' and values' HLCs and hashes."""
     return [(FORMAT, _hlc(stamps[0]), _hash(stamps[0]), _hlc(stamps[1]), _hash(stamps[1]))]
@@ -250,18 +276,24 @@ class SqliteStorage:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 10000")
-                names = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
+                names = _table_names(conn)
             except sqlite3.DatabaseError as error:
                 conn.close()
                 raise CorruptContentError(f"{self.path}: {error}") from error
             if "localsync_meta" not in names:
                 conn.close()
                 raise CorruptContentError(f"{self.path}: not a localsync database")
+            try:
+                _check_tables(self.path, names)
+            except CorruptContentError:
+                conn.close()
+                raise
             self._conn = conn
         if self._conn is None:
+            # a new database is created 0600 before SQLite opens it: SQLite gives its -wal,
+            # -shm and -journal files the database file's mode, so they stay private too
+            if self.path != ":memory:":
+                create_private_file(self.path)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 10000")
@@ -269,11 +301,15 @@ class SqliteStorage:
                 if str(mode).lower() != "wal":  # pragma: no cover - e.g. some network filesystems
                     conn.execute("PRAGMA journal_mode = DELETE")
                 conn.execute("PRAGMA synchronous = FULL")
+                _check_tables(self.path, _table_names(conn))
                 conn.executescript(_SCHEMA)
             except sqlite3.DatabaseError as error:
                 conn.close()
                 if "not a database" in str(error) or "malformed" in str(error):
                     raise CorruptContentError(f"{self.path}: {error}") from error
+                raise
+            except BaseException:
+                conn.close()
                 raise
             self._conn = conn
         return self._conn
@@ -436,6 +472,18 @@ class SqliteStorage:
             "SELECT format, tables_hlc, tables_hash, values_hlc, values_hash FROM localsync_meta"
         ).fetchone()
         if meta is None:
+            stored = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM localsync_tables) "
+                "OR EXISTS (SELECT 1 FROM localsync_rows) "
+                "OR EXISTS (SELECT 1 FROM localsync_cells) "
+                "OR EXISTS (SELECT 1 FROM localsync_values)"
+            ).fetchone()[0]
+            if stored:
+                # stamps without the meta row that every save writes last: not "nothing
+                # saved" (a save would wipe them) but a damaged database
+                raise CorruptContentError(
+                    f"{self.path}: stored stamps but no localsync_meta row (damaged database)"
+                )
             return None
         if meta[0] != FORMAT:
             raise CorruptContentError(f"{self.path}: unknown localsync format {meta[0]}")
