@@ -6,6 +6,16 @@ written as ``%2F``), so every client can
 leave and come back to its data, also after a restart. Path ids are validated by the server
 before a file name is made from them (see :mod:`localsync.servers.ws_server`).
 
+A room that never held data leaves no file behind: when its store stops empty (no data, not
+even a deletion), its file is deleted, after checking that the file itself holds nothing (a
+file that could not be read, or that holds data, is always kept).
+
+Room limits (refused with HTTP 503 at the upgrade, or close code 1013 ``tinybase:15:rooms``
+for a shared socket's subscription): ``--max-rooms`` rooms open at once (default 10,000) and
+``--max-rooms-per-address`` rooms joined at once by the clients of one remote address (default
+1,000; behind a reverse proxy every client has the proxy's address, so raise or disable it with
+0); a shared socket joins at most 100 rooms (TinyBase's channel limit).
+
 Logs each connection and, every ``--summary-seconds``, a one-line summary; exits cleanly
 (closing connections and saving every room) on SIGINT or SIGTERM.
 """
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,7 +35,7 @@ from typing import Any
 from .. import event_loop
 from .ws_server import WsServer, create_ws_server, path_file_name
 
-__all__ = ["configure", "persister_factory", "run", "serve"]
+__all__ = ["configure", "empty_room_discarder", "persister_factory", "run", "serve"]
 
 logger = logging.getLogger("localsync.serve")
 
@@ -45,12 +56,9 @@ def persister_factory(
     folder.mkdir(parents=True, exist_ok=True)
 
     def create_persister(path_id: str) -> Any:
-        name = path_file_name(path_id)  # ValueError for an invalid id
+        target = _room_file(folder, path_id, kind)  # ValueError for an invalid id
         from ..mergeable_store import create_mergeable_store
 
-        target = folder / (name + SUFFIXES[kind])
-        if target.parent != folder:  # belt and braces: the id cannot leave the folder
-            raise ValueError(f"invalid path id {path_id!r}")
         store = create_mergeable_store()
         if kind == "sqlite":
             from ..persisters.sqlite import create_sqlite_persister
@@ -61,6 +69,60 @@ def persister_factory(
         return create_file_persister(store, target)
 
     return create_persister
+
+
+def _room_file(folder: Path, path_id: str, kind: str) -> Path:
+    target = folder / (path_file_name(path_id) + SUFFIXES[kind])  # ValueError for a bad id
+    if target.parent != folder:  # belt and braces: the id cannot leave the folder
+        raise ValueError(f"invalid path id {path_id!r}")
+    return target
+
+
+def _holds_nothing(target: Path, kind: str) -> bool:
+    """True only when ``target`` could be read and holds no data (errors: False)."""
+    try:
+        if kind == "sqlite":
+            from ..persisters._sqlitestore import SqliteStorage
+
+            storage = SqliteStorage(target, read_only=True)
+            try:
+                content = storage.read_content()
+            finally:
+                storage.close()
+        else:
+            from ..persisters._filestore import read_content
+
+            content = read_content(target, True)
+    except Exception:
+        return False
+    return content is None or (not content[0][0] and not content[1][0])
+
+
+def empty_room_discarder(
+    data_dir: str | os.PathLike[str], kind: str = "sqlite"
+) -> Callable[[str], bool]:
+    """``discard(path_id)``: delete the room's file in ``data_dir`` if it holds no data.
+
+    For ``WsServer``'s ``discard_empty_path``: called after a room whose store was empty has
+    stopped, so a probe of many room names leaves nothing on disk. Returns True when it deleted
+    the file; a file that holds data or cannot be read is kept.
+    """
+    if kind not in SUFFIXES:
+        raise ValueError(f"persister must be one of {sorted(SUFFIXES)}, not {kind!r}")
+    folder = Path(data_dir).resolve()
+
+    def discard(path_id: str) -> bool:
+        target = _room_file(folder, path_id, kind)
+        if not target.is_file() or target.is_symlink() or not _holds_nothing(target, kind):
+            return False
+        target.unlink()
+        if kind == "sqlite":  # (SQLite removes these itself on a clean close; leftovers only)
+            for extra in ("-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / (target.name + extra)).unlink()
+        return True
+
+    return discard
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +139,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="require this token (Authorization: Bearer or ?token=); env LOCALSYNC_TOKEN",
     )
     parser.add_argument("--max-clients", type=int, default=None, help="refuse more (503)")
+    parser.add_argument(
+        "--max-rooms", type=int, default=10_000, help="rooms open at once (0 = no limit)"
+    )
+    parser.add_argument(
+        "--max-rooms-per-address",
+        type=int,
+        default=1_000,
+        help="rooms one remote address may have joined at once (0 = no limit)",
+    )
     parser.add_argument("--summary-seconds", type=float, default=30.0)
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
@@ -97,12 +168,16 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     factory = None if args.no_persist else persister_factory(args.data, args.persister)
+    discard = None if args.no_persist else empty_room_discarder(args.data, args.persister)
     server = await create_ws_server(
         args.host,
         args.port,
         factory,
         token=args.token,
         max_clients=args.max_clients,
+        max_rooms=args.max_rooms or None,
+        max_rooms_per_address=args.max_rooms_per_address or None,
+        discard_empty_path=discard,
         on_ignored_error=lambda error: logger.info("ignored: %s", error),
     )
     where = "" if factory is None else f" (data in {Path(args.data).resolve()}, {args.persister})"

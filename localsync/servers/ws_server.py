@@ -44,7 +44,6 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -54,6 +53,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..frame_queue import FrameQueue
+from ..persister import TinyBaseError
+from ..protocol import ERROR_SYNC_RESPONSE
 from ..wire import (
     ERROR_MESSAGE,
     MAX_PAYLOAD_SIZE,
@@ -66,6 +67,7 @@ from ..wire import (
     payload_size,
 )
 from .ws_multiplex import (
+    MAX_CHANNELS,
     SUBPROTOCOL,
     ChannelMessage,
     MultiplexedSocket,
@@ -100,6 +102,7 @@ PathIdsListener = Callable[["WsServer", str, int], None]
 ClientIdsListener = Callable[["WsServer", str, str, int], None]
 Authenticate = Callable[[str, Request], "bool | Awaitable[bool]"]
 IgnoredErrorHandler = Callable[[BaseException], None]
+DiscardEmptyPath = Callable[[str], "Any | Awaitable[Any]"]
 
 
 def is_valid_path_id(path_id: str, allow_empty: bool = False) -> bool:
@@ -116,6 +119,17 @@ def path_file_name(path_id: str) -> str:
     return path_id.replace("/", "%2F")
 
 
+def _address_of(connection: ServerConnection) -> str:
+    """The remote host of a connection (without its port), "" when unknown."""
+    try:
+        address = connection.remote_address
+    except Exception:
+        return ""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "")
+
+
 def _path_id_of(request_path: str) -> str | None:
     # TinyBase: the URL path after the first "/", up to any "?"
     if not request_path.startswith("/"):
@@ -128,6 +142,7 @@ class _Client:
     (``channel`` set: its frames are wrapped, and it shares the socket's queue)."""
 
     __slots__ = (
+        "address",
         "channel",
         "closing",
         "decoder",
@@ -155,20 +170,23 @@ class _Client:
         self.channel = channel
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
+        self.address = _address_of(ws)
 
 
 class _Path:
+    """A room: its clients, and its server store's lifecycle (one task at a time per room)."""
+
     __slots__ = (
         "buffer",
         "buffered",
         "clients",
         "id",
+        "lifecycle",
         "persister",
         "ready",
         "receive",
-        "starting",
-        "stopping",
         "synchronizer",
+        "up",
     )
 
     def __init__(self, path_id: str) -> None:
@@ -180,8 +198,10 @@ class _Path:
         self.persister: Any = None
         self.synchronizer: Any = None
         self.receive: Callable[[str, str | None, int, Any], None] | None = None
-        self.starting: asyncio.Task[None] | None = None
-        self.stopping: asyncio.Task[None] | None = None
+        # the task that starts and stops the store until it matches "has clients"
+        self.lifecycle: asyncio.Task[None] | None = None
+        # a store was created (and must be stopped) for this room
+        self.up = False
 
 
 class WsServer:
@@ -200,6 +220,10 @@ class WsServer:
         token: str | None = None,
         max_queue_bytes: int = MAX_PAYLOAD_SIZE,
         max_clients: int | None = None,
+        max_rooms: int | None = None,
+        max_rooms_per_address: int | None = None,
+        max_rooms_per_socket: int = MAX_CHANNELS,
+        discard_empty_path: DiscardEmptyPath | None = None,
         listeners: bool = True,
     ) -> None:
         self._host = host
@@ -212,9 +236,15 @@ class WsServer:
         self._token = token
         self._max_queue_bytes = max_queue_bytes
         self._max_clients = max_clients
+        self._max_rooms = max_rooms
+        self._max_rooms_per_address = max_rooms_per_address
+        self._max_rooms_per_socket = min(max_rooms_per_socket, MAX_CHANNELS)
+        self._discard_empty_path = discard_empty_path
         self._listeners_enabled = listeners
+        # every room with a client or with a store still running (get_path_ids: with clients)
         self._paths: dict[str, _Path] = {}
-        self._stopping_paths: dict[str, asyncio.Task[None]] = {}
+        # the rooms each remote address is in, with how many of its clients are in each
+        self._address_rooms: dict[str, dict[str, int]] = {}
         self._server: Server | None = None
         self._listeners: dict[str, tuple[str | None, Callable[..., None], bool]] = {}
         self._next_listener = 0
@@ -229,6 +259,8 @@ class WsServer:
             "bytes_sent": 0,
             "invalid": 0,
             "overflows": 0,
+            "rooms_refused": 0,
+            "rooms_discarded": 0,
         }
 
     # ----------------------------------------------------------------------------- start
@@ -268,7 +300,7 @@ class WsServer:
     # ---------------------------------------------------------------------- public API
 
     def get_path_ids(self) -> list[str]:
-        return list(self._paths)
+        return [path_id for path_id, path in self._paths.items() if path.clients]
 
     def get_client_ids(self, path_id: str) -> list[str]:
         path = self._paths.get(path_id)
@@ -288,7 +320,13 @@ class WsServer:
 
     def get_stats(self) -> dict[str, int]:
         """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters."""
-        return {"paths": len(self._paths), "clients": self._client_count(), **self._stats}
+        paths = sum(1 for path in self._paths.values() if path.clients)
+        return {
+            "paths": paths,
+            "clients": self._client_count(),
+            "rooms": len(self._paths),
+            **self._stats,
+        }
 
     def _client_count(self) -> int:
         return sum(len(p.clients) for p in self._paths.values())
@@ -358,6 +396,11 @@ class WsServer:
             return self._reject(connection, HTTPStatus.BAD_REQUEST, "not a WebSocket request")
         if self._max_clients is not None and self._client_count() >= self._max_clients:
             return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
+        if not shared:  # (a shared socket's rooms are checked as its channels subscribe)
+            refusal = self._room_refusal(path_id, _address_of(connection))
+            if refusal is not None:
+                self._stats["rooms_refused"] += 1
+                return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, refusal)
         if self._token is not None:
             supplied = _request_token(request)
             if supplied is None:
@@ -366,6 +409,18 @@ class WsServer:
                 return self._reject(connection, HTTPStatus.FORBIDDEN, "bad token")
         if not await self._allowed(path_id, request):
             return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
+        return None
+
+    def _room_refusal(self, path_id: str, address: str) -> str | None:
+        """Why a client from ``address`` may not join ``path_id`` now (room limits), or None."""
+        limit = self._max_rooms
+        if limit is not None and path_id not in self._paths and len(self._paths) >= limit:
+            return "too many rooms"
+        limit = self._max_rooms_per_address
+        if limit is not None:
+            rooms = self._address_rooms.get(address, {})
+            if path_id not in rooms and len(rooms) >= limit:
+                return "too many rooms for this address"
         return None
 
     async def _allowed(self, path_id: str, request: Request) -> bool:
@@ -400,6 +455,11 @@ class WsServer:
         path = self._paths.get(path_id)
         if path is not None and client_id in path.clients:
             await ws.close(1008, "duplicate client id")
+            return
+        if self._room_refusal(path_id, _address_of(ws)) is not None:  # (raced at the upgrade)
+            self._stats["rooms_refused"] += 1
+            error = overflow_error("rooms")
+            await ws.close(error.code, error.reason)
             return
         path = self._add_client(path_id, client_id, ws)
         client = path.clients[client_id]
@@ -485,7 +545,7 @@ class WsServer:
                         self._route(client.path, socket_id, event.message)
                 elif isinstance(event, Subscribe):
                     clients[event.channel_id] = await self._join_channel(
-                        ws, event, socket_id, queue
+                        ws, event, socket_id, queue, clients
                     )
                 else:
                     left = clients.pop(event.channel_id, None)
@@ -505,7 +565,12 @@ class WsServer:
         return None
 
     async def _join_channel(
-        self, ws: ServerConnection, event: Subscribe, socket_id: str, queue: FrameQueue
+        self,
+        ws: ServerConnection,
+        event: Subscribe,
+        socket_id: str,
+        queue: FrameQueue,
+        joined: dict[str, _Client],
     ) -> _Client:
         """Add a shared socket's channel to its room; ``WireError`` when it may not join."""
         path_id = event.path_id
@@ -518,6 +583,12 @@ class WsServer:
         existing = self._paths.get(path_id)
         if existing is not None and socket_id in existing.clients:
             raise WireError(ERROR_MESSAGE)
+        if len(joined) >= self._max_rooms_per_socket:
+            self._stats["rooms_refused"] += 1
+            raise overflow_error("channels")
+        if self._room_refusal(path_id, _address_of(ws)) is not None:
+            self._stats["rooms_refused"] += 1
+            raise overflow_error("rooms")
         path = self._add_client(path_id, socket_id, ws, queue, event.channel_id)
         return path.clients[socket_id]
 
@@ -560,15 +631,19 @@ class WsServer:
         if path is None:
             path = _Path(path_id)
             self._paths[path_id] = path
-            self._call_listeners(False, path_id, 1)
-            if self._create_persister is not None:
-                path.starting = asyncio.ensure_future(self._start_path(path))
-            else:
+            if self._create_persister is None:
                 path.ready = True
         if queue is None:
             queue = FrameQueue(self._max_queue_bytes)
-        path.clients[client_id] = _Client(client_id, ws, path, self._timeout, queue, channel)
+        first = not path.clients
+        client = _Client(client_id, ws, path, self._timeout, queue, channel)
+        path.clients[client_id] = client
+        rooms = self._address_rooms.setdefault(client.address, {})
+        rooms[path_id] = rooms.get(path_id, 0) + 1
+        if first:
+            self._call_listeners(False, path_id, 1)
         self._call_listeners(True, path_id, client_id, 1)
+        self._steer(path)
         return path
 
     def _del_client(self, client: _Client) -> None:
@@ -576,30 +651,71 @@ class WsServer:
         if path.clients.get(client.id) is not client:
             return
         del path.clients[client.id]
+        rooms = self._address_rooms.get(client.address)
+        if rooms is not None:
+            left = rooms.get(path.id, 0) - 1
+            if left > 0:
+                rooms[path.id] = left
+            else:
+                rooms.pop(path.id, None)
+                if not rooms:
+                    del self._address_rooms[client.address]
         self._call_listeners(True, path.id, client.id, -1)
-        if not path.clients and self._paths.get(path.id) is path:
-            del self._paths[path.id]
-            self._call_listeners(False, path.id, -1)
-            if path.persister is not None or path.starting is not None:
-                task = asyncio.ensure_future(self._stop_path(path))
-                path.stopping = task
-                self._stopping_paths[path.id] = task
-                task.add_done_callback(partial(self._forget_stopping, path.id))
+        synchronizer = path.synchronizer
+        if synchronizer is not None:
+            # its requests to the client that left fail (or go to everyone) now, not after
+            # their time-out
+            try:
+                synchronizer.peer_left(client.id)
+            except Exception as exc:
+                self._report(exc)
+        if path.clients:
+            return
+        self._call_listeners(False, path.id, -1)
+        if synchronizer is not None:
+            # nobody is left to answer: a pull asking everyone would wait out its time-out
+            synchronizer.engine.reject_pending_requests(
+                TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
+            )
+        if self._create_persister is None:
+            if self._paths.get(path.id) is path:
+                del self._paths[path.id]
+        else:
+            self._steer(path)
 
-    def _forget_stopping(self, path_id: str, task: asyncio.Task[None]) -> None:
-        if self._stopping_paths.get(path_id) is task:
-            del self._stopping_paths[path_id]
+    def _steer(self, path: _Path) -> None:
+        """Run the room's lifecycle task unless it runs already (it re-checks when done)."""
+        if self._create_persister is not None and path.lifecycle is None:
+            path.lifecycle = asyncio.ensure_future(self._run_lifecycle(path))
 
-    async def _start_path(self, path: _Path) -> None:
-        previous = self._stopping_paths.get(path.id)
-        if previous is not None:  # the same store must be saved before it is loaded again
-            with contextlib.suppress(Exception):
-                await asyncio.shield(previous)
+    async def _run_lifecycle(self, path: _Path) -> None:
+        """Start or stop the room's store until it matches whether the room has clients.
+
+        One task per room does every start and stop in turn, so churn collapses: a start
+        never waits behind a queue of stops, and a client that comes back while the store is
+        still up keeps it. A room without clients and without a store is forgotten.
+        """
+        try:
+            while True:
+                if (path.clients or path.buffer) and not path.up:
+                    await self._start_store(path)
+                elif not path.clients and path.up:
+                    await self._stop_store(path)
+                else:
+                    break
+        finally:
+            path.lifecycle = None
+            if not (path.clients or path.up or path.buffer) and self._paths.get(path.id) is path:
+                del self._paths[path.id]
+
+    async def _start_store(self, path: _Path) -> None:
+        """Load the room's store from its persister and start syncing it as client "S"."""
         try:
             assert self._create_persister is not None
             persister = self._create_persister(path.id)
             if inspect.isawaitable(persister):
                 persister = await persister
+            path.up = True
             if persister is not None:
                 from ..synchronizer import create_custom_synchronizer
 
@@ -632,12 +748,18 @@ class WsServer:
                 while not syncing.done() and not path.synchronizer.is_auto_loading():
                     await asyncio.sleep(0)
                 self._flush(path)
+                if not path.clients:  # (they left while it loaded: nobody will answer)
+                    path.synchronizer.engine.reject_pending_requests(
+                        TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
+                    )
                 await syncing
         except Exception as exc:
             self._report(exc)
             logger.exception("could not start the store of /%s", path.id)
+            path.buffer, path.buffered = [], 0
             for client in list(path.clients.values()):
                 client.closing = True
+                self._del_client(client)
                 self._spawn(client.ws.close(1011, "store unavailable"))
             return
         finally:
@@ -650,21 +772,39 @@ class WsServer:
             # also from clients that left meanwhile: their changes must reach the store
             self._to_server(path, from_id, message)
 
-    async def _stop_path(self, path: _Path) -> None:
-        if path.starting is not None:
-            with contextlib.suppress(BaseException):
-                await path.starting
-        if path.persister is not None:
-            try:  # whatever the last changes were, they are on disk before the store goes
-                await path.persister.save()
-            except Exception as exc:
-                self._report(exc)
-        for closer in (path.synchronizer, path.persister):
-            if closer is not None:
-                try:
-                    await closer.destroy()
+    async def _stop_store(self, path: _Path) -> None:
+        """Save and close the room's store; discard its file when it never held data."""
+        path.ready = False  # (a client joining meanwhile waits for the next start)
+        synchronizer, persister = path.synchronizer, path.persister
+        path.synchronizer = path.persister = path.receive = None
+        empty = False
+        try:
+            if synchronizer is not None:
+                try:  # first: it fails what it still waits for (nobody is left to answer)
+                    await synchronizer.destroy()
                 except Exception as exc:
                     self._report(exc)
+            if persister is not None:
+                try:  # whatever the last changes were, they are on disk before the store goes
+                    await persister.save()
+                except Exception as exc:
+                    self._report(exc)
+                try:
+                    await persister.destroy()
+                except Exception as exc:
+                    self._report(exc)
+                empty = _is_empty(persister)
+        finally:
+            path.up = False
+        if empty and self._discard_empty_path is not None:
+            try:
+                discarded = self._discard_empty_path(path.id)
+                if inspect.isawaitable(discarded):
+                    discarded = await discarded
+                if discarded:
+                    self._stats["rooms_discarded"] += 1
+            except Exception as exc:
+                self._report(exc)
 
     # --------------------------------------------------------------------------- relay
 
@@ -735,9 +875,21 @@ class WsServer:
             for client in list(path.clients.values()):
                 client.closing = True
                 self._del_client(client)
-        stopping = list(self._stopping_paths.values())
-        if stopping:
-            await asyncio.gather(*stopping, return_exceptions=True)
+        # every room's lifecycle task stops its store (and nobody can start one any more)
+        while True:
+            running = [p.lifecycle for p in self._paths.values() if p.lifecycle is not None]
+            if not running:
+                break
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def _is_empty(persister: Any) -> bool:
+    """True when the persister's store holds no data at all (not even deletions)."""
+    try:
+        tables, values = persister.get_store().get_mergeable_content()[:2]
+    except Exception:
+        return False
+    return not tables[0] and not values[0]
 
 
 def _offered_subprotocols(request: Request) -> list[str]:
@@ -803,12 +955,18 @@ async def create_ws_server(
     token: str | None = None,
     max_queue_bytes: int = MAX_PAYLOAD_SIZE,
     max_clients: int | None = None,
+    max_rooms: int | None = None,
+    max_rooms_per_address: int | None = None,
+    max_rooms_per_socket: int = MAX_CHANNELS,
+    discard_empty_path: DiscardEmptyPath | None = None,
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
     ``create_persister(path_id)`` returns a Persister of a MergeableStore (or an awaitable of
-    one, or None for a relay-only path). See the module docstring for path ids, auth, limits
-    and back-pressure.
+    one, or None for a relay-only path). ``discard_empty_path(path_id)`` (may be a coroutine)
+    is called after a room whose store holds no data at all was stopped, so that the caller
+    can delete what its persister left on disk; it returns True when it deleted something.
+    See the module docstring for path ids, auth, room limits and back-pressure.
     """
     server = WsServer(
         host,
@@ -821,6 +979,10 @@ async def create_ws_server(
         token=token,
         max_queue_bytes=max_queue_bytes,
         max_clients=max_clients,
+        max_rooms=max_rooms,
+        max_rooms_per_address=max_rooms_per_address,
+        max_rooms_per_socket=max_rooms_per_socket,
+        discard_empty_path=discard_empty_path,
     )
     await server._start()
     return server
