@@ -84,7 +84,10 @@ from .runtime import ChannelPaths
 
 __all__ = [
     "DEFAULT_HWM",
+    "HUB_BYTES_PER_QUEUED_MESSAGE",
     "HUB_HEARTBEAT_SECONDS",
+    "HUB_QUEUE_BYTES",
+    "HUB_SUBSCRIBER_HWM",
     "HUB_TIMEOUT_SECONDS",
     "LocalHub",
     "TcpHub",
@@ -98,7 +101,31 @@ __all__ = [
 
 #: High-water mark (messages) of hub and participant sockets. PUB/SUB drops, never blocks,
 #: at the mark; drops are healed by anti-entropy, so the mark trades memory for latency.
+#: The hub's queue towards each subscriber is bounded further, by bytes (below).
 DEFAULT_HWM = 100_000
+
+#: Memory the hub host may spend on the queue of one stalled subscriber (a SIGSTOPped or
+#: swapped-out participant whose I/O thread reads nothing): beyond it, messages for that
+#: subscriber are dropped, and anti-entropy repairs them once it runs again.
+HUB_QUEUE_BYTES = 64 * 2**20
+#: Worst-case memory one queued message keeps alive in the hub. What costs the memory is
+#: not the message (a 17-byte topic frame is stored inline, a ~100-byte payload is small):
+#: libzmq's decoder receives into an 8 KiB buffer allocated per read (with room for 249
+#: 40-byte reference counts: 18 KiB in all), and each message read without copying keeps
+#: its whole buffer alive while it waits in the XPUB queue. A writer whose messages reach
+#: the hub one per read (any writer slower than the hub) thus costs a buffer per message:
+#: measured 8.1 KB of resident memory per queued message (the pages touched), 18 KiB
+#: allocated; a fast burst shares buffers (1.1 KB per message measured). pyzmq's libzmq
+#: has no option to copy small messages or shrink the buffer (ZMQ_IN_BATCH_SIZE and
+#: ZMQ_ZERO_COPY_RECV are draft options it lacks), so the bound is a message count.
+HUB_BYTES_PER_QUEUED_MESSAGE = 18 * 1024
+#: The hub's high-water mark (messages) towards each subscriber: HUB_QUEUE_BYTES divided by
+#: the worst-case cost per message (3,640). A live participant's own SUB socket still takes
+#: up to ``hwm`` messages (DEFAULT_HWM) into its own process, so a reader that is merely
+#: busy, not stopped, does not lose messages to this smaller mark (it pays for them itself,
+#: at the same worst-case cost per message: lower ``hwm`` to bound that); kernel socket buffers
+#: (about 200 KiB per connection by default) are not counted in any process's memory.
+HUB_SUBSCRIBER_HWM = HUB_QUEUE_BYTES // HUB_BYTES_PER_QUEUED_MESSAGE
 
 #: Period of each participant's heartbeat through the hub (one tiny message to itself, and
 #: a read of the generation file; see the module doc).
@@ -178,11 +205,15 @@ class _Proxy:
         outbound: str,
         hwm: int,
         curve: tuple[bytes, bytes] | None = None,
+        subscriber_hwm: int = HUB_SUBSCRIBER_HWM,
     ) -> None:
         self._context = context
         self._inbound = inbound
         self._outbound = outbound
         self._hwm = hwm
+        # the smaller of the two marks (0 means none, ZeroMQ's convention)
+        marks = [mark for mark in (hwm, subscriber_hwm) if mark > 0]
+        self._outbound_hwm = min(marks) if marks else 0
         self._curve = curve  # (public, secret): the sockets act as CURVE servers
         self._control = f"inproc://localsync-hub-{os.getpid()}-{next(_ids)}"
         self._state = threading.Lock()
@@ -205,7 +236,7 @@ class _Proxy:
             # 1,000, past which the rest of the burst would be dropped: no mark there.
             xsub.rcvhwm = self._hwm
             xsub.sndhwm = 0
-            xpub.sndhwm = self._hwm
+            xpub.sndhwm = self._outbound_hwm  # (bounds memory per stalled subscriber)
             if self._curve is not None:
                 for sock in (xsub, xpub):
                     sock.curve_publickey, sock.curve_secretkey = self._curve
@@ -263,9 +294,11 @@ class LocalHub:
         retry_seconds: float = 0.05,
         context: zmq.Context | None = None,
         generation: int | None = None,
+        subscriber_hwm: int = HUB_SUBSCRIBER_HWM,
     ) -> None:
         self.paths = paths.at_generation(0)
         self._hwm = hwm
+        self._subscriber_hwm = subscriber_hwm
         self._retry = retry_seconds
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
@@ -370,7 +403,13 @@ class LocalHub:
             self.times_hosted += 1
             self._hosting.set()
 
-        proxy = _Proxy(self._context, paths.inbound_endpoint, paths.outbound_endpoint, self._hwm)
+        proxy = _Proxy(
+            self._context,
+            paths.inbound_endpoint,
+            paths.outbound_endpoint,
+            self._hwm,
+            subscriber_hwm=self._subscriber_hwm,
+        )
         with self._state:
             if self._stop.is_set() or self._generation != paths.generation:
                 return
@@ -423,6 +462,7 @@ class TcpHub:
         context: zmq.Context | None = None,
         secret_key: str | os.PathLike[str] | None = None,
         allow: str | os.PathLike[str] | None = None,
+        subscriber_hwm: int = HUB_SUBSCRIBER_HWM,
     ) -> None:
         self.inbound, self.outbound = tcp_endpoints(bind)
         if allow is not None and secret_key is None:
@@ -439,7 +479,7 @@ class TcpHub:
         self._auth: Any = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._proxy = _Proxy(ctx, self.inbound, self.outbound, hwm, curve)
+        self._proxy = _Proxy(ctx, self.inbound, self.outbound, hwm, curve, subscriber_hwm)
         self._thread = threading.Thread(target=self._run, name="localsync-tcp-hub", daemon=True)
 
     def _run(self) -> None:
@@ -491,6 +531,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="socket high-water mark")
     parser.add_argument(
+        "--subscriber-hwm",
+        type=int,
+        default=HUB_SUBSCRIBER_HWM,
+        help="messages queued for one stalled subscriber before dropping (bounds memory)",
+    )
+    parser.add_argument(
         "--secret-key",
         metavar="FILE",
         help="the hub's .key_secret file: encrypt and authenticate with CURVE",
@@ -525,7 +571,13 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        hub = TcpHub(args.bind, hwm=args.hwm, secret_key=args.secret_key, allow=args.allow)
+        hub = TcpHub(
+            args.bind,
+            hwm=args.hwm,
+            secret_key=args.secret_key,
+            allow=args.allow,
+            subscriber_hwm=args.subscriber_hwm,
+        )
         hub.start()
     except (ValueError, zmq.ZMQError) as error:
         print(f"localsync hub: {error}", flush=True)

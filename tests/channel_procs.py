@@ -9,10 +9,13 @@ Roles:
 ``raw``  a bare :class:`ChannelTransport` (no store, no engine): tests the transport itself.
          commands: {"cmd": "send", "body": X, "to": ID|null}, {"cmd": "status"}, {"cmd": "exit"}
          events:   ready{id, host}, recv{from, body}, status{host}
+``hub``  only a :class:`LocalHub` (started first, it hosts): its memory is the hub's alone.
+         commands: {"cmd": "status"}, {"cmd": "exit"}; events: ready{host}, status{host, generation}
 ``sync`` a MergeableStore on a channel synchronizer.
          commands: {"cmd": "set", "cells": [[table, row, cell, value], ...]},
                    {"cmd": "write_loop", "table": T, "count": N} (one cell per transaction,
-                   as fast as possible, then event "written"),
+                   as fast as possible, then event "written"; with "pause": S, sleeping S
+                   seconds after each),
                    {"cmd": "hashes"}, {"cmd": "content"}, {"cmd": "wait_ack", "timeout": S},
                    {"cmd": "status"}, {"cmd": "stats"}, {"cmd": "exit"}
          events:   ready{id, host}, hashes{value}, content{value}, acked{ok}, status{host},
@@ -104,9 +107,12 @@ async def _sync(args: argparse.Namespace) -> None:
                     store.set_cell(table, row, cell, value)
         elif cmd == "write_loop":
             _emit("writing")
+            pause = command.get("pause")
             for i in range(command["count"]):
                 store.set_cell(command["table"], f"r{i}", "c", i)
-                if i % 10 == 0:
+                if pause is not None:
+                    await asyncio.sleep(pause)  # a trickle: each message sent on its own
+                elif i % 10 == 0:
                     await asyncio.sleep(0)  # let received messages in, as a real worker would
             _emit("written")
         elif cmd == "hashes":
@@ -149,16 +155,32 @@ async def _sync(args: argparse.Namespace) -> None:
     await sync.destroy()
 
 
+async def _hub(args: argparse.Namespace) -> None:
+    from localsync.hub import LocalHub
+    from localsync.runtime import channel_paths
+
+    hub = LocalHub(channel_paths(args.channel, args.runtime_dir), hwm=args.hwm).start()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, hub.wait_host)
+    _emit("ready", host=True)
+    async for command in _commands():
+        if command["cmd"] == "status":
+            _emit("status", host=hub.is_host, generation=hub.generation)
+        elif command["cmd"] == "exit":
+            break
+    hub.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["raw", "sync"])
+    parser.add_argument("role", choices=["raw", "sync", "hub"])
     parser.add_argument("--channel", required=True)
     parser.add_argument("--runtime-dir")
     parser.add_argument("--hub")
     parser.add_argument("--hwm", type=int, default=100_000)
     parser.add_argument("--anti-entropy", type=float, default=0.3)
     args = parser.parse_args()
-    role = {"raw": _raw, "sync": _sync}[args.role]
+    role = {"raw": _raw, "sync": _sync, "hub": _hub}[args.role]
     asyncio.run(role(args))
 
 

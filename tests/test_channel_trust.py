@@ -79,3 +79,57 @@ def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
             if stopped:
                 os.kill(p.popen.pid, signal.SIGCONT)
             p.kill()
+
+
+def test_a_stalled_reader_costs_the_hub_host_a_bounded_amount_of_memory(rundir: Path) -> None:
+    """A SIGSTOPped reader reads nothing: the hub's queue for it is bounded by bytes
+    (HUB_QUEUE_BYTES, worst case), not by 100,000 messages of up to 18 KiB each (before:
+    about 155 MB for 20,000 trickled messages, 107 MB for a fast burst of 200,000), and the
+    reader catches up by anti-entropy once resumed."""
+    import psutil
+
+    from localsync.hub import HUB_QUEUE_BYTES
+
+    hub = Proc("hub", "--channel", "stall", "--runtime-dir", str(rundir))
+    hub.expect("ready", 45)  # (started first and alone: it hosts)
+    writer, reader = start(rundir, "stall", 2, "--anti-entropy", "1.0")
+    procs = [hub, writer, reader]
+    stopped = False
+    try:
+        host = psutil.Process(hub.popen.pid)
+        before = host.memory_info().rss
+        peak = before
+
+        def write(count: int, **pause: float) -> None:
+            nonlocal peak
+            writer.send(cmd="write_loop", table=f"t{count}", count=count, **pause)
+            deadline = time.monotonic() + 120
+            while True:
+                peak = max(peak, host.memory_info().rss)
+                try:
+                    writer.expect("written", 0.1)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "the writer did not finish"
+
+        os.kill(reader.popen.pid, signal.SIGSTOP)
+        stopped = True
+        # one message per read at the hub (the costly case), then a fast burst
+        write(12_000, pause=0.0002)
+        write(200_000)
+        for _ in range(10):
+            peak = max(peak, host.memory_info().rss)
+            time.sleep(0.1)
+        growth = peak - before
+        print(f"hub host RSS grew by {growth / 2**20:.1f} MiB")
+        assert growth < HUB_QUEUE_BYTES, f"{growth / 2**20:.1f} MiB"
+        os.kill(reader.popen.pid, signal.SIGCONT)
+        stopped = False
+        converge([writer, reader], 120)
+        tables = contents([reader])[0][0]
+        assert (len(tables["t12000"]), len(tables["t200000"])) == (12_000, 200_000)
+    finally:
+        if stopped:
+            os.kill(reader.popen.pid, signal.SIGCONT)
+        for p in procs:
+            p.kill()
