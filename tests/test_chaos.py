@@ -168,6 +168,7 @@ def _load_file(path: Path, persister: str) -> dict[str, Any]:
 def test_chaos_loses_no_acknowledged_row(rundir: Path, persister: str) -> None:
     seed = int(os.environ.get("LOCALSYNC_CHAOS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
+    print(f"chaos: seed {seed} (LOCALSYNC_CHAOS_SEED replays it)")  # shown when the test fails
     data = rundir / "data"
     counts: Counter[str] = Counter()
     coordinators = [Coordinator(rundir, data, persister)]
