@@ -243,6 +243,8 @@ class MultiplexedSocket:
             messages = decoder.feed(payload)
         except WireError as error:
             raise self._invalid(error) from None
+        except Exception:  # (a check that raised, e.g. OverflowError for a huge JSON integer)
+            raise self._invalid() from None
         # one fragment budget for the whole socket
         decoders = self.channels.values()
         if (

@@ -472,7 +472,7 @@ class WsServer:
                 text = data if isinstance(data, str) else data.decode("utf-8", "replace")
                 self._stats["bytes_received"] += len(text)
                 try:
-                    decoded = client.decoder.feed(text)
+                    decoded = _decode(client.decoder, text)
                 except WireError as error:
                     self._stats["invalid" if error.code == 1007 else "overflows"] += 1
                     self._report(error)
@@ -890,6 +890,18 @@ def _is_empty(persister: Any) -> bool:
     except Exception:
         return False
     return not tables[0] and not values[0]
+
+
+def _decode(decoder: PayloadDecoder, text: str) -> list[Decoded]:
+    """``decoder.feed(text)``; any other error of its checks (such as OverflowError for a JSON
+    integer too large for a float) is invalid input too, never a crash of the connection."""
+    try:
+        return decoder.feed(text)
+    except WireError:
+        raise
+    except Exception:
+        decoder.clear()
+        raise WireError(ERROR_MESSAGE) from None
 
 
 def _offered_subprotocols(request: Request) -> list[str]:
