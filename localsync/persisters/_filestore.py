@@ -110,7 +110,7 @@ def read_content(path: str | os.PathLike[str], mergeable: bool = True) -> Any | 
     try:
         with open(path, "rb") as file:
             data = file.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a folder should be)
         return None
     return decode_content(data, mergeable)
 
@@ -245,7 +245,7 @@ def write_atomic(
     folder = target.parent if str(target.parent) else Path(".")
     try:
         mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         mode = None
         ensure_folder(target)
     temp = folder / f"{target.name}.{get_unique_id()}.tmp"

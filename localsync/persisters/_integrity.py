@@ -10,7 +10,8 @@ stamps makes the loss visible to sync, which then repairs it from any intact pee
 The rule (one place, used by the file and SQLite persisters alike): every row, table and
 root hash is recomputed from its children with the helpers of :mod:`localsync.hash`, in the
 form the store's own merges produce (children's ``H(id:hash)`` terms, the ``H(id:0)``
-legacy term for cells and values, plus ``H(hlc)`` of the stamp's own HLC when it has one).
+legacy term for cells and values, no term for a row or table whose hash is 0, plus
+``H(hlc)`` of the stamp's own HLC when it has one).
 A cell or value keeps its stored hash when it is the hash of its thing either as stored or in
 the other form TinyBase hashes object cells in (decoded object for a merged cell, the
 ``"\\ufffd{...}"`` string for a local write); otherwise the hash is recomputed from the thing.
@@ -109,6 +110,14 @@ def _things(stamp: list[Any], fixes: Fixes) -> int:
     return _check(stamp, get_values_hash(hashes) ^ _hlc_term(stamp), fixes)
 
 
+def _parent_hash(child_hashes: dict[str, int]) -> int:
+    """A table's (or all tables') hash from its children's: ``get_table_hash`` without the
+    children whose hash is 0 (an empty row): the store adds no ``H(id:0)`` removal term for
+    them when they gain content, so counting them would make the hashes diverge from an
+    intact peer's forever after sync restored the row."""
+    return get_table_hash({child_id: h for child_id, h in child_hashes.items() if h})
+
+
 def recompute_hashes(content: list[Any]) -> int:
     """Make every hash in encoded mergeable ``content`` match its stamps, in place.
 
@@ -131,9 +140,9 @@ def recompute_hashes(content: list[Any]) -> int:
                 row_id: _things(row_stamp, fixes) for row_id, row_stamp in table_stamp[0].items()
             }
             table_hashes[table_id] = _check(
-                table_stamp, get_table_hash(row_hashes) ^ _hlc_term(table_stamp), fixes
+                table_stamp, _parent_hash(row_hashes) ^ _hlc_term(table_stamp), fixes
             )
-        _check(tables_stamp, get_table_hash(table_hashes) ^ _hlc_term(tables_stamp), fixes)
+        _check(tables_stamp, _parent_hash(table_hashes) ^ _hlc_term(tables_stamp), fixes)
         _things(values_stamp, fixes)
     except (_Malformed, TypeError, AttributeError, IndexError):
         return 0

@@ -68,7 +68,7 @@ __all__ = ["CorruptContentError", "FilePersister", "PersistError", "create_file_
 def _identity(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
