@@ -214,7 +214,7 @@ async def test_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path) ->
     assert statuses == [1, 0]
     assert store.get_mergeable_content() == before  # store untouched
 
-    with pytest.raises(PersistError, match="corrupt.json"):
+    with pytest.raises(PersistError, match=r"corrupt\.json"):
         await persister.start_auto_save()  # its first save is refused, loudly
     store.set_cell("t", "r", "c2", "new")
     with pytest.raises(PersistError):
