@@ -459,7 +459,9 @@ async def test_permission_denied_names_the_file(tmp_path: Path, kind: str) -> No
     path = _path(folder, kind)
     persister = _persister(kind, create_mergeable_store(), path, [])
     try:
-        with pytest.raises(StorageCreateError, match=re.escape(f"cannot create {path}: permission denied")):
+        with pytest.raises(
+            StorageCreateError, match=re.escape(f"cannot create {path}: permission denied")
+        ):
             await persister.save()
     finally:
         await persister.destroy()
