@@ -123,7 +123,9 @@ class Coordinator:
         from .mergeable_store import create_mergeable_store
         from .synchronizers.channel import create_channel_synchronizer
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # private like the live sockets: the persisted channel is readable by its user only
+        # (an existing folder keeps the mode its owner gave it)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = create_mergeable_store()
         if self.persister_kind == "sqlite":
             from .persisters.sqlite import create_sqlite_persister

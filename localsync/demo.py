@@ -370,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     out.flush()
 
     try:
+        # the data folder is private (0700) from the start, as the coordinator creates it
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         coordinator = CoordinatorProcess(args.channel, data_dir, args.persister)
     except (OSError, RuntimeError) as error:
         print(f"localsync demo: {error}", file=sys.stderr)

@@ -476,3 +476,76 @@ async def test_permission_denied_names_the_file(tmp_path: Path, kind: str) -> No
     finally:
         await persister.destroy()
         os.chmod(folder, 0o700)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.process
+@pytest.mark.timeout(120)
+def test_coordinator_data_folder_and_file_are_private(tmp_path: Path) -> None:
+    """A real coordinator process under umask 022: its data folder is 0700, its files 0600."""
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    data = tmp_path / "data"
+    channel = f"trust-{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", channel),
+            *("--data", str(data), "--runtime-dir", str(runtime)),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())  # bounded by the test timeout
+        assert ready
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert _mode(data) == 0o700
+    files = sorted(data.iterdir())
+    assert files
+    for file in files:
+        assert _mode(file) == 0o600, file
+
+
+@pytest.mark.process
+@pytest.mark.timeout(120)
+def test_demo_data_folder_is_private(tmp_path: Path) -> None:
+    """``localsync demo`` end to end under umask 022: data folder 0700, data file 0600."""
+    import subprocess
+    import sys
+    import uuid
+
+    data = tmp_path / "demo-data"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "localsync.cli", "demo", "--data", str(data), "--json"),
+            *("--channel", f"trust-demo-{uuid.uuid4().hex[:12]}"),
+            *("--workers", "1", "--rows", "5", "--rate", "0"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=100,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert _mode(data) == 0o700
+    assert _mode(Path(summary["data_file"])) == 0o600
