@@ -133,3 +133,56 @@ def test_a_stalled_reader_costs_the_hub_host_a_bounded_amount_of_memory(rundir: 
             os.kill(reader.popen.pid, signal.SIGCONT)
         for p in procs:
             p.kill()
+
+
+def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None:
+    """Key mismatches are named from libzmq's handshake events, not reported as a hub that
+    does not answer (before: one message, "no channel hub answered", for every case)."""
+    import asyncio
+
+    from localsync import create_mergeable_store
+    from localsync.hub import TcpHub, generate_keys
+    from localsync.synchronizers.channel import ChannelError, create_channel_synchronizer
+    from tests.test_channel_transport import free_port_pair
+
+    keys = tmp_path / "keys"
+    for name in ("hub", "alice", "mallory"):
+        generate_keys(keys, name)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "alice.key").write_bytes((keys / "alice.key").read_bytes())
+    address = f"tcp://127.0.0.1:{free_port_pair()}"
+
+    async def refused(match: str, at: str = address, **options: object) -> None:
+        store = create_mergeable_store()
+        sync = create_channel_synchronizer(
+            store, "net", hub=at, connect_timeout_seconds=3.0, **options
+        )
+        try:
+            with pytest.raises(ChannelError, match=match):
+                await sync.start_sync()
+        finally:
+            await sync.destroy()
+
+    async def scenario() -> None:
+        hub_key, alice = keys / "hub.key", keys / "alice.key_secret"
+        await refused("not the hub's public key", hub_key=keys / "alice.key", client_key=alice)
+        await refused(
+            "refused this client's key.*--allow",
+            hub_key=hub_key,
+            client_key=keys / "mallory.key_secret",
+        )
+        await refused("requires CURVE keys")
+        # the right keys work
+        store = create_mergeable_store()
+        sync = create_channel_synchronizer(
+            store, "net", hub=address, hub_key=hub_key, client_key=alice
+        )
+        await sync.start_sync()
+        await sync.destroy()
+
+    with TcpHub(address, secret_key=keys / "hub.key_secret", allow=allowed):
+        asyncio.run(scenario())
+    with TcpHub(address):  # a hub without keys, and a client with them
+        asyncio.run(refused("does not use CURVE keys", hub_key=keys / "hub.key"))
+    asyncio.run(refused("nothing accepts connections"))  # no hub at all

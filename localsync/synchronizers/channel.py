@@ -99,6 +99,7 @@ import contextlib
 import os
 import secrets
 import string
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, cast
@@ -155,6 +156,16 @@ LIVENESS_CHECK_SECONDS = 0.5
 FLUSH_ON_CLOSE_SECONDS = 3.0
 #: anti-entropy periods vary by this fraction either way (see SyncEngine.anti_entropy_jitter)
 ANTI_ENTROPY_JITTER = 0.25
+#: libzmq monitor events watched on a tcp participant's SUB socket while its path is proven,
+#: to say why a hub did not answer (see ChannelTransport._why_no_hub)
+_HANDSHAKE_EVENTS = int(
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 Receive = Callable[[str, "str | None", int, Any], None]
@@ -281,6 +292,9 @@ class ChannelTransport:
         self._silent_turns = 0
         self._heard_at_last_turn = (0, 0)
         self._heartbeat: asyncio.TimerHandle | None = None
+        # tcp hubs: libzmq's monitor of the SUB socket while the path is proven
+        self._handshakes: zmq.Socket | None = None
+        self._handshake_events: dict[int, int] = {}
         #: False while the hub has not answered for HUB_TIMEOUT_SECONDS (tcp hubs; a local
         #: channel elects a new hub generation instead)
         self.hub_answering = True
@@ -334,6 +348,9 @@ class ChannelTransport:
         sub.rcvhwm = self._hwm
         sub.sndhwm = 0
         pub.rcvhwm = 0
+        if self._paths is None:
+            # before connecting, so that no handshake goes unseen (closed once proven)
+            self._handshakes = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
         pub.connect(self.inbound)
         sub.connect(self.outbound)
         # own topic last: the XPUB applies one SUB's subscriptions in order, so the ping
@@ -349,6 +366,8 @@ class ChannelTransport:
         except BaseException:
             self.close()
             raise
+        finally:
+            self._stop_watching_handshakes()
         self._heartbeat = self._loop.call_later(HUB_HEARTBEAT_SECONDS, self._beat)
 
     async def _prove_path(self) -> None:
@@ -362,13 +381,93 @@ class ChannelTransport:
             if self._loop.time() >= deadline or self._closed:
                 break
             self._switch_generation(max(self._paths.read_generation(), self._generation + 1))
+        while self._handshakes is not None:  # (tcp): collect handshake events meanwhile
+            if await self._ping_self(min(deadline, self._loop.time() + 0.25)):
+                return
+            self._read_handshake_events()
+            if self._loop.time() >= deadline or self._closed:
+                break
         if not await self._ping_self(deadline):
+            self._read_handshake_events()
             raise ChannelError(
                 f"no channel hub answered at {self.outbound} within "
-                f"{self._connect_timeout:g} s (for tcp hubs: is `localsync hub` "
-                "running, and do hub_key/client_key match its --secret-key and "
-                "--allow?)"
+                f"{self._connect_timeout:g} s: {self._why_no_hub()}"
             )
+
+    def _read_handshake_events(self) -> None:
+        """Record the monitor events that arrived (event -> its last value)."""
+        monitor = self._handshakes
+        while monitor is not None:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 2 and len(frames[0]) == 6:  # (event: u16, value: u32)
+                event, value = struct.unpack("=HI", frames[0])
+                self._handshake_events[event] = value
+
+    def _stop_watching_handshakes(self) -> None:
+        monitor, self._handshakes = self._handshakes, None
+        if monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                if self._sub is not None and not self._sub.closed:
+                    self._sub.disable_monitor()
+            monitor.close(0)
+
+    def _why_no_hub(self) -> str:
+        """The likely cause of a failed path proof, from the handshake events seen (tcp)."""
+        if self._paths is not None:
+            return "the local hub did not forward our messages (is the machine overloaded?)"
+        seen = self._handshake_events
+        where = f"the hub at {self.outbound}"
+        if int(zmq.EVENT_HANDSHAKE_FAILED_AUTH) in seen:
+            status = seen[int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)]
+            return (
+                f"{where} refused this client's key (CURVE authentication failed, status "
+                f"{status}): check that client_key is a .key_secret whose public .key file "
+                "is in the hub's --allow folder"
+            )
+        protocol = seen.get(int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
+        if protocol == int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+            if self._curve is None:
+                return (
+                    f"{where} requires CURVE keys: give hub_key (the hub's public key) "
+                    "and, if the hub has an --allow list, client_key"
+                )
+            return (
+                f"{where} does not use CURVE keys (started without --secret-key), "
+                "but hub_key was given"
+            )
+        if protocol is not None:
+            return (
+                f"{where} failed the handshake (ZMTP protocol error {protocol:#x}): "
+                "check that hub_key is the hub's public key"
+            )
+        connected = int(zmq.EVENT_CONNECTED) in seen
+        succeeded = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) in seen
+        dropped = seen.keys() & {
+            int(zmq.EVENT_DISCONNECTED),
+            int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL),
+        }
+        if connected and dropped and self._curve is not None and not succeeded:
+            return (
+                f"{where} accepted connections but dropped them during the CURVE handshake: "
+                "hub_key is probably not the hub's public key (a hub cannot read a "
+                "handshake made for another key)"
+            )
+        if not connected:
+            return (
+                f"nothing accepts connections at {self.outbound}: is `localsync hub --bind "
+                f"{self.inbound}` running there, and reachable?"
+            )
+        if not succeeded:
+            return f"{where} accepted a connection but its handshake did not finish"
+        return (
+            f"{where} accepted connections but our messages did not come back through it "
+            f"(is it a localsync hub? publishers use {self.inbound}, subscribers "
+            f"{self.outbound}; check that hub_key and client_key match its --secret-key "
+            "and --allow)"
+        )
 
     async def _ping_self(self, deadline: float) -> bool:
         """Send pings to our own topic until one comes back through the hub (True) or the
