@@ -132,7 +132,9 @@ class Backend:
 
     Subclasses implement ``_load_sync``, ``_save_sync`` and ``_watch_token``; this class runs
     them on worker threads (fsync must not stall the event loop), numbers transactions,
-    acknowledges durable saves and refuses to overwrite data it could not read.
+    acknowledges durable saves, checks loaded hashes against the loaded stamps, and refuses
+    to overwrite data it could not read or that the store rejected (decided right after the
+    load applied it: ``after_load``).
     """
 
     kind = "storage"

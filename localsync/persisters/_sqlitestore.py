@@ -15,10 +15,14 @@ TEXT in SQLite and is stored as a BLOB of its surrogate-pass UTF-8 bytes instead
 (JavaScript ``undefined``), ``"\\ufffd{...}"`` strings for object/array cells, and plain JSON
 for strings, numbers, booleans and ``null``. JSON text keeps the distinctions SQLite's own
 types lose (boolean vs integer, ``1`` vs ``1.0``, deletion vs ``null``). Hashes are the
-unsigned 32-bit TinyBase hashes, stored as they were computed by the store (the store trusts
-persisted hashes on load exactly as TinyBase's ``setMergeableContent`` does). The meta row
-exists once content has been saved: no meta row means "nothing saved", which a load treats as
-TinyBase treats a missing file.
+unsigned 32-bit TinyBase hashes, stored as they were computed by the store; a load does not
+take them on trust but recomputes them from the stored stamps first (``_integrity``), so a
+database that lost rows reports hashes that make sync restore them. The meta row is written
+by every save: no meta row *and* no stamps means "nothing saved" (a load treats it as TinyBase
+treats a missing file); stamps without a meta row, or a database missing some of the five
+tables, is damaged and raises ``CorruptContentError`` (it is never recreated or overwritten).
+A new database file is created ``0600`` (its folders ``0700``) before SQLite opens it, so
+the ``-wal``/``-shm``/``-journal`` files SQLite derives from it are private too.
 
 Why this shape: a mergeable store never forgets a cell (a deletion is a stamp holding
 ``undefined``), and ``getTransactionMergeableChanges(true)`` hands the persister, for every

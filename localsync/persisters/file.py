@@ -22,9 +22,19 @@ What it adds, and why:
   ``on_ignored_error`` (a ``CorruptContentError`` for bad data) and leaves the store
   untouched; later saves are refused with ``PersistError`` until that file is fixed or
   removed (or a load succeeds), so an empty store never replaces data that merely failed to
-  load. A missing or empty file loads as "nothing saved" (TinyBase's ``initial_content``
-  applies). Write errors (full disk, read-only folder) leave the previous file in place and
-  are reported the same way; the next save tries again.
+  load. Unlike TinyBase, ``save()`` and ``start_auto_save()`` raise that ``PersistError``
+  too (``on_ignored_error`` still hears it). A missing or empty file loads as "nothing
+  saved" (TinyBase's ``initial_content`` applies). Write errors (full disk, read-only
+  folder) leave the previous file in place and are reported (and raised) the same way; the
+  next save tries again.
+* Stored hashes are recomputed from the stored stamps on load (``_integrity``): a file that
+  lost rows but kept its hashes loads what it has, with hashes that let sync restore the
+  rest (``HashesRepaired`` is reported through ``on_ignored_error``, and the next save
+  writes the truthful hashes).
+* Private storage: a new file is ``0600`` (also its temporary files) and missing folders
+  are created ``0700``; an existing file or folder keeps its mode. A folder or file that
+  cannot be created makes ``save``/``start_auto_save``/``flush`` raise a
+  ``StorageCreateError`` naming it (``cannot create data/room1.json: permission denied``).
 * Auto-load watches the file's identity (inode, size, mtime) every ``poll_seconds`` and
   ignores the persister's own saves. Temporary files left by a killed writer are removed
   on load once they are ten minutes old.

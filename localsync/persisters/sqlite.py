@@ -20,7 +20,8 @@ How a save decides what to write:
   After that, explicit ``save()`` calls are incremental too, which keeps a caller that saves
   in a loop (the channel coordinator) at O(changes) per save.
 
-Acknowledged saves, coalescing, corrupt-data protection and ``flush``/``add_saved_listener``/
+Acknowledged saves, coalescing, corrupt-data protection (content the store rejects, too),
+hash recomputation on load, private files and folders, and ``flush``/``add_saved_listener``/
 ``get_save_stats`` work as in the file persister (see ``localsync.persisters._common``).
 Auto-load polls SQLite's ``data_version`` every ``poll_seconds`` and reloads when another
 connection (another process) committed; only one process should *write* a database.
