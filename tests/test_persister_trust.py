@@ -549,3 +549,35 @@ def test_demo_data_folder_is_private(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert _mode(data) == 0o700
     assert _mode(Path(summary["data_file"])) == 0o600
+
+
+def test_tinybase_hashes_pass_the_check_unchanged() -> None:
+    """Every content snapshot TinyBase itself produced in the conformance traces (local
+    writes, merges, object cells, deletions) keeps its hashes; only the trace that sets
+    content with made-up hashes (123, 456, ...) is corrected."""
+    import copy
+
+    from localsync.persisters._integrity import recompute_hashes
+
+    corrected: set[str] = set()
+    checked = 0
+
+    def walk(node: Any, trace: str) -> None:
+        nonlocal checked
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if key == "content" and isinstance(child, list) and len(child) == 2:
+                    checked += 1
+                    if recompute_hashes(copy.deepcopy(child)):
+                        corrected.add(trace)
+                else:
+                    walk(child, trace)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, trace)
+
+    for name in ("merge_traces", "store_traces"):
+        for trace in json.loads((ROOT / "tests" / "conformance" / f"{name}.json").read_text()):
+            walk(trace, trace["name"])
+    assert checked > 200
+    assert corrected == {"apply_and_set_mergeable"}

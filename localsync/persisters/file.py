@@ -63,7 +63,7 @@ import os
 from typing import Any
 
 from ..persister import Persists
-from ._common import Backend, BackendPersister, PersistError
+from ._common import Backend, BackendPersister, PersistError, StorageCreateError
 from ._filestore import (
     CorruptContentError,
     encode_content,
@@ -71,8 +71,16 @@ from ._filestore import (
     remove_stale_temp_files,
     write_atomic,
 )
+from ._integrity import HashesRepaired
 
-__all__ = ["CorruptContentError", "FilePersister", "PersistError", "create_file_persister"]
+__all__ = [
+    "CorruptContentError",
+    "FilePersister",
+    "HashesRepaired",
+    "PersistError",
+    "StorageCreateError",
+    "create_file_persister",
+]
 
 
 def _identity(path: str) -> tuple[int, int, int] | None:

@@ -33,8 +33,9 @@ import os
 from typing import Any
 
 from ..codec import encode_if_json
-from ._common import Backend, BackendPersister, PersistError, merge_changes
+from ._common import Backend, BackendPersister, PersistError, StorageCreateError, merge_changes
 from ._filestore import CorruptContentError
+from ._integrity import HashesRepaired
 from ._sqlitestore import SqliteStorage
 
 
@@ -42,7 +43,14 @@ def _hlc(stamp: list[Any]) -> str:
     return stamp[1] if len(stamp) > 1 else ""
 
 
-__all__ = ["CorruptContentError", "PersistError", "SqlitePersister", "create_sqlite_persister"]
+__all__ = [
+    "CorruptContentError",
+    "HashesRepaired",
+    "PersistError",
+    "SqlitePersister",
+    "StorageCreateError",
+    "create_sqlite_persister",
+]
 
 
 class SqliteBackend(Backend):
