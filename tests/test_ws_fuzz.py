@@ -232,8 +232,8 @@ async def send_all(ws: ClientConnection, frames: list[str | bytes], rng: random.
                 await asyncio.wait_for(ws.send(raw, text=True), 10)
             if rng.random() < 0.1:
                 await asyncio.sleep(rng.random() * 0.05)
-    except (ConnectionClosed, TimeoutError):
-        pass
+    except (ConnectionClosed, TimeoutError, OSError, AttributeError):
+        pass  # (AttributeError: websockets' send may abort a transport already lost)
     finally:
         if rng.random() < 0.5:  # sometimes wait for the server's verdict, sometimes just go
             await asyncio.sleep(0.05)
@@ -267,7 +267,7 @@ async def fuzz_connection(
                     frames.append(f'S\n["s{i}",-1,[1,{json.dumps(channel)}]]')
         frames.extend(shared_frame(rng, p, channels) for p in payloads)
         await send_all(ws, frames, rng)
-    except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError):
+    except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, AttributeError):
         pass  # (refused or closed: exactly what bad input may get)
 
 

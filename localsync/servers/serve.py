@@ -155,9 +155,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _summary(server: WsServer) -> str:
     s = server.get_stats()
     return (
-        f"paths={s['paths']} clients={s['clients']} messages in={s['messages_received']} "
+        f"paths={s['paths']} rooms={s['rooms']} clients={s['clients']} "
+        f"messages in={s['messages_received']} "
         f"out={s['messages_sent']} connections={s['connections']} rejected={s['rejected']} "
-        f"invalid={s['invalid']} overflows={s['overflows']}"
+        f"invalid={s['invalid']} overflows={s['overflows']} "
+        f"rooms_refused={s['rooms_refused']} rooms_discarded={s['rooms_discarded']}"
     )
 
 

@@ -11,6 +11,17 @@ service needs:
   the path's store loads from it, saves every change, and is synchronized like a client;
   when the last client leaves, the path is stopped (persister and synchronizer destroyed)
   and the next client finds the data again - also after a server restart.
+* **Room lifecycle under churn**: one task per room starts and stops its store, one step at
+  a time, until the store is up exactly while the room has clients; so any number of
+  connect/close cycles cost at most one stop and one start before the next client is served,
+  and a client that comes back while the store is still up keeps it. Requests of the room's
+  store to a client that left fail at once (``peer_left``); when the last client leaves,
+  every request still waiting is failed, so neither a start nor a stop ever waits out a
+  request time-out for clients that are gone, and ``destroy`` (saving every room) is prompt.
+* **Rooms that never held data** (store empty at stop: no data, not even a deletion) are
+  handed to ``discard_empty_path(path_id)`` if given, so that the caller can delete what the
+  persister left on disk (``localsync serve`` deletes the file after checking that it holds
+  nothing; see :mod:`localsync.servers.serve`).
 * **Path ids are validated before anything else** (see ``is_valid_path_id``): at most 128
   characters in 1 to 8 ``/``-separated segments (``org/doc`` works, as in TinyBase), each
   segment from ``A-Z a-z 0-9 _ ~ - .`` and not starting with ``.`` (so no ``.``, ``..`` or
@@ -23,11 +34,20 @@ service needs:
   ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
   returning a bool or awaitable bool (False -> 403).
 * **Limits**: ``max_clients`` (None = unlimited) refuses further upgrades with 503.
+  Rooms: ``max_rooms`` (None = unlimited) bounds the rooms open at once (with clients, or
+  with a store still stopping); ``max_rooms_per_address`` (None = unlimited) bounds the rooms
+  the clients of one remote IP address are in at once (behind a reverse proxy all clients
+  share its address); ``max_rooms_per_socket`` (default and maximum 100, TinyBase's channel
+  limit) bounds one shared socket's channels. A legacy client over a room limit is refused at
+  the upgrade with 503 (``too many rooms``); a shared socket's subscription over one closes
+  the socket with 1013 ``tinybase:15:rooms`` (``tinybase:15:channels`` for the per-socket
+  limit), as TinyBase closes for its channel limit. Refusals are counted in ``rooms_refused``.
 * **Back-pressure**: each client has a bounded outgoing queue (``max_queue_bytes``, 16 MiB by
   default). A client that cannot keep up is closed with 1013 ``tinybase:15:socket`` and
   counted; it never makes the server buffer without bound or slows other clients down.
 * **Bad input** (garbage, oversized, malformed or invalid frames) closes only that
-  connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``).
+  connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``); so does
+  input whose checks raise (a JSON integer too large for a float: OverflowError).
 
 * **Shared sockets**: a client that offers the ``tinybase`` subprotocol (TinyBase 9.3+, several
   WsSynchronizers over one WebSocket) gets it, and each of its channels joins the room
@@ -319,7 +339,12 @@ class WsServer:
         return self
 
     def get_stats(self) -> dict[str, int]:
-        """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters."""
+        """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters.
+
+        ``paths`` counts rooms with clients; ``rooms`` also those whose store is still
+        stopping; ``rooms_refused`` counts room-limit refusals and ``rooms_discarded`` the
+        empty rooms whose files ``discard_empty_path`` deleted.
+        """
         paths = sum(1 for path in self._paths.values() if path.clients)
         return {
             "paths": paths,
