@@ -19,10 +19,12 @@ the other form TinyBase hashes object cells in (decoded object for a merged cell
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..codec import decode_if_json, encode_if_json, is_encoded_json
 from ..hash import get_hash, get_table_hash, get_value_hash, get_values_hash
+from ..hlc import is_hlc
 
 __all__ = ["HashesRepaired", "recompute_hashes"]
 
@@ -62,8 +64,8 @@ def _stored_hash(stamp: list[Any]) -> int:
 
 def _hlc_of(stamp: list[Any]) -> str:
     hlc = stamp[1] if len(stamp) > 1 else ""
-    if type(hlc) is not str:
-        raise _Malformed
+    if type(hlc) is not str or (hlc and not is_hlc(hlc, math.inf)):
+        raise _Malformed  # (not an HLC at all: the store rejects it, no hash can fix it)
     return hlc
 
 
