@@ -11,10 +11,12 @@ The rule (one place, used by the file and SQLite persisters alike): every row, t
 root hash is recomputed from its children with the helpers of :mod:`localsync.hash`, in the
 form the store's own merges produce (children's ``H(id:hash)`` terms, the ``H(id:0)``
 legacy term for cells and values, no term for a row or table whose hash is 0, plus
-``H(hlc)`` of the stamp's own HLC when it has one).
-A cell or value keeps its stored hash when it is the hash of its thing either as stored or in
-the other form TinyBase hashes object cells in (decoded object for a merged cell, the
-``"\\ufffd{...}"`` string for a local write); otherwise the hash is recomputed from the thing.
+``H(hlc)`` of the stamp's own HLC when it has one). A cell or value keeps its stored hash
+when it is the hash of its thing either as stored or in the other form TinyBase hashes
+object cells in (decoded object for a merged cell, the ``"\\ufffd{...}"`` string for a local
+write); otherwise the hash is recomputed from the thing. Content with a hash that is not a
+32-bit number, or an HLC that is not an HLC, is not damaged-but-readable: it is left as it
+is, the store rejects it, and the persister then refuses to overwrite it.
 """
 
 from __future__ import annotations
