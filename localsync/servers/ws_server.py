@@ -735,6 +735,7 @@ class WsServer:
 
     async def _start_store(self, path: _Path) -> None:
         """Load the room's store from its persister and start syncing it as client "S"."""
+        path.ready = False  # (until it can take messages, they are held: see _hold)
         try:
             assert self._create_persister is not None
             persister = self._create_persister(path.id)
