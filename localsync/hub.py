@@ -9,8 +9,9 @@ connects one PUB to ``.in`` and one SUB to ``.out``. The others retry the lock e
 ``retry_seconds`` (50 ms by default). The kernel drops a flock when its holder dies, even by
 SIGKILL, so a successor takes over within about one retry period and binds the same paths;
 ZeroMQ's automatic reconnect (20 ms interval, see ``channel.py``) makes everyone find it.
-Socket files are only ever unlinked by the lock holder (stale ones before binding; libzmq
-removes its own on close, before the lock is released), so nobody removes a live hub's path.
+Socket files are only ever unlinked by the lock holder (stale ones before binding, its own
+after its proxy stopped and before the lock is released: libzmq 4.3 leaves them behind), so
+nobody removes a live hub's path.
 
 A host that stops without dying (SIGSTOP, swapped out, a debugger) keeps its lock, and its
 frozen proxy would stall everyone. So participants check that the hub answers: each sends a
@@ -22,8 +23,8 @@ lock and socket files (``<hash>.gN.lock``/``.in``/``.out``; generation 0 is the 
 :mod:`localsync.runtime`). A participant that declares generation N dead reconnects to N+1
 and its hub competes for N+1's lock; the winner binds N+1's sockets and records N+1. Every
 participant reads the generation file with each heartbeat and follows the newest
-generation, including the frozen host once it runs again: it stops its proxy (libzmq
-removes its socket files), releases its lock and becomes an ordinary participant of the
+generation, including the frozen host once it runs again: it stops its proxy, removes
+its socket files, releases its lock and becomes an ordinary participant of the
 new generation. Measured failover while a host is stopped: about ``HUB_TIMEOUT_SECONDS``
 plus one heartbeat. A false alarm (a machine so loaded that no message got through for
 that long) elects a new generation while the old hub still works; that costs latency only:
@@ -254,7 +255,7 @@ class _Proxy:
         except zmq.ContextTerminated:
             pass
         finally:
-            # closing removes the ipc files (libzmq unlinks its own listener paths)
+            # (LocalHub removes the ipc files while it still holds the lock)
             xsub.close(0)
             xpub.close(0)
             control.close(0)
@@ -382,6 +383,10 @@ class LocalHub:
                         self._hosting.clear()
                         with self._state:
                             self._proxy = None
+                        # still holding the lock: these are ours (libzmq leaves them behind)
+                        for path in (paths.inbound, paths.outbound):
+                            with contextlib.suppress(OSError):
+                                path.unlink(missing_ok=True)
                         fcntl.flock(fd, fcntl.LOCK_UN)
                     if self._generation == generation:
                         return  # stopped, or the proxy ended (context terminated)

@@ -38,6 +38,7 @@ def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
     stopped (before: nothing until it resumed), and once resumed it is an ordinary
     participant whose writes arrive."""
     procs = start(rundir, "frozen", 3)
+    host = procs[0]
     stopped = False
     try:
         procs[0].send(cmd="set", cells=[["t", "before", "v", 0]])
@@ -57,6 +58,10 @@ def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
         statuses = [p.ask("status", "status") for p in (writer, reader)]
         assert sum(s["host"] for s in statuses) == 1, statuses
         assert statuses[0]["generation"] == statuses[1]["generation"] >= 1, statuses
+        # a process that joins meanwhile finds the new generation and gets everything
+        joiner = start(rundir, "frozen", 1)[0]
+        procs.append(joiner)
+        assert wait_for_cell([joiner], "t", "during", 12.0)
         os.kill(host.popen.pid, signal.SIGCONT)
         stopped = False
         # the resumed host steps down and follows the new generation
@@ -68,16 +73,16 @@ def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         host.send(cmd="set", cells=[["t", "resumed", "v", 2]])
-        assert wait_for_cell([writer, reader], "t", "resumed", 15.0)
+        assert wait_for_cell([writer, reader, joiner], "t", "resumed", 15.0)
         converge(procs)
         first, *others = contents(procs)
         assert all(c == first for c in others)
         assert set(first[0]["t"]) == {"before", "during", "resumed"}
         assert sum(p.ask("status", "status")["host"] for p in procs) == 1
     finally:
+        if stopped:
+            os.kill(host.popen.pid, signal.SIGCONT)
         for p in procs:
-            if stopped:
-                os.kill(p.popen.pid, signal.SIGCONT)
             p.kill()
 
 
@@ -186,3 +191,125 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
     with TcpHub(address):  # a hub without keys, and a client with them
         asyncio.run(refused("does not use CURVE keys", hub_key=keys / "hub.key"))
     asyncio.run(refused("nothing accepts connections"))  # no hub at all
+
+
+def test_a_false_failover_costs_latency_only(rundir: Path) -> None:
+    """A participant that wrongly takes its hub for dead (a loaded machine) elects a new
+    generation while the old hub still works: everyone follows it, the old host steps down,
+    and nothing written around the switch is lost."""
+    import asyncio
+
+    from localsync import create_mergeable_store
+    from localsync.synchronizers.channel import create_channel_synchronizer
+    from tests.test_channel_api import until
+
+    async def scenario() -> None:
+        stores = [create_mergeable_store() for _ in range(3)]
+        syncs = [create_channel_synchronizer(s, "false", runtime_dir=rundir) for s in stores]
+        for sync in syncs:
+            await sync.start_sync()
+        try:
+            host = next(sync for sync in syncs if sync.is_hub_host)
+            alarmed = next(sync for sync in syncs if sync is not host)
+            for i in range(200):
+                stores[i % 3].set_cell("t", f"r{i}", "c", i)
+                if i == 100:  # what _beat does after HUB_TIMEOUT_SECONDS of silence
+                    alarmed.transport._switch_generation(1)
+                if i % 20 == 0:
+                    await asyncio.sleep(0.01)
+            await until(
+                lambda: (
+                    all(sync.get_channel_stats()["hub_generation"] == 1 for sync in syncs)
+                    and [sync.is_hub_host for sync in syncs].count(True) == 1
+                    and not host.is_hub_host
+                ),
+                15,
+            )
+            await until(lambda: all(len(s.get_table("t")) == 200 for s in stores), 15)
+            await until(
+                lambda: len({tuple(s.get_mergeable_content_hashes()) for s in stores}) == 1, 15
+            )
+            stores[0].set_cell("t", "after", "c", 1)
+            await until(lambda: all(s.has_row("t", "after") for s in stores), 10)
+        finally:
+            for sync in syncs:
+                await sync.destroy()
+
+    asyncio.run(scenario())
+
+
+def test_a_hub_that_follows_a_newer_generation_steps_down(rundir: Path) -> None:
+    from localsync.hub import LocalHub
+    from localsync.runtime import channel_paths
+
+    paths = channel_paths("generations", rundir)
+    old = LocalHub(paths).start()
+    assert old.wait_host(5) and old.generation == 0
+    new = LocalHub(paths, generation=2).start()
+    try:
+        assert new.wait_host(5)  # (generation 2 has a lock of its own)
+        assert paths.read_generation() == 2
+        assert paths.at_generation(2).inbound.exists()
+        old.follow(2)
+        deadline = time.monotonic() + 5
+        while old.is_host:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert old.generation == 2 and not old.wait_host(0.3)  # a follower now
+        while paths.inbound.exists():  # (libzmq removes the old proxy's files on close)
+            assert time.monotonic() < deadline + 5
+            time.sleep(0.02)
+        old.follow(1)  # older: ignored
+        assert old.generation == 2
+        with pytest.raises(ValueError):
+            old.follow(10**9)
+    finally:
+        new.stop()
+        old.stop()
+
+
+def test_a_stopped_tcp_hub_is_reported_not_answering(tmp_path: Path) -> None:
+    """A tcp hub is a fixed process: no election, but ``hub_answering`` tells."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from localsync import create_mergeable_store
+    from localsync.synchronizers.channel import create_channel_synchronizer
+    from tests.test_channel_api import until
+    from tests.test_channel_transport import free_port_pair
+
+    address = f"tcp://127.0.0.1:{free_port_pair()}"
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "localsync.cli", "hub", "--bind", address],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stopped = False
+    try:
+        assert hub.stdout is not None and "publishers" in hub.stdout.readline()
+
+        async def scenario() -> None:
+            nonlocal stopped
+            sync = create_channel_synchronizer(create_mergeable_store(), "net", hub=address)
+            await sync.start_sync()
+            try:
+                assert sync.hub_answering
+                os.kill(hub.pid, signal.SIGSTOP)
+                stopped = True
+                await until(lambda: not sync.hub_answering, 15)
+                os.kill(hub.pid, signal.SIGCONT)
+                stopped = False
+                await until(lambda: sync.hub_answering, 15)
+            finally:
+                await sync.destroy()
+
+        asyncio.run(scenario())
+    finally:
+        if stopped:
+            os.kill(hub.pid, signal.SIGCONT)
+        hub.terminate()
+        hub.wait(10)
+        if hub.stdout is not None:
+            hub.stdout.close()
