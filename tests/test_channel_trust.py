@@ -33,6 +33,20 @@ def wait_for_cell(procs: list[Proc], table: str, row: str, timeout: float) -> bo
     return False
 
 
+def stop(proc: Proc) -> None:
+    """SIGSTOP ``proc`` and return once all its threads are stopped (delivery is async)."""
+    import psutil
+
+    os.kill(proc.popen.pid, signal.SIGSTOP)
+    process = psutil.Process(proc.popen.pid)
+    deadline = time.monotonic() + 10
+    while not all(
+        psutil.Process(thread.id).status() == psutil.STATUS_STOPPED for thread in process.threads()
+    ):
+        assert time.monotonic() < deadline, "the process did not stop"
+        time.sleep(0.01)
+
+
 def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
     """SIGSTOP the hub host for up to 20 s: the other two replicate within 12 s while it is
     stopped (before: nothing until it resumed), and once resumed it is an ordinary
@@ -45,7 +59,7 @@ def test_a_frozen_hub_host_does_not_stall_the_others(rundir: Path) -> None:
         converge(procs)
         host = next(p for p in procs if p.ask("status", "status")["host"])
         writer, reader = (p for p in procs if p is not host)
-        os.kill(host.popen.pid, signal.SIGSTOP)
+        stop(host)
         stopped = True
         frozen_at = time.monotonic()
         writer.send(cmd="set", cells=[["t", "during", "v", 1]])
@@ -117,7 +131,7 @@ def test_a_stalled_reader_costs_the_hub_host_a_bounded_amount_of_memory(rundir: 
                 except TimeoutError:
                     assert time.monotonic() < deadline, "the writer did not finish"
 
-        os.kill(reader.popen.pid, signal.SIGSTOP)
+        stop(reader)
         stopped = True
         # one message per read at the hub (the costly case), then a fast burst
         write(12_000, pause=0.0002)
