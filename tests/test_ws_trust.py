@@ -385,3 +385,49 @@ def test_room_limits_refuse_clearly(tmp_path: Path) -> None:
         await server.destroy()
 
     run(scenario(), timeout=60)
+
+
+# ------------------------------------------- a hostile frame through a non-validating relay
+
+
+def test_a_huge_json_integer_from_a_relay_never_stops_a_client() -> None:
+    """TinyBase's own server relays payloads without checking them, so any peer can send a
+    client ``[null, 1e400-as-an-integer, ...]``: the client closes that socket as invalid
+    (1007) and reconnects, and then syncs as usual (before the fix the check's OverflowError
+    ended the client's connection task for good: no reconnect, no more syncing)."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    hostile = "X\n[null," + "9" * 400 + ',""]'
+    closes: list[int | None] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        if not closes:
+            await ws.send(hostile)
+        else:  # later connections: a peer "P" announces a value (a ContentDiff)
+            peer = create_mergeable_store()
+            peer.set_value("after", "reconnect")
+            hlc = peer.get_mergeable_content()[1][0]["after"][1]
+            changes = [[{}], [{"after": ["reconnect", hlc]}], 1]
+            await ws.send("P\n" + json.dumps(["tx", 3, changes]))
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+        closes.append(ws.close_code)
+
+    async def scenario() -> None:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            store = create_mergeable_store()
+            synchronizer = create_ws_synchronizer(
+                store, f"ws://127.0.0.1:{port}/room", 0.3, min_backoff=0.05, max_backoff=0.2
+            )
+            await synchronizer.start_sync()
+            await eventually(lambda: store.get_values() == {"after": "reconnect"})
+            stats = synchronizer.get_connection_stats()
+            assert stats["invalid_frames"] == 1 and stats["connects"] >= 2
+            assert closes[0] == 1007
+            await synchronizer.destroy()
+
+    run(scenario(), timeout=60)

@@ -53,7 +53,7 @@ def persister_factory(
     if kind not in SUFFIXES:
         raise ValueError(f"persister must be one of {sorted(SUFFIXES)}, not {kind!r}")
     folder = Path(data_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # (private, as the files are)
 
     def create_persister(path_id: str) -> Any:
         target = _room_file(folder, path_id, kind)  # ValueError for an invalid id

@@ -56,6 +56,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ..frame_queue import FrameQueue
 from ..synchronizer import ReceiveFn, SendFn, Synchronizer
 from ..wire import (
+    ERROR_MESSAGE,
     MAX_PAYLOAD_SIZE,
     PayloadDecoder,
     WireError,
@@ -231,10 +232,11 @@ class _Transport:
                 text = data if isinstance(data, str) else data.decode("utf-8", "replace")
                 try:
                     messages = decoder.feed(text)
-                except WireError as error:
+                except Exception as caught:  # (a check may raise: OverflowError for a huge int)
+                    invalid = caught if isinstance(caught, WireError) else WireError(ERROR_MESSAGE)
                     self.stats["invalid_frames"] += 1
-                    self.report(error)
-                    await ws.close(error.code, error.reason)
+                    self.report(invalid)
+                    await ws.close(invalid.code, invalid.reason)
                     break
                 receive = self.receive
                 if receive is None:
