@@ -55,7 +55,7 @@ async def refused(address: str, **keys: object) -> None:
     )
     try:
         # (the message names the key at fault, see test_channel_trust)
-        with pytest.raises(ChannelError, match="hub_key|client_key"):
+        with pytest.raises(ChannelError, match=r"hub_key|client_key"):
             await sync.start_sync()
     finally:
         await sync.destroy()
