@@ -44,7 +44,11 @@ on_ignored_error``; keyword-only options:
     high-water mark (messages) of the data direction of this process's sockets and of the
     hub it may host (subscriptions have none: a dropped subscription would silence a peer
     for good). ``0`` means no limit (ZeroMQ's convention); tiny values make drops happen on
-    purpose (tests).
+    purpose (tests). The hub's queue towards each subscriber is further bounded by bytes
+    (:data:`localsync.hub.HUB_SUBSCRIBER_HWM`), so a stopped reader costs the hub's host at
+    most :data:`localsync.hub.HUB_QUEUE_BYTES`; this process's own SUB socket takes up to
+    ``hwm`` messages, each of which may keep up to 18 KiB alive in this process while its
+    event loop is too busy to read them.
 ``hub_key``, ``client_key`` (tcp hubs only)
     the hub's public CURVE key (a ``.key`` file or its Z85 text) and this participant's
     ``.key_secret`` file (a throw-away pair when omitted); needed when the hub was started
@@ -52,7 +56,17 @@ on_ignored_error``; keyword-only options:
 ``connect_timeout_seconds`` (default 5.0)
     bound on proving the path: before syncing, a message to ourselves must come back through
     the hub (this defeats PUB/SUB's "slow joiner" loss of the first messages). Failing raises
-    :class:`ChannelError`.
+    :class:`ChannelError` naming the likely cause: for tcp hubs, libzmq's handshake events
+    on the SUB socket tell a hub that refused this client's key (``--allow``), a handshake
+    dropped by a hub that cannot read it (``hub_key`` is not its public key), a hub with or
+    without keys when the client has the other, and nothing listening at all. A local hub
+    that does not answer within ``HUB_TIMEOUT_SECONDS`` meanwhile is replaced (below).
+
+Hub liveness: every ``HUB_HEARTBEAT_SECONDS`` (0.5 s) each participant sends itself a tiny
+heartbeat through the hub and reads the channel's hub generation file. A local channel whose
+hub stays silent for ``HUB_TIMEOUT_SECONDS`` (3 s; a SIGSTOPped or swapped-out host still
+holds the hub lock) elects a new hub generation and everyone follows it
+(:mod:`localsync.hub`); a tcp participant reports it as ``hub_answering = False``.
 
 Wire format: multipart ``[topic, payload]``. Topics: ``b"C" + client_id`` (16-character ids,
 so a 17-byte subscription matches exactly one recipient), ``b"*" + client_id`` for the
