@@ -327,3 +327,42 @@ def test_a_stopped_tcp_hub_is_reported_not_answering(tmp_path: Path) -> None:
         hub.wait(10)
         if hub.stdout is not None:
             hub.stdout.close()
+
+
+def test_joining_while_the_hub_host_is_frozen(rundir: Path) -> None:
+    """A participant that joins while the only hub is stopped elects a new generation
+    instead of failing with "no channel hub answered" (before: ChannelError)."""
+    import asyncio
+
+    from localsync.synchronizers.channel import ChannelTransport
+
+    hub = Proc("hub", "--channel", "cold", "--runtime-dir", str(rundir))
+    stopped = False
+    try:
+        hub.expect("ready", 45)
+        stop(hub)
+        stopped = True
+
+        async def scenario() -> None:
+            first = ChannelTransport("cold", runtime_dir=rundir)
+            second = ChannelTransport("cold", runtime_dir=rundir)
+            got: list[object] = []
+            second.register_receive(lambda f, r, m, body: got.append(body))
+            try:
+                await first.open()
+                await second.open()
+                assert first.stats["hub_generation"] == second.stats["hub_generation"] >= 1
+                first.send(None, None, 3, "hello")
+                deadline = time.monotonic() + 10
+                while not got:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+            finally:
+                first.close()
+                second.close()
+
+        asyncio.run(scenario())
+    finally:
+        if stopped:
+            os.kill(hub.popen.pid, signal.SIGCONT)
+        hub.kill()
