@@ -92,7 +92,8 @@ goodbye) start with a zero byte.
 The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
 wrapped so that the path is proven on the first lifecycle call; extras:
 ``get_channel_name()``, ``client_id``, ``is_hub_host``, ``hub_answering``,
-``get_channel_stats()`` (including ``hub_generation`` and ``hub_failovers``) and
+``get_channel_stats()`` (including ``hub_generation``, the hub generation followed, and
+``hub_failovers``, how many times this participant moved to a newer one) and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.coordinator`).
 
 Without asyncio, use the blocking facade (:mod:`localsync.blocking`)::
