@@ -252,6 +252,15 @@ class Subject:
         self.check()
 
 
+# sets of empty rows and tables, some of which ``seeded`` stores already hold
+EMPTY_STAMPS: list[Any] = [
+    [[{"t": [{"ghost": [{}], "r": [{}]}], "e": [{}]}], [{}], 1],
+    [[{"t": [{"r": [{}, ""]}, ""]}, ""], [{}, ""], 1],
+    [[{"e": [{}]}], [{}], 1],
+    [[{"n": [{"new": [{}]}]}], [{}], 1],
+]
+
+
 def seeded(subject: Subject) -> None:
     store = subject.store
     store.set_cell("t", "ghost", "c", 1)
@@ -311,7 +320,7 @@ request_ids = st.one_of(st.none(), st.text(max_size=12), st.just("abc.def"), st.
 def bodies(message: Any) -> st.SearchStrategy[Any]:
     tables_hashes = st.dictionaries(ids, st.one_of(hashes, st.dictionaries(ids, hashes)))
     if message == CONTENT_DIFF:
-        return mergeable(False)
+        return st.one_of(st.sampled_from(EMPTY_STAMPS), mergeable(False))
     if message == CONTENT_HASHES:
         return st.one_of(st.tuples(hashes, hashes).map(list), things)
     if message == RESPONSE:
@@ -360,7 +369,7 @@ def _engine_round(data: st.DataObject) -> None:
     engine = subject.engine
     requests: list[str] = []
     for _ in range(data.draw(st.integers(1, 8))):
-        message = data.draw(messages)
+        message = data.draw(st.one_of(st.just(CONTENT_DIFF), messages))
         request_id = data.draw(request_ids)
         if message == RESPONSE and requests and data.draw(st.booleans()):
             request_id = data.draw(st.sampled_from(requests))
