@@ -10,7 +10,9 @@ Why it is built this way (and not as a line-by-line port):
   with exactly the XOR updates TinyBase would have made one write at a time. The telescoping
   XORs give the same numbers, including TinyBase's quirks (trusted hashes from
   ``set_mergeable_content`` stay trusted; the ``H(id:0)`` legacy term; a zero row hash adding
-  no removal term).
+  no removal term), except one: an empty row or table (hash 0, no children) merged again or
+  written into keeps a single ``H(id:0)`` term in its parent, where TinyBase adds a second and
+  replicas split (see ``_counted``).
 * Changes from peers (``apply_mergeable_changes``, ``set_mergeable_content``, ``merge``) get
   TinyBase's own stamps, hashes and clock effects (``mergeContentOrChanges``), down to hashing
   the *decoded* object of an object cell, but not by running its general routine: receiving
