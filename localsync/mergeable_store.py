@@ -10,7 +10,9 @@ Why it is built this way (and not as a line-by-line port):
   with exactly the XOR updates TinyBase would have made one write at a time. The telescoping
   XORs give the same numbers, including TinyBase's quirks (trusted hashes from
   ``set_mergeable_content`` stay trusted; the ``H(id:0)`` legacy term; a zero row hash adding
-  no removal term).
+  no removal term), except one: an empty row or table (hash 0, no children) merged again or
+  written into keeps a single ``H(id:0)`` term in its parent, where TinyBase adds a second and
+  replicas split (see ``_counted``).
 * Changes from peers (``apply_mergeable_changes``, ``set_mergeable_content``, ``merge``) get
   TinyBase's own stamps, hashes and clock effects (``mergeContentOrChanges``), down to hashing
   the *decoded* object of an object cell, but not by running its general routine: receiving
@@ -130,6 +132,21 @@ def _replace_hlc_hash(old_hlc: str, new_hlc: str) -> int:
     if new_hlc > old_hlc:
         return (_hlc_hash(old_hlc) if old_hlc else 0) ^ _hlc_hash(new_hlc)
     return 0
+
+
+def _counted(stamp: list[Any]) -> bool:
+    """Whether an existing row or table stamp's ``H(id:hash)`` term is in its parent's hash.
+
+    TinyBase removes a stamp's old term only when its old hash is not 0, taking 0 to mean
+    "created by this merge". But a row with no cells and no HLC (or a table with no rows)
+    that a merge created has hash 0 *and* its ``H(id:0)`` term in the parent: TinyBase adds a
+    second one each time it is merged again or written into, so the parent's hash toggles
+    with every receipt and replicas that received it an odd and an even number of times
+    disagree for good (issue 16 item 4). Counted: a non-zero hash, or no children at all.
+    A zero-hash stamp with children is one whose cells were written and not yet settled
+    (``_settle``), or a 2**-32 coincidence that TinyBase treats the same way.
+    """
+    return bool(stamp[2]) or not stamp[0]
 
 
 def _uint32(number: Any) -> int:
@@ -466,11 +483,15 @@ class MergeableStore(Store):
                 if table_stamp is None:
                     table_stamp = table_stamps[table_id] = [{}, "", 0]
                     undo.append((table_stamps, table_id, ABSENT))
+                elif not table_stamp[0] and not table_stamp[2]:
+                    self._uncount_empty_stamp(table_id, table_stamp, None)
                 row_stamps = table_stamp[0]
                 row_stamp = row_stamps.get(row_id)
                 if row_stamp is None:
                     row_stamp = row_stamps[row_id] = [{}, "", 0]
                     undo.append((row_stamps, row_id, ABSENT))
+                elif not row_stamp[0] and not row_stamp[2]:
+                    self._uncount_empty_stamp(table_id, table_stamp, row_id)
                 cell_stamps = row_stamp[0]
                 old_stamp = cell_stamps.get(cell_id)
                 if old_stamp is None:
@@ -566,11 +587,15 @@ class MergeableStore(Store):
                 if table_stamp is None:
                     table_stamp = table_stamps[table_id] = [{}, "", 0]
                     undo.append((table_stamps, table_id, ABSENT))
+                elif not table_stamp[0] and not table_stamp[2]:
+                    self._uncount_empty_stamp(table_id, table_stamp, None)
                 row_stamps = table_stamp[0]
                 row_stamp = row_stamps.get(row_id)
                 if row_stamp is None:
                     row_stamp = row_stamps[row_id] = [{}, "", 0]
                     undo.append((row_stamps, row_id, ABSENT))
+                elif not row_stamp[0] and not row_stamp[2]:
+                    self._uncount_empty_stamp(table_id, table_stamp, row_id)
                 cell_stamps = row_stamp[0]
             old_stamp = cell_stamps.get(cell_id)
             if old_stamp is None:
@@ -645,11 +670,15 @@ class MergeableStore(Store):
         if table_stamp is None:
             table_stamp = table_stamps[table_id] = [{}, "", 0]
             undo.append((table_stamps, table_id, ABSENT))
+        elif not table_stamp[0] and not table_stamp[2]:
+            self._uncount_empty_stamp(table_id, table_stamp, None)
         row_stamps = table_stamp[0]
         row_stamp = row_stamps.get(row_id)
         if row_stamp is None:
             row_stamp = row_stamps[row_id] = [{}, "", 0]
             undo.append((row_stamps, row_id, ABSENT))
+        elif not row_stamp[0] and not row_stamp[2]:
+            self._uncount_empty_stamp(table_id, table_stamp, row_id)
         cell_stamps = row_stamp[0]
         old_stamp = cell_stamps.get(cell_id)
         if old_stamp is None:
@@ -673,6 +702,34 @@ class MergeableStore(Store):
                 undo.append((dirty_rows, row_id, ABSENT))
             dirty_cells[cell_id] = previous_hash
             undo.append((dirty_cells, cell_id, ABSENT))
+
+    def _uncount_empty_stamp(
+        self, table_id: str, table_stamp: list[Any], row_id: str | None
+    ) -> None:
+        """Take an empty row (``row_id``) or table (``None``) out of its parent's hash before
+        a local write puts its first cell into it.
+
+        A row stamp with no cells and no HLC (hash 0) that a merge created is counted in its
+        table's hash as ``H(rowId:0)``; the same for an empty table in the tables hash. The
+        write leaves the row dirty with hash 0, and ``_settle`` folds a dirty zero-hash row
+        in without a removal term (it takes 0 to mean "created since the last settle", as
+        TinyBase does). So the ``H(rowId:0)`` term goes now, leaving exactly that state, and
+        the table's hash stays a function of its rows' stamps (see ``_merge_and_write``).
+        """
+        undo = self._undo
+        root = self._tstamp
+        undo.append((root, 2, root[2]))
+        if row_id is None:
+            root[2] ^= _h(table_id, 0)
+            return
+        old_table_hash = table_stamp[2]
+        new_table_hash = old_table_hash ^ _h(row_id, 0)
+        undo.append((table_stamp, 2, old_table_hash))
+        table_stamp[2] = new_table_hash
+        # (a zero table hash is not counted in the tables hash: the row is pending now)
+        root[2] ^= (_h(table_id, old_table_hash) if old_table_hash else 0) ^ (
+            _h(table_id, new_table_hash) if new_table_hash else 0
+        )
 
     def _write_value(self, value_id: str, value: Any) -> None:
         values = self._values
@@ -893,6 +950,9 @@ class MergeableStore(Store):
             if table_stamp is None:
                 table_stamp = table_stamps[table_id] = [{}, "", 0]
                 undo.append((table_stamps, table_id, ABSENT))
+                counted = False
+            else:
+                counted = _counted(table_stamp)
             row_stamps, old_table_hlc, old_table_hash = table_stamp
             table_hash = incoming_table_hash if is_content else old_table_hash
             table_hlc = incoming_table_hlc
@@ -905,6 +965,9 @@ class MergeableStore(Store):
                 if fresh:
                     row_stamp = row_stamps[row_id] = [{}, "", 0]
                     undo.append((row_stamps, row_id, ABSENT))
+                    row_counted = False
+                else:
+                    row_counted = _counted(row_stamp)
                 row_changes = table_changes.get(row_id)
                 if row_changes is None:
                     row_changes = table_changes[row_id] = {}
@@ -912,7 +975,7 @@ class MergeableStore(Store):
                     row_in, row_stamp, row_changes, is_content, fresh
                 )
                 if not is_content:
-                    table_hash ^= (_h(row_id, old_row_hash) if old_row_hash else 0) ^ _h(
+                    table_hash ^= (_h(row_id, old_row_hash) if row_counted else 0) ^ _h(
                         row_id, row_hash
                     )
                 if row_hlc > table_hlc:
@@ -925,7 +988,7 @@ class MergeableStore(Store):
                 table_stamp[1] = incoming_table_hlc
             table_stamp[2] = _uint32(table_hash)
             if not is_content:
-                tables_hash ^= (_h(table_id, old_table_hash) if old_table_hash else 0) ^ _h(
+                tables_hash ^= (_h(table_id, old_table_hash) if counted else 0) ^ _h(
                     table_id, table_stamp[2]
                 )
             if table_hlc > tables_hlc:
@@ -1040,6 +1103,9 @@ class MergeableStore(Store):
             if table_stamp is None:
                 table_stamp = table_stamps[table_id] = [{}, "", 0]
                 undo.append((table_stamps, table_id, ABSENT))
+                counted = False
+            else:
+                counted = _counted(table_stamp)
             row_stamps, old_table_hlc, old_table_hash = table_stamp
             table_hash = incoming_table_hash if is_content else old_table_hash
             table_hlc = incoming_table_hlc
@@ -1056,8 +1122,10 @@ class MergeableStore(Store):
                     undo.append((row_stamps, row_id, ABSENT))
                     old_row_hlc = ""
                     old_row_hash = 0
+                    row_counted = False
                 else:
                     cell_stamps, old_row_hlc, old_row_hash = row_stamp
+                    row_counted = _counted(row_stamp)
                 row_hash = (row_in[2] if n_row > 2 else 0) if is_content else old_row_hash
                 row_hlc = incoming_row_hlc
                 winners: dict[str, Any] = {}
@@ -1146,7 +1214,7 @@ class MergeableStore(Store):
                     row_hash & _MASK if type(row_hash) is int else _uint32(row_hash)
                 )
                 if lazy:
-                    old_term = _h(row_id, old_row_hash) if old_row_hash else 0
+                    old_term = _h(row_id, old_row_hash) if row_counted else 0
                     if dirty_cells is None:
                         table_hash ^= old_term ^ _h(row_id, row_hash)
                     else:
@@ -1172,7 +1240,7 @@ class MergeableStore(Store):
                 table_hash & _MASK if type(table_hash) is int else _uint32(table_hash)
             )
             if lazy:
-                old_term = _h(table_id, old_table_hash) if old_table_hash else 0
+                old_term = _h(table_id, old_table_hash) if counted else 0
                 if dirty_rows is None:
                     tables_hash ^= old_term ^ _h(table_id, table_hash)
                 else:
