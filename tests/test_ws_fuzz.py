@@ -11,8 +11,9 @@ channel frames and control messages with random channel ids.
 What must hold afterwards: no connection handler crashed (nothing logged at ERROR level), the
 server still accepts a fresh client that syncs the room and ends up with exactly the server
 store's content, that content is consistent (a fresh store given the same content computes
-the same hashes), the room's file holds the same content after the server stopped, and the
-stats counted the refused input.
+the same hashes), the room's file holds the same content after the server stopped, every
+file left holds data (empty rooms' files are discarded), and the stats counted the refused
+input.
 
 Bounded: about 24 s in all by default; ``LOCALSYNC_FUZZ_SECONDS`` sets the fuzzing time of
 each framing (e.g. 600 by hand), ``LOCALSYNC_FUZZ_SEED`` replays a seed (printed on failure).
@@ -34,7 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from localsync import create_mergeable_store
-from localsync.servers.serve import persister_factory
+from localsync.servers.serve import empty_room_discarder, persister_factory
 from localsync.servers.ws_server import WsServer, create_ws_server
 from localsync.synchronizers.ws import create_ws_synchronizer
 from localsync.wire import MAX_PAYLOAD_SIZE, encode_payloads
@@ -320,6 +321,7 @@ def test_fuzzed_input_never_breaks_the_server(tmp_path: Path, framing: str) -> N
             persister_factory(data),
             request_timeout_seconds=0.3,
             on_ignored_error=ignored.append,
+            discard_empty_path=empty_room_discarder(data),
         )
         url = server.url
         corpus = await record_exchange(url)
@@ -377,11 +379,17 @@ def test_fuzzed_input_never_breaks_the_server(tmp_path: Path, framing: str) -> N
         await asyncio.wait_for(server.destroy(), 30)
         assert server.get_stats()["rooms"] == 0
 
-        # what the room's file holds is the store's content
+        # what the room's file holds is the store's content; the files left all hold data
         persister = persister_factory(data)("room")
         await persister.load()
         await persister.destroy()
         assert list(persister.get_store().get_mergeable_content_hashes()) == final
+        for file in data.glob("*.sqlite"):
+            path_id = file.name.removesuffix(".sqlite").replace("%2F", "/")
+            persister = persister_factory(data)(path_id)
+            await persister.load()
+            await persister.destroy()
+            assert persister.get_store().get_mergeable_content() != [[{}, "", 0], [{}, "", 0]]
 
     try:
         run(scenario(), timeout=FUZZ_SECONDS + 90)

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+import sqlite3
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,48 +80,90 @@ def _room_file(folder: Path, path_id: str, kind: str) -> Path:
     return target
 
 
+#: the tables of a localsync SQLite database (localsync.persisters._sqlitestore); a database
+#: with any other set of tables is never taken for an empty room's
+_SQLITE_TABLES = frozenset(
+    ["localsync_meta", "localsync_tables", "localsync_rows", "localsync_cells", "localsync_values"]
+)
+
+
+def _sqlite_holds_nothing(target: Path) -> bool:
+    # immutable: no locks, no -wal/-shm files made (only called when none exist)
+    uri = "file:" + urllib.parse.quote(str(target)) + "?mode=ro&immutable=1"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if names != _SQLITE_TABLES:
+            return False
+        return all(
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+            for table in sorted(_SQLITE_TABLES - {"localsync_meta"})
+        )
+    finally:
+        conn.close()
+
+
+def _json_holds_nothing(target: Path) -> bool:
+    data = target.read_bytes()
+    if not data.strip():
+        return True
+    content = json.loads(data)
+    return (
+        isinstance(content, list)
+        and len(content) == 2
+        and all(isinstance(part, list) and part and part[0] == {} for part in content)
+    )
+
+
 def _holds_nothing(target: Path, kind: str) -> bool:
-    """True only when ``target`` could be read and holds no data (errors: False)."""
+    """True only when ``target`` could be read and holds no data (any error: False)."""
     try:
         if kind == "sqlite":
-            from ..persisters._sqlitestore import SqliteStorage
-
-            storage = SqliteStorage(target, read_only=True)
-            try:
-                content = storage.read_content()
-            finally:
-                storage.close()
-        else:
-            from ..persisters._filestore import read_content
-
-            content = read_content(target, True)
+            return _sqlite_holds_nothing(target)
+        return _json_holds_nothing(target)
     except Exception:
         return False
-    return content is None or (not content[0][0] and not content[1][0])
+
+
+#: how long a room's file is left alone after its persister was destroyed before it may be
+#: discarded: a worker thread of that persister may still be touching it (see discard below)
+DISCARD_GRACE_SECONDS = 0.25
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def empty_room_discarder(
     data_dir: str | os.PathLike[str], kind: str = "sqlite"
-) -> Callable[[str], bool]:
-    """``discard(path_id)``: delete the room's file in ``data_dir`` if it holds no data.
+) -> Callable[[str], Awaitable[bool]]:
+    """``await discard(path_id)``: delete the room's file in ``data_dir`` if it holds no data.
 
     For ``WsServer``'s ``discard_empty_path``: called after a room whose store was empty has
     stopped, so a probe of many room names leaves nothing on disk. Returns True when it deleted
-    the file; a file that holds data or cannot be read is kept.
+    the file; a file that holds data, cannot be read, is a symlink, or (SQLite) still has a
+    ``-wal``/``-shm`` file beside it after ``DISCARD_GRACE_SECONDS`` (a connection may still be
+    open: unlinking an open SQLite database can corrupt the next one made under that name) is
+    kept.
     """
     if kind not in SUFFIXES:
         raise ValueError(f"persister must be one of {sorted(SUFFIXES)}, not {kind!r}")
     folder = Path(data_dir).resolve()
 
-    def discard(path_id: str) -> bool:
+    def side_files(target: Path) -> list[Path]:
+        if kind != "sqlite":
+            return []
+        return [folder / (target.name + extra) for extra in _SQLITE_SIDE_FILES]
+
+    async def discard(path_id: str) -> bool:
         target = _room_file(folder, path_id, kind)
-        if not target.is_file() or target.is_symlink() or not _holds_nothing(target, kind):
+        if not target.is_file() or target.is_symlink():
+            return False
+        # the persister's watch poll may have a thread in flight that reopens the database
+        # after it was closed: let it finish, and keep a database someone still has open
+        await asyncio.sleep(DISCARD_GRACE_SECONDS)
+        if any(side.exists() for side in side_files(target)):
+            return False
+        if not await asyncio.to_thread(_holds_nothing, target, kind):
             return False
         target.unlink()
-        if kind == "sqlite":  # (SQLite removes these itself on a clean close; leftovers only)
-            for extra in ("-wal", "-shm", "-journal"):
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / (target.name + extra)).unlink()
         return True
 
     return discard

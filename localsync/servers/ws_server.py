@@ -811,6 +811,10 @@ class WsServer:
                 except Exception as exc:
                     self._report(exc)
             if persister is not None:
+                try:  # (no more watching the file: the store is going)
+                    await persister.stop_auto_load()
+                except Exception as exc:
+                    self._report(exc)
                 try:  # whatever the last changes were, they are on disk before the store goes
                     await persister.save()
                 except Exception as exc:
