@@ -7,8 +7,9 @@ leave and come back to its data, also after a restart. Path ids are validated by
 before a file name is made from them (see :mod:`localsync.servers.ws_server`).
 
 A room that never held data leaves no file behind: when its store stops empty (no data, not
-even a deletion), its file is deleted, after checking that the file itself holds nothing (a
-file that could not be read, or that holds data, is always kept).
+even a deletion), its file is deleted ``DISCARD_GRACE_SECONDS`` (0.25 s) later, after checking
+that the file itself holds nothing; a file that could not be read, holds data, is a symlink or
+(SQLite) still has a ``-wal``/``-shm`` file beside it is always kept.
 
 Room limits (refused with HTTP 503 at the upgrade, or close code 1013 ``tinybase:15:rooms``
 for a shared socket's subscription): ``--max-rooms`` rooms open at once (default 10,000) and
