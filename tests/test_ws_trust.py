@@ -431,3 +431,37 @@ def test_a_huge_json_integer_from_a_relay_never_stops_a_client() -> None:
             await synchronizer.destroy()
 
     run(scenario(), timeout=60)
+
+
+@pytest.mark.process
+def test_serve_refuses_rooms_over_max_rooms(tmp_path: Path) -> None:
+    """``localsync serve --max-rooms 2``: a client of a third room gets HTTP 503 while two
+    rooms are open, and is served once one of them closed."""
+    proc, port = start_serve(tmp_path / "data", "--max-rooms", "2")
+    try:
+        url = f"ws://127.0.0.1:{port}"
+
+        async def scenario() -> None:
+            a = await connect(f"{url}/a", open_timeout=10)
+            b = await connect(f"{url}/b", open_timeout=10)
+            with pytest.raises(InvalidStatus) as info:
+                await connect(f"{url}/c", open_timeout=10)
+            assert info.value.response.status_code == 503
+            await a.close()
+
+            async def third() -> None:
+                while True:
+                    try:
+                        c = await connect(f"{url}/c", open_timeout=10)
+                    except InvalidStatus:
+                        await asyncio.sleep(0.05)
+                    else:
+                        await c.close()
+                        return
+
+            await asyncio.wait_for(third(), 10)
+            await b.close()
+
+        run(scenario(), timeout=60)
+    finally:
+        stop_serve(proc)
