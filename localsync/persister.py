@@ -443,7 +443,8 @@ class Persister:
                         resolve()
                 finally:
                     self._active_action = None
-                    active.set_result(None)
+                    if not active.done():  # (cancelled when an asyncio.run shut down)
+                        active.set_result(None)
 
             complete = resolve if index == last_index else None
             sched.actions.append(_ScheduledAction(run, complete, self._schedule_owner))
@@ -947,7 +948,7 @@ class Persister:
                     await self.stop_auto_persisting()
                 finally:
                     if active is not None:
-                        await active
+                        await asyncio.shield(active)
             finally:
                 await maybe_await(self._destroy_extra())
         finally:

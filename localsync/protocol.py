@@ -359,7 +359,10 @@ def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
     """TinyBase 10's check of every received message (request id, number, body shape)."""
     if not _is_request_id(request_id):
         return False
-    if not _is_number(message) or not math.isfinite(message) or message != int(message):
+    if type(message) is float:
+        if not math.isfinite(message) or not message.is_integer():
+            return False
+    elif type(message) is not int:  # (no math.isfinite on ints: past float range it raises)
         return False
     check = _BODY_CHECKS.get(int(message))
     return check is not None and check(body)

@@ -548,3 +548,21 @@ async def test_lone_surrogates_in_ids_and_cells(tmp_path: Path) -> None:
     assert fresh.get_mergeable_content() == store.get_mergeable_content()
     assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
     await persister.destroy()
+
+
+def test_a_closed_storage_never_reopens_or_recreates_its_file(tmp_path: Path) -> None:
+    """A watch poll still in flight when the persister is destroyed must not bring the
+    database back (a server discarding an empty room's file removes it right after)."""
+    import sqlite3
+
+    from localsync.persisters._sqlitestore import SqliteStorage
+
+    path = tmp_path / "room.sqlite"
+    storage = SqliteStorage(path)
+    storage.data_version()
+    storage.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        storage.data_version()
+    assert list(tmp_path.iterdir()) == []

@@ -67,3 +67,14 @@ def test_python_only_shapes_are_rejected() -> None:
     assert not is_protocol_message_valid(None, 3, [[{"t": [{"r": [{"c": [{1, 2}]}]}]}], [{}]])
     assert is_protocol_message_valid(None, 3, [[{"t": [{"r": [{"c": [2**53]}]}]}], [{}]])
     assert is_protocol_message_valid(None, 1.0, "")
+
+
+@pytest.mark.parametrize("message", [10**400, -(10**400), 2**1024])
+def test_a_message_number_past_float_range_is_invalid_not_an_error(message: int) -> None:
+    # JSON decoders give such numbers as Python ints; TinyBase's Number() makes them Infinity
+    assert is_protocol_message_valid(None, message, [0, 0]) is False
+    errors: list[BaseException] = []
+    engine = SyncEngine(_NoStore(), request_timeout_seconds=1, on_ignored_error=errors.append)
+    engine.receive("peer", None, message, [0, 0])
+    assert engine.receives == 0
+    assert [getattr(e, "code", None) for e in errors] == ["tinybase:14"]

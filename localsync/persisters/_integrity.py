@@ -10,7 +10,7 @@ stamps makes the loss visible to sync, which then repairs it from any intact pee
 The rule (one place, used by the file and SQLite persisters alike): every row, table and
 root hash is recomputed from its children with the helpers of :mod:`localsync.hash`, in the
 form the store's own merges produce (children's ``H(id:hash)`` terms, the ``H(id:0)``
-legacy term for cells and values, no term for a row or table whose hash is 0, plus
+legacy term for cells and values, ``H(id:0)`` for an empty row or table too, plus
 ``H(hlc)`` of the stamp's own HLC when it has one). A cell or value keeps its stored hash
 when it is the hash of its thing either as stored or in the other form TinyBase hashes
 object cells in (decoded object for a merged cell, the ``"\\ufffd{...}"`` string for a local
@@ -123,11 +123,10 @@ def _things(stamp: list[Any], fixes: Fixes) -> int:
 
 
 def _parent_hash(child_hashes: dict[str, int]) -> int:
-    """A table's (or all tables') hash from its children's: ``get_table_hash`` without the
-    children whose hash is 0 (an empty row): the store adds no ``H(id:0)`` removal term for
-    them when they gain content, so counting them would make the hashes diverge from an
-    intact peer's forever after sync restored the row."""
-    return get_table_hash({child_id: h for child_id, h in child_hashes.items() if h})
+    """A table's (or all tables') hash from its children's, empty ones included: the store
+    counts an empty row's (or table's) ``H(id:0)`` term and replaces it when the row gains
+    content, as a TinyBase replica that received it once does."""
+    return get_table_hash(child_hashes)
 
 
 def recompute_hashes(content: list[Any]) -> int:

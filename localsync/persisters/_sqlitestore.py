@@ -270,10 +270,15 @@ class SqliteStorage:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ connection
 
     def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            # a worker thread still in flight when the persister was destroyed (the watch
+            # poll) must not reopen, or re-create, a file the owner may be removing
+            raise sqlite3.ProgrammingError(f"{self.path}: storage closed")
         if self._conn is None and self.read_only:
             # for inspection: never create, migrate or switch the journal of someone's file
             uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
@@ -319,7 +324,9 @@ class SqliteStorage:
         return self._conn
 
     def close(self) -> None:
+        """Close for good: later calls raise ``sqlite3.ProgrammingError``."""
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
