@@ -746,6 +746,11 @@ class SyncEngine:
     # -- requests ---------------------------------------------------------------------------
 
     def _request(self, pull: _Pull, to: str | None, message: int, body: Any) -> None:
+        if self.destroyed:
+            # nothing would ever time it out (a destroyed synchronizer has no timer), so a
+            # pull that goes on after destroy must end here, not wait for ever
+            self._fail(pull, TinyBaseError(ERROR_SYNC_RESPONSE, "destroyed"))
+            return
         if len(self._pending) >= self.max_pending_requests:
             self._fail(pull, TinyBaseError(ERROR_SYNC_OVERFLOW, "requests"))
             return

@@ -174,6 +174,21 @@ def test_destroyed_engine_ignores_everything_and_fails_pending() -> None:
     assert engine.receives == 0 and engine.data_to_send() == []
 
 
+def test_a_pull_after_destroy_fails_at_once_instead_of_waiting_for_ever() -> None:
+    """A destroyed synchronizer has no timer: a request made after destroy (a pull still
+    under way) would never time out, and whoever awaits that pull would hang."""
+    engine, errors, clock, _ = make()
+    engine.destroyed = True
+    results: list[Any] = []
+    engine.pull(results.append)
+    assert results == [None]
+    assert codes(errors) == ["tinybase:3"]
+    assert engine.pending_request_count() == 0 and engine.data_to_send() == []
+    clock.now += 60
+    engine.tick()
+    assert results == [None]
+
+
 def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
     engine, _, clock, store = make(anti_entropy_seconds=5.0, heartbeat_every=4)
     engine.start()
