@@ -13,6 +13,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+
+class UsageError(Exception):
+    """A mistake in a command's arguments or surroundings (a port in use, a file where a folder
+    belongs): ``main`` prints it as one line, ``localsync NAME: error: ...``, and exits 2, as
+    argparse does for its own checks. Subcommands raise it instead of letting a traceback out.
+    """
+
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
@@ -44,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"localsync {name}", description=help_text)
     module.configure(command_parser)
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as error:
+        command_parser.error(str(error))  # exits 2
 
 
 if __name__ == "__main__":  # pragma: no cover
