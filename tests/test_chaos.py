@@ -262,6 +262,7 @@ def test_chaos_loses_no_acknowledged_row(rundir: Path, persister: str) -> None:
         calm = time.monotonic()
         coordinator = coordinators[-1]
         assert coordinator.ready.wait(60), "".join(coordinator.stderr)
+        coordinator_ready = time.monotonic() - calm
         survivors = live_writers()
         for w in survivors:
             w.proc.send(cmd="stop_writing")
@@ -273,6 +274,7 @@ def test_chaos_loses_no_acknowledged_row(rundir: Path, persister: str) -> None:
             time.sleep(0.05)
         reader = Proc("sync", "--channel", CHANNEL, "--runtime-dir", str(rundir))
         reader.expect("ready", 60)
+        reader_joined = time.monotonic() - calm
 
         converged: list[int] | None = None
         deadline = time.monotonic() + 90
@@ -322,6 +324,8 @@ def test_chaos_loses_no_acknowledged_row(rundir: Path, persister: str) -> None:
             "rows acknowledged": acknowledged,
             "acknowledged rows lost": len(lost),
             "convergence seconds after the calm": round(convergence_seconds, 2),
+            "of which: coordinator up": round(coordinator_ready, 2),
+            "newcomer joined": round(reader_joined, 2),
         }
         print("\nchaos:", json.dumps(summary))
         assert acknowledged > 0, f"seed {seed}: nothing was ever acknowledged"
