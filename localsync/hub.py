@@ -556,23 +556,62 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write a key pair NAME.key / NAME.key_secret into DIR and exit",
     )
-    parser.add_argument("--name", default="hub", help="with --keygen: the key pair's name")
+    parser.add_argument(
+        "--name",
+        type=_key_name,
+        default="hub",
+        help="with --keygen: the key pair's name (a file name: no path separator, no leading dot)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --keygen: replace an existing key pair"
+    )
+
+
+def _key_name(text: str) -> str:
+    """argparse ``type`` for ``--name``: a plain file name, so the keys stay in the folder."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    if not text or text.startswith(".") or "\0" in text or any(s in text for s in separators):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file name (no path separator, no leading dot)"
+        )
+    return text
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+
+    folder = Path(args.keygen)
+    existing = [
+        path
+        for path in (folder / f"{args.name}.key", folder / f"{args.name}.key_secret")
+        if os.path.lexists(path)
+    ]
+    if existing and not args.force:
+        raise UsageError(
+            f"{existing[0]} exists: not replacing a key pair (give --force to replace it)"
+        )
+    try:
+        public, secret = generate_keys(folder, args.name)
+    except OSError as error:
+        raise UsageError(f"cannot write keys into {folder}: {error.strerror or error}") from None
+    key = load_public_key(public).decode("ascii")
+    print(f"localsync hub: public key {key} in {public}, secret in {secret}", flush=True)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CLI; ordinary mistakes raise :class:`localsync.cli.UsageError` (one line, exit 2)."""
+    from .cli import UsageError
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
     if args.keygen is not None:
-        public, secret = generate_keys(args.keygen, args.name)
-        key = load_public_key(public).decode("ascii")
-        print(f"localsync hub: public key {key} in {public}, secret in {secret}", flush=True)
-        return 0
+        return _keygen(args)
     if args.bind is None:
-        print("localsync hub: --bind tcp://HOST:PORT is required", flush=True)
-        return 2
+        raise UsageError("--bind tcp://HOST:PORT is required (or --keygen DIR)")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
@@ -584,9 +623,8 @@ def run(args: argparse.Namespace) -> int:
             subscriber_hwm=args.subscriber_hwm,
         )
         hub.start()
-    except (ValueError, zmq.ZMQError) as error:
-        print(f"localsync hub: {error}", flush=True)
-        return 2
+    except (ValueError, OSError, zmq.ZMQError) as error:
+        raise UsageError(str(error)) from None
     keyed = f", CURVE key {hub.public_key}" if hub.public_key else ""
     print(f"localsync hub: publishers {hub.inbound}, subscribers {hub.outbound}{keyed}", flush=True)
     while not stop.wait(0.2):

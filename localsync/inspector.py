@@ -13,7 +13,8 @@ array cells are shown as JSON. Strings are shown as they are; every other value 
 in ``--json`` output, which prints ``{"tables": ..., "values": ...}`` per store.
 
 Exit status: 0 when everything could be read, 1 when some store was unreadable (reported on
-stderr, after the others are printed), 2 when PATH does not exist.
+stderr, after the others are printed) or when PATH is a folder holding no persisted store
+(nothing to show: "no persisted stores in DIR" on stderr), 2 when PATH does not exist.
 """
 
 from __future__ import annotations
@@ -238,4 +239,16 @@ def inspect_paths(path: Path, args: argparse.Namespace, out: TextIO, err: TextIO
 
 
 def run(args: argparse.Namespace) -> int:
-    return inspect_paths(Path(os.fspath(args.path)), args, sys.stdout, sys.stderr)
+    from .cli import UsageError
+
+    path = Path(os.fspath(args.path))
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    if path.is_dir() and not _candidates(path):
+        print(
+            f"localsync inspect: no persisted stores in {path} "
+            "(looked for JSON files and SQLite databases directly inside it)",
+            file=sys.stderr,
+        )
+        return 1
+    return inspect_paths(path, args, sys.stdout, sys.stderr)

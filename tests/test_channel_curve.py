@@ -180,7 +180,7 @@ def test_localsync_hub_command_with_keys(keys: Path, tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert bad.returncode == 2 and "secret_key" in bad.stdout
+    assert bad.returncode == 2 and "secret_key" in bad.stderr  # (localsync hub: error: ...)
 
 
 def test_a_keyed_hub_that_cannot_bind_leaves_no_authenticator_behind(keys: Path) -> None:

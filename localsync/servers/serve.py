@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -170,18 +172,34 @@ def empty_room_discarder(
     return discard
 
 
+#: errors of binding the listening socket that are the caller's to fix
+_LISTEN_ERRORS = frozenset(
+    {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM, errno.EAFNOSUPPORT}
+)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ..cli import port_number
+
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8048, help="port (0 = any free port)")
+    parser.add_argument(
+        "--port", type=port_number, default=8048, help="port, 0..65535 (0 = any free port)"
+    )
     parser.add_argument("--data", default="localsync-data", help="folder for the rooms' stores")
-    parser.add_argument("--persister", choices=sorted(SUFFIXES), default="sqlite")
+    parser.add_argument(
+        "--persister",
+        choices=sorted(SUFFIXES),
+        default="sqlite",
+        help="one SQLite database or one TinyBase JSON file per room",
+    )
     parser.add_argument(
         "--no-persist", action="store_true", help="relay only, keep nothing on disk"
     )
     parser.add_argument(
         "--token",
         default=os.environ.get("LOCALSYNC_TOKEN"),
-        help="require this token (Authorization: Bearer or ?token=); env LOCALSYNC_TOKEN",
+        help="require this token (Authorization: Bearer or ?token=); "
+        "default: the environment's LOCALSYNC_TOKEN",
     )
     parser.add_argument("--max-clients", type=int, default=None, help="refuse more (503)")
     parser.add_argument(
@@ -193,7 +211,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1_000,
         help="rooms one remote address may have joined at once (0 = no limit)",
     )
-    parser.add_argument("--summary-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--summary-seconds",
+        type=float,
+        default=30.0,
+        help="log a one-line summary (rooms, clients, messages) this often",
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
@@ -245,8 +268,30 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    """The CLI: ordinary mistakes (a port in use, a host that does not resolve, ``--data``
+    naming a file) raise :class:`localsync.cli.UsageError`, one line instead of a traceback."""
+    from ..cli import UsageError
+
+    if args.summary_seconds <= 0:
+        raise UsageError(f"--summary-seconds must be positive, got {args.summary_seconds}")
+    if not args.no_persist:
+        try:
+            Path(args.data).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"--data {args.data}: not a folder") from None
+        except OSError as error:
+            raise UsageError(f"--data {args.data}: {error.strerror or error}") from None
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    return event_loop.run(serve(args))
+    try:
+        return event_loop.run(serve(args))
+    except socket.gaierror as error:
+        raise UsageError(f"cannot resolve --host {args.host}: {error.strerror}") from None
+    except OSError as error:
+        # (asyncio and uvloop both say "error while attempting to bind on address ...")
+        if error.errno not in _LISTEN_ERRORS or "bind" not in str(error):
+            raise
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise UsageError(f"cannot listen on {args.host} port {args.port}: {reason}") from None
