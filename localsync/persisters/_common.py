@@ -40,7 +40,9 @@ class PersistError(RuntimeError):
 
 
 class StorageCreateError(PersistError):
-    """The storage's folder or file could not be created (the message says which, and why)."""
+    """The storage's folder or file could not be created or used (the message says which, and
+    why: ``cannot create folder data/rooms: permission denied``, ``cannot write x.json: it is
+    a directory, not a file``)."""
 
 
 class ReadOnlyStorageError(PersistError):

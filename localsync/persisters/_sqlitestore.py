@@ -62,7 +62,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..hash import get_value_in_values_hash as _in
-from ._common import ReadOnlyStorageError
+from ._common import ReadOnlyStorageError, StorageCreateError
 from ._filestore import CorruptContentError, check_content_shape, create_private_file
 from ._jsonio import ContentDecodeError, dumps_str, loads
 
@@ -352,6 +352,9 @@ class SqliteStorage:
             # a worker thread still in flight when the persister was destroyed (the watch
             # poll) must not reopen, or re-create, a file the owner may be removing
             raise sqlite3.ProgrammingError(f"{self.path}: storage closed")
+        if self._conn is None and os.path.isdir(self.path):
+            # (SQLite would say "unable to open database file")
+            raise StorageCreateError(f"cannot open {self.path}: it is a directory, not a file")
         if (
             self._conn is None
             and not self.read_only
