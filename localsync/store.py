@@ -547,12 +547,13 @@ class Store:
         for table_id in self.get_table_ids():
             callback(table_id, lambda cb, t=table_id: self.for_each_row(t, cb))
 
-    def for_each_row(self, table_id: str, callback: Callable[[str, Any], Any]) -> None:
+    def for_each_row(self, table_id: object, callback: Callable[[str, Any], Any]) -> None:
+        # (ids typed object: get_row_ids raises the same TypeError in both builds)
         for row_id in self.get_row_ids(table_id):
             callback(row_id, lambda cb, r=row_id: self.for_each_cell(table_id, r, cb))
 
     def for_each_cell(
-        self, table_id: str, row_id: str, callback: Callable[[str, Any], Any]
+        self, table_id: object, row_id: object, callback: Callable[[str, Any], Any]
     ) -> None:
         for cell_id, cell in self.get_row(table_id, row_id).items():
             callback(cell_id, cell)
