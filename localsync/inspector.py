@@ -4,7 +4,9 @@ PATH is a file written by the file persister (or by TinyBase's ``createFilePersi
 MergeableStore or a plain Store), an
 SQLite database written by the SQLite persister, or a folder: then every persisted store
 directly inside it is printed. Nothing is ever written: databases are opened read-only, so
-inspecting a live store is safe.
+inspecting a live store is safe, and so is a store on a read-only file system or in a folder
+this user may not write (see ``_sqlitestore``: only a write-ahead log left there by a killed
+writer makes such a database unreadable, which is reported).
 
 What is shown is what a store loaded from that data would hold: deleted cells and values
 (stamps holding ``undefined``) and rows whose cells are all deleted are left out, object and
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .codec import JSON_PREFIX, UNDEFINED, js_stringify
+from .persisters._common import PersistError
 from .persisters._filestore import CorruptContentError, read_content
 from .persisters._sqlitestore import SqliteStorage
 
@@ -216,7 +219,7 @@ def inspect_paths(path: Path, args: argparse.Namespace, out: TextIO, err: TextIO
     for store_path in paths:
         try:
             kind, content = load_persisted(store_path)
-        except (CorruptContentError, OSError) as error:
+        except (CorruptContentError, OSError, PersistError) as error:
             print(f"localsync inspect: {store_path}: unreadable: {error}", file=err)
             status = 1
             continue

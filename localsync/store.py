@@ -43,7 +43,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 from .codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
 
@@ -86,6 +86,18 @@ _LISTENER_ID_COUNTS: dict[str, int] = {
     "value_ids": 0,
     "has_value": 1,
     "value": 1,
+}
+# listener kind -> the names of its ids (for error messages)
+_TABLE: Final = ("table id",)
+_ROW: Final = ("table id", "row id")
+_CELL: Final = ("table id", "row id", "cell id")
+_LISTENER_ID_NAMES: dict[str, tuple[str, ...]] = {
+    **{kind: () for kind, count in _LISTENER_ID_COUNTS.items() if count == 0},
+    **dict.fromkeys(("has_table", "table", "table_cell_ids", "row_count", "row_ids"), _TABLE),
+    "has_table_cell": ("table id", "cell id"),
+    **dict.fromkeys(("has_row", "row", "cell_ids"), _ROW),
+    **dict.fromkeys(("has_cell", "cell"), _CELL),
+    **dict.fromkeys(("has_value", "value"), ("value id",)),
 }
 _TABULAR_KINDS = (
     "has_tables",
@@ -289,8 +301,22 @@ def js_ordered(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_id(value: Any, what: str) -> None:
+    """Raise ``TypeError`` ("table id must be a str, not int") unless ``value`` is a str."""
     if type(value) is not str:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+
+
+def _bad_ids(*named_ids: tuple[str, object]) -> NoReturn:
+    """Raise the ``TypeError`` for the first of ``(name, id)`` whose id is not a str.
+
+    The public methods take ids typed ``object`` and test ``type(x) is str`` themselves
+    (a few ns), calling this only when one is not: so the compiled (mypyc) build and the pure
+    Python build raise the same "table id must be a str, not int" (mypyc's own argument check
+    would say "str object expected; got int"), and the per-cell paths stay as fast.
+    """
+    for what, value in named_ids:
+        _check_id(value, what)
+    raise AssertionError("_bad_ids called with valid ids")  # pragma: no cover
 
 
 def _check_dict(value: Any, what: str) -> None:
@@ -302,7 +328,7 @@ def _encode_row(row: Any) -> dict[str, Any]:
     _check_dict(row, "a row")
     out: dict[str, Any] = {}
     for cell_id, cell in row.items():
-        _check_id(cell_id, "a cell id")
+        _check_id(cell_id, "cell id")
         out[cell_id] = encode_cell(cell)
     return js_ordered(out)
 
@@ -311,7 +337,7 @@ def _encode_table(table: Any) -> dict[str, dict[str, Any]]:
     _check_dict(table, "a table")
     out: dict[str, dict[str, Any]] = {}
     for row_id, row in table.items():
-        _check_id(row_id, "a row id")
+        _check_id(row_id, "row id")
         encoded = _encode_row(row)
         if encoded:  # TinyBase drops empty rows
             out[row_id] = encoded
@@ -322,7 +348,7 @@ def _encode_tables(tables: Any) -> dict[str, dict[str, dict[str, Any]]]:
     _check_dict(tables, "tables")
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for table_id, table in tables.items():
-        _check_id(table_id, "a table id")
+        _check_id(table_id, "table id")
         encoded = _encode_table(table)
         if encoded:  # TinyBase drops empty tables
             out[table_id] = encoded
@@ -333,7 +359,7 @@ def _encode_values(values: Any) -> dict[str, Any]:
     _check_dict(values, "values")
     out: dict[str, Any] = {}
     for value_id, value in values.items():
-        _check_id(value_id, "a value id")
+        _check_id(value_id, "value id")
         out[value_id] = encode_cell(value, "value")
     return js_ordered(out)
 
@@ -421,33 +447,47 @@ class Store:
     def get_table_ids(self) -> list[str]:
         return list(self._tables)
 
-    def get_table(self, table_id: str) -> dict[str, dict[str, Any]]:
+    def get_table(self, table_id: object) -> dict[str, dict[str, Any]]:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         with self.lock:
             table = self._tables.get(table_id)
             if table is None:
                 return {}
             return {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
 
-    def get_table_cell_ids(self, table_id: str) -> list[str]:
+    def get_table_cell_ids(self, table_id: object) -> list[str]:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         return list(self._table_cell_ids.get(table_id, ()))
 
-    def get_row_count(self, table_id: str) -> int:
+    def get_row_count(self, table_id: object) -> int:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         return len(self._tables.get(table_id, ()))
 
-    def get_row_ids(self, table_id: str) -> list[str]:
+    def get_row_ids(self, table_id: object) -> list[str]:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         return list(self._tables.get(table_id, ()))
 
-    def get_row(self, table_id: str, row_id: str) -> dict[str, Any]:
+    def get_row(self, table_id: object, row_id: object) -> dict[str, Any]:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         row = self._tables.get(table_id, {}).get(row_id)
         if row is None:
             return {}
         return {c: decode(v) for c, v in list(row.items())}
 
-    def get_cell_ids(self, table_id: str, row_id: str) -> list[str]:
+    def get_cell_ids(self, table_id: object, row_id: object) -> list[str]:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         return list(self._tables.get(table_id, {}).get(row_id, ()))
 
-    def get_cell(self, table_id: str, row_id: str, cell_id: str) -> Any:
+    def get_cell(self, table_id: object, row_id: object, cell_id: object) -> Any:
         """The cell's value, or None when there is no such cell (TinyBase's ``undefined``)."""
+        if type(table_id) is not str or type(row_id) is not str or type(cell_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id), ("cell id", cell_id))
         table = self._tables.get(table_id)
         if table is None:
             return None
@@ -463,28 +503,40 @@ class Store:
     def get_value_ids(self) -> list[str]:
         return list(self._values)
 
-    def get_value(self, value_id: str) -> Any:
+    def get_value(self, value_id: object) -> Any:
+        if type(value_id) is not str:
+            _bad_ids(("value id", value_id))
         return decode(self._values.get(value_id))
 
     def has_tables(self) -> bool:
         return bool(self._tables)
 
-    def has_table(self, table_id: str) -> bool:
+    def has_table(self, table_id: object) -> bool:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         return table_id in self._tables
 
-    def has_table_cell(self, table_id: str, cell_id: str) -> bool:
+    def has_table_cell(self, table_id: object, cell_id: object) -> bool:
+        if type(table_id) is not str or type(cell_id) is not str:
+            _bad_ids(("table id", table_id), ("cell id", cell_id))
         return cell_id in self._table_cell_ids.get(table_id, ())
 
-    def has_row(self, table_id: str, row_id: str) -> bool:
+    def has_row(self, table_id: object, row_id: object) -> bool:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         return row_id in self._tables.get(table_id, ())
 
-    def has_cell(self, table_id: str, row_id: str, cell_id: str) -> bool:
+    def has_cell(self, table_id: object, row_id: object, cell_id: object) -> bool:
+        if type(table_id) is not str or type(row_id) is not str or type(cell_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id), ("cell id", cell_id))
         return cell_id in self._tables.get(table_id, {}).get(row_id, ())
 
     def has_values(self) -> bool:
         return bool(self._values)
 
-    def has_value(self, value_id: str) -> bool:
+    def has_value(self, value_id: object) -> bool:
+        if type(value_id) is not str:
+            _bad_ids(("value id", value_id))
         return value_id in self._values
 
     def get_json(self) -> str:
@@ -495,12 +547,13 @@ class Store:
         for table_id in self.get_table_ids():
             callback(table_id, lambda cb, t=table_id: self.for_each_row(t, cb))
 
-    def for_each_row(self, table_id: str, callback: Callable[[str, Any], Any]) -> None:
+    def for_each_row(self, table_id: object, callback: Callable[[str, Any], Any]) -> None:
+        # (ids typed object: get_row_ids raises the same TypeError in both builds)
         for row_id in self.get_row_ids(table_id):
             callback(row_id, lambda cb, r=row_id: self.for_each_cell(table_id, r, cb))
 
     def for_each_cell(
-        self, table_id: str, row_id: str, callback: Callable[[str, Any], Any]
+        self, table_id: object, row_id: object, callback: Callable[[str, Any], Any]
     ) -> None:
         for cell_id, cell in self.get_row(table_id, row_id).items():
             callback(cell_id, cell)
@@ -593,8 +646,9 @@ class Store:
             self._txn(_noop)
         return self
 
-    def set_table(self, table_id: str, table: Any) -> Store:
-        _check_id(table_id, "a table id")
+    def set_table(self, table_id: object, table: Any) -> Store:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         encoded = _encode_table(table)
         if encoded:
             self._txn(self._match_table, table_id, encoded)
@@ -602,9 +656,9 @@ class Store:
             self._txn(_noop)
         return self
 
-    def set_row(self, table_id: str, row_id: str, row: Any) -> Store:
-        _check_id(table_id, "a table id")
-        _check_id(row_id, "a row id")
+    def set_row(self, table_id: object, row_id: object, row: Any) -> Store:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         encoded = _encode_row(row)
         if encoded:
             self._txn(self._match_row, table_id, row_id, encoded)
@@ -612,9 +666,10 @@ class Store:
             self._txn(_noop)
         return self
 
-    def add_row(self, table_id: str, row: Any, reuse_row_ids: bool = True) -> str | None:
+    def add_row(self, table_id: object, row: Any, reuse_row_ids: bool = True) -> str | None:
         """Add a row under a new id (TinyBase's addRow); returns the id, or None if empty."""
-        _check_id(table_id, "a table id")
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         encoded = _encode_row(row)
         if not encoded:
             self._txn(_noop)
@@ -640,9 +695,9 @@ class Store:
             self._pools[table_id] = pool
         return row_id
 
-    def set_partial_row(self, table_id: str, row_id: str, partial_row: Any) -> Store:
-        _check_id(table_id, "a table id")
-        _check_id(row_id, "a row id")
+    def set_partial_row(self, table_id: object, row_id: object, partial_row: Any) -> Store:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         encoded = _encode_row(partial_row)
         if encoded:
             self._txn(self._set_cells, table_id, row_id, encoded)
@@ -655,11 +710,9 @@ class Store:
         for cell_id, cell in row.items():
             write(table_id, row_id, cell_id, cell)
 
-    def set_cell(self, table_id: str, row_id: str, cell_id: str, cell: Any) -> Store:
+    def set_cell(self, table_id: object, row_id: object, cell_id: object, cell: Any) -> Store:
         if type(table_id) is not str or type(row_id) is not str or type(cell_id) is not str:
-            _check_id(table_id, "a table id")
-            _check_id(row_id, "a row id")
-            _check_id(cell_id, "a cell id")
+            _bad_ids(("table id", table_id), ("row id", row_id), ("cell id", cell_id))
         t = type(cell)
         if t is str:
             if cell[:1] == JSON_PREFIX or cell == UNDEFINED:
@@ -703,8 +756,9 @@ class Store:
         for value_id, value in values.items():
             write(value_id, value)
 
-    def set_value(self, value_id: str, value: Any) -> Store:
-        _check_id(value_id, "a value id")
+    def set_value(self, value_id: object, value: Any) -> Store:
+        if type(value_id) is not str:
+            _bad_ids(("value id", value_id))
         if callable(value) and type(value) not in (dict, list):
             value = value(self.get_value(value_id))
         self._txn(self._write_value, value_id, encode_cell(value, "value"))
@@ -720,22 +774,22 @@ class Store:
         _check_dict(values, "changed values")
         plan: list[tuple[Any, ...]] = []
         for t, table in tables.items():
-            _check_id(t, "a table id")
+            _check_id(t, "table id")
             if table is None or table == UNDEFINED:
                 plan.append((t,))
                 continue
             _check_dict(table, "a changed table")
             for r, row in table.items():
-                _check_id(r, "a row id")
+                _check_id(r, "row id")
                 if row is None or row == UNDEFINED:
                     plan.append((t, r))
                     continue
                 _check_dict(row, "a changed row")
                 for c, cell in row.items():
-                    _check_id(c, "a cell id")
+                    _check_id(c, "cell id")
                     plan.append((t, r, c, ABSENT if cell == UNDEFINED else encode_cell(cell)))
         for v in values:
-            _check_id(v, "a value id")
+            _check_id(v, "value id")
         value_plan = [
             (v, ABSENT if value == UNDEFINED else encode_cell(value, "value"))
             for v, value in values.items()
@@ -763,21 +817,21 @@ class Store:
         self._txn(self._delete_all_tables)
         return self
 
-    def del_table(self, table_id: str) -> Store:
-        _check_id(table_id, "a table id")
+    def del_table(self, table_id: object) -> Store:
+        if type(table_id) is not str:
+            _bad_ids(("table id", table_id))
         self._txn(self._delete_table, table_id)
         return self
 
-    def del_row(self, table_id: str, row_id: str) -> Store:
-        _check_id(table_id, "a table id")
-        _check_id(row_id, "a row id")
+    def del_row(self, table_id: object, row_id: object) -> Store:
+        if type(table_id) is not str or type(row_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id))
         self._txn(self._delete_row, table_id, row_id)
         return self
 
-    def del_cell(self, table_id: str, row_id: str, cell_id: str) -> Store:
-        _check_id(table_id, "a table id")
-        _check_id(row_id, "a row id")
-        _check_id(cell_id, "a cell id")
+    def del_cell(self, table_id: object, row_id: object, cell_id: object) -> Store:
+        if type(table_id) is not str or type(row_id) is not str or type(cell_id) is not str:
+            _bad_ids(("table id", table_id), ("row id", row_id), ("cell id", cell_id))
         self._txn(self._delete_cell, table_id, row_id, cell_id)
         return self
 
@@ -785,8 +839,9 @@ class Store:
         self._txn(self._delete_all_values)
         return self
 
-    def del_value(self, value_id: str) -> Store:
-        _check_id(value_id, "a value id")
+    def del_value(self, value_id: object) -> Store:
+        if type(value_id) is not str:
+            _bad_ids(("value id", value_id))
         self._txn(self._delete_value, value_id)
         return self
 
@@ -1290,9 +1345,11 @@ class Store:
     ) -> str:
         if not callable(listener):
             raise TypeError("a listener must be callable")
-        for id_ in ids:
+        for id_, what in zip(ids, _LISTENER_ID_NAMES[kind], strict=True):
             if id_ is not None and type(id_) is not str:
-                raise TypeError(f"listener ids must be str or None, not {type(id_).__name__}")
+                # (the public methods take ids typed object, so that this message is the
+                # same in the compiled build as in pure Python; see _bad_ids)
+                raise TypeError(f"{what} must be a str or None, not {type(id_).__name__}")
         with self.lock:
             listener_id = self._new_listener_id()
             index = 1 if mutator else 0
@@ -1379,55 +1436,55 @@ class Store:
         return self._add_listener("table_ids", (), listener, mutator)
 
     def add_has_table_listener(
-        self, table_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("has_table", (table_id,), listener, mutator)
 
     def add_table_listener(
-        self, table_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("table", (table_id,), listener, mutator)
 
     def add_table_cell_ids_listener(
-        self, table_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("table_cell_ids", (table_id,), listener, mutator)
 
     def add_has_table_cell_listener(
-        self, table_id: str | None, cell_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, cell_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("has_table_cell", (table_id, cell_id), listener, mutator)
 
     def add_row_count_listener(
-        self, table_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("row_count", (table_id,), listener, mutator)
 
     def add_row_ids_listener(
-        self, table_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("row_ids", (table_id,), listener, mutator)
 
     def add_has_row_listener(
-        self, table_id: str | None, row_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("has_row", (table_id, row_id), listener, mutator)
 
     def add_row_listener(
-        self, table_id: str | None, row_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("row", (table_id, row_id), listener, mutator)
 
     def add_cell_ids_listener(
-        self, table_id: str | None, row_id: str | None, listener: Listener, mutator: bool = False
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("cell_ids", (table_id, row_id), listener, mutator)
 
     def add_has_cell_listener(
         self,
-        table_id: str | None,
-        row_id: str | None,
-        cell_id: str | None,
+        table_id: object,
+        row_id: object,
+        cell_id: object,
         listener: Listener,
         mutator: bool = False,
     ) -> str:
@@ -1435,9 +1492,9 @@ class Store:
 
     def add_cell_listener(
         self,
-        table_id: str | None,
-        row_id: str | None,
-        cell_id: str | None,
+        table_id: object,
+        row_id: object,
+        cell_id: object,
         listener: Listener,
         mutator: bool = False,
     ) -> str:
@@ -1453,12 +1510,12 @@ class Store:
         return self._add_listener("value_ids", (), listener, mutator)
 
     def add_has_value_listener(
-        self, value_id: str | None, listener: Listener, mutator: bool = False
+        self, value_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("has_value", (value_id,), listener, mutator)
 
     def add_value_listener(
-        self, value_id: str | None, listener: Listener, mutator: bool = False
+        self, value_id: object, listener: Listener, mutator: bool = False
     ) -> str:
         return self._add_listener("value", (value_id,), listener, mutator)
 

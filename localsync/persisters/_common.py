@@ -23,7 +23,13 @@ from typing import Any
 from ..persister import Persister, Persists
 from ._integrity import HashesRepaired, recompute_hashes
 
-__all__ = ["PersistError", "SaveTracker", "StorageCreateError", "merge_changes"]
+__all__ = [
+    "PersistError",
+    "ReadOnlyStorageError",
+    "SaveTracker",
+    "StorageCreateError",
+    "merge_changes",
+]
 
 
 _FLUSH_ATTEMPTS = 500  # save attempts skipped by loads before flush gives up (about 5 s)
@@ -34,7 +40,19 @@ class PersistError(RuntimeError):
 
 
 class StorageCreateError(PersistError):
-    """The storage's folder or file could not be created (the message says which, and why)."""
+    """The storage's folder or file could not be created or used (the message says which, and
+    why: ``cannot create folder data/rooms: permission denied``, ``cannot write x.json: it is
+    a directory, not a file``)."""
+
+
+class ReadOnlyStorageError(PersistError):
+    """The storage is read-only (read-only file system, or no write permission).
+
+    Raised by a save (``cannot write x.sqlite: read-only (...)``): such storage is loaded
+    read-only and never written. Also raised by a load when not even reading is possible
+    without writing (an SQLite write-ahead log left beside the database in a read-only
+    folder: reading it needs a ``-shm`` file SQLite cannot create there).
+    """
 
 
 def _merge_stamp_map(into: list[Any], new: list[Any], depth: int) -> None:

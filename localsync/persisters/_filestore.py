@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 
+_A_DIRECTORY = "it is a directory, not a file"
+
+
 class CorruptContentError(ValueError):
     """The persisted data exists but cannot be loaded; it is left untouched on disk."""
 
@@ -106,12 +109,21 @@ def decode_content(data: bytes, mergeable: bool = True) -> Any | None:
 
 
 def read_content(path: str | os.PathLike[str], mergeable: bool = True) -> Any | None:
-    """Content in the file at ``path``; ``None`` when it does not exist (or is empty)."""
+    """Content in the file at ``path``; ``None`` when it does not exist (or is empty).
+
+    Raises ``StorageCreateError`` when ``path`` is a directory (``cannot read x.json: it is
+    a directory, not a file``): nothing there is a store, and nothing can be saved there
+    either, so that is what the message says (not "unreadable").
+    """
+    from ._common import StorageCreateError
+
     try:
         with open(path, "rb") as file:
             data = file.read()
     except (FileNotFoundError, NotADirectoryError):  # (a file where a folder should be)
         return None
+    except IsADirectoryError:
+        raise StorageCreateError(f"cannot read {path}: {_A_DIRECTORY}") from None
     return decode_content(data, mergeable)
 
 
@@ -243,6 +255,8 @@ def write_atomic(
 
     target = resolve_target(path)
     folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise StorageCreateError(f"cannot write {path}: {_A_DIRECTORY}")
     try:
         mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
     except (FileNotFoundError, NotADirectoryError):

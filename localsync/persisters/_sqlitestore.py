@@ -24,6 +24,15 @@ tables, is damaged and raises ``CorruptContentError`` (it is never recreated or 
 A new database file is created ``0600`` (its folders ``0700``) before SQLite opens it, so
 the ``-wal``/``-shm``/``-journal`` files SQLite derives from it are private too.
 
+Read-only storage: a database whose file or folder cannot be written (read-only file system,
+no write permission) is opened read-only and never written; saves raise
+``ReadOnlyStorageError`` (``cannot write x.sqlite: read-only (...)``). A WAL database needs
+a ``-shm`` file beside it even to be read; when the folder does not allow creating one and
+no write-ahead log is left, it is opened ``immutable`` (nothing can change it there). A
+non-empty ``-wal`` left by a writer that was killed holds committed transactions only
+SQLite's WAL reader can see: reading the database file alone would silently return older
+content, so that case is refused with an error saying how to recover.
+
 Why this shape: a mergeable store never forgets a cell (a deletion is a stamp holding
 ``undefined``), and ``getTransactionMergeableChanges(true)`` hands the persister, for every
 transaction, exactly the touched cells and values plus the new hashes of the rows, tables and
@@ -53,6 +62,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..hash import get_value_in_values_hash as _in
+from ._common import ReadOnlyStorageError, StorageCreateError
 from ._filestore import CorruptContentError, check_content_shape, create_private_file
 from ._jsonio import ContentDecodeError, dumps_str, loads
 
@@ -252,6 +262,66 @@ def _check_tables(path: str, names: set[str]) -> None:
         raise CorruptContentError(f"{path}: incomplete localsync database (missing {missing})")
 
 
+def _read_only_reason(path: str) -> str | None:
+    """Why the existing database at ``path`` cannot be written, or ``None`` if it can.
+
+    SQLite writes the database file and creates its journal files beside it, so both the
+    file and its folder must be writable. ``os.access`` reports a read-only file system and
+    permission bits (for root too, once it lacks the capability that bypasses them).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.access(path, os.W_OK) and os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "the file system is mounted read-only"
+    except OSError:  # pragma: no cover - statvfs of a file we could just stat
+        pass
+    if not os.access(path, os.W_OK):
+        return "no write permission on the file"
+    return f"no write permission on its folder {folder}, where SQLite keeps its journal"
+
+
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to the existing database at ``path`` that writes nothing.
+
+    ``mode=ro`` first: it reads a write-ahead log (through the ``-shm`` index, which SQLite
+    creates when missing). When that cannot be opened because the folder allows creating
+    nothing, ``immutable=1`` reads the database file alone, which is exact only without a
+    write-ahead log; a non-empty ``-wal`` is refused (``ReadOnlyStorageError``) rather than
+    read as an older state. Errors SQLite raises otherwise propagate.
+    """
+    base = "file:" + urllib.parse.quote(os.path.abspath(path))
+    conn = sqlite3.connect(
+        base + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as error:
+        conn.close()
+        # SQLite reports a -shm it cannot create as CANTOPEN (read-only file system) or
+        # READONLY_DIRECTORY (no permission on the folder)
+        code = getattr(error, "sqlite_errorcode", sqlite3.SQLITE_CANTOPEN) & 0xFF
+        if code not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+            raise
+        try:
+            wal_size = os.path.getsize(path + "-wal")
+        except OSError:
+            wal_size = 0
+        if wal_size:
+            raise ReadOnlyStorageError(
+                f"cannot read {path}: its write-ahead log {path}-wal holds transactions not "
+                "yet in the database file, and reading them needs a -shm file that cannot be "
+                "created in this read-only folder; open the database once where it is "
+                "writable (or copy it with its -wal to a writable folder) and try again"
+            ) from error
+    return sqlite3.connect(
+        base + "?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+    )
+
+
 def _meta_rows(stamps: list[Any]) -> list[tuple[Any, ...]]:
     """The one meta row: format, and the tables' and values' HLCs and hashes."""
     return [(FORMAT, _hlc(stamps[0]), _hash(stamps[0]), _hlc(stamps[1]), _hash(stamps[1]))]
@@ -271,6 +341,9 @@ class SqliteStorage:
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
         self._closed = False
+        # why an existing database cannot be written (set when it is opened), else None
+        self.read_only_reason: str | None = None
+        self._has_schema = True
 
     # ------------------------------------------------------------------ connection
 
@@ -279,24 +352,36 @@ class SqliteStorage:
             # a worker thread still in flight when the persister was destroyed (the watch
             # poll) must not reopen, or re-create, a file the owner may be removing
             raise sqlite3.ProgrammingError(f"{self.path}: storage closed")
-        if self._conn is None and self.read_only:
-            # for inspection: never create, migrate or switch the journal of someone's file
-            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        if self._conn is None and os.path.isdir(self.path):
+            # (SQLite would say "unable to open database file")
+            raise StorageCreateError(f"cannot open {self.path}: it is a directory, not a file")
+        if (
+            self._conn is None
+            and not self.read_only
+            and self.path != ":memory:"
+            and os.path.exists(self.path)
+        ):
+            self.read_only_reason = _read_only_reason(self.path)
+        if self._conn is None and (self.read_only or self.read_only_reason):
+            # for inspection, and for storage we may not write: never create, migrate or
+            # switch the journal of the file
             try:
-                conn.execute("PRAGMA busy_timeout = 10000")
-                names = _table_names(conn)
+                conn = _connect_read_only(self.path)
             except sqlite3.DatabaseError as error:
-                conn.close()
                 raise CorruptContentError(f"{self.path}: {error}") from error
-            if "localsync_meta" not in names:
-                conn.close()
-                raise CorruptContentError(f"{self.path}: not a localsync database")
             try:
+                try:
+                    names = _table_names(conn)
+                except sqlite3.DatabaseError as error:
+                    raise CorruptContentError(f"{self.path}: {error}") from error
                 _check_tables(self.path, names)
+                if self.read_only and "localsync_meta" not in names:
+                    raise CorruptContentError(f"{self.path}: not a localsync database")
             except CorruptContentError:
                 conn.close()
                 raise
+            # a persister's database with none of our tables: nothing was saved yet
+            self._has_schema = "localsync_meta" in names
             self._conn = conn
         if self._conn is None:
             # a new database is created 0600 before SQLite opens it: SQLite gives its -wal,
@@ -323,6 +408,16 @@ class SqliteStorage:
             self._conn = conn
         return self._conn
 
+    def _writable(self) -> sqlite3.Connection:
+        """The connection, for a write; ``ReadOnlyStorageError`` if the storage is read-only."""
+        conn = self._connect()
+        if self.read_only or self.read_only_reason:
+            raise ReadOnlyStorageError(
+                f"cannot write {self.path}: read-only "
+                f"({self.read_only_reason or 'opened for reading only'})"
+            )
+        return conn
+
     def close(self) -> None:
         """Close for good: later calls raise ``sqlite3.ProgrammingError``."""
         with self._lock:
@@ -332,7 +427,7 @@ class SqliteStorage:
                 self._conn = None
 
     def _write(self, statements: Iterator[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        conn = self._connect()
+        conn = self._writable()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
@@ -389,7 +484,7 @@ class SqliteStorage:
             yield _UPSERT_META, meta
 
         with self._lock:
-            conn = self._connect()
+            conn = self._writable()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if not self._explains(conn, changes):
@@ -469,6 +564,8 @@ class SqliteStorage:
         """Rebuild the encoded mergeable content with hashes; ``None`` if nothing was saved."""
         with self._lock:
             conn = self._connect()
+            if not self._has_schema:
+                return None
             conn.execute("BEGIN")  # one consistent snapshot across the five SELECTs
             try:
                 return self._read(conn)
@@ -534,9 +631,13 @@ class SqliteStorage:
     def stored_hashes(
         self, table_ids: list[str]
     ) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
-        """(table hashes, row hashes of ``table_ids``, value hashes) as stored."""
+        """(table hashes, row hashes of ``table_ids``, value hashes) as stored.
+
+        Only a save (repairing by hash comparison) asks, so read-only storage refuses here
+        already (``ReadOnlyStorageError``).
+        """
         with self._lock:
-            conn = self._connect()
+            conn = self._writable()
             tables = {
                 _text(k): h for k, h in conn.execute("SELECT table_id, hash FROM localsync_tables")
             }
@@ -564,6 +665,8 @@ class SqliteStorage:
         """Row counts, for the inspector and tests."""
         with self._lock:
             conn = self._connect()
+            if not self._has_schema:
+                return dict.fromkeys(("tables", "rows", "cells", "values"), 0)
             return {
                 table: int(conn.execute(f"SELECT COUNT(*) FROM localsync_{table}").fetchone()[0])
                 for table in ("tables", "rows", "cells", "values")

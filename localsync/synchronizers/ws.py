@@ -13,7 +13,11 @@ Usage::
     await sync.destroy()
 
 ``await create_ws_synchronizer(...)`` also works and, like TinyBase's, returns once the
-socket is open (raising ``ConnectionError`` if it cannot open within ``open_timeout``).
+socket is open. If it cannot open within ``open_timeout`` (attempts are retried until then,
+each failure reported to ``on_ignored_error``), it raises ``ConnectionError`` naming the URL
+and the last cause (``could not open ws://127.0.0.1:1/x: [Errno 111] Connection refused``,
+chained from it). A URL that is not a ``ws://``/``wss://`` URL raises ``ValueError`` at once,
+from ``create_ws_synchronizer`` itself: no attempt could ever succeed.
 From code that does not use asyncio::
 
     from localsync.blocking import blocking
@@ -46,12 +50,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Callable, Generator
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
 
 from ..frame_queue import FrameQueue
 from ..synchronizer import ReceiveFn, SendFn, Synchronizer
@@ -73,6 +79,22 @@ _MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024  # larger frames: 1009 from websockets
 _MAX_QUEUE = 4
 #: pulls a resync after a reconnect makes at most (the first and its retries)
 RESYNC_ATTEMPTS = 5
+
+
+def describe_connect_error(error: BaseException | None, open_timeout: float) -> str:
+    """The cause of a failed WebSocket open, as one short phrase for an error message.
+
+    ``[Errno 111] Connection refused`` for an OS error (asyncio's own text, "Connect call
+    failed ('127.0.0.1', 1)", hides the reason), the server's refusal for an HTTP status,
+    ``no connection within N s`` when no attempt finished in time.
+    """
+    if error is None:
+        return f"no connection within {open_timeout:g} s"
+    if isinstance(error, OSError) and error.errno is not None and error.errno > 0:
+        return f"[Errno {error.errno}] {os.strerror(error.errno)}"
+    if isinstance(error, TimeoutError) and not str(error):
+        return f"timed out after {open_timeout:g} s"
+    return str(error) or repr(error)
 
 
 class _Transport:
@@ -107,7 +129,15 @@ class _Transport:
         self.report: Callable[[BaseException], None] = lambda _e: None
         self.on_open: Callable[[int], None] = lambda _g: None
         self.task: asyncio.Task[None] | None = None
+        # an error after which no attempt is made any more (e.g. HTTP 401), and the latest
+        # failed attempt's error (for the message when opening times out)
         self.failure: BaseException | None = None
+        self.last_error: BaseException | None = None
+        # how many awaits of the synchronizer are waiting for the first open: while one is,
+        # a failed attempt without on_ignored_error is logged at DEBUG only (the await
+        # raises its cause if no attempt succeeds, so a warning per retry is noise)
+        self.awaiting_open = 0
+        self.report_attempt: Callable[[BaseException], None] = lambda _e: None
         self.destroyed = False
         self.generation = 0
         self.stats = {
@@ -194,15 +224,23 @@ class _Transport:
             try:
                 ws = await self._open()
             except InvalidStatus as error:
-                self.report(error)
+                self.last_error = error
+                self.report_attempt(error)
                 if 400 <= error.response.status_code < 500 or not self.reconnect:
                     self.failure = error
                     return
             except (OSError, InvalidHandshake, TimeoutError) as error:
-                self.report(error)
+                self.last_error = error
+                self.report_attempt(error)
                 if not self.reconnect:
                     self.failure = error
                     return
+            except Exception as error:
+                # not a connection problem (an invalid URI, a bad option): retrying cannot
+                # help; kept as the failure so that no task ends with an unretrieved error
+                self.last_error = self.failure = error
+                self.report_attempt(error)
+                return
             else:
                 attempt = 0
                 await self._serve(ws)
@@ -364,12 +402,28 @@ class WsSynchronizer(Synchronizer):
         return self._await_open().__await__()
 
     async def _await_open(self) -> WsSynchronizer:
+        """Wait for the socket (``open_timeout``); ``ConnectionError`` from the cause if not."""
         transport = self._transport
-        if not await self.wait_connected(transport.open_timeout):
-            failure = transport.failure
+        transport.awaiting_open += 1
+        try:
+            opened = await self.wait_connected(transport.open_timeout)
+        finally:
+            transport.awaiting_open -= 1
+        if not opened:
+            cause = transport.failure or transport.last_error
             await self.destroy()
-            raise ConnectionError(f"could not open {transport.url}: {failure!r}")
+            raise ConnectionError(
+                f"could not open {transport.url}: "
+                f"{describe_connect_error(cause, transport.open_timeout)}"
+            ) from cause
         return self
+
+    def _report_attempt(self, error: BaseException) -> None:
+        """Report a failed connection attempt (``on_ignored_error`` hears every one)."""
+        if self._on_ignored_error is None and self._transport.awaiting_open:
+            logger.debug("could not open %s (trying again): %r", self._transport.url, error)
+            return
+        self._report(error)
 
 
 def create_ws_synchronizer(
@@ -396,7 +450,17 @@ def create_ws_synchronizer(
     messages into fragments, as TinyBase's option does. ``headers`` are sent with the upgrade
     (e.g. ``{"Authorization": "Bearer <token>"}``). See the module docstring for the rest.
     Create it on (or await it from) the event loop that will run it.
+
+    Raises ``ValueError`` (from websockets' ``InvalidURI`` or the URL parser's error) when
+    ``url_or_connection`` is a string that is not a valid ``ws://``/``wss://`` URL.
     """
+    if isinstance(url_or_connection, str):
+        try:
+            parse_uri(url_or_connection)
+        except InvalidURI as error:
+            raise ValueError(f"invalid WebSocket URL {url_or_connection!r}: {error.msg}") from error
+        except ValueError as error:
+            raise ValueError(f"invalid WebSocket URL {url_or_connection!r}: {error}") from error
     transport = _Transport(
         url_or_connection,
         request_timeout_seconds=request_timeout_seconds,
@@ -425,5 +489,6 @@ def create_ws_synchronizer(
     )
     synchronizer._transport = transport
     transport.report = synchronizer._report
+    transport.report_attempt = synchronizer._report_attempt
     transport.on_open = synchronizer._on_open
     return synchronizer
