@@ -16,12 +16,42 @@ Python API::
     Coordinator("orders", "./data").run()   # blocking, until SIGTERM/SIGINT (the CLI)
 
 Command line: ``localsync coordinator --channel NAME --data DIR [--persister sqlite|file]
-[--hub tcp://HOST:PORT]``; prints one ``ready`` line (JSON) on stdout once it serves the
-channel; on SIGTERM or SIGINT it saves a last time and exits 0.
+[--hub tcp://HOST:PORT] [--runtime-dir DIR] [--owner-wait SECONDS] [--exit-with-parent]``;
+prints one ``ready`` line (JSON) on stdout once it serves the channel; on SIGTERM or SIGINT it
+saves a last time and exits 0. A wrong argument, or a channel that already has a coordinator,
+is one line on stderr (``localsync coordinator: error: ...``) and exit status 2.
 
 The data file is ``DIR/NAME.sqlite`` (or ``.json`` for the file persister) when NAME is made
 of letters, digits, ``.``, ``_`` and ``-`` (and does not start with a dot); otherwise
 ``DIR/channel-<16 hex digits of BLAKE2b(NAME)>.sqlite``.
+
+One coordinator per channel
+    A running coordinator owns its channel: it holds an exclusive ``flock`` on
+    ``<hash>.coordinator`` in the channel's private runtime folder (:mod:`localsync.runtime`;
+    for a tcp hub ``tcp-<hash of hub and name>.coordinator``, a lock of this machine only),
+    and records there, as JSON, its PID, data folder and data file. The lock is taken before
+    anything is loaded and released after the final save; the kernel releases it when the
+    process dies, however it dies. A second coordinator of the channel
+    (:class:`ChannelTakenError`):
+
+    * refuses at once when the owner saves elsewhere (another data folder or persister):
+      the message names the owner's data folder and PID. Two folders fed by one channel
+      would each end up with the other's data;
+    * waits up to ``owner_wait_seconds`` (default :data:`OWNER_WAIT_SECONDS`, 10 s) when the
+      owner saves the very same file (a restart while the previous process is still dying:
+      SIGKILLed, or busy with its final save), then refuses too: two coordinators saving one
+      file would overwrite each other's saves.
+
+    :func:`channel_owner` tells whether a channel has a live coordinator, and which.
+
+Exit with parent
+    With ``exit_with_parent=True`` (``--exit-with-parent``, what ``localsync demo`` uses) the
+    coordinator stops as on SIGTERM (final save, exit 0) once the process that started it has
+    ended, even by SIGKILL: it checks ``os.getppid()`` every half second. It first serves the
+    other participants still on the (local) channel for up to
+    :data:`PARENT_GONE_LINGER_SECONDS` (the demo's workers, stopping too, wait for their last
+    rows to be acknowledged), then saves and exits. A parent that dies before the coordinator
+    is ready cannot read the ``ready`` line: writing it fails, and the coordinator exits.
 
 Acknowledged
     A change is *acknowledged* once the coordinator has durably saved content that includes
@@ -41,20 +71,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from . import event_loop
 from .persisters._common import PersistError
 
-__all__ = ["Coordinator", "configure", "data_file", "run"]
+__all__ = [
+    "OWNER_WAIT_SECONDS",
+    "ChannelTakenError",
+    "Coordinator",
+    "channel_owner",
+    "configure",
+    "data_file",
+    "owner_file",
+    "run",
+]
 
 logger = logging.getLogger("localsync.coordinator")
 
@@ -62,6 +105,16 @@ logger = logging.getLogger("localsync.coordinator")
 # so a transient error costs little, capped so a lasting one does not spin
 _SAVE_RETRY_FIRST_SECONDS = 0.5
 _SAVE_RETRY_MAX_SECONDS = 10.0
+
+#: how long a coordinator waits for a previous coordinator of the same data file to go away
+OWNER_WAIT_SECONDS = 10.0
+# how long the lock must stay held before a coordinator with another data file is believed
+# (a probe of :func:`channel_owner` holds it for an instant)
+_OWNER_SETTLE_SECONDS = 0.3
+_OWNER_POLL_SECONDS = 0.05
+_PARENT_POLL_SECONDS = 0.5
+#: how long a coordinator whose parent ended keeps serving participants still on the channel
+PARENT_GONE_LINGER_SECONDS = 30.0
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 PERSISTERS = ("sqlite", "file")
@@ -82,6 +135,79 @@ def data_file(channel: str, data_dir: str | os.PathLike[str], persister: str = "
     return Path(data_dir) / f"{stem}{suffix}"
 
 
+class ChannelTakenError(RuntimeError):
+    """The channel already has a live coordinator (see "One coordinator per channel")."""
+
+    def __init__(self, message: str, owner: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+def owner_file(
+    channel: str,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    hub: str | None = None,
+) -> Path:
+    """The file whose ``flock`` marks the live coordinator of ``channel`` (see module doc)."""
+    from .runtime import channel_paths, resolve_runtime_dir, validate_channel_name
+
+    if hub is None:
+        paths = channel_paths(channel, runtime_dir)
+        return paths.folder / f"{paths.peers.stem}.coordinator"
+    validate_channel_name(channel)
+    digest = hashlib.blake2b(f"{hub}\0{channel}".encode(), digest_size=8).hexdigest()
+    return resolve_runtime_dir(runtime_dir) / f"tcp-{digest}.coordinator"
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    """What the owner recorded (``{}`` while it is being written or if unreadable)."""
+    try:
+        with open(path, "rb") as file:
+            record = json.loads(file.read(65536) or b"null")
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def channel_owner(
+    channel: str,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    hub: str | None = None,
+) -> dict[str, Any] | None:
+    """The live coordinator of ``channel`` (``pid``, ``data``, ``file``), or ``None``.
+
+    The record may be ``{}`` for an instant, while a new owner writes it.
+    """
+    path = owner_file(channel, runtime_dir, hub)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_owner(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    pid = owner.get("pid", "unknown")
+    return f"PID {pid}, data folder {owner.get('data', 'unknown')}"
+
+
+def _positive_seconds(name: str, value: float, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
 class Coordinator:
     """Persists a channel and serves it to joiners (see module doc)."""
 
@@ -95,15 +221,24 @@ class Coordinator:
         runtime_dir: str | os.PathLike[str] | None = None,
         anti_entropy_seconds: float = 1.0,
         ack_interval_seconds: float = 0.5,
+        owner_wait_seconds: float = OWNER_WAIT_SECONDS,
+        exit_with_parent: bool = False,
     ) -> None:
         self.channel = channel
         self.path = data_file(channel, data_dir, persister)
         self.data_dir = Path(data_dir)
         self.persister_kind = persister
+        if hub is not None:
+            from .hub import tcp_endpoints
+
+            tcp_endpoints(hub)  # a malformed address fails here, before anything starts
         self._hub = hub
         self._runtime_dir = runtime_dir
-        self._anti_entropy = anti_entropy_seconds
-        self._ack_interval = ack_interval_seconds
+        self._anti_entropy = _positive_seconds("anti_entropy_seconds", anti_entropy_seconds)
+        self._ack_interval = _positive_seconds("ack_interval_seconds", ack_interval_seconds)
+        self._owner_wait = _positive_seconds("owner_wait_seconds", owner_wait_seconds, True)
+        self._exit_with_parent = bool(exit_with_parent)
+        self._owner_fd: int | None = None
         self.store: Any = None
         self.persister: Any = None
         self.synchronizer: Any = None
@@ -126,6 +261,66 @@ class Coordinator:
         # private like the live sockets: the persisted channel is readable by its user only
         # (an existing folder keeps the mode its owner gave it)
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await self._claim_channel()
+        try:
+            await self._start(create_mergeable_store, create_channel_synchronizer)
+        except BaseException:
+            self._release_channel()
+            raise
+        return self
+
+    async def _claim_channel(self) -> None:
+        """Take the channel's coordinator lock (see "One coordinator per channel")."""
+        path = owner_file(self.channel, self._runtime_dir, self._hub)
+        record = {
+            "pid": os.getpid(),
+            "channel": self.channel,
+            "data": str(self.data_dir.resolve()),
+            "file": str(self.path.resolve()),
+        }
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            started = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as error:
+                    if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                waited = time.monotonic() - started
+                owner = _read_owner(path)
+                same = owner.get("file") == record["file"]
+                if owner and not same and waited >= _OWNER_SETTLE_SECONDS:
+                    raise ChannelTakenError(
+                        f"channel {self.channel!r} already has a coordinator "
+                        f"({_describe(owner)}, file {owner.get('file', 'unknown')}); "
+                        f"refusing to persist it into {self.data_dir.resolve()} as well",
+                        owner,
+                    )
+                if waited >= max(self._owner_wait, _OWNER_SETTLE_SECONDS):
+                    what = "the same data file" if same else "a data file"
+                    raise ChannelTakenError(
+                        f"channel {self.channel!r} already has a coordinator saving {what} "
+                        f"({_describe(owner)}) and it did not exit within "
+                        f"{self._owner_wait:g} s; two coordinators must not save one file",
+                        owner,
+                    )
+                await asyncio.sleep(_OWNER_POLL_SECONDS)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._owner_fd = fd
+
+    def _release_channel(self) -> None:
+        if self._owner_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._owner_fd)  # closing the only descriptor releases the flock
+            self._owner_fd = None
+
+    async def _start(self, create_mergeable_store: Any, create_channel_synchronizer: Any) -> None:
         self.store = create_mergeable_store()
         if self.persister_kind == "sqlite":
             from .persisters.sqlite import create_sqlite_persister
@@ -167,7 +362,6 @@ class Coordinator:
             asyncio.create_task(self._save_loop(), name="localsync-coordinator-save"),
             asyncio.create_task(self._ack_loop(), name="localsync-coordinator-ack"),
         ]
-        return self
 
     def _on_ignored_error(self, error: BaseException) -> None:
         # expected now and then (a request nobody answered: alone on the channel, a peer that
@@ -256,6 +450,7 @@ class Coordinator:
                 await destroy()
         if self._listener is not None and self.store is not None:
             self.store.del_listener(self._listener)
+        self._release_channel()
 
     async def __aenter__(self) -> Coordinator:
         return await self.start()
@@ -263,13 +458,49 @@ class Coordinator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _others_on_channel(self) -> bool:
+        """Whether a participant other than this one is alive on the local channel."""
+        from .presence import is_alive
+        from .runtime import channel_paths
+
+        if self._hub is not None or self.synchronizer is None:
+            return False  # no presence files on a tcp hub
+        folder = channel_paths(self.channel, self._runtime_dir).peers
+        try:
+            names = [n for n in os.listdir(folder) if not n.startswith(".")]
+        except OSError:
+            return False
+        own = self.synchronizer.client_id
+        return any(is_alive(folder, name) for name in names if name != own)
+
+    def _watch_parent(self, stop: asyncio.Event) -> asyncio.Task[None]:
+        """Set ``stop`` once the parent has ended (see "Exit with parent")."""
+        parent = os.getppid()
+
+        async def watch() -> None:
+            while os.getppid() == parent:
+                await asyncio.sleep(_PARENT_POLL_SECONDS)
+            logger.info("the parent process %d has ended: stopping", parent)
+            deadline = time.monotonic() + PARENT_GONE_LINGER_SECONDS
+            while time.monotonic() < deadline and self._others_on_channel():
+                await asyncio.sleep(_PARENT_POLL_SECONDS)
+            stop.set()
+
+        return asyncio.create_task(watch(), name="localsync-coordinator-parent")
+
     async def serve_until_signal(self) -> None:
         """Run until SIGTERM/SIGINT, then stop cleanly."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
+        watcher = self._watch_parent(stop) if self._exit_with_parent else None
+        try:
+            await self.start()
+        except BaseException:
+            if watcher is not None:
+                watcher.cancel()
+            raise
         try:
             print(
                 json.dumps(
@@ -285,6 +516,8 @@ class Coordinator:
             )
             await stop.wait()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await self.stop()
 
     def run(self) -> None:
@@ -298,9 +531,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persister", choices=PERSISTERS, default="sqlite")
     parser.add_argument("--hub", metavar="tcp://HOST:PORT", help="external hub (default: local)")
     parser.add_argument("--runtime-dir", help="private runtime folder (default: see docs)")
+    parser.add_argument(
+        "--owner-wait",
+        type=float,
+        default=OWNER_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for a previous coordinator of the same data file to exit "
+        f"(default {OWNER_WAIT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop (final save, exit 0) when the process that started this one ends",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+
+    data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise UsageError(f"--data {args.data}: not a folder")
+    if not math.isfinite(args.owner_wait) or args.owner_wait < 0:
+        raise UsageError(f"--owner-wait must be a finite number >= 0, got {args.owner_wait}")
+    from .hub import tcp_endpoints
+    from .runtime import validate_channel_name
+
+    try:
+        validate_channel_name(args.channel)
+    except ValueError as error:
+        raise UsageError(f"--channel: {error}") from None
+    if args.hub is not None:
+        try:
+            tcp_endpoints(args.hub)
+        except ValueError as error:
+            raise UsageError(f"--hub: {error}") from None
     try:
         coordinator = Coordinator(
             args.channel,
@@ -308,15 +573,22 @@ def run(args: argparse.Namespace) -> int:
             args.persister,
             hub=args.hub,
             runtime_dir=args.runtime_dir,
+            owner_wait_seconds=args.owner_wait,
+            exit_with_parent=args.exit_with_parent,
         )
     except (TypeError, ValueError) as error:
-        print(f"localsync coordinator: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     from .runtime import RuntimeDirError
     from .synchronizers.channel import ChannelError
 
     try:
+        try:
+            owner_file(args.channel, args.runtime_dir, args.hub)  # the runtime folder's checks
+        except ValueError as error:  # e.g. socket paths too long for that runtime folder
+            raise UsageError(str(error)) from None
         coordinator.run()
+    except ChannelTakenError as error:
+        raise UsageError(str(error)) from None
     except (ChannelError, RuntimeDirError, OSError) as error:
         print(f"localsync coordinator: {error}", file=sys.stderr)
         return 1

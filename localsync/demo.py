@@ -15,6 +15,20 @@ What it shows, end to end, on a machine with nothing else running:
    saved everything they hold; the coordinator is stopped (SIGTERM: final save), and the
    result is printed from the file on disk, reloaded into a fresh store.
 
+The channel is private to the data folder: its sockets and locks live in a runtime folder of
+their own, ``<runtime folder>/demo-<16 hex digits of BLAKE2b(resolved data folder)>`` (see
+:mod:`localsync.runtime` for the runtime folder), so two demos with different data folders
+never see each other's data, whatever ``--channel`` says. A demo whose data folder is in use by
+another demo's coordinator waits up to 10 s for it to finish, then refuses (one line, exit
+status 2): see "One coordinator per channel" in :mod:`localsync.coordinator`.
+
+Stopping: Ctrl-C, SIGTERM and SIGHUP all end a run the same way (workers stopped, the
+coordinator saves a last time, the result is printed; exit status 128 + the signal's number).
+A demo that is killed outright (SIGKILL) leaves nothing running either: the workers and the
+coordinator (started with ``--exit-with-parent``) notice that their parent is gone, and the
+coordinator saves before it exits. Every numeric option is checked first: a wrong value is one
+line on stderr (``localsync demo: error: ...``) and exit status 2, before anything starts.
+
 ``--chaos`` SIGKILLs worker 0 mid-run: the pool restarts it after a short backoff, and the new
 attempt resumes from the rows its previous attempt had already shared (rows are keyed
 ``r<run>-w<worker>-<n>`` and their content derives from the key, so rewriting one is harmless).
@@ -24,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
+import math
 import os
 import random
 import signal
@@ -34,6 +50,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +59,7 @@ STATUS = "workers"
 CUSTOMERS = ("ada", "bob", "chen", "dara", "eve", "femi", "gus", "hana")
 ITEMS = ("apples", "bread", "cheese", "dates", "eggs", "figs", "grapes")
 BATCH = 10  # orders per transaction: one ContentDiff message per batch
+MAX_WORKERS = 256  # a sanity bound: each worker is a process
 
 # what each process's synchronizer ignored (e.g. "tinybase:3", a request that timed out
 # because the peer asked had just left): counted and summed up at the end instead of being
@@ -195,9 +213,11 @@ class CoordinatorProcess:
     a lone first participant (a request nobody answers yet) would otherwise clutter the demo.
     """
 
-    def __init__(self, channel: str, data_dir: Path, persister: str) -> None:
+    def __init__(self, channel: str, data_dir: Path, persister: str, runtime_dir: Path) -> None:
         command = [sys.executable, "-m", "localsync.cli", "coordinator", "--channel", channel]
         command += ["--data", str(data_dir), "--persister", persister]
+        # --exit-with-parent: a demo that is SIGKILLed does not leave its coordinator behind
+        command += ["--runtime-dir", str(runtime_dir), "--exit-with-parent"]
         self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the child
         self.process = subprocess.Popen(
             command,
@@ -207,21 +227,29 @@ class CoordinatorProcess:
             env=_package_env(),
             start_new_session=True,  # Ctrl-C reaches the demo, which stops it after the workers
         )
-        ready: list[str] = []
-        stdout = self.process.stdout
-        reader = threading.Thread(
-            target=lambda: ready.append(stdout.readline() if stdout else ""), daemon=True
-        )
-        reader.start()
-        reader.join(30.0)
-        line = ready[0] if ready else ""
         try:
-            event = json.loads(line) if line else {}
-        except json.JSONDecodeError:
-            event = {}
+            ready: list[str] = []
+            stdout = self.process.stdout
+            reader = threading.Thread(
+                target=lambda: ready.append(stdout.readline() if stdout else ""), daemon=True
+            )
+            reader.start()
+            reader.join(30.0)
+            line = ready[0] if ready else ""
+            try:
+                event = json.loads(line) if line else {}
+            except json.JSONDecodeError:
+                event = {}
+        except BaseException:  # interrupted while waiting: do not leave the child behind
+            self.stop(5.0)
+            raise
         if event.get("event") != "ready":
             code = self.stop(5.0)
-            raise RuntimeError(f"the coordinator did not start (exit {code}):\n{self.log()}")
+            log = self.log().strip()
+            if code == 2 and log:  # a refusal ("localsync coordinator: error: ..."): its line
+                reason = log.splitlines()[-1].removeprefix("localsync coordinator: error: ")
+                raise RuntimeError(f"the coordinator refused to start: {reason}")
+            raise RuntimeError(f"the coordinator did not start (exit {code}):\n{log}")
 
     def log(self) -> str:
         with contextlib.suppress(OSError, ValueError):
@@ -324,7 +352,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--data", default="localsync-data", metavar="DIR", help="data folder (./localsync-data)"
     )
     parser.add_argument(
-        "--channel", default="localsync-demo", help="channel name (default localsync-demo)"
+        "--channel",
+        default="localsync-demo",
+        help="channel name (default localsync-demo); private to the data folder",
     )
     parser.add_argument(
         "--persister",
@@ -341,19 +371,127 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse a wrong value (:class:`localsync.cli.UsageError`) before anything starts."""
+    from .cli import UsageError
+    from .runtime import validate_channel_name
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be in 1..{MAX_WORKERS}, got {args.workers}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a number > 0, got {args.seconds:g}")
+    if args.rows is not None and args.rows < 1:
+        raise UsageError(f"--rows must be >= 1, got {args.rows}")
+    if not (math.isfinite(args.rate) and args.rate >= 0):
+        raise UsageError(f"--rate must be a number >= 0 (0: no limit), got {args.rate:g}")
+    try:
+        validate_channel_name(args.channel)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--channel: {error}") from None
+    data = Path(args.data)
+    if data.exists() and not data.is_dir():
+        raise UsageError(f"--data {args.data}: not a folder")
+
+
+def demo_runtime_dir(data_dir: Path) -> Path:
+    """The private runtime folder of the demo whose (resolved) data folder is ``data_dir``."""
+    from .runtime import resolve_runtime_dir
+
+    digest = hashlib.blake2b(os.fsencode(data_dir), digest_size=8).hexdigest()
+    return resolve_runtime_dir(resolve_runtime_dir() / f"demo-{digest}")
+
+
+STOP_SIGNALS: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hangup",
+}
+
+
+@contextlib.contextmanager
+def stop_signals(received: list[int]) -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: KeyboardInterrupt, appended to
+    ``received``. Once stopping, SIGTERM and SIGHUP are ignored so the clean-up can finish; a
+    second Ctrl-C still breaks off (the children notice the demo's end by themselves)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if received and signum != signal.SIGINT:
+            return
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them be
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _stopped_by(received: list[int]) -> tuple[str, int]:
+    """What to print and the exit status (128 + signal number) of a run ended by a signal."""
+    signum = received[0] if received else int(signal.SIGINT)
+    return STOP_SIGNALS.get(signum, "interrupted"), 128 + signum
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("localsync demo: --workers must be >= 1", file=sys.stderr)
-        return 2
-    if args.rows is not None and args.rows < 0:
-        print("localsync demo: --rows must be >= 0", file=sys.stderr)
-        return 2
+    from .cli import UsageError
+
+    check_arguments(args)
+    from .coordinator import OWNER_WAIT_SECONDS, channel_owner, data_file
+    from .runtime import RuntimeDirError
+
+    data_dir = Path(args.data).resolve()
+    try:
+        runtime_dir = demo_runtime_dir(data_dir)
+        channel_owner(args.channel, runtime_dir)  # checks the socket paths' length too
+    except RuntimeDirError as error:
+        print(f"localsync demo: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    received: list[int] = []
+    with stop_signals(received):
+        try:
+            # a demo of this data folder still running (or a killed one's coordinator still
+            # saving): wait for it, so that what is read below is what it saved
+            deadline = time.monotonic() + OWNER_WAIT_SECONDS
+            said = False
+            while (owner := channel_owner(args.channel, runtime_dir)) is not None:
+                if not said:
+                    print(
+                        f"waiting for the coordinator of another demo in {data_dir} "
+                        f"(PID {owner.get('pid', 'unknown')}) to finish",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    said = True
+                if time.monotonic() >= deadline:
+                    raise UsageError(
+                        f"data folder {data_dir} is in use by another demo's coordinator "
+                        f"(PID {owner.get('pid', 'unknown')}); try again once it has finished"
+                    )
+                time.sleep(0.1)
+            return _run(args, data_dir, runtime_dir, data_file, received)
+        except KeyboardInterrupt:  # before the run proper (its own handler covers the rest)
+            reason, status = _stopped_by(received)
+            print(f"\n{reason}", file=sys.stdout, flush=True)
+            return status
+
+
+def _run(
+    args: argparse.Namespace,
+    data_dir: Path,
+    runtime_dir: Path,
+    data_file: Any,
+    received: list[int],
+) -> int:
     from workers import WorkerPool
     from workers.link import open_link
 
-    from .coordinator import data_file
-
-    data_dir = Path(args.data).resolve()
     path = data_file(args.channel, data_dir, args.persister)
     before = summarize(load_persisted(path, args.persister))
     run_number = before["runs"] + 1
@@ -372,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # the data folder is private (0700) from the start, as the coordinator creates it
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        coordinator = CoordinatorProcess(args.channel, data_dir, args.persister)
+        coordinator = CoordinatorProcess(args.channel, data_dir, args.persister, runtime_dir)
     except (OSError, RuntimeError) as error:
         print(f"localsync demo: {error}", file=sys.stderr)
         return 1
@@ -382,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     failure = ""
     try:
-        sync_options = {"on_ignored_error": count_ignored}
+        sync_options = {"on_ignored_error": count_ignored, "runtime_dir": str(runtime_dir)}
         observer = open_link(args.channel, sync_options, 15.0, "acknowledged")
         store = observer.store
         store.set_values({"runs": run_number, "stop_run": 0})
@@ -423,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
         observer.flush(20.0)
     except KeyboardInterrupt:
         interrupted = True
-        print("\ninterrupted: stopping workers, saving", file=out)
+        print(f"\n{_stopped_by(received)[0]}: stopping workers, saving", file=out)
         if pool is not None:
             pool.stop()
     except Exception as error:  # e.g. the channel could not be joined: say so, clean up
@@ -502,5 +640,5 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(Exception):
         out.flush()
     if interrupted:
-        return 130  # the shell convention for a run ended by Ctrl-C
+        return _stopped_by(received)[1]  # the shell's convention: 130 for Ctrl-C
     return 0 if ok else 1

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 
 class CoordinatorProc:
-    def __init__(self, rundir: Path, data: Path, channel: str, persister: str) -> None:
+    def __init__(self, rundir: Path, data: Path, channel: str, persister: str, *extra: str) -> None:
         self.popen = subprocess.Popen(
             [
                 sys.executable,
@@ -34,6 +34,7 @@ class CoordinatorProc:
                 persister,
                 "--runtime-dir",
                 str(rundir),
+                *extra,
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -146,7 +147,7 @@ def test_coordinator_rejects_bad_arguments(rundir: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "empty" in result.stderr
+    assert result.stderr.startswith("localsync coordinator: error: ") and "empty" in result.stderr
     os.chmod(rundir, 0o755)  # not private: refused with a clear message, not a traceback
     result = subprocess.run(
         [
@@ -219,3 +220,121 @@ def test_a_failed_save_is_not_acknowledged_then_retried(rundir: Path) -> None:
         assert saved[0][0]["t"][0]["r"][0]["c"][0] == 2
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def start_coordinator(rundir: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "orders"),
+            *("--data", str(data), "--runtime-dir", str(rundir), *extra),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_second_coordinator_with_another_data_folder_refuses(rundir: Path) -> None:
+    """Two folders fed by one channel would each get the other's data: the second
+    coordinator refuses at once, naming the first one's data folder and PID."""
+    first = CoordinatorProc(rundir, rundir / "one", "orders", "sqlite")
+    try:
+        second = start_coordinator(rundir, rundir / "two")
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 2, out + err
+        assert out == "" and "Traceback" not in err
+        (line,) = err.splitlines()
+        assert line.startswith("localsync coordinator: error: ")
+        assert str(rundir / "one") in line and f"PID {first.popen.pid}" in line
+        assert not (rundir / "two" / "orders.sqlite").exists()  # nothing loaded or saved
+        assert first.popen.poll() is None  # the owner is untouched
+    finally:
+        assert first.terminate() == 0
+
+
+def test_a_second_coordinator_of_the_same_file_waits_for_the_first_then_takes_over(
+    rundir: Path,
+) -> None:
+    """Two coordinators saving one file would overwrite each other: a second one waits
+    (--owner-wait) for the first to exit, refuses if it does not, takes over once it has."""
+    data = rundir / "data"
+    first = CoordinatorProc(rundir, data, "orders", "sqlite")
+    waiting: subprocess.Popen[str] | None = None
+    try:
+        refused = start_coordinator(rundir, data, "--owner-wait", "0.5")
+        out, err = refused.communicate(timeout=60)
+        assert refused.returncode == 2, out + err
+        (line,) = err.splitlines()
+        assert line.startswith("localsync coordinator: error: ")
+        assert "same data file" in line and f"PID {first.popen.pid}" in line
+
+        waiting = start_coordinator(rundir, data)  # default: waits up to 10 s
+        first.kill()  # the kernel releases the lock of a SIGKILLed owner
+        assert waiting.stdout is not None
+        ready = json.loads(waiting.stdout.readline())  # bounded by the test timeout
+        assert ready["event"] == "ready", waiting.stderr.read() if waiting.stderr else ""
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(30) == 0
+    finally:
+        first.kill()
+        if waiting is not None:
+            waiting.kill()
+            waiting.wait(10)
+
+
+def test_a_coordinator_started_with_exit_with_parent_saves_and_exits_when_its_parent_dies(
+    rundir: Path,
+) -> None:
+    """--exit-with-parent (what the demo uses): a parent killed with SIGKILL does not leave
+    the coordinator running; it saves and exits by itself."""
+    data = rundir / "data"
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.pid, child.stdout.readline(), sep='\\n', end='', flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [
+            *(sys.executable, "-c", script),
+            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "orders"),
+            *("--data", str(data), "--runtime-dir", str(rundir), "--exit-with-parent"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert json.loads(parent.stdout.readline())["event"] == "ready"
+        writer = worker(rundir, "orders")
+        writer.send(cmd="set", cells=[["t", "r", "n", 1]])
+        acknowledge(writer)
+        assert writer.close() == 0
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 60
+        while _alive(child):
+            assert time.monotonic() < deadline, "the coordinator outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert data_file("orders", data).is_file()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

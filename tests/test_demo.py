@@ -70,11 +70,19 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_path: Path
     assert "killed by SIGKILL" in out
 
 
-@pytest.mark.parametrize("bad", [["--workers", "0"], ["--rows", "-1"]])
+@pytest.mark.parametrize(
+    "bad", [["--workers", "0"], ["--rows", "-1"], ["--seconds", "0"], ["--channel", ""]]
+)
 def test_bad_arguments_are_refused_before_anything_starts(bad: list[str], tmp_path: Path) -> None:
-    from localsync.cli import main
-
-    assert main(["demo", "--data", str(tmp_path / "data"), *bad]) == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "localsync.cli", "demo", "--data", str(tmp_path / "data"), *bad],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2  # one line on stderr, as argparse's own errors
+    assert result.stderr.splitlines()[-1].startswith("localsync demo: error: "), result.stderr
     assert not (tmp_path / "data").exists()
 
 
