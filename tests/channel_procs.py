@@ -271,5 +271,33 @@ class Proc:
         return self.popen.wait(timeout)
 
 
+def start_coordinator(
+    rundir: Path, data: Path, channel: str, persister: str, *extra: str
+) -> subprocess.Popen[str]:
+    """``localsync coordinator`` for ``channel`` in ``rundir``, its output piped (text)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localsync.cli",
+            "coordinator",
+            "--channel",
+            channel,
+            "--data",
+            str(data),
+            "--persister",
+            persister,
+            "--runtime-dir",
+            str(rundir),
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 if __name__ == "__main__":
     main()

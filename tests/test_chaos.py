@@ -23,8 +23,6 @@ import os
 import queue
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -35,7 +33,7 @@ import pytest
 
 from localsync import create_mergeable_store
 from localsync.coordinator import data_file
-from tests.channel_procs import ROOT, Proc
+from tests.channel_procs import Proc, start_coordinator
 
 CHAOS_SECONDS = float(os.environ.get("LOCALSYNC_CHAOS_SECONDS", "30"))
 WRITERS = 3
@@ -103,27 +101,7 @@ class Coordinator:
     """``localsync coordinator`` as a process; its ``ready`` line is read in a thread."""
 
     def __init__(self, rundir: Path, data: Path, persister: str) -> None:
-        self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "localsync.cli",
-                "coordinator",
-                "--channel",
-                CHANNEL,
-                "--data",
-                str(data),
-                "--persister",
-                persister,
-                "--runtime-dir",
-                str(rundir),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.popen = start_coordinator(rundir, data, CHANNEL, persister)
         self.ready = threading.Event()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

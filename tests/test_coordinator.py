@@ -13,35 +13,14 @@ from pathlib import Path
 import pytest
 
 from localsync.coordinator import data_file
-from tests.channel_procs import ROOT, Proc
+from tests.channel_procs import ROOT, Proc, start_coordinator
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 
 class CoordinatorProc:
     def __init__(self, rundir: Path, data: Path, channel: str, persister: str, *extra: str) -> None:
-        self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "localsync.cli",
-                "coordinator",
-                "--channel",
-                channel,
-                "--data",
-                str(data),
-                "--persister",
-                persister,
-                "--runtime-dir",
-                str(rundir),
-                *extra,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.popen = start_coordinator(rundir, data, channel, persister, *extra)
         assert self.popen.stdout is not None
         line = self.popen.stdout.readline()  # bounded by the test timeout
         if not line:
@@ -222,26 +201,12 @@ def test_a_failed_save_is_not_acknowledged_then_retried(rundir: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 90))
 
 
-def start_coordinator(rundir: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "orders"),
-            *("--data", str(data), "--runtime-dir", str(rundir), *extra),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_a_second_coordinator_with_another_data_folder_refuses(rundir: Path) -> None:
     """Two folders fed by one channel would each get the other's data: the second
     coordinator refuses at once, naming the first one's data folder and PID."""
     first = CoordinatorProc(rundir, rundir / "one", "orders", "sqlite")
     try:
-        second = start_coordinator(rundir, rundir / "two")
+        second = start_coordinator(rundir, rundir / "two", "orders", "sqlite")
         out, err = second.communicate(timeout=60)
         assert second.returncode == 2, out + err
         assert out == "" and "Traceback" not in err
@@ -263,14 +228,14 @@ def test_a_second_coordinator_of_the_same_file_waits_for_the_first_then_takes_ov
     first = CoordinatorProc(rundir, data, "orders", "sqlite")
     waiting: subprocess.Popen[str] | None = None
     try:
-        refused = start_coordinator(rundir, data, "--owner-wait", "0.5")
+        refused = start_coordinator(rundir, data, "orders", "sqlite", "--owner-wait", "0.5")
         out, err = refused.communicate(timeout=60)
         assert refused.returncode == 2, out + err
         (line,) = err.splitlines()
         assert line.startswith("localsync coordinator: error: ")
         assert "same data file" in line and f"PID {first.popen.pid}" in line
 
-        waiting = start_coordinator(rundir, data)  # default: waits up to 10 s
+        waiting = start_coordinator(rundir, data, "orders", "sqlite")  # waits up to 10 s
         first.kill()  # the kernel releases the lock of a SIGKILLed owner
         assert waiting.stdout is not None
         ready = json.loads(waiting.stdout.readline())  # bounded by the test timeout
