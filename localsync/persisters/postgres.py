@@ -20,6 +20,9 @@ TinyBase's ``createPostgresPersister`` in its JSON mode, for a MergeableStore:
 * The listener has its own connection; when it breaks it reconnects (0.5 s .. 5 s apart) and
   loads once, since changes may have been missed meanwhile. Our own saves' notifications
   (same server process id) are ignored.
+* Several processes may share the row: a load *merges* the row into the store (TinyBase's
+  replaces the store's content), and when auto-saving a load that brought less than the
+  store has saves the merge back, so two processes saving at once both end with both saves.
 
 Saves and loads run on the :class:`~localsync.persisters._common.Backend` machinery shared
 with the file and SQLite persisters (a psycopg connection used from worker threads): durable
@@ -159,6 +162,8 @@ class PostgresBackend(Backend):
         self.own_pid: int | None = None
         # the error of the last load that could not reach the database (``load`` raises it)
         self.load_error: PersistError | None = None
+        self.merged_more = False
+        self._loaded_hashes: list[int] | None = None
         super().__init__(store, describe_conninfo(conninfo), 0.0)
 
     # -------------------------------------------------------------- connections
@@ -278,6 +283,28 @@ class PostgresBackend(Backend):
 
     def _watch_token(self) -> Any:  # auto-load listens instead of polling
         return None
+
+    async def get_persisted(self) -> Any | None:
+        content = await super().get_persisted()
+        # the loaded hashes (``_expect_load`` is consumed by the transaction the load causes)
+        self._loaded_hashes = None if self._expect_load is None else list(self._expect_load)
+        if isinstance(content, list):
+            # merged into the store as changes-with-hashes (same tree, third item 1), not set
+            # over it: several processes share one row, and content one of them saved while
+            # another was saving must not be dropped from the other's store (see ``load``)
+            return [*content, 1]
+        return content
+
+    def after_load(self, applied: bool) -> None:
+        loaded, self._loaded_hashes = self._loaded_hashes, None
+        super().after_load(applied)
+        # the store had content the row lacks (two writers saved at once and one overwrote
+        # the other): ``load`` saves the merge back when auto-saving, or nothing converges
+        self.merged_more = bool(
+            applied
+            and loaded is not None
+            and list(self.store.get_mergeable_content_hashes()) != loaded
+        )
 
     # -------------------------------------------------------------- LISTEN / NOTIFY
 
@@ -435,13 +462,22 @@ class PostgresPersister(BackendPersister):
         refuses the credentials (TinyBase only reports that to ``on_ignored_error``, which
         still hears it). A row that is not mergeable content is reported, not raised, and
         is then never overwritten (see the module docstring).
+
+        Unlike TinyBase (whose load replaces the store's content), the row is *merged* into
+        the store, and when auto-saving and the row lacked some of the store's content (two
+        processes saved at once, the later overwrote the earlier) the merge is saved back:
+        a row shared by several processes has no other way to converge.
         """
         backend = self._backend
         backend.load_error = None
+        backend.merged_more = False
         await super().load(initial_content)
         error, backend.load_error = backend.load_error, None
         if error is not None:
             raise error
+        merged, backend.merged_more = backend.merged_more, False
+        if merged and self.is_auto_saving():
+            await self._save_whole()
         return self
 
     def get_conninfo_description(self) -> str:

@@ -1,0 +1,74 @@
+// TinyBase's own createPostgresPersister (JSON mode), driven from tests/test_persister_postgres.py.
+//   node persister_postgres.mjs write SOCKET DB  -> builds a MergeableStore, saves it
+//   node persister_postgres.mjs read SOCKET DB   -> loads into a fresh MergeableStore
+//   node persister_postgres.mjs listen SOCKET DB -> starts auto-load, prints {"ready":true},
+//     then waits (30 s at most) for value "fromPython" to arrive through NOTIFY
+// SOCKET is the server's Unix socket file (.s.PGSQL.<port>); the user is postgres.
+// Prints one JSON line: the store's mergeable content, content hashes, tables and values.
+// Non-ASCII is escaped so that the line survives any line splitting (U+2028 and friends).
+import postgres from 'postgres';
+import {createMergeableStore} from 'tinybase/mergeable-store';
+import {createPostgresPersister} from 'tinybase/persisters/persister-postgres';
+
+const [mode, socket, database] = process.argv.slice(2);
+const UNDEFINED = '\uFFFC';
+
+const report = (store) => {
+  const json = JSON.stringify(
+    {
+      content: store.getMergeableContent(),
+      hashes: store.getMergeableContentHashes(),
+      tables: store.getTables(),
+      values: store.getValues(),
+    },
+    (_key, value) => (value === undefined ? UNDEFINED : value),
+  );
+  console.log(
+    json.replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0')),
+  );
+};
+
+const sql = postgres({path: socket, database, username: 'postgres', onnotice: () => {}});
+const errors = [];
+const store = createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
+const persister = await createPostgresPersister(store, sql, undefined, undefined, (error) =>
+  errors.push(String(error)),
+);
+
+if (mode === 'write') {
+  store.transaction(() => {
+    store.setCell('t1', 'r1', 'text', 'héllo wörld 😀 \u2028 "quoted" \\ back');
+    store.setCell('t1', 'r1', 'float', 1.5);
+    store.setCell('t1', 'r1', 'int', -3);
+    store.setCell('t1', 'r1', 'big', 1e21);
+    store.setCell('t1', 'r1', 'bool', true);
+    store.setCell('t1', 'r1', 'null', null);
+    store.setCell('t1', 'r1', 'object', {a: [1, {b: null}], 2: 'x', é: 'ü'});
+    store.setCell('t1', 'r1', 'array', [1, 'two', null, {three: 3}]);
+    store.setCell('t1', 'r2', 'gone', 'soon');
+    store.setRow('t2', 'r1', {c: 1});
+    store.setCell('t-1', '0', '1', 'integer-like ids');
+    store.setValues({v: 'ünï', vnull: null, vobj: {k: [1]}, vdel: 1});
+  });
+  store.delCell('t1', 'r2', 'gone');
+  store.delRow('t2', 'r1');
+  store.delValue('vdel');
+  await persister.save();
+} else if (mode === 'read') {
+  await persister.load();
+} else if (mode === 'listen') {
+  await persister.startAutoLoad();
+  console.log(JSON.stringify({ready: true}));
+  const deadline = Date.now() + 30000;
+  while (store.getValue('fromPython') === undefined && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+} else {
+  throw new Error('mode must be write, read or listen');
+}
+if (errors.length) {
+  throw new Error('TinyBase reported: ' + errors.join('; '));
+}
+report(store);
+await persister.destroy();
+await sql.end({timeout: 5});

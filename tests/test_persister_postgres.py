@@ -1,0 +1,442 @@
+"""The PostgreSQL persister against a real PostgreSQL server, and against TinyBase's own.
+
+The server comes from the ``pgserver`` package (PostgreSQL binaries in a wheel, in the ``test``
+extra): one per test session (per xdist worker), in a temporary folder, listening on a Unix
+socket only. As root, pgserver runs the server as a system user ``pgserver`` it creates
+(PostgreSQL refuses to run as root). Each test gets a fresh database. A password-checked role
+is added for the bad-credentials test (the server trusts local connections otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.npm_env import ensure_tinybase, require_node, run_node_json, start_node
+
+pytestmark = [pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD_USER = "localsync_pw_user"
+BAD_USER_PASSWORD = "right-password-9f3"
+
+
+class Server:
+    def __init__(self, handle: Any, uri: str, socket_dir: Path) -> None:
+        self.handle = handle
+        self.uri = uri
+        self.socket_dir = socket_dir
+
+    def db_uri(self, database: str, user: str = "postgres", password: str = "") -> str:
+        return f"postgresql://{user}:{password}@/{database}?host={self.socket_dir}"
+
+    def socket_file(self) -> str:
+        return str(next(self.socket_dir.glob(".s.PGSQL.*")))
+
+    def execute(self, sql: str, params: Any = None, database: str = "postgres") -> Any:
+        import psycopg
+
+        with psycopg.connect(self.db_uri(database), autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Server]:
+    try:
+        import pgserver
+    except ImportError as error:  # only without the test extra
+        pytest.skip(f"pgserver is not installed ({error}): pip install -e '.[test]'")
+    # not under pytest's private (0700) temporary folder: the server runs as another user
+    # when we are root, and pg_ctl must reach the folder to stop it
+    data = Path(tempfile.mkdtemp(prefix="localsync-pg-")) / "data"
+    try:
+        handle = pgserver.get_server(data, cleanup_mode="delete")
+    except Exception as error:
+        pytest.skip(f"no PostgreSQL server could be started here by pgserver: {error!r}")
+    uri = handle.get_uri()
+    socket_dir = Path(uri.split("host=", 1)[1])
+    server = Server(handle, uri, socket_dir)
+    # a role whose password is checked (everyone else is trusted on the local socket)
+    server.execute(f"CREATE ROLE {BAD_USER} LOGIN PASSWORD '{BAD_USER_PASSWORD}'")
+    hba = data / "pg_hba.conf"
+    hba.write_text(f"local all {BAD_USER} scram-sha-256\n" + hba.read_text())
+    server.execute("SELECT pg_reload_conf()")
+    yield server
+    handle.cleanup()
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def db(pg: Server) -> str:
+    """A fresh, empty database; returns its name."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    pg.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _store(unique_id: str | None = None) -> Any:
+    from localsync import create_mergeable_store
+
+    return create_mergeable_store(unique_id) if unique_id else create_mergeable_store()
+
+
+def _state(store: Any) -> dict[str, Any]:
+    return {
+        "content": store.get_mergeable_content(),
+        "hashes": list(store.get_mergeable_content_hashes()),
+        "tables": store.get_tables(),
+        "values": store.get_values(),
+    }
+
+
+def _fill(store: Any) -> None:
+    with store.transaction():
+        store.set_cell("t1", "r1", "text", 'héllo wörld 😀 \u2028 "quoted" \\ back')
+        store.set_cell("t1", "r1", "float", 1.5)
+        store.set_cell("t1", "r1", "int", -3)
+        store.set_cell("t1", "r1", "big", 1e21)
+        store.set_cell("t1", "r1", "bool", True)
+        store.set_cell("t1", "r1", "null", None)
+        store.set_cell("t1", "r1", "object", {"a": [1, {"b": None}], "2": "x", "é": "ü"})
+        store.set_cell("t1", "r1", "array", [1, "two", None, {"three": 3}])
+        store.set_cell("t1", "r2", "gone", "soon")
+        store.set_row("t2", "r1", {"c": 1})
+        store.set_cell("t-1", "0", "1", "integer-like ids")
+        store.set_values({"v": "ünï", "vnull": None, "vobj": {"k": [1]}, "vdel": 1})
+    store.del_cell("t1", "r2", "gone")
+    store.del_row("t2", "r1")
+    store.del_value("vdel")
+
+
+def _persister(store: Any, uri: str, errors: list[BaseException], config: Any = None) -> Any:
+    from localsync.persisters.postgres import create_postgres_persister
+
+    return create_postgres_persister(store, uri, config, None, errors.append)
+
+
+def _save_ours(uri: str, config: Any = None) -> Any:
+    errors: list[BaseException] = []
+
+    async def main() -> Any:
+        store = _store()
+        _fill(store)
+        persister = _persister(store, uri, errors, config)
+        await persister.save()
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(main())
+    assert not errors, errors
+    return store
+
+
+def _load_ours(uri: str, config: Any = None) -> Any:
+    errors: list[BaseException] = []
+
+    async def main() -> Any:
+        store = _store()
+        persister = _persister(store, uri, errors, config)
+        await persister.load()
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(main())
+    assert not errors, errors
+    return store
+
+
+def test_round_trip(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    ours = _save_ours(uri)
+    loaded = _load_ours(uri)
+    assert _state(loaded) == _state(ours)
+    # TinyBase's layout: one row, _id '_', the JSON of the encoded mergeable content
+    rows = pg.execute('SELECT "_id", "store" FROM "tinybase"', database=db)
+    assert [row[0] for row in rows] == ["_"]
+    raw = json.loads(rows[0][1])
+    assert raw[0][0]["t1"][0]["r2"][0]["gone"][0] == "\ufffc"
+    assert raw[0][0]["t1"][0]["r1"][0]["object"][0].startswith("\ufffd")
+    columns = pg.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name='tinybase' ORDER BY ordinal_position",
+        database=db,
+    )
+    assert columns == [("_id", "text"), ("store", "text")]
+
+
+def test_configured_table_and_columns(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    config = {
+        "mode": "json",
+        "storeTableName": "my store",
+        "storeIdColumnName": "key",
+        "storeColumnName": "doc",
+    }
+    ours = _save_ours(uri, config)
+    assert _state(_load_ours(uri, config)) == _state(ours)
+    assert pg.execute('SELECT "key" FROM "my store"', database=db) == [("_",)]
+    assert _state(_load_ours(uri, "my store"))["tables"] == {}  # other columns: nothing there
+
+
+def test_auto_load_hears_other_connections(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        reader = _store()
+        persister = _persister(reader, uri, errors)
+        await persister.start_auto_load()
+        writer = _store()
+        writer_persister = _persister(writer, uri, errors)
+        await writer_persister.start_auto_persisting()
+        for n in range(3):
+            writer.set_cell("t", "r", "n", n)
+            await writer_persister.flush()
+            deadline = time.monotonic() + 20
+            while reader.get_cell("t", "r", "n") != n:
+                assert time.monotonic() < deadline, f"change {n} was not heard"
+                await asyncio.sleep(0.02)
+        assert _state(reader) == _state(writer)
+        await writer_persister.destroy()
+        await persister.destroy()
+
+    asyncio.run(main())
+    assert not errors, errors
+
+
+_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from localsync import create_mergeable_store
+    from localsync.persisters.postgres import create_postgres_persister
+
+    uri, me, other = sys.argv[1:4]
+
+    async def main():
+        store = create_mergeable_store()
+        errors = []
+        persister = create_postgres_persister(store, uri, None, None, errors.append)
+        await persister.start_auto_persisting()
+        print("ready", flush=True)
+        sys.stdin.readline()  # both processes are listening: go
+        store.set_cell("t", me, "n", 1)
+        await persister.flush()
+        deadline = time.monotonic() + 30
+        while store.get_row("t", other) == {}:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        await persister.flush()
+        print(json.dumps({"tables": store.get_tables(), "errors": [repr(e) for e in errors]}))
+        await persister.destroy()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.process
+def test_two_processes_see_each_others_saves(pg: Server, db: str, tmp_path: Path) -> None:
+    uri = pg.db_uri(db)
+    script = tmp_path / "pg_proc.py"
+    script.write_text(_PROCESS_SCRIPT, "utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), uri, me, other],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    expected = {"t": {"a": {"n": 1}, "b": {"n": 1}}}
+    for result in results:
+        assert result == {"tables": expected, "errors": []}
+    assert _load_ours(uri).get_tables() == expected
+
+
+def test_down_server_raises_a_clear_error() -> None:
+    from localsync.persisters.postgres import PersistError
+
+    uri = "postgresql://alice:s3cret-pw@127.0.0.1:1/orders"
+
+    async def main() -> None:
+        errors: list[BaseException] = []
+        persister = _persister(_store(), uri, errors)
+        with pytest.raises(PersistError) as raised:
+            await persister.load()
+        message = str(raised.value)
+        assert "postgresql://alice@127.0.0.1:1/orders" in message
+        assert "s3cret-pw" not in message
+        assert errors  # reported too
+        fresh = _persister(_store(), uri, errors)
+        with pytest.raises(PersistError, match=r"127\.0\.0\.1:1/orders") as raised:
+            await fresh.start_auto_save()
+        assert "s3cret-pw" not in str(raised.value)
+        assert not fresh.is_auto_saving()
+        with pytest.raises(PersistError):
+            await _persister(_store(), uri, errors).start_auto_persisting()
+        for each in (persister, fresh):
+            await each.destroy()
+
+    asyncio.run(main())
+
+
+def test_bad_password_raises_a_clear_error(pg: Server, db: str) -> None:
+    from localsync.persisters.postgres import PersistError
+
+    uri = pg.db_uri(db, BAD_USER, "wrong-password-77")
+
+    async def main() -> None:
+        errors: list[BaseException] = []
+        persister = _persister(_store(), uri, errors)
+        with pytest.raises(PersistError) as raised:
+            await persister.load()
+        message = str(raised.value)
+        assert f"postgresql://{BAD_USER}@" in message and f"/{db}" in message
+        assert "password authentication failed" in message
+        assert "wrong-password-77" not in message
+        await persister.destroy()
+        # the right password works
+        good = _persister(_store(), pg.db_uri(db, BAD_USER, BAD_USER_PASSWORD), errors)
+        pg.execute(f"GRANT ALL ON SCHEMA public TO {BAD_USER}", database=db)
+        await good.load()
+        await good.save()
+        await good.destroy()
+        assert len(errors) == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("text", ["not json", '{"a": 1}', "[1, 2]"])
+def test_a_row_in_the_wrong_format_is_refused_and_kept(pg: Server, db: str, text: str) -> None:
+    from localsync.persisters.postgres import CorruptContentError, PersistError
+
+    pg.execute('CREATE TABLE "tinybase"("_id" text PRIMARY KEY, "store" text)', database=db)
+    pg.execute("INSERT INTO \"tinybase\" VALUES ('_', %s)", [text], database=db)
+    uri = pg.db_uri(db)
+
+    async def main() -> None:
+        errors: list[BaseException] = []
+        store = _store()
+        store.set_value("mine", 1)
+        persister = _persister(store, uri, errors)
+        await persister.load()
+        assert any(isinstance(e, CorruptContentError) for e in errors), errors
+        assert store.get_values() == {"mine": 1}
+        with pytest.raises(PersistError, match="refusing to overwrite"):
+            await persister.save()
+        with pytest.raises(PersistError, match="refusing to overwrite"):
+            await persister.start_auto_save()
+        await persister.destroy()
+
+    asyncio.run(main())
+    assert pg.execute('SELECT "store" FROM "tinybase"', database=db) == [(text,)]
+
+
+# ------------------------------------------------------------------ TinyBase 10 (Node.js)
+
+
+@pytest.fixture
+def node() -> None:
+    require_node()
+    ensure_tinybase()
+
+
+def _tinybase(pg: Server, mode: str, db: str) -> dict[str, Any]:
+    result = run_node_json("persister_postgres.mjs", mode, pg.socket_file(), db, timeout=120)
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.interop
+def test_tinybase_writes_python_loads(pg: Server, db: str, node: None) -> None:
+    theirs = _tinybase(pg, "write", db)
+    assert theirs["tables"]["t1"]["r1"]["object"] == {"2": "x", "a": [1, {"b": None}], "é": "ü"}
+    assert _state(_load_ours(pg.db_uri(db))) == theirs
+
+
+@pytest.mark.interop
+def test_python_writes_tinybase_loads(pg: Server, db: str, node: None) -> None:
+    ours = _save_ours(pg.db_uri(db))
+    assert _tinybase(pg, "read", db) == _state(ours)
+
+
+@pytest.mark.interop
+def test_notifications_go_both_ways_with_tinybase(pg: Server, db: str, node: None) -> None:
+    uri = pg.db_uri(db)
+    errors: list[BaseException] = []
+
+    async def main() -> dict[str, Any]:
+        store = _store()
+        persister = _persister(store, uri, errors)
+        await persister.start_auto_persisting()
+        store.set_value("first", 1)
+        await persister.flush()
+        # TinyBase listens, Python writes: TinyBase's auto-load hears our trigger's NOTIFY
+        proc = start_node("persister_postgres.mjs", "listen", pg.socket_file(), db)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.to_thread(proc.stdout.readline)
+            assert json.loads(line) == {"ready": True}, proc.stderr and proc.stderr.read()
+            store.set_value("fromPython", "hi")
+            await persister.flush()
+            out, err = await asyncio.to_thread(proc.communicate, None, 60)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        theirs: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        assert theirs["values"] == {"first": 1, "fromPython": "hi"}
+        # TinyBase writes, Python (still auto-loading) hears it
+        written = await asyncio.to_thread(_tinybase, pg, "write", db)
+        deadline = time.monotonic() + 20
+        while store.get_cell("t1", "r1", "text") is None:
+            assert time.monotonic() < deadline, "TinyBase's save was not heard"
+            await asyncio.sleep(0.02)
+        await persister.flush()
+        await persister.destroy()
+        return written
+
+    written = asyncio.run(main())
+    assert not errors, errors
+    # TinyBase's save replaced the row with its own store; ours merged it and saved both
+    merged = _load_ours(uri)
+    assert merged.get_tables() == written["tables"]
+    assert merged.get_values() == {**written["values"], "first": 1, "fromPython": "hi"}
