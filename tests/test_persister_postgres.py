@@ -218,6 +218,46 @@ def test_auto_load_hears_other_connections(pg: Server, db: str) -> None:
     assert not errors, errors
 
 
+def test_the_listener_reconnects_and_restores_dropped_triggers(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    errors: list[BaseException] = []
+
+    async def wait_for(store: Any, n: int) -> None:
+        deadline = time.monotonic() + 20
+        while store.get_cell("t", "r", "n") != n:
+            assert time.monotonic() < deadline, f"change {n} was not heard"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        reader = _store()
+        persister = _persister(reader, uri, errors)
+        await persister.start_auto_load()
+        writer = _store()
+        writer_persister = _persister(writer, uri, [])
+        # the listener's connection is killed (server restart, network): it reconnects
+        pid = persister._auto_load_handle[1]["conn"].info.backend_pid
+        pg.execute("SELECT pg_terminate_backend(%s)", [pid])
+        await asyncio.sleep(0.2)
+        writer.set_cell("t", "r", "n", 1)
+        await writer_persister.save()
+        await wait_for(reader, 1)
+        # TinyBase drops its notification function (and so the triggers) when its
+        # auto-load stops: ours are the same objects, so they are re-created
+        function = pg.execute(
+            "SELECT proname FROM pg_proc WHERE proname LIKE 'tinybase_d_%%'", database=db
+        )
+        pg.execute(f'DROP FUNCTION "{function[0][0]}" CASCADE', database=db)
+        await asyncio.sleep(0.2)
+        writer.set_cell("t", "r", "n", 2)
+        await writer_persister.save()
+        await wait_for(reader, 2)
+        await writer_persister.destroy()
+        await persister.destroy()
+
+    asyncio.run(main())
+    assert any("cannot use PostgreSQL database" in str(e) for e in errors), errors
+
+
 _PROCESS_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys, time

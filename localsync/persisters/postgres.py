@@ -503,9 +503,16 @@ def create_postgres_persister(
         on_sql_command: called with ``(sql, params)`` before every SQL command.
         on_ignored_error: hears errors TinyBase would ignore (and the ones raised here).
 
-    Raises ``ValueError`` for tabular mode and ``TypeError`` for a plain Store. Nothing
+    Raises ``ValueError`` for tabular mode, ``TypeError`` for a plain Store and
+    ``ImportError`` without psycopg (``pip install 'localsync[postgres]'``). Nothing
     connects until the first load, save or auto-load.
     """
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "the PostgreSQL persister needs psycopg 3: pip install 'localsync[postgres]'"
+        ) from error
     return PostgresPersister(
         store, conninfo, config_or_store_table_name, on_sql_command, on_ignored_error
     )
