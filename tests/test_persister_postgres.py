@@ -330,6 +330,15 @@ def test_two_processes_see_each_others_saves(pg: Server, db: str, tmp_path: Path
     assert _load_ours(uri).get_tables() == expected
 
 
+def test_tabular_mode_and_plain_stores_are_refused() -> None:
+    from localsync import create_store
+
+    with pytest.raises(ValueError, match="JSON mode"):
+        _persister(_store(), "postgresql:///x", [], {"mode": "tabular"})
+    with pytest.raises(TypeError):
+        _persister(create_store(), "postgresql:///x", [])
+
+
 def test_down_server_raises_a_clear_error() -> None:
     from localsync.persisters.postgres import PersistError
 

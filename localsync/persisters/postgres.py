@@ -216,8 +216,8 @@ class PostgresBackend(Backend):
             for row in self._execute(
                 conn,
                 "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema=current_schema() AND table_name=%s",
-                [self.table.split(".")[-1]],
+                "WHERE table_schema=COALESCE(NULLIF(%s,''),current_schema()) AND table_name=%s",
+                list(self.table.rpartition(".")[::2]),
             ).fetchall()
         }
         if self.id_column not in columns or self.store_column not in columns:
