@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,19 @@ class Server:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Server]:
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs: "XDG_RUNTIME_DIR is not set" (pgserver keeps its lock file there)
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as error:  # only without the test extra
         pytest.skip(f"pgserver is not installed ({error}): pip install -e '.[test]'")
     # not under pytest's private (0700) temporary folder: the server runs as another user
     # when we are root, and pg_ctl must reach the folder to stop it
     data = Path(tempfile.mkdtemp(prefix="localsync-pg-")) / "data"
     try:
-        handle = pgserver.get_server(data, cleanup_mode="delete")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same, when it starts the server
+            handle = pgserver.get_server(data, cleanup_mode="delete")
     except Exception as error:
         pytest.skip(f"no PostgreSQL server could be started here by pgserver: {error!r}")
     uri = handle.get_uri()
