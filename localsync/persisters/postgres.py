@@ -5,7 +5,8 @@ TinyBase's ``createPostgresPersister`` in its JSON mode, for a MergeableStore:
 
 * The store is one row of table ``tinybase`` (``_id text PRIMARY KEY, store text``): ``_id`` is
   ``'_'`` and ``store`` the JSON of the encoded mergeable content (``undefined`` as U+FFFC,
-  object/array cells as U+FFFD + JSON), the same text a TinyBase process writes there. The
+  object/array cells as U+FFFD + JSON), what a TinyBase process writes there (the same JSON
+  value; number spelling and key order may differ, as in the file persister). The
   names come from TinyBase's ``DatabasePersisterConfig`` (``{"mode": "json",
   "storeTableName": ..., "storeIdColumnName": ..., "storeColumnName": ...}``) or a plain table
   name. Saves upsert that row and delete any other row of the table, as TinyBase's do.
@@ -33,8 +34,10 @@ could not be read, is not mergeable content, or holds content the store rejected
 Errors: a server that is down, unreachable or refuses the credentials makes ``load``,
 ``save``, ``start_auto_save`` and ``start_auto_persisting`` raise ``PersistError`` naming the
 server and database (``postgresql://alice@db.example:5432/app``), never the password; the
-cause is reported through ``on_ignored_error`` too. ``on_sql_command(sql, params)`` hears
-every SQL command, as in TinyBase. Creating the notification triggers needs a role that may
+cause is reported through ``on_ignored_error`` too. After a load that could not reach the
+database, saves are refused until a load succeeds (what the row holds is unknown).
+``on_sql_command(sql, params)`` hears every SQL command, as in TinyBase (with psycopg's
+``%s`` placeholders). Creating the notification triggers needs a role that may
 create functions and triggers on the table.
 
 Not (yet) here: TinyBase's tabular mode, a plain (non-mergeable) Store.
