@@ -336,13 +336,179 @@ def test_two_processes_see_each_others_saves(pg: Server, db: str, tmp_path: Path
     assert _load_ours(uri).get_tables() == expected
 
 
-def test_tabular_mode_and_plain_stores_are_refused() -> None:
+def test_store_kinds_are_checked_per_mode() -> None:
     from localsync import create_store
 
-    with pytest.raises(ValueError, match="JSON mode"):
+    # as TinyBase: tabular mode for a plain Store only; our JSON mode for a MergeableStore
+    with pytest.raises(TypeError, match="plain Store"):
         _persister(_store(), "postgresql:///x", [], {"mode": "tabular"})
     with pytest.raises(TypeError):
         _persister(create_store(), "postgresql:///x", [])
+    with pytest.raises(ValueError, match="JSON mode"):
+        _persister(_store(), "postgresql:///x", [], {"mode": "other"})
+
+
+# ------------------------------------------------------------------ tabular mode
+
+TABULAR = {
+    "mode": "tabular",
+    "tables": {
+        "load": {"tb_t1": "t1", "tb_t2": {"tableId": "t2", "rowIdColumnName": "id"}},
+        "save": {"t1": "tb_t1", "t2": {"tableName": "tb_t2", "rowIdColumnName": "id"}},
+    },
+    "values": {"load": True, "save": True},
+}
+TABULAR_TABLES = {
+    "t1": {
+        "r1": {"text": 'héllo 😀 "q"', "num": 1.5, "obj": {"a": [1, None]}, "nil": None},
+        "r2": {"text": "two", "num": -3, "obj": [1, "x"], "nil": True},
+    },
+    "t2": {"a": {"c": 1}},
+}
+TABULAR_VALUES = {"v": "ünï", "vobj": {"k": [1]}, "vnull": None}
+
+
+def _tabular_fill(store: Any) -> None:
+    with store.transaction():
+        for table_id, rows in TABULAR_TABLES.items():
+            for row_id, row in rows.items():
+                store.set_row(table_id, row_id, row)
+        store.set_row("t2", "b", {"c": 2})
+        store.set_values(TABULAR_VALUES)
+    store.del_row("t2", "b")
+
+
+def _tabular_run(uri: str, config: Any, work: Any) -> Any:
+    from localsync import create_store
+
+    errors: list[BaseException] = []
+
+    async def main() -> Any:
+        store = create_store()
+        persister = _persister(store, uri, errors, config)
+        await work(store, persister)
+        await persister.destroy()
+        return store
+
+    store = asyncio.run(main())
+    assert not errors, errors
+    return store
+
+
+async def _tabular_save(store: Any, persister: Any) -> None:
+    _tabular_fill(store)
+    await persister.save()
+
+
+async def _tabular_load(store: Any, persister: Any) -> None:
+    await persister.load()
+
+
+def test_tabular_round_trip(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    _tabular_run(uri, TABULAR, _tabular_save)
+    # one text column per cell, each holding the cell's JSON; values in tinybase_values
+    assert sorted(pg.execute('SELECT * FROM "tb_t2"', database=db)) == [("a", "1")]
+    rows = pg.execute('SELECT "_id","text","num","obj","nil" FROM "tb_t1"', database=db)
+    assert sorted(rows) == [
+        ("r1", '"héllo 😀 \\"q\\""', "1.5", '{"a":[1,null]}', "null"),
+        ("r2", '"two"', "-3", '[1,"x"]', "true"),
+    ]
+    assert pg.execute('SELECT "_id","v" FROM "tinybase_values"', database=db) == [("_", '"ünï"')]
+    loaded = _tabular_run(uri, TABULAR, _tabular_load)
+    assert loaded.get_tables() == TABULAR_TABLES
+    assert loaded.get_values() == TABULAR_VALUES
+
+
+def test_tabular_load_mapping_renames(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    pg.execute(
+        'CREATE TABLE "people"("pid" text PRIMARY KEY,"name" text,"age" text);'
+        "INSERT INTO \"people\" VALUES('p1','\"Ann\"','41'),('p2','\"Bob\"',NULL)",
+        database=db,
+    )
+    config = {
+        "mode": "tabular",
+        "tables": {"load": {"people": {"tableId": "persons", "rowIdColumnName": "pid"}}},
+    }
+    loaded = _tabular_run(uri, config, _tabular_load)
+    # a NULL column is a null cell, as TinyBase loads it
+    assert loaded.get_tables() == {
+        "persons": {"p1": {"name": "Ann", "age": 41}, "p2": {"name": "Bob", "age": None}}
+    }
+    assert loaded.get_values() == {}
+
+
+def test_tabular_save_deletes_rows_and_empty_columns(pg: Server, db: str) -> None:
+    uri = pg.db_uri(db)
+    config = {
+        "mode": "tabular",
+        "tables": {
+            "save": {
+                "kept": "kept",
+                "pruned": {"tableName": "pruned", "deleteEmptyColumns": True},
+                "gone": {"tableName": "gone", "deleteEmptyTable": True},
+            }
+        },
+        "values": {"save": True},
+    }
+
+    def columns(table: str) -> list[str]:
+        return [
+            row[0]
+            for row in pg.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name=%s ORDER BY column_name",
+                [table],
+                database=db,
+            )
+        ]
+
+    async def work(store: Any, persister: Any) -> None:
+        for table in ("kept", "pruned", "gone"):
+            store.set_row(table, "r1", {"a": 1, "b": 2})
+            store.set_row(table, "r2", {"a": 3})
+        store.set_values({"x": 1})
+        await persister.save()
+        assert columns("pruned") == ["_id", "a", "b"]
+        for table in ("kept", "pruned"):
+            store.del_cell(table, "r1", "b")
+            store.del_row(table, "r2")
+        store.del_table("gone")
+        store.del_values()
+        await persister.save()
+
+    _tabular_run(uri, config, work)
+    assert columns("kept") == ["_id", "a", "b"]
+    assert columns("pruned") == ["_id", "a"]
+    assert columns("gone") == [] and columns("tinybase_values") == []
+    assert pg.execute('SELECT * FROM "kept"', database=db) == [("r1", "1", None)]
+    assert pg.execute('SELECT * FROM "pruned"', database=db) == [("r1", "1")]
+
+
+def test_tabular_auto_load_hears_another_persister(pg: Server, db: str) -> None:
+    from localsync import create_store
+
+    uri = pg.db_uri(db)
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        reader, writer = create_store(), create_store()
+        listening = _persister(reader, uri, errors, TABULAR)
+        writing = _persister(writer, uri, errors, TABULAR)
+        await listening.start_auto_load()
+        await writing.start_auto_save()
+        _tabular_fill(writer)
+        await writing.flush()
+        deadline = time.monotonic() + 20
+        while reader.get_tables() != TABULAR_TABLES or reader.get_values() != TABULAR_VALUES:
+            assert time.monotonic() < deadline, (reader.get_tables(), reader.get_values())
+            await asyncio.sleep(0.02)
+        await listening.destroy()
+        await writing.destroy()
+
+    asyncio.run(main())
+    assert not errors, errors
 
 
 def test_down_server_raises_a_clear_error() -> None:
@@ -450,6 +616,23 @@ def test_tinybase_writes_python_loads(pg: Server, db: str, node: None) -> None:
 def test_python_writes_tinybase_loads(pg: Server, db: str, node: None) -> None:
     ours = _save_ours(pg.db_uri(db))
     assert _tinybase(pg, "read", db) == _state(ours)
+
+
+@pytest.mark.interop
+def test_tabular_tinybase_writes_python_loads(pg: Server, db: str, node: None) -> None:
+    theirs = _tinybase(pg, "tabular-write", db)
+    assert theirs == {"tables": TABULAR_TABLES, "values": TABULAR_VALUES}
+    loaded = _tabular_run(pg.db_uri(db), TABULAR, _tabular_load)
+    assert {"tables": loaded.get_tables(), "values": loaded.get_values()} == theirs
+
+
+@pytest.mark.interop
+def test_tabular_python_writes_tinybase_loads(pg: Server, db: str, node: None) -> None:
+    _tabular_run(pg.db_uri(db), TABULAR, _tabular_save)
+    assert _tinybase(pg, "tabular-read", db) == {
+        "tables": TABULAR_TABLES,
+        "values": TABULAR_VALUES,
+    }
 
 
 @pytest.mark.interop

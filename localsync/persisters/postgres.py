@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..codec import js_stringify
+from ..codec import UNDEFINED, js_stringify
 from ..hash import get_hash
 from ..persister import Persists
 from ._common import Backend, BackendPersister, PersistError
@@ -62,6 +63,7 @@ from ._jsonio import dumps_str
 
 __all__ = [
     "CorruptContentError",
+    "DatabaseUnreachableError",
     "HashesRepaired",
     "PersistError",
     "PostgresPersister",
@@ -73,6 +75,8 @@ _SIMPLE_TABLE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _IDENTIFIER_SIZE = 63
 _RECONNECT_MIN = 0.5
 _RECONNECT_MAX = 5.0
+_RETRY_MIN = 0.1
+_RETRY_MAX = 5.0
 # how often an idle listener checks that its triggers still exist
 _TRIGGER_CHECK_SECONDS = 2.0
 # one lock for everyone creating TinyBase's notification objects (concurrent CREATE OR
@@ -80,6 +84,10 @@ _TRIGGER_CHECK_SECONDS = 2.0
 _ADVISORY_LOCK = get_hash("tinybase-listener-resources") & 0x7FFFFFFF
 
 SqlCommandListener = Callable[[str, Any], None]
+
+
+class DatabaseUnreachableError(PersistError):
+    """The server is down, unreachable, refused the credentials or dropped the connection."""
 
 
 def _escape_id(name: str) -> str:
@@ -149,17 +157,7 @@ class PostgresBackend(Backend):
         self.conninfo = conninfo
         self.table, self.id_column, self.store_column = config
         self.on_sql_command = on_sql_command
-        config_hash = str(get_hash(js_stringify(list(config))))
-        self.channel = f"tinybase_{config_hash}"
-        self.function = _escape_id(f"tinybase_d_{config_hash}")
-        self.triggers = []
-        for action in ("INSERT", "DELETE", "UPDATE"):
-            legacy = f"tinybase_d_{config_hash}_{self.table}_{action}"
-            if _SIMPLE_TABLE_NAME.match(self.table) and len(legacy) <= _IDENTIFIER_SIZE:
-                name = legacy
-            else:
-                name = f"tinybase_d_{config_hash}_{action}_{get_hash(self.table)}"
-            self.triggers.append((action, name))
+        self._set_channel(js_stringify(list(config)), [(self.table, self.id_column)])
         self._conn: Any = None
         self._conn_lock = threading.Lock()
         self.own_pid: int | None = None
@@ -167,7 +165,29 @@ class PostgresBackend(Backend):
         self.load_error: PersistError | None = None
         self.merged_more = False
         self._loaded_hashes: list[int] | None = None
+        # auto-save retries after a lost connection (see ``set_persisted``)
+        self._retry_delay = _RETRY_MIN
+        self._retry_task: asyncio.Task[None] | None = None
+        self._load_unreachable = False
+        self._destroyed = False
         super().__init__(store, describe_conninfo(conninfo), 0.0)
+
+    def _set_channel(self, config_json: str, managed: list[tuple[str, str]]) -> None:
+        """TinyBase's channel, function and trigger names for the defaulted config's JSON;
+        ``managed`` is ``[(table, row id column)]`` of the tables listened to."""
+        config_hash = str(get_hash(config_json))
+        self.managed = managed
+        self.channel = f"tinybase_{config_hash}"
+        self.function = _escape_id(f"tinybase_d_{config_hash}")
+        self.triggers: list[tuple[str, str, str]] = []
+        for table, _ in managed:
+            for action in ("INSERT", "DELETE", "UPDATE"):
+                legacy = f"tinybase_d_{config_hash}_{table}_{action}"
+                if _SIMPLE_TABLE_NAME.match(table) and len(legacy) <= _IDENTIFIER_SIZE:
+                    name = legacy
+                else:
+                    name = f"tinybase_d_{config_hash}_{action}_{get_hash(table)}"
+                self.triggers.append((action, name, table))
 
     # -------------------------------------------------------------- connections
 
@@ -176,7 +196,7 @@ class PostgresBackend(Backend):
         password = _password(self.conninfo)
         if password:
             text = text.replace(password, "***")
-        return PersistError(f"cannot use PostgreSQL database {self.path}: {text}")
+        return DatabaseUnreachableError(f"cannot use PostgreSQL database {self.path}: {text}")
 
     def _connect_sync(self) -> Any:
         import psycopg
@@ -243,7 +263,9 @@ class PostgresBackend(Backend):
             text = self._run(self._read)
         except PersistError as error:
             self.load_error = error
+            self._load_unreachable = True
             raise
+        self._load_unreachable = False
         if text is None or text.strip() == "null":
             return None  # TinyBase writes null for "nothing"; both mean nothing saved
         return decode_content(text.encode("utf-8", "surrogatepass"), True)
@@ -312,15 +334,14 @@ class PostgresBackend(Backend):
     # -------------------------------------------------------------- LISTEN / NOTIFY
 
     def _trigger_sql(self) -> list[str]:
-        table = _escape_id(self.table)
         commands = [
             f"CREATE OR REPLACE FUNCTION {self.function}()RETURNS trigger AS $$ BEGIN "
             f"PERFORM pg_notify('{self.channel}','d:'||TG_TABLE_NAME);RETURN NULL;END;$$ "
             "LANGUAGE plpgsql;"
         ]
-        for action, name in self.triggers:
+        for action, name, table in self.triggers:
             commands.append(
-                f"CREATE OR REPLACE TRIGGER{_escape_id(name)}AFTER {action} ON{table}"
+                f"CREATE OR REPLACE TRIGGER{_escape_id(name)}AFTER {action} ON{_escape_id(table)}"
                 f"FOR EACH ROW WHEN(true)EXECUTE FUNCTION{self.function}()"
             )
         return commands
@@ -331,15 +352,18 @@ class PostgresBackend(Backend):
             if only_if_missing:
                 cursor = await conn.execute(
                     "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)",
-                    [[name for _, name in self.triggers]],
+                    [[name for _, name, _ in self.triggers]],
                 )
                 row = await cursor.fetchone()
                 if row is not None and row[0] >= len(self.triggers):
                     return False
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
             for sql in [
-                f"CREATE TABLE IF NOT EXISTS {_escape_id(self.table)}"
-                f"({_escape_id(self.id_column)}text PRIMARY KEY)",
+                *(
+                    f"CREATE TABLE IF NOT EXISTS {_escape_id(table)}"
+                    f"({_escape_id(id_column)}text PRIMARY KEY)"
+                    for table, id_column in self.managed
+                ),
                 *self._trigger_sql(),
             ]:
                 if self.on_sql_command is not None:
@@ -390,7 +414,7 @@ class PostgresBackend(Backend):
 
     async def _listen(self, listener: Any, state: dict[str, Any]) -> None:
         delay = _RECONNECT_MIN
-        wanted = f"d:{self.table.split('.')[-1]}", f"c:{self.table.split('.')[-1]}"
+        wanted = {f"{kind}:{table.split('.')[-1]}" for table, _ in self.managed for kind in "dc"}
         while True:
             conn = state.get("conn")
             try:
@@ -419,13 +443,346 @@ class PostgresBackend(Backend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX)
 
+    # -------------------------------------------------------------- retries
+
+    async def set_persisted(self, get_content: Any = None, changes: Any = None) -> None:
+        """Save; when auto-saving and the database could not be reached, retry later.
+
+        A lost connection (or a refusal after a load that could not reach the database)
+        schedules a retry with backoff (``_RETRY_MIN`` .. ``_RETRY_MAX`` seconds) until a
+        save succeeds or the persister is destroyed. Nothing is acknowledged unless
+        PostgreSQL committed it (a commit whose outcome is unknown is simply written again).
+        """
+        try:
+            await super().set_persisted(get_content, changes)
+        except PersistError as error:
+            if isinstance(error, DatabaseUnreachableError) or (
+                self.unreadable is not None and self._load_unreachable
+            ):
+                self._schedule_retry()
+            raise
+        self._retry_delay = _RETRY_MIN
+
+    def _schedule_retry(self) -> None:
+        persister = self.persister
+        if self._destroyed or persister is None or not persister.is_auto_saving():
+            return
+        if self._retry_task is not None and not self._retry_task.done():
+            return
+        delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, _RETRY_MAX)
+        self._retry_task = asyncio.get_running_loop().create_task(
+            self._retry(delay), name="localsync-postgres-retry"
+        )
+
+    async def _retry(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._retry_task = None
+        persister = self.persister
+        if self._destroyed or persister is None or not persister.is_auto_saving():
+            return
+        if self.unreadable is not None and self._load_unreachable:
+            # what the database holds is unknown until a load succeeds: load first
+            try:
+                await persister.load()
+            except Exception:
+                self._schedule_retry()
+                return
+        if self._has_work():
+            await persister._save_whole()  # a failure schedules the next retry
+
     def destroy(self) -> None:
+        self._destroyed = True
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+            self._retry_task = None
         super().destroy()
         with self._conn_lock:
             if self._conn is not None:
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None
+
+
+# ------------------------------------------------------------------ tabular mode
+
+_VALUES_ROW_ID = "_"
+_SCHEMA_SQL = (
+    "SELECT c.table_name,c.column_name,EXISTS(SELECT 1 FROM pg_index i "
+    "JOIN pg_class t ON t.oid=i.indrelid JOIN pg_namespace n ON n.oid=t.relnamespace "
+    "JOIN pg_attribute a ON a.attrelid=t.oid AND a.attnum=i.indkey[0] "
+    "WHERE i.indisunique AND i.indnatts=1 AND n.nspname=c.table_schema "
+    "AND t.relname=c.table_name AND a.attname=c.column_name) "
+    "FROM information_schema.columns c "
+    "WHERE c.table_schema=current_schema() AND c.table_name=ANY(%s)"
+)
+
+
+class TabularConfig:
+    """TinyBase's defaulted tabular ``DatabasePersisterConfig``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        tables = config.get("tables") or {}
+        values: dict[str, Any] = {"load": False, "save": False, "tableName": "tinybase_values"}
+        values.update(config.get("values") or {})
+        self.values_load = values["load"] is True or isinstance(values["load"], list)
+        self.values_save = values["save"] is True or isinstance(values["save"], list)
+        self.values_table: str = values["tableName"]
+        self.values_load_ids = values["load"] if isinstance(values["load"], list) else None
+        self.values_save_ids = values["save"] if isinstance(values["save"], list) else None
+        if not isinstance(self.values_table, str):
+            raise TypeError(f"values tableName must be a string, not {self.values_table!r}")
+        # dbTableName -> (tableId, rowIdColumnName)
+        self.load: dict[str, tuple[str, str]] = {}
+        for table_name, entry in (tables.get("load") or {}).items():
+            entry = {"tableId": entry} if isinstance(entry, str) else dict(entry or {})
+            table_id = entry.get("tableId")
+            if table_id is None or table_name == self.values_table:
+                continue
+            if "condition" in entry:
+                raise ValueError("tabular 'condition' is not supported")
+            self.load[table_name] = (table_id, entry.get("rowIdColumnName") or "_id")
+        # tableId -> (dbTableName, rowIdColumnName, deleteEmptyColumns, deleteEmptyTable)
+        self.save: dict[str, tuple[str, str, bool, bool]] = {}
+        for table_id, entry in (tables.get("save") or {}).items():
+            entry = {"tableName": entry} if isinstance(entry, str) else dict(entry or {})
+            table_name = entry.get("tableName")
+            if table_name is None or table_name == self.values_table:
+                continue
+            if "condition" in entry:
+                raise ValueError("tabular 'condition' is not supported")
+            self.save[table_id] = (
+                table_name,
+                entry.get("rowIdColumnName") or "_id",
+                bool(entry.get("deleteEmptyColumns")),
+                bool(entry.get("deleteEmptyTable")),
+            )
+        for name in [*self.load, *(s[0] for s in self.save.values())]:
+            if not isinstance(name, str):
+                raise TypeError(f"table names must be strings, not {name!r}")
+        # managed tables (listened to), each with the row id column it is created with
+        managed: dict[str, str] = {self.values_table: "_id"}
+        for table_name, (_, row_id_column) in self.load.items():
+            managed.setdefault(table_name, row_id_column)
+        for table_name, row_id_column, _, _ in self.save.values():
+            managed[table_name] = row_id_column
+        self.managed = list(managed.items())
+
+    def hash_json(self) -> str:
+        """The JSON TinyBase hashes for its channel: its Maps of table configs stringify as
+        ``{}``, so only the values config counts."""
+        return js_stringify(
+            [
+                {},
+                {},
+                [
+                    self.values_load,
+                    self.values_save,
+                    self.values_table,
+                    UNDEFINED if self.values_load_ids is None else self.values_load_ids,
+                    UNDEFINED if self.values_save_ids is None else self.values_save_ids,
+                ],
+            ]
+        )
+
+
+def _decode_field(field: Any) -> Any:
+    if isinstance(field, str):
+        try:
+            return json.loads(field)
+        except ValueError:
+            raise CorruptContentError(f"a cell is not JSON: {field[:40]!r}") from None
+    return field  # NULL (a missing cell: TinyBase loads it as null) or a non-text column
+
+
+class PostgresTabularBackend(PostgresBackend):
+    """A plain Store as PostgreSQL tables, one row per row and one text column per cell,
+    each cell JSON-encoded (TinyBase's tabular mode)."""
+
+    def __init__(
+        self,
+        store: Any,
+        conninfo: str,
+        config: TabularConfig,
+        on_sql_command: SqlCommandListener | None,
+    ) -> None:
+        self.tabular = config
+        super().__init__(store, conninfo, ("tinybase", "_id", "store"), on_sql_command)
+        self._set_channel(config.hash_json(), config.managed)
+
+    def _schema(self, conn: Any) -> dict[str, dict[str, bool]]:
+        """``{table: {column: is the only column of a unique index}}`` of managed tables."""
+        schema: dict[str, dict[str, bool]] = {}
+        for table, column, unique in self._execute(
+            conn, _SCHEMA_SQL, [[table for table, _ in self.managed]]
+        ).fetchall():
+            schema.setdefault(table, {})[column] = bool(unique)
+        return schema
+
+    def _load_table(
+        self, conn: Any, schema: dict[str, dict[str, bool]], table: str, row_id_column: str
+    ) -> dict[str, dict[str, Any]]:
+        if row_id_column not in schema.get(table, {}):
+            return {}
+        cursor = self._execute(conn, f"SELECT * FROM {_escape_id(table)}")
+        names = [column.name for column in cursor.description]
+        rows: dict[str, dict[str, Any]] = {}
+        for record in cursor.fetchall():
+            fields = dict(zip(names, record, strict=True))
+            row_id = fields.pop(row_id_column)
+            if row_id is None:
+                continue
+            row = {cell_id: _decode_field(field) for cell_id, field in fields.items()}
+            if row:
+                rows[row_id if isinstance(row_id, str) else str(row_id)] = row
+        return rows
+
+    def _read_tabular(self, conn: Any) -> Any | None:
+        config = self.tabular
+        schema = self._schema(conn)
+        tables: dict[str, Any] = {}
+        for table, (table_id, row_id_column) in config.load.items():
+            rows = self._load_table(conn, schema, table, row_id_column)
+            if rows:
+                tables[table_id] = rows
+        values: dict[str, Any] | None = {}
+        if config.values_load:
+            values = self._load_table(conn, schema, config.values_table, "_id").get(_VALUES_ROW_ID)
+            if values is not None and config.values_load_ids is not None:
+                values = {k: v for k, v in values.items() if k in config.values_load_ids}
+        if not tables and values is None:
+            return None
+        return [tables, values or {}]
+
+    def _load_sync(self) -> Any | None:
+        try:
+            content = self._run(self._read_tabular)
+        except PersistError as error:
+            self.load_error = error
+            self._load_unreachable = True
+            raise
+        self._load_unreachable = False
+        return content
+
+    def _save_table(
+        self,
+        conn: Any,
+        schema: dict[str, dict[str, bool]],
+        table: str,
+        row_id_column: str,
+        content: dict[str, dict[str, Any]] | None,
+        delete_empty_columns: bool,
+        delete_empty_table: bool,
+    ) -> None:
+        """TinyBase's whole-table save: add missing columns, upsert every row, delete the
+        rows (and optionally the columns, or the table) the store does not have."""
+        escaped = _escape_id(table)
+        column_set: dict[str, None] = {}
+        for row in (content or {}).values():
+            column_set.update(dict.fromkeys(row))
+        columns = list(column_set)
+        exists = table in schema
+        if delete_empty_table and not columns and exists:
+            self._execute(conn, f"DROP TABLE{escaped}")
+            del schema[table]
+            return
+        current = schema.get(table, {})
+        unaccounted = set(current)
+        if columns:
+            if not exists:
+                self._execute(
+                    conn,
+                    f"CREATE TABLE{escaped}({_escape_id(row_id_column)}text PRIMARY KEY"
+                    + "".join(f",{_escape_id(c)}text" for c in columns if c != row_id_column)
+                    + ")",
+                )
+                current = schema[table] = {row_id_column: True, **dict.fromkeys(columns, False)}
+            else:
+                for column in [row_id_column, *columns]:
+                    if column in unaccounted:
+                        unaccounted.discard(column)
+                    elif column not in current:
+                        self._execute(conn, f"ALTER TABLE{escaped}ADD{_escape_id(column)}text")
+                        current[column] = False
+                if not current.get(row_id_column):
+                    index = "tinybase_pk_" + str(get_hash(js_stringify([table, row_id_column])))
+                    self._execute(
+                        conn,
+                        f"CREATE UNIQUE INDEX IF NOT EXISTS{_escape_id(index)}ON{escaped}"
+                        f"({_escape_id(row_id_column)})",
+                    )
+                    current[row_id_column] = True
+        if delete_empty_columns:
+            for column in unaccounted:
+                if column != row_id_column:
+                    self._execute(conn, f"ALTER TABLE{escaped}DROP{_escape_id(column)}")
+                    current.pop(column, None)
+        if columns:
+            changing = [c for c in current if c != row_id_column]
+            names = ",".join(_escape_id(c) for c in [row_id_column, *changing])
+            placeholders = ",".join(["%s"] * (len(changing) + 1))
+            update = (
+                "UPDATE SET"
+                + ",".join(f"{_escape_id(c)}=excluded.{_escape_id(c)}" for c in changing)
+                if changing
+                else "NOTHING"
+            )
+            sql = (
+                f"INSERT INTO{escaped}({names})VALUES({placeholders})"
+                f"ON CONFLICT({_escape_id(row_id_column)})DO {update}"
+            )
+            params = [
+                [row_id, *(_encode_field(row, c) for c in changing)]
+                for row_id, row in (content or {}).items()
+            ]
+            if self.on_sql_command is not None:
+                for param in params:
+                    self.on_sql_command(sql, param)
+            with conn.cursor() as cursor:
+                cursor.executemany(sql, params)
+            self._execute(
+                conn,
+                f"DELETE FROM{escaped}WHERE NOT({_escape_id(row_id_column)}=ANY(%s))",
+                [list((content or {}).keys())],
+            )
+        elif exists:
+            self._execute(conn, f"DELETE FROM{escaped}")
+
+    def _save_sync(self, full: bool) -> tuple[int, bool]:
+        with self.store.lock:
+            seq = self.tracker.tx_seq
+            if seq <= self.tracker.durable_seq:
+                return seq, False
+            tables, values = self.store.get_content()
+        config = self.tabular
+
+        def write(conn: Any) -> None:
+            schema = self._schema(conn)
+            for table_id, (table, row_id_column, columns, empty) in config.save.items():
+                self._save_table(
+                    conn, schema, table, row_id_column, tables.get(table_id), columns, empty
+                )
+            if config.values_save:
+                subset = values
+                if config.values_save_ids is not None:
+                    subset = {k: values[k] for k in config.values_save_ids if k in values}
+                self._save_table(
+                    conn, schema, config.values_table, "_id", {_VALUES_ROW_ID: subset}, True, True
+                )
+
+        self._run(write)
+        self.tracker.stats["writes"] += 1
+        self.tracker.stats["full_writes"] += 1
+        return seq, True
+
+    async def get_persisted(self) -> Any | None:
+        return await Backend.get_persisted(self)
+
+    def after_load(self, applied: bool) -> None:
+        Backend.after_load(self, applied)
+
+
+def _encode_field(row: dict[str, Any], cell_id: str) -> str | None:
+    return js_stringify(row[cell_id]) if cell_id in row else None
 
 
 def _password(conninfo: str) -> str | None:
@@ -450,6 +807,23 @@ class PostgresPersister(BackendPersister):
         on_sql_command: SqlCommandListener | None = None,
         on_ignored_error: Any = None,
     ) -> None:
+        if (
+            isinstance(config_or_store_table_name, dict)
+            and config_or_store_table_name.get("mode") == "tabular"
+        ):
+            tabular = TabularConfig(config_or_store_table_name)
+            if store.is_mergeable():
+                # as TinyBase: tabular mode is for a plain Store
+                raise TypeError(
+                    "tinybase:1: tabular mode needs a plain Store, not a MergeableStore"
+                )
+            super().__init__(
+                store,
+                lambda: PostgresTabularBackend(store, conninfo, tabular, on_sql_command),
+                on_ignored_error,
+                Persists.STORE_ONLY,
+            )
+            return
         config = json_config(config_or_store_table_name)
         super().__init__(
             store,

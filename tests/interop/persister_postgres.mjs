@@ -3,21 +3,35 @@
 //   node persister_postgres.mjs read SOCKET DB   -> loads into a fresh MergeableStore
 //   node persister_postgres.mjs listen SOCKET DB -> starts auto-load, prints {"ready":true},
 //     then waits (30 s at most) for value "fromPython" to arrive through NOTIFY
+//   node persister_postgres.mjs tabular-write SOCKET DB -> a plain Store saved in tabular mode
+//   node persister_postgres.mjs tabular-read SOCKET DB  -> loads it (TABULAR_CONFIG) into a Store
 // SOCKET is the server's Unix socket file (.s.PGSQL.<port>); the user is postgres.
 // Prints one JSON line: the store's mergeable content, content hashes, tables and values.
 // Non-ASCII is escaped so that the line survives any line splitting (U+2028 and friends).
 import postgres from 'postgres';
 import {createMergeableStore} from 'tinybase/mergeable-store';
+import {createStore} from 'tinybase/store';
 import {createPostgresPersister} from 'tinybase/persisters/persister-postgres';
 
 const [mode, socket, database] = process.argv.slice(2);
 const UNDEFINED = '\uFFFC';
 
+const TABULAR_CONFIG = {
+  mode: 'tabular',
+  tables: {
+    load: {tb_t1: 't1', tb_t2: {tableId: 't2', rowIdColumnName: 'id'}},
+    save: {t1: 'tb_t1', t2: {tableName: 'tb_t2', rowIdColumnName: 'id'}},
+  },
+  values: {load: true, save: true},
+};
+const tabular = mode.startsWith('tabular-');
+
 const report = (store) => {
   const json = JSON.stringify(
     {
-      content: store.getMergeableContent(),
-      hashes: store.getMergeableContentHashes(),
+      ...(tabular
+        ? {}
+        : {content: store.getMergeableContent(), hashes: store.getMergeableContentHashes()}),
       tables: store.getTables(),
       values: store.getValues(),
     },
@@ -30,12 +44,30 @@ const report = (store) => {
 
 const sql = postgres({path: socket, database, username: 'postgres', onnotice: () => {}});
 const errors = [];
-const store = createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
-const persister = await createPostgresPersister(store, sql, undefined, undefined, (error) =>
-  errors.push(String(error)),
+const store = tabular
+  ? createStore()
+  : createMergeableStore(mode === 'write' ? 'tinybase-writer' : 'tinybase-reader');
+const persister = await createPostgresPersister(
+  store,
+  sql,
+  tabular ? TABULAR_CONFIG : undefined,
+  undefined,
+  (error) => errors.push(String(error)),
 );
 
-if (mode === 'write') {
+if (mode === 'tabular-write') {
+  store.transaction(() => {
+    store.setRow('t1', 'r1', {text: 'héllo 😀 "q"', num: 1.5, obj: {a: [1, null]}, nil: null});
+    store.setRow('t1', 'r2', {text: 'two', num: -3, obj: [1, 'x'], nil: true});
+    store.setRow('t2', 'a', {c: 1});
+    store.setRow('t2', 'b', {c: 2});
+    store.setValues({v: 'ünï', vobj: {k: [1]}, vnull: null});
+  });
+  store.delRow('t2', 'b');
+  await persister.save();
+} else if (mode === 'tabular-read') {
+  await persister.load();
+} else if (mode === 'write') {
   store.transaction(() => {
     store.setCell('t1', 'r1', 'text', 'héllo wörld 😀 \u2028 "quoted" \\ back');
     store.setCell('t1', 'r1', 'float', 1.5);
