@@ -25,6 +25,17 @@ The data file is ``DIR/NAME.sqlite`` (or ``.json`` for the file persister) when 
 of letters, digits, ``.``, ``_`` and ``-`` (and does not start with a dot); otherwise
 ``DIR/channel-<16 hex digits of BLAKE2b(NAME)>.sqlite``.
 
+PostgreSQL: ``--data postgresql://USER:PASSWORD@HOST:PORT/DBNAME`` (or ``postgres://``; the
+``--persister`` choice is then ignored) keeps the channel in that database, in TinyBase's JSON
+layout (:mod:`localsync.persisters.postgres`): one row ``_id = '_'`` of table
+:func:`postgres_table_name` (NAME) - ``tinybase_NAME`` when NAME is made of letters, digits,
+``_`` and ``-`` and that fits PostgreSQL's 63-byte identifiers, otherwise
+``tinybase-<16 hex digits of BLAKE2b-64(NAME)>`` - so a TinyBase process with
+``createPostgresPersister(store, sql, 'tinybase_NAME')`` shares the row. The owner file and
+the messages name the database without its password (``postgresql://USER@HOST:PORT/DBNAME``
+plus ``#`` and the table). A database that cannot be reached or refuses the credentials
+stops the CLI at start with one line (exit 2).
+
 One coordinator per channel
     A running coordinator owns its channel: it holds an exclusive ``flock`` on
     ``<hash>.coordinator`` in the channel's private runtime folder (:mod:`localsync.runtime`;
@@ -93,9 +104,12 @@ __all__ = [
     "ChannelTakenError",
     "Coordinator",
     "channel_owner",
+    "check_postgres",
     "configure",
     "data_file",
+    "is_postgres_url",
     "owner_file",
+    "postgres_table_name",
     "run",
 ]
 
@@ -118,6 +132,58 @@ PARENT_GONE_LINGER_SECONDS = 30.0
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 PERSISTERS = ("sqlite", "file")
+_TABLE_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+_PG_IDENTIFIER_BYTES = 63
+
+
+def is_postgres_url(data: object) -> bool:
+    """Whether ``data`` (a ``--data`` value) names a PostgreSQL database, not a folder."""
+    return isinstance(data, str) and data.startswith(("postgresql://", "postgres://"))
+
+
+def postgres_table_name(name: str) -> str:
+    """The PostgreSQL table holding channel (or ``serve`` room) ``name`` (see module doc).
+
+    ``tinybase_<name>`` when ``name`` is made of ``[A-Za-z0-9_-]`` and the result fits in
+    PostgreSQL's 63-byte identifiers; otherwise ``tinybase-<16 hex of BLAKE2b-64(name)>``
+    (a ``-`` after ``tinybase``, so a hashed name never equals a plain one).
+    """
+    plain = f"tinybase_{name}"
+    if _TABLE_SAFE.fullmatch(name) and len(plain.encode()) <= _PG_IDENTIFIER_BYTES:
+        return plain
+    return "tinybase-" + hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+def check_postgres(url: str) -> str | None:
+    """Connect once to ``url``: ``None`` when it works, else a one-line reason without the
+    password (psycopg missing, malformed URL, server down, credentials refused)."""
+    try:
+        import psycopg
+        import psycopg.conninfo
+    except ImportError:
+        return "PostgreSQL needs psycopg 3: pip install 'localsync[postgres]'"
+    from .persisters.postgres import describe_conninfo
+
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except Exception:
+        return "not a valid PostgreSQL URL"  # (the message would echo it, password included)
+    where = describe_conninfo(url)
+    try:
+        psycopg.connect(url, connect_timeout=10).close()
+    except Exception as error:
+        text = " ".join(str(error).split()) or type(error).__name__
+        if password:
+            text = text.replace(str(password), "***")
+        return f"cannot use PostgreSQL database {where}: {text}"
+    return None
+
+
+def postgres_location(url: str, table: str) -> str:
+    """``postgresql://user@host:port/dbname#table``: never the password."""
+    from .persisters.postgres import describe_conninfo
+
+    return f"{describe_conninfo(url)}#{table}"
 
 
 def data_file(channel: str, data_dir: str | os.PathLike[str], persister: str = "sqlite") -> Path:
@@ -225,9 +291,22 @@ class Coordinator:
         exit_with_parent: bool = False,
     ) -> None:
         self.channel = channel
-        self.path = data_file(channel, data_dir, persister)
-        self.data_dir = Path(data_dir)
-        self.persister_kind = persister
+        self.postgres_url: str | None = None
+        if is_postgres_url(data_dir):
+            from .runtime import validate_channel_name
+
+            validate_channel_name(channel)
+            self.postgres_url = str(data_dir)
+            self.table = postgres_table_name(channel)
+            self.persister_kind = "postgres"
+            # no password in here: it goes to the owner file, the ready line and messages
+            self.location = postgres_location(self.postgres_url, self.table)
+            self.path: Path | None = None
+        else:
+            self.path = data_file(channel, data_dir, persister)
+            self.data_dir = Path(data_dir)
+            self.persister_kind = persister
+            self.location = str(self.path.resolve())
         if hub is not None:
             from .hub import tcp_endpoints
 
@@ -260,7 +339,8 @@ class Coordinator:
 
         # private like the live sockets: the persisted channel is readable by its user only
         # (an existing folder keeps the mode its owner gave it)
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.postgres_url is None:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self._claim_channel()
         try:
             await self._start(create_mergeable_store, create_channel_synchronizer)
@@ -275,8 +355,8 @@ class Coordinator:
         record = {
             "pid": os.getpid(),
             "channel": self.channel,
-            "data": str(self.data_dir.resolve()),
-            "file": str(self.path.resolve()),
+            "data": self._data_description(),
+            "file": self.location,
         }
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
@@ -295,7 +375,7 @@ class Coordinator:
                     raise ChannelTakenError(
                         f"channel {self.channel!r} already has a coordinator "
                         f"({_describe(owner)}, file {owner.get('file', 'unknown')}); "
-                        f"refusing to persist it into {self.data_dir.resolve()} as well",
+                        f"refusing to persist it into {self._data_description()} as well",
                         owner,
                     )
                 if waited >= max(self._owner_wait, _OWNER_SETTLE_SECONDS):
@@ -314,6 +394,13 @@ class Coordinator:
             raise
         self._owner_fd = fd
 
+    def _data_description(self) -> str:
+        if self.postgres_url is not None:
+            from .persisters.postgres import describe_conninfo
+
+            return describe_conninfo(self.postgres_url)
+        return str(self.data_dir.resolve())
+
     def _release_channel(self) -> None:
         if self._owner_fd is not None:
             with contextlib.suppress(OSError):
@@ -322,14 +409,18 @@ class Coordinator:
 
     async def _start(self, create_mergeable_store: Any, create_channel_synchronizer: Any) -> None:
         self.store = create_mergeable_store()
-        if self.persister_kind == "sqlite":
+        if self.postgres_url is not None:
+            from .persisters.postgres import create_postgres_persister
+
+            self.persister = create_postgres_persister(self.store, self.postgres_url, self.table)
+        elif self.persister_kind == "sqlite":
             from .persisters.sqlite import create_sqlite_persister
 
-            self.persister = create_sqlite_persister(self.store, str(self.path))
+            self.persister = create_sqlite_persister(self.store, self.location)
         else:
             from .persisters.file import create_file_persister
 
-            self.persister = create_file_persister(self.store, str(self.path))
+            self.persister = create_file_persister(self.store, self.location)
         await self.persister.load()
         self._dirty = asyncio.Event()
         self._saved = asyncio.Condition()
@@ -507,7 +598,7 @@ class Coordinator:
                     {
                         "event": "ready",
                         "channel": self.channel,
-                        "data": str(self.path),
+                        "data": self.location if self.path is None else str(self.path),
                         "client_id": self.synchronizer.client_id,
                         "pid": os.getpid(),
                     }
@@ -527,7 +618,12 @@ class Coordinator:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", required=True, help="channel name")
-    parser.add_argument("--data", required=True, metavar="DIR", help="folder for the data file")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR|URL",
+        help="folder for the data file, or a postgresql:// URL (table tinybase_CHANNEL)",
+    )
     parser.add_argument("--persister", choices=PERSISTERS, default="sqlite")
     parser.add_argument("--hub", metavar="tcp://HOST:PORT", help="external hub (default: local)")
     parser.add_argument("--runtime-dir", help="private runtime folder (default: see docs)")
@@ -550,7 +646,7 @@ def run(args: argparse.Namespace) -> int:
     from .cli import UsageError
 
     data = Path(args.data)
-    if data.exists() and not data.is_dir():
+    if not is_postgres_url(args.data) and data.exists() and not data.is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
     if not math.isfinite(args.owner_wait) or args.owner_wait < 0:
         raise UsageError(f"--owner-wait must be a finite number >= 0, got {args.owner_wait}")
@@ -566,6 +662,10 @@ def run(args: argparse.Namespace) -> int:
             tcp_endpoints(args.hub)
         except ValueError as error:
             raise UsageError(f"--hub: {error}") from None
+    if is_postgres_url(args.data):
+        problem = check_postgres(args.data)  # once, at start: down, refused, malformed
+        if problem is not None:
+            raise UsageError(f"--data: {problem}")
     try:
         coordinator = Coordinator(
             args.channel,
@@ -588,6 +688,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
         coordinator.run()
     except ChannelTakenError as error:
+        raise UsageError(str(error)) from None
+    except PersistError as error:
+        if coordinator.postgres_url is None:
+            raise
+        # the database is down or refuses the credentials (the message has no password)
         raise UsageError(str(error)) from None
     except (ChannelError, RuntimeDirError, OSError) as error:
         print(f"localsync coordinator: {error}", file=sys.stderr)

@@ -6,6 +6,19 @@ written as ``%2F``), so every client can
 leave and come back to its data, also after a restart. Path ids are validated by the server
 before a file name is made from them (see :mod:`localsync.servers.ws_server`).
 
+``--data postgresql://USER:PASSWORD@HOST:PORT/DBNAME`` (or ``postgres://``) keeps every room
+in that PostgreSQL database instead, in TinyBase's JSON layout
+(:mod:`localsync.persisters.postgres`): room PATH_ID is the one row (``_id = '_'``, column
+``store``) of its own table, named by :func:`localsync.coordinator.postgres_table_name`:
+``tinybase_<PATH_ID>`` when the id is made of letters, digits, ``_`` and ``-`` and the name
+fits PostgreSQL's 63-byte identifiers, otherwise ``tinybase-<16 hex digits of
+BLAKE2b-64(PATH_ID)>`` (any id with a ``/`` or a ``.``). A TinyBase process with
+``createPostgresPersister(store, sql, 'tinybase_<PATH_ID>')`` shares the room's row (and its
+LISTEN/NOTIFY). The connection is checked once at start: a database that is down or refuses
+the credentials is one line ``localsync serve: error: ...`` (exit 2), without the password.
+Empty rooms are not discarded in PostgreSQL (their table stays, possibly shared with a TinyBase
+process: dropping it would also drop that process's notification triggers).
+
 A room that never held data leaves no file behind: when its store stops empty (no data, not
 even a deletion), its file is deleted ``DISCARD_GRACE_SECONDS`` (0.25 s) later, after checking
 that the file itself holds nothing; a file that could not be read, holds data, is a symlink or
@@ -38,9 +51,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import event_loop
-from .ws_server import WsServer, create_ws_server, path_file_name
+from ..coordinator import check_postgres, is_postgres_url, postgres_table_name
+from .ws_server import WsServer, create_ws_server, is_valid_path_id, path_file_name
 
-__all__ = ["configure", "empty_room_discarder", "persister_factory", "run", "serve"]
+__all__ = [
+    "check_postgres",
+    "configure",
+    "empty_room_discarder",
+    "persister_factory",
+    "postgres_room_table",
+    "run",
+    "serve",
+]
 
 logger = logging.getLogger("localsync.serve")
 
@@ -52,9 +74,12 @@ def persister_factory(
 ) -> Callable[[str], Any]:
     """``create_persister(path_id)`` keeping each room's store in ``data_dir``.
 
+    ``data_dir`` may be a ``postgresql://`` URL (``kind`` is then ignored; see module doc).
     Refuses (ValueError) a path id that is not valid, even though the server already refused
     it at the upgrade: a file name is never made from an unchecked id.
     """
+    if is_postgres_url(data_dir):
+        return _postgres_factory(str(data_dir))
     if kind not in SUFFIXES:
         raise ValueError(f"persister must be one of {sorted(SUFFIXES)}, not {kind!r}")
     folder = Path(data_dir).resolve()
@@ -72,6 +97,25 @@ def persister_factory(
         from ..persisters.file import create_file_persister
 
         return create_file_persister(store, target)
+
+    return create_persister
+
+
+def postgres_room_table(path_id: str) -> str:
+    """The PostgreSQL table of room ``path_id`` (see module doc); ValueError for a bad id."""
+    if not is_valid_path_id(path_id):
+        raise ValueError(f"invalid path id {path_id!r}")
+    return postgres_table_name(path_id)
+
+
+def _postgres_factory(url: str) -> Callable[[str], Any]:
+    def create_persister(path_id: str) -> Any:
+        table = postgres_room_table(path_id)
+        from ..mergeable_store import create_mergeable_store
+        from ..persisters.postgres import create_postgres_persister
+
+        store = create_mergeable_store()
+        return create_postgres_persister(store, url, table)
 
     return create_persister
 
@@ -185,7 +229,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=port_number, default=8048, help="port, 0..65535 (0 = any free port)"
     )
-    parser.add_argument("--data", default="localsync-data", help="folder for the rooms' stores")
+    parser.add_argument(
+        "--data",
+        default="localsync-data",
+        help="folder for the rooms' stores, or a postgresql:// URL (one table per room)",
+    )
     parser.add_argument(
         "--persister",
         choices=sorted(SUFFIXES),
@@ -237,8 +285,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    postgres = is_postgres_url(args.data)
     factory = None if args.no_persist else persister_factory(args.data, args.persister)
-    discard = None if args.no_persist else empty_room_discarder(args.data, args.persister)
+    # (PostgreSQL: empty rooms' tables are kept, see the module doc)
+    discard = (
+        None if args.no_persist or postgres else empty_room_discarder(args.data, args.persister)
+    )
     server = await create_ws_server(
         args.host,
         args.port,
@@ -250,7 +302,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         discard_empty_path=discard,
         on_ignored_error=lambda error: logger.info("ignored: %s", error),
     )
-    where = "" if factory is None else f" (data in {Path(args.data).resolve()}, {args.persister})"
+    if factory is None:
+        where = ""
+    elif postgres:
+        from ..persisters.postgres import describe_conninfo
+
+        where = f" (data in {describe_conninfo(args.data)}, postgresql)"
+    else:
+        where = f" (data in {Path(args.data).resolve()}, {args.persister})"
     print(f"localsync serve: listening on {server.url}{where}", flush=True)
     try:
         while not stop.is_set():
@@ -274,7 +333,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.summary_seconds <= 0:
         raise UsageError(f"--summary-seconds must be positive, got {args.summary_seconds}")
-    if not args.no_persist:
+    if not args.no_persist and is_postgres_url(args.data):
+        problem = check_postgres(args.data)
+        if problem is not None:
+            raise UsageError(f"--data: {problem}")
+    elif not args.no_persist:
         try:
             Path(args.data).mkdir(mode=0o700, parents=True, exist_ok=True)
         except FileExistsError:
