@@ -1,4 +1,4 @@
-"""Shared helper: TinyBase 10.0.1, ``ws`` and ``postgres`` from the npm registry, for interop tests.
+"""Shared helper: TinyBase 10.0.1, ws, postgres and better-sqlite3 from npm, for interop tests.
 
 Interop tests must run against the real TinyBase, not a copy kept beside the code, so this
 installs the pinned packages into ``tests/.npm/`` (git-ignored) the first time any test asks.
@@ -23,6 +23,9 @@ from typing import Any
 TINYBASE_VERSION = "10.0.1"
 WS_VERSION = "8.23.0"
 POSTGRES_VERSION = "3.4.9"  # the ``postgres`` client TinyBase's createPostgresPersister takes
+# the SQLite binding TinyBase's createBetterSqlite3Persister takes (native: npm builds it from
+# source when no prebuilt binary can be downloaded; v12 supports Node 20, v13 does not)
+BETTER_SQLITE3_VERSION = "12.11.1"
 
 NPM_DIR = Path(__file__).resolve().parent / ".npm"
 INTEROP_DIR = Path(__file__).resolve().parent / "interop"
@@ -37,6 +40,7 @@ _PACKAGE_JSON = {
         "tinybase": TINYBASE_VERSION,
         "ws": WS_VERSION,
         "postgres": POSTGRES_VERSION,
+        "better-sqlite3": BETTER_SQLITE3_VERSION,
     },
 }
 
@@ -68,6 +72,7 @@ def _is_ready() -> bool:
         _installed_version("tinybase") == TINYBASE_VERSION
         and _installed_version("ws") == WS_VERSION
         and _installed_version("postgres") == POSTGRES_VERSION
+        and _installed_version("better-sqlite3") == BETTER_SQLITE3_VERSION
     )
 
 
@@ -99,6 +104,9 @@ def ensure_tinybase(timeout: float = 300.0) -> Path:
                     "--no-audit",
                     "--no-fund",
                     "--no-package-lock",
+                    # TinyBase 10 names better-sqlite3 ^13 as an optional peer; 13 needs a
+                    # newer Node than 20, and 12 has the same API, so the peer range is waived
+                    "--legacy-peer-deps",
                     "--loglevel=error",
                 ],
                 cwd=NPM_DIR,

@@ -25,6 +25,9 @@ hash recomputation on load, private files and folders, and ``flush``/``add_saved
 ``get_save_stats`` work as in the file persister (see ``localsync.persisters._common``).
 Auto-load polls SQLite's ``data_version`` every ``poll_seconds`` and reloads when another
 connection (another process) committed; only one process should *write* a database.
+
+``config_or_store_table_name=`` selects TinyBase's JSON-mode layout instead (one row, whole
+saves, readable and writable by TinyBase's SQLite persisters): see ``_sqlite_json``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..codec import encode_if_json
 from ._common import Backend, BackendPersister, PersistError, StorageCreateError, merge_changes
 from ._filestore import CorruptContentError
 from ._integrity import HashesRepaired
+from ._sqlite_json import SqliteJsonBackend, json_mode_names
 from ._sqlitestore import SqliteStorage
 
 
@@ -225,11 +229,15 @@ class SqlitePersister(BackendPersister):
         on_ignored_error: Any = None,
         *,
         poll_seconds: float = 0.1,
+        config_or_store_table_name: Any = None,
     ) -> None:
         self._path = os.fspath(path)
-        super().__init__(
-            store, lambda: SqliteBackend(store, self._path, poll_seconds), on_ignored_error
-        )
+        if config_or_store_table_name is None:
+            factory: Any = lambda: SqliteBackend(store, self._path, poll_seconds)  # noqa: E731
+        else:
+            names = json_mode_names(config_or_store_table_name)
+            factory = lambda: SqliteJsonBackend(store, self._path, names, poll_seconds)  # noqa: E731
+        super().__init__(store, factory, on_ignored_error)
 
     def get_path(self) -> str:
         return self._path
@@ -241,9 +249,30 @@ def create_sqlite_persister(
     on_ignored_error: Any = None,
     *,
     poll_seconds: float = 0.1,
+    config_or_store_table_name: Any = None,
 ) -> SqlitePersister:
     """A Persister keeping ``store`` in the SQLite database at ``path`` (created if absent).
 
-    Auto-load checks ``PRAGMA data_version`` every ``poll_seconds``.
+    Args:
+        store: a MergeableStore.
+        path: the database file.
+        on_ignored_error: hears errors TinyBase would ignore (and the ones raised here).
+        poll_seconds: how often auto-load checks ``PRAGMA data_version``.
+        config_or_store_table_name: ``None`` (default) for localsync's incremental schema;
+            a table name or TinyBase's JSON-mode ``DatabasePersisterConfig``
+            (``{"mode": "json", "storeTableName", "storeIdColumnName", "storeColumnName"}``)
+            for TinyBase's one-row JSON layout, so that a database written by TinyBase's
+            SQLite persisters (``createSqlite3Persister(store, db, configOrStoreTableName)``
+            and the like) opens here and ours opens there (see ``_sqlite_json``). Every save
+            then writes the whole store.
+
+    Raises ``ValueError`` for TinyBase's tabular mode and ``TypeError`` for a config of the
+    wrong type.
     """
-    return SqlitePersister(store, path, on_ignored_error, poll_seconds=poll_seconds)
+    return SqlitePersister(
+        store,
+        path,
+        on_ignored_error,
+        poll_seconds=poll_seconds,
+        config_or_store_table_name=config_or_store_table_name,
+    )

@@ -1,0 +1,223 @@
+"""TinyBase's JSON-mode database layout, in SQLite (and the parts any SQL database shares).
+
+TinyBase's database persisters (``createSqlite3Persister``, ``createBetterSqlite3Persister``,
+``createPostgresPersister``, ...) in JSON mode keep a whole store in one row of one table:
+table ``tinybase`` with columns ``_id`` and ``store``, the row whose ``_id`` is ``'_'``, the
+``store`` cell holding the JSON of the encoded mergeable content (``undefined`` as U+FFFC,
+object/array cells as U+FFFD + JSON, i.e. what ``_jsonio`` writes). A save upserts that row
+and deletes every other row; a load reads it (``null`` or no row means nothing saved). In
+SQLite TinyBase creates the table as ``CREATE TABLE "tinybase"("_id" PRIMARY KEY,"store")``
+(no column types) and auto-load polls ``PRAGMA data_version``, which changes when another
+connection commits; this backend does the same, so either side hears the other's saves.
+
+Shared, dialect-free helpers (usable by any SQL JSON-mode backend, e.g. PostgreSQL):
+``json_mode_names`` (config parsing), ``escape_id`` (TinyBase's identifier quoting),
+``encode_row`` / ``decode_row`` (the ``store`` cell in and out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from typing import Any
+
+from ._common import Backend, StorageCreateError
+from ._filestore import CorruptContentError, create_private_file, decode_content
+from ._jsonio import dumps_str
+
+__all__ = [
+    "SINGLE_ROW_ID",
+    "SqliteJsonBackend",
+    "decode_row",
+    "encode_row",
+    "escape_id",
+    "json_mode_names",
+]
+
+SINGLE_ROW_ID = "_"
+
+
+def escape_id(name: str) -> str:
+    """TinyBase's ``escapeId``: each dot-separated part double-quoted (``a.b`` is schema.table)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def json_mode_names(config_or_store_table_name: Any) -> tuple[str, str, str]:
+    """``(table, id column, store column)`` from TinyBase's ``DatabasePersisterConfig``.
+
+    Args:
+        config_or_store_table_name: ``None`` (defaults ``tinybase``/``_id``/``store``), a table
+            name, or ``{"mode": "json", "storeTableName", "storeIdColumnName",
+            "storeColumnName"}`` (missing or empty names take the defaults, as in TinyBase).
+
+    Raises ``ValueError`` for another mode (tabular is not supported) and ``TypeError`` for
+    anything that is not a dict, a string or ``None``, or names that are not strings.
+    """
+    if config_or_store_table_name is None:
+        config: dict[str, Any] = {}
+    elif isinstance(config_or_store_table_name, str):
+        config = {"storeTableName": config_or_store_table_name}
+    elif isinstance(config_or_store_table_name, dict):
+        config = config_or_store_table_name
+    else:
+        raise TypeError("config_or_store_table_name must be a dict, a table name or None")
+    if config.get("mode", "json") != "json":
+        raise ValueError("only TinyBase's JSON mode is supported ({'mode': 'json', ...})")
+    names = (
+        config.get("storeTableName") or "tinybase",
+        config.get("storeIdColumnName") or "_id",
+        config.get("storeColumnName") or "store",
+    )
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"table and column names must be strings, not {name!r}")
+    return names
+
+
+def encode_row(content: Any) -> str:
+    """The ``store`` cell TinyBase writes for encoded mergeable ``content`` (compact JSON)."""
+    return dumps_str(content)
+
+
+def decode_row(text: Any, column: str = "store") -> Any | None:
+    """Content from a ``store`` cell: ``None`` for NULL/``null``/empty (nothing saved).
+
+    Raises ``CorruptContentError`` when the cell is not text, not JSON, or not mergeable
+    content (the persister then refuses to overwrite it).
+    """
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        data = text
+    elif isinstance(text, str):
+        data = text.encode("utf-8", "surrogatepass")
+    else:
+        raise CorruptContentError(f"column {column!r} does not hold text")
+    if data.strip() == b"null":
+        return None  # TinyBase writes null for "nothing"
+    return decode_content(data, True)
+
+
+class SqliteJsonBackend(Backend):
+    """One-row JSON storage in an SQLite file, the layout of TinyBase's JSON mode.
+
+    Every save writes the whole content in one SQLite transaction (``synchronous=FULL``, so
+    a committed save is durable); the journal mode of an existing file is left as it is, so
+    a TinyBase process keeps reading it as before.
+    """
+
+    kind = "database"
+
+    def __init__(self, store: Any, path: str, names: tuple[str, str, str], poll_seconds: float):
+        self.table, self.id_column, self.store_column = names
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._closed = False
+        self._baseline: Any = None  # the first token the poll task reads (see below)
+        super().__init__(store, path, poll_seconds)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageCreateError(f"database {self.path!r}: the persister was destroyed")
+        if self._conn is None:
+            if os.path.isdir(self.path):
+                raise StorageCreateError(f"cannot open {self.path}: it is a directory, not a file")
+            if self.path != ":memory:":
+                # folders 0700, the file 0600 (SQLite gives its journal files the same mode)
+                create_private_file(self.path)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA synchronous = FULL")
+            except sqlite3.DatabaseError as error:
+                raise CorruptContentError(f"{self.path}: {error}") from error
+            self._conn = conn
+        return self._conn
+
+    def _columns(self, conn: sqlite3.Connection) -> set[str]:
+        return {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM pragma_table_info(?)", [self.table.split(".")[-1]]
+            )
+        }
+
+    def _load_sync(self) -> Any | None:
+        with self._conn_lock:
+            conn = self._connect()
+            try:
+                columns = self._columns(conn)
+                if self.id_column not in columns or self.store_column not in columns:
+                    return None
+                row = conn.execute(
+                    f"SELECT {escape_id(self.store_column)} FROM {escape_id(self.table)} "
+                    f"WHERE {escape_id(self.id_column)}=?",
+                    [SINGLE_ROW_ID],
+                ).fetchone()
+            except sqlite3.DatabaseError as error:
+                raise CorruptContentError(f"{self.path}: {error}") from error
+        return None if row is None else decode_row(row[0], self.store_column)
+
+    def _save_sync(self, full: bool) -> tuple[int, bool]:
+        with self.store.lock:
+            seq = self.tracker.tx_seq
+            if seq <= self.tracker.durable_seq:
+                return seq, False
+            content = self.store._get_encoded_mergeable_content()
+        text = encode_row(content)
+        table, id_column = escape_id(self.table), escape_id(self.id_column)
+        store_column = escape_id(self.store_column)
+        with self._conn_lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns = self._columns(conn)
+                if not columns:
+                    conn.execute(f"CREATE TABLE {table}({id_column} PRIMARY KEY,{store_column});")
+                else:
+                    for name in (self.id_column, self.store_column):
+                        if name not in columns:
+                            conn.execute(f"ALTER TABLE {table} ADD {escape_id(name)}")
+                conn.execute(
+                    f"INSERT INTO {table}({id_column},{store_column})VALUES(?,?)"
+                    f"ON CONFLICT({id_column})DO UPDATE SET {store_column}=excluded.{store_column}",
+                    [SINGLE_ROW_ID, text],
+                )
+                conn.execute(f"DELETE FROM {table} WHERE {id_column} NOT IN(?)", [SINGLE_ROW_ID])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self.tracker.stats["writes"] += 1
+        self.tracker.stats["full_writes"] += 1
+        return seq, True
+
+    def _watch_token(self) -> Any:
+        """``PRAGMA data_version``: changes when another connection commits, not with ours."""
+        baseline, self._baseline = self._baseline, None
+        if baseline is not None:
+            return baseline
+        with self._conn_lock:
+            return self._connect().execute("PRAGMA data_version").fetchone()[0]
+
+    async def add_persister_listener(self, listener: Any) -> list[asyncio.Task[None]]:  # type: ignore[override]
+        """Read the baseline ``data_version`` before auto-load counts as started.
+
+        The polling task would otherwise read its first token a moment later, and a commit
+        made in between (another process saving right after our ``start_auto_load``
+        returned) would become the baseline and never be heard. TinyBase does the same.
+        """
+        self._baseline = None
+        self._baseline = await asyncio.to_thread(self._watch_token)
+        return super().add_persister_listener(listener)
+
+    def destroy(self) -> None:
+        super().destroy()
+        with self._conn_lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
