@@ -1,4 +1,5 @@
-"""File and SQLite persister cost: ``python -m benchmarks.persist [--max-cells N] [--tx 20]``.
+"""File, SQLite and PostgreSQL persister cost: ``python -m benchmarks.persist [--max-cells N]
+[--tx 20] [--postgres-max-cells N | --no-postgres] [--out FILE]``.
 
 Why: a persister's whole-store save/load bounds how fast a coordinator starts and how big a
 store can be kept on disk, and the cost of auto-saving *one small transaction* decides whether
@@ -13,6 +14,18 @@ Baselines measured in the same run on the same content:
   of it (what a file persister cannot beat);
 * ``raw sqlite``: ``executemany`` of the same cells as rows into a fresh WAL database with
   ``synchronous=FULL`` + commit, and a ``SELECT`` of them back.
+* ``raw postgres``: ``json.dumps`` of the same content + one psycopg upsert of it as the one
+  row of a table (autocommit: durable at commit), and a ``SELECT`` + ``json.loads`` of it back;
+  its ``1 tx`` is that whole write again (the PostgreSQL persister's JSON mode - TinyBase's
+  layout - rewrites the whole row on every save, so it cannot beat that).
+
+PostgreSQL: a server started by the benchmark with ``pgserver`` (a temporary folder, Unix
+socket, default ``fsync``/``synchronous_commit``; deleted at the end), measured at the sizes
+up to ``--postgres-max-cells`` (default 100,000; 10^6 takes minutes). When pgserver or psycopg
+is missing or the server cannot start, the reason is printed and the PostgreSQL rows are
+skipped. Its ``cpu ms`` is this process's only (the server's CPU is not counted) and ``MB``
+is ``pg_total_relation_size`` (TOAST compresses the JSON; row versions that the
+auto-saved transactions left for VACUUM count too).
 
 Stores are filled with ``_set_encoded_mergeable_content`` from generated content (10 cells
 per row), so building a 10^6-cell store does not dominate the run. Every save here is durable
@@ -26,7 +39,7 @@ fsync waits and other processes excluded), the stable figure on a busy machine.
 does not depend on the disk (fsync latency varies with the filesystem and with how large the
 WAL file already is, so the millisecond figure is noisy at this scale; the row count is not).
 
-Results: a table on stdout and ``benchmarks/results/persist.json``.
+Results: a table on stdout and ``benchmarks/results/persist.json`` (or ``--out FILE``).
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ from typing import Any
 
 from localsync import create_file_persister, create_mergeable_store, create_sqlite_persister
 from localsync.hash import get_value_in_values_hash as in_hash
+from localsync.persisters._integrity import recompute_hashes
+from localsync.persisters.postgres import create_postgres_persister
 
 RESULTS = Path(__file__).parent / "results" / "persist.json"
 CELLS_PER_ROW = 10
@@ -74,7 +89,11 @@ def make_content(cells: int) -> list[Any]:
         table[row_id] = [row, "", row_hash]
         table_hash ^= in_hash(row_id, row_hash)
     tables_hash = in_hash("t", table_hash)
-    return [[{"t": [table, "", table_hash]}, "", tables_hash], [{}, "", 0]]
+    content = [[{"t": [table, "", table_hash]}, "", tables_hash], [{}, "", 0]]
+    # the cell hashes above are not the values' hashes: a load would recompute them (and
+    # report HashesRepaired), so make every level what the store itself would compute
+    recompute_hashes(content)
+    return content
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -131,11 +150,96 @@ def raw_sqlite(content: list[Any], folder: Path) -> tuple[float, float]:
     return write_s, read_s
 
 
+class Postgres:
+    """A PostgreSQL server started by pgserver for this run (``start`` returns None + reason)."""
+
+    def __init__(self, handle: Any, uri: str, folder: Path) -> None:
+        self.handle, self.uri, self.folder = handle, uri, folder
+
+    @staticmethod
+    def start() -> tuple[Postgres | None, str]:
+        import shutil
+        import warnings
+
+        try:
+            import psycopg  # noqa: F401
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+                import pgserver
+        except ImportError as error:
+            return None, f"needs psycopg and pgserver (pip install -e '.[test]'): {error}"
+        # not under a private folder: as root, the server runs as user "pgserver"
+        folder = Path(tempfile.mkdtemp(prefix="localsync-bench-pg-"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                handle = pgserver.get_server(folder / "data", cleanup_mode="delete")
+            return Postgres(handle, handle.get_uri(), folder), ""
+        except Exception as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None, f"pgserver could not start a server here: {error!r}"
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self.handle.cleanup()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        import psycopg
+
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else None
+
+
+def raw_postgres(content: list[Any], pg: Postgres, table: str, transactions: int) -> dict[str, Any]:
+    """The same JSON written and read by plain psycopg (one row, upsert, autocommit)."""
+    import psycopg
+
+    with psycopg.connect(pg.uri, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{table}"(_id text PRIMARY KEY, store text)')
+
+        def write() -> None:
+            text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+            conn.execute(
+                f'INSERT INTO "{table}" VALUES(%s,%s) '
+                "ON CONFLICT(_id) DO UPDATE SET store=excluded.store",
+                ["_", text],
+            )
+
+        def read() -> Any:
+            row = conn.execute(f'SELECT store FROM "{table}" WHERE _id=%s', ["_"]).fetchone()
+            assert row is not None
+            return json.loads(row[0])
+
+        save_s = timed(write)
+        load_s = timed(read)
+        per_tx = [timed(write) for _ in range(transactions)]
+    return {"save_s": save_s, "load_s": load_s, "tx_s": statistics.median(per_tx)}
+
+
 async def measure_persister(
-    kind: str, content: list[Any], folder: Path, transactions: int
+    kind: str,
+    content: list[Any],
+    folder: Path,
+    transactions: int,
+    pg: Postgres | None = None,
 ) -> dict[str, Any]:
-    factory = create_file_persister if kind == "file" else create_sqlite_persister
     path = folder / ("store.json" if kind == "file" else "store.sqlite")
+    table = f"bench_{len(content[0][0]['t'][0]) * CELLS_PER_ROW}"
+
+    def factory(store: Any, path: Path) -> Any:
+        if kind == "postgres":
+            assert pg is not None
+            return create_postgres_persister(store, pg.uri, table)
+        if kind == "file":
+            return create_file_persister(store, path)
+        return create_sqlite_persister(store, path)
+
     store = create_mergeable_store()
     store._set_encoded_mergeable_content(content)
     persister = factory(store, path)
@@ -149,8 +253,8 @@ async def measure_persister(
 
     await persister.start_auto_save()
     rows = len(content[0][0]["t"][0])
-    if kind == "file" and len(content[0][0]["t"][0]) * CELLS_PER_ROW >= 100_000:
-        transactions = min(transactions, 5)  # each one rewrites the whole file
+    if kind in ("file", "postgres") and len(content[0][0]["t"][0]) * CELLS_PER_ROW >= 100_000:
+        transactions = min(transactions, 5)  # each one rewrites the whole file / row
     per_tx = []
     conn = persister._backend.storage._connect() if kind == "sqlite" else None
     changes_before = conn.total_changes if conn is not None else 0
@@ -169,6 +273,11 @@ async def measure_persister(
     await persister.flush()
     burst_writes = persister.get_save_stats()["writes"] - before
     await persister.destroy()
+    if kind == "postgres":
+        assert pg is not None
+        size = pg.execute("SELECT pg_total_relation_size(%s)", [f'"{table}"'])[0][0]
+    else:
+        size = path.stat().st_size
     return {
         "save_s": save_s,
         "load_s": load_s,
@@ -177,13 +286,37 @@ async def measure_persister(
         "tx_cpu_s": cpu_per_tx,
         "sqlite_rows_per_tx": rows_per_tx,
         "burst_writes": burst_writes,
-        "bytes": path.stat().st_size,
+        "bytes": size,
     }
 
 
-async def run(max_cells: int, transactions: int) -> dict[str, Any]:
+async def run(
+    max_cells: int, transactions: int, postgres_max_cells: int = 100_000
+) -> dict[str, Any]:
     sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= max_cells]
     results: dict[str, Any] = {"sizes": {}}
+    pg: Postgres | None = None
+    if postgres_max_cells > 0 and sizes and sizes[0] <= postgres_max_cells:
+        print("  starting PostgreSQL (pgserver) ...", file=sys.stderr, flush=True)
+        pg, reason = Postgres.start()
+        if pg is None:
+            print(f"PostgreSQL skipped: {reason}", flush=True)
+            results["postgres_skipped"] = reason
+    try:
+        await _run_sizes(sizes, transactions, postgres_max_cells, pg, results)
+    finally:
+        if pg is not None:
+            pg.stop()
+    return results
+
+
+async def _run_sizes(
+    sizes: list[int],
+    transactions: int,
+    postgres_max_cells: int,
+    pg: Postgres | None,
+    results: dict[str, Any],
+) -> None:
     for cells in sizes:
         content = make_content(cells)
         with tempfile.TemporaryDirectory(prefix="localsync-bench-") as tmp:
@@ -197,8 +330,14 @@ async def run(max_cells: int, transactions: int) -> dict[str, Any]:
             for kind in ("file", "sqlite"):
                 print(f"  {cells:>9,} cells: {kind} ...", file=sys.stderr, flush=True)
                 entry[kind] = await measure_persister(kind, content, folder, transactions)
+            if pg is not None and cells <= postgres_max_cells:
+                print(f"  {cells:>9,} cells: postgres ...", file=sys.stderr, flush=True)
+                raw_tx = min(transactions, 5) if cells >= 100_000 else transactions
+                entry["raw_postgres"] = raw_postgres(content, pg, f"raw_{cells}", raw_tx)
+                entry["postgres"] = await measure_persister(
+                    "postgres", content, folder, transactions, pg
+                )
         results["sizes"][str(cells)] = entry
-    return results
 
 
 def table(results: dict[str, Any]) -> str:
@@ -211,7 +350,13 @@ def table(results: dict[str, Any]) -> str:
     ]
     for size in sizes:
         entry = results["sizes"][size]
-        for kind, raw in (("file", "raw_json"), ("sqlite", "raw_sqlite")):
+        for kind, raw in (
+            ("file", "raw_json"),
+            ("sqlite", "raw_sqlite"),
+            ("postgres", "raw_postgres"),
+        ):
+            if kind not in entry or kind not in results["sizes"][first]:
+                continue
             row = entry[kind]
             base = entry[raw]
             growth = row["tx_s"] / results["sizes"][first][kind]["tx_s"]
@@ -235,6 +380,15 @@ def table(results: dict[str, Any]) -> str:
             f"load {entry['raw_json']['load_s']:.3f} s; raw sqlite save "
             f"{entry['raw_sqlite']['save_s']:.3f} s, load {entry['raw_sqlite']['load_s']:.3f} s"
         )
+        if "raw_postgres" in entry:
+            raw = entry["raw_postgres"]
+            lines.append(
+                f"{'':>10} {'baseline':<8} raw psycopg save {raw['save_s']:.3f} s, "
+                f"load {raw['load_s']:.3f} s, 1 tx (the whole JSON again) "
+                f"{raw['tx_s'] * 1000:.2f} ms"
+            )
+    if "postgres_skipped" in results:
+        lines.append(f"PostgreSQL skipped: {results['postgres_skipped']}")
     return "\n".join(lines)
 
 
@@ -242,14 +396,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.persist", description=__doc__)
     parser.add_argument("--max-cells", type=int, default=1_000_000)
     parser.add_argument("--tx", type=int, default=50, help="transactions timed per size")
+    parser.add_argument(
+        "--postgres-max-cells",
+        type=int,
+        default=100_000,
+        help="largest size measured with PostgreSQL (1000000 for 10^6: minutes)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
     args = parser.parse_args(argv)
-    results = asyncio.run(run(args.max_cells, args.tx))
+    postgres_max = 0 if args.no_postgres else args.postgres_max_cells
+    results = asyncio.run(run(args.max_cells, args.tx, postgres_max))
     text = table(results)
     print(text)
     results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
     return 0
 
 
