@@ -590,6 +590,102 @@ def test_a_row_in_the_wrong_format_is_refused_and_kept(pg: Server, db: str, text
     assert pg.execute('SELECT "store" FROM "tinybase"', database=db) == [(text,)]
 
 
+# ------------------------------------------------------------------ server restarts
+
+
+@pytest.fixture
+def own_pg() -> Iterator[tuple[Server, Any]]:
+    """A server of its own (it is restarted), with its data folder."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pgserver
+        except ImportError as error:
+            pytest.skip(f"pgserver is not installed ({error})")
+        data = Path(tempfile.mkdtemp(prefix="localsync-pg-restart-")) / "data"
+        try:
+            handle = pgserver.get_server(data, cleanup_mode="delete")
+        except Exception as error:
+            pytest.skip(f"no PostgreSQL server could be started here by pgserver: {error!r}")
+    uri = handle.get_uri()
+    yield Server(handle, uri, Path(uri.split("host=", 1)[1])), data
+    handle.cleanup()
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def _stop_server(handle: Any, data: Path) -> None:
+    import pgserver
+
+    # "immediate": the server dies as in a crash; only what was committed survives
+    pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=data, user=handle.system_user)
+
+
+def _start_server(handle: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with handle._lock:
+            handle.ensure_postgres_running()
+
+
+def test_a_restart_mid_stream_loses_no_acknowledged_change(
+    own_pg: tuple[Server, Any],
+) -> None:
+    from localsync.persisters.postgres import PersistError
+
+    server, data = own_pg
+    uri = server.db_uri("postgres")
+    errors: list[BaseException] = []
+    written: list[tuple[int, int]] = []  # (transaction number, i) of each write
+    acked: list[int] = []  # durable transaction numbers heard by the saved listener
+
+    async def main() -> None:
+        store = _store()
+        persister = _persister(store, uri, errors)
+        persister.add_saved_listener(lambda _p, seq: acked.append(seq))
+        await persister.start_auto_save()
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                store.set_cell("t", f"r{i}", "i", i)
+                written.append((persister.get_save_stats()["transactions"], i))
+                i += 1
+                await asyncio.sleep(0.003)
+
+        task = asyncio.create_task(writer())
+        await asyncio.sleep(0.5)
+        await persister.flush()
+        await asyncio.to_thread(_stop_server, server.handle, data)
+        acked_before = max(acked)
+        await asyncio.sleep(1.0)  # writing on while the server is down
+        with pytest.raises(PersistError):
+            await persister.flush()
+        assert max(acked) == acked_before, "acknowledged while the server was down"
+        assert any("cannot use PostgreSQL" in str(e) for e in errors)
+        stop.set()
+        await task
+        await asyncio.to_thread(_start_server, server.handle)
+        # every acknowledged write is in the database, whatever the retries did meanwhile
+        durable = await asyncio.to_thread(_load_ours, uri)
+        rows = durable.get_table("t")
+        missing = [i for seq, i in written if seq <= acked_before and f"r{i}" not in rows]
+        assert not missing
+        # nothing is written any more: only the auto-save's retries (no flush, no new
+        # transaction) can save what was written during the outage
+        deadline = time.monotonic() + 30
+        while persister.get_save_stats()["durable"] < written[-1][0]:
+            assert time.monotonic() < deadline, persister.get_save_stats()
+            await asyncio.sleep(0.05)
+        await persister.destroy()
+
+    asyncio.run(main())
+    assert len(written) > 100
+    errors.clear()
+    final = _load_ours(uri).get_table("t")
+    assert sorted(final) == sorted(f"r{i}" for _, i in written)
+
+
 # ------------------------------------------------------------------ TinyBase 10 (Node.js)
 
 

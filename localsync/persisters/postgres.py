@@ -40,7 +40,23 @@ database, saves are refused until a load succeeds (what the row holds is unknown
 ``%s`` placeholders). Creating the notification triggers needs a role that may
 create functions and triggers on the table.
 
-Not (yet) here: TinyBase's tabular mode, a plain (non-mergeable) Store.
+Tabular mode (``{"mode": "tabular", ...}``, TinyBase's ``DatabasePersisterConfig``) is for a
+plain Store (a MergeableStore is refused, as TinyBase does; JSON mode here is for a
+MergeableStore only). ``tables.load`` maps database tables to table ids (``{"tableId",
+"rowIdColumnName"}``), ``tables.save`` table ids to database tables (``{"tableName",
+"rowIdColumnName", "deleteEmptyColumns", "deleteEmptyTable"}``), row id column ``_id`` by
+default; values (``{"load": bool | ids, "save": bool | ids, "tableName"}``, both off by
+default) are the row ``'_'`` of ``tinybase_values`` (its empty columns and, when there are no
+values, the table itself are dropped). Every cell is its JSON in a ``text`` column, created or
+added when missing; a missing cell is NULL and loads as a null cell, as in TinyBase. Each save
+writes the whole store in one transaction (TinyBase writes only changed rows when
+auto-saving, and only drops empty columns/tables on a whole save); a load replaces the
+store's content. Auto-load listens on TinyBase's channel for the mapped tables. Not supported:
+``condition``.
+
+Auto-save retries: a save that could not reach the server while auto-saving is retried
+(0.1 s .. 5 s apart, after a load when the last load failed too) until one succeeds or the
+persister is destroyed; nothing is acknowledged until PostgreSQL committed it.
 """
 
 from __future__ import annotations
@@ -795,7 +811,8 @@ def _password(conninfo: str) -> str | None:
 
 
 class PostgresPersister(BackendPersister):
-    """TinyBase's PostgreSQL persister (JSON mode) for a MergeableStore."""
+    """TinyBase's PostgreSQL persister: JSON mode for a MergeableStore, tabular mode for a
+    plain Store."""
 
     _backend: PostgresBackend
 
@@ -876,11 +893,13 @@ def create_postgres_persister(
         conninfo: a libpq connection string or ``postgresql://`` URI.
         config_or_store_table_name: TinyBase's ``DatabasePersisterConfig`` in JSON mode
             (``storeTableName``, ``storeIdColumnName``, ``storeColumnName``) or a table name;
-            ``None`` for table ``tinybase`` with columns ``_id`` and ``store``.
+            ``None`` for table ``tinybase`` with columns ``_id`` and ``store``; or one in
+            tabular mode (see the module docstring) for a plain Store.
         on_sql_command: called with ``(sql, params)`` before every SQL command.
         on_ignored_error: hears errors TinyBase would ignore (and the ones raised here).
 
-    Raises ``ValueError`` for tabular mode, ``TypeError`` for a plain Store and
+    Raises ``ValueError`` for an unknown mode or a tabular ``condition``, ``TypeError`` for a
+    plain Store in JSON mode or a MergeableStore in tabular mode, and
     ``ImportError`` without psycopg (``pip install 'localsync[postgres]'``). Nothing
     connects until the first load, save or auto-load.
     """
