@@ -299,3 +299,24 @@ def test_missing_folders_are_created_private(tmp_path: Path) -> None:
     assert _state(_load_ours(path)) == _state(ours)
     assert path.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_existing_table_is_adapted_as_tinybase_does(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE "tinybase"("_id","extra")')
+    conn.execute("INSERT INTO tinybase VALUES('x','y')")
+    conn.commit()
+    conn.close()
+    ours = _save_ours(path)
+    assert _state(_load_ours(path)) == _state(ours)
+    conn = sqlite3.connect(path)
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(tinybase)")]
+        indexes = [row[1] for row in conn.execute("PRAGMA index_list(tinybase)")]
+        rows = conn.execute("SELECT _id FROM tinybase").fetchall()
+    finally:
+        conn.close()
+    assert columns == ["_id", "store"]
+    assert len(indexes) == 1 and indexes[0].startswith("tinybase_pk_")
+    assert rows == [("_",)]

@@ -9,6 +9,9 @@ and deletes every other row; a load reads it (``null`` or no row means nothing s
 SQLite TinyBase creates the table as ``CREATE TABLE "tinybase"("_id" PRIMARY KEY,"store")``
 (no column types) and auto-load polls ``PRAGMA data_version``, which changes when another
 connection commits; this backend does the same, so either side hears the other's saves.
+Saving into an existing table does what TinyBase's save does there: it adds the two columns if
+missing, adds a unique index ``tinybase_pk_<hash>`` when the id column is not unique, and drops
+every other column.
 
 Shared, dialect-free helpers (usable by any SQL JSON-mode backend, e.g. PostgreSQL):
 ``json_mode_names`` (config parsing), ``escape_id`` (TinyBase's identifier quoting),
@@ -23,6 +26,8 @@ import sqlite3
 import threading
 from typing import Any
 
+from ..codec import js_stringify
+from ..hash import get_hash
 from ._common import Backend, StorageCreateError
 from ._filestore import CorruptContentError, create_private_file, decode_content
 from ._jsonio import dumps_str
@@ -136,11 +141,15 @@ class SqliteJsonBackend(Backend):
             self._conn = conn
         return self._conn
 
-    def _columns(self, conn: sqlite3.Connection) -> set[str]:
+    def _columns(self, conn: sqlite3.Connection) -> dict[str, bool]:
+        """The table's columns, each with whether it alone is unique (TinyBase's query)."""
         return {
-            row[0]
+            row[0]: bool(row[1])
             for row in conn.execute(
-                "SELECT name FROM pragma_table_info(?)", [self.table.split(".")[-1]]
+                "SELECT c.name,c.pk OR EXISTS(SELECT 1 FROM pragma_index_list(?1)i,"
+                'pragma_index_info(i.name)ii WHERE i."unique"=1 AND ii.name=c.name AND'
+                "(SELECT count(*) FROM pragma_index_info(i.name))=1)FROM pragma_table_info(?1)c",
+                [self.table.split(".")[-1]],
             )
         }
 
@@ -177,9 +186,21 @@ class SqliteJsonBackend(Backend):
                 if not columns:
                     conn.execute(f"CREATE TABLE {table}({id_column} PRIMARY KEY,{store_column});")
                 else:
+                    # as TinyBase's save: add the two columns, make the id unique, drop the rest
                     for name in (self.id_column, self.store_column):
                         if name not in columns:
                             conn.execute(f"ALTER TABLE {table} ADD {escape_id(name)}")
+                    if not columns.get(self.id_column):
+                        index = "tinybase_pk_" + str(
+                            get_hash(js_stringify([self.table, self.id_column]))
+                        )
+                        conn.execute(
+                            f"CREATE UNIQUE INDEX IF NOT EXISTS{escape_id(index)}"
+                            f"ON{table}({id_column})"
+                        )
+                    for name in columns:
+                        if name not in (self.id_column, self.store_column):
+                            conn.execute(f"ALTER TABLE {table} DROP {escape_id(name)}")
                 conn.execute(
                     f"INSERT INTO {table}({id_column},{store_column})VALUES(?,?)"
                     f"ON CONFLICT({id_column})DO UPDATE SET {store_column}=excluded.{store_column}",
