@@ -27,11 +27,13 @@ from localsync.servers.serve import postgres_room_table
 from localsync.synchronizers.ws import create_ws_synchronizer
 from tests.channel_procs import ROOT, Proc, start_coordinator
 from tests.helpers import eventually, run
-from tests.test_persister_postgres import (  # noqa: F401  (pg, db: fixtures)
+from tests.npm_env import run_node_json
+from tests.test_persister_postgres import (  # noqa: F401  (pg, db, node: fixtures)
     BAD_USER,
     BAD_USER_PASSWORD,
     Server,
     db,
+    node,
     pg,
 )
 from tests.test_ws_persist import until_room_holds
@@ -69,18 +71,61 @@ def _start_serve(data: str) -> tuple[subprocess.Popen[str], int, str]:
     return proc, int(match.group(1)), line
 
 
+async def _write(port: int, rooms: dict[str, str]) -> None:
+    for room, value in rooms.items():
+        a = create_mergeable_store()
+        sa = await create_ws_synchronizer(a, f"ws://127.0.0.1:{port}/{room}", 0.3)
+        await sa.start_sync()
+        a.set_cell("t", "r", "c", value)
+        await until_room_holds(f"ws://127.0.0.1:{port}/{room}", a)
+        await sa.destroy()
+
+
+def _serve_and_write(url: str, rooms: dict[str, str]) -> None:
+    proc, port, _ = _start_serve(url)
+    try:
+        run(_write(port, rooms), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+TINYBASE_READ = """
+import postgres from 'postgres';
+import {createMergeableStore} from 'tinybase/mergeable-store';
+import {createPostgresPersister} from 'tinybase/persisters/persister-postgres';
+const [socket, database, table] = process.argv.slice(2);
+const sql = postgres({path: socket, database, username: 'postgres', onnotice: () => {}});
+const store = createMergeableStore('tinybase-reader');
+const persister = await createPostgresPersister(store, sql, table);
+await persister.load();
+console.log(JSON.stringify({tables: store.getTables()}));
+await persister.destroy();
+await sql.end();
+"""
+
+
+@pytest.mark.interop
+def test_tinybase_reads_a_served_room_from_the_documented_table(
+    pg: Server, db: str, node: None, tmp_path: Path
+) -> None:
+    rooms = {"room-1": "plain", "org/doc": "nested"}
+    _serve_and_write(pg.db_uri(db), rooms)
+    script = tmp_path / "localsync_serve_room_read.mjs"
+    script.write_text(TINYBASE_READ)
+    for room, value in rooms.items():
+        table = postgres_room_table(room)
+        got = run_node_json(script, pg.socket_file(), db, table, timeout=120)
+        assert got == {"tables": {"t": {"r": {"c": value}}}}, (room, table, got)
+
+
 def test_serve_keeps_rooms_in_postgres_across_a_restart(pg: Server, db: str) -> None:
     url = _url(pg, db)
     rooms = {"room-1": "plain", "org/doc": "nested"}
-
-    async def write(port: int) -> None:
-        for room, value in rooms.items():
-            a = create_mergeable_store()
-            sa = await create_ws_synchronizer(a, f"ws://127.0.0.1:{port}/{room}", 0.3)
-            await sa.start_sync()
-            a.set_cell("t", "r", "c", value)
-            await until_room_holds(f"ws://127.0.0.1:{port}/{room}", a)
-            await sa.destroy()
 
     async def read(port: int) -> dict[str, Any]:
         got = {}
@@ -96,7 +141,7 @@ def test_serve_keeps_rooms_in_postgres_across_a_restart(pg: Server, db: str) -> 
     proc, port, line = _start_serve(url)
     try:
         assert BAD_USER_PASSWORD not in line and "postgresql" in line
-        run(write(port), timeout=30)
+        run(_write(port, rooms), timeout=30)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err

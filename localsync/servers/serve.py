@@ -18,6 +18,9 @@ LISTEN/NOTIFY). The connection is checked once at start: a database that is down
 the credentials is one line ``localsync serve: error: ...`` (exit 2), without the password.
 Empty rooms are not discarded in PostgreSQL (their table stays, possibly shared with a TinyBase
 process: dropping it would also drop that process's notification triggers).
+Each open room holds two connections (saves, LISTEN for auto-load): keep ``--max-rooms`` under
+half the server's ``max_connections`` (100 by default); a room whose store cannot connect
+closes its clients with code 1011.
 
 A room that never held data leaves no file behind: when its store stops empty (no data, not
 even a deletion), its file is deleted ``DISCARD_GRACE_SECONDS`` (0.25 s) later, after checking
