@@ -172,10 +172,13 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
     (allowed / "alice.key").write_bytes((keys / "alice.key").read_bytes())
     address = f"tcp://127.0.0.1:{free_port_pair()}"
 
-    async def refused(match: str, at: str = address, **options: object) -> None:
+    async def refused(
+        match: str, at: str = address, wait: float = 3.0, **options: object
+    ) -> None:
+        # a refusal ends the wait at once: a long wait only matters on a loaded machine
         store = create_mergeable_store()
         sync = create_channel_synchronizer(
-            store, "net", hub=at, connect_timeout_seconds=3.0, **options
+            store, "net", hub=at, connect_timeout_seconds=wait, **options
         )
         try:
             with pytest.raises(ChannelError, match=match):
@@ -188,10 +191,11 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
         await refused("not the hub's public key", hub_key=keys / "alice.key", client_key=alice)
         await refused(
             "refused this client's key.*--allow",
+            wait=10.0,
             hub_key=hub_key,
             client_key=keys / "mallory.key_secret",
         )
-        await refused("requires CURVE keys")
+        await refused("requires CURVE keys", wait=10.0)
         # the right keys work
         store = create_mergeable_store()
         sync = create_channel_synchronizer(
@@ -203,7 +207,7 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
     with TcpHub(address, secret_key=keys / "hub.key_secret", allow=allowed):
         asyncio.run(scenario())
     with TcpHub(address):  # a hub without keys, and a client with them
-        asyncio.run(refused("does not use CURVE keys", hub_key=keys / "hub.key"))
+        asyncio.run(refused("does not use CURVE keys", wait=10.0, hub_key=keys / "hub.key"))
     asyncio.run(refused("nothing accepts connections"))  # no hub at all
 
 

@@ -55,7 +55,9 @@ on_ignored_error``; keyword-only options:
     with ``--secret-key`` (see :mod:`localsync.hub`).
 ``connect_timeout_seconds`` (default 5.0)
     bound on proving the path: before syncing, a message to ourselves must come back through
-    the hub (this defeats PUB/SUB's "slow joiner" loss of the first messages). Failing raises
+    the hub (this defeats PUB/SUB's "slow joiner" loss of the first messages); a local hub
+    that stays silent for ``HUB_TIMEOUT_SECONDS`` is replaced by a new generation, which gets
+    this much time again (once). Failing raises
     :class:`ChannelError` naming the likely cause: for tcp hubs, libzmq's handshake events
     on the SUB socket tell a hub that refused this client's key (``--allow``), a handshake
     dropped by a hub that cannot read it (``hub_key`` is not its public key), a hub with or
@@ -387,7 +389,9 @@ class ChannelTransport:
 
     async def _prove_path(self) -> None:
         assert self._loop is not None
-        deadline = self._loop.time() + self._connect_timeout
+        started = self._loop.time()
+        deadline = started + self._connect_timeout
+        extended = False
         while self._paths is not None:
             # a local hub that does not answer within HUB_TIMEOUT_SECONDS may be frozen:
             # follow a newer generation, or elect one (see localsync.hub)
@@ -396,17 +400,25 @@ class ChannelTransport:
             if self._loop.time() >= deadline or self._closed:
                 break
             self._switch_generation(max(self._paths.read_generation(), self._generation + 1))
+            if not extended:
+                # the hub may only have been slow (a loaded machine): the generation elected
+                # now gets a whole connect timeout of its own, once
+                deadline = max(deadline, self._loop.time() + self._connect_timeout)
+                extended = True
         while self._handshakes is not None:  # (tcp): collect handshake events meanwhile
             if await self._ping_self(min(deadline, self._loop.time() + 0.25)):
                 return
             self._read_handshake_events()
-            if self._loop.time() >= deadline or self._closed:
+            if self._loop.time() >= deadline or self._closed or self._handshake_refused():
                 break
-        if not await self._ping_self(deadline):
+        refused = self._handshakes is not None and self._handshake_refused()
+        if refused or not await self._ping_self(deadline):
             self._read_handshake_events()
+            if refused:
+                raise ChannelError(f"cannot join through {self.outbound}: {self._why_no_hub()}")
             raise ChannelError(
                 f"no channel hub answered at {self.outbound} within "
-                f"{self._connect_timeout:g} s: {self._why_no_hub()}"
+                f"{self._loop.time() - started:.0f} s: {self._why_no_hub()}"
             )
 
     def _read_handshake_events(self) -> None:
@@ -428,6 +440,14 @@ class ChannelTransport:
                 if self._sub is not None and not self._sub.closed:
                     self._sub.disable_monitor()
             monitor.close(0)
+
+    def _handshake_refused(self) -> bool:
+        """The hub answered the handshake with a refusal (its key check, or a mechanism
+        mismatch): waiting longer cannot help, so the path proof gives up at once."""
+        seen = self._handshake_events
+        return int(zmq.EVENT_HANDSHAKE_FAILED_AUTH) in seen or seen.get(
+            int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        ) == int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 
     def _why_no_hub(self) -> str:
         """The likely cause of a failed path proof, from the handshake events seen (tcp)."""
