@@ -73,9 +73,9 @@ from ..codec import UNDEFINED, js_stringify
 from ..hash import get_hash
 from ..persister import Persists
 from ._common import Backend, BackendPersister, PersistError
-from ._filestore import CorruptContentError, decode_content
+from ._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id, json_mode_names
+from ._filestore import CorruptContentError
 from ._integrity import HashesRepaired
-from ._jsonio import dumps_str
 
 __all__ = [
     "CorruptContentError",
@@ -86,7 +86,6 @@ __all__ = [
     "create_postgres_persister",
 ]
 
-SINGLE_ROW_ID = "_"
 _SIMPLE_TABLE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _IDENTIFIER_SIZE = 63
 _RECONNECT_MIN = 0.5
@@ -104,37 +103,6 @@ SqlCommandListener = Callable[[str, Any], None]
 
 class DatabaseUnreachableError(PersistError):
     """The server is down, unreachable, refused the credentials or dropped the connection."""
-
-
-def _escape_id(name: str) -> str:
-    """TinyBase's ``escapeId``: each dot-separated part double-quoted (``a.b`` is schema.table)."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
-
-
-def json_config(config_or_store_table_name: Any) -> tuple[str, str, str]:
-    """``(table, id column, store column)`` from TinyBase's config or a table name.
-
-    Raises ``ValueError`` for a config that is not JSON mode (tabular mode is not supported).
-    """
-    if config_or_store_table_name is None:
-        config: dict[str, Any] = {}
-    elif isinstance(config_or_store_table_name, str):
-        config = {"storeTableName": config_or_store_table_name}
-    elif isinstance(config_or_store_table_name, dict):
-        config = config_or_store_table_name
-    else:
-        raise TypeError("config_or_store_table_name must be a dict, a table name or None")
-    if config.get("mode", "json") != "json":
-        raise ValueError("only TinyBase's JSON mode is supported ({'mode': 'json', ...})")
-    names = (
-        config.get("storeTableName") or "tinybase",
-        config.get("storeIdColumnName") or "_id",
-        config.get("storeColumnName") or "store",
-    )
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"table and column names must be strings, not {name!r}")
-    return names
 
 
 def describe_conninfo(conninfo: str) -> str:
@@ -194,7 +162,7 @@ class PostgresBackend(Backend):
         config_hash = str(get_hash(config_json))
         self.managed = managed
         self.channel = f"tinybase_{config_hash}"
-        self.function = _escape_id(f"tinybase_d_{config_hash}")
+        self.function = escape_id(f"tinybase_d_{config_hash}")
         self.triggers: list[tuple[str, str, str]] = []
         for table, _ in managed:
             for action in ("INSERT", "DELETE", "UPDATE"):
@@ -249,7 +217,7 @@ class PostgresBackend(Backend):
 
     # -------------------------------------------------------------- storage hooks
 
-    def _read(self, conn: Any) -> str | None:
+    def _read(self, conn: Any) -> Any:
         columns = {
             row[0]
             for row in self._execute(
@@ -263,16 +231,11 @@ class PostgresBackend(Backend):
             return None
         row = self._execute(
             conn,
-            f"SELECT {_escape_id(self.store_column)} FROM {_escape_id(self.table)} "
-            f"WHERE {_escape_id(self.id_column)}=%s",
+            f"SELECT {escape_id(self.store_column)} FROM {escape_id(self.table)} "
+            f"WHERE {escape_id(self.id_column)}=%s",
             [SINGLE_ROW_ID],
         ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        text = row[0]
-        if not isinstance(text, str):
-            raise CorruptContentError(f"column {self.store_column!r} does not hold text")
-        return text
+        return None if row is None else row[0]
 
     def _load_sync(self) -> Any | None:
         try:
@@ -282,19 +245,17 @@ class PostgresBackend(Backend):
             self._load_unreachable = True
             raise
         self._load_unreachable = False
-        if text is None or text.strip() == "null":
-            return None  # TinyBase writes null for "nothing"; both mean nothing saved
-        return decode_content(text.encode("utf-8", "surrogatepass"), True)
+        return decode_row(text, self.store_column)
 
     def _ensure_table(self, conn: Any) -> None:
-        table = _escape_id(self.table)
+        table = escape_id(self.table)
         self._execute(
             conn,
-            f"CREATE TABLE IF NOT EXISTS {table}({_escape_id(self.id_column)}text PRIMARY KEY)",
+            f"CREATE TABLE IF NOT EXISTS {table}({escape_id(self.id_column)}text PRIMARY KEY)",
         )
         self._execute(
             conn,
-            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_escape_id(self.store_column)}text",
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {escape_id(self.store_column)}text",
         )
 
     def _save_sync(self, full: bool) -> tuple[int, bool]:
@@ -303,9 +264,9 @@ class PostgresBackend(Backend):
             if seq <= self.tracker.durable_seq:
                 return seq, False
             content = self.store._get_encoded_mergeable_content()
-        text = dumps_str(content)
-        table, id_column = _escape_id(self.table), _escape_id(self.id_column)
-        store_column = _escape_id(self.store_column)
+        text = encode_row(content)
+        table, id_column = escape_id(self.table), escape_id(self.id_column)
+        store_column = escape_id(self.store_column)
 
         def write(conn: Any) -> None:
             self._ensure_table(conn)
@@ -357,7 +318,7 @@ class PostgresBackend(Backend):
         ]
         for action, name, table in self.triggers:
             commands.append(
-                f"CREATE OR REPLACE TRIGGER{_escape_id(name)}AFTER {action} ON{_escape_id(table)}"
+                f"CREATE OR REPLACE TRIGGER{escape_id(name)}AFTER {action} ON{escape_id(table)}"
                 f"FOR EACH ROW WHEN(true)EXECUTE FUNCTION{self.function}()"
             )
         return commands
@@ -376,8 +337,8 @@ class PostgresBackend(Backend):
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
             for sql in [
                 *(
-                    f"CREATE TABLE IF NOT EXISTS {_escape_id(table)}"
-                    f"({_escape_id(id_column)}text PRIMARY KEY)"
+                    f"CREATE TABLE IF NOT EXISTS {escape_id(table)}"
+                    f"({escape_id(id_column)}text PRIMARY KEY)"
                     for table, id_column in self.managed
                 ),
                 *self._trigger_sql(),
@@ -398,7 +359,7 @@ class PostgresBackend(Backend):
             raise self._connection_error(error) from None
         try:
             await self._ensure_triggers(conn, False)
-            await conn.execute(f"LISTEN {_escape_id(self.channel)}")
+            await conn.execute(f"LISTEN {escape_id(self.channel)}")
         except BaseException:
             await conn.close()
             raise
@@ -639,7 +600,7 @@ class PostgresTabularBackend(PostgresBackend):
     ) -> dict[str, dict[str, Any]]:
         if row_id_column not in schema.get(table, {}):
             return {}
-        cursor = self._execute(conn, f"SELECT * FROM {_escape_id(table)}")
+        cursor = self._execute(conn, f"SELECT * FROM {escape_id(table)}")
         names = [column.name for column in cursor.description]
         rows: dict[str, dict[str, Any]] = {}
         for record in cursor.fetchall():
@@ -691,7 +652,7 @@ class PostgresTabularBackend(PostgresBackend):
     ) -> None:
         """TinyBase's whole-table save: add missing columns, upsert every row, delete the
         rows (and optionally the columns, or the table) the store does not have."""
-        escaped = _escape_id(table)
+        escaped = escape_id(table)
         column_set: dict[str, None] = {}
         for row in (content or {}).values():
             column_set.update(dict.fromkeys(row))
@@ -707,8 +668,8 @@ class PostgresTabularBackend(PostgresBackend):
             if not exists:
                 self._execute(
                     conn,
-                    f"CREATE TABLE{escaped}({_escape_id(row_id_column)}text PRIMARY KEY"
-                    + "".join(f",{_escape_id(c)}text" for c in columns if c != row_id_column)
+                    f"CREATE TABLE{escaped}({escape_id(row_id_column)}text PRIMARY KEY"
+                    + "".join(f",{escape_id(c)}text" for c in columns if c != row_id_column)
                     + ")",
                 )
                 current = schema[table] = {row_id_column: True, **dict.fromkeys(columns, False)}
@@ -717,34 +678,34 @@ class PostgresTabularBackend(PostgresBackend):
                     if column in unaccounted:
                         unaccounted.discard(column)
                     elif column not in current:
-                        self._execute(conn, f"ALTER TABLE{escaped}ADD{_escape_id(column)}text")
+                        self._execute(conn, f"ALTER TABLE{escaped}ADD{escape_id(column)}text")
                         current[column] = False
                 if not current.get(row_id_column):
                     index = "tinybase_pk_" + str(get_hash(js_stringify([table, row_id_column])))
                     self._execute(
                         conn,
-                        f"CREATE UNIQUE INDEX IF NOT EXISTS{_escape_id(index)}ON{escaped}"
-                        f"({_escape_id(row_id_column)})",
+                        f"CREATE UNIQUE INDEX IF NOT EXISTS{escape_id(index)}ON{escaped}"
+                        f"({escape_id(row_id_column)})",
                     )
                     current[row_id_column] = True
         if delete_empty_columns:
             for column in unaccounted:
                 if column != row_id_column:
-                    self._execute(conn, f"ALTER TABLE{escaped}DROP{_escape_id(column)}")
+                    self._execute(conn, f"ALTER TABLE{escaped}DROP{escape_id(column)}")
                     current.pop(column, None)
         if columns:
             changing = [c for c in current if c != row_id_column]
-            names = ",".join(_escape_id(c) for c in [row_id_column, *changing])
+            names = ",".join(escape_id(c) for c in [row_id_column, *changing])
             placeholders = ",".join(["%s"] * (len(changing) + 1))
             update = (
                 "UPDATE SET"
-                + ",".join(f"{_escape_id(c)}=excluded.{_escape_id(c)}" for c in changing)
+                + ",".join(f"{escape_id(c)}=excluded.{escape_id(c)}" for c in changing)
                 if changing
                 else "NOTHING"
             )
             sql = (
                 f"INSERT INTO{escaped}({names})VALUES({placeholders})"
-                f"ON CONFLICT({_escape_id(row_id_column)})DO {update}"
+                f"ON CONFLICT({escape_id(row_id_column)})DO {update}"
             )
             params = [
                 [row_id, *(_encode_field(row, c) for c in changing)]
@@ -757,7 +718,7 @@ class PostgresTabularBackend(PostgresBackend):
                 cursor.executemany(sql, params)
             self._execute(
                 conn,
-                f"DELETE FROM{escaped}WHERE NOT({_escape_id(row_id_column)}=ANY(%s))",
+                f"DELETE FROM{escaped}WHERE NOT({escape_id(row_id_column)}=ANY(%s))",
                 [list((content or {}).keys())],
             )
         elif exists:
@@ -841,7 +802,7 @@ class PostgresPersister(BackendPersister):
                 Persists.STORE_ONLY,
             )
             return
-        config = json_config(config_or_store_table_name)
+        config = json_mode_names(config_or_store_table_name)
         super().__init__(
             store,
             lambda: PostgresBackend(store, conninfo, config, on_sql_command),

@@ -37,9 +37,10 @@ from typing import Any
 
 from ..codec import encode_if_json
 from ._common import Backend, BackendPersister, PersistError, StorageCreateError, merge_changes
+from ._database import json_mode_names
 from ._filestore import CorruptContentError
 from ._integrity import HashesRepaired
-from ._sqlite_json import SqliteJsonBackend, json_mode_names
+from ._sqlite_json import SqliteJsonBackend
 from ._sqlitestore import SqliteStorage
 
 
