@@ -46,3 +46,34 @@ def derive_double(store: Any) -> None:
             s.set_cell(table_id, row_id, "double", new * 2)
 
     store.add_cell_listener("t", None, "c", on_cell, mutator=True)
+
+
+def store_state(store: Any) -> dict[str, Any]:
+    """What interop tests compare between a localsync and a TinyBase store."""
+    return {
+        "content": store.get_mergeable_content(),
+        "hashes": list(store.get_mergeable_content_hashes()),
+        "tables": store.get_tables(),
+        "values": store.get_values(),
+    }
+
+
+def fill_interop_store(store: Any) -> None:
+    """The content the persister interop tests write on both sides (tests/interop/*.mjs
+    write the same): every kind of cell and value, odd ids, then deletions."""
+    with store.transaction():
+        store.set_cell("t1", "r1", "text", 'héllo wörld 😀 \u2028 "quoted" \\ back')
+        store.set_cell("t1", "r1", "float", 1.5)
+        store.set_cell("t1", "r1", "int", -3)
+        store.set_cell("t1", "r1", "big", 1e21)
+        store.set_cell("t1", "r1", "bool", True)
+        store.set_cell("t1", "r1", "null", None)
+        store.set_cell("t1", "r1", "object", {"a": [1, {"b": None}], "2": "x", "é": "ü"})
+        store.set_cell("t1", "r1", "array", [1, "two", None, {"three": 3}])
+        store.set_cell("t1", "r2", "gone", "soon")
+        store.set_row("t2", "r1", {"c": 1})
+        store.set_cell("t-1", "0", "1", "integer-like ids")
+        store.set_values({"v": "ünï", "vnull": None, "vobj": {"k": [1]}, "vdel": 1})
+    store.del_cell("t1", "r2", "gone")
+    store.del_row("t2", "r1")
+    store.del_value("vdel")

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import derive_double
+from tests.helpers import derive_double, fill_interop_store
+from tests.helpers import store_state as _state
 from tests.npm_env import require_node, run_node_json
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
@@ -30,15 +31,6 @@ def _store() -> Any:
     from localsync import create_mergeable_store
 
     return create_mergeable_store()
-
-
-def _state(store: Any) -> dict[str, Any]:
-    return {
-        "content": store.get_mergeable_content(),
-        "hashes": list(store.get_mergeable_content_hashes()),
-        "tables": store.get_tables(),
-        "values": store.get_values(),
-    }
 
 
 def _tinybase(mode: str, path: Path) -> dict[str, Any]:
@@ -78,22 +70,7 @@ def _write_ours(path: Path) -> Any:
     async def main() -> Any:
         store = _store()
         persister = create_file_persister(store, path)
-        with store.transaction():
-            store.set_cell("t1", "r1", "text", 'héllo wörld 😀 \u2028 "quoted" \\ back')
-            store.set_cell("t1", "r1", "float", 1.5)
-            store.set_cell("t1", "r1", "int", -3)
-            store.set_cell("t1", "r1", "big", 1e21)
-            store.set_cell("t1", "r1", "bool", True)
-            store.set_cell("t1", "r1", "null", None)
-            store.set_cell("t1", "r1", "object", {"a": [1, {"b": None}], "2": "x", "é": "ü"})
-            store.set_cell("t1", "r1", "array", [1, "two", None, {"three": 3}])
-            store.set_cell("t1", "r2", "gone", "soon")
-            store.set_row("t2", "r1", {"c": 1})
-            store.set_cell("t-1", "0", "1", "integer-like ids")
-            store.set_values({"v": "ünï", "vnull": None, "vobj": {"k": [1]}, "vdel": 1})
-        store.del_cell("t1", "r2", "gone")
-        store.del_row("t2", "r1")
-        store.del_value("vdel")
+        fill_interop_store(store)
         await persister.save()
         await persister.destroy()
         return store

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import fill_interop_store as _fill
+from tests.helpers import store_state as _state
 from tests.npm_env import ensure_tinybase, require_node, run_node_json, start_node
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -98,34 +100,6 @@ def _store(unique_id: str | None = None) -> Any:
     from localsync import create_mergeable_store
 
     return create_mergeable_store(unique_id) if unique_id else create_mergeable_store()
-
-
-def _state(store: Any) -> dict[str, Any]:
-    return {
-        "content": store.get_mergeable_content(),
-        "hashes": list(store.get_mergeable_content_hashes()),
-        "tables": store.get_tables(),
-        "values": store.get_values(),
-    }
-
-
-def _fill(store: Any) -> None:
-    with store.transaction():
-        store.set_cell("t1", "r1", "text", 'héllo wörld 😀 \u2028 "quoted" \\ back')
-        store.set_cell("t1", "r1", "float", 1.5)
-        store.set_cell("t1", "r1", "int", -3)
-        store.set_cell("t1", "r1", "big", 1e21)
-        store.set_cell("t1", "r1", "bool", True)
-        store.set_cell("t1", "r1", "null", None)
-        store.set_cell("t1", "r1", "object", {"a": [1, {"b": None}], "2": "x", "é": "ü"})
-        store.set_cell("t1", "r1", "array", [1, "two", None, {"three": 3}])
-        store.set_cell("t1", "r2", "gone", "soon")
-        store.set_row("t2", "r1", {"c": 1})
-        store.set_cell("t-1", "0", "1", "integer-like ids")
-        store.set_values({"v": "ünï", "vnull": None, "vobj": {"k": [1]}, "vdel": 1})
-    store.del_cell("t1", "r2", "gone")
-    store.del_row("t2", "r1")
-    store.del_value("vdel")
 
 
 def _persister(store: Any, uri: str, errors: list[BaseException], config: Any = None) -> Any:
