@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -131,6 +132,21 @@ def node_env() -> dict[str, str]:
     return env
 
 
+def _place(script: Path, folder: Path) -> Path:
+    """Copy ``script`` (relative: under tests/interop) into the npm folder, with the sibling
+    modules it imports as ``'./NAME.mjs'``, and return the copy's path."""
+    path = script if script.is_absolute() else INTEROP_DIR / script
+    local = folder / path.name
+    source = path.read_bytes()
+    if not local.exists() or local.read_bytes() != source:
+        tmp = local.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(source)
+        os.replace(tmp, local)
+    for name in re.findall(rb"from '\./([\w.-]+\.mjs)'", source):
+        _place(path.parent / name.decode(), folder)
+    return local
+
+
 def run_node_json(
     script: str | Path,
     *args: str,
@@ -144,15 +160,7 @@ def run_node_json(
     timeout, with the script's stderr in the message.
     """
     folder = ensure_tinybase()
-    path = Path(script)
-    if not path.is_absolute():
-        path = INTEROP_DIR / path
-    local = folder / path.name
-    source = path.read_bytes()
-    if not local.exists() or local.read_bytes() != source:
-        tmp = local.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(source)
-        os.replace(tmp, local)
+    local = _place(Path(script), folder)
     result = subprocess.run(
         ["node", str(local), *args],
         cwd=folder,
@@ -163,25 +171,19 @@ def run_node_json(
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"node {path.name} exited {result.returncode}:\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"node {local.name} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if not lines:
-        raise RuntimeError(f"node {path.name} printed nothing:\n{result.stderr[-4000:]}")
+        raise RuntimeError(f"node {local.name} printed nothing:\n{result.stderr[-4000:]}")
     return json.loads(lines[-1])
 
 
 def start_node(script: str | Path, *args: str) -> subprocess.Popen[str]:
     """Start a long-running node script (a server, a client) with pipes; caller must end it."""
     folder = ensure_tinybase()
-    path = Path(script)
-    if not path.is_absolute():
-        path = INTEROP_DIR / path
-    local = folder / path.name
-    source = path.read_bytes()
-    if not local.exists() or local.read_bytes() != source:
-        tmp = local.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(source)
-        os.replace(tmp, local)
+    local = _place(Path(script), folder)
     return subprocess.Popen(
         ["node", str(local), *args],
         cwd=folder,

@@ -12,9 +12,9 @@ import postgres from 'postgres';
 import {createMergeableStore} from 'tinybase/mergeable-store';
 import {createStore} from 'tinybase/store';
 import {createPostgresPersister} from 'tinybase/persisters/persister-postgres';
+import {fillInteropStore, report} from './persister_common.mjs';
 
 const [mode, socket, database] = process.argv.slice(2);
-const UNDEFINED = '\uFFFC';
 
 const TABULAR_CONFIG = {
   mode: 'tabular',
@@ -26,21 +26,6 @@ const TABULAR_CONFIG = {
 };
 const tabular = mode.startsWith('tabular-');
 
-const report = (store) => {
-  const json = JSON.stringify(
-    {
-      ...(tabular
-        ? {}
-        : {content: store.getMergeableContent(), hashes: store.getMergeableContentHashes()}),
-      tables: store.getTables(),
-      values: store.getValues(),
-    },
-    (_key, value) => (value === undefined ? UNDEFINED : value),
-  );
-  console.log(
-    json.replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0')),
-  );
-};
 
 const sql = postgres({path: socket, database, username: 'postgres', onnotice: () => {}});
 const errors = [];
@@ -68,23 +53,7 @@ if (mode === 'tabular-write') {
 } else if (mode === 'tabular-read') {
   await persister.load();
 } else if (mode === 'write') {
-  store.transaction(() => {
-    store.setCell('t1', 'r1', 'text', 'héllo wörld 😀 \u2028 "quoted" \\ back');
-    store.setCell('t1', 'r1', 'float', 1.5);
-    store.setCell('t1', 'r1', 'int', -3);
-    store.setCell('t1', 'r1', 'big', 1e21);
-    store.setCell('t1', 'r1', 'bool', true);
-    store.setCell('t1', 'r1', 'null', null);
-    store.setCell('t1', 'r1', 'object', {a: [1, {b: null}], 2: 'x', é: 'ü'});
-    store.setCell('t1', 'r1', 'array', [1, 'two', null, {three: 3}]);
-    store.setCell('t1', 'r2', 'gone', 'soon');
-    store.setRow('t2', 'r1', {c: 1});
-    store.setCell('t-1', '0', '1', 'integer-like ids');
-    store.setValues({v: 'ünï', vnull: null, vobj: {k: [1]}, vdel: 1});
-  });
-  store.delCell('t1', 'r2', 'gone');
-  store.delRow('t2', 'r1');
-  store.delValue('vdel');
+  fillInteropStore(store);
   await persister.save();
 } else if (mode === 'read') {
   await persister.load();
@@ -101,6 +70,6 @@ if (mode === 'tabular-write') {
 if (errors.length) {
   throw new Error('TinyBase reported: ' + errors.join('; '));
 }
-report(store);
+report(store, tabular ? 'tables' : 'mergeable');
 await persister.destroy();
 await sql.end({timeout: 5});

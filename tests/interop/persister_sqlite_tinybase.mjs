@@ -10,25 +10,11 @@
 import Database from 'better-sqlite3';
 import {createMergeableStore} from 'tinybase/mergeable-store';
 import {createBetterSqlite3Persister} from 'tinybase/persisters/persister-better-sqlite3';
+import {fillInteropStore, report} from './persister_common.mjs';
 
 const [mode, file, configJson] = process.argv.slice(2);
 const config = configJson ? JSON.parse(configJson) : {mode: 'json', autoLoadIntervalSeconds: 0.05};
-const UNDEFINED = '\uFFFC';
 
-const report = (store) => {
-  const json = JSON.stringify(
-    {
-      content: store.getMergeableContent(),
-      hashes: store.getMergeableContentHashes(),
-      tables: store.getTables(),
-      values: store.getValues(),
-    },
-    (_key, value) => (value === undefined ? UNDEFINED : value),
-  );
-  console.log(
-    json.replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0')),
-  );
-};
 
 const db = new Database(file);
 const errors = [];
@@ -38,23 +24,7 @@ const persister = createBetterSqlite3Persister(store, db, config, undefined, (er
 );
 
 if (mode === 'write') {
-  store.transaction(() => {
-    store.setCell('t1', 'r1', 'text', 'héllo wörld 😀 \u2028 "quoted" \\ back');
-    store.setCell('t1', 'r1', 'float', 1.5);
-    store.setCell('t1', 'r1', 'int', -3);
-    store.setCell('t1', 'r1', 'big', 1e21);
-    store.setCell('t1', 'r1', 'bool', true);
-    store.setCell('t1', 'r1', 'null', null);
-    store.setCell('t1', 'r1', 'object', {a: [1, {b: null}], 2: 'x', é: 'ü'});
-    store.setCell('t1', 'r1', 'array', [1, 'two', null, {three: 3}]);
-    store.setCell('t1', 'r2', 'gone', 'soon');
-    store.setRow('t2', 'r1', {c: 1});
-    store.setCell('t-1', '0', '1', 'integer-like ids');
-    store.setValues({v: 'ünï', vnull: null, vobj: {k: [1]}, vdel: 1});
-  });
-  store.delCell('t1', 'r2', 'gone');
-  store.delRow('t2', 'r1');
-  store.delValue('vdel');
+  fillInteropStore(store);
   await persister.save();
 } else if (mode === 'read') {
   await persister.load();
