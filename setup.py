@@ -33,12 +33,12 @@ from setuptools import setup
 
 #: compiled in this order of dependence; ``localsync.compiled`` lists the same names
 COMPILED = [
-    "localsync/codec.py",
-    "localsync/hash.py",
-    "localsync/hlc.py",
-    "localsync/store.py",
-    "localsync/mergeable_store.py",
-    "localsync/protocol.py",
+    "localsync/core/codec.py",
+    "localsync/core/hash.py",
+    "localsync/core/hlc.py",
+    "localsync/core/store.py",
+    "localsync/core/mergeable_store.py",
+    "localsync/sync/engine.py",
 ]
 
 

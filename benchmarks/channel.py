@@ -63,7 +63,7 @@ def _row_body(i: int, stamp: str) -> list[Any]:
 
 def _host_raw_proxy(paths: Any) -> Any:
     """Run the raw baseline's proxy in this process (where a channel hosts its hub)."""
-    from localsync.hub import LocalHub
+    from localsync.channel.hub import LocalHub
 
     hub = LocalHub(paths).start()
     if not hub.wait_host(10):
@@ -170,9 +170,9 @@ PROFILE_ENV = "LOCALSYNC_BENCH_PROFILE"
 
 
 def _run_role(role: str, main: Any) -> None:
-    """``localsync.event_loop.run(main())``, under cProfile when :data:`PROFILE_ENV` names a
+    """``localsync.sync.event_loop.run(main())``, under cProfile when :data:`PROFILE_ENV` names a
     folder."""
-    from localsync import event_loop
+    from localsync.sync import event_loop
 
     folder = os.environ.get(PROFILE_ENV)
     if not folder:
@@ -192,7 +192,7 @@ def _run_role(role: str, main: Any) -> None:
 
 async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
     from localsync import create_mergeable_store
-    from localsync.synchronizers.channel import create_channel_synchronizer
+    from localsync.channel.synchronizer import create_channel_synchronizer
 
     setting = os.environ.get(ANTI_ENTROPY_ENV, "1.0")
     anti_entropy = None if setting == "off" else float(setting)
@@ -417,7 +417,7 @@ class Bench:
     def proxy(self) -> tuple[str, str]:
         """A raw XSUB/XPUB proxy (the same code the channel hub runs) hosted here, for the
         join baseline."""
-        from localsync.hub import LocalHub
+        from localsync.channel.hub import LocalHub
 
         if self.hub is None:
             self.hub = LocalHub(self.raw_paths()).start()
@@ -430,7 +430,7 @@ class Bench:
 
     def raw_paths(self) -> Any:
         """Paths for a raw proxy (fresh per call): a channel's files under another name."""
-        from localsync.runtime import channel_paths
+        from localsync.channel.runtime import channel_paths
 
         self.counter += 1
         return channel_paths(f"raw-{self.counter}", self.rundir)
@@ -675,7 +675,7 @@ def join(bench: Bench, cells: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from localsync import event_loop
+    from localsync.sync import event_loop
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -707,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": vars(args),
         "cpus": os.cpu_count(),
         "load_average_before": os.getloadavg(),
-        # the channel processes' loop (localsync.event_loop: uvloop when installed)
+        # the channel processes' loop (localsync.sync.event_loop: uvloop when installed)
         "event_loop": event_loop.loop_kind(),
     }
     rows: list[tuple[str, str, str, str]] = []

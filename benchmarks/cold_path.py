@@ -34,8 +34,8 @@ from typing import Any
 import msgspec
 
 from localsync import create_mergeable_store
-from localsync.protocol import check_content_diff
-from localsync.synchronizers.channel import create_channel_synchronizer
+from localsync.channel.synchronizer import create_channel_synchronizer
+from localsync.sync.engine import check_content_diff
 
 RESULTS = Path(__file__).parent / "results" / "cold_path.json"
 

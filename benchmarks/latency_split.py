@@ -10,12 +10,12 @@ measured on the same sockets, in the same run, in alternating rounds:
 * writer: channel writer -> raw reader, minus raw -> raw (store transaction, synchronizer,
   engine and encoding on the sending side);
 * reader, in steps: raw reader in the channel's event loop (``add_reader`` on the ZeroMQ
-  descriptor; :mod:`localsync.event_loop`: uvloop where installed) minus the blocking raw
+  descriptor; :mod:`localsync.sync.event_loop`: uvloop where installed) minus the blocking raw
   reader; the channel transport delivering to a bare function
   (frames, dispatch, decode) minus that; the full channel reader (engine check, store merge,
   listener dispatch) minus the transport alone.
 
-Every reader hosts the hub (a :class:`localsync.hub.LocalHub` on the channel's paths), as in
+Every reader hosts the hub (a :class:`localsync.channel.hub.LocalHub` on the channel's paths), as in
 ``benchmarks.channel``. It has no target of its own: it tells which end to shorten.
 """
 
@@ -42,7 +42,7 @@ from benchmarks.channel import (
     _open,
     _p50_p99,
 )
-from localsync import event_loop
+from localsync.sync import event_loop
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_split.json"
 WRITERS = ("raw", "channel")
@@ -65,7 +65,7 @@ def _cell_of(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> int | Non
 def _raw_read(kind: str, rundir: str, channel: str, count: int, out: Any) -> list[float]:
     import zmq
 
-    from localsync.runtime import channel_paths
+    from localsync.channel.runtime import channel_paths
 
     paths = channel_paths(channel, rundir)
     hub = _host_raw_proxy(paths)
@@ -146,7 +146,7 @@ def _raw_writer(rundir: str, channel: str, go: Any, n: int) -> None:
     import zmq
 
     from localsync import create_mergeable_store
-    from localsync.runtime import channel_paths
+    from localsync.channel.runtime import channel_paths
 
     # HLCs that increase, minted before the loop so that the loop does what raw does: a
     # channel reader ignores a cell whose stamp is not newer than the one it holds

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from localsync import create_mergeable_store
-from localsync.synchronizers.local import create_local_synchronizer
+from localsync.sync.local import create_local_synchronizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -121,7 +121,7 @@ async def live(rows: int) -> dict[str, float]:
 
 
 def thread_writer(rows: int, coalesce: bool) -> dict[str, float]:
-    from localsync.blocking import BackgroundLoop, blocking
+    from localsync.sync.blocking import BackgroundLoop, blocking
 
     a, b = create_mergeable_store(), create_mergeable_store()
     with (

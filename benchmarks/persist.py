@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from localsync import create_file_persister, create_mergeable_store, create_sqlite_persister
-from localsync.hash import get_value_in_values_hash as in_hash
+from localsync.core.hash import get_value_in_values_hash as in_hash
 from localsync.persisters._integrity import recompute_hashes
 from localsync.persisters.postgres import create_postgres_persister
 

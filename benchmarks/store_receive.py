@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from localsync import create_mergeable_store
-from localsync.mergeable_store import MergeableStore
+from localsync.core.mergeable_store import MergeableStore
 
 RESULTS = Path(__file__).parent / "results" / "store_receive.json"
 TABLE = "t"

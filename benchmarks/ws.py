@@ -109,7 +109,7 @@ async def _py_client_main(
     url: str, index: int, rows: int, samples: int, rounds: int, q: Any, go: Any, barrier: Any
 ) -> None:
     from localsync import create_mergeable_store
-    from localsync.synchronizers.ws import create_ws_synchronizer
+    from localsync.ws.client import create_ws_synchronizer
 
     store = create_mergeable_store(f"py{index}")
     sync = create_ws_synchronizer(store, url, 5.0)
@@ -239,7 +239,7 @@ def run_raw_clients(
     """The server alone: store-less Python clients send ready-made frames through it."""
     from websockets.asyncio.client import connect
 
-    from localsync.wire import encode_payloads
+    from localsync.ws.wire import encode_payloads
 
     rows = cells // 10
     hlcs = [f"NjEtLV----{c}VnP9x" for c in range(10)]

@@ -13,7 +13,14 @@ import os
 import warnings
 
 #: the modules setup.py compiles (same order)
-COMPILED_MODULES = ("codec", "hash", "hlc", "store", "mergeable_store", "protocol")
+COMPILED_MODULES = (
+    "core.codec",
+    "core.hash",
+    "core.hlc",
+    "core.store",
+    "core.mergeable_store",
+    "sync.engine",
+)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,18 +44,20 @@ def stale_modules(package_dir: str = _PACKAGE_DIR) -> list[str]:
     """
     if not os.path.exists(os.path.join(package_dir, os.pardir, "setup.py")):
         return []
-    try:
-        entries = os.listdir(package_dir)
-    except OSError:
-        return []
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     stale = []
     for name in COMPILED_MODULES:
-        source = os.path.join(package_dir, f"{name}.py")
-        built = [e for e in entries if e.startswith(f"{name}.") and e.endswith(suffixes)]
+        folder, _, leaf = name.rpartition(".")
+        directory = os.path.join(package_dir, *folder.split("."))
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        source = os.path.join(directory, f"{leaf}.py")
+        built = [e for e in entries if e.startswith(f"{leaf}.") and e.endswith(suffixes)]
         if not built or not os.path.exists(source):
             continue
-        newest = max(os.path.getmtime(os.path.join(package_dir, e)) for e in built)
+        newest = max(os.path.getmtime(os.path.join(directory, e)) for e in built)
         if os.path.getmtime(source) > newest:
             stale.append(name)
     return stale

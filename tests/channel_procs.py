@@ -60,7 +60,7 @@ async def _commands() -> Any:
 
 
 async def _raw(args: argparse.Namespace) -> None:
-    from localsync.synchronizers.channel import ChannelTransport
+    from localsync.channel.synchronizer import ChannelTransport
 
     transport = ChannelTransport(
         args.channel, hub=args.hub, runtime_dir=args.runtime_dir, hwm=args.hwm
@@ -86,7 +86,7 @@ async def _raw(args: argparse.Namespace) -> None:
 
 async def _sync(args: argparse.Namespace) -> None:
     from localsync import create_mergeable_store
-    from localsync.synchronizers.channel import create_channel_synchronizer
+    from localsync.channel.synchronizer import create_channel_synchronizer
 
     store = create_mergeable_store()
     sync = create_channel_synchronizer(
@@ -156,8 +156,8 @@ async def _sync(args: argparse.Namespace) -> None:
 
 
 async def _hub(args: argparse.Namespace) -> None:
-    from localsync.hub import LocalHub
-    from localsync.runtime import channel_paths
+    from localsync.channel.hub import LocalHub
+    from localsync.channel.runtime import channel_paths
 
     hub = LocalHub(channel_paths(args.channel, args.runtime_dir), hwm=args.hwm).start()
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ ACK_WAIT_SECONDS = 5.0
 
 async def _writer(args: argparse.Namespace) -> None:
     from localsync import create_mergeable_store
-    from localsync.synchronizers.channel import create_channel_synchronizer
+    from localsync.channel.synchronizer import create_channel_synchronizer
 
     store = create_mergeable_store()
     sync = create_channel_synchronizer(

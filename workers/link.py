@@ -2,7 +2,7 @@
 
 Workers (and the demo's observer) need a MergeableStore that stays in sync with the channel
 while plain blocking code writes to it. The synchronizer runs on the engine's blocking facade
-(:mod:`localsync.blocking`, a private event-loop thread); the store's own lock makes writes
+(:mod:`localsync.sync.blocking`, a private event-loop thread); the store's own lock makes writes
 from the worker's thread safe, and the engine hands each local transaction to the loop.
 
 Flushing is what makes a normal exit lose nothing:
@@ -69,9 +69,9 @@ def open_link(
     flush_mode: FlushMode = "sent",
 ) -> StoreLink:
     """Create a store, join ``channel`` and finish the initial sync, or raise."""
-    from localsync.blocking import BlockingSynchronizer
-    from localsync.mergeable_store import create_mergeable_store
-    from localsync.synchronizers.channel import create_channel_synchronizer
+    from localsync.channel.synchronizer import create_channel_synchronizer
+    from localsync.core.mergeable_store import create_mergeable_store
+    from localsync.sync.blocking import BlockingSynchronizer
 
     if flush_mode not in FLUSH_MODES:
         raise ValueError(f"flush must be one of {FLUSH_MODES}, not {flush_mode!r}")

@@ -35,8 +35,8 @@ TABLE = "t"
 # once (a module that fails to import is skipped by multiprocessing, not fatal).
 CTX = mp.get_context("forkserver")
 CTX.set_forkserver_preload(["benchmarks.baselines.common", "msgspec", "zmq", "pycrdt",
-                            "localsync.mergeable_store", "localsync.synchronizers.channel",
-                            "localsync.synchronizer", "localsync.coordinator"])
+                            "localsync.core.mergeable_store", "localsync.channel.synchronizer",
+                            "localsync.sync.synchronizer", "localsync.channel.coordinator"])
 
 
 def rows_for(cells: int) -> int:

@@ -5,8 +5,9 @@ time, then stops ("quiescence"). Measured: the rate it actually sustained (a per
 cannot keep up shows here as backpressure only if it slows the writer; otherwise it shows in
 the next figure) and the time from quiescence until everything written is durable on disk.
 
-``localsync``: the writer is a channel participant; a :class:`localsync.coordinator.Coordinator`
-(SQLite) in another process persists the channel; durable = the writer's
+``localsync``: the writer is a channel participant; a
+:class:`localsync.channel.coordinator.Coordinator` (SQLite) in another process persists the
+channel; durable = the writer's
 ``wait_acknowledged()`` returned (the coordinator announced the hashes of saved content equal
 to the writer's content).
 ``raw zmq -> sqlite``: the same rows as msgpack through the same XSUB/XPUB proxy to a sink
@@ -145,7 +146,7 @@ def raw(rate: float, seconds: float, timeout: float = 60.0) -> dict[str, Any] | 
 
 def _coordinator(name: str, folder: str, data: str, stop: Any, queue: Any) -> None:
     async def main() -> None:
-        from localsync.coordinator import Coordinator
+        from localsync.channel.coordinator import Coordinator
 
         coordinator = Coordinator(name, data, "sqlite", runtime_dir=folder)
         await coordinator.start()

@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..persister import Persister, Persists
-from ._integrity import HashesRepaired, recompute_hashes
+from localsync.errors import PersistError, ReadOnlyStorageError, StorageCreateError
+from localsync.persisters._integrity import HashesRepaired, recompute_hashes
+from localsync.sync.persister import Persister, Persists
 
 __all__ = [
     "PersistError",
@@ -33,26 +34,6 @@ __all__ = [
 
 
 _FLUSH_ATTEMPTS = 500  # save attempts skipped by loads before flush gives up (about 5 s)
-
-
-class PersistError(RuntimeError):
-    """A save could not be made durable (reported through ``on_ignored_error`` too)."""
-
-
-class StorageCreateError(PersistError):
-    """The storage's folder or file could not be created or used (the message says which, and
-    why: ``cannot create folder data/rooms: permission denied``, ``cannot write x.json: it is
-    a directory, not a file``)."""
-
-
-class ReadOnlyStorageError(PersistError):
-    """The storage is read-only (read-only file system, or no write permission).
-
-    Raised by a save (``cannot write x.sqlite: read-only (...)``): such storage is loaded
-    read-only and never written. Also raised by a load when not even reading is possible
-    without writing (an SQLite write-ahead log left beside the database in a read-only
-    folder: reading it needs a ``-shm`` file SQLite cannot create there).
-    """
 
 
 def _merge_stamp_map(into: list[Any], new: list[Any], depth: int) -> None:
@@ -241,7 +222,7 @@ class Backend:
         return content, recompute_hashes(content)
 
     async def get_persisted(self) -> Any | None:
-        from ._filestore import CorruptContentError
+        from localsync.persisters._filestore import CorruptContentError
 
         try:
             content, repaired = await asyncio.to_thread(self._load_checked)

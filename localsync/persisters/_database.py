@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._filestore import CorruptContentError, decode_content
-from ._jsonio import dumps_str
+from localsync.persisters._filestore import CorruptContentError, decode_content
+from localsync.persisters._jsonio import dumps_str
 
 __all__ = ["SINGLE_ROW_ID", "decode_row", "encode_row", "escape_id", "json_mode_names"]
 

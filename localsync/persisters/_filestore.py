@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..codec import get_unique_id
-from ._jsonio import ContentDecodeError, dumps_bytes, loads
+from localsync.core.codec import get_unique_id
+from localsync.errors import CorruptContentError
+from localsync.persisters._jsonio import ContentDecodeError, dumps_bytes, loads
 
 __all__ = [
     "CorruptContentError",
@@ -45,10 +46,6 @@ __all__ = [
 
 
 _A_DIRECTORY = "it is a directory, not a file"
-
-
-class CorruptContentError(ValueError):
-    """The persisted data exists but cannot be loaded; it is left untouched on disk."""
 
 
 def encode_content(content: Any) -> bytes:
@@ -115,7 +112,7 @@ def read_content(path: str | os.PathLike[str], mergeable: bool = True) -> Any | 
     a directory, not a file``): nothing there is a store, and nothing can be saved there
     either, so that is what the message says (not "unreadable").
     """
-    from ._common import StorageCreateError
+    from localsync.persisters._common import StorageCreateError
 
     try:
         with open(path, "rb") as file:
@@ -178,7 +175,7 @@ def ensure_folder(path: str | os.PathLike[str]) -> None:
     (the operator chose it). Raises ``StorageCreateError`` naming the folder that could not
     be created and why, e.g. ``cannot create folder data/rooms: permission denied``.
     """
-    from ._common import StorageCreateError
+    from localsync.persisters._common import StorageCreateError
 
     folder = Path(path).parent
     missing: list[Path] = []
@@ -208,7 +205,7 @@ def create_private_file(path: str | os.PathLike[str]) -> bool:
     ``-wal``, ``-shm`` and ``-journal`` files with the database file's permissions, so this
     keeps all of them private. Raises ``StorageCreateError`` (what, where, why) on failure.
     """
-    from ._common import StorageCreateError
+    from localsync.persisters._common import StorageCreateError
 
     ensure_folder(path)
     try:
@@ -251,7 +248,7 @@ def write_atomic(
     ``before_replace`` receives the new file's ``fstat`` just before it becomes visible (a
     rename keeps inode, size and mtime), so a watcher can recognise the write as its own.
     """
-    from ._common import StorageCreateError
+    from localsync.persisters._common import StorageCreateError
 
     target = resolve_target(path)
     folder = target.parent if str(target.parent) else Path(".")

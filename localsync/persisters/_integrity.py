@@ -8,7 +8,7 @@ anti-entropy would never restore what is missing. Recomputing the hashes from th
 stamps makes the loss visible to sync, which then repairs it from any intact peer.
 
 The rule (one place, used by the file and SQLite persisters alike): every row, table and
-root hash is recomputed from its children with the helpers of :mod:`localsync.hash`, in the
+root hash is recomputed from its children with the helpers of :mod:`localsync.core.hash`, in the
 form the store's own merges produce (children's ``H(id:hash)`` terms, the ``H(id:0)``
 legacy term for cells and values, ``H(id:0)`` for an empty row or table too, plus
 ``H(hlc)`` of the stamp's own HLC when it has one). A cell or value keeps its stored hash
@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..codec import decode_if_json, encode_if_json, is_encoded_json
-from ..hash import get_hash, get_table_hash, get_value_hash, get_values_hash
-from ..hlc import is_hlc
+from localsync.core.codec import decode_if_json, encode_if_json, is_encoded_json
+from localsync.core.hash import get_hash, get_table_hash, get_value_hash, get_values_hash
+from localsync.core.hlc import is_hlc
 
 __all__ = ["HashesRepaired", "recompute_hashes"]
 

@@ -1,6 +1,7 @@
 """Fast JSON in and out for persisted mergeable content, with exact fallbacks.
 
-Why not ``localsync.codec.js_stringify``: it is byte-exact with JavaScript but pure Python, and a
+Why not ``localsync.core.codec.js_stringify``: it is byte-exact with JavaScript but pure
+Python, and a
 persister writes whole stores (10^5..10^6 cells) on the hot path of every save. TinyBase only
 needs to *parse* what we write, and ``JSON.parse`` reads ``1.0`` or ``1e20`` as the same numbers
 JavaScript would have written differently, so msgspec's output is equivalent content. The
@@ -15,14 +16,12 @@ from typing import Any
 
 import msgspec
 
+from localsync.errors import ContentDecodeError
+
 __all__ = ["ContentDecodeError", "dumps_bytes", "dumps_str", "loads"]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
-
-
-class ContentDecodeError(ValueError):
-    """Persisted bytes are not JSON (truncated, garbage): the content is corrupt."""
 
 
 def dumps_bytes(obj: Any) -> bytes:

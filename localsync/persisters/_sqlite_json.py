@@ -22,11 +22,11 @@ import sqlite3
 import threading
 from typing import Any
 
-from ..codec import js_stringify
-from ..hash import get_hash
-from ._common import Backend, StorageCreateError
-from ._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id
-from ._filestore import CorruptContentError, create_private_file
+from localsync.core.codec import js_stringify
+from localsync.core.hash import get_hash
+from localsync.persisters._common import Backend, StorageCreateError
+from localsync.persisters._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id
+from localsync.persisters._filestore import CorruptContentError, create_private_file
 
 __all__ = ["SqliteJsonBackend"]
 

@@ -61,10 +61,14 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from ..hash import get_value_in_values_hash as _in
-from ._common import ReadOnlyStorageError, StorageCreateError
-from ._filestore import CorruptContentError, check_content_shape, create_private_file
-from ._jsonio import ContentDecodeError, dumps_str, loads
+from localsync.core.hash import get_value_in_values_hash as _in
+from localsync.persisters._common import ReadOnlyStorageError, StorageCreateError
+from localsync.persisters._filestore import (
+    CorruptContentError,
+    check_content_shape,
+    create_private_file,
+)
+from localsync.persisters._jsonio import ContentDecodeError, dumps_str, loads
 
 __all__ = ["FORMAT", "SqliteStorage"]
 

@@ -46,7 +46,7 @@ Usage (asyncio)::
     store.set_cell("orders", "o1", "qty", 2)
     await persister.flush()                      # returns once that change is on disk
 
-Without asyncio, ``localsync.blocking`` runs it on a background loop::
+Without asyncio, ``localsync.sync.blocking`` runs it on a background loop::
 
     with blocking(create_file_persister, store, "orders.json", start=False) as persister:
         persister.start_auto_persisting()
@@ -62,16 +62,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..persister import Persists
-from ._common import Backend, BackendPersister, PersistError, StorageCreateError
-from ._filestore import (
+from localsync.persisters._common import Backend, BackendPersister, PersistError, StorageCreateError
+from localsync.persisters._filestore import (
     CorruptContentError,
     encode_content,
     read_content,
     remove_stale_temp_files,
     write_atomic,
 )
-from ._integrity import HashesRepaired
+from localsync.persisters._integrity import HashesRepaired
+from localsync.sync.persister import Persists
 
 __all__ = [
     "CorruptContentError",

@@ -69,13 +69,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..codec import UNDEFINED, js_stringify
-from ..hash import get_hash
-from ..persister import Persists
-from ._common import Backend, BackendPersister, PersistError
-from ._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id, json_mode_names
-from ._filestore import CorruptContentError
-from ._integrity import HashesRepaired
+from localsync.core.codec import UNDEFINED, js_stringify
+from localsync.core.hash import get_hash
+from localsync.errors import DatabaseUnreachableError
+from localsync.persisters._common import Backend, BackendPersister, PersistError
+from localsync.persisters._database import (
+    SINGLE_ROW_ID,
+    decode_row,
+    encode_row,
+    escape_id,
+    json_mode_names,
+)
+from localsync.persisters._filestore import CorruptContentError
+from localsync.persisters._integrity import HashesRepaired
+from localsync.sync.persister import Persists
 
 __all__ = [
     "CorruptContentError",
@@ -99,10 +106,6 @@ _TRIGGER_CHECK_SECONDS = 2.0
 _ADVISORY_LOCK = get_hash("tinybase-listener-resources") & 0x7FFFFFFF
 
 SqlCommandListener = Callable[[str, Any], None]
-
-
-class DatabaseUnreachableError(PersistError):
-    """The server is down, unreachable, refused the credentials or dropped the connection."""
 
 
 def describe_conninfo(conninfo: str) -> str:

@@ -35,13 +35,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..codec import encode_if_json
-from ._common import Backend, BackendPersister, PersistError, StorageCreateError, merge_changes
-from ._database import json_mode_names
-from ._filestore import CorruptContentError
-from ._integrity import HashesRepaired
-from ._sqlite_json import SqliteJsonBackend
-from ._sqlitestore import SqliteStorage
+from localsync.core.codec import encode_if_json
+from localsync.persisters._common import (
+    Backend,
+    BackendPersister,
+    PersistError,
+    StorageCreateError,
+    merge_changes,
+)
+from localsync.persisters._database import json_mode_names
+from localsync.persisters._filestore import CorruptContentError
+from localsync.persisters._integrity import HashesRepaired
+from localsync.persisters._sqlite_json import SqliteJsonBackend
+from localsync.persisters._sqlitestore import SqliteStorage
 
 
 def _hlc(stamp: list[Any]) -> str:

@@ -1,0 +1,1133 @@
+"""The sans-I/O sync engine: TinyBase's synchronizer protocol with no sockets and no asyncio.
+
+Why sans-I/O: the protocol decisions (which request to send next, when a request has timed
+out, which messages are invalid) are the same whatever carries the bytes. Keeping them in a
+plain object that takes inputs and queues outputs lets every transport be a few lines, lets
+tests drive it message by message with a fake clock, and keeps the JavaScript/asyncio timing
+trap (see DESIGN.md) out of the protocol: everything here happens synchronously inside the
+call that caused it, exactly as TinyBase does it before its first ``await``.
+
+Inputs
+    ``receive(from_client_id, request_id, message, body)`` - a message from a peer (validated
+    here; invalid ones are reported as ``tinybase:14`` and dropped);
+    ``pull(...)`` - start TinyBase's ``getChangesFromOtherStore`` sequence;
+    ``send_content_diff(changes)`` / ``send_content_hashes()`` - a save;
+    ``tick(now)`` - time passed (request time-outs, anti-entropy).
+Outputs
+    ``data_to_send()`` - queued ``Outgoing(to, request_id, message, body)`` tuples in send
+    order; ``next_deadline()`` - when to call ``tick`` next; reports to ``on_ignored_error``;
+    completed pulls handed to their ``on_done`` callback and pushed changes handed to
+    ``persister_listener(content, changes)`` (the Persister applies them).
+
+Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefined as U+FFFC):
+0 Response, 1 GetContentHashes, 2 ContentHashes, 3 ContentDiff, 4 GetTableDiff,
+5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff.
+
+Anti-entropy (beyond TinyBase, using only TinyBase's messages): every ``anti_entropy_seconds``
+a syncing engine re-announces its ContentHashes when its hashes changed since its last
+announcement, when a known peer was last seen with different hashes, or on every
+``heartbeat_every``-th period. Peers whose hashes differ pull the difference. On heartbeat
+periods it also broadcasts a GetContentHashes probe and reads *every* answer (TinyBase reads
+only the first), pulling from each peer whose hashes differ: this covers peers that never
+announce by themselves (TinyBase's own synchronizers). So a lost, duplicated or reordered
+message costs latency, never data; when everyone agrees, an idle period sends nothing, and a
+heartbeat period costs one announcement, one probe and one small answer per peer.
+While ContentDiffs are streaming (one sent or received within the last period), a round is
+postponed, at most ``MAX_POSTPONED_ROUNDS`` times in a row: hashes read mid-burst are bound to
+differ from peers' and would make every process settle its hashes and pull rows that are
+already on their way; the burst's end, or the cap, lets the round run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+from localsync.core.checked_changes import CheckedChanges
+from localsync.core.codec import JSON_PREFIX, UNDEFINED, get_unique_id, only_hlc_chars
+from localsync.core.mergeable_store import _STAMP_OVERHEAD
+from localsync.sync.persister import TinyBaseError
+
+__all__ = [
+    "CELL_DIFF",
+    "CONTENT_DIFF",
+    "CONTENT_HASHES",
+    "GET_CONTENT_HASHES",
+    "MAX_COALESCED_BYTES",
+    "MAX_COALESCED_STAMPS",
+    "MAX_PENDING_REQUESTS",
+    "MAX_POSTPONED_ROUNDS",
+    "MAX_PULL_RESTARTS",
+    "RESPONSE",
+    "ROW_DIFF",
+    "TABLE_DIFF",
+    "VALUE_DIFF",
+    "Message",
+    "Outgoing",
+    "SyncEngine",
+    "check_content_diff",
+    "coalesce_changes",
+    "is_protocol_message_valid",
+]
+
+RESPONSE: Final = 0
+GET_CONTENT_HASHES: Final = 1
+CONTENT_HASHES: Final = 2
+CONTENT_DIFF: Final = 3
+TABLE_DIFF: Final = 4
+ROW_DIFF: Final = 5
+CELL_DIFF: Final = 6
+VALUE_DIFF: Final = 7
+
+Message = {
+    "Response": RESPONSE,
+    "GetContentHashes": GET_CONTENT_HASHES,
+    "ContentHashes": CONTENT_HASHES,
+    "ContentDiff": CONTENT_DIFF,
+    "GetTableDiff": TABLE_DIFF,
+    "GetRowDiff": ROW_DIFF,
+    "GetCellDiff": CELL_DIFF,
+    "GetValueDiff": VALUE_DIFF,
+}
+
+MAX_PENDING_REQUESTS = 100
+#: How many times a pull that asked everyone may start over when its peer leaves.
+MAX_PULL_RESTARTS = 3
+ERROR_SYNC_RESPONSE = 3
+ERROR_SYNC_MESSAGE: Final = 14
+ERROR_SYNC_OVERFLOW = 15
+
+_HLC: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
+_MAX_HASH = 4294967295
+_ARRAY: Final = (list, tuple)
+
+
+class Outgoing(NamedTuple):
+    """One message to send: ``to`` is ``None`` for a broadcast."""
+
+    to: str | None
+    request_id: str | None
+    message: int
+    body: Any
+
+
+# -- validation (TinyBase 10's isProtocolMessageValid) -------------------------------------------
+
+
+def _is_number(thing: Any) -> bool:
+    return type(thing) is int or type(thing) is float
+
+
+def _is_hash(thing: Any) -> bool:
+    if type(thing) is int:
+        return 0 <= thing <= _MAX_HASH
+    if type(thing) is float:
+        return math.isfinite(thing) and thing.is_integer() and 0 <= thing <= _MAX_HASH
+    return False
+
+
+def _is_hash_tree(tree: Any, depth: int) -> bool:
+    if type(tree) is not dict:
+        return False
+    for key, child in tree.items():
+        if type(key) is not str:
+            return False
+        if depth:
+            if not _is_hash_tree(child, depth - 1):
+                return False
+        elif not _is_hash(child):
+            return False
+    return True
+
+
+def _is_cell_or_value_or_undefined(thing: Any) -> bool:
+    kind = type(thing)
+    if kind is str or kind is bool or thing is None or kind is list or kind is dict:
+        return True
+    if kind is int:
+        return abs(thing) < 2**1024
+    if kind is float:
+        return math.isfinite(thing)
+    return kind is tuple
+
+
+def _is_stamp(
+    stamp: Any,
+    depth: int,
+    hlcs: list[str] | None = None,
+    special: list[Any] | None = None,
+) -> bool:
+    """TinyBase's isStamp check, nested ``depth`` levels; with ``hlcs``/``special`` lists it
+    also gathers what a store needs to finish validating (see :func:`check_content_diff`)."""
+    if not isinstance(stamp, _ARRAY):
+        return False
+    length = len(stamp)
+    if length == 2:
+        hlc = stamp[1]
+        if type(hlc) is not str:
+            return False
+        if hlc:
+            if hlcs is None:
+                if not _HLC.fullmatch(hlc):
+                    return False
+            elif len(hlc) == 16:
+                hlcs.append(hlc)  # (its alphabet is checked with all the others at the end)
+            else:
+                return False
+    elif length != 1:
+        return False
+    thing = stamp[0]
+    if depth == 1:
+        return type(thing) is dict and _is_leaf_stamp_map(thing, hlcs, special)
+    if depth:
+        if type(thing) is not dict:
+            return False
+        for key, child in thing.items():
+            if type(key) is not str or not _is_stamp(child, depth - 1, hlcs, special):
+                return False
+        return True
+    return _is_cell_or_value_or_undefined(thing)
+
+
+_MAX_INT: Final = 2**1024
+_BIG_INT: Final = 2**53
+_BIG_FLOAT: Final = float(2**53)
+
+
+def _is_leaf_stamp_map(
+    things: dict[Any, Any], gathered: list[str] | None = None, special: list[Any] | None = None
+) -> bool:
+    """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body.
+
+    HLCs are checked for length one by one and for their alphabet all at once (one check of
+    their concatenation): a regex call per stamp was a third of the check's cost.
+    With ``gathered``/``special`` the HLCs and the values a store must look at again are
+    collected too (the caller then checks the HLCs' alphabet once for the whole body).
+    """
+    hlcs: list[str] = [] if gathered is None else gathered
+    gather = special is not None
+    for key, stamp in things.items():
+        kind = type(stamp)
+        if type(key) is not str or (kind is not list and kind is not tuple):
+            return False
+        length = len(stamp)
+        if length == 2:
+            hlc = stamp[1]
+            if type(hlc) is not str:
+                return False
+            if hlc:
+                if len(hlc) != 16:
+                    return False
+                hlcs.append(hlc)
+        elif length != 1:
+            return False
+        value = stamp[0]
+        kind = type(value)
+        if kind is str:
+            if gather and value[:1] == JSON_PREFIX:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is int:
+            if not -_MAX_INT < value < _MAX_INT:
+                return False
+            if gather and not -_BIG_INT <= value <= _BIG_INT:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is bool or value is None:
+            pass
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+            if gather and not -_BIG_FLOAT < value < _BIG_FLOAT:
+                special.append(value)  # type: ignore[union-attr]
+        elif kind is dict or kind is list or kind is tuple:
+            if gather:
+                special.append(value)  # type: ignore[union-attr]
+        else:
+            return False
+    if gathered is not None:
+        return True
+    return not hlcs or only_hlc_chars("".join(hlcs))
+
+
+def check_content_diff(body: Any) -> CheckedChanges | None:
+    """TinyBase's check of a ContentDiff body, gathering what the store's own check needs.
+
+    A received ContentDiff was walked twice: once here (TinyBase's message check) and once
+    by the store before merging (TinyBase's validateMergeable). The second walk repeats the
+    first except for a few facts, gathered here on the way: every HLC (for the 5-minute
+    future limit), the values a store must look at again (object cells, ``"\ufffd"``
+    strings, numbers beyond 2**53) and the number of leaves. Returns the body as
+    :class:`~localsync.core.mergeable_store.CheckedChanges` carrying those, or None when the body
+    is not a valid ContentDiff (the same verdict as ``is_protocol_message_valid``).
+    """
+    if not (
+        isinstance(body, _ARRAY)
+        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
+    ):
+        return None
+    gathered = _gathered_stamps((body[0], 3), (body[1], 1))
+    if gathered is None:
+        return None
+    checked = CheckedChanges(body)
+    checked.hlcs, checked.special = gathered
+    return checked
+
+
+Gathered = tuple[list[str], list[Any]]  # (every HLC, the values a store must look at again)
+
+
+def _gathered_stamps(*stamps: tuple[Any, int]) -> Gathered | None:
+    """``_is_stamp(stamp, depth)`` of every (stamp, depth), also gathering for the store;
+    None when one is invalid."""
+    hlcs: list[str] = []
+    special: list[Any] = []
+    for stamp, depth in stamps:
+        if not _is_stamp(stamp, depth, hlcs, special):
+            return None
+    # every HLC gathered was checked for length; their alphabet is checked here at once
+    if hlcs and not only_hlc_chars("".join(hlcs)):
+        return None
+    return hlcs, special
+
+
+def check_response(body: Any) -> tuple[bool, Gathered | None]:
+    """``_is_response(body)`` (same alternatives, same order, same verdict), plus what the
+    store needs when the body is a diff pair ``[tables stamp, hash tree]``, the shape a
+    joiner's table diff arrives in (see :func:`check_content_diff` for why)."""
+    if _is_content_hashes(body):
+        return True, None
+    if _is_stamp(body, 3) or _is_stamp(body, 1):
+        return True, None
+    if (
+        isinstance(body, _ARRAY)
+        and len(body) == 2
+        and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
+    ):
+        gathered = _gathered_stamps((body[0], 3))
+        return gathered is not None, gathered
+    return False, None
+
+
+def _is_content_hashes(body: Any) -> bool:
+    return isinstance(body, _ARRAY) and len(body) == 2 and _is_hash(body[0]) and _is_hash(body[1])
+
+
+def _is_mergeable_content_or_changes(body: Any) -> bool:
+    return (
+        isinstance(body, _ARRAY)
+        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
+        and _is_stamp(body[0], 3)
+        and _is_stamp(body[1], 1)
+    )
+
+
+def _is_response(body: Any) -> bool:
+    return (
+        _is_content_hashes(body)
+        or _is_stamp(body, 3)
+        or _is_stamp(body, 1)
+        or (
+            isinstance(body, _ARRAY)
+            and len(body) == 2
+            and _is_stamp(body[0], 3)
+            and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
+        )
+    )
+
+
+_BODY_CHECKS: dict[int, Callable[[Any], bool]] = {
+    RESPONSE: _is_response,
+    GET_CONTENT_HASHES: lambda body: body == "" and type(body) is str,
+    CONTENT_HASHES: _is_content_hashes,
+    CONTENT_DIFF: _is_mergeable_content_or_changes,
+    TABLE_DIFF: lambda body: _is_hash_tree(body, 0),
+    ROW_DIFF: lambda body: _is_hash_tree(body, 1),
+    CELL_DIFF: lambda body: _is_hash_tree(body, 2),
+    VALUE_DIFF: lambda body: _is_hash_tree(body, 0),
+}
+
+
+def _is_request_id(request_id: Any) -> bool:
+    return request_id is None or (type(request_id) is str and request_id != UNDEFINED)
+
+
+def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
+    """TinyBase 10's check of every received message (request id, number, body shape)."""
+    if not _is_request_id(request_id):
+        return False
+    if type(message) is float:
+        if not math.isfinite(message) or not message.is_integer():
+            return False
+    elif type(message) is not int:  # (no math.isfinite on ints: past float range it raises)
+        return False
+    check = _BODY_CHECKS.get(int(message))
+    return check is not None and check(body)
+
+
+# -- stamps -------------------------------------------------------------------------------------
+
+
+def _stamp_new_obj(hlc: str = "") -> list[Any]:
+    return [{}, hlc] if hlc else [{}]
+
+
+def _latest_hlc(hlc1: Any, hlc2: Any) -> str:
+    a = hlc1 if hlc1 is not None else ""
+    b = hlc2 if hlc2 is not None else ""
+    return a if a > b else b
+
+
+def _hlc_of(stamp: Any) -> Any:
+    return stamp[1] if len(stamp) > 1 else None
+
+
+def _merge_tables_stamps(tables_stamp: list[Any], other: Any) -> None:
+    """TinyBase's ``mergeTablesStamps``, copying each level it changes.
+
+    Copy-on-write because bodies may be shared with the sender (in-process transports).
+    """
+    table_stamps2 = other[0]
+    tables = dict(tables_stamp[0])
+    tables_stamp[0] = tables
+    for table_id, table_stamp2 in table_stamps2.items():
+        old_table = tables.get(table_id)
+        table_stamp = list(old_table) if old_table is not None else [{}]
+        table_stamp[0] = rows = dict(table_stamp[0])
+        for row_id, row_stamp2 in table_stamp2[0].items():
+            old_row = rows.get(row_id)
+            row_stamp = list(old_row) if old_row is not None else [{}]
+            row_stamp[0] = cells = dict(row_stamp[0])
+            for cell_id, cell_stamp2 in row_stamp2[0].items():
+                cell_hlc = _hlc_of(cell_stamp2)
+                cells[cell_id] = [cell_stamp2[0], cell_hlc] if cell_hlc else [cell_stamp2[0]]
+            _set_hlc(row_stamp, _latest_hlc(_hlc_of(row_stamp), _hlc_of(row_stamp2)))
+            rows[row_id] = row_stamp
+        _set_hlc(table_stamp, _latest_hlc(_hlc_of(table_stamp), _hlc_of(table_stamp2)))
+        tables[table_id] = table_stamp
+    _set_hlc(tables_stamp, _latest_hlc(_hlc_of(tables_stamp), _hlc_of(other)))
+
+
+def _set_hlc(stamp: list[Any], hlc: str) -> None:
+    if len(stamp) > 1:
+        stamp[1] = hlc
+    else:
+        stamp.append(hlc)
+
+
+def _is_diff_pair(body: Any) -> bool:
+    """Shape of a table/row diff response, for a body that already passed validation.
+
+    Of the four Response shapes only ``[tables stamp, hash tree]`` has a dict second item,
+    so this cheap test suffices and the body is not walked twice.
+    """
+    return isinstance(body, _ARRAY) and len(body) == 2 and type(body[1]) is dict
+
+
+def _changes_are_empty(changes: Any) -> bool:
+    return not changes[0][0] and not changes[1][0]
+
+
+# -- coalescing local transactions ----------------------------------------------------------
+
+# Caps of one coalesced ContentDiff. A merged diff is closed before it would exceed either, so
+# one message stays far below transport limits (the WebSocket payload limit is 16 MiB, the
+# channel's frames are smaller still) and a receiver applies it as one transaction of
+# bounded size. The byte figure is an estimate of the JSON text (ids, HLCs, string cells);
+# a single transaction is never split, so a transaction bigger than the caps goes alone.
+#: rounds of anti-entropy skipped in a row while ContentDiffs stream (then one runs anyway)
+MAX_POSTPONED_ROUNDS = 3
+
+MAX_COALESCED_STAMPS = 4096
+MAX_COALESCED_BYTES = 1 << 20
+
+
+def _changes_weight(changes: Any) -> tuple[int, int]:
+    """(stamps, estimated JSON bytes) of encoded changes, for the coalescing caps."""
+    stamps = 0
+    size = 0
+    for table_id, table_stamp in changes[0][0].items():
+        size += _STAMP_OVERHEAD + len(table_id)
+        for row_id, row_stamp in table_stamp[0].items():
+            cells = row_stamp[0]
+            stamps += len(cells)
+            size += _STAMP_OVERHEAD + len(row_id)
+            for cell_id, cell_stamp in cells.items():
+                thing = cell_stamp[0]
+                size += _STAMP_OVERHEAD + len(cell_id) + (len(thing) if type(thing) is str else 24)
+    for value_id, value_stamp in changes[1][0].items():
+        thing = value_stamp[0]
+        stamps += 1
+        size += _STAMP_OVERHEAD + len(value_id) + (len(thing) if type(thing) is str else 24)
+    return stamps, size
+
+
+def _stamp_hlc(stamp: Any) -> str:
+    return stamp[1] if len(stamp) > 1 else ""
+
+
+def _raise_hlc(target: list[Any], source: Any) -> None:
+    """Give ``target`` the later of the two HLCs (TinyBase's latest-HLC rule)."""
+    hlc = _stamp_hlc(source)
+    if hlc and hlc > _stamp_hlc(target):
+        _set_hlc(target, hlc)
+
+
+def _own_changes(changes: Any) -> list[Any]:
+    """A copy of the containers of ``changes`` (stamps of cells and values are shared).
+
+    Merging mutates the containers; the first transaction of a batch must not be changed
+    under a caller that still holds it (an ``on_send`` observer, a test).
+    """
+    tables_stamp = changes[0]
+    tables: dict[str, Any] = {}
+    for table_id, table_stamp in tables_stamp[0].items():
+        rows = {row_id: [dict(row[0]), *row[1:]] for row_id, row in table_stamp[0].items()}
+        tables[table_id] = [rows, *table_stamp[1:]]
+    values_stamp = changes[1]
+    return [[tables, *tables_stamp[1:]], [dict(values_stamp[0]), *values_stamp[1:]], 1]
+
+
+def _merge_changes_into(target: list[Any], changes: Any) -> None:
+    """Merge a later transaction's changes into ``target`` (owned): newest HLC per stamp."""
+    tables = target[0][0]
+    for table_id, table_stamp in changes[0][0].items():
+        own_table = tables.get(table_id)
+        if own_table is None:
+            rows_copy = {r: [dict(row[0]), *row[1:]] for r, row in table_stamp[0].items()}
+            tables[table_id] = [rows_copy, *table_stamp[1:]]
+            continue
+        rows = own_table[0]
+        for row_id, row_stamp in table_stamp[0].items():
+            own_row = rows.get(row_id)
+            if own_row is None:
+                rows[row_id] = [dict(row_stamp[0]), *row_stamp[1:]]
+                continue
+            cells = own_row[0]
+            for cell_id, cell_stamp in row_stamp[0].items():
+                old = cells.get(cell_id)
+                if old is None or _stamp_hlc(cell_stamp) >= _stamp_hlc(old):
+                    cells[cell_id] = cell_stamp
+            _raise_hlc(own_row, row_stamp)
+        _raise_hlc(own_table, table_stamp)
+    _raise_hlc(target[0], changes[0])
+    values = target[1][0]
+    for value_id, value_stamp in changes[1][0].items():
+        old = values.get(value_id)
+        if old is None or _stamp_hlc(value_stamp) >= _stamp_hlc(old):
+            values[value_id] = value_stamp
+    _raise_hlc(target[1], changes[1])
+
+
+def coalesce_changes(
+    batch: list[Any],
+    max_stamps: int = MAX_COALESCED_STAMPS,
+    max_bytes: int = MAX_COALESCED_BYTES,
+) -> list[Any]:
+    """Merge consecutive transactions' encoded changes into as few ContentDiff bodies as fit.
+
+    Why this is wire-compatible: a ContentDiff is ``[[tables, hlc], [values, hlc], 1]`` with
+    no hashes, and a receiver merges it stamp by stamp keeping the newest HLC. Keeping only
+    the newest stamp per cell/value (deletions are stamps too) and the latest row/table HLC
+    therefore leaves every receiver in exactly the state the separate diffs would have, in
+    one transaction instead of many. Order is kept: bodies come out in batch order, each
+    holding a consecutive run of transactions; the inputs are not modified.
+    """
+    if len(batch) < 2:
+        return list(batch)
+    out: list[Any] = []
+    current: Any = None
+    owned = False
+    stamps = size = 0
+    for changes in batch:
+        weight, nbytes = _changes_weight(changes)
+        if current is not None and (stamps + weight > max_stamps or size + nbytes > max_bytes):
+            out.append(current)
+            current = None
+        if current is None:
+            current, owned, stamps, size = changes, False, weight, nbytes
+            continue
+        if not owned:
+            current, owned = _own_changes(current), True
+        _merge_changes_into(current, changes)
+        stamps += weight
+        size += nbytes
+    if current is not None:
+        out.append(current)
+    return out
+
+
+# -- the pull state machine ---------------------------------------------------------------------
+
+
+class _Pull:
+    """One ``getChangesFromOtherStore`` run, advanced by responses instead of awaits."""
+
+    __slots__ = (
+        "asked_everyone",
+        "gathered",
+        "on_done",
+        "other",
+        "other_values_hash",
+        "restarts",
+        "tables_changes",
+        "tx_id",
+        "values_hash",
+    )
+
+    def __init__(self, tx_id: str, other: str | None, on_done: Callable[[Any], None]) -> None:
+        self.tx_id = tx_id
+        self.other = other
+        self.on_done = on_done
+        self.tables_changes: list[Any] = _stamp_new_obj()
+        self.values_hash: Any = None
+        self.other_values_hash: Any = None
+        # began with a broadcast GetContentHashes: any peer will do, so a peer that leaves
+        # mid-sequence can be replaced by asking everyone again
+        self.asked_everyone = False
+        self.restarts = 0
+        # what the responses' checks gathered for the store (check_content_diff), while
+        # the result is exactly a table diff plus a value diff; None once rows get merged
+        self.gathered: Gathered | None = ([], [])
+
+    def gather(self, more: Gathered) -> None:
+        """Add a response's gatherings, unless the result stopped being a plain diff."""
+        if self.gathered is not None:
+            self.gathered[0].extend(more[0])
+            self.gathered[1].extend(more[1])
+
+
+class _Pending:
+    __slots__ = ("deadline", "message", "pull", "sent", "to")
+
+    def __init__(
+        self, to: str | None, message: int, pull: _Pull, sent: float, deadline: float
+    ) -> None:
+        self.to = to
+        self.message = message
+        self.pull = pull
+        self.sent = sent
+        self.deadline = deadline
+
+
+class _Peer:
+    __slots__ = ("hashes", "last_heard")
+
+    def __init__(self, now: float) -> None:
+        self.hashes: tuple[Any, Any] | None = None
+        self.last_heard = now
+
+
+class SyncEngine:
+    """TinyBase's createCustomSynchronizer protocol, driven by method calls.
+
+    ``store`` is a MergeableStore (only its read methods are used here; changes are handed to
+    ``persister_listener`` so the Persister can mark them as loaded, not local).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        request_timeout_seconds: float,
+        on_ignored_error: Callable[[BaseException], None] | None = None,
+        on_receive: Callable[[str, str | None, int, Any], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        transaction_id: Callable[[], str] | None = None,
+        request_suffix: Callable[[], str] | None = None,
+        anti_entropy_seconds: float | None = None,
+        heartbeat_every: int = 4,
+        max_pending_requests: int = MAX_PENDING_REQUESTS,
+    ) -> None:
+        if anti_entropy_seconds is not None and not anti_entropy_seconds > 0:
+            raise ValueError("anti_entropy_seconds must be a positive number or None")
+        self.store = store
+        self.request_timeout_seconds = float(request_timeout_seconds)
+        # optional shorter bound for "who is there? send me your hashes": answering it is
+        # cheap, so only the diffs that follow may deserve a long time-out
+        self.broadcast_hashes_timeout_seconds: float | None = None
+        self.on_ignored_error = on_ignored_error
+        self.on_receive = on_receive
+        self.clock = clock
+        self._transaction_id = transaction_id or (lambda: get_unique_id(11))
+        self._request_suffix = request_suffix or (lambda: get_unique_id(4))
+        self.anti_entropy_seconds = anti_entropy_seconds
+        # each period drawn from period * (1 +/- jitter): participants started together
+        # otherwise keep their rounds in step for ever, so the bursts of announcements,
+        # probes and answers meet at the same moments, and on a lossy link (tiny high-water
+        # marks, a busy machine) the pulls those rounds start are the messages dropped, round
+        # after round. 0 (exact periods) unless a transport asks for it.
+        self.anti_entropy_jitter = 0.0
+        self.random: Callable[[], float] = random.random
+        self.heartbeat_every = max(1, heartbeat_every)
+        self.max_pending_requests = max_pending_requests
+        # state the driver sets
+        self.syncing = False
+        self.destroyed = False
+        self.is_auto_loading: Callable[[], bool] = lambda: False
+        self.is_auto_saving: Callable[[], bool] = lambda: False
+        self.persister_listener: Callable[[Any, Any], None] | None = None
+        # internal
+        self.sends = 0
+        self.receives = 0
+        self.ignored_errors = 0
+        self.anti_entropy_announcements = 0
+        self._outbox: list[Outgoing] = []
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._peers: dict[str, _Peer] = {}
+        self._last_announced: tuple[Any, Any] | None = None
+        self._probes: dict[str, float] = {}
+        # the pull running from each peer: its ContentHashes (announced every anti-entropy
+        # period while hashes differ) start no second pull meanwhile. Without this, each
+        # announcement added a pull whose answer is the same big diff; on a lossy link
+        # (tiny high-water marks) the answers crowded each other out and nothing arrived.
+        self._pulling_from: dict[str, _Pull] = {}
+        self.anti_entropy_probes = 0
+        self._next_anti_entropy: float | None = None
+        self._anti_entropy_periods = 0
+        self._last_diff_traffic = -math.inf
+        self._postponed_rounds = 0
+        self.anti_entropy_postponed = 0
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def has_data_to_send(self) -> bool:
+        return bool(self._outbox)
+
+    def data_to_send(self) -> list[Outgoing]:
+        """Take the queued messages (oldest first)."""
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must next be called (``clock`` units), or None."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._pending:
+            heapq.heappop(deadlines)
+        best = deadlines[0][0] if deadlines else None
+        ae = self._next_anti_entropy if self.syncing else None
+        if ae is not None and (best is None or ae < best):
+            best = ae
+        return best
+
+    def pending_request_count(self) -> int:
+        return len(self._pending)
+
+    def _report(self, error: BaseException) -> None:
+        self.ignored_errors += 1
+        if self.on_ignored_error is not None:
+            self.on_ignored_error(error)
+
+    def _emit(self, to: str | None, request_id: str | None, message: int, body: Any) -> None:
+        self.sends += 1
+        self._outbox.append(Outgoing(to, request_id, message, body))
+
+    def new_transaction_id(self) -> str:
+        return self._transaction_id()
+
+    # -- saves ------------------------------------------------------------------------------
+
+    def send_content_diff(self, changes: Any) -> None:
+        """Broadcast one transaction's encoded changes (without hashes)."""
+        self._last_diff_traffic = self.clock()
+        self._emit(None, self._transaction_id(), CONTENT_DIFF, changes)
+
+    def send_content_hashes(self) -> None:
+        """Broadcast this store's content hashes so that differing peers pull from us."""
+        hashes = self.store.get_mergeable_content_hashes()
+        self._last_announced = (hashes[0], hashes[1])
+        self._emit(None, self._transaction_id(), CONTENT_HASHES, hashes)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _request(self, pull: _Pull, to: str | None, message: int, body: Any) -> None:
+        if self.destroyed:
+            # nothing would ever time it out (a destroyed synchronizer has no timer), so a
+            # pull that goes on after destroy must end here, not wait for ever
+            self._fail(pull, TinyBaseError(ERROR_SYNC_RESPONSE, "destroyed"))
+            return
+        if len(self._pending) >= self.max_pending_requests:
+            self._fail(pull, TinyBaseError(ERROR_SYNC_OVERFLOW, "requests"))
+            return
+        request_id = pull.tx_id + "." + self._request_suffix()
+        now = self.clock()
+        timeout = self.request_timeout_seconds
+        cap = self.broadcast_hashes_timeout_seconds
+        if cap is not None and to is None and message == GET_CONTENT_HASHES and cap < timeout:
+            timeout = cap
+        deadline = now + timeout
+        self._pending[request_id] = _Pending(to, message, pull, now, deadline)
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        self._emit(to, request_id, message, body)
+
+    def reject_pending_requests(self, error: BaseException) -> None:
+        """Fail every request in flight (destroy); their pulls report ``error``."""
+        pending = self._pending
+        self._pending = {}
+        self._deadlines.clear()
+        for entry in pending.values():
+            self._fail(entry.pull, error)
+
+    # -- the pull sequence --------------------------------------------------------------------
+
+    def pull(
+        self,
+        on_done: Callable[[Any], None],
+        other_client_id: str | None = None,
+        other_content_hashes: Any = None,
+        transaction_id: str | None = None,
+    ) -> None:
+        """Ask a peer (or, with no hashes given, whoever answers first) what we are missing.
+
+        ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
+        ``None`` when the sequence failed (the failure is reported first).
+        """
+        if other_client_id in self._pulling_from and other_content_hashes is not None:
+            return  # (the running pull asks for the difference as it is when it asks)
+        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+        if other_content_hashes is None:
+            pull.asked_everyone = True
+            self._request(pull, None, GET_CONTENT_HASHES, "")
+        else:
+            if other_client_id is not None:
+                self._pulling_from[other_client_id] = pull
+            self._on_content_hashes(pull, other_content_hashes)
+
+    def _fail(self, pull: _Pull, error: BaseException) -> None:
+        self._pull_ended(pull)
+        self._report(error)
+        pull.on_done(None)
+
+    def _pull_ended(self, pull: _Pull) -> None:
+        other = pull.other
+        if other is not None and self._pulling_from.get(other) is pull:
+            del self._pulling_from[other]
+
+    def _finish(self, pull: _Pull, values_stamp: Any) -> None:
+        self._pull_ended(pull)
+        gathered = pull.gathered
+        if gathered is None:
+            pull.on_done([pull.tables_changes, values_stamp, 1])
+            return
+        changes = CheckedChanges([pull.tables_changes, values_stamp, 1])
+        changes.hlcs, changes.special = gathered
+        pull.on_done(changes)
+
+    def _on_content_hashes(self, pull: _Pull, other_hashes: Any) -> None:
+        other_tables_hash, other_values_hash = other_hashes
+        tables_hash, values_hash = self.store.get_mergeable_content_hashes()
+        pull.values_hash = values_hash
+        pull.other_values_hash = other_values_hash
+        if tables_hash != other_tables_hash:
+            self._request(pull, pull.other, TABLE_DIFF, self.store.get_mergeable_table_hashes())
+        else:
+            self._values_step(pull)
+
+    def _values_step(self, pull: _Pull) -> None:
+        if pull.values_hash == pull.other_values_hash:
+            self._finish(pull, _stamp_new_obj())
+        else:
+            self._request(pull, pull.other, VALUE_DIFF, self.store.get_mergeable_value_hashes())
+
+    def _on_response(
+        self, entry: _Pending, body: Any, from_client_id: str, gathered: Gathered | None = None
+    ) -> None:
+        pull = entry.pull
+        message = entry.message
+        store = self.store
+        if message == GET_CONTENT_HASHES:
+            if not _is_content_hashes(body):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            pull.other = from_client_id
+            self._remember_peer_hashes(from_client_id, body)
+            self._on_content_hashes(pull, body)
+        elif message == TABLE_DIFF:
+            if not _is_diff_pair(body):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            new_tables, differing = body
+            pull.tables_changes = list(new_tables)
+            if gathered is not None and not differing:
+                pull.gather(gathered)
+            else:
+                pull.gathered = None  # rows will be merged in: the store checks in full
+            if differing:
+                self._request(pull, pull.other, ROW_DIFF, store.get_mergeable_row_hashes(differing))
+            else:
+                self._values_step(pull)
+        elif message == ROW_DIFF:
+            if not _is_diff_pair(body):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            new_rows, differing = body
+            pull.gathered = None
+            _merge_tables_stamps(pull.tables_changes, new_rows)
+            if differing:
+                self._request(
+                    pull, pull.other, CELL_DIFF, store.get_mergeable_cell_hashes(differing)
+                )
+            else:
+                self._values_step(pull)
+        elif message == CELL_DIFF:
+            if not _is_stamp(body, 3):
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            pull.gathered = None
+            _merge_tables_stamps(pull.tables_changes, body)
+            self._values_step(pull)
+        else:  # VALUE_DIFF
+            values = _gathered_stamps((body, 1))  # (the same check as _is_stamp(body, 1))
+            if values is None:
+                raise TinyBaseError(ERROR_SYNC_MESSAGE, "response")
+            pull.gather(values)
+            self._finish(pull, body)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive(self, from_client_id: Any, request_id: Any, message: Any, body: Any) -> None:
+        """Handle one message from a peer; never raises into the transport (its arguments are
+        whatever arrived, hence ``Any``: they are checked here)."""
+        if self.destroyed:
+            return
+        # ContentDiffs and responses (a joiner's table diff) are checked once for the protocol
+        # and, on the way, for the store that will merge them (see check_content_diff)
+        checked: CheckedChanges | None = None
+        gathered: Gathered | None = None
+        if type(message) is not int or not _is_request_id(request_id):
+            valid = is_protocol_message_valid(request_id, message, body)
+        elif message == CONTENT_DIFF:
+            checked = check_content_diff(body)
+            valid = checked is not None
+        elif message == RESPONSE:
+            valid, gathered = check_response(body)
+        else:
+            valid = is_protocol_message_valid(request_id, message, body)
+        if not valid:
+            self._report(TinyBaseError(ERROR_SYNC_MESSAGE))
+            return
+        message = int(message)
+        is_auto_loading = self.syncing or self.is_auto_loading()
+        self.receives += 1
+        if self.anti_entropy_seconds is not None:
+            self._known_peer(from_client_id)
+        if self.on_receive is not None:
+            self.on_receive(from_client_id, request_id, message, body)
+        try:
+            self._dispatch(
+                from_client_id,
+                request_id,
+                message,
+                body if checked is None else checked,
+                is_auto_loading,
+                gathered,
+            )
+        except Exception as error:
+            self._report(error)
+
+    def _dispatch(
+        self,
+        from_client_id: str,
+        request_id: str | None,
+        message: int,
+        body: Any,
+        is_auto_loading: bool,
+        gathered: Gathered | None = None,
+    ) -> None:
+        if message == RESPONSE:
+            entry = self._pending.get(request_id) if request_id is not None else None
+            if entry is not None and (entry.to is None or entry.to == from_client_id):
+                del self._pending[request_id]  # type: ignore[arg-type]
+                try:
+                    self._on_response(entry, body, from_client_id, gathered)
+                except Exception as error:
+                    self._fail(entry.pull, error)
+            elif request_id in self._probes:
+                self._on_probe_answer(from_client_id, body, is_auto_loading)
+            return
+        if message == CONTENT_HASHES:
+            self._remember_peer_hashes(from_client_id, body)
+            if is_auto_loading:
+                self.pull(
+                    self._pushed_changes_handler(),
+                    from_client_id,
+                    body,
+                    request_id,
+                )
+            return
+        if message == CONTENT_DIFF:
+            self._last_diff_traffic = self.clock()
+            if is_auto_loading and self.persister_listener is not None:
+                self.persister_listener(None, body)
+            return
+        store = self.store
+        if message == GET_CONTENT_HASHES:
+            if not (self.syncing or self.is_auto_saving()):
+                return
+            response = store.get_mergeable_content_hashes()
+        elif message == TABLE_DIFF:
+            response = store.get_mergeable_table_diff(body)
+        elif message == ROW_DIFF:
+            response = store.get_mergeable_row_diff(body)
+        elif message == CELL_DIFF:
+            response = store.get_mergeable_cell_diff(body)
+        else:  # VALUE_DIFF
+            response = store.get_mergeable_value_diff(body)
+        self._emit(from_client_id, request_id, RESPONSE, response)
+
+    def _pushed_changes_handler(self) -> Callable[[Any], None]:
+        def on_done(changes: Any) -> None:
+            listener = self.persister_listener
+            if self.destroyed or listener is None:
+                return
+            if changes is not None and _changes_are_empty(changes):
+                return  # in sync already: nothing to apply (TinyBase applies an empty set)
+            listener(None, changes)
+
+        return on_done
+
+    # -- peers and anti-entropy ---------------------------------------------------------------
+
+    def _known_peer(self, client_id: str) -> _Peer:
+        peer = self._peers.get(client_id)
+        now = self.clock()
+        if peer is None:
+            peer = self._peers[client_id] = _Peer(now)
+        else:
+            peer.last_heard = now
+        return peer
+
+    def _remember_peer_hashes(self, client_id: str, hashes: Any) -> None:
+        self._known_peer(client_id).hashes = (hashes[0], hashes[1])
+
+    def forget_peer(self, client_id: str) -> None:
+        """Stop expecting ``client_id`` to agree with us (it left)."""
+        self._peers.pop(client_id, None)
+
+    def peer_left(self, client_id: str) -> None:
+        """``client_id`` is gone (its transport said so): stop waiting for its answers.
+
+        Without this a request to a departed peer waits for its whole time-out, which for a
+        joiner is long on purpose (a live peer may need seconds to compute a big diff). A
+        pull that began by asking everyone asks everyone again (at most
+        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits mid-sequence
+        still gets the content from another peer; any other pull fails as a time-out would.
+        """
+        self.forget_peer(client_id)
+        gone = [rid for rid, entry in self._pending.items() if entry.to == client_id]
+        for request_id in gone:
+            entry = self._pending.pop(request_id)
+            pull = entry.pull
+            if pull.asked_everyone and pull.restarts < MAX_PULL_RESTARTS and not self.destroyed:
+                pull.restarts += 1
+                pull.other = None
+                pull.tables_changes = _stamp_new_obj()
+                pull.gathered = ([], [])
+                self._request(pull, None, GET_CONTENT_HASHES, "")
+            else:
+                self._fail(
+                    pull,
+                    TinyBaseError(
+                        ERROR_SYNC_RESPONSE, f"{client_id}.{request_id}.{entry.message} (left)"
+                    ),
+                )
+
+    def awaited_peers(self, min_wait: float, now: float | None = None) -> set[str]:
+        """Peers that owe us an answer for at least ``min_wait`` seconds (liveness checks)."""
+        if now is None:
+            now = self.clock()
+        return {
+            entry.to
+            for entry in self._pending.values()
+            if entry.to is not None and now - entry.sent >= min_wait
+        }
+
+    def start(self) -> None:
+        """Mark syncing (answer GetContentHashes, pull on ContentHashes) and arm anti-entropy."""
+        self.syncing = True
+        if self.anti_entropy_seconds is not None:
+            self._next_anti_entropy = self.clock() + self._period()
+
+    def _period(self) -> float:
+        """The next anti-entropy period (``anti_entropy_jitter`` applied)."""
+        period = self.anti_entropy_seconds or 1.0
+        jitter = self.anti_entropy_jitter
+        if jitter:
+            period *= 1.0 + jitter * (2.0 * self.random() - 1.0)
+        return period
+
+    def stop(self) -> None:
+        self.syncing = False
+        self._next_anti_entropy = None
+
+    def _anti_entropy_round(self, now: float) -> None:
+        """One period: announce our hashes when useful; on heartbeats also probe everyone.
+
+        Announcing lets peers pull what they miss from us. The probe (a broadcast
+        GetContentHashes whose every answer we read) lets us pull what *we* miss from peers
+        that never announce on their own, such as TinyBase's synchronizers.
+        """
+        period = self.anti_entropy_seconds or 1.0
+        if (
+            now - self._last_diff_traffic <= period
+            and self._postponed_rounds < MAX_POSTPONED_ROUNDS
+        ):
+            self._postponed_rounds += 1
+            self.anti_entropy_postponed += 1
+            return
+        self._postponed_rounds = 0
+        self._anti_entropy_periods += 1
+        # a peer silent for three heartbeats has left: stop announcing for its stale hashes
+        horizon = now - 3 * self.heartbeat_every * period
+        for client_id in [c for c, p in self._peers.items() if p.last_heard < horizon]:
+            del self._peers[client_id]
+        for probe_id in [r for r, expiry in self._probes.items() if expiry < now]:
+            del self._probes[probe_id]
+        heartbeat = self._anti_entropy_periods % self.heartbeat_every == 0
+        hashes = tuple(self.store.get_mergeable_content_hashes())
+        if (
+            heartbeat
+            or hashes != self._last_announced
+            or any(peer.hashes != hashes for peer in self._peers.values())
+        ):
+            self.anti_entropy_announcements += 1
+            self.send_content_hashes()
+        if heartbeat:
+            self.anti_entropy_probes += 1
+            probe_id = self._transaction_id() + "." + self._request_suffix()
+            self._probes[probe_id] = now + self.heartbeat_every * period
+            self._emit(None, probe_id, GET_CONTENT_HASHES, "")
+
+    def _on_probe_answer(self, from_client_id: str, body: Any, is_auto_loading: bool) -> None:
+        if not _is_content_hashes(body):
+            return
+        self._remember_peer_hashes(from_client_id, body)
+        if is_auto_loading and list(body) != list(self.store.get_mergeable_content_hashes()):
+            self.pull(self._pushed_changes_handler(), from_client_id, body)
+
+    def tick(self, now: float | None = None) -> None:
+        """Expire overdue requests and run anti-entropy when due."""
+        if now is None:
+            now = self.clock()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id = heapq.heappop(deadlines)
+            entry = self._pending.pop(request_id, None)
+            if entry is not None:
+                self._fail(
+                    entry.pull,
+                    TinyBaseError(
+                        ERROR_SYNC_RESPONSE,
+                        f"{entry.to or ''}.{request_id}.{entry.message}",
+                    ),
+                )
+        ae = self._next_anti_entropy
+        if self.syncing and ae is not None and ae <= now and not self.destroyed:
+            while ae <= now:
+                ae += self._period()
+            self._next_anti_entropy = ae
+            try:
+                self._anti_entropy_round(now)
+            except Exception as error:
+                self._report(error)

@@ -1,0 +1,1000 @@
+"""The Persister base: TinyBase's ``createCustomPersister`` lifecycle, as asyncio coroutines.
+
+Why one base for files, databases *and* synchronizers: TinyBase builds its Synchronizer on the
+same load/save/auto-load/auto-save machinery as its persisters (a synchronizer "loads" from
+peers and "saves" to them). Sharing the machinery keeps status, statistics, scheduling and the
+echo-suppression rule identical everywhere.
+
+Building a persister on this module
+-----------------------------------
+Either call :func:`create_custom_persister` with four hooks, or subclass :class:`Persister`
+and override the four ``_`` methods. Every hook may be a plain function or a coroutine
+function (the base awaits results that are awaitable):
+
+``get_persisted() -> content | changes | None``
+    Read what is persisted. ``None`` means "nothing persisted yet" (TinyBase's ``undefined``):
+    the store is then given ``initial_content`` if one was passed to ``load``. For a
+    MergeableStore return the *encoded* mergeable content (object cells as U+FFFD + JSON,
+    ``undefined`` as U+FFFC), or encoded mergeable changes (a list whose third item is ``1``).
+    Anything that is not a list (and not ``None``) is reported as ``tinybase:1``.
+``set_persisted(get_content, changes=None) -> None``
+    Write. ``get_content()`` returns the encoded content of the whole store; ``changes`` is
+    the encoded transaction changes (with hashes for persisters) when the save was caused by a
+    transaction under auto-save, else ``None`` (a full save).
+``add_persister_listener(listener) -> handle``
+    Start watching the storage; call ``listener(content=None, changes=None)`` whenever it
+    changed outside this persister. With content or changes they are applied directly; with
+    neither, the persister calls ``load()``. ``listener`` may be called from any thread.
+``del_persister_listener(handle) -> None``
+    Stop watching.
+
+``destroy`` (optional, ``extra_destroy=`` or override ``_destroy_extra``) releases resources.
+
+Errors raised by hooks never escape ``load``/``save``/auto-persisting: as in TinyBase they
+are passed to ``on_ignored_error``; when no such callback is given they are logged on the
+``localsync.sync.persister`` logger (never swallowed silently). Status changes (0 idle,
+1 loading, 2 saving) are announced to ``add_status_listener`` listeners as
+``listener(persister, status)``.
+
+Threads: a persister belongs to the event loop on which it is first used. Transactions may run
+on other threads (the store serialises them with ``store.lock``); their changes are computed on
+the writing thread inside the transaction listener and handed to the loop with
+``call_soon_threadsafe``.
+
+Coalescing (``_coalesce_saves``, switched on by synchronizers): auto-saved changes are queued
+and saved on the loop's next turn, merged by ``_merge_changes``; see
+:mod:`localsync.sync.synchronizer`. Persisters keep one save per transaction.
+
+One deliberate difference from TinyBase: a transaction is treated as an echo (and not saved)
+only while this persister itself is applying loaded content on the loop thread. TinyBase skips
+*any* save while its status is "loading", which silently delays local writes that happen while
+a slow load is in flight; here they are queued behind the load instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from enum import IntEnum
+from typing import Any
+
+from localsync.core.collector import tune_collector
+from localsync.errors import TinyBaseError
+
+__all__ = [
+    "Persister",
+    "Persists",
+    "Status",
+    "TinyBaseError",
+    "create_custom_persister",
+    "maybe_await",
+]
+
+logger = logging.getLogger("localsync.sync.persister")
+
+#: A transaction on the loop thread is sent from its listener (not on the next loop turn)
+#: when nothing was sent for this long: lone writes go at once, bursts stay merged.
+INLINE_IDLE_SECONDS = 0.001
+
+ERROR_STORE_TYPE = 0
+ERROR_CONTENT = 1
+
+StatusListener = Callable[["Persister", int], None]
+IgnoredErrorHandler = Callable[[BaseException], None]
+
+
+class Status(IntEnum):
+    """TinyBase's ``Status`` enum."""
+
+    IDLE = 0
+    LOADING = 1
+    SAVING = 2
+
+
+class Persists(IntEnum):
+    """TinyBase's ``Persists`` enum: which kind of store a persister accepts."""
+
+    STORE_ONLY = 1
+    MERGEABLE_STORE_ONLY = 2
+    STORE_OR_MERGEABLE_STORE = 3
+
+
+async def maybe_await(value: Any) -> Any:
+    """Await ``value`` if it is awaitable, so hooks may be plain or async functions."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class _Schedule:
+    """Actions of all persisters sharing one schedule id run one at a time, in order."""
+
+    __slots__ = ("actions", "refs", "running")
+
+    def __init__(self) -> None:
+        self.actions: deque[_ScheduledAction] = deque()
+        self.running = False
+        self.refs = 0
+
+
+class _ScheduledAction:
+    __slots__ = ("complete", "owner", "run")
+
+    def __init__(
+        self,
+        run: Callable[[], Awaitable[None]],
+        complete: Callable[[], None] | None,
+        owner: object,
+    ) -> None:
+        self.run = run
+        self.complete = complete
+        self.owner = owner
+
+
+_schedules: dict[Hashable, _Schedule] = {}
+
+
+def _has_changes(changes: Any, mergeable: bool = True) -> bool:
+    """TinyBase's hasChanges: mergeable changes hold stamps, plain changes hold dicts."""
+    try:
+        if mergeable:
+            return bool(changes[0][0]) or bool(changes[1][0])
+        return bool(changes[0]) or bool(changes[1])
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
+class Persister:
+    """TinyBase's Persister (``createCustomPersister``) with coroutine lifecycle methods.
+
+    Subclasses override :meth:`_get_persisted`, :meth:`_set_persisted`,
+    :meth:`_add_persister_listener`, :meth:`_del_persister_listener` and optionally
+    :meth:`_destroy_extra` (see the module docstring for their contracts).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None = None,
+        persist: int = Persists.STORE_OR_MERGEABLE_STORE,
+        schedule_id: Hashable | None = None,
+        is_synchronizer: bool = False,
+    ) -> None:
+        tune_collector()  # a process that syncs or persists a store: see localsync.core.collector
+        self._store = store
+        self._on_ignored_error = on_ignored_error
+        self._is_synchronizer = is_synchronizer
+        self._status = Status.IDLE
+        self._loads = 0
+        self._saves = 0
+        self._auto_load_handle: Any = None
+        self._auto_load_active = False
+        self._auto_load_task: asyncio.Future[Any] | None = None
+        self._auto_load_generation = 0
+        self._pending_auto_loads = 0
+        self._pending_scheduled_auto_loads = 0
+        self._auto_load_after_save_generation = 0
+        self._initial_load_pending = False
+        self._auto_save_listener_id: Any = None
+        self._auto_save_generation = 0
+        self._destroyed = False
+        self._destroying: asyncio.Future[Any] | None = None
+        self._active_action: asyncio.Future[None] | None = None
+        self._applying = 0
+        self._queued_saves = 0
+        # coalescing (synchronizers): transactions written on other threads wait in
+        # _handover until one loop callback takes them all; saves that must queue behind a
+        # busy schedule join the last queued save that has not started yet (_open_batch)
+        self._coalesce_saves = False
+        self._handover_lock = threading.Lock()
+        self._handover: list[tuple[int, Any]] = []
+        self._handover_scheduled = False
+        self._set_persisted_kind: tuple[Any, bool] | None = None
+        self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
+        self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
+        self._open_batch: list[Any] | None = None
+        # a synchronizer over a MergeableStore queues what each transaction touched and
+        # builds the wire records once per drained run (MergeableStore docs)
+        self._get_touched: Callable[[], Any] | None = None
+        self._status_listeners: dict[str, StatusListener] = {}
+        self._next_listener_id = 0
+        # the store's hook, looked up once (a received change asks for it every time)
+        self._had_mutated: Callable[[], bool] | None = getattr(store, "_had_mutated", None)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._schedule_owner = object()
+        self._schedule_id: Hashable = schedule_id if schedule_id is not None else object()
+        sched = _schedules.setdefault(self._schedule_id, _Schedule())
+        sched.refs += 1
+        self._configure_store(persist)
+
+    # -- store access -------------------------------------------------------------------------
+
+    def _configure_store(self, persist: int) -> None:
+        store = self._store
+        mergeable = bool(getattr(store, "is_mergeable", lambda: False)())
+        if persist != Persists.STORE_ONLY and mergeable:
+            self._is_mergeable_store = True
+            self._get_content: Callable[[], Any] = store._get_encoded_mergeable_content
+            with_hashes = not self._is_synchronizer
+            self._get_changes: Callable[[], Any] = lambda: (
+                store._get_encoded_transaction_mergeable_changes(with_hashes)
+            )
+            if self._is_synchronizer:
+                self._get_touched = getattr(store, "_transaction_touched", None)
+            self._set_default_content: Callable[[Any], Any] = store.set_default_content
+        elif persist != Persists.MERGEABLE_STORE_ONLY:
+            self._is_mergeable_store = False
+            self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
+            get_changes = getattr(store, "_get_encoded_transaction_changes", None) or getattr(
+                store, "get_transaction_changes", None
+            )
+            self._get_changes = get_changes if get_changes is not None else lambda: None
+            self._set_default_content = store.set_content
+        else:
+            raise TypeError(f"tinybase:{ERROR_STORE_TYPE}: this persister needs a MergeableStore")
+
+    def _set_content_or_changes(self, content_or_changes: Any) -> None:
+        """Apply loaded content (or changes), marking it as ours so it is not saved back."""
+        store = self._store
+        is_changes = len(content_or_changes) > 2 and content_or_changes[2] == 1
+        ignored_before = getattr(store, "ignored_count", None)
+        self._applying += 1
+        try:
+            if self._is_mergeable_store and isinstance(content_or_changes[0], list):
+                if is_changes:
+                    store._apply_encoded_mergeable_changes(content_or_changes)
+                else:
+                    store._set_encoded_mergeable_content(content_or_changes)
+            elif is_changes:
+                apply = getattr(store, "_apply_encoded_changes", None) or store.apply_changes
+                apply(content_or_changes)
+            else:
+                setter = getattr(store, "_set_encoded_content", None) or store.set_content
+                setter(content_or_changes)
+        finally:
+            self._applying -= 1
+        if ignored_before is not None and getattr(store, "ignored_count", 0) > ignored_before:
+            # the store drops invalid or far-future data silently, as TinyBase does; say so
+            raise TinyBaseError(ERROR_CONTENT, "ignored invalid or far-future mergeable data")
+
+    def get_store(self) -> Any:
+        return self._store
+
+    # -- errors, status, listeners ------------------------------------------------------------
+
+    def _report(self, error: BaseException) -> None:
+        """Pass an ignored error on; never let a faulty handler break the persister."""
+        handler = self._on_ignored_error
+        if handler is None:
+            # a request nobody answered (alone on a channel, a peer that left) is routine and
+            # retried by anti-entropy: not worth a warning on every start; the rest is
+            level = (
+                logging.DEBUG
+                if isinstance(error, TinyBaseError) and error.code == "tinybase:3"
+                else logging.WARNING
+            )
+            logger.log(level, "ignored error in %s: %r", type(self).__name__, error)
+            return
+        try:
+            handler(error)
+        except Exception:  # pragma: no cover - the user's handler failed
+            logger.exception("on_ignored_error handler raised")
+
+    def _set_status(self, status: Status) -> None:
+        if status != self._status:
+            self._status = status
+            if not self._status_listeners:
+                return
+            for listener in list(self._status_listeners.values()):
+                try:
+                    listener(self, int(status))
+                except Exception as error:
+                    self._report(error)
+
+    def get_status(self) -> int:
+        return int(self._status)
+
+    def add_status_listener(self, listener: StatusListener) -> str:
+        listener_id = str(self._next_listener_id)
+        self._next_listener_id += 1
+        self._status_listeners[listener_id] = listener
+        return listener_id
+
+    def del_listener(self, listener_id: str) -> Persister:
+        self._status_listeners.pop(listener_id, None)
+        return self
+
+    def get_stats(self) -> dict[str, int]:
+        return {"loads": self._loads, "saves": self._saves}
+
+    # -- hooks (override) ---------------------------------------------------------------------
+
+    def _get_persisted(self) -> Any:
+        raise NotImplementedError
+
+    def _set_persisted(self, get_content: Callable[[], Any], changes: Any = None) -> Any:
+        raise NotImplementedError
+
+    def _add_persister_listener(self, listener: Callable[..., None]) -> Any:
+        return None
+
+    def _del_persister_listener(self, handle: Any) -> Any:
+        return None
+
+    def _destroy_extra(self) -> Any:
+        return None
+
+    def _after_load(self, applied: bool) -> None:
+        """Called after ``load`` handed persisted content to the store (loop thread).
+
+        ``applied`` is False when the store ignored it as invalid (``ignored_count`` rose:
+        invalid or far-future stamps, which the store drops silently as TinyBase does) or
+        applying it raised. Content that was valid but merged only partly (older stamps
+        losing to newer ones) counts as applied. Persisters that must not overwrite storage
+        the store could not take (file, SQLite) override this; the base does nothing.
+        """
+
+    def _merge_changes(self, batch: list[Any]) -> list[Any]:
+        """Turn waiting transactions' changes into the change sets to save, in order.
+
+        The base keeps them apart; a synchronizer merges them (see ``_coalesce_saves``).
+        """
+        return batch
+
+    # -- loop plumbing --------------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None or (self._loop is not loop and self._loop.is_closed()):
+            # first use, or the previous loop is gone (e.g. a second asyncio.run())
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+        return loop
+
+    def _on_loop_thread(self) -> bool:
+        return self._loop_thread is None or self._loop_thread == threading.get_ident()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        """Run a coroutine in the background, reporting (not losing) its failure."""
+        assert self._loop is not None
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._tasks.add(task)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            self._tasks.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None:
+                self._report(fut.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(done)
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _schedule_idle(self) -> bool:
+        sched = _schedules.get(self._schedule_id)
+        return sched is None or (not sched.running and not sched.actions)
+
+    async def _run_schedule(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        if sched is None or sched.running:
+            return
+        sched.running = True
+        try:
+            while sched.actions:
+                action = sched.actions.popleft()
+                await action.run()
+        finally:
+            sched.running = False
+            self._prune_schedule()
+
+    def _prune_schedule(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        if sched is not None and not sched.refs and not sched.running and not sched.actions:
+            del _schedules[self._schedule_id]
+
+    async def schedule(self, *actions: Callable[[], Any]) -> Persister:
+        """Run ``actions`` one after another, after anything already scheduled on this id.
+
+        Errors of an action go to ``on_ignored_error`` (as TinyBase's schedule does).
+        """
+        loop = self._bind_loop()
+        if not actions:
+            return self
+        completion: asyncio.Future[None] = loop.create_future()
+        sched = _schedules.setdefault(self._schedule_id, _Schedule())
+        last_index = len(actions) - 1
+
+        def resolve() -> None:
+            if not completion.done():
+                completion.set_result(None)
+
+        for index, action in enumerate(actions):
+
+            async def run(
+                action: Callable[[], Any] = action, last: bool = index == last_index
+            ) -> None:
+                active: asyncio.Future[None] = loop.create_future()
+                self._active_action = active
+                try:
+                    try:
+                        await maybe_await(action())
+                    except Exception as error:
+                        self._report(error)
+                    if last:
+                        resolve()
+                finally:
+                    self._active_action = None
+                    if not active.done():  # (cancelled when an asyncio.run shut down)
+                        active.set_result(None)
+
+            complete = resolve if index == last_index else None
+            sched.actions.append(_ScheduledAction(run, complete, self._schedule_owner))
+        await self._run_schedule()
+        await completion
+        return self
+
+    # -- load -------------------------------------------------------------------------------
+
+    async def load(self, initial_content: Any = None) -> Persister:
+        """Load persisted content into the store (TinyBase ``load``)."""
+        self._bind_loop()
+        if self._status != Status.SAVING:
+            try:
+                self._set_status(Status.LOADING)
+                self._loads += 1
+                await self.schedule(lambda: self._load_action(initial_content))
+            finally:
+                self._set_status(Status.IDLE)
+            await self._save_after_mutated()
+        return self
+
+    async def _load_action(self, initial_content: Any) -> None:
+        try:
+            content = await maybe_await(self._get_persisted())
+            if isinstance(content, list):
+                applied = False
+                try:
+                    self._set_content_or_changes(content)
+                    applied = True
+                finally:
+                    self._after_load(applied)
+            elif content is None and initial_content is not None:
+                self._set_default_content(initial_content)
+            elif content is not None:
+                self._after_load(False)
+                raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
+        except Exception as error:
+            self._report(error)
+            if initial_content is not None:
+                self._set_default_content(initial_content)
+
+    async def _save_after_mutated(self) -> None:
+        had_mutated = self._had_mutated
+        if self.is_auto_saving() and had_mutated is not None and had_mutated():
+            await self._save_whole()
+
+    async def _run_auto_load_after_save(self) -> None:
+        generation = self._auto_load_after_save_generation
+        self._auto_load_after_save_generation = 0
+        if generation and generation == self._auto_load_generation and not self._destroyed:
+            if self._status == Status.SAVING:
+                self._auto_load_after_save_generation = generation
+            else:
+                await self.load()
+
+    def _persister_listener(self, generation: int) -> Callable[..., None]:
+        """The callback handed to ``add_persister_listener`` (thread-safe)."""
+
+        def listener(content: Any = None, changes: Any = None) -> None:
+            # (_on_loop_thread inlined here and in the auto-save listener: both run for every
+            # synced message, and each Python call is more code to run with cold caches)
+            loop_thread = self._loop_thread
+            if loop_thread is not None and loop_thread != threading.get_ident():
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(listener, content, changes)
+                return
+            if generation != self._auto_load_generation or self._destroyed:
+                return
+            if changes is not None or content is not None:
+                self._auto_load_changes(content, changes)
+            elif self._status == Status.SAVING:
+                self._auto_load_after_save_generation = generation
+            else:
+                self._spawn(self.load())
+
+        return listener
+
+    def _auto_load_changes(self, content: Any, changes: Any) -> None:
+        """Apply pushed content synchronously when nothing else is in flight.
+
+        Synchronous on purpose: TinyBase sets "loading" and applies before its first await, so
+        the transaction this causes is recognised as an echo and not saved back.
+        """
+        should_schedule = (
+            self._initial_load_pending
+            or self._status == Status.SAVING
+            or bool(self._pending_scheduled_auto_loads)
+        )
+        payload = changes if changes is not None else content
+        if should_schedule:
+            self._pending_auto_loads += 1
+            self._pending_scheduled_auto_loads += 1
+            self._set_status(Status.LOADING)
+            self._loads += 1
+            self._spawn(self._scheduled_auto_load(payload))
+            return
+        self._pending_auto_loads += 1
+        try:
+            self._set_status(Status.LOADING)
+            self._loads += 1
+            try:
+                self._set_content_or_changes(payload)
+            finally:
+                self._set_status(Status.IDLE)
+        except Exception as error:
+            self._report(error)
+        finally:
+            self._pending_auto_loads -= 1
+            if not self._pending_auto_loads and self._status != Status.IDLE:
+                self._set_status(Status.IDLE)
+        if not self._pending_auto_loads:
+            had_mutated = self._had_mutated
+            if had_mutated is not None and self.is_auto_saving() and had_mutated():
+                self._spawn(self._save_whole())
+
+    async def _scheduled_auto_load(self, payload: Any) -> None:
+        try:
+            await self.schedule(lambda: self._set_content_or_changes(payload))
+        finally:
+            self._pending_scheduled_auto_loads -= 1
+            self._pending_auto_loads -= 1
+            if not self._pending_auto_loads:
+                self._set_status(Status.IDLE)
+        if not self._pending_auto_loads:
+            await self._save_after_mutated()
+
+    async def start_auto_load(self, initial_content: Any = None) -> Persister:
+        """Load now, then apply every change the storage reports (TinyBase ``startAutoLoad``)."""
+        self._bind_loop()
+        self._auto_load_generation += 1
+        generation = self._auto_load_generation
+        self._initial_load_pending = True
+        await self.stop_auto_load(keep_generation=True)
+        if generation == self._auto_load_generation and not self._destroyed:
+            try:
+                handle = await maybe_await(
+                    self._add_persister_listener(self._persister_listener(generation))
+                )
+            except Exception as error:
+                self._report(error)
+            else:
+                if generation == self._auto_load_generation and not self._destroyed:
+                    self._auto_load_handle = handle
+                    self._auto_load_active = True
+                else:
+                    await self._del_listener_quietly(handle)
+            if generation == self._auto_load_generation and not self._destroyed:
+                try:
+                    await self.load(initial_content)
+                finally:
+                    self._initial_load_pending = False
+        return self
+
+    async def _del_listener_quietly(self, handle: Any) -> None:
+        try:
+            await maybe_await(self._del_persister_listener(handle))
+        except Exception as error:
+            self._report(error)
+
+    async def stop_auto_load(self, keep_generation: bool = False) -> Persister:
+        self._auto_load_after_save_generation = 0
+        if not keep_generation:
+            self._auto_load_generation += 1
+        was_active = self._auto_load_active
+        handle = self._auto_load_handle
+        self._auto_load_handle = None
+        self._auto_load_active = False
+        if was_active:
+            await self._del_listener_quietly(handle)
+        return self
+
+    def is_auto_loading(self) -> bool:
+        return self._auto_load_active
+
+    # -- save -------------------------------------------------------------------------------
+
+    async def save(self) -> Persister:
+        """Save the whole store (TinyBase ``save``); skipped while loading, as in TinyBase.
+
+        Errors go to ``on_ignored_error`` here; a subclass may also raise them (the file and
+        SQLite persisters do), which is why the base's own saves call ``_save_whole``.
+        """
+        await self._save_whole()
+        return self
+
+    async def _save_whole(self) -> None:
+        """``save`` without any raising a subclass adds (for saves the base starts itself)."""
+        self._bind_loop()
+        if self._status != Status.LOADING:
+            await self._save_impl(None)
+
+    async def _save_impl(self, changes: Any) -> None:
+        try:
+            try:
+                self._set_status(Status.SAVING)
+                self._saves += 1
+                await self.schedule(lambda: self._set_persisted(self._get_content, changes))
+            finally:
+                self._set_status(Status.IDLE)
+        finally:
+            await self._run_auto_load_after_save()
+
+    def _set_persisted_is_coroutine(self) -> bool:
+        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function: it
+        was asked on every save, a measurable part of a one-cell write's send path."""
+        hook = self._set_persisted
+        func = getattr(hook, "__func__", hook)
+        cached = self._set_persisted_kind
+        if cached is None or cached[0] is not func:
+            cached = self._set_persisted_kind = (func, inspect.iscoroutinefunction(hook))
+        return cached[1]
+
+    def _save_changes_now(self, changes: Any) -> None:
+        """Save one transaction's changes, synchronously when the schedule is free.
+
+        The synchronous path matters for synchronizers: TinyBase sends a ContentDiff from
+        inside the transaction listener, before any other message can be handled.
+        """
+        if self._destroyed or not self.is_auto_saving():
+            return
+        if (
+            self._status is Status.IDLE
+            and not self._queued_saves
+            and self._schedule_idle()
+            and not self._set_persisted_is_coroutine()
+        ):
+            self._set_status(Status.SAVING)
+            self._saves += 1
+            deferred = False
+            try:
+                result = self._set_persisted(self._get_content, changes)
+                if result is not None and inspect.isawaitable(result):
+                    # an asynchronous hook behind a plain function: finish it inside the
+                    # schedule, so that later saves queue behind it instead of overlapping it
+                    deferred = True
+                    self._queued_saves += 1
+                    self._spawn(self._finish_inline_save(result))
+            except Exception as error:
+                self._report(error)
+            finally:
+                if not deferred:
+                    self._set_status(Status.IDLE)
+            if self._auto_load_after_save_generation:
+                self._spawn(self._run_auto_load_after_save())
+            return
+        if self._coalesce_saves:
+            batch = self._open_batch
+            if batch is not None:
+                batch.append(changes)  # joins the queued save that has not started yet
+                return
+            batch = self._open_batch = [changes]
+            self._queued_saves += 1
+            self._spawn(self._queued_batch_save(batch))
+            return
+        self._queued_saves += 1
+        self._spawn(self._queued_save(changes))
+
+    async def _finish_inline_save(self, pending: Any) -> None:
+        """The rest of an inline save whose hook returned an awaitable (status stays SAVING)."""
+        try:
+            try:
+                await self.schedule(lambda: pending)
+            finally:
+                self._set_status(Status.IDLE)
+        finally:
+            self._queued_saves -= 1
+
+    async def _queued_save(self, changes: Any) -> None:
+        """A save that could not run inline; later inline saves wait for it (order kept)."""
+        try:
+            await self._save_impl(changes)
+        finally:
+            self._queued_saves -= 1
+
+    async def _queued_batch_save(self, batch: list[Any]) -> None:
+        """A queued save that keeps taking later transactions until its turn comes."""
+
+        def persist() -> None:
+            if self._open_batch is batch:
+                self._open_batch = None  # from now on, new saves queue behind this one
+            for changes in self._merge_changes(batch):
+                self._set_persisted(self._get_content, changes)
+
+        try:
+            try:
+                try:
+                    self._set_status(Status.SAVING)
+                    self._saves += 1
+                    await self.schedule(persist)
+                finally:
+                    if self._open_batch is batch:
+                        self._open_batch = None
+                    self._set_status(Status.IDLE)
+            finally:
+                await self._run_auto_load_after_save()
+        finally:
+            self._queued_saves -= 1
+
+    def _make_auto_save_listener(self, generation: int) -> Callable[[Any], None]:
+        def on_transaction(_store: Any) -> None:
+            if generation != self._auto_save_generation or self._destroyed:
+                return
+            loop_thread = self._loop_thread
+            on_loop = loop_thread is None or loop_thread == threading.get_ident()
+            if on_loop and self._applying:
+                return  # our own load being applied: saving it back would be an echo
+            if self._coalesce_saves and self._get_touched is not None:
+                touched = self._get_touched()
+                if touched[0] or touched[1]:
+                    self._hand_over(generation, touched, on_loop)
+                return
+            try:
+                changes = self._get_changes()
+            except Exception as error:
+                self._report(error)
+                return
+            if changes is not None and not _has_changes(changes, self._is_mergeable_store):
+                return
+            if self._coalesce_saves:
+                self._hand_over(generation, changes, on_loop)
+            elif on_loop:
+                self._save_changes_now(changes)
+            else:
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
+
+        return on_transaction
+
+    def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
+        """Queue a transaction's changes; only the first of a run schedules the send.
+
+        On the loop thread, a lone write (nothing queued, and at least
+        ``INLINE_IDLE_SECONDS`` since the last send) is sent at once, from the transaction
+        listener as TinyBase does: it pays no loop turn, about a quarter of a one-cell
+        change's latency on a channel. Other transactions, and writes from other threads,
+        wait for the loop's next turn, where all that piled up (a burst on the loop thread,
+        a thread faster than the loop) is merged and costs one wake-up and one message; a
+        busy writer thus keeps sending one merged diff per turn. Transactions are
+        serialised by ``store.lock``, so the queue is in transaction order.
+
+        The rule is about time only, so a lone write schedules nothing: it used to mark
+        "this loop turn already sent one" and clear the mark with ``call_soon``, which cost
+        the writer an extra loop iteration after every send. On a small machine the
+        writer's CPU time right after a send delays the message itself (its I/O thread and
+        the readers wait for a CPU), and that iteration was about 6 us of a one-cell
+        change's latency (benchmarks/channel.py, A/B in the same run).
+        """
+        inline = False
+        with self._handover_lock:
+            self._handover.append((generation, changes))
+            if self._handover_scheduled:
+                return
+            if (
+                on_loop
+                and len(self._handover) == 1
+                and time.monotonic() - self._last_drain >= self._inline_idle
+            ):
+                inline = True
+                self._handover = []  # (this entry, the only one: it is sent below)
+            else:
+                self._handover_scheduled = True
+        loop = self._loop
+        if inline:
+            self._send_batch([changes])  # (taken out of the queue above)
+            return
+        try:
+            if loop is None:
+                raise RuntimeError("no event loop bound")
+            if on_loop:
+                loop.call_soon(self._drain_handover)
+            else:
+                loop.call_soon_threadsafe(self._drain_handover)
+        except RuntimeError as error:  # the loop is closed: nothing will ever send these
+            with self._handover_lock:
+                self._handover.clear()
+                self._handover_scheduled = False
+            self._report(error)
+
+    def _drain_handover(self) -> None:
+        """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
+        with self._handover_lock:
+            waiting = self._handover
+            self._handover = []
+            self._handover_scheduled = False
+        generation = self._auto_save_generation
+        if not waiting or self._destroyed:
+            return
+        batch = [changes for gen, changes in waiting if gen == generation]
+        if batch:
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: list[Any]) -> None:
+        self._last_drain = time.monotonic()
+        # synchronizers queue what transactions touched; other persisters, their changes
+        if self._get_touched is not None:
+            built = self._build_changes(batch)
+        else:
+            built = self._merge_changes(batch)
+        for changes in built:
+            self._save_changes_now(changes)
+
+    def _build_changes(self, touched: list[Any]) -> list[Any]:
+        """Wire records for queued transactions (only synchronizers queue what was touched)."""
+        raise NotImplementedError
+
+    def _has_unsent_changes(self) -> bool:
+        return bool(self._handover) or self._open_batch is not None
+
+    def _save_changes_from_thread(self, generation: int, changes: Any) -> None:
+        if generation == self._auto_save_generation and not self._destroyed:
+            self._save_changes_now(changes)
+
+    async def start_auto_save(self) -> Persister:
+        """Save now, then save every transaction's changes (TinyBase ``startAutoSave``)."""
+        self._bind_loop()
+        self._auto_save_generation += 1
+        generation = self._auto_save_generation
+        await self.stop_auto_save(keep_generation=True)
+        if generation == self._auto_save_generation and not self._destroyed:
+            await self.save()
+            if generation == self._auto_save_generation and not self._destroyed:
+                self._auto_save_listener_id = self._store.add_did_finish_transaction_listener(
+                    self._make_auto_save_listener(generation)
+                )
+        return self
+
+    async def stop_auto_save(self, keep_generation: bool = False) -> Persister:
+        self._drain_handover()  # transactions made before the stop are still saved
+        if not keep_generation:
+            self._auto_save_generation += 1
+        listener_id = self._auto_save_listener_id
+        self._auto_save_listener_id = None
+        if listener_id is not None:
+            self._store.del_listener(listener_id)
+        return self
+
+    def is_auto_saving(self) -> bool:
+        return self._auto_save_listener_id is not None
+
+    async def start_auto_persisting(
+        self, initial_content: Any = None, start_save_first: bool = False
+    ) -> Persister:
+        if start_save_first:
+            await self.start_auto_save()
+            try:
+                await self.start_auto_load(initial_content)
+            except BaseException:
+                await self.stop_auto_load()
+                await self.stop_auto_save()
+                raise
+        else:
+            await self.start_auto_load(initial_content)
+            try:
+                await self.start_auto_save()
+            except BaseException:
+                await self.stop_auto_save()
+                await self.stop_auto_load()
+                raise
+        return self
+
+    async def stop_auto_persisting(self, stop_save_first: bool = False) -> Persister:
+        if stop_save_first:
+            try:
+                await self.stop_auto_save()
+            finally:
+                await self.stop_auto_load()
+        else:
+            try:
+                await self.stop_auto_load()
+            finally:
+                await self.stop_auto_save()
+        return self
+
+    # -- destroy ------------------------------------------------------------------------------
+
+    async def destroy(self) -> Persister:
+        """Stop persisting, let the running action finish, release resources. Idempotent."""
+        if self._destroying is None:
+            self._drain_handover()  # transactions made before destroy are still saved
+            self._destroyed = True
+            self._destroying = asyncio.ensure_future(self._destroy_impl())
+        await asyncio.shield(self._destroying)
+        return self
+
+    async def _destroy_impl(self) -> None:
+        sched = _schedules.get(self._schedule_id)
+        active = self._active_action
+        if sched is not None:
+            remaining: deque[_ScheduledAction] = deque()
+            for action in sched.actions:
+                if action.owner is self._schedule_owner:
+                    if action.complete is not None:
+                        action.complete()
+                else:
+                    remaining.append(action)
+            sched.actions = remaining
+        try:
+            try:
+                try:
+                    await self.stop_auto_persisting()
+                finally:
+                    if active is not None:
+                        await asyncio.shield(active)
+            finally:
+                await maybe_await(self._destroy_extra())
+        finally:
+            sched = _schedules.get(self._schedule_id)
+            if sched is not None:
+                sched.refs -= 1
+            self._prune_schedule()
+
+    async def __aenter__(self) -> Persister:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+
+class _CustomPersister(Persister):
+    """A Persister whose hooks are plain callables (``create_custom_persister``)."""
+
+    def __init__(
+        self,
+        store: Any,
+        get_persisted: Callable[[], Any],
+        set_persisted: Callable[..., Any],
+        add_persister_listener: Callable[[Callable[..., None]], Any],
+        del_persister_listener: Callable[[Any], Any],
+        extra_destroy: Callable[[], Any] | None,
+        **kwargs: Any,
+    ) -> None:
+        self._get_persisted = get_persisted  # type: ignore[method-assign]
+        self._set_persisted = set_persisted  # type: ignore[method-assign]
+        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign,assignment]
+        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign,assignment]
+        if extra_destroy is not None:
+            self._destroy_extra = extra_destroy  # type: ignore[method-assign]
+        super().__init__(store, **kwargs)
+
+
+def create_custom_persister(
+    store: Any,
+    get_persisted: Callable[[], Any],
+    set_persisted: Callable[..., Any],
+    add_persister_listener: Callable[[Callable[..., None]], Any],
+    del_persister_listener: Callable[[Any], Any],
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    persist: int = Persists.STORE_OR_MERGEABLE_STORE,
+    *,
+    extra_destroy: Callable[[], Any] | None = None,
+    schedule_id: Hashable | None = None,
+) -> Persister:
+    """TinyBase's ``createCustomPersister``; hooks may be plain or coroutine functions."""
+    return _CustomPersister(
+        store,
+        get_persisted,
+        set_persisted,
+        add_persister_listener,
+        del_persister_listener,
+        extra_destroy,
+        on_ignored_error=on_ignored_error,
+        persist=persist,
+        schedule_id=schedule_id,
+    )

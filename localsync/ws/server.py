@@ -1,0 +1,1056 @@
+"""WebSocket sync servers that speak TinyBase 10's legacy wire format.
+
+Why our own server rather than a generic relay: TinyBase clients expect exactly TinyBase's
+behaviour (``createWsServer``): the URL path is the *room* (``ws://host:port/<pathId>``), a
+client's id is its ``Sec-WebSocket-Key``, a payload ``to\\n[...]`` is relayed to ``to`` (or to
+everyone else when ``to`` is empty) as ``from\\n[...]``, and a server-side MergeableStore per
+path can take part as client ``"S"``. On top of that this server adds what a long-running
+service needs:
+
+* **Persistence** (``create_persister(path_id) -> Persister | None``, may be a coroutine):
+  the path's store loads from it, saves every change, and is synchronized like a client;
+  when the last client leaves, the path is stopped (persister and synchronizer destroyed)
+  and the next client finds the data again - also after a server restart.
+* **Room lifecycle under churn**: one task per room starts and stops its store, one step at
+  a time, until the store is up exactly while the room has clients; so any number of
+  connect/close cycles cost at most one stop and one start before the next client is served,
+  and a client that comes back while the store is still up keeps it. Requests of the room's
+  store to a client that left fail at once (``peer_left``); when the last client leaves,
+  every request still waiting is failed, so neither a start nor a stop ever waits out a
+  request time-out for clients that are gone, and ``destroy`` (saving every room) is prompt.
+* **Rooms that never held data** (store empty at stop: no data, not even a deletion) are
+  handed to ``discard_empty_path(path_id)`` if given, so that the caller can delete what the
+  persister left on disk (``localsync serve`` deletes the file after checking that it holds
+  nothing; see :mod:`localsync.cli.serve`).
+* **Path ids are validated before anything else** (see ``is_valid_path_id``): at most 128
+  characters in 1 to 8 ``/``-separated segments (``org/doc`` works, as in TinyBase), each
+  segment from ``A-Z a-z 0-9 _ ~ - .`` and not starting with ``.`` (so no ``.``, ``..`` or
+  hidden names); no empty segment, no backslash, no NUL, no percent-decoding. The empty path
+  (``ws://host/``) is allowed only when the server does not persist. Anything else is
+  refused at the HTTP upgrade with 400, so no file name is ever made from it;
+  ``path_file_name`` turns a valid id into one flat file name (``/`` becomes ``%2F``, which
+  cannot occur in an id).
+* **Authentication** at the upgrade: ``token=`` (``Authorization: Bearer <t>`` or
+  ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
+  returning a bool or awaitable bool (False -> 403).
+* **Limits**: ``max_clients`` (None = unlimited) refuses further upgrades with 503.
+  Rooms: ``max_rooms`` (None = unlimited) bounds the rooms open at once (with clients, or
+  with a store still stopping); ``max_rooms_per_address`` (None = unlimited) bounds the rooms
+  the clients of one remote IP address are in at once (behind a reverse proxy all clients
+  share its address); ``max_rooms_per_socket`` (default and maximum 100, TinyBase's channel
+  limit) bounds one shared socket's channels. A legacy client over a room limit is refused at
+  the upgrade with 503 (``too many rooms``); a shared socket's subscription over one closes
+  the socket with 1013 ``tinybase:15:rooms`` (``tinybase:15:channels`` for the per-socket
+  limit), as TinyBase closes for its channel limit. Refusals are counted in ``rooms_refused``.
+* **Back-pressure**: each client has a bounded outgoing queue (``max_queue_bytes``, 16 MiB by
+  default). A client that cannot keep up is closed with 1013 ``tinybase:15:socket`` and
+  counted; it never makes the server buffer without bound or slows other clients down.
+* **Bad input** (garbage, oversized, malformed or invalid frames) closes only that
+  connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``); so does
+  input whose checks raise (a JSON integer too large for a float: OverflowError).
+
+* **Shared sockets**: a client that offers the ``tinybase`` subprotocol (TinyBase 9.3+, several
+  WsSynchronizers over one WebSocket) gets it, and each of its channels joins the room
+  ``<path>/<channel id>`` (see :mod:`localsync.ws.multiplex`); the socket's path may
+  then be empty. Other clients use the legacy protocol, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from localsync.sync.engine import ERROR_SYNC_RESPONSE
+from localsync.sync.persister import TinyBaseError
+from localsync.ws.frame_queue import FrameQueue
+from localsync.ws.multiplex import (
+    MAX_CHANNELS,
+    SUBPROTOCOL,
+    ChannelMessage,
+    MultiplexedSocket,
+    Subscribe,
+    channel_frame,
+)
+from localsync.ws.wire import (
+    ERROR_MESSAGE,
+    MAX_PAYLOAD_SIZE,
+    SERVER_CLIENT_ID,
+    Decoded,
+    PayloadDecoder,
+    WireError,
+    encode_payloads,
+    overflow_error,
+    payload_size,
+)
+
+__all__ = [
+    "WsServer",
+    "WsServerSimple",
+    "create_ws_server",
+    "create_ws_server_simple",
+    "is_valid_path_id",
+    "path_file_name",
+]
+
+logger = logging.getLogger("localsync.ws_server")
+
+MAX_PATH_ID_LENGTH = 128
+MAX_PATH_ID_SEGMENTS = 8
+_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+_PATH_ID = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,{MAX_PATH_ID_SEGMENTS - 1}}}")
+# messages buffered per path while its server store starts (TinyBase's limits)
+MAX_START_BUFFER_COUNT = 1000
+# Frames a little over the payload limit reach our decoder, which closes with TinyBase's 1013;
+# anything larger is refused by websockets itself (1009) before it is buffered. At most
+# _MAX_QUEUE frames wait unread per connection, so one connection holds at most ~64 MiB.
+_MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024
+_MAX_QUEUE = 4
+
+PathIdsListener = Callable[["WsServer", str, int], None]
+ClientIdsListener = Callable[["WsServer", str, str, int], None]
+Authenticate = Callable[[str, Request], "bool | Awaitable[bool]"]
+IgnoredErrorHandler = Callable[[BaseException], None]
+DiscardEmptyPath = Callable[[str], "Any | Awaitable[Any]"]
+
+
+def is_valid_path_id(path_id: str, allow_empty: bool = False) -> bool:
+    """True when ``path_id`` is safe to use as a room name and as part of a file name."""
+    if path_id == "":
+        return allow_empty
+    return len(path_id) <= MAX_PATH_ID_LENGTH and _PATH_ID.fullmatch(path_id) is not None
+
+
+def path_file_name(path_id: str) -> str:
+    """A flat, collision-free file name (without suffix) for a valid path id."""
+    if not is_valid_path_id(path_id):
+        raise ValueError(f"invalid path id {path_id!r}")
+    return path_id.replace("/", "%2F")
+
+
+def _address_of(connection: ServerConnection) -> str:
+    """The remote host of a connection (without its port), "" when unknown."""
+    try:
+        address = connection.remote_address
+    except Exception:
+        return ""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "")
+
+
+def _path_id_of(request_path: str) -> str | None:
+    # TinyBase: the URL path after the first "/", up to any "?"
+    if not request_path.startswith("/"):
+        return None
+    return request_path[1:].split("?", 1)[0].split("#", 1)[0]
+
+
+class _Client:
+    """A client in one path's room: a legacy socket, or one channel of a shared socket
+    (``channel`` set: its frames are wrapped, and it shares the socket's queue)."""
+
+    __slots__ = (
+        "address",
+        "channel",
+        "closing",
+        "decoder",
+        "id",
+        "path",
+        "queue",
+        "writer",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        client_id: str,
+        ws: ServerConnection,
+        path: _Path,
+        timeout: float,
+        queue: FrameQueue,
+        channel: str | None = None,
+    ):
+        self.id = client_id
+        self.ws = ws
+        self.path = path
+        self.decoder = PayloadDecoder(timeout)
+        self.queue = queue
+        self.channel = channel
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.address = _address_of(ws)
+
+
+class _Path:
+    """A room: its clients, and its server store's lifecycle (one task at a time per room)."""
+
+    __slots__ = (
+        "buffer",
+        "buffered",
+        "clients",
+        "id",
+        "lifecycle",
+        "persister",
+        "ready",
+        "receive",
+        "synchronizer",
+        "up",
+    )
+
+    def __init__(self, path_id: str) -> None:
+        self.id = path_id
+        self.clients: dict[str, _Client] = {}
+        self.ready = False
+        self.buffer: list[tuple[str, Decoded]] = []
+        self.buffered = 0
+        self.persister: Any = None
+        self.synchronizer: Any = None
+        self.receive: Callable[[str, str | None, int, Any], None] | None = None
+        # the task that starts and stops the store until it matches "has clients"
+        self.lifecycle: asyncio.Task[None] | None = None
+        # a store was created (and must be stopped) for this room
+        self.up = False
+
+
+class WsServer:
+    """A running server; build it with ``await create_ws_server(...)``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        create_persister: Callable[[str], Any] | None = None,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None = None,
+        request_timeout_seconds: float = 1.0,
+        fragment_size: int | None = None,
+        authenticate: Authenticate | None = None,
+        token: str | None = None,
+        max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+        max_clients: int | None = None,
+        max_rooms: int | None = None,
+        max_rooms_per_address: int | None = None,
+        max_rooms_per_socket: int = MAX_CHANNELS,
+        discard_empty_path: DiscardEmptyPath | None = None,
+        listeners: bool = True,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._create_persister = create_persister
+        self._on_ignored_error = on_ignored_error
+        self._timeout = request_timeout_seconds
+        self._fragment_size = fragment_size
+        self._authenticate = authenticate
+        self._token = token
+        self._max_queue_bytes = max_queue_bytes
+        self._max_clients = max_clients
+        self._max_rooms = max_rooms
+        self._max_rooms_per_address = max_rooms_per_address
+        self._max_rooms_per_socket = min(max_rooms_per_socket, MAX_CHANNELS)
+        self._discard_empty_path = discard_empty_path
+        self._listeners_enabled = listeners
+        # every room with a client or with a store still running (get_path_ids: with clients)
+        self._paths: dict[str, _Path] = {}
+        # the rooms each remote address is in, with how many of its clients are in each
+        self._address_rooms: dict[str, dict[str, int]] = {}
+        self._server: Server | None = None
+        self._listeners: dict[str, tuple[str | None, Callable[..., None], bool]] = {}
+        self._next_listener = 0
+        self._destroying: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._stats = {
+            "connections": 0,
+            "rejected": 0,
+            "messages_received": 0,
+            "messages_sent": 0,
+            "bytes_received": 0,
+            "bytes_sent": 0,
+            "invalid": 0,
+            "overflows": 0,
+            "rooms_refused": 0,
+            "rooms_discarded": 0,
+        }
+
+    # ----------------------------------------------------------------------------- start
+
+    async def _start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self._host,
+            self._requested_port,
+            process_request=self._process_request,
+            select_subprotocol=_select_subprotocol,
+            max_size=_MAX_FRAME,
+            max_queue=_MAX_QUEUE,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when created with port 0)."""
+        assert self._server is not None
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._host}:{self.port}"
+
+    def get_web_socket_server(self) -> Server | None:
+        return self._server
+
+    # ---------------------------------------------------------------------- public API
+
+    def get_path_ids(self) -> list[str]:
+        return [path_id for path_id, path in self._paths.items() if path.clients]
+
+    def get_client_ids(self, path_id: str) -> list[str]:
+        path = self._paths.get(path_id)
+        return list(path.clients) if path is not None else []
+
+    def add_path_ids_listener(self, listener: PathIdsListener) -> str:
+        """``listener(server, path_id, +1 | -1)`` when a path gains its first client or empties."""
+        return self._add_listener(None, listener, False)
+
+    def add_client_ids_listener(self, path_id: str | None, listener: ClientIdsListener) -> str:
+        """``listener(server, path_id, client_id, +1 | -1)``; ``path_id=None`` means any."""
+        return self._add_listener(path_id, listener, True)
+
+    def del_listener(self, listener_id: str) -> WsServer:
+        self._listeners.pop(listener_id, None)
+        return self
+
+    def get_stats(self) -> dict[str, int]:
+        """TinyBase's ``{"paths", "clients"}`` plus message, byte and error counters.
+
+        ``paths`` counts rooms with clients; ``rooms`` also those whose store is still
+        stopping; ``rooms_refused`` counts room-limit refusals and ``rooms_discarded`` the
+        empty rooms whose files ``discard_empty_path`` deleted.
+        """
+        paths = sum(1 for path in self._paths.values() if path.clients)
+        return {
+            "paths": paths,
+            "clients": self._client_count(),
+            "rooms": len(self._paths),
+            **self._stats,
+        }
+
+    def _client_count(self) -> int:
+        return sum(len(p.clients) for p in self._paths.values())
+
+    async def destroy(self) -> None:
+        """Close every connection, stop every path (saving its store), stop listening."""
+        if self._destroying is None:
+            self._destroying = asyncio.ensure_future(self._destroy())
+        await asyncio.shield(self._destroying)
+
+    async def __aenter__(self) -> WsServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+    # ------------------------------------------------------------------------ listeners
+
+    def _add_listener(
+        self, path_id: str | None, listener: Callable[..., None], clients: bool
+    ) -> str:
+        if not self._listeners_enabled:
+            raise TypeError("this server has no listeners (use create_ws_server)")
+        self._next_listener += 1
+        listener_id = str(self._next_listener)
+        self._listeners[listener_id] = (path_id, listener, clients)
+        return listener_id
+
+    def _call_listeners(self, clients: bool, path_id: str, *args: Any) -> None:
+        for wanted, listener, for_clients in list(self._listeners.values()):
+            if for_clients is not clients or (clients and wanted not in (None, path_id)):
+                continue
+            try:
+                listener(self, path_id, *args)
+            except Exception as exc:  # a listener must not break the server
+                self._report(exc)
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _report(self, error: BaseException) -> None:
+        if self._on_ignored_error is not None:
+            try:
+                self._on_ignored_error(error)
+            except Exception:
+                logger.exception("on_ignored_error failed")
+        else:
+            logger.debug("ignored: %r", error)
+
+    # ------------------------------------------------------------------------- handshake
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path_id = _path_id_of(request.path)
+        if self._destroying is not None:
+            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        shared = SUBPROTOCOL in _offered_subprotocols(request)
+        # (a shared socket's own path is only a prefix: its rooms are path/channel)
+        if path_id is None or not is_valid_path_id(
+            path_id, allow_empty=shared or self._create_persister is None
+        ):
+            return self._reject(connection, HTTPStatus.BAD_REQUEST, "invalid path id")
+        if "Sec-WebSocket-Key" not in request.headers:
+            return self._reject(connection, HTTPStatus.BAD_REQUEST, "not a WebSocket request")
+        if self._max_clients is not None and self._client_count() >= self._max_clients:
+            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
+        if not shared:  # (a shared socket's rooms are checked as its channels subscribe)
+            refusal = self._room_refusal(path_id, _address_of(connection))
+            if refusal is not None:
+                self._stats["rooms_refused"] += 1
+                return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, refusal)
+        if self._token is not None:
+            supplied = _request_token(request)
+            if supplied is None:
+                return self._reject(connection, HTTPStatus.UNAUTHORIZED, "token required")
+            if not hmac.compare_digest(supplied.encode(), self._token.encode()):
+                return self._reject(connection, HTTPStatus.FORBIDDEN, "bad token")
+        if not await self._allowed(path_id, request):
+            return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
+        return None
+
+    def _room_refusal(self, path_id: str, address: str) -> str | None:
+        """Why a client from ``address`` may not join ``path_id`` now (room limits), or None."""
+        limit = self._max_rooms
+        if limit is not None and path_id not in self._paths and len(self._paths) >= limit:
+            return "too many rooms"
+        limit = self._max_rooms_per_address
+        if limit is not None:
+            rooms = self._address_rooms.get(address, {})
+            if path_id not in rooms and len(rooms) >= limit:
+                return "too many rooms for this address"
+        return None
+
+    async def _allowed(self, path_id: str, request: Request) -> bool:
+        """The ``authenticate`` hook's verdict (True without one; False when it raises)."""
+        if self._authenticate is None:
+            return True
+        try:
+            allowed = self._authenticate(path_id, request)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception as exc:
+            self._report(exc)
+            return False
+        return bool(allowed)
+
+    def _reject(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+        self._stats["rejected"] += 1
+        logger.info("refused %s: %s", getattr(connection, "remote_address", "?"), text)
+        return connection.respond(status, text + "\n")
+
+    # ----------------------------------------------------------------------- connection
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        assert request is not None
+        path_id = _path_id_of(request.path) or ""
+        client_id = request.headers["Sec-WebSocket-Key"]
+        self._stats["connections"] += 1
+        if ws.subprotocol == SUBPROTOCOL:
+            await self._handle_shared(ws, path_id, client_id)
+            return
+        path = self._paths.get(path_id)
+        if path is not None and client_id in path.clients:
+            await ws.close(1008, "duplicate client id")
+            return
+        if self._room_refusal(path_id, _address_of(ws)) is not None:  # (raced at the upgrade)
+            self._stats["rooms_refused"] += 1
+            error = overflow_error("rooms")
+            await ws.close(error.code, error.reason)
+            return
+        path = self._add_client(path_id, client_id, ws)
+        client = path.clients[client_id]
+        client.writer = asyncio.ensure_future(self._write(client))
+        logger.info("client %s joined /%s from %s", client_id, path_id, ws.remote_address)
+        try:
+            async for data in ws:
+                if client.closing:
+                    break
+                text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+                self._stats["bytes_received"] += len(text)
+                try:
+                    decoded = _decode(client.decoder, text)
+                except WireError as error:
+                    self._stats["invalid" if error.code == 1007 else "overflows"] += 1
+                    self._report(error)
+                    client.closing = True
+                    await ws.close(error.code, error.reason)
+                    break
+                for message in decoded:
+                    self._stats["messages_received"] += 1
+                    self._route(client.path, client_id, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.closing = True
+            self._del_client(client)
+            if client.writer is not None:
+                client.writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await client.writer
+            logger.info("client %s left /%s", client_id, path_id)
+
+    async def _handle_shared(self, ws: ServerConnection, base_path_id: str, socket_id: str) -> None:
+        """A socket shared by TinyBase synchronizers: each channel is a client of its room."""
+        shared = MultiplexedSocket(base_path_id, self._timeout)
+        queue = FrameQueue(self._max_queue_bytes)  # (one per socket: frames stay in order)
+        clients: dict[str, _Client] = {}
+        alive = [True]
+        writer = asyncio.ensure_future(queue.drain(ws, lambda: alive[0]))
+        logger.info("shared socket %s opened on /%s", socket_id, base_path_id)
+        try:
+            async for data in ws:
+                text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+                self._stats["bytes_received"] += len(text)
+                close = await self._shared_frame(ws, shared, text, socket_id, queue, clients)
+                if close is not None:
+                    alive[0] = False
+                    await ws.close(*close)
+                    break
+                if any(client.closing for client in clients.values()):
+                    break  # (a channel overflowed: the socket is being closed)
+        except ConnectionClosed:
+            pass
+        finally:
+            alive[0] = False
+            shared.close()
+            for client in clients.values():
+                client.closing = True
+                self._del_client(client)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            logger.info("shared socket %s closed", socket_id)
+
+    async def _shared_frame(
+        self,
+        ws: ServerConnection,
+        shared: MultiplexedSocket,
+        text: str,
+        socket_id: str,
+        queue: FrameQueue,
+        clients: dict[str, _Client],
+    ) -> tuple[int, str] | None:
+        """Handle one frame of a shared socket; the close code and reason when it must end."""
+        try:
+            events, answers = shared.feed(text)
+            for event in events:
+                if isinstance(event, ChannelMessage):
+                    client = clients.get(event.channel_id)
+                    if client is not None and not client.closing:
+                        self._stats["messages_received"] += 1
+                        self._route(client.path, socket_id, event.message)
+                elif isinstance(event, Subscribe):
+                    clients[event.channel_id] = await self._join_channel(
+                        ws, event, socket_id, queue, clients
+                    )
+                else:
+                    left = clients.pop(event.channel_id, None)
+                    if left is not None:
+                        left.closing = True
+                        self._del_client(left)
+        except WireError as error:
+            self._stats["invalid" if error.code == 1007 else "overflows"] += 1
+            self._report(error)
+            return error.code, error.reason
+        for answer in answers:  # (after the events: a channel is in its room when answered)
+            if not queue.put(answer, payload_size(answer)):
+                overflow = overflow_error("socket")
+                self._stats["overflows"] += 1
+                self._report(overflow)
+                return overflow.code, overflow.reason
+        return None
+
+    async def _join_channel(
+        self,
+        ws: ServerConnection,
+        event: Subscribe,
+        socket_id: str,
+        queue: FrameQueue,
+        joined: dict[str, _Client],
+    ) -> _Client:
+        """Add a shared socket's channel to its room; ``WireError`` when it may not join."""
+        path_id = event.path_id
+        if not is_valid_path_id(path_id):
+            raise WireError(ERROR_MESSAGE)  # (not a path this server can name a room by)
+        assert ws.request is not None
+        if not await self._allowed(path_id, ws.request):
+            self._stats["rejected"] += 1
+            raise WireError(ERROR_MESSAGE)
+        existing = self._paths.get(path_id)
+        if existing is not None and socket_id in existing.clients:
+            raise WireError(ERROR_MESSAGE)
+        if len(joined) >= self._max_rooms_per_socket:
+            self._stats["rooms_refused"] += 1
+            raise overflow_error("channels")
+        if self._room_refusal(path_id, _address_of(ws)) is not None:
+            self._stats["rooms_refused"] += 1
+            raise overflow_error("rooms")
+        path = self._add_client(path_id, socket_id, ws, queue, event.channel_id)
+        return path.clients[socket_id]
+
+    async def _write(self, client: _Client) -> None:
+        await client.queue.drain(client.ws, lambda: not client.closing)
+
+    def _send_to(self, client: _Client, payload: str, size: int) -> None:
+        if client.closing:
+            return
+        if client.channel is not None:
+            payload = channel_frame(client.channel, payload)
+            size += payload_size(client.channel) + 3  # ("M" and two newlines)
+        if not client.queue.put(payload, size):
+            self._overflow(client, "socket")
+            return
+        self._stats["messages_sent"] += 1
+        self._stats["bytes_sent"] += size
+
+    def _overflow(self, client: _Client, details: str) -> None:
+        client.closing = True
+        client.queue.clear()
+        self._stats["overflows"] += 1
+        error = overflow_error(details)
+        self._report(error)
+        logger.warning("client %s on /%s overflowed (%s)", client.id, client.path.id, details)
+        self._del_client(client)
+        self._spawn(client.ws.close(error.code, error.reason))
+
+    # --------------------------------------------------------------------------- paths
+
+    def _add_client(
+        self,
+        path_id: str,
+        client_id: str,
+        ws: ServerConnection,
+        queue: FrameQueue | None = None,
+        channel: str | None = None,
+    ) -> _Path:
+        path = self._paths.get(path_id)
+        if path is None:
+            path = _Path(path_id)
+            self._paths[path_id] = path
+            if self._create_persister is None:
+                path.ready = True
+        if queue is None:
+            queue = FrameQueue(self._max_queue_bytes)
+        first = not path.clients
+        client = _Client(client_id, ws, path, self._timeout, queue, channel)
+        path.clients[client_id] = client
+        rooms = self._address_rooms.setdefault(client.address, {})
+        rooms[path_id] = rooms.get(path_id, 0) + 1
+        if first:
+            self._call_listeners(False, path_id, 1)
+        self._call_listeners(True, path_id, client_id, 1)
+        self._steer(path)
+        return path
+
+    def _del_client(self, client: _Client) -> None:
+        path = client.path
+        if path.clients.get(client.id) is not client:
+            return
+        del path.clients[client.id]
+        rooms = self._address_rooms.get(client.address)
+        if rooms is not None:
+            left = rooms.get(path.id, 0) - 1
+            if left > 0:
+                rooms[path.id] = left
+            else:
+                rooms.pop(path.id, None)
+                if not rooms:
+                    del self._address_rooms[client.address]
+        self._call_listeners(True, path.id, client.id, -1)
+        synchronizer = path.synchronizer
+        if synchronizer is not None:
+            # its requests to the client that left fail (or go to everyone) now, not after
+            # their time-out
+            try:
+                synchronizer.peer_left(client.id)
+            except Exception as exc:
+                self._report(exc)
+        if path.clients:
+            return
+        self._call_listeners(False, path.id, -1)
+        if synchronizer is not None:
+            # nobody is left to answer: a pull asking everyone would wait out its time-out
+            synchronizer.engine.reject_pending_requests(
+                TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
+            )
+        if self._create_persister is None:
+            if self._paths.get(path.id) is path:
+                del self._paths[path.id]
+        else:
+            self._steer(path)
+
+    def _steer(self, path: _Path) -> None:
+        """Run the room's lifecycle task unless it runs already (it re-checks when done)."""
+        if self._create_persister is not None and path.lifecycle is None:
+            path.lifecycle = asyncio.ensure_future(self._run_lifecycle(path))
+
+    async def _run_lifecycle(self, path: _Path) -> None:
+        """Start or stop the room's store until it matches whether the room has clients.
+
+        One task per room does every start and stop in turn, so churn collapses: a start
+        never waits behind a queue of stops, and a client that comes back while the store is
+        still up keeps it. A room without clients and without a store is forgotten.
+        """
+        try:
+            while True:
+                if (path.clients or path.buffer) and not path.up:
+                    await self._start_store(path)
+                elif not path.clients and path.up:
+                    await self._stop_store(path)
+                else:
+                    break
+        finally:
+            path.lifecycle = None
+            if not (path.clients or path.up or path.buffer) and self._paths.get(path.id) is path:
+                del self._paths[path.id]
+
+    async def _start_store(self, path: _Path) -> None:
+        """Load the room's store from its persister and start syncing it as client "S"."""
+        path.ready = False  # (until it can take messages, they are held: see _hold)
+        try:
+            assert self._create_persister is not None
+            persister = self._create_persister(path.id)
+            if inspect.isawaitable(persister):
+                persister = await persister
+            path.up = True
+            if persister is not None:
+                from localsync.sync.synchronizer import create_custom_synchronizer
+
+                path.persister = persister
+                store = persister.get_store()
+
+                def send(to: str | None, request_id: str | None, message: int, body: Any) -> None:
+                    for payload in encode_payloads(
+                        to, request_id, message, body, self._fragment_size
+                    ):
+                        self._relay_from_server(path, payload)
+
+                def register_receive(receive: Callable[..., None]) -> None:
+                    path.receive = receive
+
+                path.synchronizer = create_custom_synchronizer(
+                    store,
+                    send,
+                    register_receive,
+                    lambda: None,
+                    self._timeout,
+                    on_ignored_error=self._report,
+                )
+                await persister.start_auto_load()
+                await persister.start_auto_save()
+                syncing = asyncio.ensure_future(path.synchronizer.start_sync())
+                # messages held back while the store loaded go in as soon as the synchronizer
+                # accepts them: before its own first pull completes, which waits for clients
+                # whose answers may be among them
+                while not syncing.done() and not path.synchronizer.is_auto_loading():
+                    await asyncio.sleep(0)
+                self._flush(path)
+                if not path.clients:  # (they left while it loaded: nobody will answer)
+                    path.synchronizer.engine.reject_pending_requests(
+                        TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
+                    )
+                await syncing
+        except Exception as exc:
+            self._report(exc)
+            logger.exception("could not start the store of /%s", path.id)
+            path.buffer, path.buffered = [], 0
+            for client in list(path.clients.values()):
+                client.closing = True
+                self._del_client(client)
+                self._spawn(client.ws.close(1011, "store unavailable"))
+            return
+        finally:
+            self._flush(path)
+
+    def _flush(self, path: _Path) -> None:
+        path.ready = True
+        buffered, path.buffer, path.buffered = path.buffer, [], 0
+        for from_id, message in buffered:
+            # also from clients that left meanwhile: their changes must reach the store
+            self._to_server(path, from_id, message)
+
+    async def _stop_store(self, path: _Path) -> None:
+        """Save and close the room's store; discard its file when it never held data."""
+        path.ready = False  # (a client joining meanwhile waits for the next start)
+        synchronizer, persister = path.synchronizer, path.persister
+        path.synchronizer = path.persister = path.receive = None
+        empty = False
+        try:
+            if synchronizer is not None:
+                try:  # first: it fails what it still waits for (nobody is left to answer)
+                    await synchronizer.destroy()
+                except Exception as exc:
+                    self._report(exc)
+            if persister is not None:
+                try:  # (no more watching the file: the store is going)
+                    await persister.stop_auto_load()
+                except Exception as exc:
+                    self._report(exc)
+                try:  # whatever the last changes were, they are on disk before the store goes
+                    await persister.save()
+                except Exception as exc:
+                    self._report(exc)
+                try:
+                    await persister.destroy()
+                except Exception as exc:
+                    self._report(exc)
+                empty = _is_empty(persister)
+        finally:
+            path.up = False
+        if empty and self._discard_empty_path is not None:
+            try:
+                discarded = self._discard_empty_path(path.id)
+                if inspect.isawaitable(discarded):
+                    discarded = await discarded
+                if discarded:
+                    self._stats["rooms_discarded"] += 1
+            except Exception as exc:
+                self._report(exc)
+
+    # --------------------------------------------------------------------------- relay
+
+    def _route(self, path: _Path, from_id: str, message: Decoded) -> None:
+        to = message.client_id
+        if to == "" or to == SERVER_CLIENT_ID:
+            if path.ready:
+                self._to_server(path, from_id, message)
+            else:
+                self._hold(path, from_id, message)
+            if to == SERVER_CLIENT_ID:
+                return
+        prefix = from_id + "\n"
+        clients = path.clients
+        for remainder in message.remainders:
+            payload = prefix + remainder
+            size = payload_size(payload)
+            if to == "":
+                for other_id, other in list(clients.items()):
+                    if other_id != from_id:
+                        self._send_to(other, payload, size)
+            else:
+                target = clients.get(to)
+                if target is not None:
+                    self._send_to(target, payload, size)
+
+    def _hold(self, path: _Path, from_id: str, message: Decoded) -> None:
+        # the path's store is still loading: keep what is meant for it, bounded
+        size = sum(payload_size(r) for r in message.remainders)
+        if len(path.buffer) >= MAX_START_BUFFER_COUNT or path.buffered + size > MAX_PAYLOAD_SIZE:
+            client = path.clients.get(from_id)
+            if client is not None:
+                self._overflow(client, "server")
+            return
+        path.buffer.append((from_id, message))
+        path.buffered += size
+
+    def _to_server(self, path: _Path, from_id: str, message: Decoded) -> None:
+        receive = path.receive
+        if receive is not None:
+            try:
+                receive(from_id, message.request_id, message.message, message.body)
+            except Exception as exc:
+                self._report(exc)
+
+    def _relay_from_server(self, path: _Path, payload: str) -> None:
+        at = payload.index("\n")
+        to = payload[:at]
+        forwarded = SERVER_CLIENT_ID + payload[at:]
+        size = payload_size(forwarded)
+        if to == "":
+            for client in list(path.clients.values()):
+                self._send_to(client, forwarded, size)
+        else:
+            target = path.clients.get(to)
+            if target is not None:
+                self._send_to(target, forwarded, size)
+
+    # ------------------------------------------------------------------------- destroy
+
+    async def _destroy(self) -> None:
+        server = self._server
+        if server is not None:
+            server.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 10)
+        for path in list(self._paths.values()):
+            for client in list(path.clients.values()):
+                client.closing = True
+                self._del_client(client)
+        # every room's lifecycle task stops its store (and nobody can start one any more)
+        while True:
+            running = [p.lifecycle for p in self._paths.values() if p.lifecycle is not None]
+            if not running:
+                break
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def _is_empty(persister: Any) -> bool:
+    """True when the persister's store holds no data at all (not even deletions)."""
+    try:
+        tables, values = persister.get_store().get_mergeable_content()[:2]
+    except Exception:
+        return False
+    return not tables[0] and not values[0]
+
+
+def _decode(decoder: PayloadDecoder, text: str) -> list[Decoded]:
+    """``decoder.feed(text)``; any other error of its checks (such as OverflowError for a JSON
+    integer too large for a float) is invalid input too, never a crash of the connection."""
+    try:
+        return decoder.feed(text)
+    except WireError:
+        raise
+    except Exception:
+        decoder.clear()
+        raise WireError(ERROR_MESSAGE) from None
+
+
+def _offered_subprotocols(request: Request) -> list[str]:
+    offered: list[str] = []
+    for header in request.headers.get_all("Sec-WebSocket-Protocol"):
+        offered.extend(part.strip() for part in header.split(","))
+    return offered
+
+
+def _select_subprotocol(_connection: ServerConnection, offered: Any) -> Any:
+    # TinyBase's shared-socket protocol when offered; otherwise none (legacy clients offer
+    # nothing; anything else is accepted as legacy, as TinyBase's server treats it)
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def _request_token(request: Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is not None and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    values = parse_qs(urlsplit(request.path).query).get("token")
+    return values[0] if values else None
+
+
+class WsServerSimple:
+    """TinyBase's ``createWsServerSimple``: a pure relay, no persistence, no listeners."""
+
+    def __init__(self, inner: WsServer) -> None:
+        self._inner = inner
+
+    @property
+    def port(self) -> int:
+        return self._inner.port
+
+    @property
+    def url(self) -> str:
+        return self._inner.url
+
+    def get_web_socket_server(self) -> Server | None:
+        return self._inner.get_web_socket_server()
+
+    def get_stats(self) -> dict[str, int]:
+        return self._inner.get_stats()
+
+    async def destroy(self) -> None:
+        await self._inner.destroy()
+
+    async def __aenter__(self) -> WsServerSimple:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+
+async def create_ws_server(
+    host: str = "127.0.0.1",
+    port: int = 8048,
+    create_persister: Callable[[str], Any] | None = None,
+    *,
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    request_timeout_seconds: float = 1.0,
+    fragment_size: int | None = None,
+    authenticate: Authenticate | None = None,
+    token: str | None = None,
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+    max_clients: int | None = None,
+    max_rooms: int | None = None,
+    max_rooms_per_address: int | None = None,
+    max_rooms_per_socket: int = MAX_CHANNELS,
+    discard_empty_path: DiscardEmptyPath | None = None,
+) -> WsServer:
+    """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
+
+    ``create_persister(path_id)`` returns a Persister of a MergeableStore (or an awaitable of
+    one, or None for a relay-only path). ``discard_empty_path(path_id)`` (may be a coroutine)
+    is called after a room whose store holds no data at all was stopped, so that the caller
+    can delete what its persister left on disk; it returns True when it deleted something.
+    See the module docstring for path ids, auth, room limits and back-pressure.
+    """
+    server = WsServer(
+        host,
+        port,
+        create_persister,
+        on_ignored_error=on_ignored_error,
+        request_timeout_seconds=request_timeout_seconds,
+        fragment_size=fragment_size,
+        authenticate=authenticate,
+        token=token,
+        max_queue_bytes=max_queue_bytes,
+        max_clients=max_clients,
+        max_rooms=max_rooms,
+        max_rooms_per_address=max_rooms_per_address,
+        max_rooms_per_socket=max_rooms_per_socket,
+        discard_empty_path=discard_empty_path,
+    )
+    await server._start()
+    return server
+
+
+async def create_ws_server_simple(
+    host: str = "127.0.0.1",
+    port: int = 8048,
+    *,
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    authenticate: Authenticate | None = None,
+    token: str | None = None,
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+    max_clients: int | None = None,
+) -> WsServerSimple:
+    """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
+    server = WsServer(
+        host,
+        port,
+        None,
+        on_ignored_error=on_ignored_error,
+        authenticate=authenticate,
+        token=token,
+        max_queue_bytes=max_queue_bytes,
+        max_clients=max_clients,
+        listeners=False,
+    )
+    await server._start()
+    return WsServerSimple(server)
