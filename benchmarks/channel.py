@@ -314,7 +314,7 @@ def _holder(rundir: str, channel: str, cells: int, raw_inbound: str, go: Any, ou
             await asyncio.sleep(0)
         built = _now() - start
         encode_start = _now()
-        payload = msgspec.msgpack.encode(store._get_encoded_mergeable_content())
+        payload = msgspec.msgpack.encode(store.get_encoded_mergeable_content())
         encoded = _now() - encode_start
         shm = shared_memory.SharedMemory(create=True, size=len(payload))
         shm.buf[: len(payload)] = payload
@@ -379,14 +379,14 @@ def _raw_joiner(endpoint: str, shm_name: str, out: Any) -> None:
     content = msgspec.msgpack.decode(payload.buffer)
     decoded = _now()
     store = create_mergeable_store()
-    store._set_encoded_mergeable_content(content)
+    store.set_encoded_mergeable_content(content)
     applied = _now()
     shm_start = _now()
     shm = shared_memory.SharedMemory(name=shm_name)
     content2 = msgspec.msgpack.decode(shm.buf)
     shm_decoded = _now()
     store2 = create_mergeable_store()
-    store2._set_encoded_mergeable_content(content2)
+    store2.set_encoded_mergeable_content(content2)
     shm_applied = _now()
     del content2
     shm.close()
@@ -553,7 +553,7 @@ def store_floor(cells: int) -> dict[str, float]:
     writer = create_mergeable_store()
     changes: list[Any] = []
     writer.add_did_finish_transaction_listener(
-        lambda store: changes.append(store._get_encoded_transaction_mergeable_changes())
+        lambda store: changes.append(store.get_encoded_transaction_mergeable_changes())
     )
     start = _now()
     for i in range(cells // CELLS_PER_ROW):
@@ -565,7 +565,7 @@ def store_floor(cells: int) -> dict[str, float]:
     reader = create_mergeable_store()
     start = _now()
     for payload in encoded:
-        reader._apply_encoded_mergeable_changes(msgspec.msgpack.decode(payload))
+        reader.apply_encoded_mergeable_changes(msgspec.msgpack.decode(payload))
     applied = _now() - start
     assert reader.get_mergeable_content_hashes() == writer.get_mergeable_content_hashes()
     return {"write_s": written, "decode_apply_s": applied}

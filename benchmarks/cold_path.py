@@ -145,7 +145,7 @@ async def _measure(samples: int, evict: _Evictor) -> list[dict[str, Any]]:
     reader_stage(
         "reader: store apply -> listener",
         lambda m: check_content_diff(decoder.decode(m[1])[3]),
-        reader._apply_encoded_mergeable_changes,
+        reader.apply_encoded_mergeable_changes,
     )
     reader_stage("reader: msgspec decode", lambda m: m[1], decoder.decode, returned)
     reader_stage(

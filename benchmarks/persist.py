@@ -27,7 +27,7 @@ skipped. Its ``cpu ms`` is this process's only (the server's CPU is not counted)
 is ``pg_total_relation_size`` (TOAST compresses the JSON; row versions that the
 auto-saved transactions left for VACUUM count too).
 
-Stores are filled with ``_set_encoded_mergeable_content`` from generated content (10 cells
+Stores are filled with ``set_encoded_mergeable_content`` from generated content (10 cells
 per row), so building a 10^6-cell store does not dominate the run. Every save here is durable
 (fsync). The per-transaction figure is the median over ``--tx`` transactions (5 for the file
 persister from 10^5 cells, where each one rewrites the whole file) of: one
@@ -241,7 +241,7 @@ async def measure_persister(
         return create_sqlite_persister(store, path)
 
     store = create_mergeable_store()
-    store._set_encoded_mergeable_content(content)
+    store.set_encoded_mergeable_content(content)
     persister = factory(store, path)
     save_s = await atimed(persister.save())
 

@@ -6,12 +6,12 @@ for it. These three costs decide the channel's fan-out and join figures, so each
 here against a baseline doing the least any Python receiver must do with the same data, in the
 same run (so the ratios compare between machines):
 
-(a) ``_set_encoded_mergeable_content`` of a store's full encoded content into an empty store,
+(a) ``set_encoded_mergeable_content`` of a store's full encoded content into an empty store,
     vs building the plain nested ``{table: {row: {cell: value}}}`` dict from that content;
-(b) ``_apply_encoded_mergeable_changes`` of 10-cell row ContentDiffs (what a writer's row
+(b) ``apply_encoded_mergeable_changes`` of 10-cell row ContentDiffs (what a writer's row
     transactions produce), one transaction each, vs updating a nested dict with each diff's
     cells; settling the hashes afterwards (the first hash read) is reported separately;
-(c) ``get_mergeable_table_diff({})`` and ``_get_encoded_mergeable_content()`` on the filled
+(c) ``get_mergeable_table_diff({})`` and ``get_encoded_mergeable_content()`` on the filled
     store, vs copying its plain nested data;
 (d) what a joiner does with that table diff (the protocol's path): apply it as changes, then
     settle the hashes on the first read, vs building the plain nested dict from it.
@@ -72,7 +72,7 @@ def make_row_diffs(cells: int) -> list[Any]:
     store = create_mergeable_store("writer")
     diffs: list[Any] = []
     store.add_did_finish_transaction_listener(
-        lambda s: diffs.append(s._get_encoded_transaction_mergeable_changes())
+        lambda s: diffs.append(s.get_encoded_transaction_mergeable_changes())
     )
     for i in range(cells // CELLS_PER_ROW):
         store.set_row(TABLE, f"r{i}", _row(i))
@@ -142,23 +142,23 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
         )
 
     source = make_source(cells)
-    content = source._get_encoded_mergeable_content()
+    content = source.get_encoded_mergeable_content()
     expected = source.get_mergeable_content_hashes()
 
     # (a) full content into an empty store
     base = cpu(lambda: plain_from_content(content), repeat, no_gc=True)
     add("a: apply content", cells, "baseline: plain dict build", base, base)
     fast = cpu(
-        lambda s: s._set_encoded_mergeable_content(content), repeat, setup=lambda: receiver(False)
+        lambda s: s.set_encoded_mergeable_content(content), repeat, setup=lambda: receiver(False)
     )
     add("a: apply content", cells, "store", fast, base)
     if port:
         slow = cpu(
-            lambda s: s._set_encoded_mergeable_content(content), 1, setup=lambda: receiver(True)
+            lambda s: s.set_encoded_mergeable_content(content), 1, setup=lambda: receiver(True)
         )
         add("a: apply content", cells, "port (before)", slow, base)
     filled = receiver(False)
-    filled._set_encoded_mergeable_content(content)
+    filled.set_encoded_mergeable_content(content)
     assert filled.get_mergeable_content_hashes() == expected
 
     # (b) row-sized ContentDiffs, one transaction each
@@ -168,7 +168,7 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
 
     def apply_all(store: MergeableStore) -> None:
         for diff in diffs:
-            store._apply_encoded_mergeable_changes(diff)
+            store.apply_encoded_mergeable_changes(diff)
 
     fast = cpu(apply_all, repeat, setup=lambda: receiver(False))
     add("b: apply row diffs", cells, "store", fast, base)
@@ -199,8 +199,8 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
     add(
         "c: build for a joiner",
         cells,
-        "_get_encoded_mergeable_content()",
-        cpu(filled._get_encoded_mergeable_content, repeat),
+        "get_encoded_mergeable_content()",
+        cpu(filled.get_encoded_mergeable_content, repeat),
         base,
     )
 
@@ -212,7 +212,7 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
     joined: list[MergeableStore] = []
 
     def join(store: MergeableStore) -> None:
-        store._apply_encoded_mergeable_changes(table_diff)
+        store.apply_encoded_mergeable_changes(table_diff)
         joined.append(store)
 
     add(

@@ -446,7 +446,7 @@ class MergeableStore(Store):
         self._listening = True
         self._defaulting = False
         # TinyBase's ``mutated``: a mutator listener changed data (stamped as a local write)
-        # while changes were being applied; persisters then save (``_had_mutated``)
+        # while changes were being applied; persisters then save (``had_mutated``)
         self._mutated = False
         self._old_mutated = False
         self.ignored_count = 0
@@ -905,7 +905,7 @@ class MergeableStore(Store):
     def _pre_start_transaction(self) -> None:
         self._old_mutated = self._mutated
 
-    def _had_mutated(self) -> bool:
+    def had_mutated(self) -> bool:
         """Whether mutator listeners changed data since the last call (and reset it).
 
         TinyBase's ``hadMutated``: a persister asks after each load or pushed change, and
@@ -1447,14 +1447,14 @@ class MergeableStore(Store):
         """Merge changes (or content) from a peer; invalid or far-future data is ignored."""
         return self._merge_in(mergeable_changes, False, False)
 
-    def _apply_encoded_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
+    def apply_encoded_mergeable_changes(self, mergeable_changes: Any) -> MergeableStore:
         return self._merge_in(mergeable_changes, False, True)
 
     def set_mergeable_content(self, mergeable_content: Any) -> MergeableStore:
         """Replace everything with a peer's content, trusting its hashes (as TinyBase does)."""
         return self._merge_in(mergeable_content, True, False)
 
-    def _set_encoded_mergeable_content(self, mergeable_content: Any) -> MergeableStore:
+    def set_encoded_mergeable_content(self, mergeable_content: Any) -> MergeableStore:
         return self._merge_in(mergeable_content, True, True)
 
     def merge(self, mergeable_store: MergeableStore) -> MergeableStore:
@@ -1487,7 +1487,7 @@ class MergeableStore(Store):
         """``[[tables, hlc, hash], [values, hlc, hash]]`` with decoded cells."""
         return self._content(_public)
 
-    def _get_encoded_mergeable_content(self) -> list[Any]:
+    def get_encoded_mergeable_content(self) -> list[Any]:
         """As get_mergeable_content, with object cells in stored ``"\\ufffd..."`` form."""
         return self._content(_raw)
 
@@ -1529,23 +1529,23 @@ class MergeableStore(Store):
         """The stamps this transaction touched, as ``[tables, values, 1]`` changes."""
         return self._transaction_mergeable_changes(with_hashes, _public)
 
-    def _get_encoded_transaction_mergeable_changes(self, with_hashes: bool = False) -> list[Any]:
+    def get_encoded_transaction_mergeable_changes(self, with_hashes: bool = False) -> list[Any]:
         return self._transaction_mergeable_changes(with_hashes, _raw)
 
-    def _transaction_touched(self) -> tuple[dict[Any, Any], dict[str, Any]]:
+    def get_transaction_touched(self) -> tuple[dict[Any, Any], dict[str, Any]]:
         """What this transaction touched: its change-record dicts, keyed by cell and value.
 
         Called from a did-finish-transaction listener. The dicts are replaced, never
         cleared, when the next transaction starts, so holding them costs no copy; a
         synchronizer queues them and builds the wire records later, for many transactions
-        at once (:meth:`_encoded_mergeable_changes_of`).
+        at once (:meth:`get_encoded_mergeable_changes_of`).
         """
         cells = self._changed_cells
         values = self._changed_values
         # (an empty dict is reused by the next transaction: never hand that one out)
         return cells if cells else {}, values if values else {}
 
-    def _encoded_mergeable_changes_of(
+    def get_encoded_mergeable_changes_of(
         self,
         touched: list[tuple[dict[Any, Any], dict[str, Any]]],
         max_stamps: int,

@@ -426,7 +426,7 @@ class Store:
         with self.lock:
             return [self.get_tables(), self.get_values()]
 
-    def _get_encoded_content(self) -> list[Any]:
+    def get_encoded_content(self) -> list[Any]:
         """Content with object cells in stored string form (what persisters write)."""
         with self.lock:
             return [
@@ -541,7 +541,7 @@ class Store:
 
     def get_json(self) -> str:
         """``JSON.stringify([tables, values])`` of the stored form, as TinyBase's getJson."""
-        return js_stringify(self._get_encoded_content())
+        return js_stringify(self.get_encoded_content())
 
     def for_each_table(self, callback: Callable[[str, Any], Any]) -> None:
         for table_id in self.get_table_ids():
@@ -573,7 +573,7 @@ class Store:
         self._txn(self._apply_content, tables, values)
         return self
 
-    def _set_encoded_content(self, content: Any) -> Store:
+    def set_encoded_content(self, content: Any) -> Store:
         """set_content for data already in stored form (files, peers): bad cells are dropped."""
         tables, values = _check_content(content)
         self._txn(self._apply_content, *self._accept_content(tables, values))
@@ -1252,7 +1252,7 @@ class Store:
         changed, with UNDEFINED for a deleted cell, value, row or table."""
         return self._transaction_changes(decode)
 
-    def _get_encoded_transaction_changes(self) -> list[Any]:
+    def get_encoded_transaction_changes(self) -> list[Any]:
         return self._transaction_changes(_identity)
 
     def _transaction_changes(self, convert: Callable[[Any], Any]) -> list[Any]:

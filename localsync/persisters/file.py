@@ -117,9 +117,9 @@ class FileBackend(Backend):
             if seq <= self.tracker.durable_seq:
                 return seq, False
             content = (
-                self.store._get_encoded_mergeable_content()
+                self.store.get_encoded_mergeable_content()
                 if self.mergeable
-                else self.store._get_encoded_content()
+                else self.store.get_encoded_content()
             )
         data = encode_content(content)
         write_atomic(self.path, data, durable=self.durable, before_replace=self._own_write)

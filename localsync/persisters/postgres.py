@@ -266,7 +266,7 @@ class PostgresBackend(Backend):
             seq = self.tracker.tx_seq
             if seq <= self.tracker.durable_seq:
                 return seq, False
-            content = self.store._get_encoded_mergeable_content()
+            content = self.store.get_encoded_mergeable_content()
         text = encode_row(content)
         table, id_column = escape_id(self.table), escape_id(self.id_column)
         store_column = escape_id(self.store_column)

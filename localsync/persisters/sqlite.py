@@ -9,7 +9,7 @@ save writes only the stamps that changed since the last durable save.
 How a save decides what to write:
 
 * The persister listens to every finished transaction of the store (local or from a peer) and
-  folds its ``_get_encoded_transaction_mergeable_changes(True)`` into a pending change set.
+  folds its ``get_encoded_transaction_mergeable_changes(True)`` into a pending change set.
 * A save takes that pending set (under ``store.lock``, so it matches a transaction number) and
   upserts it in one SQLite transaction, after checking that the stored hashes plus these
   changes give the new hashes. TinyBase's transaction changes leave out stamp-only changes
@@ -79,7 +79,7 @@ class SqliteBackend(Backend):
         super().__init__(store, path, poll_seconds)
 
     def _record(self, store: Any) -> None:
-        changes = store._get_encoded_transaction_mergeable_changes(True) if self._tracking else None
+        changes = store.get_encoded_transaction_mergeable_changes(True) if self._tracking else None
         with self.state_lock:
             if changes is not None:
                 self._pending = merge_changes(self._pending, changes)
@@ -100,7 +100,7 @@ class SqliteBackend(Backend):
             seq = self.tracker.tx_seq
             pending, self._pending = self._pending, None
             if not self._tracking:
-                content = self.store._get_encoded_mergeable_content()
+                content = self.store.get_encoded_mergeable_content()
                 self._tracking = True
         try:
             if content is None:
@@ -127,7 +127,7 @@ class SqliteBackend(Backend):
                 with self.store.lock, self.state_lock:
                     seq = self.tracker.tx_seq
                     self._pending = None
-                    content = self.store._get_encoded_mergeable_content()
+                    content = self.store.get_encoded_mergeable_content()
             self.storage.write_content(content)
             self._needs_repair = False
         except BaseException:

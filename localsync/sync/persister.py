@@ -205,7 +205,7 @@ class Persister:
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         # the store's hook, looked up once (a received change asks for it every time)
-        self._had_mutated: Callable[[], bool] | None = getattr(store, "_had_mutated", None)
+        self._had_mutated: Callable[[], bool] | None = getattr(store, "had_mutated", None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -222,18 +222,18 @@ class Persister:
         mergeable = bool(getattr(store, "is_mergeable", lambda: False)())
         if persist != Persists.STORE_ONLY and mergeable:
             self._is_mergeable_store = True
-            self._get_content: Callable[[], Any] = store._get_encoded_mergeable_content
+            self._get_content: Callable[[], Any] = store.get_encoded_mergeable_content
             with_hashes = not self._is_synchronizer
             self._get_changes: Callable[[], Any] = lambda: (
-                store._get_encoded_transaction_mergeable_changes(with_hashes)
+                store.get_encoded_transaction_mergeable_changes(with_hashes)
             )
             if self._is_synchronizer:
-                self._get_touched = getattr(store, "_transaction_touched", None)
+                self._get_touched = getattr(store, "get_transaction_touched", None)
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
         elif persist != Persists.MERGEABLE_STORE_ONLY:
             self._is_mergeable_store = False
-            self._get_content = getattr(store, "_get_encoded_content", None) or store.get_content
-            get_changes = getattr(store, "_get_encoded_transaction_changes", None) or getattr(
+            self._get_content = getattr(store, "get_encoded_content", None) or store.get_content
+            get_changes = getattr(store, "get_encoded_transaction_changes", None) or getattr(
                 store, "get_transaction_changes", None
             )
             self._get_changes = get_changes if get_changes is not None else lambda: None
@@ -250,14 +250,14 @@ class Persister:
         try:
             if self._is_mergeable_store and isinstance(content_or_changes[0], list):
                 if is_changes:
-                    store._apply_encoded_mergeable_changes(content_or_changes)
+                    store.apply_encoded_mergeable_changes(content_or_changes)
                 else:
-                    store._set_encoded_mergeable_content(content_or_changes)
+                    store.set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
-                apply = getattr(store, "_apply_encoded_changes", None) or store.apply_changes
+                apply = getattr(store, "apply_encoded_changes", None) or store.apply_changes
                 apply(content_or_changes)
             else:
-                setter = getattr(store, "_set_encoded_content", None) or store.set_content
+                setter = getattr(store, "set_encoded_content", None) or store.set_content
                 setter(content_or_changes)
         finally:
             self._applying -= 1

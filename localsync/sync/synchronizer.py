@@ -11,7 +11,7 @@ transaction is queued and sent on the loop's next turn, and every transaction th
 queue before that turn - more writes in the same turn on the loop thread, writes from a thread
 faster than the loop (the blocking facade), writes made while an earlier save is queued behind
 a load - travels in the same ContentDiff (newest HLC per cell/value, latest row/table HLCs,
-built once from the current stamps: ``MergeableStore._encoded_mergeable_changes_of``, with the
+built once from the current stamps: ``MergeableStore.get_encoded_mergeable_changes_of``, with the
 size caps of :func:`localsync.sync.engine.coalesce_changes`). A burst of N writes therefore costs
 readers a handful of messages and store transactions instead of N. Changes applied from
 peers are never re-sent (the echo rule is unchanged), diffs leave in transaction order, and
@@ -243,7 +243,7 @@ class Synchronizer(Persister):
         self._after_engine()
 
     def _build_changes(self, touched: list[Any]) -> list[Any]:
-        bodies = self._store._encoded_mergeable_changes_of(
+        bodies = self._store.get_encoded_mergeable_changes_of(
             touched, MAX_COALESCED_STAMPS, MAX_COALESCED_BYTES
         )
         self.coalesced_transactions += len(touched) - len(bodies)

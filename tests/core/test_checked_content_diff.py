@@ -92,7 +92,7 @@ bodies = st.one_of(
 def merged(body: Any) -> tuple[Any, ...]:
     store = create_mergeable_store("x", get_now=lambda: NOW)
     store.set_cell("t", "r", "c", "old")  # something to merge over
-    store._apply_encoded_mergeable_changes(body)
+    store.apply_encoded_mergeable_changes(body)
     return (
         store.get_mergeable_content(),
         store.get_mergeable_content_hashes(),
@@ -189,7 +189,7 @@ def pulled(table_body: Any, value_body: Any, checked: bool) -> tuple[Any, ...]:
         engine.receive("P", rid, RESPONSE, value_body)
     if results and results[0] is not None:
         changes = results[0]
-        store._apply_encoded_mergeable_changes(changes if checked else list(changes))
+        store.apply_encoded_mergeable_changes(changes if checked else list(changes))
     return (
         len(results),
         store.get_mergeable_content(),
@@ -227,5 +227,5 @@ def test_a_joiners_pull_hands_the_store_checked_changes() -> None:
     [changes] = results
     assert type(changes) is CheckedChanges
     assert len(changes.special) == 2  # the object cell and the big number
-    joiner._apply_encoded_mergeable_changes(changes)
+    joiner.apply_encoded_mergeable_changes(changes)
     assert joiner.get_mergeable_content_hashes() == holder.get_mergeable_content_hashes()

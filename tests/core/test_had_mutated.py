@@ -30,21 +30,21 @@ def _peer_changes(cells: dict[str, Any]) -> list[Any]:
 def test_the_store_reports_mutator_writes_once() -> None:
     store = create_mergeable_store()
     derive_double(store)
-    assert store._had_mutated() is False
+    assert store.had_mutated() is False
     store.set_cell("t", "r", "other", 1)  # no mutator involved
-    assert store._had_mutated() is False
+    assert store.had_mutated() is False
 
     store.apply_mergeable_changes(_peer_changes({"c": 21}))
     assert store.get_cell("t", "r", "double") == 42
     # the derived cell carries this store's own stamp, like any local write
     stamp = store.get_mergeable_content()[0][0]["t"][0]["r"][0]["double"]
     assert stamp[1].endswith(store.get_client_id())
-    assert store._had_mutated() is True
-    assert store._had_mutated() is False  # asking resets it, as in TinyBase
+    assert store.had_mutated() is True
+    assert store.had_mutated() is False  # asking resets it, as in TinyBase
 
     # applying what we already hold changes nothing, so no mutator write happens
     store.apply_mergeable_changes(_peer_changes({"c": 21}))
-    assert store._had_mutated() is False
+    assert store.had_mutated() is False
 
 
 def test_a_rolled_back_transaction_forgets_its_mutations() -> None:
@@ -52,9 +52,9 @@ def test_a_rolled_back_transaction_forgets_its_mutations() -> None:
     derive_double(store)
     store.transaction(lambda: store.set_cell("t", "r", "c", 1), lambda *_: True)
     assert store.get_cell("t", "r", "double") is None
-    assert store._had_mutated() is False
+    assert store.had_mutated() is False
     store.transaction(lambda: store.set_cell("t", "r", "c", 2))
-    assert store._had_mutated() is True
+    assert store.had_mutated() is True
 
 
 def test_a_synchronizer_sends_what_a_mutator_derived_from_a_peers_change() -> None:

@@ -39,7 +39,7 @@ def seeded(unique_id: str = "a") -> tuple[Any, Clock]:
 
 def full_state(store: Any) -> dict[str, Any]:
     state = snapshot(store)
-    state["encoded"] = store._get_encoded_mergeable_content()
+    state["encoded"] = store.get_encoded_mergeable_content()
     return state
 
 
@@ -90,7 +90,7 @@ def test_object_cells_are_decoded_on_read_and_stored_encoded() -> None:
     cell["b"].append(3)  # a fresh object each read: the store is not affected
     assert store.get_cell("t", "r", "c")["b"] == [1, 2.5]
     (encoded,) = [
-        stamp[0] for stamp in store._get_encoded_mergeable_content()[0][0]["t"][0]["r"][0].values()
+        stamp[0] for stamp in store.get_encoded_mergeable_content()[0][0]["t"][0]["r"][0].values()
     ]
     assert encoded == '\ufffd{"1":"x","2":null,"b":[1,2.5]}'
     assert (
@@ -354,12 +354,12 @@ def test_invalid_or_far_future_mergeable_data_is_ignored_as_a_whole() -> None:
     assert store.set_mergeable_content([[{}], [{}]]) is store  # content needs hashes
     for encoded in ("\ufffd{broken", "\ufffd1", "\ufffd"):
         bad_encoded = [[{"t": [{"r": [{"c": [encoded, good_hlc]}]}]}], [{}], 1]
-        assert store._apply_encoded_mergeable_changes(bad_encoded) is store
+        assert store.apply_encoded_mergeable_changes(bad_encoded) is store
     assert store.ignored_count == len(bad_inputs) + 4
     assert finished == []
     assert_same(full_state(store), before, "after ignored input")
     good = [[{"t": [{"r": [{"c": ['\ufffd{"a":[1]}', good_hlc]}]}]}], [{}], 1]
-    store._apply_encoded_mergeable_changes(good)
+    store.apply_encoded_mergeable_changes(good)
     assert store.get_cell("t", "r", "c") == {"a": [1]}
     assert finished == [1]
 

@@ -354,10 +354,10 @@ class EngineSubject(Subject):
     def _pushed(self, content: Any, changes: Any) -> None:
         # what a Synchronizer does with what the engine hands over (persister.py)
         if changes is not None:
-            self.store._apply_encoded_mergeable_changes(changes)
+            self.store.apply_encoded_mergeable_changes(changes)
         elif content is not None:
             self.trusted = True
-            self.store._set_encoded_mergeable_content(content)
+            self.store.set_encoded_mergeable_content(content)
 
 
 @SETTINGS

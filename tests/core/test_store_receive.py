@@ -1,6 +1,6 @@
 """The fast receive path of MergeableStore must be indistinguishable from the faithful port.
 
-``_apply_encoded_mergeable_changes``/``apply_mergeable_changes``/``set_mergeable_content`` take
+``apply_encoded_mergeable_changes``/``apply_mergeable_changes``/``set_mergeable_content`` take
 a fused path (merge and write one row at a time, hashes of merged cells settled lazily). The
 line-by-line port of TinyBase's mergeContentOrChanges is kept as ``_reference_receive``; here
 two replicas with the same id and clock get the same random mix of local writes, peer changes
@@ -185,7 +185,7 @@ class _Replica:
                 (
                     "finish",
                     s.get_transaction_changes(),
-                    s._get_encoded_transaction_mergeable_changes(),
+                    s.get_encoded_transaction_mergeable_changes(),
                 )
             )
         )
@@ -208,7 +208,7 @@ class _Replica:
                 (
                     "finish",
                     s.get_transaction_changes(),
-                    s._get_encoded_transaction_mergeable_changes(),
+                    s.get_encoded_transaction_mergeable_changes(),
                     s.get_mergeable_content_hashes(),
                 )
             )
@@ -230,16 +230,16 @@ class _Replica:
             if op[2]:
                 checked = check_content_diff(op[3])
                 if checked is None:
-                    store._apply_encoded_mergeable_changes(op[3])
+                    store.apply_encoded_mergeable_changes(op[3])
                 elif store._merge_pushed(checked):  # (what _apply_... tries first; counted)
                     self.pushed += 1
                 else:
-                    store._apply_encoded_mergeable_changes(checked)
+                    store.apply_encoded_mergeable_changes(checked)
             else:
                 store.apply_mergeable_changes(op[3])
         elif kind == "content":
             if op[2]:
-                store._set_encoded_mergeable_content(op[3])
+                store.set_encoded_mergeable_content(op[3])
             else:
                 store.set_mergeable_content(op[3])
         elif kind == "local":
@@ -271,7 +271,7 @@ class _Replica:
         store = self.store
         return (
             store.get_mergeable_content(),
-            store._get_encoded_content(),
+            store.get_encoded_content(),
             store.get_table_cell_ids("t1"),
             store.ignored_count,
         )
@@ -308,7 +308,7 @@ def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
         data = [[{"t": [{row: row_stamp}]}], [{}], 1]
         for replica in (fast, reference):
             replica.now = now
-            replica.store._apply_encoded_mergeable_changes(data)
+            replica.store.apply_encoded_mergeable_changes(data)
     assert fast.store._dirty_cells  # the fast path really left hashes pending
     assert fast.snapshot() == reference.snapshot()
     assert fast.log == reference.log
@@ -327,11 +327,11 @@ def test_bulk_work_pauses_the_collector_and_restores_its_state() -> None:
     was_enabled = gc.isenabled()
     try:
         gc.enable()
-        store._apply_encoded_mergeable_changes(data)
+        store.apply_encoded_mergeable_changes(data)
         assert seen == [False] and gc.isenabled()
         gc.disable()
         store.get_mergeable_content()
-        store._set_encoded_mergeable_content(store._get_encoded_mergeable_content())
+        store.set_encoded_mergeable_content(store.get_encoded_mergeable_content())
         assert not gc.isenabled()
     finally:
         if was_enabled:

@@ -184,11 +184,11 @@ from localsync.persisters._sqlitestore import SqliteStorage
 store = create_mergeable_store()
 store.set_cell("t", "r", "c", 1)
 storage = SqliteStorage({str(folder / "w.sqlite")!r})
-storage.write_content(store._get_encoded_mergeable_content())
+storage.write_content(store.get_encoded_mergeable_content())
 storage._conn.execute("PRAGMA wal_autocheckpoint = 0")
 storage._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 store.set_cell("t", "r", "d", 2)
-storage.write_content(store._get_encoded_mergeable_content())
+storage.write_content(store.get_encoded_mergeable_content())
 os._exit(0)  # killed: the log is not merged into the database file
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -60,7 +60,7 @@ class Replica:
             return
         self.applying = True
         try:
-            self.store._apply_encoded_mergeable_changes(changes)
+            self.store.apply_encoded_mergeable_changes(changes)
         finally:
             self.applying = False
 
@@ -70,7 +70,7 @@ class Replica:
     def on_transaction(self, store: Any) -> None:
         if self.applying:
             return
-        changes = store._get_encoded_transaction_mergeable_changes(False)
+        changes = store.get_encoded_transaction_mergeable_changes(False)
         if changes[0][0] or changes[1][0]:
             self.engine.send_content_diff(changes)
 

@@ -55,7 +55,7 @@ def test_save_then_load_into_another_store() -> None:
         await pa.save()
         assert pa.get_stats() == {"loads": 0, "saves": 1}
         # the persisted form is the encoded content: object cells stay strings
-        assert storage.content == a._get_encoded_mergeable_content()
+        assert storage.content == a.get_encoded_mergeable_content()
         b = create_mergeable_store()
         pb = persister_for(b, storage)
         await pb.load()
@@ -105,7 +105,7 @@ def test_auto_save_saves_each_transaction_with_hashes() -> None:
         changes = storage.writes[1][1]
         assert changes[2] == 1
         assert len(changes[0][0]["t"][0]["r"][0]["c"]) == 3  # with hashes for persisters
-        assert storage.content == store._get_encoded_mergeable_content()
+        assert storage.content == store.get_encoded_mergeable_content()
         # overlapping saves share one "saving" period, as in TinyBase
         assert statuses[:2] == [2, 0] and statuses[-1] == 0 and set(statuses) == {0, 2}
         await p.stop_auto_save()
@@ -122,7 +122,7 @@ def test_auto_load_applies_pushed_changes_without_saving_them_back() -> None:
         storage = Storage()
         source = create_mergeable_store()
         source.set_cell("t", "r", "c", "v1")
-        storage.content = source._get_encoded_mergeable_content()
+        storage.content = source.get_encoded_mergeable_content()
         store = create_mergeable_store()
         p = persister_for(store, storage)
         await p.start_auto_persisting()
@@ -130,13 +130,13 @@ def test_auto_load_applies_pushed_changes_without_saving_them_back() -> None:
         writes_before = len(storage.writes)
         # the storage changes behind our back and tells us, with the new content
         source.set_cell("t", "r", "c", "v2")
-        storage.listener(source._get_encoded_mergeable_content())
+        storage.listener(source.get_encoded_mergeable_content())
         assert store.get_cell("t", "r", "c") == "v2"  # applied synchronously
         await asyncio.sleep(0.01)
         assert len(storage.writes) == writes_before  # no echo
         # ...or without content: the persister loads
         source.set_cell("t", "r", "c", "v3")
-        storage.content = source._get_encoded_mergeable_content()
+        storage.content = source.get_encoded_mergeable_content()
         storage.listener()
         for _ in range(100):
             if store.get_cell("t", "r", "c") == "v3":
@@ -230,7 +230,7 @@ def test_plain_store_round_trip_and_auto_save() -> None:
         a.set_tables({"t": {"r": {"c": 1, "o": {"k": [1]}}}}).set_values({"v": "x"})
         pa = persister_for(a, storage)
         await pa.start_auto_save()
-        assert storage.content == a._get_encoded_content()
+        assert storage.content == a.get_encoded_content()
         a.set_cell("t", "r", "c", 2)
         await asyncio.sleep(0.01)
         assert storage.writes[-1][1] is not None and storage.writes[-1][1][-1] == 1
@@ -418,7 +418,7 @@ async def python_scenario() -> list[Any]:
     await p.save()
     await snap("save")
     source.set_cell("t", "r", "c", "from source")
-    state["storage"] = source._get_encoded_mergeable_content()
+    state["storage"] = source.get_encoded_mergeable_content()
     await p.load()
     await snap("load")
     await p.start_auto_save()
@@ -430,10 +430,10 @@ async def python_scenario() -> list[Any]:
     await p.start_auto_load()
     await snap("startAutoLoad")
     source.set_cell("t", "r", "e", 2)
-    state["listener"](source._get_encoded_mergeable_content())
+    state["listener"](source.get_encoded_mergeable_content())
     await snap("pushed content")
     source.set_cell("t", "r", "f", 3)
-    state["storage"] = source._get_encoded_mergeable_content()
+    state["storage"] = source.get_encoded_mergeable_content()
     state["listener"]()
     await snap("pushed nothing")
     await p.stop_auto_persisting()
@@ -479,6 +479,6 @@ def test_a_persister_through_the_blocking_facade() -> None:
         store.set_value("after", 2)  # written on this thread, saved on the loop thread
         assert p.call(lambda: None) is None  # a round trip: the hand-over has been processed
         assert p.schedule(lambda: None) is p.synchronizer  # any coroutine method, blocking
-        assert storage.content == store._get_encoded_mergeable_content()
+        assert storage.content == store.get_encoded_mergeable_content()
         assert p.get_stats()["saves"] >= 2
     assert storage.listener is None and not p.synchronizer.is_auto_saving()

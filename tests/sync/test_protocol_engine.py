@@ -90,7 +90,7 @@ def test_full_pull_between_two_stores_by_hand() -> None:
     engine.receive("P", rid3, RESPONSE, other.get_mergeable_value_diff(body))
     assert engine.data_to_send() == []
     [changes] = results
-    store._apply_encoded_mergeable_changes(changes)
+    store.apply_encoded_mergeable_changes(changes)
     assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
     assert store.get_tables() == other.get_tables() and store.get_values() == other.get_values()
     assert not errors and engine.pending_request_count() == 0
@@ -363,7 +363,7 @@ def test_a_pull_whose_peer_leaves_asks_everyone_again_and_finishes_from_another(
     engine.receive("P", rid4, RESPONSE, other.get_mergeable_table_diff(body))
     assert engine.data_to_send() == []  # values agree: done
     [changes] = results
-    store._apply_encoded_mergeable_changes(changes)
+    store.apply_encoded_mergeable_changes(changes)
     assert store.get_tables() == other.get_tables()
     assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
     assert errors == [] and engine.pending_request_count() == 0

@@ -60,7 +60,7 @@ def recorded_transactions(seed: int, count: int) -> tuple[Any, list[Any]]:
     writer = create_mergeable_store()
     recorded: list[Any] = []
     writer.add_did_finish_transaction_listener(
-        lambda s: recorded.append(s._get_encoded_transaction_mergeable_changes())
+        lambda s: recorded.append(s.get_encoded_transaction_mergeable_changes())
     )
     rng = random.Random(seed)
     for _ in range(count):
@@ -81,11 +81,11 @@ def test_merged_diffs_leave_a_receiver_as_the_separate_ones_do(seed: int, max_st
         assert 1 <= len(merged) <= len(batch)
     one_by_one, coalesced = create_mergeable_store(), create_mergeable_store()
     for changes in batch:
-        one_by_one._apply_encoded_mergeable_changes(changes)
+        one_by_one.apply_encoded_mergeable_changes(changes)
     for body in merged:
         assert is_protocol_message_valid("id", CONTENT_DIFF, body)
         assert len(body) == 3 and body[2] == 1
-        coalesced._apply_encoded_mergeable_changes(body)
+        coalesced.apply_encoded_mergeable_changes(body)
     assert same(one_by_one, writer)
     assert same(coalesced, writer)
 
@@ -94,7 +94,7 @@ def test_the_newest_stamp_wins_including_deletions() -> None:
     store = create_mergeable_store()
     recorded: list[Any] = []
     store.add_did_finish_transaction_listener(
-        lambda s: recorded.append(s._get_encoded_transaction_mergeable_changes())
+        lambda s: recorded.append(s.get_encoded_transaction_mergeable_changes())
     )
     store.set_cell("t", "r", "c", 1)
     store.set_value("v", 1)
@@ -140,8 +140,8 @@ def touched_transactions(seed: int, count: int) -> tuple[Any, list[Any], list[An
     recorded: list[Any] = []
 
     def listener(store: Any) -> None:
-        touched.append(store._transaction_touched())
-        recorded.append(store._get_encoded_transaction_mergeable_changes())
+        touched.append(store.get_transaction_touched())
+        recorded.append(store.get_encoded_transaction_mergeable_changes())
 
     writer.add_did_finish_transaction_listener(listener)
     rng = random.Random(seed)
@@ -168,7 +168,7 @@ def test_bodies_built_from_what_transactions_touched_equal_the_merged_records(
 ) -> None:
     """The writer's path: queue what each transaction touched, build the diffs at once."""
     writer, touched, recorded = touched_transactions(seed, 60)
-    bodies = writer._encoded_mergeable_changes_of(touched, max_stamps, 1 << 20)
+    bodies = writer.get_encoded_mergeable_changes_of(touched, max_stamps, 1 << 20)
     if max_stamps == 4096:
         assert len(bodies) == 1
         # the same diff the per-transaction records merge into (same stamps, same HLCs)
@@ -176,7 +176,7 @@ def test_bodies_built_from_what_transactions_touched_equal_the_merged_records(
     receiver = create_mergeable_store()
     for body in bodies:
         assert is_protocol_message_valid("id", CONTENT_DIFF, body)
-        receiver._apply_encoded_mergeable_changes(body)
+        receiver.apply_encoded_mergeable_changes(body)
     assert same(receiver, writer)
     # bodies are cut between transactions only: each transaction's stamps travel together
     # (a cell touched again later may travel again in a later body)
@@ -190,15 +190,17 @@ def test_bodies_built_from_what_transactions_touched_equal_the_merged_records(
 def test_built_bodies_carry_object_cells_values_and_deletions() -> None:
     writer = create_mergeable_store()
     touched: list[Any] = []
-    writer.add_did_finish_transaction_listener(lambda s: touched.append(s._transaction_touched()))
+    writer.add_did_finish_transaction_listener(
+        lambda s: touched.append(s.get_transaction_touched())
+    )
     writer.set_cell("t", "r", "obj", {"k": [1, 2]})
     writer.set_cell("t", "r", "gone", 1)
     writer.del_cell("t", "r", "gone")
     writer.set_value("v", "x")
-    [body] = writer._encoded_mergeable_changes_of(touched, 4096, 1 << 20)
+    [body] = writer.get_encoded_mergeable_changes_of(touched, 4096, 1 << 20)
     assert body[0][0]["t"][0]["r"][0]["gone"][0] == UNDEFINED  # a deletion is a stamp too
     receiver = create_mergeable_store()
-    receiver._apply_encoded_mergeable_changes(body)
+    receiver.apply_encoded_mergeable_changes(body)
     assert receiver.get_cell("t", "r", "obj") == {"k": [1, 2]}
     assert not receiver.has_cell("t", "r", "gone") and receiver.get_value("v") == "x"
     assert same(receiver, writer)
