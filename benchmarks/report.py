@@ -1,12 +1,17 @@
-"""Writes the suite's results: ``results.json``, ``results.md`` and PNG charts.
+"""Writes the suite's results: ``results.json``, ``results.md``, PNG charts, the README's table.
 
 Every figure is stored with its absolute value and, where its group has one, its ratio to the
 group's reference baseline measured in the same run; the Markdown table shows both, and the
 machine the absolute figures came from heads the page, so no number stands without context.
+
+``python -m benchmarks.report [--results FILE] [--readme FILE]`` pastes the summary table of a
+``results.json`` (default: ``benchmarks/results/results.json``) into the README, between the
+lines ``README_BEGIN`` and ``README_END``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -17,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+#: the README lines between which ``paste_into_readme`` writes the summary table
+README_BEGIN = "<!-- benchmark table: written by python -m benchmarks.report from results.json -->"
+README_END = "<!-- end of benchmark table -->"
 
 
 @dataclass
@@ -69,12 +78,15 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
-                     for k, v in params.items()) or "-"
+    return (
+        ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items())
+        or "-"
+    )
 
 
-def write_json(path: Path, meta: dict[str, Any], figures: list[Figure],
-               areas: dict[str, Any]) -> None:
+def write_json(
+    path: Path, meta: dict[str, Any], figures: list[Figure], areas: dict[str, Any]
+) -> None:
     data = {"meta": meta, "figures": [asdict(f) for f in figures], "area_benchmarks": areas}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
@@ -99,7 +111,7 @@ SCENARIO_TITLES = {
     "memory": "4. Memory per cell",
     "ws": "5. WebSocket server: ours vs TinyBase createWsServer (from `benchmarks/ws.py`)",
     "persist": "6. Persistence: a coordinator under sustained writes, quiescence to durable "
-               "(file/SQLite persister costs: per-area benchmark `persist` below)",
+    "(file/SQLite persister costs: per-area benchmark `persist` below)",
 }
 
 
@@ -127,18 +139,26 @@ METHOD = [
 ]
 
 
-def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
-                   areas: dict[str, Any]) -> None:
+def _machine_line(meta: dict[str, Any]) -> str:
+    """The run's date, machine and versions, in one line."""
     m = meta["machine"]
+    v = meta["versions"]
+    return (
+        f"Run {meta['date']} on **{m['cpu']}**, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, "
+        f"{m['platform']}. Python {v['python']}, localsync {v['localsync']}, pyzmq "
+        f"{v['pyzmq']} (libzmq {v['libzmq']}), msgspec {v['msgspec']}, pycrdt "
+        f"{v['pycrdt']}, node {v['node']}, tinybase {v['tinybase']}. "
+        f"Suite took {meta['elapsed_seconds']:.0f} s."
+    )
+
+
+def write_markdown(
+    path: Path, meta: dict[str, Any], figures: list[Figure], areas: dict[str, Any]
+) -> None:
     lines = [
         f"# localsync benchmarks ({meta['mode']} mode)",
         "",
-        f"Run {meta['date']} on **{m['cpu']}**, {m['cpus']} CPUs, {m['memory_gb']} GB RAM, "
-        f"{m['platform']}. Python {meta['versions']['python']}, localsync "
-        f"{meta['versions']['localsync']}, pyzmq {meta['versions']['pyzmq']} (libzmq "
-        f"{meta['versions']['libzmq']}), msgspec {meta['versions']['msgspec']}, pycrdt "
-        f"{meta['versions']['pycrdt']}, node {meta['versions']['node']}, tinybase "
-        f"{meta['versions']['tinybase']}. Suite took {meta['elapsed_seconds']:.0f} s.",
+        _machine_line(meta),
         "",
         "Absolute figures are from that machine only; the **ratio** column divides each figure "
         "by the reference baseline's figure for the same parameters in the same run "
@@ -159,26 +179,35 @@ def write_markdown(path: Path, meta: dict[str, Any], figures: list[Figure],
         ref = next((f.reference for f in members if f.reference), None)
         if ref:
             lines += [f"Reference for ratios: **{ref}**.", ""]
-        lines += ["| parameters | metric | subject | value | ratio | note |",
-                  "|---|---|---|---:|---:|---|"]
+        lines += [
+            "| parameters | metric | subject | value | ratio | note |",
+            "|---|---|---|---:|---:|---|",
+        ]
         for f in members:
             ratio = "n/a" if f.ratio is None else f"{f.ratio:.2f}×"
             subject = f"**{f.subject}**" if f.subject == "localsync" else f.subject
-            lines.append(f"| {_params(f.params)} | {f.metric} | {subject} | "
-                         f"{_fmt(f.value, f.unit)} | {ratio} | {f.note} |")
+            lines.append(
+                f"| {_params(f.params)} | {f.metric} | {subject} | "
+                f"{_fmt(f.value, f.unit)} | {ratio} | {f.note} |"
+            )
         lines.append("")
     lines += _localsync_vs_baselines(figures)
-    lines += ["## Per-area benchmarks", "",
-              "Run by the suite as subprocesses (`python -m benchmarks.<name>`); their own "
-              "JSON is embedded in results.json under `area_benchmarks`.", ""]
+    lines += [
+        "## Per-area benchmarks",
+        "",
+        "Run by the suite as subprocesses (`python -m benchmarks.<name>`); their own "
+        "JSON is embedded in results.json under `area_benchmarks`.",
+        "",
+    ]
     for name, info in areas.items():
         lines.append(f"### {name}: {info['status']}")
         lines.append("")
         if info.get("note"):
             lines += [info["note"], ""]
         flat = list(_flatten(info.get("data")))
-        numeric = [(k, v) for k, v in flat if isinstance(v, int | float)
-                   and not isinstance(v, bool)]
+        numeric = [
+            (k, v) for k, v in flat if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         if numeric:
             lines += ["| key | value |", "|---|---:|"]
             lines += [f"| {k} | {v:.6g} |" for k, v in numeric[:60]]
@@ -206,15 +235,103 @@ def _localsync_vs_baselines(figures: list[Figure]) -> list[str]:
                 continue
             r = ours.value / other.value
             verdict = "slower/bigger" if r > 1.05 else ("faster/smaller" if r < 0.95 else "same")
-            rows.append(f"| {scenario} | {_params(json.loads(params))} | {metric} | "
-                        f"{other.subject} | {r:.2f}× | {verdict} |")
+            rows.append(
+                f"| {scenario} | {_params(json.loads(params))} | {metric} | "
+                f"{other.subject} | {r:.2f}× | {verdict} |"
+            )
     if not rows:
-        return ["## localsync against each baseline", "",
-                "No localsync figure was available in this run.", ""]
-    return ["## localsync against each baseline", "",
-            "localsync's figure divided by the baseline's (same parameters, same run).", "",
-            "| scenario | parameters | metric | baseline | localsync ÷ baseline | verdict |",
-            "|---|---|---|---|---:|---|", *rows, ""]
+        return [
+            "## localsync against each baseline",
+            "",
+            "No localsync figure was available in this run.",
+            "",
+        ]
+    return [
+        "## localsync against each baseline",
+        "",
+        "localsync's figure divided by the baseline's (same parameters, same run).",
+        "",
+        "| scenario | parameters | metric | baseline | localsync ÷ baseline | verdict |",
+        "|---|---|---|---|---:|---|",
+        *rows,
+        "",
+    ]
+
+
+def readme_table(meta: dict[str, Any], figures: list[Figure]) -> list[str]:
+    """The README's summary: the machine, then one row per scenario and parameters where
+    localsync has figures: its values and their ratios to every other subject measured beside
+    it (metrics with the same baselines share a row, separated by `` / ``)."""
+    groups: dict[tuple[str, str, str], list[Figure]] = defaultdict(list)
+    for f in figures:
+        groups[f.group_key()].append(f)
+    # (scenario, params) -> [(metric, localsync's figure, [(baseline, ratio)])]
+    rows: dict[tuple[str, str], list[tuple[str, Figure, list[tuple[str, float]]]]] = {}
+    for (scenario, metric, params), members in groups.items():
+        ours = next((f for f in members if f.subject == "localsync" and f.value), None)
+        if ours is None or ours.value is None:
+            continue
+        ratios = [
+            (other.subject, ours.value / other.value)
+            for other in members
+            if other is not ours and other.value
+        ]
+        rows.setdefault((scenario, params), []).append((metric, ours, ratios))
+    lines = [
+        f"{_machine_line(meta)} Mode: {meta['mode']}.",
+        "",
+        "| scenario | parameters | metric | localsync | localsync ÷ each baseline, same run |",
+        "|---|---|---|---:|---|",
+    ]
+    for (scenario, params), entries in rows.items():
+        baselines = [[name for name, _ in ratios] for _, _, ratios in entries]
+        parts = [entries] if all(b == baselines[0] for b in baselines) else [[e] for e in entries]
+        for part in parts:
+            metric = " / ".join(m for m, _, _ in part)
+            values = " / ".join(_fmt(f.value, f.unit) for _, f, _ in part)
+            ratios = ", ".join(
+                f"{name} " + " / ".join(f"{r[i][1]:.2f}×" for _, _, r in part)
+                for i, name in enumerate(baselines[entries.index(part[0])])
+            )
+            lines.append(
+                f"| {scenario} | {_params(json.loads(params))} | {metric} | {values} | "
+                f"{ratios or 'n/a'} |"
+            )
+    return lines
+
+
+def paste_into_readme(readme: Path, lines: list[str]) -> None:
+    """Replace what is between ``README_BEGIN`` and ``README_END`` in ``readme`` by ``lines``.
+
+    Raises ValueError when either marker line is missing or they are out of order.
+    """
+    text = readme.read_text(encoding="utf-8").split("\n")
+    try:
+        begin = text.index(README_BEGIN)
+        end = text.index(README_END, begin)
+    except ValueError:
+        raise ValueError(f"{readme}: no {README_BEGIN!r} ... {README_END!r} lines") from None
+    readme.write_text("\n".join([*text[: begin + 1], *lines, *text[end:]]), encoding="utf-8")
+
+
+def load_results(path: Path) -> tuple[dict[str, Any], list[Figure]]:
+    """The meta and figures of a ``results.json`` written by :func:`write_json`."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["meta"], [Figure(**f) for f in data["figures"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Paste a run's summary table into the README.",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    meta, figures = load_results(args.results)
+    paste_into_readme(args.readme, readme_table(meta, figures))
+    print(f"{args.readme}: benchmark table of {meta['date']} ({meta['mode']} mode) pasted")
+    return 0
 
 
 def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
@@ -228,8 +345,9 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
     # one colour per subject across every chart, so localsync is the same line everywhere
     palette = {name: f"C{i % 10}" for i, name in enumerate(sorted({f.subject for f in figures}))}
 
-    def series(scenario: str, metric: str, fixed: dict[str, Any], x: str
-               ) -> dict[str, list[tuple[float, float]]]:
+    def series(
+        scenario: str, metric: str, fixed: dict[str, Any], x: str
+    ) -> dict[str, list[tuple[float, float]]]:
         out: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for f in figures:
             if f.scenario != scenario or f.metric != metric or f.value is None:
@@ -239,8 +357,13 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
             out[f.subject].append((f.params[x], f.value))
         return {k: sorted(v) for k, v in out.items()}
 
-    def plot(name: str, panels: list[tuple[str, dict[str, list[tuple[float, float]]]]],
-             xlabel: str, ylabel: str, logx: bool = False) -> None:
+    def plot(
+        name: str,
+        panels: list[tuple[str, dict[str, list[tuple[float, float]]]]],
+        xlabel: str,
+        ylabel: str,
+        logx: bool = False,
+    ) -> None:
         panels = [p for p in panels if p[1]]
         if not panels:
             return
@@ -250,16 +373,30 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
             if len(xs_all) == 1:
                 # one parameter value only (quick mode): bars read better than lone dots
                 names = sorted(data)
-                ax.bar(range(len(names)), [data[n][0][1] for n in names],
-                       color=[palette[n] for n in names])
-                ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names],
-                              rotation=30, ha="right", fontsize=7)
+                ax.bar(
+                    range(len(names)),
+                    [data[n][0][1] for n in names],
+                    color=[palette[n] for n in names],
+                )
+                ax.set_xticks(
+                    range(len(names)),
+                    [n.replace(" (", "\n(") for n in names],
+                    rotation=30,
+                    ha="right",
+                    fontsize=7,
+                )
                 ax.set_xlabel(f"{xlabel} = {xs_all[0]:,}")
             else:
                 for subject, points in sorted(data.items()):
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="o", label=subject, color=palette[subject],
-                            linewidth=2.5 if subject == "localsync" else 1.2)
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="o",
+                        label=subject,
+                        color=palette[subject],
+                        linewidth=2.5 if subject == "localsync" else 1.2,
+                    )
                 if logx:
                     ax.set_xscale("log")
                 ax.set_xticks(xs_all, [f"{x:,}" for x in xs_all])
@@ -277,17 +414,47 @@ def write_charts(folder: Path, figures: list[Figure]) -> list[str]:
     fan = [f for f in figures if f.scenario == "fanout"]
     cells_values = sorted({f.params["cells"] for f in fan})
     reader_values = sorted({f.params["readers"] for f in fan})
-    plot("fanout_vs_processes.png",
-         [(f"{c:,} cells", series("fanout", "convergence", {"cells": c}, "readers"))
-          for c in cells_values], "reader processes", "convergence time (s)")
-    plot("fanout_vs_cells.png",
-         [(f"{r} reader(s)", series("fanout", "convergence", {"readers": r}, "cells"))
-          for r in reader_values], "cells", "convergence time (s)", logx=True)
-    plot("latency_vs_processes.png",
-         [(p, series("latency", p, {}, "readers")) for p in ("p50", "p99", "p99.9")],
-         "reader processes", "one-way latency (µs)")
-    plot("join_vs_cells.png", [("join", series("join", "join time", {}, "cells"))],
-         "cells held by the channel", "time to hold them all (s)", logx=True)
-    plot("memory_vs_cells.png", [("memory", series("memory", "bytes per cell", {}, "cells"))],
-         "cells", "bytes per cell", logx=True)
+    plot(
+        "fanout_vs_processes.png",
+        [
+            (f"{c:,} cells", series("fanout", "convergence", {"cells": c}, "readers"))
+            for c in cells_values
+        ],
+        "reader processes",
+        "convergence time (s)",
+    )
+    plot(
+        "fanout_vs_cells.png",
+        [
+            (f"{r} reader(s)", series("fanout", "convergence", {"readers": r}, "cells"))
+            for r in reader_values
+        ],
+        "cells",
+        "convergence time (s)",
+        logx=True,
+    )
+    plot(
+        "latency_vs_processes.png",
+        [(p, series("latency", p, {}, "readers")) for p in ("p50", "p99", "p99.9")],
+        "reader processes",
+        "one-way latency (µs)",
+    )
+    plot(
+        "join_vs_cells.png",
+        [("join", series("join", "join time", {}, "cells"))],
+        "cells held by the channel",
+        "time to hold them all (s)",
+        logx=True,
+    )
+    plot(
+        "memory_vs_cells.png",
+        [("memory", series("memory", "bytes per cell", {}, "cells"))],
+        "cells",
+        "bytes per cell",
+        logx=True,
+    )
     return written
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,15 +25,18 @@ def smoke_run(
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--skip-node", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, proc
 
 
 @pytest.mark.process
 @pytest.mark.timeout(120)
-def test_results_json_is_complete(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]
-                                  ) -> None:
+def test_results_json_is_complete(smoke_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = smoke_run
     data = json.loads((out / "results.json").read_text())
     meta = data["meta"]
@@ -69,8 +72,14 @@ def test_markdown_and_charts(smoke_run: tuple[Path, subprocess.CompletedProcess[
     out, proc = smoke_run
     md = (out / "results.md").read_text()
     assert md.startswith("# localsync benchmarks (smoke mode)")
-    for title in ("Fan-out convergence", "One-way latency", "Join", "Memory per cell",
-                  "WebSocket", "Persistence"):
+    for title in (
+        "Fan-out convergence",
+        "One-way latency",
+        "Join",
+        "Memory per cell",
+        "WebSocket",
+        "Persistence",
+    ):
         assert title in md
     assert "| parameters | metric | subject | value | ratio | note |" in md
     charts = json.loads((out / "results.json").read_text())["meta"]["charts"]
@@ -99,6 +108,56 @@ def test_ratios_only_against_the_same_group() -> None:
     assert [f.ratio for f in figures] == [1.0, 2.5, 1.0, 1.5, None, None]
 
 
+def test_readme_table_merges_metrics_with_the_same_baselines(tmp_path: Path) -> None:
+    from benchmarks.report import (
+        README_BEGIN,
+        README_END,
+        Figure,
+        paste_into_readme,
+        readme_table,
+    )
+
+    meta = json.loads((ROOT / "benchmarks" / "results" / "results.json").read_text())["meta"]
+    figures = [
+        Figure("latency", "p50", "raw", {"readers": 3}, 100.0, "us"),
+        Figure("latency", "p50", "localsync", {"readers": 3}, 150.0, "us"),
+        Figure("latency", "p99", "raw", {"readers": 3}, 200.0, "us"),
+        Figure("latency", "p99", "localsync", {"readers": 3}, 500.0, "us"),
+        Figure("join", "join time", "raw", {"cells": 10}, 1.0, "s"),
+        Figure("join", "join time", "localsync", {"cells": 10}, 3.0, "s"),
+        Figure("join", "join time", "other", {"cells": 10}, None, "s"),  # not available
+    ]
+    lines = readme_table(meta, figures)
+    assert lines[0].startswith(f"Run {meta['date']} on ")
+    assert lines[-2:] == [
+        "| latency | readers=3 | p50 / p99 | 150 µs / 500 µs | raw 1.50× / 2.50× |",
+        "| join | cells=10 | join time | 3.00 s | raw 3.00× |",
+    ]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{README_BEGIN}\nold\n{README_END}\nrest\n", encoding="utf-8")
+    paste_into_readme(readme, ["new", "table"])
+    assert readme.read_text(encoding="utf-8") == (
+        f"# t\n{README_BEGIN}\nnew\ntable\n{README_END}\nrest\n"
+    )
+    readme.write_text("# no markers\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="benchmark table"):
+        paste_into_readme(readme, ["new"])
+
+
+def test_readme_table_is_the_committed_results() -> None:
+    """The README's table is what ``python -m benchmarks.report`` writes from the committed
+    results.json: after a suite run, that command updates it (no hand-edited figures)."""
+    from benchmarks.report import README_BEGIN, README_END, load_results, readme_table
+
+    meta, figures = load_results(ROOT / "benchmarks" / "results" / "results.json")
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("\n")
+    begin, end = text.index(README_BEGIN), text.index(README_END)
+    assert text[begin + 1 : end] == readme_table(meta, figures), (
+        "README.md's benchmark table differs from benchmarks/results/results.json: "
+        "run python -m benchmarks.report"
+    )
+
+
 def test_missing_area_module_is_reported_not_invented() -> None:
     from benchmarks.suite import run_area
 
@@ -115,12 +174,20 @@ def test_latency_split_measures_every_combination(tmp_path: Path) -> None:
     out = tmp_path / "split.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.latency_split", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=230)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert set(data["p50_ms"]) == {
-        "raw -> raw", "raw -> raw-loop", "raw -> channel-transport", "raw -> channel",
-        "channel -> raw", "channel -> channel",
+        "raw -> raw",
+        "raw -> raw-loop",
+        "raw -> channel-transport",
+        "raw -> channel",
+        "channel -> raw",
+        "channel -> channel",
     }
     assert data["samples_each"] == 40
     assert all(value > 0 for value in data["p50_ms"].values())
