@@ -1,8 +1,8 @@
-"""Every code block in README.md runs as written.
+"""Every code block in README.md and docs/guide.md runs as written, and names what exists.
 
 Each ```python block is written to a file and run with this interpreter in a fresh
-subprocess; each ```bash block is run with ``bash -e``. All blocks share one temporary working
-folder, in README order, as a reader following the README would (the key pair that one block
+subprocess; each ```bash block is run with ``bash -e``. The blocks of one document share one
+temporary working folder, in order, as a reader following it would (the key pair that one block
 writes is read by the next), with ``PYTHONPATH`` set to the repository root and the
 ``localsync`` command of this environment on ``PATH``. Channels get a private runtime folder
 (``LOCALSYNC_RUNTIME_DIR``, the variable ``localsync.channel.runtime`` documents for isolating
@@ -22,11 +22,16 @@ test, so that no new block escapes it.
 
 A block fails when it exits non-zero, runs past its timeout, or prints a traceback (an
 exception in a thread or a worker process does not change the exit code). The failure names
-every failing block by its line in README.md.
+every failing block by its line in its document.
+
+The same documents may name only modules, attributes and repository paths that exist
+(``localsync.sync.engine.MAX_PENDING_REQUESTS``, ``localsync/persisters/_sqlitestore.py``), so
+that a module that moves cannot leave its old path behind in them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -41,10 +46,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+#: the documents whose code blocks run and whose names are checked
+DOCUMENTS = ("README.md", "docs/guide.md")
 BLOCK_TIMEOUT_SECONDS = 120.0
 RUN_LANGUAGES = ("python", "bash")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>\S.*?)\s*-->$")
 FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
+DOTTED_NAME = re.compile(r"(?<![\w/.-])((?:localsync|workers|benchmarks)(?:\.[A-Za-z_]\w*)+)")
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:localsync|tests|benchmarks|workers|docs)/[\w/.-]*\w)")
+#: paths that exist only once something ran (npm's install folder for the interop tests)
+CREATED_PATHS = ("tests/.npm",)
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,8 @@ class Block:
     not_run: str | None  # the marker's reason, or None
 
 
-def parse_blocks(text: str) -> list[Block]:
-    """The fenced blocks of a Markdown text, with their not-run markers."""
+def parse_blocks(text: str, name: str = "README.md") -> list[Block]:
+    """The fenced blocks of a Markdown text (``name`` for messages), with their not-run markers."""
     blocks: list[Block] = []
     lines = text.splitlines()
     i = 0
@@ -70,7 +81,7 @@ def parse_blocks(text: str) -> list[Block]:
         while j < len(lines) and lines[j].rstrip() != "```":
             j += 1
         if j == len(lines):
-            raise AssertionError(f"README.md:{start + 1}: code fence never closed")
+            raise AssertionError(f"{name}:{start + 1}: code fence never closed")
         k = start - 1
         while k >= 0 and not lines[k].strip():
             k -= 1
@@ -87,8 +98,24 @@ def parse_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def readme_blocks() -> list[Block]:
-    return parse_blocks(README.read_text(encoding="utf-8"))
+def document_blocks(name: str) -> list[Block]:
+    return parse_blocks((ROOT / name).read_text(encoding="utf-8"), name)
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` is an importable module, or an attribute path inside one."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
 
 
 def run_block(block: Block, cwd: Path, env: dict[str, str]) -> str | None:
@@ -153,20 +180,36 @@ def test_parse_blocks_reads_languages_lines_and_markers() -> None:
     ]
 
 
-def test_readme_has_only_runnable_or_marked_blocks() -> None:
-    blocks = readme_blocks()
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_documents_have_only_runnable_or_marked_blocks(name: str) -> None:
+    blocks = document_blocks(name)
     assert sum(b.lang == "python" for b in blocks) >= 5
     for block in blocks:
         assert block.lang in ("", *RUN_LANGUAGES), (
-            f"README.md:{block.line}: a ```{block.lang} block; this test runs only "
+            f"{name}:{block.line}: a ```{block.lang} block; this test runs only "
             f"{' and '.join(RUN_LANGUAGES)} (or mark the block not run, with a reason)"
         )
         if block.lang == "":
-            assert block.not_run is None, f"README.md:{block.line}: marker on a non-code block"
+            assert block.not_run is None, f"{name}:{block.line}: marker on a non-code block"
 
 
-def test_every_readme_code_block_runs(tmp_path: Path) -> None:
-    blocks = [b for b in readme_blocks() if b.lang in RUN_LANGUAGES]
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_documents_name_existing_modules_and_paths(name: str) -> None:
+    text = (ROOT / name).read_text(encoding="utf-8")
+    missing = sorted(
+        {n for n in DOTTED_NAME.findall(text) if not resolves(n)}
+        | {
+            p
+            for p in REPO_PATH.findall(text)
+            if not (ROOT / p).exists() and not p.startswith(CREATED_PATHS)
+        }
+    )
+    assert not missing, f"{name} names modules, attributes or paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_document_code_block_runs(name: str, tmp_path: Path) -> None:
+    blocks = [b for b in document_blocks(name) if b.lang in RUN_LANGUAGES]
     runtime_dir = Path(tempfile.mkdtemp(prefix="ls-", dir="/tmp"))  # socket paths stay short
     env = block_env(runtime_dir)
     failures: list[str] = []
@@ -177,20 +220,20 @@ def test_every_readme_code_block_runs(tmp_path: Path) -> None:
                 continue
             if "pip install" in block.code:
                 failures.append(
-                    f"README.md:{block.line} ({block.lang} block) would install packages: "
+                    f"{name}:{block.line} ({block.lang} block) would install packages: "
                     "not run; mark it <!-- not run: <reason> -->"
                 )
                 continue
             ran += 1
             why = run_block(block, tmp_path, env)
             if why is not None:
-                failures.append(f"README.md:{block.line} ({block.lang} block) {why}")
+                failures.append(f"{name}:{block.line} ({block.lang} block) {why}")
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
-    skipped = [f"README.md:{b.line}: {b.not_run}" for b in blocks if b.not_run is not None]
-    print(f"ran {ran} README blocks; not run:\n" + "\n".join(skipped))
+    skipped = [f"{name}:{b.line}: {b.not_run}" for b in blocks if b.not_run is not None]
+    print(f"ran {ran} blocks of {name}; not run:\n" + "\n".join(skipped))
     if failures:
         pytest.fail(
-            f"{len(failures)} of {ran} README code blocks failed:\n\n" + "\n\n".join(failures),
+            f"{len(failures)} of {ran} {name} code blocks failed:\n\n" + "\n\n".join(failures),
             pytrace=False,
         )
