@@ -1,14 +1,10 @@
 """Build hook: compile the per-cell modules with mypyc.
 
 Why: every figure localsync reports is bounded by per-cell Python work (stamping a write,
-hashing, checking and merging a received diff). Compiled by mypyc from the same annotated
-sources, those modules run about twice as fast (a one-cell receive 18 -> 9 us) with the same
-behaviour: the test suite runs against the compiled build in CI.
-
-Two habits keep the compiled code fast, both measured with callgrind on a received
-one-cell change: module constants on per-cell paths are ``Final`` (mypyc then reads them
-from C statics, not the module dict: 6% fewer instructions), and clock times are annotated
-``hlc.Number`` (``int | float``), not ``float``, which mypyc would turn into C doubles.
+hashing, checking and merging a received diff); compiled from the same annotated sources,
+those modules run about twice as fast with the same behaviour (the test suite runs against the
+compiled build). In compiled modules, constants on per-cell paths are ``Final`` and clock times
+are ``hlc.Number``, not ``float`` (docs/design.md, "Compiled modules", says why).
 
 Everything else stays pure Python; without a C compiler, or with
 ``LOCALSYNC_PURE_PYTHON=1`` in the environment, the package installs as pure Python (the

@@ -15,9 +15,8 @@ Scenarios (each one in fresh processes, on a fresh channel in a private runtime 
 
 In (a) and (b) the raw proxy (localsync's hub code, ``LocalHub``) runs where the channel's
 hub runs: in the first reader (started alone, so that it is the one to host the channel's
-hub; it reports that it does, see ``_start``). Where the proxy runs matters on a
-small machine (measured: hosting it in the reader made raw's latency p50 4% lower than
-hosting it in this benchmark's own process), so both sides get the same placement.
+hub; it reports that it does, see ``_start``). Where the proxy runs moves raw's latency on a
+small machine (docs/performance.md), so both sides get the same placement.
 (c) a process joining a channel that holds ``join_cells`` cells: time from creating its
     synchronizer until it holds everything. Baselines: the holder's encoded mergeable content
     as one msgpack message through the proxy (decode only, and decode + set into a store),

@@ -2,12 +2,12 @@
 
 Why: on a channel a process sleeps between messages, so every message runs with cold caches,
 and the one-cell latency (``benchmarks.channel``) is decided by the cold cost of each stage,
-not by the hot cost a tight loop measures: on the 2-CPU VM this suite ran on, stages cost
-5-10x more cold. This benchmark makes "cold" reproducible in one process: before each sample
+not by the hot cost a tight loop measures (cold is several times hot: docs/performance.md).
+This benchmark makes "cold" reproducible in one process: before each sample
 it overwrites a buffer larger than the caches (``--evict-mb``) and runs some unrelated Python,
 then times the stage; the baseline is the same stage timed hot, in the same run, so the
 cold/hot ratio is what compares between machines. It is a tool for finding which stage to
-shorten (see the channel latency notes in the README); it has no target of its own.
+shorten (see the channel notebook in docs/performance.md); it has no target of its own.
 
 Stages, each timed until the reader's cell listener has run (reader) or the call returned
 (writer), over a real channel on ipc:// sockets:
