@@ -1,13 +1,15 @@
-"""The fast receive path of MergeableStore must be indistinguishable from the faithful port.
+"""The receive path of MergeableStore must be indistinguishable from the faithful port.
 
 ``apply_encoded_mergeable_changes``/``apply_mergeable_changes``/``set_mergeable_content`` take
-a fused path (merge and write one row at a time, hashes of merged cells settled lazily). The
-line-by-line port of TinyBase's mergeContentOrChanges is kept as ``_reference_receive``; here
-two replicas with the same id and clock get the same random mix of local writes, peer changes
-(stale and newer stamps, deletions, object cells, row/table HLCs, malformed and far-future
-sets), peer content, transactions that roll back, and hash reads at random moments, and every
-observable must stay equal: content with hashes, data, listener calls, transaction changes.
-The port itself is checked against TinyBase by test_store_tinybase_diff.py.
+one fused path (localsync.core.merge: merge and write one row at a time, hashes of merged
+cells settled lazily). The line-by-line port of TinyBase's mergeContentOrChanges is the
+oracle (tests/core/oracle.py); here two replicas with the same id and clock get the same
+random mix of local writes, peer changes (stale and newer stamps, deletions, object cells,
+row/table HLCs, malformed and far-future sets), peer content, transactions that roll back,
+and hash reads at random moments, one receiving through the store and one through the
+oracle, and every observable must stay equal: content with hashes, data, listener calls,
+transaction changes. The port itself is checked against TinyBase by
+test_store_tinybase_diff.py.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import pytest
 
 from localsync import UNDEFINED, create_mergeable_store
-from localsync.core.hlc import encode_hlc_parts
+from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts
+from localsync.core.merge import prechecked
 from localsync.sync.engine import check_content_diff
+from tests.core import oracle
 
 TABLES = ["t1", "t2", "0"]
 ROWS = ["r1", "r2", "r3", "1", "0"]
@@ -68,7 +72,7 @@ def _peer_data(
     rng: random.Random, now: int, content: bool, encoded: bool, plain: bool = False
 ) -> list[Any]:
     """``plain``: changes as a peer's transaction pushes them (tables only, no object cells,
-    floats or big numbers: what ``_merge_pushed`` takes)."""
+    floats or big numbers: what ``merge.prechecked`` lets skip the validator)."""
 
     def thing() -> Any:
         if not content and rng.random() < 0.25:
@@ -164,15 +168,16 @@ class _Replica:
     """``listeners``: 2 = cell, row id and value listeners too, 1 = did-finish, table cell
     ids and tables listeners only (no id tracking: rows new to the store are then inserted
     whole), 3 = did-finish, cell, row, table and tables listeners (what a pushed change may
-    meet and still take ``_merge_pushed``), 0 = none. Encoded changes arrive as a sync engine
-    hands them over (checked: ``check_content_diff``) whenever they pass its check."""
+    meet), 0 = none. Encoded changes arrive as a sync engine hands them over (checked:
+    ``check_content_diff``) whenever they pass its check. ``reference``: everything received
+    goes through the oracle (with the full validator, also for checked changes)."""
 
     def __init__(self, reference: bool, listeners: int = 2) -> None:
         self.now = 0
         self.store = create_mergeable_store("replica", lambda: self.now)
-        self.store._reference_receive = reference
+        self.reference = reference
         self.log: list[Any] = []
-        self.pushed = 0  # changes merged by _merge_pushed
+        self.pushed = 0  # checked changes that skipped the validator (merge.prechecked)
         store = self.store
         self.cell_listener = ""
         if listeners == 0:
@@ -230,15 +235,17 @@ class _Replica:
             if op[2]:
                 checked = check_content_diff(op[3])
                 if checked is None:
-                    store.apply_encoded_mergeable_changes(op[3])
-                elif store._merge_pushed(checked):  # (what _apply_... tries first; counted)
-                    self.pushed += 1
+                    self.receive(op[3], False, True)
                 else:
-                    store.apply_encoded_mergeable_changes(checked)
+                    if not self.reference and prechecked(checked, self.now + HLC_MAX_FUTURE_OFFSET):
+                        self.pushed += 1
+                    self.receive(checked, False, True)
             else:
-                store.apply_mergeable_changes(op[3])
+                self.receive(op[3], False, False)
         elif kind == "content":
-            if op[2]:
+            if self.reference:
+                oracle.apply(store, op[3], True, op[2])
+            elif op[2]:
                 store.set_encoded_mergeable_content(op[3])
             else:
                 store.set_mergeable_content(op[3])
@@ -266,6 +273,15 @@ class _Replica:
         elif kind == "compare":
             return self.snapshot()
         return None
+
+    def receive(self, data: Any, is_content: bool, encoded: bool) -> None:
+        """Apply peer changes through the store's path, or the oracle's for the reference."""
+        if self.reference:
+            oracle.apply(self.store, data, is_content, encoded)
+        elif encoded:
+            self.store.apply_encoded_mergeable_changes(data)
+        else:
+            self.store.apply_mergeable_changes(data)
 
     def snapshot(self) -> Any:
         store = self.store
@@ -308,7 +324,7 @@ def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
         data = [[{"t": [{row: row_stamp}]}], [{}], 1]
         for replica in (fast, reference):
             replica.now = now
-            replica.store.apply_encoded_mergeable_changes(data)
+            replica.receive(data, False, True)
     assert fast.store._dirty_cells  # the fast path really left hashes pending
     assert fast.snapshot() == reference.snapshot()
     assert fast.log == reference.log
