@@ -28,7 +28,13 @@ from localsync import UNDEFINED
 from localsync.core.checked_changes import CheckedChanges
 from localsync.core.hash import get_value_hash, to_utf8
 from localsync.core.mergeable_store import MergeableStore
-from localsync.core.store import ABSENT, encode_accepted
+from localsync.core.store import (
+    ABSENT,
+    _check_content,
+    _encode_tables,
+    _encode_values,
+    encode_accepted,
+)
 
 _MASK = 0xFFFFFFFF
 
@@ -248,3 +254,35 @@ def apply(
 def receiver(store: MergeableStore) -> Callable[[Any], MergeableStore]:
     """``apply`` of changes into ``store``, for a test's peer-changes hook."""
     return lambda data: apply(store, data)
+
+
+def _default(store: MergeableStore, tables: dict[str, Any], values: dict[str, Any]) -> None:
+    """Inside the transaction: write the content to the data, then merge each written cell
+    and value as TinyBase's cellChanged/valueChanged do while defaulting (an empty HLC)."""
+    assert not store._changed_cells and not store._changed_values, "call outside transactions"
+    store._settle()
+    listening = store._listening
+    store._listening = False
+    try:
+        store._apply_content(tables, values)
+    finally:
+        store._listening = listening
+    changes: list[Any] = [
+        [[{t: [{r: [{c: [UNDEFINED if new is ABSENT else new, ""]}]}]}], [{}], 1]
+        for (t, r, c), (_, new) in store._changed_cells.items()
+    ]
+    changes += [
+        [[{}], [{v: [UNDEFINED if new is ABSENT else new, ""]}], 1]
+        for v, (_, new) in store._changed_values.items()
+    ]
+    for change in changes:
+        seen = merge_content_or_changes(store._tstamp, store._vstamp, change, False, store._undo)
+        store._seen_hlc(seen[1])
+
+
+def set_default_content(store: MergeableStore, content: Any) -> MergeableStore:
+    """TinyBase's ``setDefaultContent`` (outside of any transaction): the content written,
+    each cell and value stamped with an empty HLC by a merge of its own."""
+    tables, values = _check_content(content)
+    store._txn(_default, store, _encode_tables(tables), _encode_values(values))
+    return store

@@ -249,6 +249,11 @@ class _Replica:
                 store.set_encoded_mergeable_content(op[3])
             else:
                 store.set_mergeable_content(op[3])
+        elif kind == "default":
+            if self.reference:
+                oracle.set_default_content(store, op[2])
+            else:
+                store.set_default_content(op[2])
         elif kind == "local":
             name, *args = op[2]
             getattr(store, name)(*args)
@@ -304,6 +309,58 @@ def test_fast_receive_path_equals_the_port(seed: int) -> None:
     assert reference.pushed == 0
     if seed % 4 != 2:  # (no row id listener: pushed changes take the short path)
         assert fast.pushed > 0
+
+
+def _default_content(rng: random.Random) -> Any:
+    tables = {
+        t: {r: {c: _cell(rng) for c in rng.sample(CELLS, 2)} for r in rng.sample(ROWS, 2)}
+        for t in rng.sample(TABLES, rng.randrange(0, 3))
+    }
+    return [tables, {v: _cell(rng) for v in rng.sample(VALUES, rng.randrange(0, 3))}]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_default_content_and_mutator_listeners_equal_the_port(seed: int) -> None:
+    """Defaulted content (each cell merged with an empty HLC) at random moments, and mutator
+    listeners that receive a peer's changes and derive a cell while changes are applied
+    (their writes are stamped as the store's own, after every received stamp)."""
+    fast, reference = _Replica(False, seed % 4), _Replica(True, seed % 4)
+    for replica in (fast, reference):
+        rng = random.Random(seed)
+
+        def on_cell(
+            s: Any, table_id: str, row_id: str, cell_id: str, new: Any, *_: Any,
+            replica: Any = replica, rng: random.Random = rng,
+        ) -> None:  # fmt: skip
+            roll = rng.random()
+            if roll < 0.3:
+                encoded = rng.random() < 0.5
+                replica.receive(_peer_data(rng, replica.now, False, encoded), False, encoded)
+            elif roll < 0.4:
+                encoded = rng.random() < 0.5
+                content = _peer_data(rng, replica.now, True, encoded)
+                if replica.reference:
+                    oracle.apply(s, content, True, encoded)
+                elif encoded:
+                    s.set_encoded_mergeable_content(content)
+                else:
+                    s.set_mergeable_content(content)
+            if type(new) is int:
+                s.set_cell("t2", row_id, "derived", new * 2)
+
+        replica.store.add_cell_listener("t1", None, None, on_cell, mutator=True)
+    rng = random.Random(seed + 1000)
+    ops = _make_ops(seed, 60)
+    for _ in range(6):
+        now = ops[rng.randrange(len(ops))][1]
+        ops.insert(rng.randrange(len(ops) + 1), ("default", now, _default_content(rng)))
+    ops.sort(key=lambda op: op[1])  # (times never go back)
+    for step, op in enumerate(ops):
+        assert fast.run(op) == reference.run(op), f"step {step}: {op[0]}"
+        assert fast.log == reference.log, f"step {step}: {op[0]}"
+        assert fast.store.had_mutated() == reference.store.had_mutated(), f"step {step}"
+    assert fast.snapshot() == reference.snapshot()
+    assert fast.log == reference.log
 
 
 def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
