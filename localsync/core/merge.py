@@ -145,7 +145,7 @@ def _close_stamp(
     old_hash: int,
     hash_: Any,
     lazy: bool,
-    fresh: bool,
+    fresh: bool = False,
 ) -> int:
     """The end of merging a row, table or root: its HLC and its hash ``hash_`` (the one
     built from its children), with undo entries unless the stamp was created now."""
@@ -246,7 +246,7 @@ def _merge_values(store: MergeableStore, values_in: Any, is_content: bool) -> tu
         undo, js_ordered(values_obj), value_stamps, False, lazy, store._dirty_values, winners
     )[0]
     hash_ = old_hash if lazy else (values_in[2] if n > 2 else 0)
-    _close_stamp(undo, vstamp, incoming_hlc, old_hlc, old_hash, hash_, lazy, False)
+    _close_stamp(undo, vstamp, incoming_hlc, old_hlc, old_hash, hash_, lazy)
     return (values_hlc if values_hlc > incoming_hlc else incoming_hlc), winners
 
 
@@ -363,9 +363,8 @@ def _merge_tables(
             elif winners:
                 _write_merged_row(store, table_id, row_id, winners, encoded)
         table_hash = _close_stamp(
-            undo, table_stamp, incoming_table_hlc, old_table_hlc, old_table_hash, table_hash,
-            lazy, False,
-        )  # fmt: skip
+            undo, table_stamp, incoming_table_hlc, old_table_hlc, old_table_hash, table_hash, lazy
+        )
         if lazy:
             tables_hash ^= _term_change(
                 table_id, old_table_hash, table_counted, table_hash, dirty_rows is not None
@@ -373,7 +372,7 @@ def _merge_tables(
         if table_hlc > tables_hlc:
             tables_hlc = table_hlc
     _close_stamp(
-        undo, root, incoming_tables_hlc, old_tables_hlc, old_tables_hash, tables_hash, lazy, False
+        undo, root, incoming_tables_hlc, old_tables_hlc, old_tables_hash, tables_hash, lazy
     )
     return tables_hlc
 
