@@ -113,7 +113,13 @@ def receive(
             [] if write and store._mutating else None
         )
         tables_hlc = _merge_tables(store, data[0], is_content, encoded, plain, write, deferred)
-        values_hlc, values_changes = _merge_values(store, data[1], is_content)
+        values_in = data[1]
+        values_hlc = values_in[1] if len(values_in) > 1 else ""
+        values_changes: dict[str, Any] | None
+        if is_content or values_in[0] or values_hlc > store._vstamp[1]:
+            values_hlc, values_changes = _merge_values(store, values_in, is_content)
+        else:
+            values_changes = None  # (no values and no newer HLC: nothing changes)
         store._seen_merged_hlc(tables_hlc if tables_hlc > values_hlc else values_hlc)
         if not write:
             return
@@ -126,6 +132,8 @@ def receive(
                         stored = encode_accepted(thing) if encoded else encode_merged(thing)
                         if stored is not ABSENT:
                             store._write_cell(table_id, row_id, cell_id, stored)
+        if values_changes is None:
+            return
         for value_id, thing in values_changes.items():
             if thing == UNDEFINED:
                 store._delete_value(value_id)
@@ -230,20 +238,19 @@ def _merge_things(
     return things_hlc, dirty
 
 
-def _merge_values(store: MergeableStore, values_in: Any, is_content: bool) -> tuple[str, Any]:
+def _merge_values(
+    store: MergeableStore, values_in: Any, is_content: bool
+) -> tuple[str, dict[str, Any]]:
     """Merge the values; returns their greatest HLC and the winners."""
     vstamp = store._vstamp
-    values_obj = values_in[0]
     n = len(values_in)
     incoming_hlc = values_in[1] if n > 1 else ""
     winners: dict[str, Any] = {}
-    if not (is_content or values_obj or incoming_hlc > vstamp[1]):
-        return incoming_hlc, winners  # (no values and no newer HLC: nothing changes)
     value_stamps, old_hlc, old_hash = vstamp
     undo = store._undo
     lazy = not is_content
     values_hlc = _merge_things(
-        undo, js_ordered(values_obj), value_stamps, False, lazy, store._dirty_values, winners
+        undo, js_ordered(values_in[0]), value_stamps, False, lazy, store._dirty_values, winners
     )[0]
     hash_ = old_hash if lazy else (values_in[2] if n > 2 else 0)
     _close_stamp(undo, vstamp, incoming_hlc, old_hlc, old_hash, hash_, lazy)
