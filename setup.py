@@ -33,6 +33,9 @@ COMPILED = [
     "localsync/core/hash.py",
     "localsync/core/hlc.py",
     "localsync/core/store.py",
+    "localsync/core/stamps.py",
+    "localsync/core/diff.py",
+    "localsync/core/merge.py",
     "localsync/core/mergeable_store.py",
     "localsync/sync/engine.py",
 ]

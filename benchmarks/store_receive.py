@@ -17,11 +17,11 @@ same run (so the ratios compare between machines):
     settle the hashes on the first read, vs building the plain nested dict from it.
 
 "port" rows run the same operation through the line-by-line port of TinyBase's
-mergeContentOrChanges that the fast path replaced (kept as ``_reference_receive``), i.e.
-the before/after comparison in one run. Timings are CPU seconds (``time.process_time``),
-best of ``--repeat``. The baselines run with the garbage collector disabled, so they are the
-strictest possible floor. Results are printed and written to
-``benchmarks/results/store_receive.json``.
+mergeContentOrChanges that the tests use as the oracle (tests/core/oracle.py, never
+compiled), i.e. what a faithful port costs next to the store's receive path. Timings are
+CPU seconds (``time.process_time``), best of ``--repeat``. The baselines run with the
+garbage collector disabled, so they are the strictest possible floor. Results are printed
+and written to ``benchmarks/results/store_receive.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any
 
 from localsync import create_mergeable_store
 from localsync.core.mergeable_store import MergeableStore
+from tests.core import oracle
 
 RESULTS = Path(__file__).parent / "results" / "store_receive.json"
 TABLE = "t"
@@ -115,10 +116,8 @@ def apply_plain_diffs(diffs: list[Any]) -> dict[str, Any]:
     return data
 
 
-def receiver(reference: bool) -> MergeableStore:
-    store = create_mergeable_store("reader")
-    store._reference_receive = reference
-    return store
+def receiver() -> MergeableStore:
+    return create_mergeable_store("reader")
 
 
 def run(sizes: list[int], repeat: int, port: bool) -> list[dict[str, Any]]:
@@ -148,16 +147,12 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
     # (a) full content into an empty store
     base = cpu(lambda: plain_from_content(content), repeat, no_gc=True)
     add("a: apply content", cells, "baseline: plain dict build", base, base)
-    fast = cpu(
-        lambda s: s.set_encoded_mergeable_content(content), repeat, setup=lambda: receiver(False)
-    )
+    fast = cpu(lambda s: s.set_encoded_mergeable_content(content), repeat, setup=receiver)
     add("a: apply content", cells, "store", fast, base)
     if port:
-        slow = cpu(
-            lambda s: s.set_encoded_mergeable_content(content), 1, setup=lambda: receiver(True)
-        )
-        add("a: apply content", cells, "port (before)", slow, base)
-    filled = receiver(False)
+        slow = cpu(lambda s: oracle.apply(s, content, True, True), 1, setup=receiver)
+        add("a: apply content", cells, "port (the oracle)", slow, base)
+    filled = receiver()
     filled.set_encoded_mergeable_content(content)
     assert filled.get_mergeable_content_hashes() == expected
 
@@ -170,15 +165,20 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
         for diff in diffs:
             store.apply_encoded_mergeable_changes(diff)
 
-    fast = cpu(apply_all, repeat, setup=lambda: receiver(False))
+    fast = cpu(apply_all, repeat, setup=receiver)
     add("b: apply row diffs", cells, "store", fast, base)
-    applied = receiver(False)
+    applied = receiver()
     apply_all(applied)
     settle = cpu(applied.get_mergeable_content_hashes, 1)
     add("b: apply row diffs", cells, "store: settle hashes afterwards", settle, base)
     if port:
-        slow = cpu(apply_all, 1, setup=lambda: receiver(True))
-        add("b: apply row diffs", cells, "port (before, hashes included)", slow, base)
+
+        def apply_all_port(store: MergeableStore) -> None:
+            for diff in diffs:
+                oracle.apply(store, diff, False, True)
+
+        slow = cpu(apply_all_port, 1, setup=receiver)
+        add("b: apply row diffs", cells, "port (the oracle, hashes included)", slow, base)
 
     # (c) the holder's side: table diff and content for a joiner
     base = cpu(
@@ -219,7 +219,7 @@ def run_size(figures: list[dict[str, Any]], cells: int, repeat: int, port: bool)
         "d: join via table diff",
         cells,
         "store: apply",
-        cpu(join, repeat, setup=lambda: receiver(False)),
+        cpu(join, repeat, setup=receiver),
         base,
     )
     add(

@@ -18,6 +18,9 @@ COMPILED_MODULES = (
     "core.hash",
     "core.hlc",
     "core.store",
+    "core.stamps",
+    "core.diff",
+    "core.merge",
     "core.mergeable_store",
     "sync.engine",
 )

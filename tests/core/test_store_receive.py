@@ -1,13 +1,15 @@
-"""The fast receive path of MergeableStore must be indistinguishable from the faithful port.
+"""The receive path of MergeableStore must be indistinguishable from the faithful port.
 
 ``apply_encoded_mergeable_changes``/``apply_mergeable_changes``/``set_mergeable_content`` take
-a fused path (merge and write one row at a time, hashes of merged cells settled lazily). The
-line-by-line port of TinyBase's mergeContentOrChanges is kept as ``_reference_receive``; here
-two replicas with the same id and clock get the same random mix of local writes, peer changes
-(stale and newer stamps, deletions, object cells, row/table HLCs, malformed and far-future
-sets), peer content, transactions that roll back, and hash reads at random moments, and every
-observable must stay equal: content with hashes, data, listener calls, transaction changes.
-The port itself is checked against TinyBase by test_store_tinybase_diff.py.
+one fused path (localsync.core.merge: merge and write one row at a time, hashes of merged
+cells settled lazily). The line-by-line port of TinyBase's mergeContentOrChanges is the
+oracle (tests/core/oracle.py); here two replicas with the same id and clock get the same
+random mix of local writes, peer changes (stale and newer stamps, deletions, object cells,
+row/table HLCs, malformed and far-future sets), peer content, transactions that roll back,
+and hash reads at random moments, one receiving through the store and one through the
+oracle, and every observable must stay equal: content with hashes, data, listener calls,
+transaction changes. The port itself is checked against TinyBase by
+test_store_tinybase_diff.py.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import pytest
 
 from localsync import UNDEFINED, create_mergeable_store
-from localsync.core.hlc import encode_hlc_parts
+from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts
+from localsync.core.merge import prechecked
 from localsync.sync.engine import check_content_diff
+from tests.core import oracle
 
 TABLES = ["t1", "t2", "0"]
 ROWS = ["r1", "r2", "r3", "1", "0"]
@@ -68,7 +72,7 @@ def _peer_data(
     rng: random.Random, now: int, content: bool, encoded: bool, plain: bool = False
 ) -> list[Any]:
     """``plain``: changes as a peer's transaction pushes them (tables only, no object cells,
-    floats or big numbers: what ``_merge_pushed`` takes)."""
+    floats or big numbers: what ``merge.prechecked`` lets skip the validator)."""
 
     def thing() -> Any:
         if not content and rng.random() < 0.25:
@@ -164,15 +168,16 @@ class _Replica:
     """``listeners``: 2 = cell, row id and value listeners too, 1 = did-finish, table cell
     ids and tables listeners only (no id tracking: rows new to the store are then inserted
     whole), 3 = did-finish, cell, row, table and tables listeners (what a pushed change may
-    meet and still take ``_merge_pushed``), 0 = none. Encoded changes arrive as a sync engine
-    hands them over (checked: ``check_content_diff``) whenever they pass its check."""
+    meet), 0 = none. Encoded changes arrive as a sync engine hands them over (checked:
+    ``check_content_diff``) whenever they pass its check. ``reference``: everything received
+    goes through the oracle (with the full validator, also for checked changes)."""
 
     def __init__(self, reference: bool, listeners: int = 2) -> None:
         self.now = 0
         self.store = create_mergeable_store("replica", lambda: self.now)
-        self.store._reference_receive = reference
+        self.reference = reference
         self.log: list[Any] = []
-        self.pushed = 0  # changes merged by _merge_pushed
+        self.pushed = 0  # checked changes that skipped the validator (merge.prechecked)
         store = self.store
         self.cell_listener = ""
         if listeners == 0:
@@ -230,18 +235,25 @@ class _Replica:
             if op[2]:
                 checked = check_content_diff(op[3])
                 if checked is None:
-                    store.apply_encoded_mergeable_changes(op[3])
-                elif store._merge_pushed(checked):  # (what _apply_... tries first; counted)
-                    self.pushed += 1
+                    self.receive(op[3], False, True)
                 else:
-                    store.apply_encoded_mergeable_changes(checked)
+                    if not self.reference and prechecked(checked, self.now + HLC_MAX_FUTURE_OFFSET):
+                        self.pushed += 1
+                    self.receive(checked, False, True)
             else:
-                store.apply_mergeable_changes(op[3])
+                self.receive(op[3], False, False)
         elif kind == "content":
-            if op[2]:
+            if self.reference:
+                oracle.apply(store, op[3], True, op[2])
+            elif op[2]:
                 store.set_encoded_mergeable_content(op[3])
             else:
                 store.set_mergeable_content(op[3])
+        elif kind == "default":
+            if self.reference:
+                oracle.set_default_content(store, op[2])
+            else:
+                store.set_default_content(op[2])
         elif kind == "local":
             name, *args = op[2]
             getattr(store, name)(*args)
@@ -267,6 +279,15 @@ class _Replica:
             return self.snapshot()
         return None
 
+    def receive(self, data: Any, is_content: bool, encoded: bool) -> None:
+        """Apply peer changes through the store's path, or the oracle's for the reference."""
+        if self.reference:
+            oracle.apply(self.store, data, is_content, encoded)
+        elif encoded:
+            self.store.apply_encoded_mergeable_changes(data)
+        else:
+            self.store.apply_mergeable_changes(data)
+
     def snapshot(self) -> Any:
         store = self.store
         return (
@@ -290,6 +311,58 @@ def test_fast_receive_path_equals_the_port(seed: int) -> None:
         assert fast.pushed > 0
 
 
+def _default_content(rng: random.Random) -> Any:
+    tables = {
+        t: {r: {c: _cell(rng) for c in rng.sample(CELLS, 2)} for r in rng.sample(ROWS, 2)}
+        for t in rng.sample(TABLES, rng.randrange(0, 3))
+    }
+    return [tables, {v: _cell(rng) for v in rng.sample(VALUES, rng.randrange(0, 3))}]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_default_content_and_mutator_listeners_equal_the_port(seed: int) -> None:
+    """Defaulted content (each cell merged with an empty HLC) at random moments, and mutator
+    listeners that receive a peer's changes and derive a cell while changes are applied
+    (their writes are stamped as the store's own, after every received stamp)."""
+    fast, reference = _Replica(False, seed % 4), _Replica(True, seed % 4)
+    for replica in (fast, reference):
+        rng = random.Random(seed)
+
+        def on_cell(
+            s: Any, table_id: str, row_id: str, cell_id: str, new: Any, *_: Any,
+            replica: Any = replica, rng: random.Random = rng,
+        ) -> None:  # fmt: skip
+            roll = rng.random()
+            if roll < 0.3:
+                encoded = rng.random() < 0.5
+                replica.receive(_peer_data(rng, replica.now, False, encoded), False, encoded)
+            elif roll < 0.4:
+                encoded = rng.random() < 0.5
+                content = _peer_data(rng, replica.now, True, encoded)
+                if replica.reference:
+                    oracle.apply(s, content, True, encoded)
+                elif encoded:
+                    s.set_encoded_mergeable_content(content)
+                else:
+                    s.set_mergeable_content(content)
+            if type(new) is int:
+                s.set_cell("t2", row_id, "derived", new * 2)
+
+        replica.store.add_cell_listener("t1", None, None, on_cell, mutator=True)
+    rng = random.Random(seed + 1000)
+    ops = _make_ops(seed, 60)
+    for _ in range(6):
+        now = ops[rng.randrange(len(ops))][1]
+        ops.insert(rng.randrange(len(ops) + 1), ("default", now, _default_content(rng)))
+    ops.sort(key=lambda op: op[1])  # (times never go back)
+    for step, op in enumerate(ops):
+        assert fast.run(op) == reference.run(op), f"step {step}: {op[0]}"
+        assert fast.log == reference.log, f"step {step}: {op[0]}"
+        assert fast.store.had_mutated() == reference.store.had_mutated(), f"step {step}"
+    assert fast.snapshot() == reference.snapshot()
+    assert fast.log == reference.log
+
+
 def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
     """Row-sized changes for new and existing rows, never read in between (the fan-out case)."""
     fast, reference = _Replica(False), _Replica(True)
@@ -308,7 +381,7 @@ def test_many_merges_between_hash_reads_settle_to_the_ports_hashes() -> None:
         data = [[{"t": [{row: row_stamp}]}], [{}], 1]
         for replica in (fast, reference):
             replica.now = now
-            replica.store.apply_encoded_mergeable_changes(data)
+            replica.receive(data, False, True)
     assert fast.store._dirty_cells  # the fast path really left hashes pending
     assert fast.snapshot() == reference.snapshot()
     assert fast.log == reference.log
