@@ -37,6 +37,7 @@ COMPILED = [
     "localsync/core/hash.py",
     "localsync/core/hlc.py",
     "localsync/core/store.py",
+    "localsync/core/validation.py",
     "localsync/core/mergeable_store.py",
     "localsync/sync/engine.py",
 ]

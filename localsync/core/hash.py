@@ -16,7 +16,7 @@ from typing import Any
 
 from fnv_hash_fast import fnv1a_32
 
-from localsync.core.codec import UNDEFINED, js_number, js_stringify
+from localsync.core.codec import SAFE_INT_LIMIT, UNDEFINED, js_number, js_stringify
 from localsync.core.codec import _js_string as _js_string_fast
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "get_values_hash",
     "to_utf8",
 ]
-
-_MAX_SAFE_INTEGER = 2**53
 
 
 def to_utf8(s: str) -> bytes:
@@ -83,7 +81,7 @@ def get_value_hash(value: Any, hlc: str) -> int:
     t = type(value)
     if t is str:
         text = "null:" + hlc if value == UNDEFINED else _js_string_fast(value) + ":" + hlc
-    elif t is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+    elif t is int and -SAFE_INT_LIMIT <= value <= SAFE_INT_LIMIT:
         text = f"{value}:{hlc}"
     elif value is None:
         text = "null:" + hlc

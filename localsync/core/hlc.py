@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from localsync.core.codec import ENCODE, get_unique_id
+from localsync.core.codec import ALPHABET_PATTERN, ENCODE, SAFE_INT_LIMIT, get_unique_id
 from localsync.core.hash import get_hash
 
 __all__ = [
@@ -38,12 +38,11 @@ __all__ = [
 HLC_MAX_FUTURE_OFFSET: Final = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
 
 _SHIFT24: Final = 2**24
-_MAX_SAFE_INTEGER: Final = 2**53
 _DECODE: Final[dict[str, int]] = {char: index for index, char in enumerate(ENCODE)}
 _DECODE_BYTES: Final = bytes(_DECODE.get(chr(byte), 0) for byte in range(256))  # (for translate)
 _PAIRS: Final[tuple[str, ...]] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
 _MAX_TIME: Final = 2**42 - 1
-_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
+_HLC_RE: Final = re.compile(ALPHABET_PATTERN + "{16}")
 _TIME_SHIFTS: Final = (36, 30, 24, 18, 12, 6, 0)
 _COUNTER_SHIFTS: Final = (18, 12, 6, 0)
 
@@ -70,7 +69,7 @@ def _to_js_number(number: Number) -> float:
 
 
 def _encode_digits(number: Number, shifts: tuple[int, ...]) -> str:
-    if type(number) is int and 0 <= number <= _MAX_SAFE_INTEGER:
+    if type(number) is int and 0 <= number <= SAFE_INT_LIMIT:
         # exact: for such integers truncating number / 2**k is number >> k
         return "".join([ENCODE[(number >> shift) & 63] for shift in shifts])
     js_number = _to_js_number(number)
@@ -78,7 +77,7 @@ def _encode_digits(number: Number, shifts: tuple[int, ...]) -> str:
 
 
 def _encode_time(logical_time: Number) -> str:
-    if type(logical_time) is int and 0 <= logical_time <= _MAX_SAFE_INTEGER:
+    if type(logical_time) is int and 0 <= logical_time <= SAFE_INT_LIMIT:
         return (
             _PAIRS[(logical_time >> 30) & 4095]
             + _PAIRS[(logical_time >> 18) & 4095]
@@ -89,7 +88,7 @@ def _encode_time(logical_time: Number) -> str:
 
 
 def _encode_counter(counter: Number) -> str:
-    if type(counter) is int and 0 <= counter <= _MAX_SAFE_INTEGER:
+    if type(counter) is int and 0 <= counter <= SAFE_INT_LIMIT:
         return _PAIRS[(counter >> 12) & 4095] + _PAIRS[counter & 4095]
     return _encode_digits(counter, _COUNTER_SHIFTS)
 

@@ -34,8 +34,6 @@ Why it is built this way (and not as a line-by-line port):
 from __future__ import annotations
 
 import copy
-import math
-import re
 import time
 from collections.abc import Callable
 from operator import itemgetter
@@ -44,58 +42,39 @@ from typing import Any, Final
 from fnv_hash_fast import fnv1a_32
 
 from localsync.core.checked_changes import CheckedChanges
-from localsync.core.codec import JSON_PREFIX, UNDEFINED, only_hlc_chars
+from localsync.core.codec import (
+    JSON_PREFIX,
+    SAFE_FLOAT_LIMIT,
+    SAFE_INT_LIMIT,
+    UNDEFINED,
+)
+from localsync.core.codec import STAMP_OVERHEAD as _STAMP_OVERHEAD
 from localsync.core.collector import paused as _gc_paused
 from localsync.core.hash import get_value_hash, to_utf8
 from localsync.core.hlc import (
     HLC_MAX_FUTURE_OFFSET,
     Number,
     clock_with_deferred_seen,
-    is_hlc,
     time_prefix_within,
 )
 from localsync.core.store import (
     ABSENT,
     Store,
     _check_content,
-    _check_json,
     _encode_tables,
     _encode_values,
     decode,
     encode_accepted,
-    fits_js_number,
     js_ordered,
 )
+from localsync.core.validation import Validator, future_limit, greatest
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
 
 _MASK: Final = 0xFFFFFFFF
-_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
-_BIG_INT: Final = 2**53
-_BIG: Final = float(2**53)
+_BIG_INT: Final = SAFE_INT_LIMIT
+_BIG: Final = SAFE_FLOAT_LIMIT
 _second: Final = itemgetter(1)
-
-
-def _future_limit(max_time: Number) -> int:
-    """The integer limit of "HLC time <= max_time" that HLC prefixes are compared with; -1
-    when ``max_time`` is not finite or not below 2**42 (then every HLC is decoded instead).
-    HLC strings sort like the numbers they encode, so "time <= max" is a comparison of the
-    7-character time prefixes (exact for any integer limit below 2**42)."""
-    if type(max_time) is int:
-        limit = max_time
-    else:
-        limit = math.floor(max_time) if math.isfinite(max_time) else -1
-    return limit if 0 <= limit < 2**42 else -1
-
-
-def _greatest(hlcs: list[str]) -> str:
-    """``max(hlcs)`` of a non-empty list, without the builtin's keyword-argument parsing (code
-    that a process woken by a one-cell change runs with cold caches)."""
-    greatest = hlcs[0]
-    for hlc in hlcs:
-        if hlc > greatest:
-            greatest = hlc
-    return greatest
 
 
 _BULK: Final = 1000  # cells in one merge from which pausing the collector pays
@@ -175,11 +154,6 @@ def _raw(thing: Any) -> Any:
     return thing
 
 
-#: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
-#: 16-character HLC): the size caps of merged ContentDiffs (here and in localsync.sync.engine)
-_STAMP_OVERHEAD: Final = 32
-
-
 def _changes_body(
     tables: dict[str, Any], tables_hlc: str, values: dict[str, Any], values_hlc: str
 ) -> list[Any]:
@@ -198,222 +172,6 @@ def _stamp(thing: Any, hlc: str) -> list[Any]:
 
 def _real_now() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _Validator:
-    """TinyBase's validateMergeable, with the future limit and flags fixed for one call.
-
-    Peer data arrives in bulk (a joining replica receives millions of cells), so the cell
-    level is one inlined loop and the HLCs are collected and checked all at once at the end
-    (lengths via ``map``, characters with one regex over their concatenation, the future
-    limit with ``max``): the verdict is the same as checking each stamp in turn.
-    """
-
-    __slots__ = (
-        "cells",
-        "encoded",
-        "has_hashes",
-        "hlcs",
-        "limit",
-        "max_time",
-        "plain",
-    )
-
-    def __init__(self, max_time: Number, has_hashes: bool, encoded: bool) -> None:
-        self.max_time = max_time
-        self.has_hashes = has_hashes
-        self.encoded = encoded
-        self.hlcs: list[str] = []
-        self.cells = 0  # cells and values seen
-        # no object cell and no number beyond 2**53: every cell is stored as it arrived
-        self.plain = True
-        self.limit = _future_limit(max_time)
-
-    def _time_within_limit(self, time_prefix: str) -> bool:
-        """``time_prefix`` (of a well-formed HLC) at most the limit; needs ``limit >= 0``."""
-        return time_prefix_within(time_prefix, self.limit)
-
-    def hlc(self, hlc: Any) -> bool:
-        if hlc == "":
-            return True
-        if type(hlc) is not str or len(hlc) != 16 or _HLC_RE.fullmatch(hlc) is None:
-            return False
-        if self.limit >= 0:
-            return self._time_within_limit(hlc[:7])
-        return is_hlc(hlc, self.max_time)
-
-    def collected_hlcs(self) -> bool:
-        """``hlc()`` of every non-empty HLC the cell loops collected, checked in bulk."""
-        hlcs = self.hlcs
-        if not hlcs:
-            return True
-        joined = "".join(hlcs)
-        # every length is 16 when none is shorter and they add up to 16 each
-        if len(joined) != 16 * len(hlcs) or min(map(len, hlcs)) != 16:
-            return False
-        if not only_hlc_chars(joined):
-            return False
-        return self.within_future_limit(hlcs)
-
-    def within_future_limit(self, hlcs: list[str]) -> bool:
-        """Every HLC (well-formed, non-empty) at most ``max_time``."""
-        if self.limit >= 0:
-            return self._time_within_limit(_greatest(hlcs)[:7])
-        max_time = self.max_time
-        return all(is_hlc(hlc, max_time) for hlc in hlcs)
-
-    def checked(self, data: CheckedChanges) -> bool:
-        """``mergeable(data)`` for changes whose shape the engine checked (see
-        :class:`CheckedChanges`): what remains is the special values and the future limit."""
-        for value in data.special:
-            t = type(value)
-            if t is str:
-                if not self.thing(value):
-                    return False
-            elif t is int:
-                if not fits_js_number(value):
-                    return False
-                self.plain = False
-            elif t is float:
-                self.plain = False  # (finite: checked by the engine)
-            else:
-                if not self.thing(value):
-                    return False
-                self.plain = False
-        hlcs = data.hlcs
-        self.cells = len(hlcs)
-        return not hlcs or self.within_future_limit(hlcs)
-
-    def mergeable(self, data: Any) -> bool:
-        if type(data) is not list and type(data) is not tuple:
-            return False
-        n = len(data)
-        if self.has_hashes:
-            if n != 2:
-                return False
-        elif n != 2 and (n != 3 or type(data[2]) not in (int, float) or data[2] != 1):
-            return False
-        return (
-            self.stamp(data[0], self.tables)
-            and self.stamp(data[1], self.things)
-            and self.collected_hlcs()
-        )
-
-    def stamp(self, stamp: Any, validate_thing: Callable[[Any], bool]) -> bool:
-        if type(stamp) is not list and type(stamp) is not tuple:
-            return False
-        n = len(stamp)
-        if n == 3:
-            hlc = stamp[1]
-            hash_ = stamp[2]
-            return (
-                type(hlc) is str
-                and (type(hash_) is int or (type(hash_) is float and hash_ - hash_ == 0))
-                and validate_thing(stamp[0])
-                and self.hlc(hlc)
-            )
-        if self.has_hashes or n == 0 or n > 2:
-            return False
-        if not validate_thing(stamp[0]):
-            return False
-        return n == 1 or self.hlc(stamp[1])
-
-    def tables(self, tables: Any) -> bool:
-        if type(tables) is not dict:
-            return False
-        stamp = self.stamp
-        rows = self.rows
-        for key, value in tables.items():
-            if type(key) is not str or not stamp(value, rows):
-                return False
-        return True
-
-    def rows(self, rows: Any) -> bool:
-        if type(rows) is not dict:
-            return False
-        stamp = self.stamp
-        things = self.things
-        for key, value in rows.items():
-            if type(key) is not str or not stamp(value, things):
-                return False
-        return True
-
-    def things(self, things: Any) -> bool:
-        """``stamp(v, thing)`` for every cell of a row (or every value), inlined."""
-        if type(things) is not dict:
-            return False
-        has_hashes = self.has_hashes
-        append = self.hlcs.append
-        self.cells += len(things)
-        for key, stamp in things.items():
-            if type(key) is not str:
-                return False
-            ts = type(stamp)
-            if ts is not list and ts is not tuple:
-                return False
-            n = len(stamp)
-            if n == 3:
-                hash_ = stamp[2]
-                th = type(hash_)
-                if th is not int and (th is not float or hash_ - hash_ != 0):
-                    return False
-                hlc = stamp[1]
-                if type(hlc) is not str:
-                    return False
-            elif has_hashes:
-                return False
-            elif n == 2:
-                hlc = stamp[1]
-                if type(hlc) is not str:
-                    return False
-            elif n == 1:
-                hlc = ""
-            else:
-                return False
-            value = stamp[0]
-            t = type(value)
-            if t is str:
-                if value[:1] == JSON_PREFIX and not self.thing(value):
-                    return False
-            elif t is int:
-                if not -_BIG_INT <= value <= _BIG_INT:
-                    if not fits_js_number(value):
-                        return False
-                    self.plain = False
-            elif t is float:
-                if not -_BIG < value < _BIG:
-                    if value - value != 0:
-                        return False
-                    self.plain = False
-            elif t is not bool and value is not None:
-                if not self.thing(value):
-                    return False
-                self.plain = False
-            if hlc:
-                append(hlc)
-        return True
-
-    def thing(self, value: Any) -> bool:
-        t = type(value)
-        if t is str:
-            if value[:1] != JSON_PREFIX:
-                return True
-            # an encoded object cell must really hold a JSON object or array: TinyBase would
-            # merge the stamp and then fail to decode it on every read, so the set is refused
-            return self.encoded and encode_accepted(value) is not ABSENT
-        if t is int:
-            return fits_js_number(value)
-        if t is bool or value is None:
-            return True
-        if t is float:
-            return value - value == 0
-        if t is dict or t is list:
-            try:
-                _check_json(value)
-            except (TypeError, ValueError, RecursionError):
-                return False
-            return True
-        return False
 
 
 class MergeableStore(Store):
@@ -1399,7 +1157,7 @@ class MergeableStore(Store):
         if type(data) is CheckedChanges and encoded and not is_content and self._merge_pushed(data):
             return self
         with self.lock:
-            validator = _Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
+            validator = Validator(self._get_now() + HLC_MAX_FUTURE_OFFSET, is_content, encoded)
             try:
                 if type(data) is CheckedChanges and encoded and not is_content:
                     valid = validator.checked(data)
@@ -1437,8 +1195,8 @@ class MergeableStore(Store):
         with self.lock:
             hlcs = data.hlcs
             if hlcs:
-                limit = _future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
-                if limit < 0 or not time_prefix_within(_greatest(hlcs)[:7], limit):
+                limit = future_limit(self._get_now() + HLC_MAX_FUTURE_OFFSET)
+                if limit < 0 or not time_prefix_within(greatest(hlcs)[:7], limit):
                     return False  # (decided, refused and counted by the general path)
             self._txn(self._apply_merge, data, False, True, True)
         return True

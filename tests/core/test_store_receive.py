@@ -19,7 +19,7 @@ import pytest
 
 from localsync import UNDEFINED, create_mergeable_store
 from localsync.core.hlc import encode_hlc_parts
-from localsync.sync.engine import check_content_diff
+from localsync.core.validation import check_content_diff
 
 TABLES = ["t1", "t2", "0"]
 ROWS = ["r1", "r2", "r3", "1", "0"]
