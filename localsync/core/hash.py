@@ -12,7 +12,7 @@ including the aliases (``get_cell_in_row_hash`` and friends are the same functio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from fnv_hash_fast import fnv1a_32
 
@@ -20,6 +20,7 @@ from localsync.core.codec import SAFE_INT_LIMIT, UNDEFINED, js_number, js_string
 from localsync.core.codec import _js_string as _js_string_fast
 
 __all__ = [
+    "MAX_HASH",
     "add_or_remove_hash",
     "get_cell_hash",
     "get_cell_in_row_hash",
@@ -34,6 +35,10 @@ __all__ = [
     "get_values_hash",
     "to_utf8",
 ]
+
+
+#: the largest hash: hashes are unsigned 32-bit integers (JavaScript ``>>> 0``)
+MAX_HASH: Final = 0xFFFFFFFF
 
 
 def to_utf8(s: str) -> bytes:
@@ -59,7 +64,7 @@ def get_hash(string: str) -> int:
 
 def add_or_remove_hash(hash1: int, hash2: int) -> int:
     """XOR as an unsigned 32-bit integer: adding and removing a term are the same operation."""
-    return (hash1 ^ hash2) & 0xFFFFFFFF
+    return (hash1 ^ hash2) & MAX_HASH
 
 
 def get_value_in_values_hash(value_id: str, value_hash: int) -> int:
@@ -105,7 +110,7 @@ def get_values_hash(value_hashes: Mapping[str, int]) -> int:
         result ^= get_value_in_values_hash(value_id, value_hash) ^ get_value_in_values_hash(
             value_id, 0
         )
-    return result & 0xFFFFFFFF
+    return result & MAX_HASH
 
 
 def get_table_hash(row_hashes: Mapping[str, int]) -> int:
@@ -113,7 +118,7 @@ def get_table_hash(row_hashes: Mapping[str, int]) -> int:
     result = 0
     for row_id, row_hash in row_hashes.items():
         result ^= get_value_in_values_hash(row_id, row_hash)
-    return result & 0xFFFFFFFF
+    return result & MAX_HASH
 
 
 # TinyBase's aliases: same functions, named for where they are used.

@@ -30,9 +30,11 @@ __all__ = [
     "decode_hlc",
     "decode_hlc_time",
     "encode_hlc_parts",
+    "future_limit",
     "get_client_id_from_unique_id",
     "get_hlc_functions",
     "is_hlc",
+    "time_prefix_within",
 ]
 
 HLC_MAX_FUTURE_OFFSET: Final = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
@@ -148,6 +150,16 @@ def decode_hlc(hlc: str) -> tuple[int, int, str]:
 
 # (time limit, the 7-character time prefix of its floor) of the last limit encoded
 _limit_cache: tuple[Number, str] = (-1, "")
+
+
+def future_limit(max_time: Number) -> int:
+    """The integer limit of "HLC time <= max_time" for :func:`time_prefix_within`; -1 when
+    ``max_time`` is not finite or above the largest HLC time (then HLCs must be decoded)."""
+    if type(max_time) is int:
+        limit = max_time
+    else:
+        limit = math.floor(max_time) if math.isfinite(max_time) else -1
+    return limit if 0 <= limit <= _MAX_TIME else -1
 
 
 def time_prefix_within(time_prefix: str, max_logical_time: Number) -> bool:

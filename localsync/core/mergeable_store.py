@@ -50,11 +50,12 @@ from localsync.core.codec import (
 )
 from localsync.core.codec import STAMP_OVERHEAD as _STAMP_OVERHEAD
 from localsync.core.collector import paused as _gc_paused
-from localsync.core.hash import get_value_hash, to_utf8
+from localsync.core.hash import MAX_HASH, get_value_hash, to_utf8
 from localsync.core.hlc import (
     HLC_MAX_FUTURE_OFFSET,
     Number,
     clock_with_deferred_seen,
+    future_limit,
     time_prefix_within,
 )
 from localsync.core.store import (
@@ -67,11 +68,11 @@ from localsync.core.store import (
     encode_accepted,
     js_ordered,
 )
-from localsync.core.validation import Validator, future_limit, greatest
+from localsync.core.validation import Validator, greatest
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
 
-_MASK: Final = 0xFFFFFFFF
+_MASK: Final = MAX_HASH
 _BIG_INT: Final = SAFE_INT_LIMIT
 _BIG: Final = SAFE_FLOAT_LIMIT
 _second: Final = itemgetter(1)

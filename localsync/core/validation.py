@@ -29,7 +29,8 @@ from localsync.core.codec import (
     UNDEFINED,
     only_hlc_chars,
 )
-from localsync.core.hlc import Number, is_hlc, time_prefix_within
+from localsync.core.hash import MAX_HASH
+from localsync.core.hlc import Number, future_limit, is_hlc, time_prefix_within
 from localsync.core.store import ABSENT, _check_json, encode_accepted, fits_js_number
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "Validator",
     "check_content_diff",
     "check_response",
-    "future_limit",
     "gather_changes",
     "gathered_stamps",
     "greatest",
@@ -79,7 +79,6 @@ CHANGES: Final = 1
 CONTENT: Final = 2
 
 ARRAY: Final = (list, tuple)
-_MAX_HASH: Final = 4294967295
 _MAX_INT: Final = 2**1024  # (an int at least this large is beyond every JavaScript number)
 
 #: (every non-empty HLC, the values a store must look at again) of what a walk accepted
@@ -211,9 +210,9 @@ def gather_changes(body: Any, shape: int) -> Gathered | None:
 
 def _is_hash(thing: Any) -> bool:
     if type(thing) is int:
-        return 0 <= thing <= _MAX_HASH
+        return 0 <= thing <= MAX_HASH
     if type(thing) is float:
-        return math.isfinite(thing) and thing.is_integer() and 0 <= thing <= _MAX_HASH
+        return math.isfinite(thing) and thing.is_integer() and 0 <= thing <= MAX_HASH
     return False
 
 
@@ -301,16 +300,6 @@ def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
 
 
 # -- the store's check (TinyBase's validateMergeable) --------------------------------------------
-
-
-def future_limit(max_time: Number) -> int:
-    """The integer limit of "HLC time <= max_time" that HLC time prefixes are compared with;
-    -1 when ``max_time`` is not finite or not below 2**42 (then every HLC is decoded)."""
-    if type(max_time) is int:
-        limit = max_time
-    else:
-        limit = math.floor(max_time) if math.isfinite(max_time) else -1
-    return limit if 0 <= limit < 2**42 else -1
 
 
 def greatest(hlcs: list[str]) -> str:
