@@ -33,6 +33,7 @@ COMPILED = [
     "localsync/core/hash.py",
     "localsync/core/hlc.py",
     "localsync/core/store.py",
+    "localsync/core/validation.py",
     "localsync/core/stamps.py",
     "localsync/core/diff.py",
     "localsync/core/merge.py",

@@ -18,6 +18,7 @@ COMPILED_MODULES = (
     "core.hash",
     "core.hlc",
     "core.store",
+    "core.validation",
     "core.stamps",
     "core.diff",
     "core.merge",

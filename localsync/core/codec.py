@@ -29,8 +29,12 @@ from json.encoder import encode_basestring as _encode_basestring
 from typing import Any, Final
 
 __all__ = [
+    "ALPHABET_PATTERN",
     "ENCODE",
     "JSON_PREFIX",
+    "SAFE_FLOAT_LIMIT",
+    "SAFE_INT_LIMIT",
+    "STAMP_OVERHEAD",
     "UNDEFINED",
     "decode_if_json",
     "encode_if_json",
@@ -46,12 +50,20 @@ JSON_PREFIX: Final = "\ufffd"
 
 # TinyBase's 64-character alphabet (also the HLC alphabet); index = 6-bit value.
 ENCODE: Final = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+#: one character of ENCODE as a regular expression (HLCs and unique ids are made of them)
+ALPHABET_PATTERN: Final = "[" + re.escape(ENCODE) + "]"
 _ENCODE_BYTES: Final = ENCODE.encode("ascii")
 # a one-cell change's HLCs: str.strip (no encoding, no table) for up to this many characters;
 # strip compares each character with the 64 of the alphabet, so longer texts are translated
 _STRIP_AT_MOST: Final = 256
 
-_MAX_SAFE_INTEGER: Final = 2**53
+#: Number.MAX_SAFE_INTEGER + 1: an int of at most this magnitude is exactly the JavaScript
+#: number of the same value; beyond it a JavaScript peer holds the nearest double
+SAFE_INT_LIMIT: Final = 2**53
+SAFE_FLOAT_LIMIT: Final = float(SAFE_INT_LIMIT)
+#: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
+#: 16-character HLC): the size caps of built and coalesced ContentDiffs
+STAMP_OVERHEAD: Final = 32
 # Canonical array-index keys: "0" or no leading zero, value <= 2**32 - 2 (checked separately).
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 _MAX_ARRAY_INDEX = 2**32 - 2
@@ -123,7 +135,7 @@ def js_number(x: float | int) -> str:
     if type(x) is float:
         r = repr(x)
     elif type(x) is int:
-        if -_MAX_SAFE_INTEGER <= x <= _MAX_SAFE_INTEGER:
+        if -SAFE_INT_LIMIT <= x <= SAFE_INT_LIMIT:
             return str(x)
         try:
             r = repr(float(x))
@@ -230,7 +242,7 @@ def _write(value: Any, append: Callable[[str], None]) -> None:
     if t is str:
         append(_encode_basestring(value) if value.isascii() else _js_string(value))
     elif t is int:
-        if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+        if -SAFE_INT_LIMIT <= value <= SAFE_INT_LIMIT:
             append(str(value))
         else:
             text = js_number(value)
@@ -301,7 +313,7 @@ def js_stringify(value: Any) -> str:
     t = type(value)
     if t is str:
         return _js_string(value)
-    if t is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+    if t is int and -SAFE_INT_LIMIT <= value <= SAFE_INT_LIMIT:
         return str(value)
     return _stringify(value)
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
-from localsync.core.codec import JSON_PREFIX
+from localsync.core.codec import JSON_PREFIX, STAMP_OVERHEAD
 from localsync.core.store import decode
 
 #: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
 #: 16-character HLC): the size caps of merged ContentDiffs (here and in localsync.sync.engine)
-STAMP_OVERHEAD: Final = 32
 
 _OBJECTS: Final = (dict, list)
 

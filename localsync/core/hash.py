@@ -12,14 +12,15 @@ including the aliases (``get_cell_in_row_hash`` and friends are the same functio
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from fnv_hash_fast import fnv1a_32
 
-from localsync.core.codec import UNDEFINED, js_number, js_stringify
+from localsync.core.codec import SAFE_INT_LIMIT, UNDEFINED, js_number, js_stringify
 from localsync.core.codec import _js_string as _js_string_fast
 
 __all__ = [
+    "MAX_HASH",
     "add_or_remove_hash",
     "get_cell_hash",
     "get_cell_in_row_hash",
@@ -35,7 +36,9 @@ __all__ = [
     "to_utf8",
 ]
 
-_MAX_SAFE_INTEGER = 2**53
+
+#: the largest hash: hashes are unsigned 32-bit integers (JavaScript ``>>> 0``)
+MAX_HASH: Final = 0xFFFFFFFF
 
 
 def to_utf8(s: str) -> bytes:
@@ -61,7 +64,7 @@ def get_hash(string: str) -> int:
 
 def add_or_remove_hash(hash1: int, hash2: int) -> int:
     """XOR as an unsigned 32-bit integer: adding and removing a term are the same operation."""
-    return (hash1 ^ hash2) & 0xFFFFFFFF
+    return (hash1 ^ hash2) & MAX_HASH
 
 
 def get_value_in_values_hash(value_id: str, value_hash: int) -> int:
@@ -83,7 +86,7 @@ def get_value_hash(value: Any, hlc: str) -> int:
     t = type(value)
     if t is str:
         text = "null:" + hlc if value == UNDEFINED else _js_string_fast(value) + ":" + hlc
-    elif t is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+    elif t is int and -SAFE_INT_LIMIT <= value <= SAFE_INT_LIMIT:
         text = f"{value}:{hlc}"
     elif value is None:
         text = "null:" + hlc
@@ -107,7 +110,7 @@ def get_values_hash(value_hashes: Mapping[str, int]) -> int:
         result ^= get_value_in_values_hash(value_id, value_hash) ^ get_value_in_values_hash(
             value_id, 0
         )
-    return result & 0xFFFFFFFF
+    return result & MAX_HASH
 
 
 def get_table_hash(row_hashes: Mapping[str, int]) -> int:
@@ -115,7 +118,7 @@ def get_table_hash(row_hashes: Mapping[str, int]) -> int:
     result = 0
     for row_id, row_hash in row_hashes.items():
         result ^= get_value_in_values_hash(row_id, row_hash)
-    return result & 0xFFFFFFFF
+    return result & MAX_HASH
 
 
 # TinyBase's aliases: same functions, named for where they are used.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from localsync.core.codec import ENCODE, get_unique_id
+from localsync.core.codec import ALPHABET_PATTERN, ENCODE, SAFE_INT_LIMIT, get_unique_id
 from localsync.core.hash import get_hash
 
 __all__ = [
@@ -30,27 +30,27 @@ __all__ = [
     "decode_hlc",
     "decode_hlc_time",
     "encode_hlc_parts",
+    "future_limit",
     "get_client_id_from_unique_id",
     "get_hlc_functions",
     "is_hlc",
+    "time_prefix_within",
 ]
 
 HLC_MAX_FUTURE_OFFSET: Final = 5 * 60 * 1000  # ms a remote HLC may be ahead of our clock
 
 _SHIFT24: Final = 2**24
-_MAX_SAFE_INTEGER: Final = 2**53
 _DECODE: Final[dict[str, int]] = {char: index for index, char in enumerate(ENCODE)}
 _DECODE_BYTES: Final = bytes(_DECODE.get(chr(byte), 0) for byte in range(256))  # (for translate)
 _PAIRS: Final[tuple[str, ...]] = tuple(a + b for a in ENCODE for b in ENCODE)  # 12 bits -> 2 chars
 _MAX_TIME: Final = 2**42 - 1
-_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
+_HLC_RE: Final = re.compile(ALPHABET_PATTERN + "{16}")
 _TIME_SHIFTS: Final = (36, 30, 24, 18, 12, 6, 0)
 _COUNTER_SHIFTS: Final = (18, 12, 6, 0)
 
 #: Times and counters are ints from the clock, floats only from odd inputs. Annotated as
 #: ``float``, mypyc would pass them as C doubles: every int converted, and the exact int
-#: paths below (``type(x) is int``) never taken in the compiled build — measured, the float
-#: path made each new millisecond's HLC prefix cost 6,600 instructions instead of ~100.
+#: paths below (``type(x) is int``) never taken in the compiled build.
 Number = int | float
 
 
@@ -70,7 +70,7 @@ def _to_js_number(number: Number) -> float:
 
 
 def _encode_digits(number: Number, shifts: tuple[int, ...]) -> str:
-    if type(number) is int and 0 <= number <= _MAX_SAFE_INTEGER:
+    if type(number) is int and 0 <= number <= SAFE_INT_LIMIT:
         # exact: for such integers truncating number / 2**k is number >> k
         return "".join([ENCODE[(number >> shift) & 63] for shift in shifts])
     js_number = _to_js_number(number)
@@ -78,7 +78,7 @@ def _encode_digits(number: Number, shifts: tuple[int, ...]) -> str:
 
 
 def _encode_time(logical_time: Number) -> str:
-    if type(logical_time) is int and 0 <= logical_time <= _MAX_SAFE_INTEGER:
+    if type(logical_time) is int and 0 <= logical_time <= SAFE_INT_LIMIT:
         return (
             _PAIRS[(logical_time >> 30) & 4095]
             + _PAIRS[(logical_time >> 18) & 4095]
@@ -89,7 +89,7 @@ def _encode_time(logical_time: Number) -> str:
 
 
 def _encode_counter(counter: Number) -> str:
-    if type(counter) is int and 0 <= counter <= _MAX_SAFE_INTEGER:
+    if type(counter) is int and 0 <= counter <= SAFE_INT_LIMIT:
         return _PAIRS[(counter >> 12) & 4095] + _PAIRS[counter & 4095]
     return _encode_digits(counter, _COUNTER_SHIFTS)
 
@@ -113,8 +113,7 @@ def encode_hlc_parts(logical_time: Number, counter: Number, client_id: str) -> s
 
 def _digits(hlc: str) -> bytes:
     """Each character's 6-bit value (0 outside the alphabet, as TinyBase decodes it), for an
-    ASCII ``hlc``: one C call. Lookups of character pairs in a 4,096-entry dict cost 3.8 us
-    instead of 2.3 with the caches cold, as a received change finds them."""
+    ASCII ``hlc``: one C call, cheaper with cold caches than looking character pairs up."""
     return hlc.encode("ascii").translate(_DECODE_BYTES)
 
 
@@ -151,6 +150,16 @@ def decode_hlc(hlc: str) -> tuple[int, int, str]:
 
 # (time limit, the 7-character time prefix of its floor) of the last limit encoded
 _limit_cache: tuple[Number, str] = (-1, "")
+
+
+def future_limit(max_time: Number) -> int:
+    """The integer limit of "HLC time <= max_time" for :func:`time_prefix_within`; -1 when
+    ``max_time`` is not finite or above the largest HLC time (then HLCs must be decoded)."""
+    if type(max_time) is int:
+        limit = max_time
+    else:
+        limit = math.floor(max_time) if math.isfinite(max_time) else -1
+    return limit if 0 <= limit <= _MAX_TIME else -1
 
 
 def time_prefix_within(time_prefix: str, max_logical_time: Number) -> bool:
@@ -227,8 +236,8 @@ def clock_with_deferred_seen(
 
     Why: a store calls ``seen_hlc`` after every merge, but its clock is only read when it
     next stamps a local write (or a getter asks). A process that mostly receives (a channel
-    reader) paid the HLC's format check, its decoding and the fold on every message, about
-    4 us of a one-cell change's latency. ``seen_hlc_later`` takes an HLC the merge has
+    reader) paid the HLC's format check, its decoding and the fold on every message.
+    ``seen_hlc_later`` takes an HLC the merge has
     already validated (format and future limit), keeps only the greatest one and the latest
     ``now``, and every other function folds that in first. The result is the same as calling
     ``seen_hlc`` each time: HLC strings order like their (time, counter) pairs, and the

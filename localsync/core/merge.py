@@ -13,46 +13,24 @@ carries trusted hashes. The line-by-line port of TinyBase it is tested against i
 from __future__ import annotations
 
 import copy
-import math
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from localsync.core.checked_changes import CheckedChanges
+from localsync.core.codec import SAFE_FLOAT_LIMIT as _BIG
+from localsync.core.codec import SAFE_INT_LIMIT as _BIG_INT
 from localsync.core.codec import UNDEFINED
-from localsync.core.hlc import Number, time_prefix_within
+from localsync.core.hlc import Number, future_limit, time_prefix_within
 from localsync.core.stamps import MASK, counted, in_parent_hash, replace_hlc_hash, uint32
 from localsync.core.store import ABSENT, encode_accepted, js_ordered
+from localsync.core.validation import greatest
 
 if TYPE_CHECKING:
     from localsync.core.mergeable_store import MergeableStore
 
 #: cells in one merge from which pausing the cyclic collector pays
 BULK: Final = 1000
-_BIG_INT: Final = 2**53
-_BIG: Final = float(2**53)
 _second: Final = itemgetter(1)
-
-
-def future_limit(max_time: Number) -> int:
-    """The integer limit of "HLC time <= max_time" that HLC prefixes are compared with; -1
-    when ``max_time`` is not finite or not below 2**42 (then every HLC is decoded instead).
-    HLC strings sort like the numbers they encode, so "time <= max" is a comparison of the
-    7-character time prefixes (exact for any integer limit below 2**42)."""
-    if type(max_time) is int:
-        limit = max_time
-    else:
-        limit = math.floor(max_time) if math.isfinite(max_time) else -1
-    return limit if 0 <= limit < 2**42 else -1
-
-
-def greatest(hlcs: list[str]) -> str:
-    """``max(hlcs)`` of a non-empty list, without the builtin's keyword-argument parsing (code
-    that a process woken by a one-cell change runs with cold caches)."""
-    result = hlcs[0]
-    for hlc in hlcs:
-        if hlc > result:
-            result = hlc
-    return result
 
 
 def prechecked(data: CheckedChanges, max_time: Number) -> bool:

@@ -12,265 +12,26 @@ ignored as a whole and silently, as TinyBase ignores it (``ignored_count`` count
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from localsync.core import diff
 from localsync.core.checked_changes import CheckedChanges
-from localsync.core.codec import JSON_PREFIX, UNDEFINED, only_hlc_chars
+from localsync.core.codec import UNDEFINED
 from localsync.core.collector import paused as _gc_paused
-from localsync.core.hlc import (
-    HLC_MAX_FUTURE_OFFSET,
-    Number,
-    clock_with_deferred_seen,
-    is_hlc,
-    time_prefix_within,
-)
+from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen
 from localsync.core.merge import BULK, prechecked, receive
-from localsync.core.merge import future_limit as _future_limit
-from localsync.core.merge import greatest as _greatest
 from localsync.core.stamps import in_parent_hash as _h
 from localsync.core.stamps import settle
-from localsync.core.store import (
-    ABSENT,
-    Store,
-    _check_content,
-    _check_json,
-    _encode_tables,
-    _encode_values,
-    encode_accepted,
-    fits_js_number,
-)
+from localsync.core.store import ABSENT, Store, _check_content, _encode_tables, _encode_values
+from localsync.core.validation import Validator
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
-
-_HLC_RE: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
-_BIG_INT: Final = 2**53
-_BIG: Final = float(2**53)
-#: (localsync.sync.engine's import of diff.STAMP_OVERHEAD)
-_STAMP_OVERHEAD: Final = diff.STAMP_OVERHEAD
 
 
 def _real_now() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _Validator:
-    """TinyBase's validateMergeable, with the future limit and flags fixed for one call.
-
-    Peer data arrives in bulk (a joining replica receives millions of cells), so the cell
-    level is one inlined loop and the HLCs are collected and checked all at once at the end
-    (lengths via ``map``, characters with one regex over their concatenation, the future
-    limit with ``max``): the verdict is the same as checking each stamp in turn.
-    """
-
-    __slots__ = (
-        "cells",
-        "encoded",
-        "has_hashes",
-        "hlcs",
-        "limit",
-        "max_time",
-        "plain",
-    )
-
-    def __init__(self, max_time: Number, has_hashes: bool, encoded: bool) -> None:
-        self.max_time = max_time
-        self.has_hashes = has_hashes
-        self.encoded = encoded
-        self.hlcs: list[str] = []
-        self.cells = 0  # cells and values seen
-        # no object cell and no number beyond 2**53: every cell is stored as it arrived
-        self.plain = True
-        self.limit = _future_limit(max_time)
-
-    def _time_within_limit(self, time_prefix: str) -> bool:
-        """``time_prefix`` (of a well-formed HLC) at most the limit; needs ``limit >= 0``."""
-        return time_prefix_within(time_prefix, self.limit)
-
-    def hlc(self, hlc: Any) -> bool:
-        if hlc == "":
-            return True
-        if type(hlc) is not str or len(hlc) != 16 or _HLC_RE.fullmatch(hlc) is None:
-            return False
-        if self.limit >= 0:
-            return self._time_within_limit(hlc[:7])
-        return is_hlc(hlc, self.max_time)
-
-    def collected_hlcs(self) -> bool:
-        """``hlc()`` of every non-empty HLC the cell loops collected, checked in bulk."""
-        hlcs = self.hlcs
-        if not hlcs:
-            return True
-        joined = "".join(hlcs)
-        # every length is 16 when none is shorter and they add up to 16 each
-        if len(joined) != 16 * len(hlcs) or min(map(len, hlcs)) != 16:
-            return False
-        if not only_hlc_chars(joined):
-            return False
-        return self.within_future_limit(hlcs)
-
-    def within_future_limit(self, hlcs: list[str]) -> bool:
-        """Every HLC (well-formed, non-empty) at most ``max_time``."""
-        if self.limit >= 0:
-            return self._time_within_limit(_greatest(hlcs)[:7])
-        max_time = self.max_time
-        return all(is_hlc(hlc, max_time) for hlc in hlcs)
-
-    def checked(self, data: CheckedChanges) -> bool:
-        """``mergeable(data)`` for changes whose shape the engine checked (see
-        :class:`CheckedChanges`): what remains is the special values and the future limit."""
-        for value in data.special:
-            t = type(value)
-            if t is str:
-                if not self.thing(value):
-                    return False
-            elif t is int:
-                if not fits_js_number(value):
-                    return False
-                self.plain = False
-            elif t is float:
-                self.plain = False  # (finite: checked by the engine)
-            else:
-                if not self.thing(value):
-                    return False
-                self.plain = False
-        hlcs = data.hlcs
-        self.cells = len(hlcs)
-        return not hlcs or self.within_future_limit(hlcs)
-
-    def mergeable(self, data: Any) -> bool:
-        if type(data) is not list and type(data) is not tuple:
-            return False
-        n = len(data)
-        if self.has_hashes:
-            if n != 2:
-                return False
-        elif n != 2 and (n != 3 or type(data[2]) not in (int, float) or data[2] != 1):
-            return False
-        return (
-            self.stamp(data[0], self.tables)
-            and self.stamp(data[1], self.things)
-            and self.collected_hlcs()
-        )
-
-    def stamp(self, stamp: Any, validate_thing: Callable[[Any], bool]) -> bool:
-        if type(stamp) is not list and type(stamp) is not tuple:
-            return False
-        n = len(stamp)
-        if n == 3:
-            hlc = stamp[1]
-            hash_ = stamp[2]
-            return (
-                type(hlc) is str
-                and (type(hash_) is int or (type(hash_) is float and hash_ - hash_ == 0))
-                and validate_thing(stamp[0])
-                and self.hlc(hlc)
-            )
-        if self.has_hashes or n == 0 or n > 2:
-            return False
-        if not validate_thing(stamp[0]):
-            return False
-        return n == 1 or self.hlc(stamp[1])
-
-    def tables(self, tables: Any) -> bool:
-        if type(tables) is not dict:
-            return False
-        stamp = self.stamp
-        rows = self.rows
-        for key, value in tables.items():
-            if type(key) is not str or not stamp(value, rows):
-                return False
-        return True
-
-    def rows(self, rows: Any) -> bool:
-        if type(rows) is not dict:
-            return False
-        stamp = self.stamp
-        things = self.things
-        for key, value in rows.items():
-            if type(key) is not str or not stamp(value, things):
-                return False
-        return True
-
-    def things(self, things: Any) -> bool:
-        """``stamp(v, thing)`` for every cell of a row (or every value), inlined."""
-        if type(things) is not dict:
-            return False
-        has_hashes = self.has_hashes
-        append = self.hlcs.append
-        self.cells += len(things)
-        for key, stamp in things.items():
-            if type(key) is not str:
-                return False
-            ts = type(stamp)
-            if ts is not list and ts is not tuple:
-                return False
-            n = len(stamp)
-            if n == 3:
-                hash_ = stamp[2]
-                th = type(hash_)
-                if th is not int and (th is not float or hash_ - hash_ != 0):
-                    return False
-                hlc = stamp[1]
-                if type(hlc) is not str:
-                    return False
-            elif has_hashes:
-                return False
-            elif n == 2:
-                hlc = stamp[1]
-                if type(hlc) is not str:
-                    return False
-            elif n == 1:
-                hlc = ""
-            else:
-                return False
-            value = stamp[0]
-            t = type(value)
-            if t is str:
-                if value[:1] == JSON_PREFIX and not self.thing(value):
-                    return False
-            elif t is int:
-                if not -_BIG_INT <= value <= _BIG_INT:
-                    if not fits_js_number(value):
-                        return False
-                    self.plain = False
-            elif t is float:
-                if not -_BIG < value < _BIG:
-                    if value - value != 0:
-                        return False
-                    self.plain = False
-            elif t is not bool and value is not None:
-                if not self.thing(value):
-                    return False
-                self.plain = False
-            if hlc:
-                append(hlc)
-        return True
-
-    def thing(self, value: Any) -> bool:
-        t = type(value)
-        if t is str:
-            if value[:1] != JSON_PREFIX:
-                return True
-            # an encoded object cell must really hold a JSON object or array: TinyBase would
-            # merge the stamp and then fail to decode it on every read, so the set is refused
-            return self.encoded and encode_accepted(value) is not ABSENT
-        if t is int:
-            return fits_js_number(value)
-        if t is bool or value is None:
-            return True
-        if t is float:
-            return value - value == 0
-        if t is dict or t is list:
-            try:
-                _check_json(value)
-            except (TypeError, ValueError, RecursionError):
-                return False
-            return True
-        return False
 
 
 class MergeableStore(Store):
@@ -311,80 +72,13 @@ class MergeableStore(Store):
         return self._hlc_functions.get_client_id()
 
     # ------------------------------------------------------------------ local writes
+    #
+    # One path stamps every local write (set/delete of cells and values): _stamp_local_write,
+    # or for the cells of one row _write_cells with the row's containers found once. Both
+    # stamp through _stamp_local into the containers of _local_cell_stamps and _dirty_row.
 
     def _write_cell(self, table_id: str, row_id: str, cell_id: str, cell: Any) -> None:
-        table = self._tables.get(table_id)
-        row = table.get(row_id) if table is not None else None
-        old = ABSENT if row is None else row.get(cell_id, ABSENT)
-        if old is not ABSENT and old == cell and (type(old) is bool) is (type(cell) is bool):
-            return
-        key = (table_id, row_id, cell_id)
-        changed = self._changed_cells
-        entry = changed.get(key)
-        if self._listening or self._mutating:
-            if self._mutating:
-                self._mutated = True
-            if self._defaulting:
-                self._merge_local_cell(table_id, row_id, cell_id, cell)
-            else:
-                # the direct path: stamp now, hash later (see _settle)
-                hlc = self._next_hlc()
-                undo = self._undo
-                table_stamps = self._tstamp[0]
-                table_stamp = table_stamps.get(table_id)
-                if table_stamp is None:
-                    table_stamp = table_stamps[table_id] = [{}, "", 0]
-                    undo.append((table_stamps, table_id, ABSENT))
-                elif not table_stamp[0] and not table_stamp[2]:
-                    self._uncount_empty_stamp(table_id, table_stamp, None)
-                row_stamps = table_stamp[0]
-                row_stamp = row_stamps.get(row_id)
-                if row_stamp is None:
-                    row_stamp = row_stamps[row_id] = [{}, "", 0]
-                    undo.append((row_stamps, row_id, ABSENT))
-                elif not row_stamp[0] and not row_stamp[2]:
-                    self._uncount_empty_stamp(table_id, table_stamp, row_id)
-                cell_stamps = row_stamp[0]
-                old_stamp = cell_stamps.get(cell_id)
-                if old_stamp is None:
-                    previous_hash: int | None = 0
-                else:
-                    if old_stamp[1] >= hlc:
-                        raise RuntimeError("tinybase:13: the clock is behind a stamp")
-                    previous_hash = old_stamp[2]
-                cell_stamps[cell_id] = (cell, hlc, None)
-                if entry is None:
-                    undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
-                if previous_hash is not None:
-                    dirty = self._dirty_cells
-                    dirty_rows = dirty.get(table_id)
-                    if dirty_rows is None:
-                        dirty_rows = dirty[table_id] = {}
-                        undo.append((dirty, table_id, ABSENT))
-                    dirty_cells = dirty_rows.get(row_id)
-                    if dirty_cells is None:
-                        dirty_cells = dirty_rows[row_id] = {}
-                        undo.append((dirty_rows, row_id, ABSENT))
-                    dirty_cells[cell_id] = previous_hash
-                    undo.append((dirty_cells, cell_id, ABSENT))
-        if table is None:
-            table = self._new_table(table_id)
-        if row is None:
-            row = table[row_id] = {}
-            if self._track_ids:
-                self._row_added(table_id, row_id)
-        if old is ABSENT:
-            counts = self._table_cell_ids[table_id]
-            count = counts.get(cell_id, 0)
-            if count and not self._track_ids:
-                counts[cell_id] = count + 1
-            else:
-                self._cell_id_added(table_id, row_id, cell_id)
-        row[cell_id] = cell
-        if entry is None:
-            changed[key] = [old, cell]
-        else:
-            entry[1] = cell
+        self._write_cells(table_id, row_id, {cell_id: cell})
 
     def _set_cells(self, table_id: str, row_id: str, row: dict[str, Any]) -> None:
         self._write_cells(table_id, row_id, row)
@@ -397,23 +91,19 @@ class MergeableStore(Store):
                 self._delete_cell(table_id, row_id, cell_id)
 
     def _write_cells(self, table_id: str, row_id: str, cells: dict[str, Any]) -> None:
-        """``_write_cell`` for several cells of one row, finding the row's containers once.
+        """Write cells of one row (the path of every set_cell, set_row, set_partial_row,
+        set_table and set_tables), stamping each as :meth:`_stamp_local_write` does.
 
-        Same effects, in the same order, as calling ``_write_cell`` per cell; this is the
-        path set_row, set_partial_row, set_table and set_tables take for every row.
+        The row's stamp and dirty containers are found once for all its cells: a row
+        written by a local transaction is the commonest write there is.
         """
-        if self._defaulting or not (self._listening or self._mutating):
-            write = self._write_cell
-            for cell_id, cell in cells.items():
-                write(table_id, row_id, cell_id, cell)
-            return
-        mutating = self._mutating
         table = self._tables.get(table_id)
         row = table.get(row_id) if table is not None else None
         changed = self._changed_cells
-        undo = self._undo
-        next_hlc = self._next_hlc
         track = self._track_ids
+        stamping = self._listening or self._mutating
+        # (writes from mutator listeners and defaulted ones take the general path)
+        direct = stamping and not (self._mutating or self._defaulting)
         cell_stamps: dict[str, Any] | None = None
         dirty_cells: dict[str, int] | None = None
         counts: dict[str, int] | None = None
@@ -430,48 +120,16 @@ class MergeableStore(Store):
                     continue
             key = (table_id, row_id, cell_id)
             entry = changed.get(key)
-            if mutating:
-                self._mutated = True
-            hlc = next_hlc()
-            if cell_stamps is None:
-                table_stamps = self._tstamp[0]
-                table_stamp = table_stamps.get(table_id)
-                if table_stamp is None:
-                    table_stamp = table_stamps[table_id] = [{}, "", 0]
-                    undo.append((table_stamps, table_id, ABSENT))
-                elif not table_stamp[0] and not table_stamp[2]:
-                    self._uncount_empty_stamp(table_id, table_stamp, None)
-                row_stamps = table_stamp[0]
-                row_stamp = row_stamps.get(row_id)
-                if row_stamp is None:
-                    row_stamp = row_stamps[row_id] = [{}, "", 0]
-                    undo.append((row_stamps, row_id, ABSENT))
-                elif not row_stamp[0] and not row_stamp[2]:
-                    self._uncount_empty_stamp(table_id, table_stamp, row_id)
-                cell_stamps = row_stamp[0]
-            old_stamp = cell_stamps.get(cell_id)
-            if old_stamp is None:
-                previous_hash: int | None = 0
-            else:
-                if old_stamp[1] >= hlc:
-                    raise RuntimeError("tinybase:13: the clock is behind a stamp")
-                previous_hash = old_stamp[2]
-            cell_stamps[cell_id] = (cell, hlc, None)
-            if entry is None:
-                undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
-            if previous_hash is not None:
-                if dirty_cells is None:
-                    dirty = self._dirty_cells
-                    dirty_rows = dirty.get(table_id)
-                    if dirty_rows is None:
-                        dirty_rows = dirty[table_id] = {}
-                        undo.append((dirty, table_id, ABSENT))
-                    dirty_cells = dirty_rows.get(row_id)
+            if direct:
+                if cell_stamps is None:
+                    cell_stamps = self._local_cell_stamps(table_id, row_id)
+                previous_hash = self._stamp_local(cell_stamps, cell_id, cell, entry is None)
+                if previous_hash is not None:
                     if dirty_cells is None:
-                        dirty_cells = dirty_rows[row_id] = {}
-                        undo.append((dirty_rows, row_id, ABSENT))
-                dirty_cells[cell_id] = previous_hash
-                undo.append((dirty_cells, cell_id, ABSENT))
+                        dirty_cells = self._dirty_row(table_id, row_id)
+                    self._mark_dirty(dirty_cells, cell_id, previous_hash)
+            elif stamping:
+                self._stamp_local_write(table_id, row_id, cell_id, cell, entry is None)
             if row is None:
                 if table is None:
                     table = self._new_table(table_id)
@@ -493,71 +151,113 @@ class MergeableStore(Store):
                 entry[1] = cell
 
     def _delete_cell(self, table_id: str, row_id: str, cell_id: str) -> None:
-        table = self._tables.get(table_id)
-        row = table.get(row_id) if table is not None else None
-        if row is None or cell_id not in row:
-            return
-        key = (table_id, row_id, cell_id)
-        entry = self._changed_cells.get(key)
         if self._listening or self._mutating:
-            if self._mutating:
-                self._mutated = True
-            if self._defaulting:
-                self._merge_local_cell(table_id, row_id, cell_id, UNDEFINED)
-            else:
-                self._stamp_local_cell(table_id, row_id, cell_id, UNDEFINED, entry is None)
-        old = self._raw_delete_cell(table_id, row_id, cell_id)
-        if entry is None:
-            self._changed_cells[key] = [old, ABSENT]
-        else:
-            entry[1] = ABSENT
+            table = self._tables.get(table_id)
+            row = table.get(row_id) if table is not None else None
+            if row is not None and cell_id in row:
+                first = (table_id, row_id, cell_id) not in self._changed_cells
+                self._stamp_local_write(table_id, row_id, cell_id, UNDEFINED, first)
+        super()._delete_cell(table_id, row_id, cell_id)
 
-    def _stamp_local_cell(
-        self, table_id: str, row_id: str, cell_id: str, thing: Any, first: bool
+    def _write_value(self, value_id: str, value: Any) -> None:
+        if self._listening or self._mutating:
+            old = self._values.get(value_id, ABSENT)
+            if old is not ABSENT and old == value and (type(old) is bool) is (type(value) is bool):
+                return
+            first = value_id not in self._changed_values
+            self._stamp_local_write(None, "", value_id, value, first)
+        super()._write_value(value_id, value)
+
+    def _delete_value(self, value_id: str) -> None:
+        if (self._listening or self._mutating) and value_id in self._values:
+            first = value_id not in self._changed_values
+            self._stamp_local_write(None, "", value_id, UNDEFINED, first)
+        super()._delete_value(value_id)
+
+    def _stamp_local_write(
+        self, table_id: str | None, row_id: str, thing_id: str, thing: Any, first: bool
     ) -> None:
+        """Stamp a local write of cell ``thing_id`` of a row or, when ``table_id`` is None, of
+        value ``thing_id``: ``thing`` is the stored cell or value (UNDEFINED: deleted).
+
+        Args:
+            first: the first write of this cell or value in the transaction (its old stamp
+                goes to the undo log).
+
+        The stamp is ``(thing, fresh HLC, None)`` and its hash is left to :meth:`_settle`
+        (hashes are only read when peers compare hash trees); a defaulted write is merged
+        as TinyBase merges it (:meth:`_merge_local`).
+        """
+        if self._mutating:
+            self._mutated = True
+        if self._defaulting:
+            self._merge_local(table_id, row_id, thing_id, thing)
+            return
+        stamps = self._vstamp[0] if table_id is None else self._local_cell_stamps(table_id, row_id)
+        previous_hash = self._stamp_local(stamps, thing_id, thing, first)
+        if previous_hash is not None:
+            dirty = self._dirty_values if table_id is None else self._dirty_row(table_id, row_id)
+            self._mark_dirty(dirty, thing_id, previous_hash)
+
+    def _stamp_local(
+        self, stamps: dict[str, Any], thing_id: str, thing: Any, first: bool
+    ) -> int | None:
+        """Replace stamp ``thing_id`` of ``stamps`` by ``(thing, fresh HLC, None)``.
+
+        Returns the hash to note for :meth:`_settle` (the old stamp's, 0 for a new one), or
+        None when the old stamp is not settled yet (already noted). ``first``: log the old
+        stamp for undo. Raises RuntimeError ``tinybase:13`` when the clock is behind it.
+        """
         hlc = self._next_hlc()
-        undo = self._undo
-        table_stamps = self._tstamp[0]
-        table_stamp = table_stamps.get(table_id)
-        if table_stamp is None:
-            table_stamp = table_stamps[table_id] = [{}, "", 0]
-            undo.append((table_stamps, table_id, ABSENT))
-        elif not table_stamp[0] and not table_stamp[2]:
-            self._uncount_empty_stamp(table_id, table_stamp, None)
-        row_stamps = table_stamp[0]
-        row_stamp = row_stamps.get(row_id)
-        if row_stamp is None:
-            row_stamp = row_stamps[row_id] = [{}, "", 0]
-            undo.append((row_stamps, row_id, ABSENT))
-        elif not row_stamp[0] and not row_stamp[2]:
-            self._uncount_empty_stamp(table_id, table_stamp, row_id)
-        cell_stamps = row_stamp[0]
-        old_stamp = cell_stamps.get(cell_id)
+        old_stamp = stamps.get(thing_id)
         if old_stamp is None:
             previous_hash: int | None = 0
         else:
             if old_stamp[1] >= hlc:
                 raise RuntimeError("tinybase:13: the clock is behind a stamp")
             previous_hash = old_stamp[2]
-        cell_stamps[cell_id] = (thing, hlc, None)
+        stamps[thing_id] = (thing, hlc, None)
         if first:
-            undo.append((cell_stamps, cell_id, ABSENT if old_stamp is None else old_stamp))
-        if previous_hash is not None:
-            dirty = self._dirty_cells
-            dirty_rows = dirty.get(table_id)
-            if dirty_rows is None:
-                dirty_rows = dirty[table_id] = {}
-                undo.append((dirty, table_id, ABSENT))
-            dirty_cells = dirty_rows.get(row_id)
-            if dirty_cells is None:
-                dirty_cells = dirty_rows[row_id] = {}
-                undo.append((dirty_rows, row_id, ABSENT))
-            dirty_cells[cell_id] = previous_hash
-            undo.append((dirty_cells, cell_id, ABSENT))
+            self._undo.append((stamps, thing_id, ABSENT if old_stamp is None else old_stamp))
+        return previous_hash
 
-    def _uncount_empty_stamp(
-        self, table_id: str, table_stamp: list[Any], row_id: str | None
-    ) -> None:
+    def _mark_dirty(self, dirty: dict[str, int], thing_id: str, previous_hash: int) -> None:
+        """Note a stamp for :meth:`_settle` with the hash its parent's hash still holds."""
+        dirty[thing_id] = previous_hash
+        self._undo.append((dirty, thing_id, ABSENT))
+
+    def _local_cell_stamps(self, table_id: str, row_id: str) -> dict[str, Any]:
+        """The cell stamps of a row a local write goes into (see :meth:`_local_container`)."""
+        table_stamp = self._local_container(self._tstamp[0], table_id, None)
+        return self._local_container(table_stamp[0], table_id, row_id)[0]
+
+    def _local_container(
+        self, stamps: dict[str, Any], table_id: str, row_id: str | None
+    ) -> list[Any]:
+        """Table stamp ``table_id`` (``row_id`` None) or row stamp ``row_id`` in ``stamps``,
+        made (and logged for undo) when missing; an empty one counted in its parent's hash
+        is taken out of it first (:meth:`_uncount_empty_stamp`)."""
+        id_ = table_id if row_id is None else row_id
+        stamp: list[Any] | None = stamps.get(id_)
+        if stamp is None:
+            stamp = stamps[id_] = [{}, "", 0]
+            self._undo.append((stamps, id_, ABSENT))
+        elif not stamp[0] and not stamp[2]:
+            self._uncount_empty_stamp(table_id, row_id)
+        return stamp
+
+    def _dirty_row(self, table_id: str, row_id: str) -> dict[str, int]:
+        """The dirty cells of a row (:meth:`_settle`), made (and logged for undo) when missing."""
+        return self._logged_dict(self._logged_dict(self._dirty_cells, table_id), row_id)
+
+    def _logged_dict(self, parent: dict[str, Any], key: str) -> dict[str, Any]:
+        child: dict[str, Any] | None = parent.get(key)
+        if child is None:
+            child = parent[key] = {}
+            self._undo.append((parent, key, ABSENT))
+        return child
+
+    def _uncount_empty_stamp(self, table_id: str, row_id: str | None) -> None:
         """Take an empty row (``row_id``) or table (``None``) out of its parent's hash before
         a local write puts its first cell into it.
 
@@ -574,6 +274,7 @@ class MergeableStore(Store):
         if row_id is None:
             root[2] ^= _h(table_id, 0)
             return
+        table_stamp = root[0][table_id]
         old_table_hash = table_stamp[2]
         new_table_hash = old_table_hash ^ _h(row_id, 0)
         undo.append((table_stamp, 2, old_table_hash))
@@ -583,74 +284,15 @@ class MergeableStore(Store):
             _h(table_id, new_table_hash) if new_table_hash else 0
         )
 
-    def _write_value(self, value_id: str, value: Any) -> None:
-        values = self._values
-        old = values.get(value_id, ABSENT)
-        if old is not ABSENT and old == value and (type(old) is bool) is (type(value) is bool):
-            return
-        entry = self._changed_values.get(value_id)
-        if self._listening or self._mutating:
-            if self._mutating:
-                self._mutated = True
-            if self._defaulting:
-                self._merge_local_value(value_id, value)
-            else:
-                self._stamp_local_value(value_id, value, entry is None)
-        values[value_id] = value
-        if old is ABSENT and self._track_ids:
-            self._ids_changed1(self._changed_value_ids, value_id, 1)
-        if entry is None:
-            self._changed_values[value_id] = [old, value]
-        else:
-            entry[1] = value
-
-    def _delete_value(self, value_id: str) -> None:
-        if value_id not in self._values:
-            return
-        entry = self._changed_values.get(value_id)
-        if self._listening or self._mutating:
-            if self._mutating:
-                self._mutated = True
-            if self._defaulting:
-                self._merge_local_value(value_id, UNDEFINED)
-            else:
-                self._stamp_local_value(value_id, UNDEFINED, entry is None)
-        old = self._values.pop(value_id)
-        if self._track_ids:
-            self._ids_changed1(self._changed_value_ids, value_id, -1)
-        if entry is None:
-            self._changed_values[value_id] = [old, ABSENT]
-        else:
-            entry[1] = ABSENT
-
-    def _stamp_local_value(self, value_id: str, thing: Any, first: bool) -> None:
-        hlc = self._next_hlc()
-        undo = self._undo
-        value_stamps = self._vstamp[0]
-        old_stamp = value_stamps.get(value_id)
-        if old_stamp is None:
-            previous_hash: int | None = 0
-        else:
-            if old_stamp[1] >= hlc:
-                raise RuntimeError("tinybase:13: the clock is behind a stamp")
-            previous_hash = old_stamp[2]
-        value_stamps[value_id] = (thing, hlc, None)
-        if first:
-            undo.append((value_stamps, value_id, ABSENT if old_stamp is None else old_stamp))
-        if previous_hash is not None:
-            self._dirty_values[value_id] = previous_hash
-            undo.append((self._dirty_values, value_id, ABSENT))
-
-    def _merge_local_cell(self, table_id: str, row_id: str, cell_id: str, thing: Any) -> None:
-        """A defaulted write (set_default_content): TinyBase merges it with an empty HLC."""
+    def _merge_local(self, table_id: str | None, row_id: str, thing_id: str, thing: Any) -> None:
+        """A defaulted write (set_default_content) of a cell or value (``table_id`` None), as
+        :meth:`_stamp_local_write` takes them: TinyBase merges it with an empty HLC."""
         self._settle()
-        self._merge([[{table_id: [{row_id: [{cell_id: [thing, ""]}]}]}], [{}], 1], False)
-
-    def _merge_local_value(self, value_id: str, thing: Any) -> None:
-        self._settle()
-        self._merge([[{}], [{value_id: [thing, ""]}], 1], False)
-
-    # ------------------------------------------------------------------ lazy hashes
+        stamp = {thing_id: [thing, ""]}
+        if table_id is None:
+            self._merge([[{}], [stamp], 1], False)
+        else:
+            self._merge([[{table_id: [{row_id: [stamp]}]}], [{}], 1], False)
 
     def _settle(self) -> None:
         """Fold the hashes of written and merged cells and values into their parents' hashes."""
@@ -704,7 +346,7 @@ class MergeableStore(Store):
         checked = type(data) is CheckedChanges and encoded and not is_content
         if checked and prechecked(data, max_time):
             return True, len(data.hlcs), True
-        validator = _Validator(max_time, is_content, encoded)
+        validator = Validator(max_time, is_content, encoded)
         try:
             valid = validator.checked(data) if checked else validator.mergeable(data)
         except RecursionError:

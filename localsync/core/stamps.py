@@ -13,10 +13,10 @@ from typing import Any, Final
 
 from fnv_hash_fast import fnv1a_32
 
+from localsync.core.codec import SAFE_INT_LIMIT as _BIG_INT
+from localsync.core.hash import MAX_HASH as MASK
+from localsync.core.hash import get_hash as _hlc_hash
 from localsync.core.hash import get_value_hash, to_utf8
-
-MASK: Final = 0xFFFFFFFF
-_BIG_INT: Final = 2**53
 
 # H(id:0) is needed for every new cell and value (TinyBase's legacy term); ids repeat a lot.
 _H0: Final[dict[str, int]] = {}
@@ -36,13 +36,6 @@ def in_parent_hash(id_: str, hash_: int) -> int:
     if hash_ == 0 and len(_H0) < 65536:
         _H0[id_] = result
     return result
-
-
-def _hlc_hash(hlc: str) -> int:
-    try:
-        return fnv1a_32(hlc.encode())
-    except UnicodeEncodeError:
-        return fnv1a_32(to_utf8(hlc))
 
 
 def replace_hlc_hash(old_hlc: str, new_hlc: str) -> int:

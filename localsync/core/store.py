@@ -45,7 +45,14 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, Literal, NoReturn
 
-from localsync.core.codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
+from localsync.core.codec import (
+    JSON_PREFIX,
+    SAFE_FLOAT_LIMIT,
+    SAFE_INT_LIMIT,
+    UNDEFINED,
+    js_number,
+    js_stringify,
+)
 
 __all__ = ["Store", "create_store"]
 
@@ -204,8 +211,8 @@ def encode_cell(value: Any, what: str = "cell") -> Any:
     raise TypeError(f"a {what} must be str, int, float, bool, None, dict or list, not {t.__name__}")
 
 
-_BIG: Final = float(2**53)
-_BIG_INT: Final = 2**53
+_BIG: Final = SAFE_FLOAT_LIMIT
+_BIG_INT: Final = SAFE_INT_LIMIT
 _HUGE: Final = 1e21
 
 

@@ -25,7 +25,13 @@ import math
 from typing import Any
 
 from localsync.core.codec import decode_if_json, encode_if_json, is_encoded_json
-from localsync.core.hash import get_hash, get_table_hash, get_value_hash, get_values_hash
+from localsync.core.hash import (
+    MAX_HASH,
+    get_hash,
+    get_table_hash,
+    get_value_hash,
+    get_values_hash,
+)
 from localsync.core.hlc import is_hlc
 
 __all__ = ["HashesRepaired", "recompute_hashes"]
@@ -48,7 +54,7 @@ class HashesRepaired(Exception):
         )
 
 
-_MAX_HASH = 0xFFFFFFFF
+_MAX_HASH = MAX_HASH
 
 
 class _Malformed(Exception):

@@ -43,14 +43,32 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from localsync.core.checked_changes import CheckedChanges
-from localsync.core.codec import JSON_PREFIX, UNDEFINED, get_unique_id, only_hlc_chars
-from localsync.core.mergeable_store import _STAMP_OVERHEAD
+from localsync.core.codec import STAMP_OVERHEAD as _STAMP_OVERHEAD
+from localsync.core.codec import get_unique_id
+from localsync.core.validation import ARRAY as _ARRAY
+from localsync.core.validation import (
+    CELL_DIFF,
+    CONTENT_DIFF,
+    CONTENT_HASHES,
+    GET_CONTENT_HASHES,
+    RESPONSE,
+    ROW_DIFF,
+    TABLE_DIFF,
+    VALUE_DIFF,
+    Gathered,
+    check_content_diff,
+    check_response,
+    is_protocol_message_valid,
+)
+from localsync.core.validation import gathered_stamps as _gathered_stamps
+from localsync.core.validation import is_content_hashes as _is_content_hashes
+from localsync.core.validation import is_request_id as _is_request_id
+from localsync.core.validation import is_stamp as _is_stamp
 from localsync.sync.persister import TinyBaseError
 
 __all__ = [
@@ -75,15 +93,6 @@ __all__ = [
     "is_protocol_message_valid",
 ]
 
-RESPONSE: Final = 0
-GET_CONTENT_HASHES: Final = 1
-CONTENT_HASHES: Final = 2
-CONTENT_DIFF: Final = 3
-TABLE_DIFF: Final = 4
-ROW_DIFF: Final = 5
-CELL_DIFF: Final = 6
-VALUE_DIFF: Final = 7
-
 Message = {
     "Response": RESPONSE,
     "GetContentHashes": GET_CONTENT_HASHES,
@@ -102,10 +111,6 @@ ERROR_SYNC_RESPONSE = 3
 ERROR_SYNC_MESSAGE: Final = 14
 ERROR_SYNC_OVERFLOW = 15
 
-_HLC: Final = re.compile(r"[-0-9A-Z_a-z]{16}")
-_MAX_HASH = 4294967295
-_ARRAY: Final = (list, tuple)
-
 
 class Outgoing(NamedTuple):
     """One message to send: ``to`` is ``None`` for a broadcast."""
@@ -114,258 +119,6 @@ class Outgoing(NamedTuple):
     request_id: str | None
     message: int
     body: Any
-
-
-# -- validation (TinyBase 10's isProtocolMessageValid) -------------------------------------------
-
-
-def _is_number(thing: Any) -> bool:
-    return type(thing) is int or type(thing) is float
-
-
-def _is_hash(thing: Any) -> bool:
-    if type(thing) is int:
-        return 0 <= thing <= _MAX_HASH
-    if type(thing) is float:
-        return math.isfinite(thing) and thing.is_integer() and 0 <= thing <= _MAX_HASH
-    return False
-
-
-def _is_hash_tree(tree: Any, depth: int) -> bool:
-    if type(tree) is not dict:
-        return False
-    for key, child in tree.items():
-        if type(key) is not str:
-            return False
-        if depth:
-            if not _is_hash_tree(child, depth - 1):
-                return False
-        elif not _is_hash(child):
-            return False
-    return True
-
-
-def _is_cell_or_value_or_undefined(thing: Any) -> bool:
-    kind = type(thing)
-    if kind is str or kind is bool or thing is None or kind is list or kind is dict:
-        return True
-    if kind is int:
-        return abs(thing) < 2**1024
-    if kind is float:
-        return math.isfinite(thing)
-    return kind is tuple
-
-
-def _is_stamp(
-    stamp: Any,
-    depth: int,
-    hlcs: list[str] | None = None,
-    special: list[Any] | None = None,
-) -> bool:
-    """TinyBase's isStamp check, nested ``depth`` levels; with ``hlcs``/``special`` lists it
-    also gathers what a store needs to finish validating (see :func:`check_content_diff`)."""
-    if not isinstance(stamp, _ARRAY):
-        return False
-    length = len(stamp)
-    if length == 2:
-        hlc = stamp[1]
-        if type(hlc) is not str:
-            return False
-        if hlc:
-            if hlcs is None:
-                if not _HLC.fullmatch(hlc):
-                    return False
-            elif len(hlc) == 16:
-                hlcs.append(hlc)  # (its alphabet is checked with all the others at the end)
-            else:
-                return False
-    elif length != 1:
-        return False
-    thing = stamp[0]
-    if depth == 1:
-        return type(thing) is dict and _is_leaf_stamp_map(thing, hlcs, special)
-    if depth:
-        if type(thing) is not dict:
-            return False
-        for key, child in thing.items():
-            if type(key) is not str or not _is_stamp(child, depth - 1, hlcs, special):
-                return False
-        return True
-    return _is_cell_or_value_or_undefined(thing)
-
-
-_MAX_INT: Final = 2**1024
-_BIG_INT: Final = 2**53
-_BIG_FLOAT: Final = float(2**53)
-
-
-def _is_leaf_stamp_map(
-    things: dict[Any, Any], gathered: list[str] | None = None, special: list[Any] | None = None
-) -> bool:
-    """``_is_stamp(child, 0)`` for every child, inlined: rows and values are most of a body.
-
-    HLCs are checked for length one by one and for their alphabet all at once (one check of
-    their concatenation): a regex call per stamp was a third of the check's cost.
-    With ``gathered``/``special`` the HLCs and the values a store must look at again are
-    collected too (the caller then checks the HLCs' alphabet once for the whole body).
-    """
-    hlcs: list[str] = [] if gathered is None else gathered
-    gather = special is not None
-    for key, stamp in things.items():
-        kind = type(stamp)
-        if type(key) is not str or (kind is not list and kind is not tuple):
-            return False
-        length = len(stamp)
-        if length == 2:
-            hlc = stamp[1]
-            if type(hlc) is not str:
-                return False
-            if hlc:
-                if len(hlc) != 16:
-                    return False
-                hlcs.append(hlc)
-        elif length != 1:
-            return False
-        value = stamp[0]
-        kind = type(value)
-        if kind is str:
-            if gather and value[:1] == JSON_PREFIX:
-                special.append(value)  # type: ignore[union-attr]
-        elif kind is int:
-            if not -_MAX_INT < value < _MAX_INT:
-                return False
-            if gather and not -_BIG_INT <= value <= _BIG_INT:
-                special.append(value)  # type: ignore[union-attr]
-        elif kind is bool or value is None:
-            pass
-        elif kind is float:
-            if not math.isfinite(value):
-                return False
-            if gather and not -_BIG_FLOAT < value < _BIG_FLOAT:
-                special.append(value)  # type: ignore[union-attr]
-        elif kind is dict or kind is list or kind is tuple:
-            if gather:
-                special.append(value)  # type: ignore[union-attr]
-        else:
-            return False
-    if gathered is not None:
-        return True
-    return not hlcs or only_hlc_chars("".join(hlcs))
-
-
-def check_content_diff(body: Any) -> CheckedChanges | None:
-    """TinyBase's check of a ContentDiff body, gathering what the store's own check needs.
-
-    A received ContentDiff was walked twice: once here (TinyBase's message check) and once
-    by the store before merging (TinyBase's validateMergeable). The second walk repeats the
-    first except for a few facts, gathered here on the way: every HLC (for the 5-minute
-    future limit), the values a store must look at again (object cells, ``"\ufffd"``
-    strings, numbers beyond 2**53) and the number of leaves. Returns the body as
-    :class:`~localsync.core.mergeable_store.CheckedChanges` carrying those, or None when the body
-    is not a valid ContentDiff (the same verdict as ``is_protocol_message_valid``).
-    """
-    if not (
-        isinstance(body, _ARRAY)
-        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
-    ):
-        return None
-    gathered = _gathered_stamps((body[0], 3), (body[1], 1))
-    if gathered is None:
-        return None
-    checked = CheckedChanges(body)
-    checked.hlcs, checked.special = gathered
-    return checked
-
-
-Gathered = tuple[list[str], list[Any]]  # (every HLC, the values a store must look at again)
-
-
-def _gathered_stamps(*stamps: tuple[Any, int]) -> Gathered | None:
-    """``_is_stamp(stamp, depth)`` of every (stamp, depth), also gathering for the store;
-    None when one is invalid."""
-    hlcs: list[str] = []
-    special: list[Any] = []
-    for stamp, depth in stamps:
-        if not _is_stamp(stamp, depth, hlcs, special):
-            return None
-    # every HLC gathered was checked for length; their alphabet is checked here at once
-    if hlcs and not only_hlc_chars("".join(hlcs)):
-        return None
-    return hlcs, special
-
-
-def check_response(body: Any) -> tuple[bool, Gathered | None]:
-    """``_is_response(body)`` (same alternatives, same order, same verdict), plus what the
-    store needs when the body is a diff pair ``[tables stamp, hash tree]``, the shape a
-    joiner's table diff arrives in (see :func:`check_content_diff` for why)."""
-    if _is_content_hashes(body):
-        return True, None
-    if _is_stamp(body, 3) or _is_stamp(body, 1):
-        return True, None
-    if (
-        isinstance(body, _ARRAY)
-        and len(body) == 2
-        and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
-    ):
-        gathered = _gathered_stamps((body[0], 3))
-        return gathered is not None, gathered
-    return False, None
-
-
-def _is_content_hashes(body: Any) -> bool:
-    return isinstance(body, _ARRAY) and len(body) == 2 and _is_hash(body[0]) and _is_hash(body[1])
-
-
-def _is_mergeable_content_or_changes(body: Any) -> bool:
-    return (
-        isinstance(body, _ARRAY)
-        and (len(body) == 2 or (len(body) == 3 and _is_number(body[2]) and body[2] == 1))
-        and _is_stamp(body[0], 3)
-        and _is_stamp(body[1], 1)
-    )
-
-
-def _is_response(body: Any) -> bool:
-    return (
-        _is_content_hashes(body)
-        or _is_stamp(body, 3)
-        or _is_stamp(body, 1)
-        or (
-            isinstance(body, _ARRAY)
-            and len(body) == 2
-            and _is_stamp(body[0], 3)
-            and (_is_hash_tree(body[1], 0) or _is_hash_tree(body[1], 1))
-        )
-    )
-
-
-_BODY_CHECKS: dict[int, Callable[[Any], bool]] = {
-    RESPONSE: _is_response,
-    GET_CONTENT_HASHES: lambda body: body == "" and type(body) is str,
-    CONTENT_HASHES: _is_content_hashes,
-    CONTENT_DIFF: _is_mergeable_content_or_changes,
-    TABLE_DIFF: lambda body: _is_hash_tree(body, 0),
-    ROW_DIFF: lambda body: _is_hash_tree(body, 1),
-    CELL_DIFF: lambda body: _is_hash_tree(body, 2),
-    VALUE_DIFF: lambda body: _is_hash_tree(body, 0),
-}
-
-
-def _is_request_id(request_id: Any) -> bool:
-    return request_id is None or (type(request_id) is str and request_id != UNDEFINED)
-
-
-def is_protocol_message_valid(request_id: Any, message: Any, body: Any) -> bool:
-    """TinyBase 10's check of every received message (request id, number, body shape)."""
-    if not _is_request_id(request_id):
-        return False
-    if type(message) is float:
-        if not math.isfinite(message) or not message.is_integer():
-            return False
-    elif type(message) is not int:  # (no math.isfinite on ints: past float range it raises)
-        return False
-    check = _BODY_CHECKS.get(int(message))
-    return check is not None and check(body)
 
 
 # -- stamps -------------------------------------------------------------------------------------

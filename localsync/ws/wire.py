@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from localsync.core.codec import get_unique_id, js_stringify
+from localsync.core.codec import ALPHABET_PATTERN, get_unique_id, js_stringify
 from localsync.sync.engine import is_protocol_message_valid
 
 __all__ = [
@@ -72,8 +72,8 @@ CLOSE_OVERFLOW = 1013
 ERROR_MESSAGE = "tinybase:14"
 ERROR_OVERFLOW = "tinybase:15"
 
-_FRAGMENT = re.compile(r"([-0-9A-Z_a-z]{16})\n([0-9]+)\n([0-9]+)\n(.*)", re.DOTALL)
-_FRAGMENT_PAYLOAD = re.compile(r"[^\n]*\n[-0-9A-Z_a-z]{16}\n[0-9]+\n[0-9]+\n")
+_FRAGMENT = re.compile(rf"({ALPHABET_PATTERN}{{16}})\n([0-9]+)\n([0-9]+)\n(.*)", re.DOTALL)
+_FRAGMENT_PAYLOAD = re.compile(rf"[^\n]*\n{ALPHABET_PATTERN}{{16}}\n[0-9]+\n[0-9]+\n")
 _INFINITY = math.inf
 
 

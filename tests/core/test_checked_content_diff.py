@@ -14,19 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localsync import create_mergeable_store
+from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import JSON_PREFIX, UNDEFINED
 from localsync.core.hlc import encode_hlc_parts
-from localsync.core.mergeable_store import CheckedChanges
-from localsync.sync.engine import (
+from localsync.core.validation import (
     CONTENT_DIFF,
     RESPONSE,
     TABLE_DIFF,
     VALUE_DIFF,
-    SyncEngine,
     check_content_diff,
     check_response,
     is_protocol_message_valid,
 )
+from localsync.sync.engine import SyncEngine
 
 NOW = 1_700_000_000_000
 

@@ -22,7 +22,7 @@ import pytest
 from localsync import UNDEFINED, create_mergeable_store
 from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, encode_hlc_parts
 from localsync.core.merge import prechecked
-from localsync.sync.engine import check_content_diff
+from localsync.core.validation import check_content_diff
 from tests.core import oracle
 
 TABLES = ["t1", "t2", "0"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from localsync.sync.engine import SyncEngine, is_protocol_message_valid
+from localsync.core.validation import is_protocol_message_valid
+from localsync.sync.engine import SyncEngine
 
 CASES = [
     case
