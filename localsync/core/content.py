@@ -21,6 +21,7 @@ __all__ = [
     "decode",
     "encode_accepted",
     "encode_cell",
+    "encode_changes",
     "fits_js_number",
     "identity",
     "js_ordered",
@@ -275,6 +276,46 @@ def _check_content(content: Any) -> tuple[Any, Any]:
     if type(content) not in (list, tuple) or len(content) != 2:
         raise TypeError("content must be a [tables, values] pair")
     return content[0], content[1]
+
+
+def encode_changes(changes: Any) -> tuple[list[tuple[Any, ...]], list[tuple[str, Any]]]:
+    """Validate TinyBase changes ``[tables, values, 1]`` and return the steps to apply them.
+
+    Returns ``(steps, value_steps)``: ``(table_id,)`` deletes a table, ``(table_id, row_id)`` a
+    row, ``(table_id, row_id, cell_id, cell)`` writes a cell in stored form or deletes it (cell
+    ABSENT); ``(value_id, value)`` likewise. UNDEFINED (or None for a table or row) deletes.
+
+    Raises:
+        TypeError, ValueError: as ``encode_cell`` and ``_check_id``, for any part of changes.
+    """
+    if type(changes) not in (list, tuple) or len(changes) < 2:
+        raise TypeError("changes must be [tables, values, 1]")
+    tables, values = changes[0], changes[1]
+    _check_dict(tables, "changed tables")
+    _check_dict(values, "changed values")
+    steps: list[tuple[Any, ...]] = []
+    for t, table in tables.items():
+        _check_id(t, "table id")
+        if table is None or table == UNDEFINED:
+            steps.append((t,))
+            continue
+        _check_dict(table, "a changed table")
+        for r, row in table.items():
+            _check_id(r, "row id")
+            if row is None or row == UNDEFINED:
+                steps.append((t, r))
+                continue
+            _check_dict(row, "a changed row")
+            for c, cell in row.items():
+                _check_id(c, "cell id")
+                steps.append((t, r, c, ABSENT if cell == UNDEFINED else encode_cell(cell)))
+    for v in values:
+        _check_id(v, "value id")
+    value_steps = [
+        (v, ABSENT if value == UNDEFINED else encode_cell(value, "value"))
+        for v, value in values.items()
+    ]
+    return steps, value_steps
 
 
 def accept_content(tables: Any, values: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from localsync.core.changes import Derived, derive_changes
 from localsync.core.content import ABSENT, public, same_or_absent
@@ -20,7 +21,7 @@ from localsync.core.content import ABSENT, public, same_or_absent
 if TYPE_CHECKING:
     from localsync.core.store import Store
 
-__all__ = ["Listener", "Listeners"]
+__all__ = ["Listener", "ListenerApi", "Listeners"]
 
 Listener = Callable[..., Any]
 #: a path of ids (``None``: any id) -> {listener id: listener}
@@ -335,6 +336,169 @@ class Listeners:
         if self.registries[has_kind][index]:
             for id_, delta in snapshot.items():
                 self.call(store, has_kind, index, (*parent_ids, id_), delta == 1)
+
+
+class ListenerApi:
+    """The listener methods of a Store (its base class), and the store's lock.
+
+    A data listener is called as ``listener(store, *ids, ...)``, with the arguments of
+    TinyBase's listener of that kind; an id given as None listens to every id. A ``mutator``
+    listener is called before the transaction finishes and may write; the others after it,
+    and their writes are ignored. ``get_cell_change(table_id, row_id, cell_id)`` and
+    ``get_value_change(value_id)`` return ``[changed, old, new]``; ``get_id_changes()`` returns
+    ``{id: 1 (added) or -1 (removed)}``. Each ``add_*`` method returns the listener id for
+    ``del_listener``, and raises ``TypeError`` for a listener that is not callable or an id
+    that is neither a str nor None.
+    """
+
+    def __init__(self) -> None:
+        #: held for the whole of every transaction, listeners included (re-entrant)
+        self.lock = threading.RLock()
+        self._listeners = Listeners()
+
+    def _add_listener(
+        self, kind: str, ids: tuple[object, ...], listener: Listener, mutator: bool
+    ) -> str:
+        with self.lock:
+            return self._listeners.add(kind, ids, listener, mutator)
+
+    def _add_transaction_listener(self, kind: str, listener: Listener) -> str:
+        with self.lock:
+            return self._listeners.add_transaction(kind, listener)
+
+    def del_listener(self, listener_id: str) -> Self:
+        """Remove a listener; an unknown id is ignored."""
+        with self.lock:
+            self._listeners.delete(listener_id)
+        return self
+
+    def get_listener_stats(self) -> dict[str, int]:
+        """The number of listeners per kind, and ``"transaction"`` (TinyBase's getListenerStats)."""
+        return self._listeners.stats()
+
+    def add_has_tables_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, has_now)`` when the store gets its first table or loses its last."""
+        return self._add_listener("has_tables", (), listener, mutator)
+
+    def add_tables_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, get_cell_change)`` when any cell changes."""
+        return self._add_listener("tables", (), listener, mutator)
+
+    def add_table_ids_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, get_id_changes)`` when tables are added or removed."""
+        return self._add_listener("table_ids", (), listener, mutator)
+
+    def add_has_table_listener(
+        self, table_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, has_now)`` when the table appears or disappears."""
+        return self._add_listener("has_table", (table_id,), listener, mutator)
+
+    def add_table_listener(
+        self, table_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, get_cell_change)`` when a cell of the table changes."""
+        return self._add_listener("table", (table_id,), listener, mutator)
+
+    def add_table_cell_ids_listener(
+        self, table_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, get_id_changes)`` when its cell ids change."""
+        return self._add_listener("table_cell_ids", (table_id,), listener, mutator)
+
+    def add_has_table_cell_listener(
+        self, table_id: object, cell_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, cell_id, has_now)`` when the id comes or goes."""
+        return self._add_listener("has_table_cell", (table_id, cell_id), listener, mutator)
+
+    def add_row_count_listener(
+        self, table_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, count)`` when the table's row count changes."""
+        return self._add_listener("row_count", (table_id,), listener, mutator)
+
+    def add_row_ids_listener(
+        self, table_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, get_id_changes)`` when its row ids change."""
+        return self._add_listener("row_ids", (table_id,), listener, mutator)
+
+    def add_has_row_listener(
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, row_id, has_now)`` when the row appears or disappears."""
+        return self._add_listener("has_row", (table_id, row_id), listener, mutator)
+
+    def add_row_listener(
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, row_id, get_cell_change)`` when a cell of the row changes."""
+        return self._add_listener("row", (table_id, row_id), listener, mutator)
+
+    def add_cell_ids_listener(
+        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, table_id, row_id, get_id_changes)`` when its cell ids change."""
+        return self._add_listener("cell_ids", (table_id, row_id), listener, mutator)
+
+    def add_has_cell_listener(
+        self,
+        table_id: object,
+        row_id: object,
+        cell_id: object,
+        listener: Listener,
+        mutator: bool = False,
+    ) -> str:
+        """``listener(store, table_id, row_id, cell_id, has_now)`` when the cell comes or goes."""
+        return self._add_listener("has_cell", (table_id, row_id, cell_id), listener, mutator)
+
+    def add_cell_listener(
+        self,
+        table_id: object,
+        row_id: object,
+        cell_id: object,
+        listener: Listener,
+        mutator: bool = False,
+    ) -> str:
+        """``listener(store, table_id, row_id, cell_id, new, old, get_cell_change)``."""
+        return self._add_listener("cell", (table_id, row_id, cell_id), listener, mutator)
+
+    def add_has_values_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, has_now)`` when the store gets its first value or loses its last."""
+        return self._add_listener("has_values", (), listener, mutator)
+
+    def add_values_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, get_value_change)`` when any value changes."""
+        return self._add_listener("values", (), listener, mutator)
+
+    def add_value_ids_listener(self, listener: Listener, mutator: bool = False) -> str:
+        """``listener(store, get_id_changes)`` when values are added or removed."""
+        return self._add_listener("value_ids", (), listener, mutator)
+
+    def add_has_value_listener(
+        self, value_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, value_id, has_now)`` when the value appears or disappears."""
+        return self._add_listener("has_value", (value_id,), listener, mutator)
+
+    def add_value_listener(
+        self, value_id: object, listener: Listener, mutator: bool = False
+    ) -> str:
+        """``listener(store, value_id, new, old, get_value_change)`` when the value changes."""
+        return self._add_listener("value", (value_id,), listener, mutator)
+
+    def add_start_transaction_listener(self, listener: Listener) -> str:
+        """``listener(store)`` when a transaction starts."""
+        return self._add_transaction_listener("start", listener)
+
+    def add_will_finish_transaction_listener(self, listener: Listener) -> str:
+        """``listener(store)`` before a transaction finishes (after the mutators)."""
+        return self._add_transaction_listener("will_finish", listener)
+
+    def add_did_finish_transaction_listener(self, listener: Listener) -> str:
+        """``listener(store)`` after every transaction, including changes applied from peers."""
+        return self._add_transaction_listener("did_finish", listener)
 
 
 def _tracked_ids(store: Store, derived: Derived) -> None:

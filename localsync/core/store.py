@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -34,8 +33,6 @@ from localsync.core.content import (
     ABSENT,
     _bad_ids,
     _check_content,
-    _check_dict,
-    _check_id,
     _encode_row,
     _encode_table,
     _encode_tables,
@@ -44,6 +41,7 @@ from localsync.core.content import (
     accept_content,
     decode,
     encode_cell,
+    encode_changes,
     identity,
     public,
 )
@@ -51,8 +49,7 @@ from localsync.core.content import _check_json as _check_json
 from localsync.core.content import encode_accepted as encode_accepted
 from localsync.core.content import fits_js_number as fits_js_number
 from localsync.core.content import js_ordered as js_ordered
-from localsync.core.content import same_cell as same_cell
-from localsync.core.listeners import Listener, Listeners
+from localsync.core.listeners import ListenerApi
 
 __all__ = ["Store", "create_store"]
 
@@ -61,11 +58,11 @@ _MAX_POOL: Final = 1000
 _BIG: Final = float(2**53)
 
 
-class Store:
+class Store(ListenerApi):
     """A TinyBase Store. Create one with :func:`create_store`."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        super().__init__()
         self._tables: dict[str, dict[str, dict[str, Any]]] = {}
         self._values: dict[str, Any] = {}
         self._table_cell_ids: dict[str, dict[str, int]] = {}
@@ -86,7 +83,6 @@ class Store:
         self._changed_row_count: dict[str, int] = {}
         self._changed_cell_ids: dict[str, dict[str, dict[str, int]]] = {}
         self._changed_value_ids: dict[str, int] = {}
-        self._listeners = Listeners()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} tables={len(self._tables)} values={len(self._values)}>"
@@ -113,10 +109,7 @@ class Store:
 
     def get_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         with self.lock:
-            return {
-                t: {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
-                for t, table in self._tables.items()
-            }
+            return {t: _decoded_table(table) for t, table in self._tables.items()}
 
     def get_table_ids(self) -> list[str]:
         return list(self._tables)
@@ -125,10 +118,7 @@ class Store:
         if type(table_id) is not str:
             _bad_ids(("table id", table_id))
         with self.lock:
-            table = self._tables.get(table_id)
-            if table is None:
-                return {}
-            return {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
+            return _decoded_table(self._tables.get(table_id, {}))
 
     def get_table_cell_ids(self, table_id: object) -> list[str]:
         if type(table_id) is not str:
@@ -254,14 +244,17 @@ class Store:
         return self
 
     def _apply_content(self, tables: dict[str, Any], values: dict[str, Any]) -> None:
-        if tables:
-            self._match_tables(tables)
-        else:
-            self._delete_all_tables()
+        self._apply_tables(tables)
         if values:
             self._match_values(values)
         else:
             self._delete_all_values()
+
+    def _apply_tables(self, tables: dict[str, Any]) -> None:
+        if tables:
+            self._match_tables(tables)
+        else:
+            self._delete_all_tables()
 
     def set_json(self, json_text: str) -> Store:
         """TinyBase's setJson: ``[tables, values]`` (or just tables) in stored form."""
@@ -272,11 +265,7 @@ class Store:
         if type(parsed) is list and len(parsed) == 2:
             self._txn(self._apply_content, *accept_content(parsed[0], parsed[1]))
         elif type(parsed) is dict:
-            accepted_tables = accept_content(parsed, {})[0]
-            if accepted_tables:
-                self._txn(self._match_tables, accepted_tables)
-            else:
-                self._txn(self._delete_all_tables)
+            self._txn(self._apply_tables, accept_content(parsed, {})[0])
         else:
             raise ValueError("JSON must be [tables, values] or tables")
         return self
@@ -389,34 +378,7 @@ class Store:
     def apply_changes(self, changes: Any) -> Store:
         """TinyBase's applyChanges: ``[tables, values, 1]``, UNDEFINED (or None for a table or
         row) deleting."""
-        if type(changes) not in (list, tuple) or len(changes) < 2:
-            raise TypeError("changes must be [tables, values, 1]")
-        tables, values = changes[0], changes[1]
-        _check_dict(tables, "changed tables")
-        _check_dict(values, "changed values")
-        plan: list[tuple[Any, ...]] = []
-        for t, table in tables.items():
-            _check_id(t, "table id")
-            if table is None or table == UNDEFINED:
-                plan.append((t,))
-                continue
-            _check_dict(table, "a changed table")
-            for r, row in table.items():
-                _check_id(r, "row id")
-                if row is None or row == UNDEFINED:
-                    plan.append((t, r))
-                    continue
-                _check_dict(row, "a changed row")
-                for c, cell in row.items():
-                    _check_id(c, "cell id")
-                    plan.append((t, r, c, ABSENT if cell == UNDEFINED else encode_cell(cell)))
-        for v in values:
-            _check_id(v, "value id")
-        value_plan = [
-            (v, ABSENT if value == UNDEFINED else encode_cell(value, "value"))
-            for v, value in values.items()
-        ]
-        self._txn(self._apply_plan, plan, value_plan)
+        self._txn(self._apply_plan, *encode_changes(changes))
         return self
 
     def _apply_plan(self, plan: list[tuple[Any, ...]], value_plan: list[tuple[str, Any]]) -> None:
@@ -486,18 +448,14 @@ class Store:
                 self._delete_row(table_id, row_id)
 
     def _match_row(self, table_id: str, row_id: str, row: dict[str, Any]) -> None:
-        write = self._write_cell
-        for cell_id, cell in row.items():
-            write(table_id, row_id, cell_id, cell)
+        self._set_cells(table_id, row_id, row)
         existing = self._tables[table_id][row_id]
         if len(existing) != len(row):
             for cell_id in [c for c in existing if c not in row]:
                 self._delete_cell(table_id, row_id, cell_id)
 
     def _match_values(self, values: dict[str, Any]) -> None:
-        write = self._write_value
-        for value_id, value in values.items():
-            write(value_id, value)
+        self._set_values(values)
         if len(self._values) != len(values):
             for value_id in [v for v in self._values if v not in values]:
                 self._delete_value(value_id)
@@ -877,136 +835,6 @@ class Store:
         entry = self._changed_values.get(value_id)
         return _change(entry, self._values.get(value_id, ABSENT) if entry is None else ABSENT)
 
-    # -------------------------------------------------------------------------- listeners
-    # ``listener(store, *ids, ...)`` with the arguments of TinyBase's listener of that kind;
-    # an id of None listens to every id; a ``mutator`` runs before the transaction finishes
-    # and may write. Each returns the listener id for ``del_listener``.
-
-    def _add_listener(
-        self, kind: str, ids: tuple[object, ...], listener: Listener, mutator: bool
-    ) -> str:
-        with self.lock:
-            return self._listeners.add(kind, ids, listener, mutator)
-
-    def _add_transaction_listener(self, kind: str, listener: Listener) -> str:
-        with self.lock:
-            return self._listeners.add_transaction(kind, listener)
-
-    def del_listener(self, listener_id: str) -> Store:
-        """Remove a listener; an unknown id is ignored."""
-        with self.lock:
-            self._listeners.delete(listener_id)
-        return self
-
-    def get_listener_stats(self) -> dict[str, int]:
-        """The number of listeners per kind, and ``"transaction"`` (TinyBase's getListenerStats)."""
-        return self._listeners.stats()
-
-    def add_has_tables_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("has_tables", (), listener, mutator)
-
-    def add_tables_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("tables", (), listener, mutator)
-
-    def add_table_ids_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("table_ids", (), listener, mutator)
-
-    def add_has_table_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("has_table", (table_id,), listener, mutator)
-
-    def add_table_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("table", (table_id,), listener, mutator)
-
-    def add_table_cell_ids_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("table_cell_ids", (table_id,), listener, mutator)
-
-    def add_has_table_cell_listener(
-        self, table_id: object, cell_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("has_table_cell", (table_id, cell_id), listener, mutator)
-
-    def add_row_count_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("row_count", (table_id,), listener, mutator)
-
-    def add_row_ids_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("row_ids", (table_id,), listener, mutator)
-
-    def add_has_row_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("has_row", (table_id, row_id), listener, mutator)
-
-    def add_row_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("row", (table_id, row_id), listener, mutator)
-
-    def add_cell_ids_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("cell_ids", (table_id, row_id), listener, mutator)
-
-    def add_has_cell_listener(
-        self,
-        table_id: object,
-        row_id: object,
-        cell_id: object,
-        listener: Listener,
-        mutator: bool = False,
-    ) -> str:
-        return self._add_listener("has_cell", (table_id, row_id, cell_id), listener, mutator)
-
-    def add_cell_listener(
-        self,
-        table_id: object,
-        row_id: object,
-        cell_id: object,
-        listener: Listener,
-        mutator: bool = False,
-    ) -> str:
-        return self._add_listener("cell", (table_id, row_id, cell_id), listener, mutator)
-
-    def add_has_values_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("has_values", (), listener, mutator)
-
-    def add_values_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("values", (), listener, mutator)
-
-    def add_value_ids_listener(self, listener: Listener, mutator: bool = False) -> str:
-        return self._add_listener("value_ids", (), listener, mutator)
-
-    def add_has_value_listener(
-        self, value_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("has_value", (value_id,), listener, mutator)
-
-    def add_value_listener(
-        self, value_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
-        return self._add_listener("value", (value_id,), listener, mutator)
-
-    def add_start_transaction_listener(self, listener: Listener) -> str:
-        """``listener(store)`` when a transaction starts."""
-        return self._add_transaction_listener("start", listener)
-
-    def add_will_finish_transaction_listener(self, listener: Listener) -> str:
-        """``listener(store)`` before a transaction finishes (after the mutators)."""
-        return self._add_transaction_listener("will_finish", listener)
-
-    def add_did_finish_transaction_listener(self, listener: Listener) -> str:
-        """``listener(store)`` after every transaction, including changes applied from peers."""
-        return self._add_transaction_listener("did_finish", listener)
-
 
 class _Transaction:
     """``with store.transaction():`` (a class: cheaper than a generator per transaction)."""
@@ -1041,6 +869,11 @@ class _Transaction:
         finally:
             store.lock.release()
         return False
+
+
+def _decoded_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A table in public form: a fresh dict of fresh rows of decoded cells."""
+    return {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
 
 
 def _record(changes: dict[Any, list[Any]], key: Any, old: Any, new: Any) -> None:
