@@ -19,6 +19,7 @@ __all__ = [
     "ABSENT",
     "accept_content",
     "decode",
+    "decode_table",
     "encode_accepted",
     "encode_cell",
     "encode_changes",
@@ -26,6 +27,7 @@ __all__ = [
     "identity",
     "js_ordered",
     "public",
+    "public_change",
     "same_cell",
     "same_or_absent",
 ]
@@ -210,6 +212,12 @@ def _check_id(value: Any, what: str) -> None:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
 
 
+def _checked_id(value: Any, what: str) -> str:
+    """``value``, once ``_check_id`` has found it a str."""
+    _check_id(value, what)
+    return str(value)
+
+
 def _bad_ids(*named_ids: tuple[str, object]) -> NoReturn:
     """Raise the ``TypeError`` for the first of ``(name, id)`` whose id is not a str.
 
@@ -240,25 +248,15 @@ def _encode_row(row: Any) -> dict[str, Any]:
 def _encode_table(table: Any) -> dict[str, dict[str, Any]]:
     """Validate a public table (see ``_encode_row``); empty rows are dropped, as in TinyBase."""
     _check_dict(table, "a table")
-    out: dict[str, dict[str, Any]] = {}
-    for row_id, row in table.items():
-        _check_id(row_id, "row id")
-        encoded = _encode_row(row)
-        if encoded:  # TinyBase drops empty rows
-            out[row_id] = encoded
-    return js_ordered(out)
+    rows = {_checked_id(r, "row id"): _encode_row(row) for r, row in table.items()}
+    return js_ordered({r: row for r, row in rows.items() if row})
 
 
 def _encode_tables(tables: Any) -> dict[str, dict[str, dict[str, Any]]]:
     """Validate public tables (see ``_encode_row``); empty tables are dropped."""
     _check_dict(tables, "tables")
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for table_id, table in tables.items():
-        _check_id(table_id, "table id")
-        encoded = _encode_table(table)
-        if encoded:  # TinyBase drops empty tables
-            out[table_id] = encoded
-    return js_ordered(out)
+    encoded = {_checked_id(t, "table id"): _encode_table(table) for t, table in tables.items()}
+    return js_ordered({t: table for t, table in encoded.items() if table})
 
 
 def _encode_values(values: Any) -> dict[str, Any]:
@@ -364,6 +362,24 @@ def public(value: Any) -> Any:
     TinyBase passes ``undefined``; None would be ambiguous with a real null cell.
     """
     return UNDEFINED if value is ABSENT else decode(value)
+
+
+def public_change(entry: list[Any] | None, current: Any) -> list[Any]:
+    """``[changed, old, new]`` in listener form (TinyBase's getCellChange/getValueChange).
+
+    Args:
+        entry: the transaction's ``[old, new]`` record of the cell or value, or None.
+        current: the stored cell or value (ABSENT: none), used when ``entry`` is None.
+    """
+    if entry is None:
+        now = public(current)
+        return [False, now, now]
+    return [True, public(entry[0]), public(entry[1])]
+
+
+def decode_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A table in public form: a fresh dict of fresh rows of decoded cells."""
+    return {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
 
 
 def identity(value: Any) -> Any:

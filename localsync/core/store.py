@@ -40,10 +40,11 @@ from localsync.core.content import (
     _reject_constant,
     accept_content,
     decode,
+    decode_table,
     encode_cell,
     encode_changes,
     identity,
-    public,
+    public_change,
 )
 from localsync.core.content import _check_json as _check_json
 from localsync.core.content import encode_accepted as encode_accepted
@@ -109,7 +110,7 @@ class Store(ListenerApi):
 
     def get_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         with self.lock:
-            return {t: _decoded_table(table) for t, table in self._tables.items()}
+            return {t: decode_table(table) for t, table in self._tables.items()}
 
     def get_table_ids(self) -> list[str]:
         return list(self._tables)
@@ -118,7 +119,7 @@ class Store(ListenerApi):
         if type(table_id) is not str:
             _bad_ids(("table id", table_id))
         with self.lock:
-            return _decoded_table(self._tables.get(table_id, {}))
+            return decode_table(self._tables.get(table_id, {}))
 
     def get_table_cell_ids(self, table_id: object) -> list[str]:
         if type(table_id) is not str:
@@ -283,10 +284,20 @@ class Store(ListenerApi):
         return self
 
     def set_row(self, table_id: object, row_id: object, row: Any) -> Store:
+        return self._set_row(self._match_row, table_id, row_id, row)
+
+    def _set_row(
+        self,
+        write: Callable[[str, str, dict[str, Any]], None],
+        table_id: object,
+        row_id: object,
+        row: Any,
+    ) -> Store:
+        """``write(table_id, row_id, encoded row)`` in a transaction (set_row, set_partial_row)."""
         if type(table_id) is not str or type(row_id) is not str:
             _bad_ids(("table id", table_id), ("row id", row_id))
         encoded = _encode_row(row)
-        self._txn(self._match_row if encoded else _skip, table_id, row_id, encoded)
+        self._txn(write if encoded else _skip, table_id, row_id, encoded)
         return self
 
     def add_row(self, table_id: object, row: Any, reuse_row_ids: bool = True) -> str | None:
@@ -316,11 +327,7 @@ class Store(ListenerApi):
         return row_id
 
     def set_partial_row(self, table_id: object, row_id: object, partial_row: Any) -> Store:
-        if type(table_id) is not str or type(row_id) is not str:
-            _bad_ids(("table id", table_id), ("row id", row_id))
-        encoded = _encode_row(partial_row)
-        self._txn(self._set_cells if encoded else _skip, table_id, row_id, encoded)
-        return self
+        return self._set_row(self._set_cells, table_id, row_id, partial_row)
 
     def _set_cells(self, table_id: str, row_id: str, row: dict[str, Any]) -> None:
         write = self._write_cell
@@ -353,13 +360,15 @@ class Store(ListenerApi):
         return self
 
     def set_values(self, values: Any) -> Store:
-        encoded = _encode_values(values)
-        self._txn(self._match_values if encoded else _skip, encoded)
-        return self
+        return self._write_values(self._match_values, values)
 
     def set_partial_values(self, partial_values: Any) -> Store:
-        encoded = _encode_values(partial_values)
-        self._txn(self._set_values if encoded else _skip, encoded)
+        return self._write_values(self._set_values, partial_values)
+
+    def _write_values(self, write: Callable[[dict[str, Any]], None], values: Any) -> Store:
+        """``write(encoded values)`` in a transaction (set_values, set_partial_values)."""
+        encoded = _encode_values(values)
+        self._txn(write if encoded else _skip, encoded)
         return self
 
     def _set_values(self, values: dict[str, Any]) -> None:
@@ -553,13 +562,9 @@ class Store(ListenerApi):
     def _raw_delete_cell(self, table_id: str, row_id: str, cell_id: str) -> Any:
         """Remove a cell (and its row and table when they become empty); returns the old cell."""
         table = self._tables.get(table_id)
-        if table is None:
-            return ABSENT
-        row = table.get(row_id)
-        if row is None:
-            return ABSENT
-        old = row.pop(cell_id, ABSENT)
-        if old is ABSENT:
+        row = table.get(row_id) if table is not None else None
+        old = row.pop(cell_id, ABSENT) if row is not None else ABSENT
+        if table is None or row is None or old is ABSENT:
             return ABSENT
         counts = self._table_cell_ids[table_id]
         count = counts[cell_id]
@@ -632,11 +637,8 @@ class Store(ListenerApi):
         ``do_rollback(store)`` returning true after the actions rolls back too (TinyBase).
         """
         if actions is None:
-            return self._transaction_context(do_rollback)
+            return _Transaction(self, do_rollback)
         return self._txn(actions, _do_rollback=do_rollback)
-
-    def _transaction_context(self, do_rollback: Callable[..., Any] | None) -> _Transaction:
-        return _Transaction(self, do_rollback)
 
     def start_transaction(self) -> Store:
         """Open a transaction by hand (close it with :meth:`finish_transaction`)."""
@@ -827,13 +829,16 @@ class Store(ListenerApi):
         """``[changed, old, new]`` of a cell in the current transaction (TinyBase's
         getCellChange)."""
         entry = self._changed_cells.get((table_id, row_id, cell_id))
-        row = self._tables.get(table_id, {}).get(row_id, {})
-        return _change(entry, row.get(cell_id, ABSENT) if entry is None else ABSENT)
+        if entry is not None:
+            return public_change(entry, ABSENT)
+        return public_change(
+            None, self._tables.get(table_id, {}).get(row_id, {}).get(cell_id, ABSENT)
+        )
 
     def _get_value_change(self, value_id: str) -> list[Any]:
         """``[changed, old, new]`` of a value in the current transaction."""
         entry = self._changed_values.get(value_id)
-        return _change(entry, self._values.get(value_id, ABSENT) if entry is None else ABSENT)
+        return public_change(entry, self._values.get(value_id, ABSENT) if entry is None else ABSENT)
 
 
 class _Transaction:
@@ -871,11 +876,6 @@ class _Transaction:
         return False
 
 
-def _decoded_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A table in public form: a fresh dict of fresh rows of decoded cells."""
-    return {r: {c: decode(v) for c, v in row.items()} for r, row in table.items()}
-
-
 def _record(changes: dict[Any, list[Any]], key: Any, old: Any, new: Any) -> None:
     """Record a change of ``key`` from ``old`` to ``new`` in a transaction's ``[old, new]``
     record; a key changed before keeps its first ``old``."""
@@ -884,14 +884,6 @@ def _record(changes: dict[Any, list[Any]], key: Any, old: Any, new: Any) -> None
         changes[key] = [old, new]
     else:
         entry[1] = new
-
-
-def _change(entry: list[Any] | None, current: Any) -> list[Any]:
-    """``[changed, old, new]`` in listener form, from a change record or the current cell."""
-    if entry is None:
-        now = public(current)
-        return [False, now, now]
-    return [True, public(entry[0]), public(entry[1])]
 
 
 def _skip(*args: object) -> None:
