@@ -60,7 +60,12 @@ _BIG: Final = float(2**53)
 
 
 class Store(ListenerApi):
-    """A TinyBase Store. Create one with :func:`create_store`."""
+    """A TinyBase Store. Create one with :func:`create_store`.
+
+    Every method taking ids raises ``TypeError`` for an id that is not a str; the setters raise
+    ``TypeError``/``ValueError`` for a cell or value that ``encode_cell`` rejects, before
+    anything is written. The setters and deleters return the store.
+    """
 
     def __init__(self) -> None:
         super().__init__()
