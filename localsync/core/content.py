@@ -11,6 +11,7 @@ an invalid cell rather than failing.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final, NoReturn
 
 from localsync.core.codec import JSON_PREFIX, UNDEFINED, js_number, js_stringify
@@ -28,6 +29,7 @@ __all__ = [
     "js_ordered",
     "public",
     "public_change",
+    "release_id",
     "same_cell",
     "same_or_absent",
 ]
@@ -46,6 +48,8 @@ ABSENT: Final[Any] = _Absent()
 _BIG: Final = float(2**53)
 _BIG_INT: Final = 2**53
 _HUGE: Final = 1e21
+_INTEGER: Final = re.compile(r"\d+")
+_MAX_POOL: Final = 1000
 
 
 def _check_json(value: Any, depth: int = 0) -> None:
@@ -216,6 +220,15 @@ def _checked_id(value: Any, what: str) -> str:
     """``value``, once ``_check_id`` has found it a str."""
     _check_id(value, what)
     return str(value)
+
+
+def release_id(pool: list[str], id_: str) -> None:
+    """Put a row or listener id that is free again into its pool, to be handed out again.
+
+    As TinyBase's id pools: only integer ids are reused, and a pool keeps at most 1000.
+    """
+    if len(pool) < _MAX_POOL and _INTEGER.fullmatch(id_):
+        pool.append(id_)
 
 
 def _bad_ids(*named_ids: tuple[str, object]) -> NoReturn:

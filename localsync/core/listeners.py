@@ -10,13 +10,12 @@ ids first, then in the order they were added.
 from __future__ import annotations
 
 import itertools
-import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from localsync.core.changes import Derived, derive_changes
-from localsync.core.content import ABSENT, public, same_or_absent
+from localsync.core.content import ABSENT, public, release_id, same_or_absent
 
 if TYPE_CHECKING:
     from localsync.core.store import Store
@@ -27,8 +26,6 @@ Listener = Callable[..., Any]
 #: a path of ids (``None``: any id) -> {listener id: listener}
 Registry = dict[tuple[Any, ...], dict[str, Listener]]
 
-_INTEGER: Final = re.compile(r"\d+")
-_MAX_POOL: Final = 1000
 
 _TABLE: Final = ("table id",)
 _ROW: Final = ("table id", "row id")
@@ -146,8 +143,7 @@ class Listeners:
             self.counts[index] -= 1
             if kind in _ID_SET:
                 self.id_count -= 1
-        if _INTEGER.fullmatch(listener_id) and len(self._pool) < _MAX_POOL:
-            self._pool.append(listener_id)
+        release_id(self._pool, listener_id)
 
     def stats(self) -> dict[str, int]:
         """TinyBase's ``getListenerStats``: the number of listeners per kind, and

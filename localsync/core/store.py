@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -45,6 +44,7 @@ from localsync.core.content import (
     encode_changes,
     identity,
     public_change,
+    release_id,
 )
 from localsync.core.content import _check_json as _check_json
 from localsync.core.content import encode_accepted as encode_accepted
@@ -54,8 +54,6 @@ from localsync.core.listeners import ListenerApi
 
 __all__ = ["Store", "create_store"]
 
-_INTEGER: Final = re.compile(r"\d+")
-_MAX_POOL: Final = 1000
 _BIG: Final = float(2**53)
 
 
@@ -443,9 +441,8 @@ class Store(ListenerApi):
         self._txn(self._delete_value, value_id)
         return self
 
-    # ----------------------------------------------------------------- write primitives
-    # Called inside a transaction with validated, stored-form cells. MergeableStore overrides
-    # _write_cell/_delete_cell/_write_value/_delete_value to stamp each change as it happens.
+    # -------------------------------------------------- write primitives (in a transaction)
+    # MergeableStore overrides _write_cell/_delete_cell/_write_value/_delete_value (stamps).
 
     def _match_tables(self, tables: dict[str, Any]) -> None:
         for table_id, table in tables.items():
@@ -492,8 +489,8 @@ class Store(ListenerApi):
         if row is None:
             return
         pool = self._pools.get(table_id)
-        if pool is not None and len(pool[1]) < _MAX_POOL and _INTEGER.fullmatch(row_id):
-            pool[1].append(row_id)
+        if pool is not None:
+            release_id(pool[1], row_id)
         delete = self._delete_cell
         for cell_id in list(row):
             delete(table_id, row_id, cell_id)
