@@ -74,15 +74,15 @@ class Listeners:
     """
 
     def __init__(self) -> None:
-        # kind -> (plain registry, mutator registry)
-        self.registries: dict[str, tuple[Registry, Registry]] = {
-            kind: ({}, {}) for kind in _ID_NAMES
-        }
+        # kind -> (plain registry, mutator registry); (a variable-length tuple type: mypyc
+        # would unbox a fixed-length one and box it again for every indexing)
+        self.registries: dict[str, tuple[Registry, ...]] = {kind: ({}, {}) for kind in _ID_NAMES}
         self.start: dict[str, Listener] = {}
         self.will_finish: dict[str, Listener] = {}
         self.did_finish: dict[str, Listener] = {}
         self.counts = [0, 0]
-        self.live: tuple[set[str], set[str]] = (set(), set())
+        # (a list: mypyc would box a tuple attribute into a new tuple at every read)
+        self.live: list[set[str]] = [set(), set()]
         self.id_count = 0
         # listener id -> (kind, index (-1: a transaction listener), path)
         self._index: dict[str, tuple[str, int, tuple[Any, ...]]] = {}
