@@ -346,10 +346,10 @@ def decode_if_json(value: Any) -> Any:
     ``ValueError`` (``json.JSONDecodeError``) when the text after the prefix is not JSON.
     """
     if type(value) is str and value[:1] == JSON_PREFIX:
-        return json.loads(value[1:], parse_constant=_reject_constant)
+        return json.loads(value[1:], parse_constant=reject_constant)
     return value
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     # JSON.parse rejects NaN/Infinity literals; Python's json would accept them.
     raise ValueError(f"invalid JSON literal {name!r}")

@@ -12,10 +12,7 @@ import copy
 from typing import Any, Final
 
 from localsync.core.codec import JSON_PREFIX, STAMP_OVERHEAD
-from localsync.core.store import decode
-
-#: estimated JSON bytes of a stamp besides its id and value (quotes, brackets, commas and a
-#: 16-character HLC): the size caps of merged ContentDiffs (here and in localsync.sync.engine)
+from localsync.core.content import decode
 
 _OBJECTS: Final = (dict, list)
 

@@ -20,9 +20,9 @@ from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import SAFE_FLOAT_LIMIT as _BIG
 from localsync.core.codec import SAFE_INT_LIMIT as _BIG_INT
 from localsync.core.codec import UNDEFINED
+from localsync.core.content import ABSENT, encode_accepted, js_ordered
 from localsync.core.hlc import Number, future_limit, time_prefix_within
 from localsync.core.stamps import MASK, counted, in_parent_hash, replace_hlc_hash, uint32
-from localsync.core.store import ABSENT, encode_accepted, js_ordered
 from localsync.core.validation import greatest
 
 if TYPE_CHECKING:

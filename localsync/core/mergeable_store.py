@@ -20,11 +20,12 @@ from localsync.core import diff
 from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import UNDEFINED
 from localsync.core.collector import paused as _gc_paused
+from localsync.core.content import ABSENT, check_content, encode_tables, encode_values
 from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen
 from localsync.core.merge import BULK, prechecked, receive
 from localsync.core.stamps import in_parent_hash as _h
 from localsync.core.stamps import settle
-from localsync.core.store import ABSENT, Store, _check_content, _encode_tables, _encode_values
+from localsync.core.store import Store
 from localsync.core.validation import Validator
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
@@ -394,9 +395,9 @@ class MergeableStore(Store):
         """Set content stamped with empty HLCs, so that any peer's real data wins over it."""
         if callable(content):
             content = content()
-        tables, values = _check_content(content)
-        encoded_tables = _encode_tables(tables)
-        encoded_values = _encode_values(values)
+        tables, values = check_content(content)
+        encoded_tables = encode_tables(tables)
+        encoded_values = encode_values(values)
         self._txn(self._set_default, encoded_tables, encoded_values)
         return self
 

@@ -29,9 +29,9 @@ from localsync.core.codec import (
     UNDEFINED,
     only_hlc_chars,
 )
+from localsync.core.content import ABSENT, check_json, encode_accepted, fits_js_number
 from localsync.core.hash import MAX_HASH
 from localsync.core.hlc import Number, future_limit, is_hlc, time_prefix_within
-from localsync.core.store import ABSENT, _check_json, encode_accepted, fits_js_number
 
 __all__ = [
     "ARRAY",
@@ -369,7 +369,7 @@ class Validator:
                     return False
             elif kind is dict or kind is list:
                 try:
-                    _check_json(value)
+                    check_json(value)
                 except (TypeError, ValueError, RecursionError):
                     return False
             elif kind is not float:

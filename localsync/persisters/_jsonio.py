@@ -40,7 +40,7 @@ def dumps_str(obj: Any) -> str:
         return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not valid content")
 
 
@@ -57,6 +57,6 @@ def loads(data: bytes | str) -> Any:
         pass
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise ContentDecodeError(f"not valid JSON: {error}") from error

@@ -197,7 +197,7 @@ def fragment_remainder(client_id: str, remainder: str, fragment_size: int | None
 _json_decode = msgspec.json.Decoder().decode
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
@@ -207,7 +207,7 @@ def _parse_json(text: str) -> Any:
     except msgspec.DecodeError:
         # msgspec refuses lone surrogate escapes and out-of-range numbers, which
         # JSON.parse accepts (as a lone surrogate, or as Infinity); validation decides then
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=reject_constant)
 
 
 def parse_json(text: str) -> Any:

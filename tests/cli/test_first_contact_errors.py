@@ -186,7 +186,7 @@ _EXPECTED = [
 ]
 
 
-def _bad_ids(pythonpath: Path) -> dict[str, object]:
+def bad_ids(pythonpath: Path) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-c", _BAD_IDS],
         capture_output=True,
@@ -207,9 +207,9 @@ def test_non_str_ids_raise_the_same_type_error_in_both_builds(tmp_path: Path) ->
         pure_root / "localsync",
         ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
     )
-    pure = _bad_ids(pure_root)
+    pure = bad_ids(pure_root)
     assert pure["compiled"] is False
-    as_installed = _bad_ids(ROOT)
+    as_installed = bad_ids(ROOT)
     expected = {"Store": _EXPECTED, "MergeableStore": _EXPECTED}
     assert pure["results"] == expected
     assert as_installed["results"] == expected

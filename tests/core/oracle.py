@@ -30,10 +30,10 @@ from localsync.core.hash import get_value_hash, to_utf8
 from localsync.core.mergeable_store import MergeableStore
 from localsync.core.store import (
     ABSENT,
-    _check_content,
-    _encode_tables,
-    _encode_values,
+    check_content,
     encode_accepted,
+    encode_tables,
+    encode_values,
 )
 
 _MASK = 0xFFFFFFFF
@@ -283,6 +283,6 @@ def _default(store: MergeableStore, tables: dict[str, Any], values: dict[str, An
 def set_default_content(store: MergeableStore, content: Any) -> MergeableStore:
     """TinyBase's ``setDefaultContent`` (outside of any transaction): the content written,
     each cell and value stamped with an empty HLC by a merge of its own."""
-    tables, values = _check_content(content)
-    store._txn(_default, store, _encode_tables(tables), _encode_values(values))
+    tables, values = check_content(content)
+    store._txn(_default, store, encode_tables(tables), encode_values(values))
     return store
