@@ -1,47 +1,25 @@
 """The hub of a channel: an XSUB/XPUB proxy, elected among participants or run standalone.
 
-Why a hub: ZeroMQ PUB/SUB over ipc:// needs somebody to ``bind`` and everyone else to
-``connect``. A fixed server would be a single point of failure, so every participant of a
-local channel runs a :class:`LocalHub` thread that competes for ``fcntl.flock`` on the
-channel's lock file. The holder binds XSUB at ``<hash>.in`` and XPUB at ``<hash>.out`` and
-runs ``zmq.proxy_steerable`` (C code, without the GIL); every participant, the host included,
-connects one PUB to ``.in`` and one SUB to ``.out``. The others retry the lock every
-``retry_seconds`` (50 ms by default). The kernel drops a flock when its holder dies, even by
-SIGKILL, so a successor takes over within about one retry period and binds the same paths;
-ZeroMQ's automatic reconnect (20 ms interval, see ``channel.py``) makes everyone find it.
-Socket files are only ever unlinked by the lock holder (stale ones before binding, its own
-after its proxy stopped and before the lock is released: libzmq 4.3 leaves them behind), so
-nobody removes a live hub's path.
+Local channels: every participant runs a :class:`LocalHub` thread that competes for
+``fcntl.flock`` on the channel's lock file every ``retry_seconds`` (50 ms by default). The
+holder binds XSUB at ``<hash>.in`` and XPUB at ``<hash>.out`` and runs
+``zmq.proxy_steerable``; every participant, the host included, connects one PUB to ``.in``
+and one SUB to ``.out``. The kernel drops a flock when its holder dies, so a successor takes
+over within about one retry period. Socket files are only ever unlinked by the lock holder.
 
-A host that stops without dying (SIGSTOP, swapped out, a debugger) keeps its lock, and its
-frozen proxy would stall everyone. So participants check that the hub answers: each sends a
-heartbeat to itself through the hub every :data:`HUB_HEARTBEAT_SECONDS`, and one that hears
-nothing at all from the hub (no echo, no other message) for :data:`HUB_TIMEOUT_SECONDS` of
-its own event loop's turns declares the hub's *generation* dead. Generation N has its own
-lock and socket files (``<hash>.gN.lock``/``.in``/``.out``; generation 0 is the plain
-``<hash>.lock``/``.in``/``.out``) and ``<hash>.gen`` records the newest generation (see
-:mod:`localsync.channel.runtime`). A participant that declares generation N dead reconnects to N+1
-and its hub competes for N+1's lock; the winner binds N+1's sockets and records N+1. Every
-participant reads the generation file with each heartbeat and follows the newest
-generation, including the frozen host once it runs again: it stops its proxy, removes
-its socket files, releases its lock and becomes an ordinary participant of the
-new generation. Measured failover while a host is stopped: about ``HUB_TIMEOUT_SECONDS``
-plus one heartbeat. A false alarm (a machine so loaded that no message got through for
-that long) elects a new generation while the old hub still works; that costs latency only:
-messages sent through the old hub during the switch may be lost, and anti-entropy repairs
-them as for any other drop. The newest host removes older generations' files that nobody
-holds. Limits: at most :data:`localsync.channel.runtime.MAX_GENERATION` failovers per channel
-(files); tcp hubs (below) are fixed processes, so a tcp participant only reports whether
-its hub answers (``hub_answering``), it cannot elect another.
+A frozen host (SIGSTOP, swapped out) keeps its lock, so participants send themselves a
+heartbeat through the hub every :data:`HUB_HEARTBEAT_SECONDS`; one that hears nothing from
+the hub for :data:`HUB_TIMEOUT_SECONDS` declares the hub's *generation* dead and moves to
+generation N+1 (its own lock and socket files, ``<hash>.gN.*``; ``<hash>.gen`` records the
+newest, see :mod:`localsync.channel.runtime`). Everyone follows the newest generation,
+including the old host once it runs again. At most
+:data:`localsync.channel.runtime.MAX_GENERATION` failovers per channel.
 
-Subscriptions flow XPUB -> proxy -> XSUB -> each PUB, so filtering by topic happens in the
-sending process: a message addressed to one client is not copied to the others at all.
-
-Beyond one machine: ``localsync hub --bind tcp://HOST:PORT`` runs the same proxy with XSUB
-bound on ``PORT`` (publishers connect) and XPUB on ``PORT + 1`` (subscribers connect); open
-a channel with ``create_channel_synchronizer(store, name, hub="tcp://HOST:PORT")``. Plain TCP
-gives no access control: bind it to loopback or a private network only. With keys (ZeroMQ's
-CURVE: encryption plus authentication, checked by libzmq) a hub can face a wider network::
+Beyond one machine: ``localsync hub --bind tcp://HOST:PORT`` (:class:`TcpHub`) runs the same
+proxy with XSUB bound on ``PORT`` (publishers connect) and XPUB on ``PORT + 1`` (subscribers
+connect); open a channel with ``create_channel_synchronizer(store, name,
+hub="tcp://HOST:PORT")``. Plain TCP gives no access control: bind it to loopback or a
+private network only. With CURVE keys a hub can face a wider network::
 
     localsync hub --keygen keys/ --name hub          # keys/hub.key (public), hub.key_secret
     localsync hub --keygen keys/ --name worker1      # one pair per machine that may join
@@ -50,11 +28,11 @@ CURVE: encryption plus authentication, checked by libzmq) a hub can face a wider
     create_channel_synchronizer(store, "orders", hub="tcp://10.0.0.5:7700",
                                 hub_key="keys/hub.key", client_key="keys/worker1.key_secret")
 
-Participants must name the hub's public key (a ``.key`` file or its 40-character Z85 text):
-a hub impersonator cannot complete the handshake. ``--allow DIR`` admits only clients whose
-public ``.key`` files are in DIR; without it any client that knows the hub's key may join
-(with a throw-away key pair when it gives none). A client without keys, or with the wrong
-ones, never gets through the handshake: its ``start_sync`` fails with ``ChannelError``.
+Participants must name the hub's public key (a ``.key`` file or its 40-character Z85 text).
+``--allow DIR`` admits only clients whose public ``.key`` files are in DIR; without it any
+client that knows the hub's key may join. A client without keys, or with the wrong ones,
+fails its ``start_sync`` with ``ChannelError``. A tcp participant cannot elect another hub;
+it reports whether its hub answers (``hub_answering``).
 
 A fork()ed child of a host closes its inherited copy of the lock file
 (:func:`localsync.channel.presence.close_in_forked_children`)
@@ -63,12 +41,10 @@ so that the lock is released as soon as the host itself dies.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import itertools
 import os
-import signal
 import struct
 import threading
 from collections.abc import Callable
@@ -92,11 +68,9 @@ __all__ = [
     "HUB_TIMEOUT_SECONDS",
     "LocalHub",
     "TcpHub",
-    "configure",
     "generate_keys",
     "load_public_key",
     "load_secret_key",
-    "run",
     "tcp_endpoints",
 ]
 
@@ -109,16 +83,8 @@ DEFAULT_HWM = 100_000
 #: swapped-out participant whose I/O thread reads nothing): beyond it, messages for that
 #: subscriber are dropped, and anti-entropy repairs them once it runs again.
 HUB_QUEUE_BYTES = 64 * 2**20
-#: Worst-case memory one queued message keeps alive in the hub. What costs the memory is
-#: not the message (a 17-byte topic frame is stored inline, a ~100-byte payload is small):
-#: libzmq's decoder receives into an 8 KiB buffer allocated per read (with room for 249
-#: 40-byte reference counts: 18 KiB in all), and each message read without copying keeps
-#: its whole buffer alive while it waits in the XPUB queue. A writer whose messages reach
-#: the hub one per read (any writer slower than the hub) thus costs a buffer per message:
-#: measured 8.1 KB of resident memory per queued message (the pages touched), 18 KiB
-#: allocated; a fast burst shares buffers (1.1 KB per message measured). pyzmq's libzmq
-#: has no option to copy small messages or shrink the buffer (ZMQ_IN_BATCH_SIZE and
-#: ZMQ_ZERO_COPY_RECV are draft options it lacks), so the bound is a message count.
+#: Worst-case memory one queued message keeps alive in the hub: the 18 KiB receive buffer
+#: of libzmq's decoder that it shares (docs/performance.md, "Hub memory per message").
 HUB_BYTES_PER_QUEUED_MESSAGE = 18 * 1024
 #: The hub's high-water mark (messages) towards each subscriber: HUB_QUEUE_BYTES divided by
 #: the worst-case cost per message (3,640). A live participant's own SUB socket still takes
@@ -233,8 +199,8 @@ class _Proxy:
             # the mark limits data only: subscriptions travel the other way (XPUB -> XSUB)
             # and a dropped subscription would silence a participant for good. XSUB sends
             # every subscription it holds to a publisher that connects, in one burst: each
-            # participant holds 1,009 (see channel.py), more than ZeroMQ's default mark of
-            # 1,000, past which the rest of the burst would be dropped: no mark there.
+            # participant holds 1,009 (localsync.channel.transport), more than ZeroMQ's
+            # default mark of 1,000, past which the rest of the burst would be dropped.
             xsub.rcvhwm = self._hwm
             xsub.sndhwm = 0
             xpub.sndhwm = self._outbound_hwm  # (bounds memory per stalled subscriber)
@@ -526,109 +492,3 @@ class TcpHub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bind",
-        metavar="tcp://HOST:PORT",
-        help="publishers connect to PORT, subscribers to PORT+1; without --secret-key bind "
-        "loopback or a private network only (no authentication)",
-    )
-    parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="socket high-water mark")
-    parser.add_argument(
-        "--subscriber-hwm",
-        type=int,
-        default=HUB_SUBSCRIBER_HWM,
-        help="messages queued for one stalled subscriber before dropping (bounds memory)",
-    )
-    parser.add_argument(
-        "--secret-key",
-        metavar="FILE",
-        help="the hub's .key_secret file: encrypt and authenticate with CURVE",
-    )
-    parser.add_argument(
-        "--allow",
-        metavar="DIR",
-        help="with --secret-key: admit only the clients whose public .key files are in DIR",
-    )
-    parser.add_argument(
-        "--keygen",
-        metavar="DIR",
-        help="write a key pair NAME.key / NAME.key_secret into DIR and exit",
-    )
-    parser.add_argument(
-        "--name",
-        type=_key_name,
-        default="hub",
-        help="with --keygen: the key pair's name (a file name: no path separator, no leading dot)",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="with --keygen: replace an existing key pair"
-    )
-
-
-def _key_name(text: str) -> str:
-    """argparse ``type`` for ``--name``: a plain file name, so the keys stay in the folder."""
-    separators = {"/", os.sep, os.altsep or "/"}
-    if not text or text.startswith(".") or "\0" in text or any(s in text for s in separators):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a plain file name (no path separator, no leading dot)"
-        )
-    return text
-
-
-def _keygen(args: argparse.Namespace) -> int:
-    from localsync.cli.main import UsageError
-
-    folder = Path(args.keygen)
-    existing = [
-        path
-        for path in (folder / f"{args.name}.key", folder / f"{args.name}.key_secret")
-        if os.path.lexists(path)
-    ]
-    if existing and not args.force:
-        raise UsageError(
-            f"{existing[0]} exists: not replacing a key pair (give --force to replace it)"
-        )
-    try:
-        public, secret = generate_keys(folder, args.name)
-    except OSError as error:
-        raise UsageError(f"cannot write keys into {folder}: {error.strerror or error}") from None
-    key = load_public_key(public).decode("ascii")
-    print(f"localsync hub: public key {key} in {public}, secret in {secret}", flush=True)
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """The CLI; ordinary mistakes raise :class:`localsync.cli.UsageError` (one line, exit 2)."""
-    from localsync.cli.main import UsageError
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    if args.keygen is not None:
-        return _keygen(args)
-    if args.bind is None:
-        raise UsageError("--bind tcp://HOST:PORT is required (or --keygen DIR)")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        hub = TcpHub(
-            args.bind,
-            hwm=args.hwm,
-            secret_key=args.secret_key,
-            allow=args.allow,
-            subscriber_hwm=args.subscriber_hwm,
-        )
-        hub.start()
-    except (ValueError, OSError, zmq.ZMQError) as error:
-        raise UsageError(str(error)) from None
-    keyed = f", CURVE key {hub.public_key}" if hub.public_key else ""
-    print(f"localsync hub: publishers {hub.inbound}, subscribers {hub.outbound}{keyed}", flush=True)
-    while not stop.wait(0.2):
-        pass
-    hub.stop()
-    return 0

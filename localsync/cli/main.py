@@ -76,10 +76,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "worker processes syncing over a channel, persisted by a coordinator",
     ),
     "coordinator": (
-        "localsync.channel.coordinator",
+        "localsync.cli.coordinator",
         "persist a channel's content and serve it to joiners",
     ),
-    "hub": ("localsync.channel.hub", "run a channel hub on a tcp:// address for several machines"),
+    "hub": ("localsync.cli.hub", "run a channel hub on a tcp:// address for several machines"),
     "serve": (
         "localsync.cli.serve",
         "serve WebSocket sync (TinyBase wire format) with persistence",

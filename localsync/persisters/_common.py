@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from localsync.errors import PersistError, ReadOnlyStorageError, StorageCreateError
 from localsync.persisters._integrity import HashesRepaired, recompute_hashes
 from localsync.sync.persister import Persister, Persists
+
+_Content = TypeVar("_Content")
 
 __all__ = [
     "PersistError",
@@ -201,6 +203,21 @@ class Backend:
     def _watch_token(self) -> Any:
         """Something that changes when another process writes the storage."""
         raise NotImplementedError
+
+    def save_whole_content(
+        self, read: Callable[[], _Content], write: Callable[[_Content], None]
+    ) -> tuple[int, bool]:
+        """A ``_save_sync`` that writes the whole content: ``read()`` under the store's lock,
+        unless the latest transaction is durable already, then ``write`` it (counted)."""
+        with self.store.lock:
+            seq = self.tracker.tx_seq
+            if seq <= self.tracker.durable_seq:
+                return seq, False
+            content = read()
+        write(content)
+        self.tracker.stats["writes"] += 1
+        self.tracker.stats["full_writes"] += 1
+        return seq, True
 
     def _has_work(self) -> bool:
         return self.tracker.tx_seq > self.tracker.durable_seq

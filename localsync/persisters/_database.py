@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from localsync.persisters._common import Backend
 from localsync.persisters._filestore import CorruptContentError, decode_content
 from localsync.persisters._jsonio import dumps_str
 
-__all__ = ["SINGLE_ROW_ID", "decode_row", "encode_row", "escape_id", "json_mode_names"]
+__all__ = [
+    "SINGLE_ROW_ID",
+    "JsonRowBackend",
+    "decode_row",
+    "encode_row",
+    "escape_id",
+    "escaped_names",
+    "json_mode_names",
+]
 
 SINGLE_ROW_ID = "_"
 
@@ -22,6 +31,11 @@ SINGLE_ROW_ID = "_"
 def escape_id(name: str) -> str:
     """TinyBase's ``escapeId``: each dot-separated part double-quoted (``a.b`` is schema.table)."""
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def escaped_names(table: str, id_column: str, store_column: str) -> tuple[str, str, str]:
+    """The three JSON-mode names, each escaped with :func:`escape_id`, for building SQL."""
+    return escape_id(table), escape_id(id_column), escape_id(store_column)
 
 
 def json_mode_names(config_or_store_table_name: Any) -> tuple[str, str, str]:
@@ -78,3 +92,26 @@ def decode_row(text: Any, column: str = "store") -> Any | None:
     if data.strip() == b"null":
         return None  # TinyBase writes null for "nothing"
     return decode_content(data, True)
+
+
+class JsonRowBackend(Backend):
+    """A backend keeping the whole store in TinyBase's one JSON row; every save rewrites it.
+
+    Subclasses set ``table``, ``id_column`` and ``store_column`` and implement
+    :meth:`_write_row` for their SQL dialect.
+    """
+
+    table: str
+    id_column: str
+    store_column: str
+
+    def _save_sync(self, full: bool) -> tuple[int, bool]:
+        return self.save_whole_content(self.store.get_encoded_mergeable_content, self._save_row)
+
+    def _save_row(self, content: Any) -> None:
+        names = escaped_names(self.table, self.id_column, self.store_column)
+        self._write_row(encode_row(content), *names)
+
+    def _write_row(self, text: str, table: str, id_column: str, store_column: str) -> None:
+        """Make row ``'_'`` hold ``text`` and delete every other row, in one transaction."""
+        raise NotImplementedError

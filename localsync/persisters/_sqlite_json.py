@@ -24,13 +24,19 @@ from typing import Any
 
 from localsync.core.codec import js_stringify
 from localsync.core.hash import get_hash
-from localsync.persisters._common import Backend, StorageCreateError
-from localsync.persisters._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id
+from localsync.persisters._common import StorageCreateError
+from localsync.persisters._database import (
+    SINGLE_ROW_ID,
+    JsonRowBackend,
+    decode_row,
+    escape_id,
+)
 from localsync.persisters._filestore import CorruptContentError, create_private_file
 
 __all__ = ["SqliteJsonBackend"]
 
-class SqliteJsonBackend(Backend):
+
+class SqliteJsonBackend(JsonRowBackend):
     """One-row JSON storage in an SQLite file, the layout of TinyBase's JSON mode.
 
     Every save writes the whole content in one SQLite transaction (``synchronous=FULL``, so
@@ -94,15 +100,7 @@ class SqliteJsonBackend(Backend):
                 raise CorruptContentError(f"{self.path}: {error}") from error
         return None if row is None else decode_row(row[0], self.store_column)
 
-    def _save_sync(self, full: bool) -> tuple[int, bool]:
-        with self.store.lock:
-            seq = self.tracker.tx_seq
-            if seq <= self.tracker.durable_seq:
-                return seq, False
-            content = self.store.get_encoded_mergeable_content()
-        text = encode_row(content)
-        table, id_column = escape_id(self.table), escape_id(self.id_column)
-        store_column = escape_id(self.store_column)
+    def _write_row(self, text: str, table: str, id_column: str, store_column: str) -> None:
         with self._conn_lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
@@ -137,9 +135,6 @@ class SqliteJsonBackend(Backend):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        self.tracker.stats["writes"] += 1
-        self.tracker.stats["full_writes"] += 1
-        return seq, True
 
     def _watch_token(self) -> Any:
         """``PRAGMA data_version``: changes when another connection commits, not with ours."""

@@ -33,19 +33,12 @@ non-empty ``-wal`` left by a writer that was killed holds committed transactions
 SQLite's WAL reader can see: reading the database file alone would silently return older
 content, so that case is refused with an error saying how to recover.
 
-Why this shape: a mergeable store never forgets a cell (a deletion is a stamp holding
-``undefined``), and ``getTransactionMergeableChanges(true)`` hands the persister, for every
-transaction, exactly the touched cells and values plus the new hashes of the rows, tables and
-the whole content above them. Upserting those rows costs O(touched * log n), so an auto-saved
-transaction costs the same in a store of 10^4 or 10^6 cells. A whole-content save (an explicit
-``save()``, or the first save of auto-save) rewrites every row in one transaction.
+Why one row per stamp: a transaction's mergeable changes name exactly the stamps it
+touched (with the new hashes above them), so an auto-saved transaction costs the same in a
+store of 10^4 or 10^6 cells; a whole-content save rewrites every row in one transaction.
 
-Durability: WAL journal with ``synchronous=FULL``. In WAL mode ``NORMAL`` only syncs at
-checkpoints, so a commit that returned can still be rolled back by a power cut; ``FULL`` syncs
-the WAL on every commit, which is what makes "the save returned" mean "it is on disk". The
-extra fsync per commit is amortised by auto-save coalescing (a burst of transactions becomes
-one commit). Every save is one SQLite transaction, so a crash at any point leaves the previous
-or the new state, never a mix.
+Durability: WAL journal with ``synchronous=FULL`` (a returned save is on disk); every save
+is one SQLite transaction, so a crash leaves the previous or the new state, never a mix.
 
 One process should write a given database at a time (several writers would interleave
 incremental hash updates computed by different stores); other processes may read it and
@@ -58,7 +51,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from localsync.core.hash import get_value_in_values_hash as _in
@@ -326,6 +319,19 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     )
 
 
+def _upserts(
+    tables: _Rows, rows: _Rows, cells: _Rows, values: _Rows, meta: list[tuple[Any, ...]]
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The upsert statements, each with its parameter rows, that store flattened stamps."""
+    return [
+        (_UPSERT_TABLE, tables),
+        (_UPSERT_ROW, rows),
+        (_UPSERT_CELL, cells),
+        (_UPSERT_VALUE, values),
+        (_UPSERT_META, meta),
+    ]
+
+
 def _meta_rows(stamps: list[Any]) -> list[tuple[Any, ...]]:
     """The one meta row: format, and the tables' and values' HLCs and hashes."""
     return [(FORMAT, _hlc(stamps[0]), _hash(stamps[0]), _hlc(stamps[1]), _hash(stamps[1]))]
@@ -430,10 +436,21 @@ class SqliteStorage:
                 self._conn.close()
                 self._conn = None
 
-    def _write(self, statements: Iterator[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _write(
+        self,
+        statements: Iterator[tuple[str, list[tuple[Any, ...]]]],
+        check: Callable[[sqlite3.Connection], bool] | None = None,
+    ) -> bool:
+        """Run ``statements`` in one write transaction (the caller holds the lock).
+
+        False, with nothing written, when ``check`` (called inside the transaction) says no.
+        """
         conn = self._writable()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if check is not None and not check(conn):
+                conn.execute("ROLLBACK")
+                return False
             for sql, params in statements:
                 if params:
                     _execute_many(conn, sql, params)
@@ -442,23 +459,19 @@ class SqliteStorage:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return True
 
     # ------------------------------------------------------------------ writes
 
     def write_content(self, content: list[Any]) -> None:
         """Make the database hold exactly ``content`` (encoded mergeable content with hashes)."""
         check_content_shape(content)
-        tables, rows, cells, values = _flatten(content)
-        meta = _meta_rows(content)
+        upserts = _upserts(*_flatten(content), _meta_rows(content))
 
         def statements() -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
             for table in ("cells", "rows", "tables", "values"):
                 yield f"DELETE FROM localsync_{table}", [()]
-            yield _UPSERT_TABLE, tables
-            yield _UPSERT_ROW, rows
-            yield _UPSERT_CELL, cells
-            yield _UPSERT_VALUE, values
-            yield _UPSERT_META, meta
+            yield from upserts
 
         with self._lock:
             self._write(statements())
@@ -478,30 +491,10 @@ class SqliteStorage:
         so the incremental path stays independent of the store's size.
         """
         tables, rows, cells, values = _flatten(changes)
-        meta = _meta_rows(changes)
-
-        def statements() -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-            yield _UPSERT_TABLE, tables
-            yield _UPSERT_ROW, rows
-            yield _UPSERT_CELL, cells
-            yield _UPSERT_VALUE, values
-            yield _UPSERT_META, meta
-
+        upserts = _upserts(tables, rows, cells, values, _meta_rows(changes))
         with self._lock:
-            conn = self._writable()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._explains(conn, changes):
-                    conn.execute("ROLLBACK")
-                    return None
-                for sql, params in statements():
-                    if params:
-                        _execute_many(conn, sql, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if not self._write(iter(upserts), lambda conn: self._explains(conn, changes)):
+                return None
         return len(cells) + len(values)
 
     @staticmethod

@@ -112,20 +112,14 @@ class FileBackend(Backend):
         return self.unreadable is not None and _identity(self.path) == self.unreadable
 
     def _save_sync(self, full: bool) -> tuple[int, bool]:
-        with self.store.lock:
-            seq = self.tracker.tx_seq
-            if seq <= self.tracker.durable_seq:
-                return seq, False
-            content = (
-                self.store.get_encoded_mergeable_content()
-                if self.mergeable
-                else self.store.get_encoded_content()
-            )
-        data = encode_content(content)
-        write_atomic(self.path, data, durable=self.durable, before_replace=self._own_write)
-        self.tracker.stats["writes"] += 1
-        self.tracker.stats["full_writes"] += 1
-        return seq, True
+        store = self.store
+        read = store.get_encoded_mergeable_content if self.mergeable else store.get_encoded_content
+
+        def write(content: Any) -> None:
+            data = encode_content(content)
+            write_atomic(self.path, data, durable=self.durable, before_replace=self._own_write)
+
+        return self.save_whole_content(read, write)
 
     def _own_write(self, st: os.stat_result) -> None:
         self.own_token = (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -75,8 +75,8 @@ from localsync.errors import DatabaseUnreachableError
 from localsync.persisters._common import Backend, BackendPersister, PersistError
 from localsync.persisters._database import (
     SINGLE_ROW_ID,
+    JsonRowBackend,
     decode_row,
-    encode_row,
     escape_id,
     json_mode_names,
 )
@@ -129,7 +129,7 @@ def describe_conninfo(conninfo: str) -> str:
     )
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(JsonRowBackend):
     """One-row JSON storage in PostgreSQL, with TinyBase's LISTEN/NOTIFY names."""
 
     kind = "database"
@@ -241,14 +241,18 @@ class PostgresBackend(Backend):
         return None if row is None else row[0]
 
     def _load_sync(self) -> Any | None:
+        return decode_row(self._run_load(self._read), self.store_column)
+
+    def _run_load(self, read: Callable[[Any], Any]) -> Any:
+        """``self._run(read)`` for a load: remembers whether the database could be reached."""
         try:
-            text = self._run(self._read)
+            result = self._run(read)
         except PersistError as error:
             self.load_error = error
             self._load_unreachable = True
             raise
         self._load_unreachable = False
-        return decode_row(text, self.store_column)
+        return result
 
     def _ensure_table(self, conn: Any) -> None:
         table = escape_id(self.table)
@@ -261,16 +265,7 @@ class PostgresBackend(Backend):
             f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {escape_id(self.store_column)}text",
         )
 
-    def _save_sync(self, full: bool) -> tuple[int, bool]:
-        with self.store.lock:
-            seq = self.tracker.tx_seq
-            if seq <= self.tracker.durable_seq:
-                return seq, False
-            content = self.store.get_encoded_mergeable_content()
-        text = encode_row(content)
-        table, id_column = escape_id(self.table), escape_id(self.id_column)
-        store_column = escape_id(self.store_column)
-
+    def _write_row(self, text: str, table: str, id_column: str, store_column: str) -> None:
         def write(conn: Any) -> None:
             self._ensure_table(conn)
             self._execute(
@@ -282,9 +277,6 @@ class PostgresBackend(Backend):
             self._execute(conn, f"DELETE FROM {table} WHERE {id_column}<>%s", [SINGLE_ROW_ID])
 
         self._run(write)
-        self.tracker.stats["writes"] += 1
-        self.tracker.stats["full_writes"] += 1
-        return seq, True
 
     def _watch_token(self) -> Any:  # auto-load listens instead of polling
         return None
@@ -634,14 +626,7 @@ class PostgresTabularBackend(PostgresBackend):
         return [tables, values or {}]
 
     def _load_sync(self) -> Any | None:
-        try:
-            content = self._run(self._read_tabular)
-        except PersistError as error:
-            self.load_error = error
-            self._load_unreachable = True
-            raise
-        self._load_unreachable = False
-        return content
+        return self._run_load(self._read_tabular)
 
     def _save_table(
         self,
@@ -701,8 +686,7 @@ class PostgresTabularBackend(PostgresBackend):
             names = ",".join(escape_id(c) for c in [row_id_column, *changing])
             placeholders = ",".join(["%s"] * (len(changing) + 1))
             update = (
-                "UPDATE SET"
-                + ",".join(f"{escape_id(c)}=excluded.{escape_id(c)}" for c in changing)
+                "UPDATE SET" + ",".join(f"{escape_id(c)}=excluded.{escape_id(c)}" for c in changing)
                 if changing
                 else "NOTHING"
             )
@@ -728,11 +712,10 @@ class PostgresTabularBackend(PostgresBackend):
             self._execute(conn, f"DELETE FROM{escaped}")
 
     def _save_sync(self, full: bool) -> tuple[int, bool]:
-        with self.store.lock:
-            seq = self.tracker.tx_seq
-            if seq <= self.tracker.durable_seq:
-                return seq, False
-            tables, values = self.store.get_content()
+        return self.save_whole_content(self.store.get_content, self._write)
+
+    def _write(self, content: Any) -> None:
+        tables, values = content
         config = self.tabular
 
         def write(conn: Any) -> None:
@@ -750,9 +733,6 @@ class PostgresTabularBackend(PostgresBackend):
                 )
 
         self._run(write)
-        self.tracker.stats["writes"] += 1
-        self.tracker.stats["full_writes"] += 1
-        return seq, True
 
     async def get_persisted(self) -> Any | None:
         return await Backend.get_persisted(self)

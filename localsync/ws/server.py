@@ -1,58 +1,29 @@
-"""WebSocket sync servers that speak TinyBase 10's legacy wire format.
+"""WebSocket sync servers that speak TinyBase 10's legacy wire format (``createWsServer``).
 
-Why our own server rather than a generic relay: TinyBase clients expect exactly TinyBase's
-behaviour (``createWsServer``): the URL path is the *room* (``ws://host:port/<pathId>``), a
-client's id is its ``Sec-WebSocket-Key``, a payload ``to\\n[...]`` is relayed to ``to`` (or to
-everyone else when ``to`` is empty) as ``from\\n[...]``, and a server-side MergeableStore per
-path can take part as client ``"S"``. On top of that this server adds what a long-running
-service needs:
+The URL path is the room (``ws://host:port/<pathId>``, see :mod:`localsync.ws.room`), a
+client's id is its ``Sec-WebSocket-Key``, a payload ``to\\n[...]`` is relayed to ``to`` (or
+to everyone else when ``to`` is empty) as ``from\\n[...]``, and a server-side MergeableStore
+per path can take part as client ``"S"``. On top of TinyBase's behaviour:
 
-* **Persistence** (``create_persister(path_id) -> Persister | None``, may be a coroutine):
-  the path's store loads from it, saves every change, and is synchronized like a client;
-  when the last client leaves, the path is stopped (persister and synchronizer destroyed)
-  and the next client finds the data again - also after a server restart.
-* **Room lifecycle under churn**: one task per room starts and stops its store, one step at
-  a time, until the store is up exactly while the room has clients; so any number of
-  connect/close cycles cost at most one stop and one start before the next client is served,
-  and a client that comes back while the store is still up keeps it. Requests of the room's
-  store to a client that left fail at once (``peer_left``); when the last client leaves,
-  every request still waiting is failed, so neither a start nor a stop ever waits out a
-  request time-out for clients that are gone, and ``destroy`` (saving every room) is prompt.
-* **Rooms that never held data** (store empty at stop: no data, not even a deletion) are
-  handed to ``discard_empty_path(path_id)`` if given, so that the caller can delete what the
-  persister left on disk (``localsync serve`` deletes the file after checking that it holds
-  nothing; see :mod:`localsync.cli.serve`).
-* **Path ids are validated before anything else** (see ``is_valid_path_id``): at most 128
-  characters in 1 to 8 ``/``-separated segments (``org/doc`` works, as in TinyBase), each
-  segment from ``A-Z a-z 0-9 _ ~ - .`` and not starting with ``.`` (so no ``.``, ``..`` or
-  hidden names); no empty segment, no backslash, no NUL, no percent-decoding. The empty path
-  (``ws://host/``) is allowed only when the server does not persist. Anything else is
-  refused at the HTTP upgrade with 400, so no file name is ever made from it;
-  ``path_file_name`` turns a valid id into one flat file name (``/`` becomes ``%2F``, which
-  cannot occur in an id).
-* **Authentication** at the upgrade: ``token=`` (``Authorization: Bearer <t>`` or
-  ``?token=<t>``; missing -> 401, wrong -> 403) and/or ``authenticate(path_id, request)``
-  returning a bool or awaitable bool (False -> 403).
-* **Limits**: ``max_clients`` (None = unlimited) refuses further upgrades with 503.
-  Rooms: ``max_rooms`` (None = unlimited) bounds the rooms open at once (with clients, or
-  with a store still stopping); ``max_rooms_per_address`` (None = unlimited) bounds the rooms
-  the clients of one remote IP address are in at once (behind a reverse proxy all clients
-  share its address); ``max_rooms_per_socket`` (default and maximum 100, TinyBase's channel
-  limit) bounds one shared socket's channels. A legacy client over a room limit is refused at
-  the upgrade with 503 (``too many rooms``); a shared socket's subscription over one closes
-  the socket with 1013 ``tinybase:15:rooms`` (``tinybase:15:channels`` for the per-socket
-  limit), as TinyBase closes for its channel limit. Refusals are counted in ``rooms_refused``.
-* **Back-pressure**: each client has a bounded outgoing queue (``max_queue_bytes``, 16 MiB by
-  default). A client that cannot keep up is closed with 1013 ``tinybase:15:socket`` and
-  counted; it never makes the server buffer without bound or slows other clients down.
-* **Bad input** (garbage, oversized, malformed or invalid frames) closes only that
-  connection, with TinyBase's codes (1007 ``tinybase:14``, 1013 ``tinybase:15:...``); so does
-  input whose checks raise (a JSON integer too large for a float: OverflowError).
-
-* **Shared sockets**: a client that offers the ``tinybase`` subprotocol (TinyBase 9.3+, several
-  WsSynchronizers over one WebSocket) gets it, and each of its channels joins the room
-  ``<path>/<channel id>`` (see :mod:`localsync.ws.multiplex`); the socket's path may
-  then be empty. Other clients use the legacy protocol, as before.
+* **Persistence**: ``create_persister(path_id) -> Persister | None`` (may be a coroutine);
+  the room's store loads from it, saves every change, is synchronized like a client, and is
+  stopped (saved, destroyed) when the last client leaves. One task per room starts and stops
+  it, so churn costs at most one stop and one start before the next client is served.
+* **Rooms that never held data** are handed to ``discard_empty_path(path_id)`` when given.
+* **Path ids** are validated at the HTTP upgrade (400); the empty path only without
+  persistence (:func:`is_valid_path_id`, :func:`path_file_name`).
+* **Authentication**: ``token=`` (``Authorization: Bearer <t>`` or ``?token=<t>``; missing
+  -> 401, wrong -> 403) and/or ``authenticate(path_id, request)`` (False -> 403).
+* **Limits**: ``max_clients`` (503), ``max_rooms``, ``max_rooms_per_address`` (503 ``too
+  many rooms`` at the upgrade; a shared socket's channel: close 1013 ``tinybase:15:rooms``)
+  and ``max_rooms_per_socket`` (default and maximum 100: 1013 ``tinybase:15:channels``).
+* **Back-pressure**: a client whose outgoing queue exceeds ``max_queue_bytes`` (16 MiB) is
+  closed with 1013 ``tinybase:15:socket``.
+* **Bad input** closes only that connection, with TinyBase's codes (1007 ``tinybase:14``,
+  1013 ``tinybase:15:...``).
+* **Shared sockets**: a client offering the ``tinybase`` subprotocol (TinyBase 9.3+) gets
+  it; each of its channels joins the room ``<path>/<channel id>``
+  (:mod:`localsync.ws.multiplex`).
 """
 
 from __future__ import annotations
@@ -62,11 +33,10 @@ import contextlib
 import hmac
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -75,6 +45,7 @@ from websockets.http11 import Request, Response
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
 from localsync.ws.frame_queue import FrameQueue
+from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
 from localsync.ws.multiplex import (
     MAX_CHANNELS,
     SUBPROTOCOL,
@@ -83,6 +54,16 @@ from localsync.ws.multiplex import (
     Subscribe,
     channel_frame,
 )
+from localsync.ws.room import (
+    Client,
+    Room,
+    address_of,
+    holds_no_data,
+    is_valid_path_id,
+    path_file_name,
+    path_id_of,
+)
+from localsync.ws.simple import WsServerSimple
 from localsync.ws.wire import (
     ERROR_MESSAGE,
     MAX_PAYLOAD_SIZE,
@@ -96,6 +77,7 @@ from localsync.ws.wire import (
 )
 
 __all__ = [
+    "ServerSettings",
     "WsServer",
     "WsServerSimple",
     "create_ws_server",
@@ -106,10 +88,6 @@ __all__ = [
 
 logger = logging.getLogger("localsync.ws_server")
 
-MAX_PATH_ID_LENGTH = 128
-MAX_PATH_ID_SEGMENTS = 8
-_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
-_PATH_ID = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{0,{MAX_PATH_ID_SEGMENTS - 1}}}")
 # messages buffered per path while its server store starts (TinyBase's limits)
 MAX_START_BUFFER_COUNT = 1000
 # Frames a little over the payload limit reach our decoder, which closes with TinyBase's 1013;
@@ -125,103 +103,21 @@ IgnoredErrorHandler = Callable[[BaseException], None]
 DiscardEmptyPath = Callable[[str], "Any | Awaitable[Any]"]
 
 
-def is_valid_path_id(path_id: str, allow_empty: bool = False) -> bool:
-    """True when ``path_id`` is safe to use as a room name and as part of a file name."""
-    if path_id == "":
-        return allow_empty
-    return len(path_id) <= MAX_PATH_ID_LENGTH and _PATH_ID.fullmatch(path_id) is not None
+@dataclass(frozen=True)
+class ServerSettings:
+    """What a :class:`WsServer` is configured with (the options of :func:`create_ws_server`)."""
 
-
-def path_file_name(path_id: str) -> str:
-    """A flat, collision-free file name (without suffix) for a valid path id."""
-    if not is_valid_path_id(path_id):
-        raise ValueError(f"invalid path id {path_id!r}")
-    return path_id.replace("/", "%2F")
-
-
-def _address_of(connection: ServerConnection) -> str:
-    """The remote host of a connection (without its port), "" when unknown."""
-    try:
-        address = connection.remote_address
-    except Exception:
-        return ""
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return str(address or "")
-
-
-def _path_id_of(request_path: str) -> str | None:
-    # TinyBase: the URL path after the first "/", up to any "?"
-    if not request_path.startswith("/"):
-        return None
-    return request_path[1:].split("?", 1)[0].split("#", 1)[0]
-
-
-class _Client:
-    """A client in one path's room: a legacy socket, or one channel of a shared socket
-    (``channel`` set: its frames are wrapped, and it shares the socket's queue)."""
-
-    __slots__ = (
-        "address",
-        "channel",
-        "closing",
-        "decoder",
-        "id",
-        "path",
-        "queue",
-        "writer",
-        "ws",
-    )
-
-    def __init__(
-        self,
-        client_id: str,
-        ws: ServerConnection,
-        path: _Path,
-        timeout: float,
-        queue: FrameQueue,
-        channel: str | None = None,
-    ):
-        self.id = client_id
-        self.ws = ws
-        self.path = path
-        self.decoder = PayloadDecoder(timeout)
-        self.queue = queue
-        self.channel = channel
-        self.writer: asyncio.Task[None] | None = None
-        self.closing = False
-        self.address = _address_of(ws)
-
-
-class _Path:
-    """A room: its clients, and its server store's lifecycle (one task at a time per room)."""
-
-    __slots__ = (
-        "buffer",
-        "buffered",
-        "clients",
-        "id",
-        "lifecycle",
-        "persister",
-        "ready",
-        "receive",
-        "synchronizer",
-        "up",
-    )
-
-    def __init__(self, path_id: str) -> None:
-        self.id = path_id
-        self.clients: dict[str, _Client] = {}
-        self.ready = False
-        self.buffer: list[tuple[str, Decoded]] = []
-        self.buffered = 0
-        self.persister: Any = None
-        self.synchronizer: Any = None
-        self.receive: Callable[[str, str | None, int, Any], None] | None = None
-        # the task that starts and stops the store until it matches "has clients"
-        self.lifecycle: asyncio.Task[None] | None = None
-        # a store was created (and must be stopped) for this room
-        self.up = False
+    on_ignored_error: IgnoredErrorHandler | None = None
+    request_timeout_seconds: float = 1.0
+    fragment_size: int | None = None
+    authenticate: Authenticate | None = None
+    token: str | None = None
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE
+    max_clients: int | None = None
+    max_rooms: int | None = None
+    max_rooms_per_address: int | None = None
+    max_rooms_per_socket: int = MAX_CHANNELS
+    discard_empty_path: DiscardEmptyPath | None = None
 
 
 class WsServer:
@@ -231,38 +127,28 @@ class WsServer:
         self,
         host: str,
         port: int,
-        create_persister: Callable[[str], Any] | None = None,
+        create_persister: Callable[[str], Any] | None,
+        settings: ServerSettings,
         *,
-        on_ignored_error: IgnoredErrorHandler | None = None,
-        request_timeout_seconds: float = 1.0,
-        fragment_size: int | None = None,
-        authenticate: Authenticate | None = None,
-        token: str | None = None,
-        max_queue_bytes: int = MAX_PAYLOAD_SIZE,
-        max_clients: int | None = None,
-        max_rooms: int | None = None,
-        max_rooms_per_address: int | None = None,
-        max_rooms_per_socket: int = MAX_CHANNELS,
-        discard_empty_path: DiscardEmptyPath | None = None,
         listeners: bool = True,
     ) -> None:
         self._host = host
         self._requested_port = port
         self._create_persister = create_persister
-        self._on_ignored_error = on_ignored_error
-        self._timeout = request_timeout_seconds
-        self._fragment_size = fragment_size
-        self._authenticate = authenticate
-        self._token = token
-        self._max_queue_bytes = max_queue_bytes
-        self._max_clients = max_clients
-        self._max_rooms = max_rooms
-        self._max_rooms_per_address = max_rooms_per_address
-        self._max_rooms_per_socket = min(max_rooms_per_socket, MAX_CHANNELS)
-        self._discard_empty_path = discard_empty_path
+        self._on_ignored_error = settings.on_ignored_error
+        self._timeout = settings.request_timeout_seconds
+        self._fragment_size = settings.fragment_size
+        self._authenticate = settings.authenticate
+        self._token = settings.token
+        self._max_queue_bytes = settings.max_queue_bytes
+        self._max_clients = settings.max_clients
+        self._max_rooms = settings.max_rooms
+        self._max_rooms_per_address = settings.max_rooms_per_address
+        self._max_rooms_per_socket = min(settings.max_rooms_per_socket, MAX_CHANNELS)
+        self._discard_empty_path = settings.discard_empty_path
         self._listeners_enabled = listeners
         # every room with a client or with a store still running (get_path_ids: with clients)
-        self._paths: dict[str, _Path] = {}
+        self._paths: dict[str, Room] = {}
         # the rooms each remote address is in, with how many of its clients are in each
         self._address_rooms: dict[str, dict[str, int]] = {}
         self._server: Server | None = None
@@ -291,7 +177,7 @@ class WsServer:
             self._host,
             self._requested_port,
             process_request=self._process_request,
-            select_subprotocol=_select_subprotocol,
+            select_subprotocol=select_subprotocol,
             max_size=_MAX_FRAME,
             max_queue=_MAX_QUEUE,
             compression=None,
@@ -408,10 +294,10 @@ class WsServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        path_id = _path_id_of(request.path)
+        path_id = path_id_of(request.path)
         if self._destroying is not None:
             return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        shared = SUBPROTOCOL in _offered_subprotocols(request)
+        shared = SUBPROTOCOL in offered_subprotocols(request)
         # (a shared socket's own path is only a prefix: its rooms are path/channel)
         if path_id is None or not is_valid_path_id(
             path_id, allow_empty=shared or self._create_persister is None
@@ -422,12 +308,12 @@ class WsServer:
         if self._max_clients is not None and self._client_count() >= self._max_clients:
             return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
         if not shared:  # (a shared socket's rooms are checked as its channels subscribe)
-            refusal = self._room_refusal(path_id, _address_of(connection))
+            refusal = self._room_refusal(path_id, address_of(connection))
             if refusal is not None:
                 self._stats["rooms_refused"] += 1
                 return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, refusal)
         if self._token is not None:
-            supplied = _request_token(request)
+            supplied = request_token(request)
             if supplied is None:
                 return self._reject(connection, HTTPStatus.UNAUTHORIZED, "token required")
             if not hmac.compare_digest(supplied.encode(), self._token.encode()):
@@ -471,7 +357,7 @@ class WsServer:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
-        path_id = _path_id_of(request.path) or ""
+        path_id = path_id_of(request.path) or ""
         client_id = request.headers["Sec-WebSocket-Key"]
         self._stats["connections"] += 1
         if ws.subprotocol == SUBPROTOCOL:
@@ -481,7 +367,7 @@ class WsServer:
         if path is not None and client_id in path.clients:
             await ws.close(1008, "duplicate client id")
             return
-        if self._room_refusal(path_id, _address_of(ws)) is not None:  # (raced at the upgrade)
+        if self._room_refusal(path_id, address_of(ws)) is not None:  # (raced at the upgrade)
             self._stats["rooms_refused"] += 1
             error = overflow_error("rooms")
             await ws.close(error.code, error.reason)
@@ -522,7 +408,7 @@ class WsServer:
         """A socket shared by TinyBase synchronizers: each channel is a client of its room."""
         shared = MultiplexedSocket(base_path_id, self._timeout)
         queue = FrameQueue(self._max_queue_bytes)  # (one per socket: frames stay in order)
-        clients: dict[str, _Client] = {}
+        clients: dict[str, Client] = {}
         alive = [True]
         writer = asyncio.ensure_future(queue.drain(ws, lambda: alive[0]))
         logger.info("shared socket %s opened on /%s", socket_id, base_path_id)
@@ -557,7 +443,7 @@ class WsServer:
         text: str,
         socket_id: str,
         queue: FrameQueue,
-        clients: dict[str, _Client],
+        clients: dict[str, Client],
     ) -> tuple[int, str] | None:
         """Handle one frame of a shared socket; the close code and reason when it must end."""
         try:
@@ -595,8 +481,8 @@ class WsServer:
         event: Subscribe,
         socket_id: str,
         queue: FrameQueue,
-        joined: dict[str, _Client],
-    ) -> _Client:
+        joined: dict[str, Client],
+    ) -> Client:
         """Add a shared socket's channel to its room; ``WireError`` when it may not join."""
         path_id = event.path_id
         if not is_valid_path_id(path_id):
@@ -611,16 +497,16 @@ class WsServer:
         if len(joined) >= self._max_rooms_per_socket:
             self._stats["rooms_refused"] += 1
             raise overflow_error("channels")
-        if self._room_refusal(path_id, _address_of(ws)) is not None:
+        if self._room_refusal(path_id, address_of(ws)) is not None:
             self._stats["rooms_refused"] += 1
             raise overflow_error("rooms")
         path = self._add_client(path_id, socket_id, ws, queue, event.channel_id)
         return path.clients[socket_id]
 
-    async def _write(self, client: _Client) -> None:
+    async def _write(self, client: Client) -> None:
         await client.queue.drain(client.ws, lambda: not client.closing)
 
-    def _send_to(self, client: _Client, payload: str, size: int) -> None:
+    def _send_to(self, client: Client, payload: str, size: int) -> None:
         if client.closing:
             return
         if client.channel is not None:
@@ -632,7 +518,7 @@ class WsServer:
         self._stats["messages_sent"] += 1
         self._stats["bytes_sent"] += size
 
-    def _overflow(self, client: _Client, details: str) -> None:
+    def _overflow(self, client: Client, details: str) -> None:
         client.closing = True
         client.queue.clear()
         self._stats["overflows"] += 1
@@ -651,17 +537,17 @@ class WsServer:
         ws: ServerConnection,
         queue: FrameQueue | None = None,
         channel: str | None = None,
-    ) -> _Path:
+    ) -> Room:
         path = self._paths.get(path_id)
         if path is None:
-            path = _Path(path_id)
+            path = Room(path_id)
             self._paths[path_id] = path
             if self._create_persister is None:
                 path.ready = True
         if queue is None:
             queue = FrameQueue(self._max_queue_bytes)
         first = not path.clients
-        client = _Client(client_id, ws, path, self._timeout, queue, channel)
+        client = Client(client_id, ws, path, self._timeout, queue, channel)
         path.clients[client_id] = client
         rooms = self._address_rooms.setdefault(client.address, {})
         rooms[path_id] = rooms.get(path_id, 0) + 1
@@ -671,7 +557,7 @@ class WsServer:
         self._steer(path)
         return path
 
-    def _del_client(self, client: _Client) -> None:
+    def _del_client(self, client: Client) -> None:
         path = client.path
         if path.clients.get(client.id) is not client:
             return
@@ -708,12 +594,12 @@ class WsServer:
         else:
             self._steer(path)
 
-    def _steer(self, path: _Path) -> None:
+    def _steer(self, path: Room) -> None:
         """Run the room's lifecycle task unless it runs already (it re-checks when done)."""
         if self._create_persister is not None and path.lifecycle is None:
             path.lifecycle = asyncio.ensure_future(self._run_lifecycle(path))
 
-    async def _run_lifecycle(self, path: _Path) -> None:
+    async def _run_lifecycle(self, path: Room) -> None:
         """Start or stop the room's store until it matches whether the room has clients.
 
         One task per room does every start and stop in turn, so churn collapses: a start
@@ -733,7 +619,7 @@ class WsServer:
             if not (path.clients or path.up or path.buffer) and self._paths.get(path.id) is path:
                 del self._paths[path.id]
 
-    async def _start_store(self, path: _Path) -> None:
+    async def _start_store(self, path: Room) -> None:
         """Load the room's store from its persister and start syncing it as client "S"."""
         path.ready = False  # (until it can take messages, they are held: see _hold)
         try:
@@ -791,14 +677,14 @@ class WsServer:
         finally:
             self._flush(path)
 
-    def _flush(self, path: _Path) -> None:
+    def _flush(self, path: Room) -> None:
         path.ready = True
         buffered, path.buffer, path.buffered = path.buffer, [], 0
         for from_id, message in buffered:
             # also from clients that left meanwhile: their changes must reach the store
             self._to_server(path, from_id, message)
 
-    async def _stop_store(self, path: _Path) -> None:
+    async def _stop_store(self, path: Room) -> None:
         """Save and close the room's store; discard its file when it never held data."""
         path.ready = False  # (a client joining meanwhile waits for the next start)
         synchronizer, persister = path.synchronizer, path.persister
@@ -823,7 +709,7 @@ class WsServer:
                     await persister.destroy()
                 except Exception as exc:
                     self._report(exc)
-                empty = _is_empty(persister)
+                empty = holds_no_data(persister)
         finally:
             path.up = False
         if empty and self._discard_empty_path is not None:
@@ -838,7 +724,7 @@ class WsServer:
 
     # --------------------------------------------------------------------------- relay
 
-    def _route(self, path: _Path, from_id: str, message: Decoded) -> None:
+    def _route(self, path: Room, from_id: str, message: Decoded) -> None:
         to = message.client_id
         if to == "" or to == SERVER_CLIENT_ID:
             if path.ready:
@@ -861,7 +747,7 @@ class WsServer:
                 if target is not None:
                     self._send_to(target, payload, size)
 
-    def _hold(self, path: _Path, from_id: str, message: Decoded) -> None:
+    def _hold(self, path: Room, from_id: str, message: Decoded) -> None:
         # the path's store is still loading: keep what is meant for it, bounded
         size = sum(payload_size(r) for r in message.remainders)
         if len(path.buffer) >= MAX_START_BUFFER_COUNT or path.buffered + size > MAX_PAYLOAD_SIZE:
@@ -872,7 +758,7 @@ class WsServer:
         path.buffer.append((from_id, message))
         path.buffered += size
 
-    def _to_server(self, path: _Path, from_id: str, message: Decoded) -> None:
+    def _to_server(self, path: Room, from_id: str, message: Decoded) -> None:
         receive = path.receive
         if receive is not None:
             try:
@@ -880,7 +766,7 @@ class WsServer:
             except Exception as exc:
                 self._report(exc)
 
-    def _relay_from_server(self, path: _Path, payload: str) -> None:
+    def _relay_from_server(self, path: Room, payload: str) -> None:
         at = payload.index("\n")
         to = payload[:at]
         forwarded = SERVER_CLIENT_ID + payload[at:]
@@ -913,15 +799,6 @@ class WsServer:
             await asyncio.gather(*running, return_exceptions=True)
 
 
-def _is_empty(persister: Any) -> bool:
-    """True when the persister's store holds no data at all (not even deletions)."""
-    try:
-        tables, values = persister.get_store().get_mergeable_content()[:2]
-    except Exception:
-        return False
-    return not tables[0] and not values[0]
-
-
 def _decode(decoder: PayloadDecoder, text: str) -> list[Decoded]:
     """``decoder.feed(text)``; any other error of its checks (such as OverflowError for a JSON
     integer too large for a float) is invalid input too, never a crash of the connection."""
@@ -932,57 +809,6 @@ def _decode(decoder: PayloadDecoder, text: str) -> list[Decoded]:
     except Exception:
         decoder.clear()
         raise WireError(ERROR_MESSAGE) from None
-
-
-def _offered_subprotocols(request: Request) -> list[str]:
-    offered: list[str] = []
-    for header in request.headers.get_all("Sec-WebSocket-Protocol"):
-        offered.extend(part.strip() for part in header.split(","))
-    return offered
-
-
-def _select_subprotocol(_connection: ServerConnection, offered: Any) -> Any:
-    # TinyBase's shared-socket protocol when offered; otherwise none (legacy clients offer
-    # nothing; anything else is accepted as legacy, as TinyBase's server treats it)
-    return SUBPROTOCOL if SUBPROTOCOL in offered else None
-
-
-def _request_token(request: Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header is not None and header.lower().startswith("bearer "):
-        return header[7:].strip()
-    values = parse_qs(urlsplit(request.path).query).get("token")
-    return values[0] if values else None
-
-
-class WsServerSimple:
-    """TinyBase's ``createWsServerSimple``: a pure relay, no persistence, no listeners."""
-
-    def __init__(self, inner: WsServer) -> None:
-        self._inner = inner
-
-    @property
-    def port(self) -> int:
-        return self._inner.port
-
-    @property
-    def url(self) -> str:
-        return self._inner.url
-
-    def get_web_socket_server(self) -> Server | None:
-        return self._inner.get_web_socket_server()
-
-    def get_stats(self) -> dict[str, int]:
-        return self._inner.get_stats()
-
-    async def destroy(self) -> None:
-        await self._inner.destroy()
-
-    async def __aenter__(self) -> WsServerSimple:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.destroy()
 
 
 async def create_ws_server(
@@ -1010,10 +836,7 @@ async def create_ws_server(
     can delete what its persister left on disk; it returns True when it deleted something.
     See the module docstring for path ids, auth, room limits and back-pressure.
     """
-    server = WsServer(
-        host,
-        port,
-        create_persister,
+    settings = ServerSettings(
         on_ignored_error=on_ignored_error,
         request_timeout_seconds=request_timeout_seconds,
         fragment_size=fragment_size,
@@ -1026,6 +849,7 @@ async def create_ws_server(
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
     )
+    server = WsServer(host, port, create_persister, settings)
     await server._start()
     return server
 
@@ -1041,16 +865,13 @@ async def create_ws_server_simple(
     max_clients: int | None = None,
 ) -> WsServerSimple:
     """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
-    server = WsServer(
-        host,
-        port,
-        None,
+    settings = ServerSettings(
         on_ignored_error=on_ignored_error,
         authenticate=authenticate,
         token=token,
         max_queue_bytes=max_queue_bytes,
         max_clients=max_clients,
-        listeners=False,
     )
+    server = WsServer(host, port, None, settings, listeners=False)
     await server._start()
     return WsServerSimple(server)

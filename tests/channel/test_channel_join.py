@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRST_ANSWERER = textwrap.dedent(
     """
     import asyncio, os, signal, sys
-    from localsync.channel.synchronizer import ChannelTransport
+    from localsync.channel.transport import ChannelTransport
 
     async def main():
         transport = ChannelTransport(sys.argv[1], runtime_dir=sys.argv[2])
@@ -134,7 +134,7 @@ def test_join_survives_its_first_answerer_leaving(rundir: Path, how: str) -> Non
 
 
 def test_goodbyes_name_the_leaver_and_only_other_participants(rundir: Path) -> None:
-    from localsync.channel.synchronizer import ChannelTransport, broadcast_topic
+    from localsync.channel.transport import ChannelTransport, broadcast_topic
 
     async def scenario() -> None:
         channel = f"bye-{uuid.uuid4().hex[:10]}"

@@ -27,12 +27,12 @@ from localsync.channel.runtime import (
     resolve_runtime_dir,
     validate_channel_name,
 )
-from localsync.channel.synchronizer import (
-    ChannelError,
+from localsync.channel.transport import (
     ChannelTransport,
     broadcast_topic,
     others_broadcast_prefixes,
 )
+from localsync.errors import ChannelError
 from tests.channel_procs import ROOT, Proc
 
 pytestmark = pytest.mark.timeout(60)

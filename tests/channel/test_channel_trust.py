@@ -173,9 +173,7 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
     (allowed / "alice.key").write_bytes((keys / "alice.key").read_bytes())
     address = f"tcp://127.0.0.1:{free_port_pair()}"
 
-    async def refused(
-        match: str, at: str = address, wait: float = 3.0, **options: object
-    ) -> None:
+    async def refused(match: str, at: str = address, wait: float = 3.0, **options: object) -> None:
         # a refusal ends the wait at once: a long wait only matters on a loaded machine
         store = create_mergeable_store()
         sync = create_channel_synchronizer(
@@ -339,7 +337,7 @@ def test_joining_while_the_hub_host_is_frozen(rundir: Path) -> None:
     instead of failing with "no channel hub answered" (before: ChannelError)."""
     import asyncio
 
-    from localsync.channel.synchronizer import ChannelTransport
+    from localsync.channel.transport import ChannelTransport
 
     hub = Proc("hub", "--channel", "cold", "--runtime-dir", str(rundir))
     stopped = False
