@@ -15,11 +15,12 @@ Python API::
 
     Coordinator("orders", "./data").run()   # blocking, until SIGTERM/SIGINT (the CLI)
 
-Command line: ``localsync coordinator --channel NAME --data DIR [--persister sqlite|file]
-[--hub tcp://HOST:PORT] [--runtime-dir DIR] [--owner-wait SECONDS] [--exit-with-parent]``;
-prints one ``ready`` line (JSON) on stdout once it serves the channel; on SIGTERM or SIGINT it
-saves a last time and exits 0. A wrong argument, or a channel that already has a coordinator,
-is one line on stderr (``localsync coordinator: error: ...``) and exit status 2.
+Command line (:mod:`localsync.cli.coordinator`): ``localsync coordinator --channel NAME
+--data DIR [--persister sqlite|file] [--hub tcp://HOST:PORT] [--runtime-dir DIR]
+[--owner-wait SECONDS] [--exit-with-parent]``; prints one ``ready`` line (JSON) on stdout
+once it serves the channel; on SIGTERM or SIGINT it saves a last time and exits 0. A wrong
+argument, or a channel that already has a coordinator, is one line on stderr
+(``localsync coordinator: error: ...``) and exit status 2.
 
 The data file is ``DIR/NAME.sqlite`` (or ``.json`` for the file persister) when NAME is made
 of letters, digits, ``.``, ``_`` and ``-`` (and does not start with a dot); otherwise

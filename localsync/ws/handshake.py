@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
+from websockets.typing import Subprotocol
 
 from localsync.ws.multiplex import SUBPROTOCOL
 
@@ -21,10 +22,12 @@ def offered_subprotocols(request: Request) -> list[str]:
     return offered
 
 
-def select_subprotocol(_connection: ServerConnection, offered: Any) -> Any:
+def select_subprotocol(
+    _connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
     """TinyBase's shared-socket protocol when offered, else None (legacy: anything else is
     accepted as legacy, as TinyBase's server treats it)."""
-    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+    return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None
 
 
 def request_token(request: Request) -> str | None:

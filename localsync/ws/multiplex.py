@@ -41,7 +41,7 @@ from localsync.ws.wire import (
     WireError,
     encode_remainder,
     overflow_error,
-    parse_json,
+    parse_triple,
     payload_size,
     split_payload,
 )
@@ -181,11 +181,8 @@ class MultiplexedSocket:
         raise self._invalid()
 
     def _control(self, remainder: str) -> tuple[str | None, int, str | int] | None:
-        try:
-            parsed = parse_json(remainder)
-        except (ValueError, RecursionError):
-            return None
-        if type(parsed) is not list or len(parsed) != 3:
+        parsed = parse_triple(remainder)
+        if parsed is None:
             return None
         request_id, message, control_and_body = parsed
         if not (request_id is None or type(request_id) is str):

@@ -57,6 +57,7 @@ __all__ = [
     "is_protocol_message_valid",
     "overflow_error",
     "parse_json",
+    "parse_triple",
     "payload_size",
     "split_payload",
 ]
@@ -216,13 +217,21 @@ def parse_json(text: str) -> Any:
     return _parse_json(text)
 
 
-def decode_remainder(remainder: str) -> tuple[str | None, int, Any] | None:
-    """``(requestId, message, body)`` of a valid protocol message remainder, else None."""
+def parse_triple(remainder: str) -> list[Any] | None:
+    """The JSON array of three items a remainder holds (unchecked), else None."""
     try:
         parsed = _parse_json(remainder)
     except (ValueError, RecursionError):
         return None
     if type(parsed) is not list or len(parsed) != 3:
+        return None
+    return parsed
+
+
+def decode_remainder(remainder: str) -> tuple[str | None, int, Any] | None:
+    """``(requestId, message, body)`` of a valid protocol message remainder, else None."""
+    parsed = parse_triple(remainder)
+    if parsed is None:
         return None
     request_id, message, body = parsed
     if not is_protocol_message_valid(request_id, message, body):
