@@ -24,11 +24,13 @@ from typing import Any
 
 from localsync.core.codec import js_stringify
 from localsync.core.hash import get_hash
+from localsync.core.protocols import SyncStore
 from localsync.persisters._common import Backend, StorageCreateError
 from localsync.persisters._database import SINGLE_ROW_ID, decode_row, encode_row, escape_id
 from localsync.persisters._filestore import CorruptContentError, create_private_file
 
 __all__ = ["SqliteJsonBackend"]
+
 
 class SqliteJsonBackend(Backend):
     """One-row JSON storage in an SQLite file, the layout of TinyBase's JSON mode.
@@ -40,7 +42,9 @@ class SqliteJsonBackend(Backend):
 
     kind = "database"
 
-    def __init__(self, store: Any, path: str, names: tuple[str, str, str], poll_seconds: float):
+    def __init__(
+        self, store: SyncStore, path: str, names: tuple[str, str, str], poll_seconds: float
+    ):
         self.table, self.id_column, self.store_column = names
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()

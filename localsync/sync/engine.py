@@ -51,6 +51,7 @@ from typing import Any, Final, NamedTuple
 from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import JSON_PREFIX, UNDEFINED, get_unique_id, only_hlc_chars
 from localsync.core.mergeable_store import _STAMP_OVERHEAD
+from localsync.core.protocols import HashTreeStore
 from localsync.sync.persister import TinyBaseError
 
 __all__ = [
@@ -560,6 +561,38 @@ def coalesce_changes(
     return out
 
 
+# -- events: what the engine hands back besides messages -------------------------------------
+
+
+class ContentDiffReceived(NamedTuple):
+    """A peer's ContentDiff, received while auto-loading: apply ``changes`` to the store."""
+
+    changes: Any
+
+
+class PeerChangesPulled(NamedTuple):
+    """A pull started by a peer's ContentHashes ended (auto-loading): apply ``changes``.
+
+    ``changes`` is None when the pull failed (the failure was reported): reload instead.
+    """
+
+    changes: Any
+
+
+class PullFinished(NamedTuple):
+    """The pull that :meth:`SyncEngine.pull` started (a load) ended.
+
+    ``changes`` are mergeable changes ``[tables_stamp, values_stamp, 1]``, or None when the
+    pull failed (the failure was reported).
+    """
+
+    pull_id: str
+    changes: Any
+
+
+Event = ContentDiffReceived | PeerChangesPulled | PullFinished
+
+
 # -- the pull state machine ---------------------------------------------------------------------
 
 
@@ -568,8 +601,8 @@ class _Pull:
 
     __slots__ = (
         "asked_everyone",
+        "for_load",
         "gathered",
-        "on_done",
         "other",
         "other_values_hash",
         "restarts",
@@ -578,10 +611,12 @@ class _Pull:
         "values_hash",
     )
 
-    def __init__(self, tx_id: str, other: str | None, on_done: Callable[[Any], None]) -> None:
+    def __init__(self, tx_id: str, other: str | None, for_load: bool) -> None:
         self.tx_id = tx_id
         self.other = other
-        self.on_done = on_done
+        # started by pull() for a load (ends in PullFinished), else by a peer's hashes
+        # (ends in PeerChangesPulled)
+        self.for_load = for_load
         self.tables_changes: list[Any] = _stamp_new_obj()
         self.values_hash: Any = None
         self.other_values_hash: Any = None
@@ -630,7 +665,7 @@ class SyncEngine:
 
     def __init__(
         self,
-        store: Any,
+        store: HashTreeStore,
         *,
         request_timeout_seconds: float,
         on_ignored_error: Callable[[BaseException], None] | None = None,
@@ -669,13 +704,13 @@ class SyncEngine:
         self.destroyed = False
         self.is_auto_loading: Callable[[], bool] = lambda: False
         self.is_auto_saving: Callable[[], bool] = lambda: False
-        self.persister_listener: Callable[[Any, Any], None] | None = None
         # internal
         self.sends = 0
         self.receives = 0
         self.ignored_errors = 0
         self.anti_entropy_announcements = 0
         self._outbox: list[Outgoing] = []
+        self._events: list[Event] = []
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._peers: dict[str, _Peer] = {}
@@ -703,6 +738,15 @@ class SyncEngine:
         out = self._outbox
         self._outbox = []
         return out
+
+    def has_events_received(self) -> bool:
+        return bool(self._events)
+
+    def events_received(self) -> list[Event]:
+        """Take the events (changes to apply, pulls that ended), oldest first."""
+        events = self._events
+        self._events = []
+        return events
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (``clock`` units), or None."""
@@ -776,20 +820,27 @@ class SyncEngine:
     # -- the pull sequence --------------------------------------------------------------------
 
     def pull(
-        self,
-        on_done: Callable[[Any], None],
-        other_client_id: str | None = None,
-        other_content_hashes: Any = None,
-        transaction_id: str | None = None,
-    ) -> None:
+        self, other_client_id: str | None = None, other_content_hashes: Any = None
+    ) -> str | None:
         """Ask a peer (or, with no hashes given, whoever answers first) what we are missing.
 
-        ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
-        ``None`` when the sequence failed (the failure is reported first).
+        Returns the pull's id: a :class:`PullFinished` event with that id carries the result.
+        None when a pull from ``other_client_id`` already runs (it asks for the difference as
+        it is when it asks).
         """
+        pull = self._new_pull(other_client_id, other_content_hashes, None, True)
+        return None if pull is None else pull.tx_id
+
+    def _new_pull(
+        self,
+        other_client_id: str | None,
+        other_content_hashes: Any,
+        transaction_id: str | None,
+        for_load: bool,
+    ) -> _Pull | None:
         if other_client_id in self._pulling_from and other_content_hashes is not None:
-            return  # (the running pull asks for the difference as it is when it asks)
-        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+            return None
+        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, for_load)
         if other_content_hashes is None:
             pull.asked_everyone = True
             self._request(pull, None, GET_CONTENT_HASHES, "")
@@ -797,11 +848,20 @@ class SyncEngine:
             if other_client_id is not None:
                 self._pulling_from[other_client_id] = pull
             self._on_content_hashes(pull, other_content_hashes)
+        return pull
 
     def _fail(self, pull: _Pull, error: BaseException) -> None:
         self._pull_ended(pull)
         self._report(error)
-        pull.on_done(None)
+        self._pulled(pull, None)
+
+    def _pulled(self, pull: _Pull, changes: Any) -> None:
+        """Hand a pull's result back as an event."""
+        if pull.for_load:
+            self._events.append(PullFinished(pull.tx_id, changes))
+        elif not self.destroyed and (changes is None or not _changes_are_empty(changes)):
+            # (in sync already: nothing to apply, where TinyBase applies an empty set)
+            self._events.append(PeerChangesPulled(changes))
 
     def _pull_ended(self, pull: _Pull) -> None:
         other = pull.other
@@ -812,11 +872,11 @@ class SyncEngine:
         self._pull_ended(pull)
         gathered = pull.gathered
         if gathered is None:
-            pull.on_done([pull.tables_changes, values_stamp, 1])
+            self._pulled(pull, [pull.tables_changes, values_stamp, 1])
             return
         changes = CheckedChanges([pull.tables_changes, values_stamp, 1])
         changes.hlcs, changes.special = gathered
-        pull.on_done(changes)
+        self._pulled(pull, changes)
 
     def _on_content_hashes(self, pull: _Pull, other_hashes: Any) -> None:
         other_tables_hash, other_values_hash = other_hashes
@@ -949,17 +1009,12 @@ class SyncEngine:
         if message == CONTENT_HASHES:
             self._remember_peer_hashes(from_client_id, body)
             if is_auto_loading:
-                self.pull(
-                    self._pushed_changes_handler(),
-                    from_client_id,
-                    body,
-                    request_id,
-                )
+                self._new_pull(from_client_id, body, request_id, False)
             return
         if message == CONTENT_DIFF:
             self._last_diff_traffic = self.clock()
-            if is_auto_loading and self.persister_listener is not None:
-                self.persister_listener(None, body)
+            if is_auto_loading:
+                self._events.append(ContentDiffReceived(body))
             return
         store = self.store
         if message == GET_CONTENT_HASHES:
@@ -975,17 +1030,6 @@ class SyncEngine:
         else:  # VALUE_DIFF
             response = store.get_mergeable_value_diff(body)
         self._emit(from_client_id, request_id, RESPONSE, response)
-
-    def _pushed_changes_handler(self) -> Callable[[Any], None]:
-        def on_done(changes: Any) -> None:
-            listener = self.persister_listener
-            if self.destroyed or listener is None:
-                return
-            if changes is not None and _changes_are_empty(changes):
-                return  # in sync already: nothing to apply (TinyBase applies an empty set)
-            listener(None, changes)
-
-        return on_done
 
     # -- peers and anti-entropy ---------------------------------------------------------------
 
@@ -1104,7 +1148,7 @@ class SyncEngine:
             return
         self._remember_peer_hashes(from_client_id, body)
         if is_auto_loading and list(body) != list(self.store.get_mergeable_content_hashes()):
-            self.pull(self._pushed_changes_handler(), from_client_id, body)
+            self._new_pull(from_client_id, body, None, False)
 
     def tick(self, now: float | None = None) -> None:
         """Expire overdue requests and run anti-entropy when due."""

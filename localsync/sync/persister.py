@@ -64,6 +64,7 @@ from enum import IntEnum
 from typing import Any
 
 from localsync.core.collector import tune_collector
+from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
 from localsync.errors import TinyBaseError
 
 __all__ = [
@@ -159,7 +160,7 @@ class Persister:
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         *,
         on_ignored_error: IgnoredErrorHandler | None = None,
         persist: int = Persists.STORE_OR_MERGEABLE_STORE,
@@ -204,8 +205,14 @@ class Persister:
         self._get_touched: Callable[[], Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
+        # a MergeableStore's hooks (had_mutated, ignored_count), whatever ``persist`` says
+        self._hooked_store: MergeableStoreLike | None = (
+            store if is_mergeable_store(store) else None
+        )
         # the store's hook, looked up once (a received change asks for it every time)
-        self._had_mutated: Callable[[], bool] | None = getattr(store, "had_mutated", None)
+        self._had_mutated: Callable[[], bool] | None = (
+            self._hooked_store.had_mutated if self._hooked_store is not None else None
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -219,53 +226,50 @@ class Persister:
 
     def _configure_store(self, persist: int) -> None:
         store = self._store
-        mergeable = bool(getattr(store, "is_mergeable", lambda: False)())
-        if persist != Persists.STORE_ONLY and mergeable:
-            self._is_mergeable_store = True
+        if persist != Persists.STORE_ONLY and is_mergeable_store(store):
+            self._mergeable_store: MergeableStoreLike | None = store
             self._get_content: Callable[[], Any] = store.get_encoded_mergeable_content
             with_hashes = not self._is_synchronizer
             self._get_changes: Callable[[], Any] = lambda: (
                 store.get_encoded_transaction_mergeable_changes(with_hashes)
             )
             if self._is_synchronizer:
-                self._get_touched = getattr(store, "get_transaction_touched", None)
+                self._get_touched = store.get_transaction_touched
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
         elif persist != Persists.MERGEABLE_STORE_ONLY:
-            self._is_mergeable_store = False
-            self._get_content = getattr(store, "get_encoded_content", None) or store.get_content
-            get_changes = getattr(store, "get_encoded_transaction_changes", None) or getattr(
-                store, "get_transaction_changes", None
-            )
-            self._get_changes = get_changes if get_changes is not None else lambda: None
+            self._mergeable_store = None
+            self._get_content = store.get_encoded_content
+            self._get_changes = store.get_encoded_transaction_changes
             self._set_default_content = store.set_content
         else:
             raise TypeError(f"tinybase:{ERROR_STORE_TYPE}: this persister needs a MergeableStore")
+        self._is_mergeable_store = self._mergeable_store is not None
 
     def _set_content_or_changes(self, content_or_changes: Any) -> None:
         """Apply loaded content (or changes), marking it as ours so it is not saved back."""
         store = self._store
         is_changes = len(content_or_changes) > 2 and content_or_changes[2] == 1
-        ignored_before = getattr(store, "ignored_count", None)
+        hooked = self._hooked_store
+        ignored_before = hooked.ignored_count if hooked is not None else 0
         self._applying += 1
         try:
-            if self._is_mergeable_store and isinstance(content_or_changes[0], list):
+            mergeable = self._mergeable_store
+            if mergeable is not None and isinstance(content_or_changes[0], list):
                 if is_changes:
-                    store.apply_encoded_mergeable_changes(content_or_changes)
+                    mergeable.apply_encoded_mergeable_changes(content_or_changes)
                 else:
-                    store.set_encoded_mergeable_content(content_or_changes)
+                    mergeable.set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
-                apply = getattr(store, "apply_encoded_changes", None) or store.apply_changes
-                apply(content_or_changes)
+                store.apply_changes(content_or_changes)
             else:
-                setter = getattr(store, "set_encoded_content", None) or store.set_content
-                setter(content_or_changes)
+                store.set_encoded_content(content_or_changes)
         finally:
             self._applying -= 1
-        if ignored_before is not None and getattr(store, "ignored_count", 0) > ignored_before:
+        if hooked is not None and hooked.ignored_count > ignored_before:
             # the store drops invalid or far-future data silently, as TinyBase does; say so
             raise TinyBaseError(ERROR_CONTENT, "ignored invalid or far-future mergeable data")
 
-    def get_store(self) -> Any:
+    def get_store(self) -> PersistableStore:
         return self._store
 
     # -- errors, status, listeners ------------------------------------------------------------
@@ -500,16 +504,19 @@ class Persister:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(listener, content, changes)
                 return
-            if generation != self._auto_load_generation or self._destroyed:
-                return
-            if changes is not None or content is not None:
-                self._auto_load_changes(content, changes)
-            elif self._status == Status.SAVING:
-                self._auto_load_after_save_generation = generation
-            else:
-                self._spawn(self.load())
+            if generation == self._auto_load_generation and not self._destroyed:
+                self._storage_changed(content, changes)
 
         return listener
+
+    def _storage_changed(self, content: Any, changes: Any) -> None:
+        """Auto-load what the storage reported (loop thread): apply it, or reload with neither."""
+        if changes is not None or content is not None:
+            self._auto_load_changes(content, changes)
+        elif self._status == Status.SAVING:
+            self._auto_load_after_save_generation = self._auto_load_generation
+        else:
+            self._spawn(self.load())
 
     def _auto_load_changes(self, content: Any, changes: Any) -> None:
         """Apply pushed content synchronously when nothing else is in flight.
@@ -733,7 +740,7 @@ class Persister:
             self._queued_saves -= 1
 
     def _make_auto_save_listener(self, generation: int) -> Callable[[Any], None]:
-        def on_transaction(_store: Any) -> None:
+        def on_transaction(_store: object) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
             loop_thread = self._loop_thread
@@ -957,7 +964,7 @@ class _CustomPersister(Persister):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         get_persisted: Callable[[], Any],
         set_persisted: Callable[..., Any],
         add_persister_listener: Callable[[Callable[..., None]], Any],
@@ -975,7 +982,7 @@ class _CustomPersister(Persister):
 
 
 def create_custom_persister(
-    store: Any,
+    store: PersistableStore,
     get_persisted: Callable[[], Any],
     set_persisted: Callable[..., Any],
     add_persister_listener: Callable[[Callable[..., None]], Any],

@@ -1,91 +1,64 @@
-"""Synchronizer = Persister lifecycle + the sans-I/O engine + an asyncio timer.
+"""TinyBase's Synchronizer: the Persister lifecycle around the sans-I/O engine and a Transport.
 
-Why a Persister: as in TinyBase, a synchronizer "loads" by pulling from peers and "saves" by
-broadcasting (a ContentDiff per local transaction, else ContentHashes), so start/stop, status,
-statistics and echo suppression come from :mod:`localsync.sync.persister` unchanged.
-
-Coalescing (beyond TinyBase, wire-compatible): TinyBase sends one ContentDiff per local
-transaction from inside the transaction listener. Here a lone write on the loop thread (after
-``persister.INLINE_IDLE_SECONDS`` without sending) is sent the same way, at once; any other
-transaction is queued and sent on the loop's next turn, and every transaction that joins the
-queue before that turn - more writes in the same turn on the loop thread, writes from a thread
-faster than the loop (the blocking facade), writes made while an earlier save is queued behind
-a load - travels in the same ContentDiff (newest HLC per cell/value, latest row/table HLCs,
-built once from the current stamps: ``MergeableStore.get_encoded_mergeable_changes_of``, with the
-size caps of :func:`localsync.sync.engine.coalesce_changes`). A burst of N writes therefore costs
-readers a handful of messages and store transactions instead of N. Changes applied from
-peers are never re-sent (the echo rule is unchanged), diffs leave in transaction order, and
-``stop_sync``/``destroy`` send what is still queued first. ``coalesced_transactions`` counts
-transactions that travelled inside another's diff; ``_coalesce_saves = False`` (private, for
-benchmarks) restores TinyBase's one-diff-per-transaction behaviour.
-
-Building a transport (a new one should be one short file)::
-
-    def create_my_synchronizer(store, ...):
-        def send(to_client_id, request_id, message, body): ...      # on the loop thread
-        def register_receive(receive): ...     # later: receive(from_id, request_id, message, body)
-        def destroy(): ...
-        return create_custom_synchronizer(store, send, register_receive, destroy, 1.0)
-
-``send`` must not block (queue the bytes); ``receive`` should be called on the event loop
-thread that runs the synchronizer (calls from other threads are handed over to it).
-Everything the engine emits is sent synchronously from the call that caused it, in order.
-
-Deliberate differences from TinyBase 10.0.1 (the message sequence of its protocol traces is
-reproduced exactly; see tests/sync/test_protocol_traces.py):
-
-* ``destroy()`` fails requests in flight first (``tinybase:3:destroyed``) instead of letting
-  an in-flight load wait for its time-out.
-* A pull that finds nothing to apply applies nothing (TinyBase applies an empty change set,
-  which only counts a load and flips the status).
-* Mergeable data the store ignores (invalid or more than 5 minutes in the future) is
-  reported to ``on_ignored_error`` as ``tinybase:1`` instead of vanishing silently.
-* Local writes made while a load is in flight are sent after it rather than skipped (see
-  :mod:`localsync.sync.persister`).
-* Local transactions that follow each other closely leave merged on the next loop turn
-  (below); only a lone write is sent from inside its transaction listener.
-* Optional anti-entropy (``anti_entropy_seconds``), see :mod:`localsync.sync.engine`.
+A synchronizer "loads" by pulling from peers and "saves" by broadcasting (a ContentDiff per
+local transaction, merged when transactions follow each other closely, else ContentHashes), so
+start/stop, status, statistics and echo suppression come from :mod:`localsync.sync.persister`.
+The path of a received message: ``Transport`` -> :meth:`Synchronizer._receive` ->
+:meth:`SyncEngine.receive <localsync.sync.engine.SyncEngine.receive>` -> the engine's events
+(:meth:`Synchronizer._apply_events`) -> the Persister lifecycle -> the store; the engine's
+messages go out through ``Transport.send``. Design notes: docs/notes/sync.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from localsync.core.protocols import SyncStore
 from localsync.sync.engine import (
     MAX_COALESCED_BYTES,
     MAX_COALESCED_STAMPS,
+    Event,
+    PullFinished,
     SyncEngine,
     coalesce_changes,
 )
-from localsync.sync.persister import Persister, Persists, TinyBaseError
+from localsync.sync.persister import Persister, Persists, TinyBaseError, maybe_await
+from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 
-__all__ = ["Synchronizer", "create_custom_synchronizer"]
-
-SendFn = Callable[[str | None, str | None, int, Any], None]
-ReceiveFn = Callable[[str, str | None, int, Any], None]
+__all__ = ["ReceiveFn", "SendFn", "Synchronizer", "Transport", "create_custom_synchronizer"]
 
 
 class Synchronizer(Persister):
-    """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods."""
+    """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods.
+
+    Every synchronizer is built here, from a store and a :class:`Transport`.
+
+    Args:
+        store: the MergeableStore to synchronize.
+        transport: carries the messages (see :mod:`localsync.sync.transport`).
+        request_timeout_seconds: how long a request waits for its answer.
+        on_send, on_receive: observers of every message sent / received.
+        on_ignored_error: gets errors that are not raised (TinyBase's ``onIgnoredError``).
+        anti_entropy_seconds: period of the optional anti-entropy rounds (None: off).
+        engine: a ready engine (tests); by default one is made for ``store``.
+    """
+
+    _store: SyncStore
 
     def __init__(
         self,
-        store: Any,
-        send: SendFn,
-        register_receive: Callable[[ReceiveFn], Any],
-        destroy: Callable[[], Any] | None,
+        store: SyncStore,
+        transport: Transport,
         request_timeout_seconds: float,
         on_send: SendFn | None = None,
         on_receive: ReceiveFn | None = None,
         on_ignored_error: Callable[[BaseException], None] | None = None,
         *,
         anti_entropy_seconds: float | None = None,
-        pre_destroy: Callable[[], Any] | None = None,
         engine: SyncEngine | None = None,
     ) -> None:
         super().__init__(
@@ -94,9 +67,8 @@ class Synchronizer(Persister):
             persist=Persists.MERGEABLE_STORE_ONLY,
             is_synchronizer=True,
         )
-        self._send = send
-        self._transport_destroy = destroy
-        self._pre_destroy = pre_destroy
+        self._transport: Transport = transport
+        self._send = transport.send
         self._on_send = on_send
         self._engine = engine or SyncEngine(
             store,
@@ -116,11 +88,12 @@ class Synchronizer(Persister):
         self._coalesce_saves = True
         self.coalesced_transactions = 0
         self._last_pull_failed = False
+        # loads waiting for their pull: pull id -> future of its changes (PullFinished)
+        self._pulls: dict[str, asyncio.Future[Any]] = {}
         # engine decisions read the store; hold its lock so that a transaction running on
         # another thread is never seen half-done (RLock: applying changes re-enters it)
-        lock = getattr(store, "lock", None)
-        self._lock: Any = lock if lock is not None else contextlib.nullcontext()
-        register_receive(self._receive)
+        self._lock = store.lock
+        transport.register_receive(self._receive)
 
     @property
     def engine(self) -> SyncEngine:
@@ -163,7 +136,9 @@ class Synchronizer(Persister):
         self._after_engine()
 
     def _after_engine(self) -> None:
-        """Send what the engine queued and re-arm the timer for its next deadline."""
+        """Apply the engine's events, send what it queued, re-arm the timer for its deadline."""
+        if self._engine.has_events_received():
+            self._apply_events(self._engine.events_received())
         if self._engine.has_data_to_send() and not self._flushing:
             self._flushing = True
             try:
@@ -215,20 +190,36 @@ class Synchronizer(Persister):
             self._engine.tick()
         self._after_engine()
 
+    def _apply_events(self, events: list[Event]) -> None:
+        """Hand what the engine decided to the Persister lifecycle (loop thread).
+
+        Changes peers pushed are auto-loaded (``_storage_changed``: applied as a load, so the
+        transaction is not sent back; no changes means "reload") only while auto-loading, as
+        TinyBase's persister listener is registered only then. A finished pull resolves the
+        load waiting for it.
+        """
+        for event in events:
+            if type(event) is PullFinished:
+                waiter = self._pulls.pop(event.pull_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event.changes)
+            elif self._auto_load_active and not self._destroyed:
+                self._storage_changed(None, event.changes)
+
     # -- Persister hooks -----------------------------------------------------------------------
 
     async def _get_persisted(self) -> Any:
         loop = self._bind_loop()
         done: asyncio.Future[Any] = loop.create_future()
-
-        def on_done(changes: Any) -> None:
-            if not done.done():
-                done.set_result(changes)
-
         with self._lock:
-            self._engine.pull(on_done)
+            pull_id = self._engine.pull()
+        assert pull_id is not None  # (asking everyone always starts a pull)
+        self._pulls[pull_id] = done
         self._after_engine()
-        changes = await done
+        try:
+            changes = await done
+        finally:
+            self._pulls.pop(pull_id, None)
         self._last_pull_failed = changes is None  # (the engine reported why)
         if changes is not None and (changes[0][0] or changes[1][0]):
             return changes
@@ -255,11 +246,10 @@ class Synchronizer(Persister):
         return merged
 
     def _add_persister_listener(self, listener: Callable[..., None]) -> int:
-        self._engine.persister_listener = listener
-        return 1
+        return 1  # (what peers push arrives as engine events: _apply_events)
 
     def _del_persister_listener(self, handle: Any) -> None:
-        self._engine.persister_listener = None
+        return None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -291,6 +281,7 @@ class Synchronizer(Persister):
                 self._drain_handover()  # local transactions made before destroy still go out
             engine.destroyed = True
             engine.reject_pending_requests(TinyBaseError(3, "destroyed"))
+            self._apply_events(engine.events_received())  # (loads waiting fail now)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -299,13 +290,9 @@ class Synchronizer(Persister):
         return self
 
     async def _destroy_extra(self) -> None:
-        if self._pre_destroy is not None:
-            self._pre_destroy()
+        self._transport.cancel()
         await self.stop_sync()
-        if self._transport_destroy is not None:
-            result = self._transport_destroy()
-            if asyncio.iscoroutine(result):
-                await result
+        await maybe_await(self._transport.destroy())
 
     async def wait_until_idle(self, timeout: float | None = None, poll: float = 0.005) -> bool:
         """Wait until no request is in flight and the status is idle (True) or time out.
@@ -326,7 +313,7 @@ class Synchronizer(Persister):
 
 
 def create_custom_synchronizer(
-    store: Any,
+    store: SyncStore,
     send: SendFn,
     register_receive: Callable[[ReceiveFn], Any],
     destroy: Callable[[], Any] | None,
@@ -338,16 +325,17 @@ def create_custom_synchronizer(
     anti_entropy_seconds: float | None = None,
     pre_destroy: Callable[[], Any] | None = None,
 ) -> Synchronizer:
-    """TinyBase's ``createCustomSynchronizer`` (plus optional anti-entropy)."""
+    """TinyBase's ``createCustomSynchronizer`` (plus optional anti-entropy).
+
+    ``send``, ``register_receive`` and ``destroy`` (which may return an awaitable) become a
+    :class:`FunctionTransport`; ``pre_destroy`` runs first on destroy (its ``cancel``).
+    """
     return Synchronizer(
         store,
-        send,
-        register_receive,
-        destroy,
+        FunctionTransport(send, register_receive, destroy, pre_destroy),
         request_timeout_seconds,
         on_send,
         on_receive,
         on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
-        pre_destroy=pre_destroy,
     )
