@@ -1100,9 +1100,9 @@ def create_channel_synchronizer(
         store,
         transport,
         ALONE_REQUEST_TIMEOUT if request_timeout_seconds is None else request_timeout_seconds,
-        on_send,
-        on_receive,
-        on_ignored_error,
+        on_send=on_send,
+        on_receive=on_receive,
+        on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
         adaptive_timeout=request_timeout_seconds is None,
     )

@@ -1,41 +1,18 @@
 """The sans-I/O sync engine: TinyBase's synchronizer protocol with no sockets and no asyncio.
 
-Why sans-I/O: the protocol decisions (which request to send next, when a request has timed
-out, which messages are invalid) are the same whatever carries the bytes. Keeping them in a
-plain object that takes inputs and queues outputs lets every transport be a few lines, lets
-tests drive it message by message with a fake clock, and keeps the JavaScript/asyncio timing
-trap (see DESIGN.md) out of the protocol: everything here happens synchronously inside the
-call that caused it, exactly as TinyBase does it before its first ``await``.
-
-Inputs
-    ``receive(from_client_id, request_id, message, body)`` - a message from a peer (validated
-    here; invalid ones are reported as ``tinybase:14`` and dropped);
-    ``pull(...)`` - start TinyBase's ``getChangesFromOtherStore`` sequence;
-    ``send_content_diff(changes)`` / ``send_content_hashes()`` - a save;
-    ``tick(now)`` - time passed (request time-outs, anti-entropy).
-Outputs
-    ``data_to_send()`` - queued ``Outgoing(to, request_id, message, body)`` tuples in send
-    order; ``next_deadline()`` - when to call ``tick`` next; reports to ``on_ignored_error``;
-    completed pulls handed to their ``on_done`` callback and pushed changes handed to
-    ``persister_listener(content, changes)`` (the Persister applies them).
+Inputs: :meth:`SyncEngine.receive` (a peer's message, validated here; invalid ones are reported
+as ``tinybase:14``), :meth:`~SyncEngine.pull` (TinyBase's ``getChangesFromOtherStore``),
+:meth:`~SyncEngine.send_content_diff` / :meth:`~SyncEngine.send_content_hashes` (a save),
+:meth:`~SyncEngine.tick` (time passed), :meth:`~SyncEngine.peer_left`.
+Outputs: :meth:`~SyncEngine.data_to_send` (:class:`Outgoing` messages in send order),
+:meth:`~SyncEngine.events_received` (:class:`ContentDiffReceived`, :class:`PeerChangesPulled`,
+:class:`PullFinished`: the changes to apply and the pulls that ended),
+:meth:`~SyncEngine.next_deadline`, and errors reported to ``on_ignored_error``.
 
 Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefined as U+FFFC):
 0 Response, 1 GetContentHashes, 2 ContentHashes, 3 ContentDiff, 4 GetTableDiff,
-5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff.
-
-Anti-entropy (beyond TinyBase, using only TinyBase's messages): every ``anti_entropy_seconds``
-a syncing engine re-announces its ContentHashes when its hashes changed since its last
-announcement, when a known peer was last seen with different hashes, or on every
-``heartbeat_every``-th period. Peers whose hashes differ pull the difference. On heartbeat
-periods it also broadcasts a GetContentHashes probe and reads *every* answer (TinyBase reads
-only the first), pulling from each peer whose hashes differ: this covers peers that never
-announce by themselves (TinyBase's own synchronizers). So a lost, duplicated or reordered
-message costs latency, never data; when everyone agrees, an idle period sends nothing, and a
-heartbeat period costs one announcement, one probe and one small answer per peer.
-While ContentDiffs are streaming (one sent or received within the last period), a round is
-postponed, at most ``MAX_POSTPONED_ROUNDS`` times in a row: hashes read mid-burst are bound to
-differ from peers' and would make every process settle its hashes and pull rows that are
-already on their way; the burst's end, or the cap, lets the round run.
+5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff. Optional anti-entropy (``anti_entropy_seconds``)
+uses only these messages. Design notes: docs/notes/sync.md.
 """
 
 from __future__ import annotations
@@ -434,14 +411,11 @@ def _changes_are_empty(changes: Any) -> bool:
 
 # -- coalescing local transactions ----------------------------------------------------------
 
-# Caps of one coalesced ContentDiff. A merged diff is closed before it would exceed either, so
-# one message stays far below transport limits (the WebSocket payload limit is 16 MiB, the
-# channel's frames are smaller still) and a receiver applies it as one transaction of
-# bounded size. The byte figure is an estimate of the JSON text (ids, HLCs, string cells);
-# a single transaction is never split, so a transaction bigger than the caps goes alone.
 #: rounds of anti-entropy skipped in a row while ContentDiffs stream (then one runs anyway)
 MAX_POSTPONED_ROUNDS = 3
 
+#: caps of one coalesced ContentDiff (stamps, estimated JSON bytes); a single transaction is
+#: never split, so a transaction bigger than the caps goes alone
 MAX_COALESCED_STAMPS = 4096
 MAX_COALESCED_BYTES = 1 << 20
 
@@ -530,12 +504,9 @@ def coalesce_changes(
 ) -> list[Any]:
     """Merge consecutive transactions' encoded changes into as few ContentDiff bodies as fit.
 
-    Why this is wire-compatible: a ContentDiff is ``[[tables, hlc], [values, hlc], 1]`` with
-    no hashes, and a receiver merges it stamp by stamp keeping the newest HLC. Keeping only
-    the newest stamp per cell/value (deletions are stamps too) and the latest row/table HLC
-    therefore leaves every receiver in exactly the state the separate diffs would have, in
-    one transaction instead of many. Order is kept: bodies come out in batch order, each
-    holding a consecutive run of transactions; the inputs are not modified.
+    Keeps the newest stamp per cell/value and the latest row/table HLC, which leaves a receiver
+    in the state the separate diffs would (docs/notes/sync.md). Bodies come out in batch order,
+    each holding a consecutive run of transactions; the inputs are not modified.
     """
     if len(batch) < 2:
         return list(batch)
@@ -659,8 +630,8 @@ class _Peer:
 class SyncEngine:
     """TinyBase's createCustomSynchronizer protocol, driven by method calls.
 
-    ``store`` is a MergeableStore (only its read methods are used here; changes are handed to
-    ``persister_listener`` so the Persister can mark them as loaded, not local).
+    ``store`` is only read here (hashes and diffs); changes to apply are handed back as events,
+    so that the driver (a Synchronizer) applies them as loads, not local writes.
     """
 
     def __init__(
@@ -744,8 +715,7 @@ class SyncEngine:
 
     def events_received(self) -> list[Event]:
         """Take the events (changes to apply, pulls that ended), oldest first."""
-        events = self._events
-        self._events = []
+        events, self._events = self._events, []
         return events
 
     def next_deadline(self) -> float | None:

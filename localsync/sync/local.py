@@ -101,9 +101,9 @@ def create_local_synchronizer(
         store,
         transport,
         request_timeout_seconds,
-        on_send,
-        on_receive,
-        on_ignored_error,
+        on_send=on_send,
+        on_receive=on_receive,
+        on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
     )
     transport.synchronizer = synchronizer

@@ -26,10 +26,14 @@ from localsync.sync.engine import (
     SyncEngine,
     coalesce_changes,
 )
-from localsync.sync.persister import Persister, Persists, TinyBaseError, maybe_await
+from localsync.sync.persister import Persister, Persists, Status, TinyBaseError, maybe_await
 from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 
 __all__ = ["ReceiveFn", "SendFn", "Synchronizer", "Transport", "create_custom_synchronizer"]
+
+#: A transaction on the loop thread is sent from its listener (not on the next loop turn)
+#: when nothing was sent for this long: lone writes go at once, bursts stay merged.
+INLINE_IDLE_SECONDS = 0.001
 
 
 class Synchronizer(Persister):
@@ -87,6 +91,16 @@ class Synchronizer(Persister):
         # flag is private: benchmarks switch it off to measure one diff per transaction)
         self._coalesce_saves = True
         self.coalesced_transactions = 0
+        # what each local transaction touched waits in _handover until one loop callback
+        # takes them all; saves that must queue behind a busy schedule join the last queued
+        # save that has not started yet (_open_batch)
+        self._get_touched = store.get_transaction_touched
+        self._handover_lock = threading.Lock()
+        self._handover: list[tuple[int, Any]] = []
+        self._handover_scheduled = False
+        self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
+        self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
+        self._open_batch: list[Any] | None = None
         self._last_pull_failed = False
         # loads waiting for their pull: pull id -> future of its changes (PullFinished)
         self._pulls: dict[str, asyncio.Future[Any]] = {}
@@ -232,6 +246,113 @@ class Synchronizer(Persister):
             with self._lock:
                 self._engine.send_content_hashes()
         self._after_engine()
+
+    # -- local transactions: coalesced saves ----------------------------------------------------
+
+    def _local_transaction(self, generation: int, on_loop: bool) -> None:
+        if not self._coalesce_saves:
+            super()._local_transaction(generation, on_loop)
+            return
+        touched = self._get_touched()
+        if touched[0] or touched[1]:
+            self._hand_over(generation, touched, on_loop)
+
+    def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
+        """Queue a transaction's changes; only the first of a run schedules the send.
+
+        On the loop thread, a lone write (nothing queued, and at least ``INLINE_IDLE_SECONDS``
+        since the last send) is sent at once, from the transaction listener as TinyBase does;
+        the rest wait for the loop's next turn and leave merged (docs/notes/sync.md).
+        Transactions are serialised by ``store.lock``, so the queue is in transaction order.
+        """
+        inline = False
+        with self._handover_lock:
+            self._handover.append((generation, changes))
+            if self._handover_scheduled:
+                return
+            if (
+                on_loop
+                and len(self._handover) == 1
+                and time.monotonic() - self._last_drain >= self._inline_idle
+            ):
+                inline = True
+                self._handover = []  # (this entry, the only one: it is sent below)
+            else:
+                self._handover_scheduled = True
+        loop = self._loop
+        if inline:
+            self._send_batch([changes])  # (taken out of the queue above)
+            return
+        try:
+            if loop is None:
+                raise RuntimeError("no event loop bound")
+            if on_loop:
+                loop.call_soon(self._drain_handover)
+            else:
+                loop.call_soon_threadsafe(self._drain_handover)
+        except RuntimeError as error:  # the loop is closed: nothing will ever send these
+            with self._handover_lock:
+                self._handover.clear()
+                self._handover_scheduled = False
+            self._report(error)
+
+    def _drain_handover(self) -> None:
+        """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
+        with self._handover_lock:
+            waiting = self._handover
+            self._handover = []
+            self._handover_scheduled = False
+        generation = self._auto_save_generation
+        if not waiting or self._destroyed:
+            return
+        batch = [changes for gen, changes in waiting if gen == generation]
+        if batch:
+            self._send_batch(batch)
+
+    def _send_batch(self, touched: list[Any]) -> None:
+        """Build the ContentDiffs of queued transactions once, from what they touched; save."""
+        self._last_drain = time.monotonic()
+        for changes in self._build_changes(touched):
+            self._save_changes_now(changes)
+
+    def _has_unsent_changes(self) -> bool:
+        return bool(self._handover) or self._open_batch is not None
+
+    def _queue_save(self, changes: Any) -> None:
+        if not self._coalesce_saves:
+            super()._queue_save(changes)
+            return
+        batch = self._open_batch
+        if batch is not None:
+            batch.append(changes)  # joins the queued save that has not started yet
+            return
+        batch = self._open_batch = [changes]
+        self._queued_saves += 1
+        self._spawn(self._queued_batch_save(batch))
+
+    async def _queued_batch_save(self, batch: list[Any]) -> None:
+        """A queued save that keeps taking later transactions until its turn comes."""
+
+        def persist() -> None:
+            if self._open_batch is batch:
+                self._open_batch = None  # from now on, new saves queue behind this one
+            for changes in self._merge_changes(batch):
+                self._set_persisted(self._get_content, changes)
+
+        try:
+            try:
+                try:
+                    self._set_status(Status.SAVING)
+                    self._saves += 1
+                    await self.schedule(persist)
+                finally:
+                    if self._open_batch is batch:
+                        self._open_batch = None
+                    self._set_status(Status.IDLE)
+            finally:
+                await self._run_auto_load_after_save()
+        finally:
+            self._queued_saves -= 1
 
     def _build_changes(self, touched: list[Any]) -> list[Any]:
         bodies = self._store.get_encoded_mergeable_changes_of(
