@@ -45,8 +45,12 @@ __all__ = [
     "ROW_DIFF",
     "TABLE_DIFF",
     "VALUE_DIFF",
+    "ContentDiffReceived",
+    "Event",
     "Message",
     "Outgoing",
+    "PeerChangesPulled",
+    "PullFinished",
     "SyncEngine",
     "check_content_diff",
     "coalesce_changes",
@@ -535,30 +539,48 @@ def coalesce_changes(
 # -- events: what the engine hands back besides messages -------------------------------------
 
 
-class ContentDiffReceived(NamedTuple):
+class ContentDiffReceived:
     """A peer's ContentDiff, received while auto-loading: apply ``changes`` to the store."""
 
-    changes: Any
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Any) -> None:
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"ContentDiffReceived({self.changes!r})"
 
 
-class PeerChangesPulled(NamedTuple):
+class PeerChangesPulled:
     """A pull started by a peer's ContentHashes ended (auto-loading): apply ``changes``.
 
     ``changes`` is None when the pull failed (the failure was reported): reload instead.
     """
 
-    changes: Any
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Any) -> None:
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"PeerChangesPulled({self.changes!r})"
 
 
-class PullFinished(NamedTuple):
+class PullFinished:
     """The pull that :meth:`SyncEngine.pull` started (a load) ended.
 
     ``changes`` are mergeable changes ``[tables_stamp, values_stamp, 1]``, or None when the
     pull failed (the failure was reported).
     """
 
-    pull_id: str
-    changes: Any
+    __slots__ = ("changes", "pull_id")
+
+    def __init__(self, pull_id: str, changes: Any) -> None:
+        self.pull_id = pull_id
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"PullFinished({self.pull_id!r}, {self.changes!r})"
 
 
 Event = ContentDiffReceived | PeerChangesPulled | PullFinished
