@@ -3,7 +3,15 @@
 Every synchronizer is a :class:`~localsync.sync.synchronizer.Synchronizer` built from a store and
 a Transport, as TinyBase builds each of its synchronizers through ``createCustomSynchronizer``.
 A new transport is one short class (or three functions handed to
-:func:`~localsync.sync.synchronizer.create_custom_synchronizer`).
+:func:`~localsync.sync.synchronizer.create_custom_synchronizer`)::
+
+    class MyTransport:
+        def send(self, to_client_id, request_id, message, body): ...  # queue, never block
+        def register_receive(self, receive): ...  # call receive(from_id, request_id, msg, body)
+        def cancel(self): ...
+        def destroy(self): ...
+
+    synchronizer = Synchronizer(store, MyTransport(), request_timeout_seconds=1.0)
 """
 
 from __future__ import annotations
