@@ -912,7 +912,9 @@ class ChannelSynchronizer(Synchronizer):
         try:
             await self._channel.open()
             self._watch_liveness()
-            if self._adaptive and not self._discovered:
+            # the first call picks the first pull's time-out; afterwards it is the syncing one
+            discovering = self._adaptive and not self._discovered
+            if discovering:
                 self._discovered = True
                 alone = not await self._channel.discover_peers()
                 self._set_request_timeout(ALONE_REQUEST_TIMEOUT if alone else JOIN_REQUEST_TIMEOUT)
@@ -921,7 +923,7 @@ class ChannelSynchronizer(Synchronizer):
             try:
                 return await call()
             finally:
-                if self._adaptive:
+                if discovering:
                     self._set_request_timeout(SYNCING_REQUEST_TIMEOUT)
         finally:
             _OPENED_CALL.reset(token)
