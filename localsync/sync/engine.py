@@ -736,8 +736,13 @@ class SyncEngine:
         return bool(self._events)
 
     def events_received(self) -> list[Event]:
-        """Take the events (changes to apply, pulls that ended), oldest first."""
-        events, self._events = self._events, []
+        """Take the events (changes to apply, pulls that ended), oldest first.
+
+        The list is the caller's to keep; do not modify it (an empty one is shared).
+        """
+        events = self._events
+        if events:
+            self._events = []
         return events
 
     def next_deadline(self) -> float | None:

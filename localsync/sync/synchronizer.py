@@ -151,8 +151,9 @@ class Synchronizer(Persister):
 
     def _after_engine(self) -> None:
         """Apply the engine's events, send what it queued, re-arm the timer for its deadline."""
-        if self._engine.has_events_received():
-            self._apply_events(self._engine.events_received())
+        events = self._engine.events_received()
+        if events:
+            self._apply_events(events)
         if self._engine.has_data_to_send() and not self._flushing:
             self._flushing = True
             try:
@@ -207,10 +208,10 @@ class Synchronizer(Persister):
     def _apply_events(self, events: list[Event]) -> None:
         """Hand what the engine decided to the Persister lifecycle (loop thread).
 
-        Changes peers pushed are auto-loaded (``_storage_changed``: applied as a load, so the
-        transaction is not sent back; no changes means "reload") only while auto-loading, as
-        TinyBase's persister listener is registered only then. A finished pull resolves the
-        load waiting for it.
+        Changes peers pushed are auto-loaded only while auto-loading, as TinyBase's persister
+        listener is registered only then: applied as a load (``_auto_load_changes``), so the
+        transaction is not sent back, or, for a pull that failed, a reload
+        (``_storage_changed``). A finished pull resolves the load waiting for it.
         """
         for event in events:
             if type(event) is PullFinished:
@@ -218,7 +219,11 @@ class Synchronizer(Persister):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event.changes)
             elif self._auto_load_active and not self._destroyed:
-                self._storage_changed(None, event.changes)
+                changes = event.changes
+                if changes is not None:
+                    self._auto_load_changes(None, changes)
+                else:
+                    self._storage_changed(None, None)  # (a pull that failed: reload)
 
     # -- Persister hooks -----------------------------------------------------------------------
 
