@@ -683,11 +683,8 @@ class SyncEngine:
         self._transaction_id = transaction_id or (lambda: get_unique_id(11))
         self._request_suffix = request_suffix or (lambda: get_unique_id(4))
         self.anti_entropy_seconds = anti_entropy_seconds
-        # each period drawn from period * (1 +/- jitter): participants started together
-        # otherwise keep their rounds in step for ever, so the bursts of announcements,
-        # probes and answers meet at the same moments, and on a lossy link (tiny high-water
-        # marks, a busy machine) the pulls those rounds start are the messages dropped, round
-        # after round. 0 (exact periods) unless a transport asks for it.
+        # each period drawn from period * (1 +/- jitter), so that participants started
+        # together do not keep their rounds in step; 0 unless a transport asks for it
         self.anti_entropy_jitter = 0.0
         self.random: Callable[[], float] = random.random
         self.heartbeat_every = max(1, heartbeat_every)
@@ -709,10 +706,7 @@ class SyncEngine:
         self._peers: dict[str, _Peer] = {}
         self._last_announced: tuple[Any, Any] | None = None
         self._probes: dict[str, float] = {}
-        # the pull running from each peer: its ContentHashes (announced every anti-entropy
-        # period while hashes differ) start no second pull meanwhile. Without this, each
-        # announcement added a pull whose answer is the same big diff; on a lossy link
-        # (tiny high-water marks) the answers crowded each other out and nothing arrived.
+        # the pull running from each peer: its repeated ContentHashes start no second pull
         self._pulling_from: dict[str, _Pull] = {}
         self.anti_entropy_probes = 0
         self._next_anti_entropy: float | None = None
@@ -731,9 +725,6 @@ class SyncEngine:
         out = self._outbox
         self._outbox = []
         return out
-
-    def has_events_received(self) -> bool:
-        return bool(self._events)
 
     def events_received(self) -> list[Event]:
         """Take the events (changes to apply, pulls that ended), oldest first.
@@ -1049,11 +1040,9 @@ class SyncEngine:
     def peer_left(self, client_id: str) -> None:
         """``client_id`` is gone (its transport said so): stop waiting for its answers.
 
-        Without this a request to a departed peer waits for its whole time-out, which for a
-        joiner is long on purpose (a live peer may need seconds to compute a big diff). A
-        pull that began by asking everyone asks everyone again (at most
-        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits mid-sequence
-        still gets the content from another peer; any other pull fails as a time-out would.
+        A pull that began by asking everyone asks everyone again (at most
+        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits still gets the
+        content from another peer; any other pull fails as a time-out would.
         """
         self.forget_peer(client_id)
         gone = [rid for rid, entry in self._pending.items() if entry.to == client_id]
