@@ -77,3 +77,15 @@ def fill_interop_store(store: Any) -> None:
     store.del_cell("t1", "r2", "gone")
     store.del_row("t2", "r1")
     store.del_value("vdel")
+
+
+def engine_events(engine: Any, *kinds: type) -> Callable[[], list[Any]]:
+    """A function returning the ``changes`` of every engine event of ``kinds`` handed back so
+    far (it takes the engine's events, as a Synchronizer does)."""
+    seen: list[Any] = []
+
+    def read() -> list[Any]:
+        seen.extend(e.changes for e in engine.events_received() if isinstance(e, kinds))
+        return seen
+
+    return read

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from localsync.core.mergeable_store import MergeableStore
 
 
 @dataclass
@@ -34,7 +35,7 @@ class WorkerContext:
     attempt: int
     count: int
     channel: str | None = None
-    store: Any = None
+    store: MergeableStore | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     _flush: Callable[[float], bool] | None = field(default=None, repr=False)
 

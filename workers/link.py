@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from localsync.core.mergeable_store import MergeableStore
+
 FlushMode = Literal["sent", "acknowledged"]
 FLUSH_MODES: tuple[str, ...] = ("sent", "acknowledged")
 
@@ -34,7 +36,7 @@ FLUSH_MODES: tuple[str, ...] = ("sent", "acknowledged")
 class StoreLink:
     """Owns one store, its channel synchronizer and the thread driving it."""
 
-    def __init__(self, store: Any, sync: Any, flush_mode: FlushMode) -> None:
+    def __init__(self, store: MergeableStore, sync: Any, flush_mode: FlushMode) -> None:
         self.store = store
         self.sync = sync
         self.flush_mode = flush_mode

@@ -418,7 +418,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         dirty = self._dirty
 
-        def on_transaction(_store: Any) -> None:
+        def on_transaction(_store: object) -> None:
             # transactions normally happen on this loop's thread; be safe if not
             try:
                 running = asyncio.get_running_loop()

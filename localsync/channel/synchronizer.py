@@ -40,8 +40,8 @@ on_ignored_error``; keyword-only options:
     failing raises :class:`ChannelError` naming the likely cause. A local hub silent for
     ``HUB_TIMEOUT_SECONDS`` is replaced by a new generation, which gets this much time again.
 
-The synchronizer returned is the engine's synchronizer (``create_custom_synchronizer``)
-wrapped so that the path is proven on the first lifecycle call; extras:
+The synchronizer returned is a :class:`~localsync.sync.synchronizer.Synchronizer` built with
+the channel's transport, which proves the path on the first lifecycle call; extras:
 ``get_channel_name()``, ``client_id``, ``is_hub_host``, ``hub_answering``,
 ``get_channel_stats()`` (including ``hub_generation`` and ``hub_failovers``) and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.channel.coordinator`).
@@ -59,12 +59,16 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from localsync.channel.hub import DEFAULT_HWM
 from localsync.channel.transport import ChannelTransport
+from localsync.core.protocols import SyncStore
 from localsync.errors import ChannelError
+from localsync.sync.synchronizer import Synchronizer
+from localsync.sync.transport import FunctionTransport
 
 __all__ = [
     "ChannelError",
@@ -85,83 +89,127 @@ ANTI_ENTROPY_JITTER = 0.25
 _MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
 
 
-class ChannelSynchronizer:
-    """The engine's synchronizer plus channel extras; proves the path on first use."""
+# the ChannelSynchronizer whose public lifecycle call is running in this context: the calls it
+# makes itself (start_sync -> load ...) and the tasks it spawns skip the opening steps
+_OPENED_CALL: ContextVar[ChannelSynchronizer | None] = ContextVar(
+    "localsync_channel_call", default=None
+)
 
-    _LIFECYCLE_NEEDING_OPEN = frozenset(
-        {"start_sync", "load", "save", "start_auto_load", "start_auto_save"}
-    )
+
+class ChannelSynchronizer(Synchronizer):
+    """A Synchronizer over a :class:`ChannelTransport`; proves the path on first use.
+
+    ``start_sync``, ``load``, ``save``, ``start_auto_load`` and ``start_auto_save`` open the
+    channel first (and, with the adaptive time-out, discover whether peers are there to pick
+    the first pull's request time-out).
+    """
 
     def __init__(
-        self, inner: Any, transport: ChannelTransport, store: Any, adaptive_timeout: bool = False
+        self,
+        store: SyncStore,
+        channel: ChannelTransport,
+        request_timeout_seconds: float,
+        on_send: Callable[..., None] | None = None,
+        on_receive: Callable[..., None] | None = None,
+        on_ignored_error: Callable[[BaseException], None] | None = None,
+        *,
+        anti_entropy_seconds: float | None = None,
+        adaptive_timeout: bool = False,
     ) -> None:
-        self._inner = inner
-        self._transport = transport
-        self._store = store
+        super().__init__(
+            store,
+            FunctionTransport(channel.send, channel.register_receive, channel.flush_and_close),
+            request_timeout_seconds,
+            on_send,
+            on_receive,
+            on_ignored_error,
+            anti_entropy_seconds=anti_entropy_seconds,
+        )
+        self._channel = channel
         self._adaptive = adaptive_timeout
         self._discovered = False
         self._acked: set[tuple[int, int]] = set()
         self._ack_event: asyncio.Event | None = None
         self._loop_set_event: Callable[[], None] | None = None
         self._liveness: asyncio.TimerHandle | None = None
-        peer_left = getattr(inner, "peer_left", None)
-        if peer_left is not None:
-            transport.on_peer_left = peer_left
-        engine = getattr(inner, "engine", None)
-        if engine is not None:
-            engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
-            if adaptive_timeout:
-                engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
+        channel.on_peer_left = self.peer_left
+        engine = self._engine
+        engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
+        if adaptive_timeout:
+            engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
 
     @property
     def client_id(self) -> str:
-        return self._transport.client_id
+        return self._channel.client_id
 
     @property
     def transport(self) -> ChannelTransport:
-        return self._transport
+        return self._channel
 
     @property
     def is_hub_host(self) -> bool:
-        hub = self._transport.local_hub
+        hub = self._channel.local_hub
         return hub is not None and hub.is_host
 
     @property
     def hub_answering(self) -> bool:
         """False while the hub has not answered heartbeats for ``HUB_TIMEOUT_SECONDS`` (tcp
         hubs; a local channel elects a new hub instead, see :mod:`localsync.channel.hub`)."""
-        return self._transport.hub_answering
+        return self._channel.hub_answering
 
     def get_channel_name(self) -> str:
-        return self._transport.name
+        return self._channel.name
 
     def get_channel_stats(self) -> dict[str, int]:
-        return dict(self._transport.stats)
+        return dict(self._channel.stats)
 
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if name in self._LIFECYCLE_NEEDING_OPEN and callable(attribute):
+    async def _opened(self, call: Callable[[], Awaitable[Any]], answers_hello: bool) -> Any:
+        """Run a public lifecycle call once the channel is open (the outermost call only)."""
+        if _OPENED_CALL.get() is self:
+            return await call()
+        token = _OPENED_CALL.set(self)
+        try:
+            await self._channel.open()
+            self._watch_liveness()
+            # the first call picks the first pull's time-out; afterwards it is the syncing one
+            discovering = self._adaptive and not self._discovered
+            if discovering:
+                self._discovered = True
+                alone = not await self._channel.discover_peers()
+                self._set_request_timeout(ALONE_REQUEST_TIMEOUT if alone else JOIN_REQUEST_TIMEOUT)
+            if answers_hello:
+                self._channel.answers_hello = True
+            try:
+                return await call()
+            finally:
+                if discovering:
+                    self._set_request_timeout(SYNCING_REQUEST_TIMEOUT)
+        finally:
+            _OPENED_CALL.reset(token)
 
-            async def opened_first(*args: Any, **kwargs: Any) -> Any:
-                await self._transport.open()
-                self._watch_liveness()
-                if self._adaptive and not self._discovered:
-                    self._discovered = True
-                    alone = not await self._transport.discover_peers()
-                    self._set_request_timeout(
-                        ALONE_REQUEST_TIMEOUT if alone else JOIN_REQUEST_TIMEOUT
-                    )
-                if name in ("start_sync", "start_auto_save"):
-                    self._transport.answers_hello = True
-                try:
-                    result = await attribute(*args, **kwargs)
-                finally:
-                    if self._adaptive:
-                        self._set_request_timeout(SYNCING_REQUEST_TIMEOUT)
-                return self if result is self._inner else result
+    async def start_sync(self, initial_content: Any = None) -> ChannelSynchronizer:
+        await self._opened(
+            lambda: super(ChannelSynchronizer, self).start_sync(initial_content), True
+        )
+        return self
 
-            return opened_first
-        return attribute
+    async def load(self, initial_content: Any = None) -> ChannelSynchronizer:
+        await self._opened(lambda: super(ChannelSynchronizer, self).load(initial_content), False)
+        return self
+
+    async def save(self) -> ChannelSynchronizer:
+        await self._opened(lambda: super(ChannelSynchronizer, self).save(), False)
+        return self
+
+    async def start_auto_load(self, initial_content: Any = None) -> ChannelSynchronizer:
+        await self._opened(
+            lambda: super(ChannelSynchronizer, self).start_auto_load(initial_content), False
+        )
+        return self
+
+    async def start_auto_save(self) -> ChannelSynchronizer:
+        await self._opened(lambda: super(ChannelSynchronizer, self).start_auto_save(), True)
+        return self
 
     def _watch_liveness(self) -> None:
         """Every LIVENESS_CHECK_SECONDS, drop peers that owe us answers but have died.
@@ -171,14 +219,12 @@ class ChannelSynchronizer:
         (a few system calls each, see :mod:`localsync.channel.presence`); tcp channels have no
         presence files and rely on goodbyes and time-outs.
         """
-        if self._liveness is not None or self._transport._paths is None:
+        if self._liveness is not None or self._channel._paths is None:
             return
-        engine = getattr(self._inner, "engine", None)
-        peer_left = getattr(self._inner, "peer_left", None)
-        if engine is None or peer_left is None:
-            return
+        engine = self._engine
+        peer_left = self.peer_left
         loop = asyncio.get_running_loop()
-        transport = self._transport
+        transport = self._channel
 
         def check() -> None:
             self._liveness = None
@@ -192,13 +238,11 @@ class ChannelSynchronizer:
         self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
 
     def _set_request_timeout(self, seconds: float) -> None:
-        engine = getattr(self._inner, "engine", None)
-        if engine is not None and hasattr(engine, "request_timeout_seconds"):
-            engine.request_timeout_seconds = seconds
+        self._engine.request_timeout_seconds = seconds
 
     async def stop_sync(self) -> ChannelSynchronizer:
-        self._transport.answers_hello = False
-        await self._inner.stop_sync()
+        self._channel.answers_hello = False
+        await super().stop_sync()
         return self
 
     async def destroy(self) -> ChannelSynchronizer:
@@ -206,9 +250,9 @@ class ChannelSynchronizer:
             self._liveness.cancel()
             self._liveness = None
         try:
-            await self._inner.destroy()
+            await super().destroy()
         finally:
-            self._transport.close()
+            self._channel.close()
         return self
 
     async def __aenter__(self) -> ChannelSynchronizer:
@@ -239,18 +283,18 @@ class ChannelSynchronizer:
         store and the coordinator see the same stream of changes, so they pass through the
         same states. Raises ``TimeoutError`` after ``timeout`` seconds (e.g. no coordinator).
         """
-        await self._transport.open()
+        await self._channel.open()
         if self._ack_event is None:
             self._ack_event = asyncio.Event()
-            self._transport.watch_acks(self._on_ack)
+            self._channel.watch_acks(self._on_ack)
         store = self._store
         seen: set[tuple[int, int]] = set()
         seen_lock = threading.Lock()
-        lock = getattr(store, "lock", None)
+        lock = store.lock
 
-        def record(_store: Any = None) -> None:
+        def record(_store: object = None) -> None:
             # runs after each transaction, on whichever thread made it
-            with lock if lock is not None else contextlib.nullcontext():
+            with lock:
                 hashes = store.get_mergeable_content_hashes()
             with seen_lock:
                 if len(seen) >= _MAX_REMEMBERED:
@@ -285,7 +329,7 @@ class ChannelSynchronizer:
 
 
 def create_channel_synchronizer(
-    store: Any,
+    store: SyncStore,
     name: str,
     on_send: Callable[..., None] | None = None,
     on_receive: Callable[..., None] | None = None,
@@ -301,8 +345,6 @@ def create_channel_synchronizer(
     client_key: str | os.PathLike[str] | None = None,
 ) -> ChannelSynchronizer:
     """Synchronize ``store`` with every process that opens channel ``name`` (see module doc)."""
-    from localsync.sync.synchronizer import create_custom_synchronizer
-
     if not callable(getattr(store, "get_mergeable_content_hashes", None)):
         raise TypeError("create_channel_synchronizer needs a MergeableStore")
     transport = ChannelTransport(
@@ -315,15 +357,13 @@ def create_channel_synchronizer(
         hub_key=hub_key,
         client_key=client_key,
     )
-    inner = create_custom_synchronizer(
+    return ChannelSynchronizer(
         store,
-        transport.send,
-        transport.register_receive,
-        transport.flush_and_close,
+        transport,
         ALONE_REQUEST_TIMEOUT if request_timeout_seconds is None else request_timeout_seconds,
         on_send=on_send,
         on_receive=on_receive,
         on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
+        adaptive_timeout=request_timeout_seconds is None,
     )
-    return ChannelSynchronizer(inner, transport, store, request_timeout_seconds is None)

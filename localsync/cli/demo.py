@@ -54,6 +54,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from localsync.core.store import Store
+
 ORDERS = "orders"
 STATUS = "workers"
 CUSTOMERS = ("ada", "bob", "chen", "dara", "eve", "femi", "gus", "hana")
@@ -177,7 +179,7 @@ def load_persisted(path: Path, persister: str) -> Any:
     return store
 
 
-def summarize(store: Any) -> dict[str, Any]:
+def summarize(store: Store | None) -> dict[str, Any]:
     """Orders per run and per worker, as the file holds them."""
     if store is None:
         return {"runs": 0, "orders": 0, "per_run": {}, "row_ids": set()}
@@ -297,7 +299,7 @@ class Display:
 
 
 def progress_lines(
-    run: int, started: float, writing_since: float | None, store: Any, infos: list[Any]
+    run: int, started: float, writing_since: float | None, store: Store, infos: list[Any]
 ) -> tuple[list[str], str]:
     statuses = {}
     for row_id in store.get_row_ids(STATUS):
@@ -327,7 +329,7 @@ def progress_lines(
     return lines, plain
 
 
-def chaos_due(args: argparse.Namespace, store: Any, run: int, writing: float) -> bool:
+def chaos_due(args: argparse.Namespace, store: Store, run: int, writing: float) -> bool:
     """Time to kill worker 0: 40% into the run (by its own progress when ``--rows`` is set)."""
     if args.rows is None:
         return writing >= args.seconds * 0.4

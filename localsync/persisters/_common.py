@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from localsync.core.protocols import PersistableStore
 from localsync.errors import PersistError, ReadOnlyStorageError, StorageCreateError
 from localsync.persisters._integrity import HashesRepaired, recompute_hashes
 from localsync.sync.persister import Persister, Persists
@@ -79,7 +80,7 @@ SavedListener = Callable[[Any, int], None]
 class SaveTracker:
     """Transaction numbering, durable acknowledgements and ``flush`` for one persister."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: PersistableStore) -> None:
         self.store = store
         self.lock = threading.Lock()
         self.tx_seq = 0
@@ -410,7 +411,7 @@ class BackendPersister(Persister):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         backend_factory: Any,
         on_ignored_error: Any,
         persist: int = Persists.MERGEABLE_STORE_ONLY,

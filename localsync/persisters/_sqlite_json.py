@@ -24,6 +24,7 @@ from typing import Any
 
 from localsync.core.codec import js_stringify
 from localsync.core.hash import get_hash
+from localsync.core.protocols import SyncStore
 from localsync.persisters._common import StorageCreateError
 from localsync.persisters._database import (
     SINGLE_ROW_ID,
@@ -46,7 +47,9 @@ class SqliteJsonBackend(JsonRowBackend):
 
     kind = "database"
 
-    def __init__(self, store: Any, path: str, names: tuple[str, str, str], poll_seconds: float):
+    def __init__(
+        self, store: SyncStore, path: str, names: tuple[str, str, str], poll_seconds: float
+    ):
         self.table, self.id_column, self.store_column = names
         self._conn: sqlite3.Connection | None = None
         self._conn_lock = threading.Lock()

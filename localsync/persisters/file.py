@@ -62,6 +62,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from localsync.core.protocols import PersistableStore
 from localsync.persisters._common import Backend, BackendPersister, PersistError, StorageCreateError
 from localsync.persisters._filestore import (
     CorruptContentError,
@@ -133,7 +134,7 @@ class FilePersister(BackendPersister):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         path: str | os.PathLike[str],
         on_ignored_error: Any = None,
         *,
@@ -153,7 +154,7 @@ class FilePersister(BackendPersister):
 
 
 def create_file_persister(
-    store: Any,
+    store: PersistableStore,
     path: str | os.PathLike[str],
     on_ignored_error: Any = None,
     *,

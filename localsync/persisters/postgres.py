@@ -71,6 +71,7 @@ from typing import Any
 
 from localsync.core.codec import UNDEFINED, js_stringify
 from localsync.core.hash import get_hash
+from localsync.core.protocols import PersistableStore
 from localsync.errors import DatabaseUnreachableError
 from localsync.persisters._common import Backend, BackendPersister, PersistError
 from localsync.persisters._database import (
@@ -572,7 +573,7 @@ class PostgresTabularBackend(PostgresBackend):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         conninfo: str,
         config: TabularConfig,
         on_sql_command: SqlCommandListener | None,
@@ -762,7 +763,7 @@ class PostgresPersister(BackendPersister):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         conninfo: str,
         config_or_store_table_name: Any = None,
         on_sql_command: SqlCommandListener | None = None,
@@ -824,7 +825,7 @@ class PostgresPersister(BackendPersister):
 
 
 def create_postgres_persister(
-    store: Any,
+    store: PersistableStore,
     conninfo: str,
     config_or_store_table_name: Any = None,
     on_sql_command: SqlCommandListener | None = None,

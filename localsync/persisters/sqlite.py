@@ -36,6 +36,7 @@ import os
 from typing import Any
 
 from localsync.core.codec import encode_if_json
+from localsync.core.protocols import SyncStore
 from localsync.persisters._common import (
     Backend,
     BackendPersister,
@@ -69,7 +70,7 @@ class SqliteBackend(Backend):
 
     kind = "database"
 
-    def __init__(self, store: Any, path: str, poll_seconds: float) -> None:
+    def __init__(self, store: SyncStore, path: str, poll_seconds: float) -> None:
         self.storage = SqliteStorage(path)
         self._pending: list[Any] | None = None
         # False until a whole-content save has set the baseline the pending changes build on
@@ -78,7 +79,7 @@ class SqliteBackend(Backend):
         self._needs_repair = False
         super().__init__(store, path, poll_seconds)
 
-    def _record(self, store: Any) -> None:
+    def _record(self, store: SyncStore) -> None:
         changes = store.get_encoded_transaction_mergeable_changes(True) if self._tracking else None
         with self.state_lock:
             if changes is not None:
@@ -231,7 +232,7 @@ class SqlitePersister(BackendPersister):
 
     def __init__(
         self,
-        store: Any,
+        store: SyncStore,
         path: str | os.PathLike[str],
         on_ignored_error: Any = None,
         *,
@@ -251,7 +252,7 @@ class SqlitePersister(BackendPersister):
 
 
 def create_sqlite_persister(
-    store: Any,
+    store: SyncStore,
     path: str | os.PathLike[str],
     on_ignored_error: Any = None,
     *,

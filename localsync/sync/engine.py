@@ -1,41 +1,18 @@
 """The sans-I/O sync engine: TinyBase's synchronizer protocol with no sockets and no asyncio.
 
-Why sans-I/O: the protocol decisions (which request to send next, when a request has timed
-out, which messages are invalid) are the same whatever carries the bytes. Keeping them in a
-plain object that takes inputs and queues outputs lets every transport be a few lines, lets
-tests drive it message by message with a fake clock, and keeps the JavaScript/asyncio timing
-trap (see DESIGN.md) out of the protocol: everything here happens synchronously inside the
-call that caused it, exactly as TinyBase does it before its first ``await``.
-
-Inputs
-    ``receive(from_client_id, request_id, message, body)`` - a message from a peer (validated
-    here; invalid ones are reported as ``tinybase:14`` and dropped);
-    ``pull(...)`` - start TinyBase's ``getChangesFromOtherStore`` sequence;
-    ``send_content_diff(changes)`` / ``send_content_hashes()`` - a save;
-    ``tick(now)`` - time passed (request time-outs, anti-entropy).
-Outputs
-    ``data_to_send()`` - queued ``Outgoing(to, request_id, message, body)`` tuples in send
-    order; ``next_deadline()`` - when to call ``tick`` next; reports to ``on_ignored_error``;
-    completed pulls handed to their ``on_done`` callback and pushed changes handed to
-    ``persister_listener(content, changes)`` (the Persister applies them).
+Inputs: :meth:`SyncEngine.receive` (a peer's message, validated here; invalid ones are reported
+as ``tinybase:14``), :meth:`~SyncEngine.pull` (TinyBase's ``getChangesFromOtherStore``),
+:meth:`~SyncEngine.send_content_diff` / :meth:`~SyncEngine.send_content_hashes` (a save),
+:meth:`~SyncEngine.tick` (time passed), :meth:`~SyncEngine.peer_left`.
+Outputs: :meth:`~SyncEngine.data_to_send` (:class:`Outgoing` messages in send order),
+:meth:`~SyncEngine.events_received` (:class:`ContentDiffReceived`, :class:`PeerChangesPulled`,
+:class:`PullFinished`: the changes to apply and the pulls that ended),
+:meth:`~SyncEngine.next_deadline`, and errors reported to ``on_ignored_error``.
 
 Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefined as U+FFFC):
 0 Response, 1 GetContentHashes, 2 ContentHashes, 3 ContentDiff, 4 GetTableDiff,
-5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff.
-
-Anti-entropy (beyond TinyBase, using only TinyBase's messages): every ``anti_entropy_seconds``
-a syncing engine re-announces its ContentHashes when its hashes changed since its last
-announcement, when a known peer was last seen with different hashes, or on every
-``heartbeat_every``-th period. Peers whose hashes differ pull the difference. On heartbeat
-periods it also broadcasts a GetContentHashes probe and reads *every* answer (TinyBase reads
-only the first), pulling from each peer whose hashes differ: this covers peers that never
-announce by themselves (TinyBase's own synchronizers). So a lost, duplicated or reordered
-message costs latency, never data; when everyone agrees, an idle period sends nothing, and a
-heartbeat period costs one announcement, one probe and one small answer per peer.
-While ContentDiffs are streaming (one sent or received within the last period), a round is
-postponed, at most ``MAX_POSTPONED_ROUNDS`` times in a row: hashes read mid-burst are bound to
-differ from peers' and would make every process settle its hashes and pull rows that are
-already on their way; the burst's end, or the cap, lets the round run.
+5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff. Optional anti-entropy (``anti_entropy_seconds``)
+uses only these messages. Design notes: docs/notes/sync.md.
 """
 
 from __future__ import annotations
@@ -50,6 +27,7 @@ from typing import Any, Final, NamedTuple
 from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import STAMP_OVERHEAD as _STAMP_OVERHEAD
 from localsync.core.codec import get_unique_id
+from localsync.core.protocols import HashTreeStore
 from localsync.core.validation import ARRAY as _ARRAY
 from localsync.core.validation import (
     CELL_DIFF,
@@ -69,7 +47,7 @@ from localsync.core.validation import gathered_stamps as _gathered_stamps
 from localsync.core.validation import is_content_hashes as _is_content_hashes
 from localsync.core.validation import is_request_id as _is_request_id
 from localsync.core.validation import is_stamp as _is_stamp
-from localsync.sync.persister import TinyBaseError
+from localsync.errors import TinyBaseError
 
 __all__ = [
     "CELL_DIFF",
@@ -85,8 +63,12 @@ __all__ = [
     "ROW_DIFF",
     "TABLE_DIFF",
     "VALUE_DIFF",
+    "ContentDiffReceived",
+    "Event",
     "Message",
     "Outgoing",
+    "PeerChangesPulled",
+    "PullFinished",
     "SyncEngine",
     "check_content_diff",
     "coalesce_changes",
@@ -186,14 +168,11 @@ def _changes_are_empty(changes: Any) -> bool:
 
 # -- coalescing local transactions ----------------------------------------------------------
 
-# Caps of one coalesced ContentDiff. A merged diff is closed before it would exceed either, so
-# one message stays far below transport limits (the WebSocket payload limit is 16 MiB, the
-# channel's frames are smaller still) and a receiver applies it as one transaction of
-# bounded size. The byte figure is an estimate of the JSON text (ids, HLCs, string cells);
-# a single transaction is never split, so a transaction bigger than the caps goes alone.
 #: rounds of anti-entropy skipped in a row while ContentDiffs stream (then one runs anyway)
 MAX_POSTPONED_ROUNDS = 3
 
+#: caps of one coalesced ContentDiff (stamps, estimated JSON bytes); a single transaction is
+#: never split, so a transaction bigger than the caps goes alone
 MAX_COALESCED_STAMPS = 4096
 MAX_COALESCED_BYTES = 1 << 20
 
@@ -282,12 +261,9 @@ def coalesce_changes(
 ) -> list[Any]:
     """Merge consecutive transactions' encoded changes into as few ContentDiff bodies as fit.
 
-    Why this is wire-compatible: a ContentDiff is ``[[tables, hlc], [values, hlc], 1]`` with
-    no hashes, and a receiver merges it stamp by stamp keeping the newest HLC. Keeping only
-    the newest stamp per cell/value (deletions are stamps too) and the latest row/table HLC
-    therefore leaves every receiver in exactly the state the separate diffs would have, in
-    one transaction instead of many. Order is kept: bodies come out in batch order, each
-    holding a consecutive run of transactions; the inputs are not modified.
+    Keeps the newest stamp per cell/value and the latest row/table HLC, which leaves a receiver
+    in the state the separate diffs would (docs/notes/sync.md). Bodies come out in batch order,
+    each holding a consecutive run of transactions; the inputs are not modified.
     """
     if len(batch) < 2:
         return list(batch)
@@ -313,6 +289,56 @@ def coalesce_changes(
     return out
 
 
+# -- events: what the engine hands back besides messages -------------------------------------
+
+
+class ContentDiffReceived:
+    """A peer's ContentDiff, received while auto-loading: apply ``changes`` to the store."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Any) -> None:
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"ContentDiffReceived({self.changes!r})"
+
+
+class PeerChangesPulled:
+    """A pull started by a peer's ContentHashes ended (auto-loading): apply ``changes``.
+
+    ``changes`` is None when the pull failed (the failure was reported): reload instead.
+    """
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Any) -> None:
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"PeerChangesPulled({self.changes!r})"
+
+
+class PullFinished:
+    """The pull that :meth:`SyncEngine.pull` started (a load) ended.
+
+    ``changes`` are mergeable changes ``[tables_stamp, values_stamp, 1]``, or None when the
+    pull failed (the failure was reported).
+    """
+
+    __slots__ = ("changes", "pull_id")
+
+    def __init__(self, pull_id: str, changes: Any) -> None:
+        self.pull_id = pull_id
+        self.changes = changes
+
+    def __repr__(self) -> str:
+        return f"PullFinished({self.pull_id!r}, {self.changes!r})"
+
+
+Event = ContentDiffReceived | PeerChangesPulled | PullFinished
+
+
 # -- the pull state machine ---------------------------------------------------------------------
 
 
@@ -321,8 +347,8 @@ class _Pull:
 
     __slots__ = (
         "asked_everyone",
+        "for_load",
         "gathered",
-        "on_done",
         "other",
         "other_values_hash",
         "restarts",
@@ -331,10 +357,12 @@ class _Pull:
         "values_hash",
     )
 
-    def __init__(self, tx_id: str, other: str | None, on_done: Callable[[Any], None]) -> None:
+    def __init__(self, tx_id: str, other: str | None, for_load: bool) -> None:
         self.tx_id = tx_id
         self.other = other
-        self.on_done = on_done
+        # started by pull() for a load (ends in PullFinished), else by a peer's hashes
+        # (ends in PeerChangesPulled)
+        self.for_load = for_load
         self.tables_changes: list[Any] = _stamp_new_obj()
         self.values_hash: Any = None
         self.other_values_hash: Any = None
@@ -377,13 +405,13 @@ class _Peer:
 class SyncEngine:
     """TinyBase's createCustomSynchronizer protocol, driven by method calls.
 
-    ``store`` is a MergeableStore (only its read methods are used here; changes are handed to
-    ``persister_listener`` so the Persister can mark them as loaded, not local).
+    ``store`` is only read here (hashes and diffs); changes to apply are handed back as events,
+    so that the driver (a Synchronizer) applies them as loads, not local writes.
     """
 
     def __init__(
         self,
-        store: Any,
+        store: HashTreeStore,
         *,
         request_timeout_seconds: float,
         on_ignored_error: Callable[[BaseException], None] | None = None,
@@ -408,11 +436,8 @@ class SyncEngine:
         self._transaction_id = transaction_id or (lambda: get_unique_id(11))
         self._request_suffix = request_suffix or (lambda: get_unique_id(4))
         self.anti_entropy_seconds = anti_entropy_seconds
-        # each period drawn from period * (1 +/- jitter): participants started together
-        # otherwise keep their rounds in step for ever, so the bursts of announcements,
-        # probes and answers meet at the same moments, and on a lossy link (tiny high-water
-        # marks, a busy machine) the pulls those rounds start are the messages dropped, round
-        # after round. 0 (exact periods) unless a transport asks for it.
+        # each period drawn from period * (1 +/- jitter), so that participants started
+        # together do not keep their rounds in step; 0 unless a transport asks for it
         self.anti_entropy_jitter = 0.0
         self.random: Callable[[], float] = random.random
         self.heartbeat_every = max(1, heartbeat_every)
@@ -422,22 +447,19 @@ class SyncEngine:
         self.destroyed = False
         self.is_auto_loading: Callable[[], bool] = lambda: False
         self.is_auto_saving: Callable[[], bool] = lambda: False
-        self.persister_listener: Callable[[Any, Any], None] | None = None
         # internal
         self.sends = 0
         self.receives = 0
         self.ignored_errors = 0
         self.anti_entropy_announcements = 0
         self._outbox: list[Outgoing] = []
+        self._events: list[Event] = []
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._peers: dict[str, _Peer] = {}
         self._last_announced: tuple[Any, Any] | None = None
         self._probes: dict[str, float] = {}
-        # the pull running from each peer: its ContentHashes (announced every anti-entropy
-        # period while hashes differ) start no second pull meanwhile. Without this, each
-        # announcement added a pull whose answer is the same big diff; on a lossy link
-        # (tiny high-water marks) the answers crowded each other out and nothing arrived.
+        # the pull running from each peer: its repeated ContentHashes start no second pull
         self._pulling_from: dict[str, _Pull] = {}
         self.anti_entropy_probes = 0
         self._next_anti_entropy: float | None = None
@@ -456,6 +478,16 @@ class SyncEngine:
         out = self._outbox
         self._outbox = []
         return out
+
+    def events_received(self) -> list[Event]:
+        """Take the events (changes to apply, pulls that ended), oldest first.
+
+        The list is the caller's to keep; do not modify it (an empty one is shared).
+        """
+        events = self._events
+        if events:
+            self._events = []
+        return events
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (``clock`` units), or None."""
@@ -529,20 +561,27 @@ class SyncEngine:
     # -- the pull sequence --------------------------------------------------------------------
 
     def pull(
-        self,
-        on_done: Callable[[Any], None],
-        other_client_id: str | None = None,
-        other_content_hashes: Any = None,
-        transaction_id: str | None = None,
-    ) -> None:
+        self, other_client_id: str | None = None, other_content_hashes: Any = None
+    ) -> str | None:
         """Ask a peer (or, with no hashes given, whoever answers first) what we are missing.
 
-        ``on_done(changes)`` gets mergeable changes ``[tables_stamp, values_stamp, 1]`` or
-        ``None`` when the sequence failed (the failure is reported first).
+        Returns the pull's id: a :class:`PullFinished` event with that id carries the result.
+        None when a pull from ``other_client_id`` already runs (it asks for the difference as
+        it is when it asks).
         """
+        pull = self._new_pull(other_client_id, other_content_hashes, None, True)
+        return None if pull is None else pull.tx_id
+
+    def _new_pull(
+        self,
+        other_client_id: str | None,
+        other_content_hashes: Any,
+        transaction_id: str | None,
+        for_load: bool,
+    ) -> _Pull | None:
         if other_client_id in self._pulling_from and other_content_hashes is not None:
-            return  # (the running pull asks for the difference as it is when it asks)
-        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, on_done)
+            return None
+        pull = _Pull(transaction_id or self._transaction_id(), other_client_id, for_load)
         if other_content_hashes is None:
             pull.asked_everyone = True
             self._request(pull, None, GET_CONTENT_HASHES, "")
@@ -550,11 +589,20 @@ class SyncEngine:
             if other_client_id is not None:
                 self._pulling_from[other_client_id] = pull
             self._on_content_hashes(pull, other_content_hashes)
+        return pull
 
     def _fail(self, pull: _Pull, error: BaseException) -> None:
         self._pull_ended(pull)
         self._report(error)
-        pull.on_done(None)
+        self._pulled(pull, None)
+
+    def _pulled(self, pull: _Pull, changes: Any) -> None:
+        """Hand a pull's result back as an event."""
+        if pull.for_load:
+            self._events.append(PullFinished(pull.tx_id, changes))
+        elif not self.destroyed and (changes is None or not _changes_are_empty(changes)):
+            # (in sync already: nothing to apply, where TinyBase applies an empty set)
+            self._events.append(PeerChangesPulled(changes))
 
     def _pull_ended(self, pull: _Pull) -> None:
         other = pull.other
@@ -565,11 +613,11 @@ class SyncEngine:
         self._pull_ended(pull)
         gathered = pull.gathered
         if gathered is None:
-            pull.on_done([pull.tables_changes, values_stamp, 1])
+            self._pulled(pull, [pull.tables_changes, values_stamp, 1])
             return
         changes = CheckedChanges([pull.tables_changes, values_stamp, 1])
         changes.hlcs, changes.special = gathered
-        pull.on_done(changes)
+        self._pulled(pull, changes)
 
     def _on_content_hashes(self, pull: _Pull, other_hashes: Any) -> None:
         other_tables_hash, other_values_hash = other_hashes
@@ -702,17 +750,12 @@ class SyncEngine:
         if message == CONTENT_HASHES:
             self._remember_peer_hashes(from_client_id, body)
             if is_auto_loading:
-                self.pull(
-                    self._pushed_changes_handler(),
-                    from_client_id,
-                    body,
-                    request_id,
-                )
+                self._new_pull(from_client_id, body, request_id, False)
             return
         if message == CONTENT_DIFF:
             self._last_diff_traffic = self.clock()
-            if is_auto_loading and self.persister_listener is not None:
-                self.persister_listener(None, body)
+            if is_auto_loading:
+                self._events.append(ContentDiffReceived(body))
             return
         store = self.store
         if message == GET_CONTENT_HASHES:
@@ -728,17 +771,6 @@ class SyncEngine:
         else:  # VALUE_DIFF
             response = store.get_mergeable_value_diff(body)
         self._emit(from_client_id, request_id, RESPONSE, response)
-
-    def _pushed_changes_handler(self) -> Callable[[Any], None]:
-        def on_done(changes: Any) -> None:
-            listener = self.persister_listener
-            if self.destroyed or listener is None:
-                return
-            if changes is not None and _changes_are_empty(changes):
-                return  # in sync already: nothing to apply (TinyBase applies an empty set)
-            listener(None, changes)
-
-        return on_done
 
     # -- peers and anti-entropy ---------------------------------------------------------------
 
@@ -761,11 +793,9 @@ class SyncEngine:
     def peer_left(self, client_id: str) -> None:
         """``client_id`` is gone (its transport said so): stop waiting for its answers.
 
-        Without this a request to a departed peer waits for its whole time-out, which for a
-        joiner is long on purpose (a live peer may need seconds to compute a big diff). A
-        pull that began by asking everyone asks everyone again (at most
-        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits mid-sequence
-        still gets the content from another peer; any other pull fails as a time-out would.
+        A pull that began by asking everyone asks everyone again (at most
+        ``MAX_PULL_RESTARTS`` times), so a joiner whose first answerer exits still gets the
+        content from another peer; any other pull fails as a time-out would.
         """
         self.forget_peer(client_id)
         gone = [rid for rid, entry in self._pending.items() if entry.to == client_id]
@@ -857,7 +887,7 @@ class SyncEngine:
             return
         self._remember_peer_hashes(from_client_id, body)
         if is_auto_loading and list(body) != list(self.store.get_mergeable_content_hashes()):
-            self.pull(self._pushed_changes_handler(), from_client_id, body)
+            self._new_pull(from_client_id, body, None, False)
 
     def tick(self, now: float | None = None) -> None:
         """Expire overdue requests and run anti-entropy when due."""

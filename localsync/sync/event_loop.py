@@ -1,11 +1,7 @@
 """The event loop localsync's own runners use: uvloop where it is installed, else asyncio's.
 
 Why: a process that sleeps between messages pays the event loop's wake-up on every one it
-receives, and that path runs with cold caches. asyncio's selector loop does it in Python
-(``_run_once``, the selector's key look-ups, the handle's context run); uvloop does it in C.
-Measured on a 2-vCPU VM, one-cell channel latency p50 (reader and writer on the same loop
-kind, 6 alternating rounds of 400 samples): 168.3 us with asyncio's loop, 160.0 us with
-uvloop (``python -m benchmarks.channel`` prints which loop its channel processes ran).
+receives; uvloop does it in C, asyncio's selector loop in Python (figures: docs/notes/sync.md).
 
 Who uses it: the blocking facade's background thread (and so ``workers``), the coordinator,
 ``localsync serve`` and the demo. Programs that run their own ``asyncio.run`` keep the loop

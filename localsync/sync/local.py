@@ -14,27 +14,80 @@ from collections.abc import Callable
 from typing import Any
 
 from localsync.core.codec import get_unique_id
-from localsync.sync.synchronizer import ReceiveFn, SendFn, Synchronizer
+from localsync.core.protocols import SyncStore
+from localsync.sync.synchronizer import Synchronizer
+from localsync.sync.transport import ReceiveFn, SendFn
 
-__all__ = ["LocalSynchronizer", "create_local_synchronizer"]
+__all__ = ["LocalSynchronizer", "LocalTransport", "create_local_synchronizer"]
 
-# client id -> (receive, synchronizer); insertion order is the broadcast order, as in TinyBase.
-_clients: dict[str, tuple[ReceiveFn, Synchronizer]] = {}
+# client id -> its transport; insertion order is the broadcast order, as in TinyBase.
+_clients: dict[str, LocalTransport] = {}
 
 
-def _reachable(synchronizer: Synchronizer, loop: asyncio.AbstractEventLoop) -> bool:
-    bound = synchronizer._loop
-    return bound is None or bound is loop
+class LocalTransport:
+    """The Transport of a local synchronizer: the process-wide in-memory bus."""
+
+    def __init__(self) -> None:
+        self.client_id = get_unique_id()
+        self.receive: ReceiveFn | None = None
+        self.synchronizer: Synchronizer | None = None
+        self._handles: set[asyncio.Handle] = set()
+
+    def _reachable_from(self, loop: asyncio.AbstractEventLoop) -> bool:
+        bound = self.synchronizer._loop if self.synchronizer is not None else None
+        return bound is None or bound is loop
+
+    def _left_behind(self) -> bool:
+        bound = self.synchronizer._loop if self.synchronizer is not None else None
+        return bound is not None and bound.is_closed()
+
+    def send(
+        self, to_client_id: str | None, request_id: str | None, message: int, body: Any
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        client_id = self.client_id
+        for other, peer in list(_clients.items()):
+            if peer._left_behind():
+                del _clients[other]  # left behind by a finished asyncio.run()
+        if to_client_id is None:
+            recipients = [other for other in _clients if other != client_id]
+        else:
+            recipients = [to_client_id]
+
+        def deliver() -> None:
+            self._handles.discard(handle)
+            for recipient in recipients:
+                peer = _clients.get(recipient)
+                if peer is not None and peer.receive is not None and peer._reachable_from(loop):
+                    peer.receive(client_id, request_id, message, body)
+
+        handle = loop.call_soon(deliver)
+        self._handles.add(handle)
+
+    def register_receive(self, receive: ReceiveFn) -> None:
+        self.receive = receive
+
+    def cancel(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+
+    def destroy(self) -> None:
+        _clients.pop(self.client_id, None)
 
 
 class LocalSynchronizer(Synchronizer):
     """A Synchronizer on the process-wide in-memory bus; ``client_id`` names it on the bus."""
 
-    client_id: str
+    _transport: LocalTransport
+
+    @property
+    def client_id(self) -> str:
+        return self._transport.client_id
 
 
 def create_local_synchronizer(
-    store: Any,
+    store: SyncStore,
     on_send: SendFn | None = None,
     on_receive: ReceiveFn | None = None,
     on_ignored_error: Callable[[BaseException], None] | None = None,
@@ -43,54 +96,16 @@ def create_local_synchronizer(
     anti_entropy_seconds: float | None = None,
 ) -> LocalSynchronizer:
     """A synchronizer that talks to the other local synchronizers of this process."""
-    client_id = get_unique_id()
-    handles: set[asyncio.Handle] = set()
-
-    def send(to_client_id: str | None, request_id: str | None, message: int, body: Any) -> None:
-        loop = asyncio.get_running_loop()
-        for other, (_, peer) in list(_clients.items()):
-            if peer._loop is not None and peer._loop.is_closed():
-                del _clients[other]  # left behind by a finished asyncio.run()
-        if to_client_id is None:
-            recipients = [other for other in _clients if other != client_id]
-        else:
-            recipients = [to_client_id]
-
-        def deliver() -> None:
-            handles.discard(handle)
-            for recipient in recipients:
-                entry = _clients.get(recipient)
-                if entry is not None and _reachable(entry[1], loop):
-                    entry[0](client_id, request_id, message, body)
-
-        handle = loop.call_soon(deliver)
-        handles.add(handle)
-
-    registered: list[ReceiveFn] = []
-
-    def register_receive(receive: ReceiveFn) -> None:
-        registered.append(receive)
-
-    def cancel_scheduled_messages() -> None:
-        for handle in handles:
-            handle.cancel()
-        handles.clear()
-
-    def destroy() -> None:
-        _clients.pop(client_id, None)
-
+    transport = LocalTransport()
     synchronizer = LocalSynchronizer(
         store,
-        send,
-        register_receive,
-        destroy,
+        transport,
         request_timeout_seconds,
-        on_send,
-        on_receive,
-        on_ignored_error,
+        on_send=on_send,
+        on_receive=on_receive,
+        on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
-        pre_destroy=cancel_scheduled_messages,
     )
-    synchronizer.client_id = client_id
-    _clients[client_id] = (registered[-1], synchronizer)
+    transport.synchronizer = synchronizer
+    _clients[transport.client_id] = transport
     return synchronizer

@@ -1,54 +1,25 @@
 """The Persister base: TinyBase's ``createCustomPersister`` lifecycle, as asyncio coroutines.
 
-Why one base for files, databases *and* synchronizers: TinyBase builds its Synchronizer on the
-same load/save/auto-load/auto-save machinery as its persisters (a synchronizer "loads" from
-peers and "saves" to them). Sharing the machinery keeps status, statistics, scheduling and the
-echo-suppression rule identical everywhere.
-
-Building a persister on this module
------------------------------------
-Either call :func:`create_custom_persister` with four hooks, or subclass :class:`Persister`
-and override the four ``_`` methods. Every hook may be a plain function or a coroutine
-function (the base awaits results that are awaitable):
+Files, databases *and* synchronizers share it (as in TinyBase, a synchronizer "loads" from peers
+and "saves" to them), so status, statistics, scheduling and echo suppression are the same
+everywhere. Build a persister with :func:`create_custom_persister` or subclass
+:class:`Persister` and override the hooks (plain or coroutine functions):
 
 ``get_persisted() -> content | changes | None``
-    Read what is persisted. ``None`` means "nothing persisted yet" (TinyBase's ``undefined``):
-    the store is then given ``initial_content`` if one was passed to ``load``. For a
-    MergeableStore return the *encoded* mergeable content (object cells as U+FFFD + JSON,
-    ``undefined`` as U+FFFC), or encoded mergeable changes (a list whose third item is ``1``).
-    Anything that is not a list (and not ``None``) is reported as ``tinybase:1``.
-``set_persisted(get_content, changes=None) -> None``
-    Write. ``get_content()`` returns the encoded content of the whole store; ``changes`` is
-    the encoded transaction changes (with hashes for persisters) when the save was caused by a
-    transaction under auto-save, else ``None`` (a full save).
-``add_persister_listener(listener) -> handle``
-    Start watching the storage; call ``listener(content=None, changes=None)`` whenever it
-    changed outside this persister. With content or changes they are applied directly; with
-    neither, the persister calls ``load()``. ``listener`` may be called from any thread.
-``del_persister_listener(handle) -> None``
-    Stop watching.
+    What is persisted; ``None`` means nothing yet (``initial_content`` is used). For a
+    MergeableStore, the *encoded* mergeable content or changes (a list whose third item is
+    ``1``); anything else that is not a list is reported as ``tinybase:1``.
+``set_persisted(get_content, changes=None)``
+    Write: ``get_content()`` gives the whole encoded content; ``changes`` are the encoded
+    transaction changes under auto-save, else ``None`` (a full save).
+``add_persister_listener(listener) -> handle`` / ``del_persister_listener(handle)``
+    Watch the storage: ``listener(content=None, changes=None)`` (from any thread) applies
+    what it is given, or loads when given neither.
 
-``destroy`` (optional, ``extra_destroy=`` or override ``_destroy_extra``) releases resources.
-
-Errors raised by hooks never escape ``load``/``save``/auto-persisting: as in TinyBase they
-are passed to ``on_ignored_error``; when no such callback is given they are logged on the
-``localsync.sync.persister`` logger (never swallowed silently). Status changes (0 idle,
-1 loading, 2 saving) are announced to ``add_status_listener`` listeners as
-``listener(persister, status)``.
-
-Threads: a persister belongs to the event loop on which it is first used. Transactions may run
-on other threads (the store serialises them with ``store.lock``); their changes are computed on
-the writing thread inside the transaction listener and handed to the loop with
-``call_soon_threadsafe``.
-
-Coalescing (``_coalesce_saves``, switched on by synchronizers): auto-saved changes are queued
-and saved on the loop's next turn, merged by ``_merge_changes``; see
-:mod:`localsync.sync.synchronizer`. Persisters keep one save per transaction.
-
-One deliberate difference from TinyBase: a transaction is treated as an echo (and not saved)
-only while this persister itself is applying loaded content on the loop thread. TinyBase skips
-*any* save while its status is "loading", which silently delays local writes that happen while
-a slow load is in flight; here they are queued behind the load instead.
+Errors never escape ``load``/``save``/auto-persisting: they go to ``on_ignored_error`` (or the
+``localsync.sync.persister`` logger). Status (0 idle, 1 loading, 2 saving) is announced to
+``add_status_listener`` listeners. A persister belongs to the event loop it is first used on;
+transactions may run on other threads. Design notes: docs/notes/sync.md.
 """
 
 from __future__ import annotations
@@ -57,13 +28,13 @@ import asyncio
 import inspect
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
 from typing import Any
 
 from localsync.core.collector import tune_collector
+from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
 from localsync.errors import TinyBaseError
 
 __all__ = [
@@ -76,10 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("localsync.sync.persister")
-
-#: A transaction on the loop thread is sent from its listener (not on the next loop turn)
-#: when nothing was sent for this long: lone writes go at once, bursts stay merged.
-INLINE_IDLE_SECONDS = 0.001
 
 ERROR_STORE_TYPE = 0
 ERROR_CONTENT = 1
@@ -159,7 +126,7 @@ class Persister:
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         *,
         on_ignored_error: IgnoredErrorHandler | None = None,
         persist: int = Persists.STORE_OR_MERGEABLE_STORE,
@@ -188,24 +155,15 @@ class Persister:
         self._active_action: asyncio.Future[None] | None = None
         self._applying = 0
         self._queued_saves = 0
-        # coalescing (synchronizers): transactions written on other threads wait in
-        # _handover until one loop callback takes them all; saves that must queue behind a
-        # busy schedule join the last queued save that has not started yet (_open_batch)
-        self._coalesce_saves = False
-        self._handover_lock = threading.Lock()
-        self._handover: list[tuple[int, Any]] = []
-        self._handover_scheduled = False
         self._set_persisted_kind: tuple[Any, bool] | None = None
-        self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
-        self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
-        self._open_batch: list[Any] | None = None
-        # a synchronizer over a MergeableStore queues what each transaction touched and
-        # builds the wire records once per drained run (MergeableStore docs)
-        self._get_touched: Callable[[], Any] | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
+        # a MergeableStore's hooks (had_mutated, ignored_count), whatever ``persist`` says
+        self._hooked_store: MergeableStoreLike | None = store if is_mergeable_store(store) else None
         # the store's hook, looked up once (a received change asks for it every time)
-        self._had_mutated: Callable[[], bool] | None = getattr(store, "had_mutated", None)
+        self._had_mutated: Callable[[], bool] | None = (
+            self._hooked_store.had_mutated if self._hooked_store is not None else None
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -219,53 +177,48 @@ class Persister:
 
     def _configure_store(self, persist: int) -> None:
         store = self._store
-        mergeable = bool(getattr(store, "is_mergeable", lambda: False)())
-        if persist != Persists.STORE_ONLY and mergeable:
-            self._is_mergeable_store = True
+        if persist != Persists.STORE_ONLY and is_mergeable_store(store):
+            self._mergeable_store: MergeableStoreLike | None = store
             self._get_content: Callable[[], Any] = store.get_encoded_mergeable_content
             with_hashes = not self._is_synchronizer
             self._get_changes: Callable[[], Any] = lambda: (
                 store.get_encoded_transaction_mergeable_changes(with_hashes)
             )
-            if self._is_synchronizer:
-                self._get_touched = getattr(store, "get_transaction_touched", None)
             self._set_default_content: Callable[[Any], Any] = store.set_default_content
         elif persist != Persists.MERGEABLE_STORE_ONLY:
-            self._is_mergeable_store = False
-            self._get_content = getattr(store, "get_encoded_content", None) or store.get_content
-            get_changes = getattr(store, "get_encoded_transaction_changes", None) or getattr(
-                store, "get_transaction_changes", None
-            )
-            self._get_changes = get_changes if get_changes is not None else lambda: None
+            self._mergeable_store = None
+            self._get_content = store.get_encoded_content
+            self._get_changes = store.get_encoded_transaction_changes
             self._set_default_content = store.set_content
         else:
             raise TypeError(f"tinybase:{ERROR_STORE_TYPE}: this persister needs a MergeableStore")
+        self._is_mergeable_store = self._mergeable_store is not None
 
     def _set_content_or_changes(self, content_or_changes: Any) -> None:
         """Apply loaded content (or changes), marking it as ours so it is not saved back."""
         store = self._store
         is_changes = len(content_or_changes) > 2 and content_or_changes[2] == 1
-        ignored_before = getattr(store, "ignored_count", None)
+        hooked = self._hooked_store
+        ignored_before = hooked.ignored_count if hooked is not None else 0
         self._applying += 1
         try:
-            if self._is_mergeable_store and isinstance(content_or_changes[0], list):
+            mergeable = self._mergeable_store
+            if mergeable is not None and isinstance(content_or_changes[0], list):
                 if is_changes:
-                    store.apply_encoded_mergeable_changes(content_or_changes)
+                    mergeable.apply_encoded_mergeable_changes(content_or_changes)
                 else:
-                    store.set_encoded_mergeable_content(content_or_changes)
+                    mergeable.set_encoded_mergeable_content(content_or_changes)
             elif is_changes:
-                apply = getattr(store, "apply_encoded_changes", None) or store.apply_changes
-                apply(content_or_changes)
+                store.apply_changes(content_or_changes)
             else:
-                setter = getattr(store, "set_encoded_content", None) or store.set_content
-                setter(content_or_changes)
+                store.set_encoded_content(content_or_changes)
         finally:
             self._applying -= 1
-        if ignored_before is not None and getattr(store, "ignored_count", 0) > ignored_before:
+        if hooked is not None and hooked.ignored_count > ignored_before:
             # the store drops invalid or far-future data silently, as TinyBase does; say so
             raise TinyBaseError(ERROR_CONTENT, "ignored invalid or far-future mergeable data")
 
-    def get_store(self) -> Any:
+    def get_store(self) -> PersistableStore:
         return self._store
 
     # -- errors, status, listeners ------------------------------------------------------------
@@ -341,13 +294,6 @@ class Persister:
         losing to newer ones) counts as applied. Persisters that must not overwrite storage
         the store could not take (file, SQLite) override this; the base does nothing.
         """
-
-    def _merge_changes(self, batch: list[Any]) -> list[Any]:
-        """Turn waiting transactions' changes into the change sets to save, in order.
-
-        The base keeps them apart; a synchronizer merges them (see ``_coalesce_saves``).
-        """
-        return batch
 
     # -- loop plumbing --------------------------------------------------------------------------
 
@@ -500,16 +446,19 @@ class Persister:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(listener, content, changes)
                 return
-            if generation != self._auto_load_generation or self._destroyed:
-                return
-            if changes is not None or content is not None:
-                self._auto_load_changes(content, changes)
-            elif self._status == Status.SAVING:
-                self._auto_load_after_save_generation = generation
-            else:
-                self._spawn(self.load())
+            if generation == self._auto_load_generation and not self._destroyed:
+                self._storage_changed(content, changes)
 
         return listener
+
+    def _storage_changed(self, content: Any, changes: Any) -> None:
+        """Auto-load what the storage reported (loop thread): apply it, or reload with neither."""
+        if changes is not None or content is not None:
+            self._auto_load_changes(content, changes)
+        elif self._status == Status.SAVING:
+            self._auto_load_after_save_generation = self._auto_load_generation
+        else:
+            self._spawn(self.load())
 
     def _auto_load_changes(self, content: Any, changes: Any) -> None:
         """Apply pushed content synchronously when nothing else is in flight.
@@ -637,8 +586,7 @@ class Persister:
             await self._run_auto_load_after_save()
 
     def _set_persisted_is_coroutine(self) -> bool:
-        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function: it
-        was asked on every save, a measurable part of a one-cell write's send path."""
+        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function."""
         hook = self._set_persisted
         func = getattr(hook, "__func__", hook)
         cached = self._set_persisted_kind
@@ -679,15 +627,10 @@ class Persister:
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
-        if self._coalesce_saves:
-            batch = self._open_batch
-            if batch is not None:
-                batch.append(changes)  # joins the queued save that has not started yet
-                return
-            batch = self._open_batch = [changes]
-            self._queued_saves += 1
-            self._spawn(self._queued_batch_save(batch))
-            return
+        self._queue_save(changes)
+
+    def _queue_save(self, changes: Any) -> None:
+        """Save ``changes`` after what the schedule holds (a synchronizer merges queued saves)."""
         self._queued_saves += 1
         self._spawn(self._queued_save(changes))
 
@@ -708,139 +651,36 @@ class Persister:
         finally:
             self._queued_saves -= 1
 
-    async def _queued_batch_save(self, batch: list[Any]) -> None:
-        """A queued save that keeps taking later transactions until its turn comes."""
-
-        def persist() -> None:
-            if self._open_batch is batch:
-                self._open_batch = None  # from now on, new saves queue behind this one
-            for changes in self._merge_changes(batch):
-                self._set_persisted(self._get_content, changes)
-
-        try:
-            try:
-                try:
-                    self._set_status(Status.SAVING)
-                    self._saves += 1
-                    await self.schedule(persist)
-                finally:
-                    if self._open_batch is batch:
-                        self._open_batch = None
-                    self._set_status(Status.IDLE)
-            finally:
-                await self._run_auto_load_after_save()
-        finally:
-            self._queued_saves -= 1
-
     def _make_auto_save_listener(self, generation: int) -> Callable[[Any], None]:
-        def on_transaction(_store: Any) -> None:
+        def on_transaction(_store: object) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
             loop_thread = self._loop_thread
             on_loop = loop_thread is None or loop_thread == threading.get_ident()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
-            if self._coalesce_saves and self._get_touched is not None:
-                touched = self._get_touched()
-                if touched[0] or touched[1]:
-                    self._hand_over(generation, touched, on_loop)
-                return
-            try:
-                changes = self._get_changes()
-            except Exception as error:
-                self._report(error)
-                return
-            if changes is not None and not _has_changes(changes, self._is_mergeable_store):
-                return
-            if self._coalesce_saves:
-                self._hand_over(generation, changes, on_loop)
-            elif on_loop:
-                self._save_changes_now(changes)
-            else:
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
+            local_transaction(generation, on_loop)
 
+        local_transaction = self._local_transaction
         return on_transaction
 
-    def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
-        """Queue a transaction's changes; only the first of a run schedules the send.
-
-        On the loop thread, a lone write (nothing queued, and at least
-        ``INLINE_IDLE_SECONDS`` since the last send) is sent at once, from the transaction
-        listener as TinyBase does: it pays no loop turn, about a quarter of a one-cell
-        change's latency on a channel. Other transactions, and writes from other threads,
-        wait for the loop's next turn, where all that piled up (a burst on the loop thread,
-        a thread faster than the loop) is merged and costs one wake-up and one message; a
-        busy writer thus keeps sending one merged diff per turn. Transactions are
-        serialised by ``store.lock``, so the queue is in transaction order.
-
-        The rule is about time only, so a lone write schedules nothing: it used to mark
-        "this loop turn already sent one" and clear the mark with ``call_soon``, which cost
-        the writer an extra loop iteration after every send. On a small machine the
-        writer's CPU time right after a send delays the message itself (its I/O thread and
-        the readers wait for a CPU), and that iteration was about 6 us of a one-cell
-        change's latency (benchmarks/channel.py, A/B in the same run).
-        """
-        inline = False
-        with self._handover_lock:
-            self._handover.append((generation, changes))
-            if self._handover_scheduled:
-                return
-            if (
-                on_loop
-                and len(self._handover) == 1
-                and time.monotonic() - self._last_drain >= self._inline_idle
-            ):
-                inline = True
-                self._handover = []  # (this entry, the only one: it is sent below)
-            else:
-                self._handover_scheduled = True
-        loop = self._loop
-        if inline:
-            self._send_batch([changes])  # (taken out of the queue above)
-            return
+    def _local_transaction(self, generation: int, on_loop: bool) -> None:
+        """Auto-save a local transaction's changes (called inside its transaction listener)."""
         try:
-            if loop is None:
-                raise RuntimeError("no event loop bound")
-            if on_loop:
-                loop.call_soon(self._drain_handover)
-            else:
-                loop.call_soon_threadsafe(self._drain_handover)
-        except RuntimeError as error:  # the loop is closed: nothing will ever send these
-            with self._handover_lock:
-                self._handover.clear()
-                self._handover_scheduled = False
+            changes = self._get_changes()
+        except Exception as error:
             self._report(error)
+            return
+        if changes is not None and not _has_changes(changes, self._is_mergeable_store):
+            return
+        if on_loop:
+            self._save_changes_now(changes)
+        else:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._save_changes_from_thread, generation, changes)
 
     def _drain_handover(self) -> None:
-        """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
-        with self._handover_lock:
-            waiting = self._handover
-            self._handover = []
-            self._handover_scheduled = False
-        generation = self._auto_save_generation
-        if not waiting or self._destroyed:
-            return
-        batch = [changes for gen, changes in waiting if gen == generation]
-        if batch:
-            self._send_batch(batch)
-
-    def _send_batch(self, batch: list[Any]) -> None:
-        self._last_drain = time.monotonic()
-        # synchronizers queue what transactions touched; other persisters, their changes
-        if self._get_touched is not None:
-            built = self._build_changes(batch)
-        else:
-            built = self._merge_changes(batch)
-        for changes in built:
-            self._save_changes_now(changes)
-
-    def _build_changes(self, touched: list[Any]) -> list[Any]:
-        """Wire records for queued transactions (only synchronizers queue what was touched)."""
-        raise NotImplementedError
-
-    def _has_unsent_changes(self) -> bool:
-        return bool(self._handover) or self._open_batch is not None
+        """Send local transactions still queued (a synchronizer queues them; the base does not)."""
 
     def _save_changes_from_thread(self, generation: int, changes: Any) -> None:
         if generation == self._auto_save_generation and not self._destroyed:
@@ -957,7 +797,7 @@ class _CustomPersister(Persister):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         get_persisted: Callable[[], Any],
         set_persisted: Callable[..., Any],
         add_persister_listener: Callable[[Callable[..., None]], Any],
@@ -975,7 +815,7 @@ class _CustomPersister(Persister):
 
 
 def create_custom_persister(
-    store: Any,
+    store: PersistableStore,
     get_persisted: Callable[[], Any],
     set_persisted: Callable[..., Any],
     add_persister_listener: Callable[[Callable[..., None]], Any],

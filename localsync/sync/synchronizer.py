@@ -1,91 +1,68 @@
-"""Synchronizer = Persister lifecycle + the sans-I/O engine + an asyncio timer.
+"""TinyBase's Synchronizer: the Persister lifecycle around the sans-I/O engine and a Transport.
 
-Why a Persister: as in TinyBase, a synchronizer "loads" by pulling from peers and "saves" by
-broadcasting (a ContentDiff per local transaction, else ContentHashes), so start/stop, status,
-statistics and echo suppression come from :mod:`localsync.sync.persister` unchanged.
-
-Coalescing (beyond TinyBase, wire-compatible): TinyBase sends one ContentDiff per local
-transaction from inside the transaction listener. Here a lone write on the loop thread (after
-``persister.INLINE_IDLE_SECONDS`` without sending) is sent the same way, at once; any other
-transaction is queued and sent on the loop's next turn, and every transaction that joins the
-queue before that turn - more writes in the same turn on the loop thread, writes from a thread
-faster than the loop (the blocking facade), writes made while an earlier save is queued behind
-a load - travels in the same ContentDiff (newest HLC per cell/value, latest row/table HLCs,
-built once from the current stamps: ``MergeableStore.get_encoded_mergeable_changes_of``, with the
-size caps of :func:`localsync.sync.engine.coalesce_changes`). A burst of N writes therefore costs
-readers a handful of messages and store transactions instead of N. Changes applied from
-peers are never re-sent (the echo rule is unchanged), diffs leave in transaction order, and
-``stop_sync``/``destroy`` send what is still queued first. ``coalesced_transactions`` counts
-transactions that travelled inside another's diff; ``_coalesce_saves = False`` (private, for
-benchmarks) restores TinyBase's one-diff-per-transaction behaviour.
-
-Building a transport (a new one should be one short file)::
-
-    def create_my_synchronizer(store, ...):
-        def send(to_client_id, request_id, message, body): ...      # on the loop thread
-        def register_receive(receive): ...     # later: receive(from_id, request_id, message, body)
-        def destroy(): ...
-        return create_custom_synchronizer(store, send, register_receive, destroy, 1.0)
-
-``send`` must not block (queue the bytes); ``receive`` should be called on the event loop
-thread that runs the synchronizer (calls from other threads are handed over to it).
-Everything the engine emits is sent synchronously from the call that caused it, in order.
-
-Deliberate differences from TinyBase 10.0.1 (the message sequence of its protocol traces is
-reproduced exactly; see tests/sync/test_protocol_traces.py):
-
-* ``destroy()`` fails requests in flight first (``tinybase:3:destroyed``) instead of letting
-  an in-flight load wait for its time-out.
-* A pull that finds nothing to apply applies nothing (TinyBase applies an empty change set,
-  which only counts a load and flips the status).
-* Mergeable data the store ignores (invalid or more than 5 minutes in the future) is
-  reported to ``on_ignored_error`` as ``tinybase:1`` instead of vanishing silently.
-* Local writes made while a load is in flight are sent after it rather than skipped (see
-  :mod:`localsync.sync.persister`).
-* Local transactions that follow each other closely leave merged on the next loop turn
-  (below); only a lone write is sent from inside its transaction listener.
-* Optional anti-entropy (``anti_entropy_seconds``), see :mod:`localsync.sync.engine`.
+A synchronizer "loads" by pulling from peers and "saves" by broadcasting (a ContentDiff per
+local transaction, merged when transactions follow each other closely, else ContentHashes), so
+start/stop, status, statistics and echo suppression come from :mod:`localsync.sync.persister`.
+The path of a received message: ``Transport`` -> :meth:`Synchronizer._receive` ->
+:meth:`SyncEngine.receive <localsync.sync.engine.SyncEngine.receive>` -> the engine's events
+(:meth:`Synchronizer._apply_events`) -> the Persister lifecycle -> the store; the engine's
+messages go out through ``Transport.send``. Design notes: docs/notes/sync.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from localsync.core.protocols import SyncStore
 from localsync.sync.engine import (
     MAX_COALESCED_BYTES,
     MAX_COALESCED_STAMPS,
+    Event,
+    PullFinished,
     SyncEngine,
     coalesce_changes,
 )
-from localsync.sync.persister import Persister, Persists, TinyBaseError
+from localsync.sync.persister import Persister, Persists, Status, TinyBaseError, maybe_await
+from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 
-__all__ = ["Synchronizer", "create_custom_synchronizer"]
+__all__ = ["ReceiveFn", "SendFn", "Synchronizer", "Transport", "create_custom_synchronizer"]
 
-SendFn = Callable[[str | None, str | None, int, Any], None]
-ReceiveFn = Callable[[str, str | None, int, Any], None]
+#: A transaction on the loop thread is sent from its listener (not on the next loop turn)
+#: when nothing was sent for this long: lone writes go at once, bursts stay merged.
+INLINE_IDLE_SECONDS = 0.001
 
 
 class Synchronizer(Persister):
-    """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods."""
+    """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods.
+
+    Every synchronizer is built here, from a store and a :class:`Transport`.
+
+    Args:
+        store: the MergeableStore to synchronize.
+        transport: carries the messages (see :mod:`localsync.sync.transport`).
+        request_timeout_seconds: how long a request waits for its answer.
+        on_send, on_receive: observers of every message sent / received.
+        on_ignored_error: gets errors that are not raised (TinyBase's ``onIgnoredError``).
+        anti_entropy_seconds: period of the optional anti-entropy rounds (None: off).
+        engine: a ready engine (tests); by default one is made for ``store``.
+    """
+
+    _store: SyncStore
 
     def __init__(
         self,
-        store: Any,
-        send: SendFn,
-        register_receive: Callable[[ReceiveFn], Any],
-        destroy: Callable[[], Any] | None,
+        store: SyncStore,
+        transport: Transport,
         request_timeout_seconds: float,
         on_send: SendFn | None = None,
         on_receive: ReceiveFn | None = None,
         on_ignored_error: Callable[[BaseException], None] | None = None,
         *,
         anti_entropy_seconds: float | None = None,
-        pre_destroy: Callable[[], Any] | None = None,
         engine: SyncEngine | None = None,
     ) -> None:
         super().__init__(
@@ -94,9 +71,8 @@ class Synchronizer(Persister):
             persist=Persists.MERGEABLE_STORE_ONLY,
             is_synchronizer=True,
         )
-        self._send = send
-        self._transport_destroy = destroy
-        self._pre_destroy = pre_destroy
+        self._transport: Transport = transport
+        self._send = transport.send
         self._on_send = on_send
         self._engine = engine or SyncEngine(
             store,
@@ -115,12 +91,23 @@ class Synchronizer(Persister):
         # flag is private: benchmarks switch it off to measure one diff per transaction)
         self._coalesce_saves = True
         self.coalesced_transactions = 0
+        # what each local transaction touched waits in _handover until one loop callback
+        # takes them all; saves that must queue behind a busy schedule join the last queued
+        # save that has not started yet (_open_batch)
+        self._get_touched = store.get_transaction_touched
+        self._handover_lock = threading.Lock()
+        self._handover: list[tuple[int, Any]] = []
+        self._handover_scheduled = False
+        self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
+        self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
+        self._open_batch: list[Any] | None = None
         self._last_pull_failed = False
+        # loads waiting for their pull: pull id -> future of its changes (PullFinished)
+        self._pulls: dict[str, asyncio.Future[Any]] = {}
         # engine decisions read the store; hold its lock so that a transaction running on
         # another thread is never seen half-done (RLock: applying changes re-enters it)
-        lock = getattr(store, "lock", None)
-        self._lock: Any = lock if lock is not None else contextlib.nullcontext()
-        register_receive(self._receive)
+        self._lock = store.lock
+        transport.register_receive(self._receive)
 
     @property
     def engine(self) -> SyncEngine:
@@ -163,7 +150,10 @@ class Synchronizer(Persister):
         self._after_engine()
 
     def _after_engine(self) -> None:
-        """Send what the engine queued and re-arm the timer for its next deadline."""
+        """Apply the engine's events, send what it queued, re-arm the timer for its deadline."""
+        events = self._engine.events_received()
+        if events:
+            self._apply_events(events)
         if self._engine.has_data_to_send() and not self._flushing:
             self._flushing = True
             try:
@@ -215,20 +205,40 @@ class Synchronizer(Persister):
             self._engine.tick()
         self._after_engine()
 
+    def _apply_events(self, events: list[Event]) -> None:
+        """Hand what the engine decided to the Persister lifecycle (loop thread).
+
+        Changes peers pushed are auto-loaded only while auto-loading, as TinyBase's persister
+        listener is registered only then: applied as a load (``_auto_load_changes``), so the
+        transaction is not sent back, or, for a pull that failed, a reload
+        (``_storage_changed``). A finished pull resolves the load waiting for it.
+        """
+        for event in events:
+            if type(event) is PullFinished:
+                waiter = self._pulls.pop(event.pull_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event.changes)
+            elif self._auto_load_active and not self._destroyed:
+                changes = event.changes
+                if changes is not None:
+                    self._auto_load_changes(None, changes)
+                else:
+                    self._storage_changed(None, None)  # (a pull that failed: reload)
+
     # -- Persister hooks -----------------------------------------------------------------------
 
     async def _get_persisted(self) -> Any:
         loop = self._bind_loop()
         done: asyncio.Future[Any] = loop.create_future()
-
-        def on_done(changes: Any) -> None:
-            if not done.done():
-                done.set_result(changes)
-
         with self._lock:
-            self._engine.pull(on_done)
+            pull_id = self._engine.pull()
+        assert pull_id is not None  # (asking everyone always starts a pull)
+        self._pulls[pull_id] = done
         self._after_engine()
-        changes = await done
+        try:
+            changes = await done
+        finally:
+            self._pulls.pop(pull_id, None)
         self._last_pull_failed = changes is None  # (the engine reported why)
         if changes is not None and (changes[0][0] or changes[1][0]):
             return changes
@@ -241,6 +251,113 @@ class Synchronizer(Persister):
             with self._lock:
                 self._engine.send_content_hashes()
         self._after_engine()
+
+    # -- local transactions: coalesced saves ----------------------------------------------------
+
+    def _local_transaction(self, generation: int, on_loop: bool) -> None:
+        if not self._coalesce_saves:
+            super()._local_transaction(generation, on_loop)
+            return
+        touched = self._get_touched()
+        if touched[0] or touched[1]:
+            self._hand_over(generation, touched, on_loop)
+
+    def _hand_over(self, generation: int, changes: Any, on_loop: bool) -> None:
+        """Queue a transaction's changes; only the first of a run schedules the send.
+
+        On the loop thread, a lone write (nothing queued, and at least ``INLINE_IDLE_SECONDS``
+        since the last send) is sent at once, from the transaction listener as TinyBase does;
+        the rest wait for the loop's next turn and leave merged (docs/notes/sync.md).
+        Transactions are serialised by ``store.lock``, so the queue is in transaction order.
+        """
+        inline = False
+        with self._handover_lock:
+            self._handover.append((generation, changes))
+            if self._handover_scheduled:
+                return
+            if (
+                on_loop
+                and len(self._handover) == 1
+                and time.monotonic() - self._last_drain >= self._inline_idle
+            ):
+                inline = True
+                self._handover = []  # (this entry, the only one: it is sent below)
+            else:
+                self._handover_scheduled = True
+        loop = self._loop
+        if inline:
+            self._send_batch([changes])  # (taken out of the queue above)
+            return
+        try:
+            if loop is None:
+                raise RuntimeError("no event loop bound")
+            if on_loop:
+                loop.call_soon(self._drain_handover)
+            else:
+                loop.call_soon_threadsafe(self._drain_handover)
+        except RuntimeError as error:  # the loop is closed: nothing will ever send these
+            with self._handover_lock:
+                self._handover.clear()
+                self._handover_scheduled = False
+            self._report(error)
+
+    def _drain_handover(self) -> None:
+        """Send what is queued now (also called before auto-save stops, so nothing is lost)."""
+        with self._handover_lock:
+            waiting = self._handover
+            self._handover = []
+            self._handover_scheduled = False
+        generation = self._auto_save_generation
+        if not waiting or self._destroyed:
+            return
+        batch = [changes for gen, changes in waiting if gen == generation]
+        if batch:
+            self._send_batch(batch)
+
+    def _send_batch(self, touched: list[Any]) -> None:
+        """Build the ContentDiffs of queued transactions once, from what they touched; save."""
+        self._last_drain = time.monotonic()
+        for changes in self._build_changes(touched):
+            self._save_changes_now(changes)
+
+    def _has_unsent_changes(self) -> bool:
+        return bool(self._handover) or self._open_batch is not None
+
+    def _queue_save(self, changes: Any) -> None:
+        if not self._coalesce_saves:
+            super()._queue_save(changes)
+            return
+        batch = self._open_batch
+        if batch is not None:
+            batch.append(changes)  # joins the queued save that has not started yet
+            return
+        batch = self._open_batch = [changes]
+        self._queued_saves += 1
+        self._spawn(self._queued_batch_save(batch))
+
+    async def _queued_batch_save(self, batch: list[Any]) -> None:
+        """A queued save that keeps taking later transactions until its turn comes."""
+
+        def persist() -> None:
+            if self._open_batch is batch:
+                self._open_batch = None  # from now on, new saves queue behind this one
+            for changes in self._merge_changes(batch):
+                self._set_persisted(self._get_content, changes)
+
+        try:
+            try:
+                try:
+                    self._set_status(Status.SAVING)
+                    self._saves += 1
+                    await self.schedule(persist)
+                finally:
+                    if self._open_batch is batch:
+                        self._open_batch = None
+                    self._set_status(Status.IDLE)
+            finally:
+                await self._run_auto_load_after_save()
+        finally:
+            self._queued_saves -= 1
 
     def _build_changes(self, touched: list[Any]) -> list[Any]:
         bodies = self._store.get_encoded_mergeable_changes_of(
@@ -255,11 +372,10 @@ class Synchronizer(Persister):
         return merged
 
     def _add_persister_listener(self, listener: Callable[..., None]) -> int:
-        self._engine.persister_listener = listener
-        return 1
+        return 1  # (what peers push arrives as engine events: _apply_events)
 
     def _del_persister_listener(self, handle: Any) -> None:
-        self._engine.persister_listener = None
+        return None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -291,6 +407,7 @@ class Synchronizer(Persister):
                 self._drain_handover()  # local transactions made before destroy still go out
             engine.destroyed = True
             engine.reject_pending_requests(TinyBaseError(3, "destroyed"))
+            self._apply_events(engine.events_received())  # (loads waiting fail now)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -299,13 +416,9 @@ class Synchronizer(Persister):
         return self
 
     async def _destroy_extra(self) -> None:
-        if self._pre_destroy is not None:
-            self._pre_destroy()
+        self._transport.cancel()
         await self.stop_sync()
-        if self._transport_destroy is not None:
-            result = self._transport_destroy()
-            if asyncio.iscoroutine(result):
-                await result
+        await maybe_await(self._transport.destroy())
 
     async def wait_until_idle(self, timeout: float | None = None, poll: float = 0.005) -> bool:
         """Wait until no request is in flight and the status is idle (True) or time out.
@@ -326,7 +439,7 @@ class Synchronizer(Persister):
 
 
 def create_custom_synchronizer(
-    store: Any,
+    store: SyncStore,
     send: SendFn,
     register_receive: Callable[[ReceiveFn], Any],
     destroy: Callable[[], Any] | None,
@@ -338,16 +451,17 @@ def create_custom_synchronizer(
     anti_entropy_seconds: float | None = None,
     pre_destroy: Callable[[], Any] | None = None,
 ) -> Synchronizer:
-    """TinyBase's ``createCustomSynchronizer`` (plus optional anti-entropy)."""
+    """TinyBase's ``createCustomSynchronizer`` (plus optional anti-entropy).
+
+    ``send``, ``register_receive`` and ``destroy`` (which may return an awaitable) become a
+    :class:`FunctionTransport`; ``pre_destroy`` runs first on destroy (its ``cancel``).
+    """
     return Synchronizer(
         store,
-        send,
-        register_receive,
-        destroy,
+        FunctionTransport(send, register_receive, destroy, pre_destroy),
         request_timeout_seconds,
         on_send,
         on_receive,
         on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
-        pre_destroy=pre_destroy,
     )

@@ -59,7 +59,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.uri import parse_uri
 
-from localsync.sync.synchronizer import ReceiveFn, SendFn, Synchronizer
+from localsync.core.protocols import SyncStore
+from localsync.sync.synchronizer import Synchronizer
+from localsync.sync.transport import ReceiveFn, SendFn
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.wire import (
     ERROR_MESSAGE,
@@ -71,7 +73,7 @@ from localsync.ws.wire import (
     payload_size,
 )
 
-__all__ = ["RESYNC_ATTEMPTS", "WsSynchronizer", "create_ws_synchronizer"]
+__all__ = ["RESYNC_ATTEMPTS", "WsSynchronizer", "WsTransport", "create_ws_synchronizer"]
 
 logger = logging.getLogger("localsync.ws")
 
@@ -97,8 +99,9 @@ def describe_connect_error(error: BaseException | None, open_timeout: float) -> 
     return str(error) or repr(error)
 
 
-class _Transport:
-    """One logical connection to a URL: the socket of the moment, its queue and its decoder."""
+class WsTransport:
+    """The Transport of a WebSocket synchronizer: one logical connection to a URL (the socket
+    of the moment, its queue and its decoder)."""
 
     def __init__(
         self,
@@ -178,6 +181,12 @@ class _Transport:
 
     async def _write(self, ws: ClientConnection) -> None:
         await self.queue.drain(ws, lambda: self.ws is ws)
+
+    def register_receive(self, receive: ReceiveFn) -> None:
+        self.receive = receive
+
+    def cancel(self) -> None:
+        return None  # (frames already queued go out until the socket closes)
 
     # --------------------------------------------------------------------- connection
 
@@ -316,7 +325,7 @@ class _Transport:
 class WsSynchronizer(Synchronizer):
     """A Synchronizer over one WebSocket (with reconnection when given a URL)."""
 
-    _transport: _Transport
+    _transport: WsTransport
     _sync_wanted: bool = False
     #: pulls tried again after one failed, at start_sync or after a reconnect (``_resync``)
     resync_retries: int = 0
@@ -427,7 +436,7 @@ class WsSynchronizer(Synchronizer):
 
 
 def create_ws_synchronizer(
-    store: Any,
+    store: SyncStore,
     url_or_connection: str | ClientConnection,
     request_timeout_seconds: float = 1.0,
     on_send: SendFn | None = None,
@@ -461,7 +470,7 @@ def create_ws_synchronizer(
             raise ValueError(f"invalid WebSocket URL {url_or_connection!r}: {error.msg}") from error
         except ValueError as error:
             raise ValueError(f"invalid WebSocket URL {url_or_connection!r}: {error}") from error
-    transport = _Transport(
+    transport = WsTransport(
         url_or_connection,
         request_timeout_seconds=request_timeout_seconds,
         fragment_size=fragment_size,
@@ -473,21 +482,15 @@ def create_ws_synchronizer(
         headers=headers,
     )
 
-    def register_receive(receive: ReceiveFn) -> None:
-        transport.receive = receive
-
     synchronizer = WsSynchronizer(
         store,
-        transport.send,
-        register_receive,
-        transport.destroy,
+        transport,
         request_timeout_seconds,
         on_send,
         on_receive,
         on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
     )
-    synchronizer._transport = transport
     transport.report = synchronizer._report
     transport.report_attempt = synchronizer._report_attempt
     transport.on_open = synchronizer._on_open

@@ -26,7 +26,8 @@ from localsync.core.validation import (
     check_response,
     is_protocol_message_valid,
 )
-from localsync.sync.engine import SyncEngine
+from localsync.sync.engine import PullFinished, SyncEngine
+from tests.helpers import engine_events
 
 NOW = 1_700_000_000_000
 
@@ -177,8 +178,8 @@ def pulled(table_body: Any, value_body: Any, checked: bool) -> tuple[Any, ...]:
     store = create_mergeable_store("x", get_now=lambda: NOW)
     store.set_cell("t", "r", "c", "old")
     engine = SyncEngine(store, request_timeout_seconds=5.0)
-    results: list[Any] = []
-    engine.pull(results.append, "P", [1, 1])  # hashes that differ from ours in both halves
+    results = engine_events(engine, PullFinished)
+    engine.pull("P", [1, 1])  # hashes that differ from ours in both halves
     [(_, rid, message, _)] = engine.data_to_send()
     assert message == TABLE_DIFF
     engine.receive("P", rid, RESPONSE, table_body)
@@ -187,11 +188,11 @@ def pulled(table_body: Any, value_body: Any, checked: bool) -> tuple[Any, ...]:
         [(_, rid, message, _)] = out
         assert message == VALUE_DIFF
         engine.receive("P", rid, RESPONSE, value_body)
-    if results and results[0] is not None:
-        changes = results[0]
+    if results() and results()[0] is not None:
+        changes = results()[0]
         store.apply_encoded_mergeable_changes(changes if checked else list(changes))
     return (
-        len(results),
+        len(results()),
         store.get_mergeable_content(),
         store.get_mergeable_content_hashes(),
         store.ignored_count,
@@ -217,14 +218,14 @@ def test_a_joiners_pull_hands_the_store_checked_changes() -> None:
     holder.set_value("v", 2**60)
     joiner = create_mergeable_store("j", get_now=lambda: NOW)
     engine = SyncEngine(joiner, request_timeout_seconds=5.0)
-    results: list[Any] = []
-    engine.pull(results.append, "H", holder.get_mergeable_content_hashes())
+    results = engine_events(engine, PullFinished)
+    engine.pull("H", holder.get_mergeable_content_hashes())
     [(_, rid, message, body)] = engine.data_to_send()
     engine.receive("H", rid, RESPONSE, holder.get_mergeable_table_diff(body))
     [(_, rid, message, body)] = engine.data_to_send()
     assert message == VALUE_DIFF
     engine.receive("H", rid, RESPONSE, holder.get_mergeable_value_diff(body))
-    [changes] = results
+    [changes] = results()
     assert type(changes) is CheckedChanges
     assert len(changes.special) == 2  # the object cell and the big number
     joiner.apply_encoded_mergeable_changes(changes)

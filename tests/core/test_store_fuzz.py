@@ -42,6 +42,7 @@ from localsync.sync.engine import (
     ROW_DIFF,
     TABLE_DIFF,
     VALUE_DIFF,
+    PullFinished,
     SyncEngine,
 )
 from localsync.sync.persister import TinyBaseError
@@ -347,17 +348,14 @@ class EngineSubject(Subject):
             on_ignored_error=self.errors.append,
             anti_entropy_seconds=5.0,
         )
-        engine.persister_listener = self._pushed
         engine.start()
         self.engine = engine
 
-    def _pushed(self, content: Any, changes: Any) -> None:
-        # what a Synchronizer does with what the engine hands over (persister.py)
-        if changes is not None:
-            self.store.apply_encoded_mergeable_changes(changes)
-        elif content is not None:
-            self.trusted = True
-            self.store.set_encoded_mergeable_content(content)
+    def apply_events(self) -> None:
+        # what a Synchronizer does with the changes the engine hands back (synchronizer.py)
+        for event in self.engine.events_received():
+            if not isinstance(event, PullFinished) and event.changes is not None:
+                self.store.apply_encoded_mergeable_changes(event.changes)
 
 
 @SETTINGS
@@ -377,6 +375,7 @@ def _engine_round(data: st.DataObject) -> None:
         before = subject.store.get_mergeable_content()
         ignored = subject.store.ignored_count
         engine.receive(data.draw(st.sampled_from(["A", "B"])), request_id, message, body)
+        subject.apply_events()
         if subject.store.ignored_count != ignored:
             assert subject.store.get_mergeable_content() == before
         for out in engine.data_to_send():

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from localsync import create_mergeable_store
-from localsync.sync.engine import SyncEngine
+from localsync.sync.engine import PullFinished, SyncEngine
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,14 +50,21 @@ class Replica:
             anti_entropy_seconds=PERIOD,
             on_ignored_error=self.errors.append,
         )
-        self.engine.persister_listener = self.pushed
         self.applying = False
         self.store.add_did_finish_transaction_listener(self.on_transaction)
 
-    def pushed(self, content: Any, changes: Any) -> None:
-        if changes is None and content is None:
-            self.load()
-            return
+    def handle_events(self) -> None:
+        """What the Synchronizer does with the engine's events: apply, or reload."""
+        for event in self.engine.events_received():
+            if isinstance(event, PullFinished):
+                if event.changes is not None:
+                    self.pushed(event.changes)
+            elif event.changes is None:
+                self.load()
+            else:
+                self.pushed(event.changes)
+
+    def pushed(self, changes: Any) -> None:
         self.applying = True
         try:
             self.store.apply_encoded_mergeable_changes(changes)
@@ -65,7 +72,7 @@ class Replica:
             self.applying = False
 
     def load(self) -> None:
-        self.engine.pull(lambda changes: changes is not None and self.pushed(None, changes))
+        self.engine.pull()
 
     def on_transaction(self, store: Any) -> None:
         if self.applying:
@@ -110,6 +117,7 @@ class Sim:
         index = self.rnd.randrange(len(self.flight)) if self.reorder else 0
         to, sender, request_id, message, body = self.flight.pop(index)
         self.replicas[to].engine.receive(sender, request_id, message, body)
+        self.replicas[to].handle_events()
         self.delivered += 1
         self.flush()
 
@@ -117,6 +125,7 @@ class Sim:
         self.now = max(self.now, when)
         for replica in self.replicas.values():
             replica.engine.tick(self.now)
+            replica.handle_events()
         self.flush()
 
     def pending_deadline(self) -> float | None:

@@ -14,9 +14,13 @@ from localsync.sync.engine import (
     RESPONSE,
     TABLE_DIFF,
     VALUE_DIFF,
+    ContentDiffReceived,
     Outgoing,
+    PeerChangesPulled,
+    PullFinished,
     SyncEngine,
 )
+from tests.helpers import engine_events
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,8 +77,8 @@ def test_full_pull_between_two_stores_by_hand() -> None:
     other = create_mergeable_store(unique_id="other", get_now=lambda: 1_700_000_000_000)
     other.set_row("t", "r", {"a": 1, "b": "two"})
     other.set_value("v", True)
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     [(to, rid, msg, body)] = engine.data_to_send()
     assert (to, msg, body) == (None, GET_CONTENT_HASHES, "")
     tx = rid.split(".")[0]
@@ -89,7 +93,7 @@ def test_full_pull_between_two_stores_by_hand() -> None:
     assert (to, msg) == ("P", VALUE_DIFF)
     engine.receive("P", rid3, RESPONSE, other.get_mergeable_value_diff(body))
     assert engine.data_to_send() == []
-    [changes] = results
+    [changes] = results()
     store.apply_encoded_mergeable_changes(changes)
     assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
     assert store.get_tables() == other.get_tables() and store.get_values() == other.get_values()
@@ -100,62 +104,61 @@ def test_response_from_the_wrong_peer_is_ignored() -> None:
     engine, _, _, _store = make()
     other = create_mergeable_store(unique_id="o", get_now=lambda: 1_700_000_000_000)
     other.set_cell("t", "r", "c", 1)
-    results: list[Any] = []
-    engine.pull(results.append, "P", other.get_mergeable_content_hashes())
+    results = engine_events(engine, PullFinished)
+    engine.pull("P", other.get_mergeable_content_hashes())
     [(_, rid, msg, body)] = engine.data_to_send()
     assert msg == TABLE_DIFF
     engine.receive("Q", rid, RESPONSE, other.get_mergeable_table_diff(body))
-    assert results == [] and engine.pending_request_count() == 1
+    assert results() == [] and engine.pending_request_count() == 1
     engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
-    assert len(results) == 1 and engine.pending_request_count() == 0
+    assert len(results()) == 1 and engine.pending_request_count() == 0
     # a duplicate of the same response changes nothing
     engine.receive("P", rid, RESPONSE, other.get_mergeable_table_diff(body))
-    assert len(results) == 1 and engine.data_to_send() == []
+    assert len(results()) == 1 and engine.data_to_send() == []
 
 
 def test_request_times_out_with_tinybase_3_and_deadline() -> None:
     engine, errors, clock, _ = make()
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     [(_, rid, _, _)] = engine.data_to_send()
     assert engine.next_deadline() == clock.now + 1.0
     clock.now += 0.5
     engine.tick()
-    assert results == [] and errors == []
+    assert results() == [] and errors == []
     clock.now += 0.5
     engine.tick()
-    assert results == [None]
+    assert results() == [None]
     assert codes(errors) == ["tinybase:3"]
     assert str(errors[0]) == f"tinybase:3:.{rid}.{GET_CONTENT_HASHES}"
     assert engine.next_deadline() is None
     # a late answer is ignored
     engine.receive("P", rid, RESPONSE, [0, 0])
-    assert results == [None]
+    assert results() == [None]
 
 
 def test_more_than_100_pending_requests_overflow_with_tinybase_15() -> None:
     engine, errors, _, _ = make()
-    results: list[Any] = []
+    results = engine_events(engine, PullFinished)
     for _ in range(101):
-        engine.pull(results.append)
+        engine.pull()
     assert engine.pending_request_count() == 100
-    assert results == [None]
+    assert results() == [None]
     assert codes(errors) == ["tinybase:15"]
 
 
-def test_content_diff_and_hashes_are_handed_to_the_persister_listener() -> None:
+def test_content_diff_and_hashes_are_handed_back_as_events() -> None:
     engine, _, _, store = make()
-    pushed: list[Any] = []
-    engine.persister_listener = lambda content, changes: pushed.append(changes)
+    pushed = engine_events(engine, ContentDiffReceived, PeerChangesPulled)
     diff = [[{"t": [{"r": [{"c": [1, "NjEtLV-----s4Fx8"]}]}]}], [{}], 1]
     engine.receive("P", "tx", CONTENT_DIFF, diff)
-    assert pushed == []  # not syncing: ignored, as TinyBase does
+    assert pushed() == []  # not syncing: ignored, as TinyBase does
     engine.start()
     engine.receive("P", "tx", CONTENT_DIFF, diff)
-    assert pushed == [diff]
+    assert pushed() == [diff]
     # equal hashes: nothing to pull, nothing to apply
     engine.receive("P", "tx2", CONTENT_HASHES, store.get_mergeable_content_hashes())
-    assert engine.data_to_send() == [] and pushed == [diff]
+    assert engine.data_to_send() == [] and pushed() == [diff]
     # different hashes: a pull in the announcer's transaction
     engine.receive("P", "tx3", CONTENT_HASHES, [1, 0])
     [(to, rid, msg, _)] = engine.data_to_send()
@@ -164,12 +167,12 @@ def test_content_diff_and_hashes_are_handed_to_the_persister_listener() -> None:
 
 def test_destroyed_engine_ignores_everything_and_fails_pending() -> None:
     engine, _errors, _, _ = make()
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     engine.data_to_send()
     engine.destroyed = True
     engine.reject_pending_requests(RuntimeError("gone"))
-    assert results == [None]
+    assert results() == [None]
     engine.receive("P", None, GET_CONTENT_HASHES, "")
     assert engine.receives == 0 and engine.data_to_send() == []
 
@@ -179,14 +182,14 @@ def test_a_pull_after_destroy_fails_at_once_instead_of_waiting_for_ever() -> Non
     under way) would never time out, and whoever awaits that pull would hang."""
     engine, errors, clock, _ = make()
     engine.destroyed = True
-    results: list[Any] = []
-    engine.pull(results.append)
-    assert results == [None]
+    results = engine_events(engine, PullFinished)
+    engine.pull()
+    assert results() == [None]
     assert codes(errors) == ["tinybase:3"]
     assert engine.pending_request_count() == 0 and engine.data_to_send() == []
     clock.now += 60
     engine.tick()
-    assert results == [None]
+    assert results() == [None]
 
 
 def test_anti_entropy_is_quiet_when_everyone_agrees() -> None:
@@ -234,6 +237,7 @@ def test_anti_entropy_jitter_varies_each_period_within_bounds() -> None:
     exact, _, clock2, _ = make(anti_entropy_seconds=4.0)
     exact.start()
     assert exact.next_deadline() == clock2.now + 4.0
+
 
 def test_channel_synchronizers_jitter_their_anti_entropy(tmp_path: Any) -> None:
     from localsync.channel.synchronizer import ANTI_ENTROPY_JITTER, create_channel_synchronizer
@@ -321,12 +325,12 @@ def test_anti_entropy_probe_pulls_from_every_peer_that_differs() -> None:
 
 def test_a_response_of_the_wrong_shape_fails_the_pull_not_the_engine() -> None:
     engine, errors, _, store = make()
-    results: list[Any] = []
-    engine.pull(results.append, "P", [1, 0])
+    results = engine_events(engine, PullFinished)
+    engine.pull("P", [1, 0])
     [(_, rid, msg, _)] = engine.data_to_send()
     assert msg == TABLE_DIFF
     engine.receive("P", rid, RESPONSE, [7, 8])  # valid message, but content hashes here
-    assert results == [None]
+    assert results() == [None]
     assert codes(errors) == ["tinybase:14"]
     assert engine.pending_request_count() == 0
     # and the engine still answers
@@ -341,8 +345,8 @@ def test_a_pull_whose_peer_leaves_asks_everyone_again_and_finishes_from_another(
     engine.request_timeout_seconds = 30.0
     other = create_mergeable_store(unique_id="o", get_now=lambda: 1_700_000_000_000)
     other.set_row("t", "r", {"a": 1})
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     [(_, rid, _, _)] = engine.data_to_send()
     engine.receive("GONE", rid, RESPONSE, [123, 0])  # the leaver answered first
     [(to, rid2, msg, _)] = engine.data_to_send()
@@ -362,7 +366,7 @@ def test_a_pull_whose_peer_leaves_asks_everyone_again_and_finishes_from_another(
     assert (to, msg) == ("P", TABLE_DIFF)
     engine.receive("P", rid4, RESPONSE, other.get_mergeable_table_diff(body))
     assert engine.data_to_send() == []  # values agree: done
-    [changes] = results
+    [changes] = results()
     store.apply_encoded_mergeable_changes(changes)
     assert store.get_tables() == other.get_tables()
     assert store.get_mergeable_content_hashes() == other.get_mergeable_content_hashes()
@@ -372,14 +376,14 @@ def test_a_pull_whose_peer_leaves_asks_everyone_again_and_finishes_from_another(
 def test_a_pull_from_a_named_peer_that_leaves_fails_at_once() -> None:
     engine, errors, _, _ = make()
     engine.request_timeout_seconds = 30.0
-    results: list[Any] = []
-    engine.pull(results.append, "GONE", [1, 2])
+    results = engine_events(engine, PullFinished)
+    engine.pull("GONE", [1, 2])
     [(to, _rid, msg, _)] = engine.data_to_send()
     assert (to, msg) == ("GONE", TABLE_DIFF)
     engine.peer_left("SOMEONE-ELSE")
-    assert results == [] and engine.pending_request_count() == 1
+    assert results() == [] and engine.pending_request_count() == 1
     engine.peer_left("GONE")
-    assert results == [None] and engine.data_to_send() == []
+    assert results() == [None] and engine.data_to_send() == []
     assert codes(errors) == ["tinybase:3"] and "left" in str(errors[0])
     assert engine.pending_request_count() == 0
 
@@ -388,8 +392,8 @@ def test_a_pull_starts_over_a_bounded_number_of_times() -> None:
     from localsync.sync.engine import MAX_PULL_RESTARTS
 
     engine, errors, _, _ = make()
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     [(_, rid, _, _)] = engine.data_to_send()
     for n in range(MAX_PULL_RESTARTS + 1):
         engine.receive(f"L{n}", rid, RESPONSE, [n + 1, 0])
@@ -399,24 +403,24 @@ def test_a_pull_starts_over_a_bounded_number_of_times() -> None:
         out = engine.data_to_send()
         if n < MAX_PULL_RESTARTS:
             [(to, rid, msg, _)] = out
-            assert (to, msg) == (None, GET_CONTENT_HASHES) and results == []
+            assert (to, msg) == (None, GET_CONTENT_HASHES) and results() == []
         else:
-            assert out == [] and results == [None] and codes(errors) == ["tinybase:3"]
+            assert out == [] and results() == [None] and codes(errors) == ["tinybase:3"]
 
 
 def test_broadcast_hashes_request_can_have_a_shorter_time_out() -> None:
     engine, _errors, clock, _ = make()
     engine.request_timeout_seconds = 30.0
     engine.broadcast_hashes_timeout_seconds = 2.0
-    results: list[Any] = []
-    engine.pull(results.append)
+    results = engine_events(engine, PullFinished)
+    engine.pull()
     engine.data_to_send()
     assert engine.next_deadline() == clock.now + 2.0
-    engine.pull(results.append, "P", [1, 0])  # directed steps keep the long time-out
+    engine.pull("P", [1, 0])  # directed steps keep the long time-out
     assert engine.data_to_send()[0].message == TABLE_DIFF
     clock.now += 2.0
     engine.tick()
-    assert results == [None] and engine.pending_request_count() == 1
+    assert results() == [None] and engine.pending_request_count() == 1
     assert engine.next_deadline() == clock.now - 2.0 + 30.0
 
 

@@ -23,6 +23,7 @@ import pytest
 from localsync import create_mergeable_store
 from localsync.sync.engine import SyncEngine
 from localsync.sync.synchronizer import Synchronizer
+from localsync.sync.transport import FunctionTransport
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,9 +145,7 @@ async def replay(case: dict[str, Any]) -> None:
         send, register_receive, destroy = bus.transport(client_id)
         syncs[name] = Synchronizer(
             stores[name],
-            send,
-            register_receive,
-            destroy,
+            FunctionTransport(send, register_receive, destroy),
             case["request_timeout_seconds"],
             on_ignored_error=lambda error: errors.append(getattr(error, "code", repr(error))),
             engine=SyncEngine(
