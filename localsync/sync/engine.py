@@ -12,7 +12,7 @@ Outputs: :meth:`~SyncEngine.data_to_send` (:class:`Outgoing` messages in send or
 Messages (bodies are the *encoded* forms: object cells as U+FFFD + JSON, undefined as U+FFFC):
 0 Response, 1 GetContentHashes, 2 ContentHashes, 3 ContentDiff, 4 GetTableDiff,
 5 GetRowDiff, 6 GetCellDiff, 7 GetValueDiff. Optional anti-entropy (``anti_entropy_seconds``)
-uses only these messages. Design notes: docs/notes/sync.md.
+uses only these messages. Design: docs/design.md, "The sync engine".
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ def coalesce_changes(
     """Merge consecutive transactions' encoded changes into as few ContentDiff bodies as fit.
 
     Keeps the newest stamp per cell/value and the latest row/table HLC, which leaves a receiver
-    in the state the separate diffs would (docs/notes/sync.md). Bodies come out in batch order,
-    each holding a consecutive run of transactions; the inputs are not modified.
+    in the state the separate diffs would (docs/design.md, "Coalescing"). Bodies come out in
+    batch order, each holding a consecutive run of transactions; the inputs are not modified.
     """
     if len(batch) < 2:
         return list(batch)

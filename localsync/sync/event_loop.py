@@ -1,7 +1,7 @@
 """The event loop localsync's own runners use: uvloop where it is installed, else asyncio's.
 
 Why: a process that sleeps between messages pays the event loop's wake-up on every one it
-receives; uvloop does it in C, asyncio's selector loop in Python (figures: docs/notes/sync.md).
+receives; uvloop does it in C, asyncio's selector loop in Python (figures: docs/performance.md).
 
 Who uses it: the blocking facade's background thread (and so ``workers``), the coordinator,
 ``localsync serve`` and the demo. Programs that run their own ``asyncio.run`` keep the loop

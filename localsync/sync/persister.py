@@ -19,7 +19,7 @@ everywhere. Build a persister with :func:`create_custom_persister` or subclass
 Errors never escape ``load``/``save``/auto-persisting: they go to ``on_ignored_error`` (or the
 ``localsync.sync.persister`` logger). Status (0 idle, 1 loading, 2 saving) is announced to
 ``add_status_listener`` listeners. A persister belongs to the event loop it is first used on;
-transactions may run on other threads. Design notes: docs/notes/sync.md.
+transactions may run on other threads. Design: docs/design.md, "The sync engine".
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ start/stop, status, statistics and echo suppression come from :mod:`localsync.sy
 The path of a received message: ``Transport`` -> :meth:`Synchronizer._receive` ->
 :meth:`SyncEngine.receive <localsync.sync.engine.SyncEngine.receive>` -> the engine's events
 (:meth:`Synchronizer._apply_events`) -> the Persister lifecycle -> the store; the engine's
-messages go out through ``Transport.send``. Design notes: docs/notes/sync.md.
+messages go out through ``Transport.send``. Design: docs/design.md, "The sync engine".
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class Synchronizer(Persister):
 
         On the loop thread, a lone write (nothing queued, and at least ``INLINE_IDLE_SECONDS``
         since the last send) is sent at once, from the transaction listener as TinyBase does;
-        the rest wait for the loop's next turn and leave merged (docs/notes/sync.md).
+        the rest wait for the loop's next turn and leave merged (docs/design.md, "Coalescing").
         Transactions are serialised by ``store.lock``, so the queue is in transaction order.
         """
         inline = False
