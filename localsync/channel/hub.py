@@ -84,7 +84,7 @@ DEFAULT_HWM = 100_000
 #: subscriber are dropped, and anti-entropy repairs them once it runs again.
 HUB_QUEUE_BYTES = 64 * 2**20
 #: Worst-case memory one queued message keeps alive in the hub: the 18 KiB receive buffer
-#: of libzmq's decoder that it shares (docs/performance.md, "Hub memory per message").
+#: of libzmq's decoder that it shares (docs/performance.md, "The hub's memory per queued message").
 HUB_BYTES_PER_QUEUED_MESSAGE = 18 * 1024
 #: The hub's high-water mark (messages) towards each subscriber: HUB_QUEUE_BYTES divided by
 #: the worst-case cost per message (3,640). A live participant's own SUB socket still takes

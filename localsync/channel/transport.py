@@ -590,7 +590,7 @@ class ChannelTransport:
         # Frames are received uncopied; ZMQ_EVENTS ends every wake-up, as libzmq documents
         # for its edge-triggered descriptor. After a first message it is asked at once, so a
         # lone message costs no raised ``zmq.Again``; a burst is read until EAGAIN
-        # (docs/performance.md, "Channel receive loop").
+        # (docs/design.md, "The receive loop"; docs/performance.md, "The channel's transport").
         recv = sub.recv
         handled = 0
         while True:

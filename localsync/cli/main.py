@@ -1,9 +1,12 @@
 """The ``localsync`` command.
 
-Each subcommand lives in the module of the thing it runs; this file only routes to them, so
-that ``localsync --help`` stays fast and a broken optional part cannot break the others.
-Each module named here defines ``configure(parser: argparse.ArgumentParser) -> None`` and
-``run(args: argparse.Namespace) -> int``.
+Each subcommand lives in its own module of this package (``localsync/cli/demo.py``,
+``coordinator.py``, ``hub.py``, ``serve.py``, ``inspect.py``), which drives the library code
+it runs (a channel's hub or coordinator, a WebSocket server, a persister); this file only
+routes to them, importing the one asked for, so that ``localsync --help`` stays fast and a
+broken optional part cannot break the others. Each module named here defines
+``configure(parser: argparse.ArgumentParser) -> None`` and ``run(args: argparse.Namespace)
+-> int``.
 
 Ordinary mistakes (a port in use, a host that does not resolve, a file where a folder
 belongs) end as one line on stderr, ``localsync NAME: error: ...``, with exit status 2, as

@@ -4,11 +4,9 @@ Why: a MergeableStore is millions of small lists and dicts (stamps, rows), and s
 allocates more for every message (decoded bodies, change records). With CPython's default
 first-generation threshold of 700 allocations, the collector runs every few rows written or
 received, and its older generations repeatedly walk the whole store, none of which is ever
-cyclic garbage. Measured on the channel fan-out workload (100,000 cells in 10,000 row
-transactions): 20-25 % of the writer's and of each reader's CPU time went to the collector;
-with a threshold of 10,000 it is about 2 %. Cycles are still collected, only in larger
-batches, so memory held by real cyclic garbage is bounded by ~10,000 young objects instead
-of 700.
+cyclic garbage (figures: docs/performance.md, "The garbage collector"). Cycles are still
+collected, only in larger batches, so memory held by real cyclic garbage is bounded by
+~10,000 young objects instead of 700.
 
 The change is process-wide, so it is made only where a program asked for synchronization
 (creating a synchronizer or a persister) and only while the application has left the
@@ -45,13 +43,12 @@ def tune_collector() -> bool:
 class _Paused:
     """Pause Python's cyclic garbage collector around bulk work on stamps and content.
 
-    Receiving or building a large store allocates millions of lists and dicts; each round of
-    the cyclic collector rescans all of them, which measured 2-3x the work itself for a
-    million cells (none of it is cyclic garbage). Decoding a big message counts too: the
-    temporaries of a joiner's 10^6-cell diff triggered 0.75 s of collections before the
-    store saw it; paused, most of them are freed by reference counting before the collector
-    ever looks. Pausing is process-wide, so it is reference-counted across threads and never
-    re-enables a collector someone else disabled.
+    Receiving or building a large store (or decoding a joiner's big diff) allocates millions
+    of lists and dicts, none of them cyclic garbage, that each round of the collector would
+    rescan; paused, the temporaries are freed by reference counting before it ever looks
+    (figures: docs/performance.md, "The garbage collector"). Pausing is process-wide, so it
+    is reference-counted across threads and never re-enables a collector someone else
+    disabled.
     """
 
     __slots__ = ()
