@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["Listener", "ListenerApi", "Listeners"]
 
 Listener = Callable[..., Any]
+#: an id parameter of the ``add_*`` methods: a str, or None for any id (checked when added)
+Id = object
 #: a path of ids (``None``: any id) -> {listener id: listener}
 Registry = dict[tuple[Any, ...], dict[str, Listener]]
 
@@ -385,77 +387,63 @@ class ListenerApi:
         return self._add_listener("table_ids", (), listener, mutator)
 
     def add_has_table_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, has_now)`` when the table appears or disappears."""
         return self._add_listener("has_table", (table_id,), listener, mutator)
 
-    def add_table_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
+    def add_table_listener(self, table_id: Id, listener: Listener, mutator: bool = False) -> str:
         """``listener(store, table_id, get_cell_change)`` when a cell of the table changes."""
         return self._add_listener("table", (table_id,), listener, mutator)
 
     def add_table_cell_ids_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, get_id_changes)`` when its cell ids change."""
         return self._add_listener("table_cell_ids", (table_id,), listener, mutator)
 
     def add_has_table_cell_listener(
-        self, table_id: object, cell_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, cell_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, cell_id, has_now)`` when the id comes or goes."""
         return self._add_listener("has_table_cell", (table_id, cell_id), listener, mutator)
 
     def add_row_count_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, count)`` when the table's row count changes."""
         return self._add_listener("row_count", (table_id,), listener, mutator)
 
-    def add_row_ids_listener(
-        self, table_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
+    def add_row_ids_listener(self, table_id: Id, listener: Listener, mutator: bool = False) -> str:
         """``listener(store, table_id, get_id_changes)`` when its row ids change."""
         return self._add_listener("row_ids", (table_id,), listener, mutator)
 
     def add_has_row_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, row_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, row_id, has_now)`` when the row appears or disappears."""
         return self._add_listener("has_row", (table_id, row_id), listener, mutator)
 
     def add_row_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, row_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, row_id, get_cell_change)`` when a cell of the row changes."""
         return self._add_listener("row", (table_id, row_id), listener, mutator)
 
     def add_cell_ids_listener(
-        self, table_id: object, row_id: object, listener: Listener, mutator: bool = False
+        self, table_id: Id, row_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, row_id, get_id_changes)`` when its cell ids change."""
         return self._add_listener("cell_ids", (table_id, row_id), listener, mutator)
 
     def add_has_cell_listener(
-        self,
-        table_id: object,
-        row_id: object,
-        cell_id: object,
-        listener: Listener,
-        mutator: bool = False,
+        self, table_id: Id, row_id: Id, cell_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, row_id, cell_id, has_now)`` when the cell comes or goes."""
         return self._add_listener("has_cell", (table_id, row_id, cell_id), listener, mutator)
 
     def add_cell_listener(
-        self,
-        table_id: object,
-        row_id: object,
-        cell_id: object,
-        listener: Listener,
-        mutator: bool = False,
+        self, table_id: Id, row_id: Id, cell_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, table_id, row_id, cell_id, new, old, get_cell_change)``."""
         return self._add_listener("cell", (table_id, row_id, cell_id), listener, mutator)
@@ -473,14 +461,12 @@ class ListenerApi:
         return self._add_listener("value_ids", (), listener, mutator)
 
     def add_has_value_listener(
-        self, value_id: object, listener: Listener, mutator: bool = False
+        self, value_id: Id, listener: Listener, mutator: bool = False
     ) -> str:
         """``listener(store, value_id, has_now)`` when the value appears or disappears."""
         return self._add_listener("has_value", (value_id,), listener, mutator)
 
-    def add_value_listener(
-        self, value_id: object, listener: Listener, mutator: bool = False
-    ) -> str:
+    def add_value_listener(self, value_id: Id, listener: Listener, mutator: bool = False) -> str:
         """``listener(store, value_id, new, old, get_value_change)`` when the value changes."""
         return self._add_listener("value", (value_id,), listener, mutator)
 
