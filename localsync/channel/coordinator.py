@@ -93,12 +93,17 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localsync.errors import ChannelTakenError
 from localsync.persisters._common import PersistError
 from localsync.sync import event_loop
+
+if TYPE_CHECKING:
+    from localsync.channel.synchronizer import ChannelSynchronizer
+    from localsync.core.mergeable_store import MergeableStore
 
 __all__ = [
     "OWNER_WAIT_SECONDS",
@@ -309,7 +314,7 @@ class Coordinator:
         self._owner_wait = _positive_seconds("owner_wait_seconds", owner_wait_seconds, True)
         self._exit_with_parent = bool(exit_with_parent)
         self._owner_fd: int | None = None
-        self.store: Any = None
+        self.store: MergeableStore | None = None
         self.persister: Any = None
         self.synchronizer: Any = None
         self.saved_hashes: tuple[int, int] | None = None
@@ -398,7 +403,11 @@ class Coordinator:
                 os.close(self._owner_fd)  # closing the only descriptor releases the flock
             self._owner_fd = None
 
-    async def _start(self, create_mergeable_store: Any, create_channel_synchronizer: Any) -> None:
+    async def _start(
+        self,
+        create_mergeable_store: Callable[[], MergeableStore],
+        create_channel_synchronizer: Callable[..., ChannelSynchronizer],
+    ) -> None:
         self.store = create_mergeable_store()
         if self.postgres_url is not None:
             from localsync.persisters.postgres import create_postgres_persister
@@ -452,7 +461,7 @@ class Coordinator:
         logger.debug("ignored: %r", error)
 
     async def _save_once(self) -> None:
-        assert self._saved is not None
+        assert self._saved is not None and self.store is not None
         hashes = tuple(self.store.get_mergeable_content_hashes())
         # flush(), not save(): save() reports a failure (full disk, read-only folder) only to
         # listeners, and announcing hashes that are not on disk would break "acknowledged".
@@ -497,7 +506,7 @@ class Coordinator:
         assert self._saved is not None and self.store is not None
 
         async def until() -> tuple[int, int]:
-            assert self._saved is not None
+            assert self._saved is not None and self.store is not None
             async with self._saved:
                 while True:
                     current = tuple(self.store.get_mergeable_content_hashes())

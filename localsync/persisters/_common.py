@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from localsync.core.protocols import PersistableStore
+from localsync.core.protocols import PersistableStore, is_mergeable_store
 from localsync.errors import PersistError, ReadOnlyStorageError, StorageCreateError
 from localsync.persisters._integrity import HashesRepaired, recompute_hashes
 from localsync.sync.persister import Persister, Persists
 
 _Content = TypeVar("_Content")
+#: the store a Backend serves: any store, or a MergeableStore for the storages that need one
+StoreT = TypeVar("StoreT", bound=PersistableStore)
 
 __all__ = [
     "PersistError",
@@ -129,7 +131,7 @@ def _stamp_hash(stamp: list[Any]) -> int:
     return stamp[2] if len(stamp) > 2 else 0
 
 
-class Backend:
+class Backend(Generic[StoreT]):
     """The storage side of a persister: the hooks handed to ``create_custom_persister``.
 
     Subclasses implement ``_load_sync``, ``_save_sync`` and ``_watch_token``; this class runs
@@ -141,7 +143,7 @@ class Backend:
 
     kind = "storage"
 
-    def __init__(self, store: Any, path: str, poll_seconds: float) -> None:
+    def __init__(self, store: StoreT, path: str, poll_seconds: float) -> None:
         self.store = store
         self.path = path
         self.poll_seconds = poll_seconds
@@ -174,10 +176,14 @@ class Backend:
         changes, self.stashed_changes = self.stashed_changes, None
         return changes
 
-    def _on_transaction(self, store: Any) -> None:
+    def _on_transaction(self, store: StoreT) -> None:
         self.stashed_changes = None
         expected, self._expect_load = self._expect_load, None
-        if expected is not None and list(store.get_mergeable_content_hashes()) == expected:
+        if (
+            expected is not None  # set only for a mergeable store
+            and is_mergeable_store(store)
+            and list(store.get_mergeable_content_hashes()) == expected
+        ):
             # this transaction set the loaded content: the store now equals the storage,
             # so there is nothing to save (a 10^6-cell load is not followed by a rewrite)
             with self.state_lock:
@@ -186,7 +192,7 @@ class Backend:
             return
         self._record(store)
 
-    def _record(self, store: Any) -> None:
+    def _record(self, store: StoreT) -> None:
         with self.state_lock:
             self.tracker.on_transaction()
 

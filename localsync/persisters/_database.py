@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from localsync.core.protocols import PersistableStore, is_mergeable_store
 from localsync.persisters._common import Backend
 from localsync.persisters._filestore import CorruptContentError, decode_content
 from localsync.persisters._jsonio import dumps_str
@@ -94,7 +95,7 @@ def decode_row(text: Any, column: str = "store") -> Any | None:
     return decode_content(data, True)
 
 
-class JsonRowBackend(Backend):
+class JsonRowBackend(Backend[PersistableStore]):
     """A backend keeping the whole store in TinyBase's one JSON row; every save rewrites it.
 
     Subclasses set ``table``, ``id_column`` and ``store_column`` and implement
@@ -106,7 +107,9 @@ class JsonRowBackend(Backend):
     store_column: str
 
     def _save_sync(self, full: bool) -> tuple[int, bool]:
-        return self.save_whole_content(self.store.get_encoded_mergeable_content, self._save_row)
+        store = self.store
+        assert is_mergeable_store(store)  # JSON mode persists a MergeableStore only
+        return self.save_whole_content(store.get_encoded_mergeable_content, self._save_row)
 
     def _save_row(self, content: Any) -> None:
         names = escaped_names(self.table, self.id_column, self.store_column)

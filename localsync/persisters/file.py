@@ -62,7 +62,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from localsync.core.protocols import PersistableStore
+from localsync.core.protocols import PersistableStore, is_mergeable_store
 from localsync.persisters._common import Backend, BackendPersister, PersistError, StorageCreateError
 from localsync.persisters._filestore import (
     CorruptContentError,
@@ -92,12 +92,14 @@ def _identity(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class FileBackend(Backend):
+class FileBackend(Backend[PersistableStore]):
     """Whole-content JSON file storage with durable, coalesced, atomic saves."""
 
     kind = "file"
 
-    def __init__(self, store: Any, path: str, poll_seconds: float, durable: bool) -> None:
+    def __init__(
+        self, store: PersistableStore, path: str, poll_seconds: float, durable: bool
+    ) -> None:
         super().__init__(store, path, poll_seconds)
         self.durable = durable
 
@@ -114,7 +116,11 @@ class FileBackend(Backend):
 
     def _save_sync(self, full: bool) -> tuple[int, bool]:
         store = self.store
-        read = store.get_encoded_mergeable_content if self.mergeable else store.get_encoded_content
+        read = (
+            store.get_encoded_mergeable_content
+            if is_mergeable_store(store)  # as self.mergeable
+            else store.get_encoded_content
+        )
 
         def write(content: Any) -> None:
             data = encode_content(content)

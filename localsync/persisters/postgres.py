@@ -71,7 +71,7 @@ from typing import Any
 
 from localsync.core.codec import UNDEFINED, js_stringify
 from localsync.core.hash import get_hash
-from localsync.core.protocols import PersistableStore
+from localsync.core.protocols import PersistableStore, is_mergeable_store
 from localsync.errors import DatabaseUnreachableError
 from localsync.persisters._common import Backend, BackendPersister, PersistError
 from localsync.persisters._database import (
@@ -137,7 +137,7 @@ class PostgresBackend(JsonRowBackend):
 
     def __init__(
         self,
-        store: Any,
+        store: PersistableStore,
         conninfo: str,
         config: tuple[str, str, str],
         on_sql_command: SqlCommandListener | None,
@@ -300,7 +300,8 @@ class PostgresBackend(JsonRowBackend):
         # the other): ``load`` saves the merge back when auto-saving, or nothing converges
         self.merged_more = bool(
             applied
-            and loaded is not None
+            and loaded is not None  # set only for a mergeable store
+            and is_mergeable_store(self.store)
             and list(self.store.get_mergeable_content_hashes()) != loaded
         )
 

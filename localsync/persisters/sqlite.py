@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(Backend[SyncStore]):
     """Incremental SQLite storage: pending changes folded per transaction, verified upserts."""
 
     kind = "database"
