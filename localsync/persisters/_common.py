@@ -105,7 +105,7 @@ class SaveTracker:
             self.tx_seq += 1
             return self.tx_seq
 
-    def acknowledge(self, persister: Any, seq: int) -> None:
+    def acknowledge(self, persister: Persister | None, seq: int) -> None:
         """Called on the event loop thread once the snapshot numbered ``seq`` is durable."""
         if seq <= self.durable_seq:
             return
@@ -149,7 +149,7 @@ class Backend(Generic[StoreT]):
         self.poll_seconds = poll_seconds
         self.tracker = SaveTracker(store)
         self.mergeable = bool(store.is_mergeable())
-        self.persister: Any = None
+        self.persister: BackendPersister | None = None
         # set when a load found data it could not read, or content the store rejected; saves
         # are refused while it holds (unreadable_reason says why, for the error message)
         self.unreadable: Any = None
@@ -382,11 +382,13 @@ class Backend(Generic[StoreT]):
         return await asyncio.wait_for(self._flush(target), timeout)
 
     async def _flush(self, target: int) -> int:
+        persister = self.persister
+        assert persister is not None  # attached by BackendPersister.__init__
         for _ in range(_FLUSH_ATTEMPTS):
             if self.tracker.durable_seq >= target:
                 return self.tracker.durable_seq
             errors = self.tracker.stats["errors"]
-            await self.persister._save_whole()
+            await persister._save_whole()
             if self.tracker.durable_seq >= target:
                 return self.tracker.durable_seq
             if self.tracker.stats["errors"] > errors:
