@@ -42,6 +42,7 @@ COMPILED = [
     "localsync/core/merge.py",
     "localsync/core/mergeable_store.py",
     "localsync/sync/engine.py",
+    "localsync/sync/coalesce.py",
 ]
 
 

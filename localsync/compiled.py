@@ -27,6 +27,7 @@ COMPILED_MODULES = (
     "core.merge",
     "core.mergeable_store",
     "sync.engine",
+    "sync.coalesce",
 )
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -18,14 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from localsync.core.protocols import SyncStore
-from localsync.sync.engine import (
-    MAX_COALESCED_BYTES,
-    MAX_COALESCED_STAMPS,
-    Event,
-    PullFinished,
-    SyncEngine,
-    coalesce_changes,
-)
+from localsync.sync.coalesce import MAX_COALESCED_BYTES, MAX_COALESCED_STAMPS, coalesce_changes
+from localsync.sync.engine import Event, PullFinished, SyncEngine
 from localsync.sync.persister import Persister, Persists, Status, TinyBaseError, maybe_await
 from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 

@@ -20,7 +20,8 @@ import pytest
 from localsync import create_mergeable_store
 from localsync.core.codec import UNDEFINED
 from localsync.sync.blocking import BlockingSynchronizer, blocking
-from localsync.sync.engine import CONTENT_DIFF, coalesce_changes, is_protocol_message_valid
+from localsync.sync.coalesce import coalesce_changes
+from localsync.sync.engine import CONTENT_DIFF, is_protocol_message_valid
 from localsync.sync.local import create_local_synchronizer
 
 pytestmark = pytest.mark.timeout(60)
