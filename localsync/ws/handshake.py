@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 from websockets.typing import Subprotocol
 
@@ -22,9 +21,7 @@ def offered_subprotocols(request: Request) -> list[str]:
     return offered
 
 
-def select_subprotocol(
-    _connection: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
+def select_subprotocol(_connection: object, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """TinyBase's shared-socket protocol when offered, else None (legacy: anything else is
     accepted as legacy, as TinyBase's server treats it)."""
     return Subprotocol(SUBPROTOCOL) if SUBPROTOCOL in offered else None

@@ -14,8 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
-
+from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.wire import Decoded, PayloadDecoder
 
@@ -51,7 +50,7 @@ def path_file_name(path_id: str) -> str:
     return path_id.replace("/", "%2F")
 
 
-def address_of(connection: ServerConnection) -> str:
+def address_of(connection: Connection) -> str:
     """The remote host of a connection (without its port), "" when unknown."""
     try:
         address = connection.remote_address
@@ -88,7 +87,7 @@ class Client:
     def __init__(
         self,
         client_id: str,
-        ws: ServerConnection,
+        ws: Connection,
         path: Room,
         timeout: float,
         queue: FrameQueue,

@@ -39,13 +39,16 @@ from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
+from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
+from localsync.ws.http import HttpReply, Route, find_route, is_upgrade
 from localsync.ws.multiplex import (
     MAX_CHANNELS,
     SUBPROTOCOL,
@@ -93,7 +96,7 @@ MAX_START_BUFFER_COUNT = 1000
 # Frames a little over the payload limit reach our decoder, which closes with TinyBase's 1013;
 # anything larger is refused by websockets itself (1009) before it is buffered. At most
 # _MAX_QUEUE frames wait unread per connection, so one connection holds at most ~64 MiB.
-_MAX_FRAME = MAX_PAYLOAD_SIZE + 64 * 1024
+MAX_FRAME_SIZE = MAX_PAYLOAD_SIZE + 64 * 1024
 _MAX_QUEUE = 4
 
 PathIdsListener = Callable[["WsServer", str, int], None]
@@ -152,6 +155,9 @@ class WsServer:
         # the rooms each remote address is in, with how many of its clients are in each
         self._address_rooms: dict[str, dict[str, int]] = {}
         self._server: Server | None = None
+        # every open connection (closed with 1001 by destroy() when no websockets server does it)
+        self._connections: set[Connection] = set()
+        self._routes: list[Route] = []
         self._listeners: dict[str, tuple[str | None, Callable[..., None], bool]] = {}
         self._next_listener = 0
         self._destroying: asyncio.Task[None] | None = None
@@ -178,7 +184,7 @@ class WsServer:
             self._requested_port,
             process_request=self._process_request,
             select_subprotocol=select_subprotocol,
-            max_size=_MAX_FRAME,
+            max_size=MAX_FRAME_SIZE,
             max_queue=_MAX_QUEUE,
             compression=None,
             ping_interval=20,
@@ -294,32 +300,99 @@ class WsServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        route = find_route(self._routes, request.path)
+        if route is not None and not is_upgrade(request) and route.http is not None:
+            refusal = await self.admit_route(route, request)
+            if refusal is not None:
+                return self._reject(connection, *refusal)
+            reply = await self.answer_http(route, request)
+            headers = Headers([("Content-Type", reply.content_type), *reply.headers])
+            headers["Content-Length"] = str(len(reply.body))
+            status = HTTPStatus(reply.status)
+            return Response(status.value, status.phrase, headers, reply.body)
+        refusal = await self.admit(request, address_of(connection))
+        if refusal is not None:
+            return self._reject(connection, *refusal)
+        return None
+
+    def add_route(self, route: Route) -> None:
+        """Serve ``route`` (HTTP and/or WebSocket) under its prefix instead of a room."""
+        self._routes.append(route)
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes)
+
+    async def admit_route(self, route: Route, request: Request) -> tuple[HTTPStatus, str] | None:
+        """Why a request for ``route`` is refused (status, text), or None to serve it."""
+        if self._destroying is not None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down"
+        if not route.auth:
+            return None
+        refusal = self._token_refusal(request)
+        if refusal is not None:
+            return refusal
+        if not await self._allowed(route.name, request):
+            return HTTPStatus.FORBIDDEN, "forbidden"
+        return None
+
+    async def answer_http(self, route: Route, request: Request) -> HttpReply:
+        """The route's reply to a plain HTTP request (500 when its handler fails)."""
+        assert route.http is not None
+        try:
+            reply = route.http(request)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            return reply
+        except Exception as exc:
+            self._report(exc)
+            return HttpReply(500, b"internal error\n")
+
+    async def admit(self, request: Request, address: str) -> tuple[HTTPStatus, str] | None:
+        """Why a WebSocket upgrade from ``address`` is refused (status, text), or None.
+
+        Both faces call this before accepting: path id, client and room limits, token and the
+        ``authenticate`` hook, in that order; a request for a route is checked by
+        :meth:`admit_route` instead.
+        """
+        route = find_route(self._routes, request.path)
+        if route is not None:
+            if route.socket is None:
+                return HTTPStatus.BAD_REQUEST, "not a WebSocket endpoint"
+            return await self.admit_route(route, request)
         path_id = path_id_of(request.path)
         if self._destroying is not None:
-            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+            return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down"
         shared = SUBPROTOCOL in offered_subprotocols(request)
         # (a shared socket's own path is only a prefix: its rooms are path/channel)
         if path_id is None or not is_valid_path_id(
             path_id, allow_empty=shared or self._create_persister is None
         ):
-            return self._reject(connection, HTTPStatus.BAD_REQUEST, "invalid path id")
-        if "Sec-WebSocket-Key" not in request.headers:
-            return self._reject(connection, HTTPStatus.BAD_REQUEST, "not a WebSocket request")
+            return HTTPStatus.BAD_REQUEST, "invalid path id"
+        if not is_upgrade(request):
+            return HTTPStatus.BAD_REQUEST, "not a WebSocket request"
         if self._max_clients is not None and self._client_count() >= self._max_clients:
-            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, "too many clients")
+            return HTTPStatus.SERVICE_UNAVAILABLE, "too many clients"
         if not shared:  # (a shared socket's rooms are checked as its channels subscribe)
-            refusal = self._room_refusal(path_id, address_of(connection))
+            refusal = self._room_refusal(path_id, address)
             if refusal is not None:
                 self._stats["rooms_refused"] += 1
-                return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, refusal)
-        if self._token is not None:
-            supplied = request_token(request)
-            if supplied is None:
-                return self._reject(connection, HTTPStatus.UNAUTHORIZED, "token required")
-            if not hmac.compare_digest(supplied.encode(), self._token.encode()):
-                return self._reject(connection, HTTPStatus.FORBIDDEN, "bad token")
+                return HTTPStatus.SERVICE_UNAVAILABLE, refusal
+        token_refusal = self._token_refusal(request)
+        if token_refusal is not None:
+            return token_refusal
         if not await self._allowed(path_id, request):
-            return self._reject(connection, HTTPStatus.FORBIDDEN, "forbidden")
+            return HTTPStatus.FORBIDDEN, "forbidden"
+        return None
+
+    def _token_refusal(self, request: Request) -> tuple[HTTPStatus, str] | None:
+        if self._token is None:
+            return None
+        supplied = request_token(request)
+        if supplied is None:
+            return HTTPStatus.UNAUTHORIZED, "token required"
+        if not hmac.compare_digest(supplied.encode(), self._token.encode()):
+            return HTTPStatus.FORBIDDEN, "bad token"
         return None
 
     def _room_refusal(self, path_id: str, address: str) -> str | None:
@@ -348,15 +421,41 @@ class WsServer:
         return bool(allowed)
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+        self.count_rejected(connection, text)
+        return connection.respond(status, text + "\n")
+
+    def count_rejected(self, connection: Any, text: str) -> None:
+        """Count and log a refused request (either face)."""
         self._stats["rejected"] += 1
         logger.info("refused %s: %s", getattr(connection, "remote_address", "?"), text)
-        return connection.respond(status, text + "\n")
 
     # ----------------------------------------------------------------------- connection
 
     async def _handle(self, ws: ServerConnection) -> None:
+        await self.serve_connection(ws)
+
+    async def serve_connection(self, ws: Connection) -> None:
+        """Serve one admitted connection (see :meth:`admit`) until it closes."""
+        self._connections.add(ws)
+        try:
+            await self._serve(ws)
+        finally:
+            self._connections.discard(ws)
+
+    async def _serve(self, ws: Connection) -> None:
         request = ws.request
         assert request is not None
+        route = find_route(self._routes, request.path)
+        if route is not None and route.socket is not None:
+            try:
+                await route.socket(ws)
+            except ConnectionClosed:
+                pass
+            except Exception as exc:
+                self._report(exc)
+                with contextlib.suppress(Exception):
+                    await ws.close(1011, "internal error")
+            return
         path_id = path_id_of(request.path) or ""
         client_id = request.headers["Sec-WebSocket-Key"]
         self._stats["connections"] += 1
@@ -404,7 +503,7 @@ class WsServer:
                     await client.writer
             logger.info("client %s left /%s", client_id, path_id)
 
-    async def _handle_shared(self, ws: ServerConnection, base_path_id: str, socket_id: str) -> None:
+    async def _handle_shared(self, ws: Connection, base_path_id: str, socket_id: str) -> None:
         """A socket shared by TinyBase synchronizers: each channel is a client of its room."""
         shared = MultiplexedSocket(base_path_id, self._timeout)
         queue = FrameQueue(self._max_queue_bytes)  # (one per socket: frames stay in order)
@@ -438,7 +537,7 @@ class WsServer:
 
     async def _shared_frame(
         self,
-        ws: ServerConnection,
+        ws: Connection,
         shared: MultiplexedSocket,
         text: str,
         socket_id: str,
@@ -477,7 +576,7 @@ class WsServer:
 
     async def _join_channel(
         self,
-        ws: ServerConnection,
+        ws: Connection,
         event: Subscribe,
         socket_id: str,
         queue: FrameQueue,
@@ -534,7 +633,7 @@ class WsServer:
         self,
         path_id: str,
         client_id: str,
-        ws: ServerConnection,
+        ws: Connection,
         queue: FrameQueue | None = None,
         channel: str | None = None,
     ) -> Room:
@@ -787,6 +886,9 @@ class WsServer:
             server.close(close_connections=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 10)
+        else:  # (another face accepted them: close them as websockets would, 1001)
+            closing = [ws.close(1001, "server shutting down") for ws in list(self._connections)]
+            await asyncio.gather(*closing, return_exceptions=True)
         for path in list(self._paths.values()):
             for client in list(path.clients.values()):
                 client.closing = True
