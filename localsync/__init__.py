@@ -58,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "WsServerSimple": "localsync.ws.server",
     "create_ws_server": "localsync.ws.server",
     "create_ws_server_simple": "localsync.ws.server",
+    "AsgiApp": "localsync.ws.asgi",
+    "create_asgi_app": "localsync.ws.asgi",
     "FilePersister": "localsync.persisters.file",
     "create_file_persister": "localsync.persisters.file",
     "SqlitePersister": "localsync.persisters.sqlite",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from localsync.sync.local import create_local_synchronizer
     from localsync.sync.persister import Persister, Persists, Status, create_custom_persister
     from localsync.sync.synchronizer import Synchronizer, create_custom_synchronizer
+    from localsync.ws.asgi import AsgiApp, create_asgi_app
     from localsync.ws.client import WsSynchronizer, create_ws_synchronizer
     from localsync.ws.server import (
         WsServer,
