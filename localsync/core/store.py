@@ -646,7 +646,11 @@ class Store(ListenerApi):
         self.lock.acquire()
         if self._depth < 0:
             return self
-        self._begin()
+        try:
+            self._begin()
+        except BaseException:  # (a start listener raised: the transaction never opened)
+            self.lock.release()
+            raise
         return self
 
     def finish_transaction(self, do_rollback: Callable[..., Any] | None = None) -> Store:

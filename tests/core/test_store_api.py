@@ -186,6 +186,27 @@ def test_start_and_finish_transaction_by_hand() -> None:
     assert store.get_cell("t", "r", "c") == 1
 
 
+@pytest.mark.parametrize("make_store", [create_store, create_mergeable_store])
+def test_a_start_listener_that_raises_leaves_the_store_usable_from_other_threads(
+    make_store: Any,
+) -> None:
+    store = make_store()
+    store.add_start_transaction_listener(lambda s: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        store.start_transaction()
+    with pytest.raises(ZeroDivisionError):
+        store.transaction(lambda: store.set_cell("t", "r", "c", 1))
+    done = threading.Event()
+
+    def other_thread_locks() -> None:
+        with store.lock:  # (held for ever by the failed start before the fix)
+            done.set()
+
+    threading.Thread(target=other_thread_locks, daemon=True).start()
+    assert done.wait(10), "the store's lock was left held by the failed transaction"
+    assert store.get_tables() == {}
+
+
 def test_plain_transaction_changes_report_deleted_rows_and_tables() -> None:
     store = create_store()
     store.set_tables({"t1": {"r1": {"c": 1}, "r2": {"c": 2}}, "t2": {"r": {"c": 3}}})
