@@ -20,57 +20,63 @@ A channel participant serves its own port: ``handle = serve_metrics(synchronizer
 
 Server metrics (label ``path`` is the room's path id):
 
-================================== ======= ======== =============================================
-name                               type    labels   meaning
-================================== ======= ======== =============================================
-localsync_clients                  gauge   path     clients connected to the room
-localsync_paths                    gauge            rooms with at least one client
-localsync_rooms                    gauge            rooms, including those whose store is stopping
-localsync_connections_total        counter          WebSocket connections served (not routes)
-localsync_messages_received_total  counter          sync messages received from clients
-localsync_messages_sent_total      counter          sync messages queued to clients
-localsync_bytes_received_total     counter          payload characters received
-localsync_bytes_sent_total         counter          payload bytes queued to clients
-localsync_ignored_total            counter reason   refused or dropped input: ``invalid`` (bad
-                                                    frames, closed 1007), ``overflow`` (limits,
-                                                    closed 1013), ``rejected`` (HTTP requests
-                                                    and upgrades refused), ``rooms_refused``
-                                                    (room limits)
-localsync_rooms_discarded_total    counter          empty rooms whose files were discarded
-localsync_persister_loads_total    counter path     loads of the room's store (see below)
-localsync_persister_saves_total    counter path     saves of the room's store
-localsync_persister_load_failures_total counter path loads that failed
-localsync_persister_save_failures_total counter path saves that failed
-localsync_persister_unsaved_seconds gauge  path     age of the oldest change not yet saved (0: all
-                                                    saved; a failed save keeps it growing)
-================================== ======= ======== =============================================
+=======================================  =======  ======  =========================================
+name                                     type     labels  meaning
+=======================================  =======  ======  =========================================
+localsync_clients                        gauge    path    clients connected to the room
+localsync_paths                          gauge            rooms with at least one client
+localsync_rooms                          gauge            rooms, including those whose store is
+                                                          stopping
+localsync_connections_total              counter          WebSocket connections served (routes
+                                                          excluded)
+localsync_messages_received_total        counter          sync messages received from clients
+localsync_messages_sent_total            counter          sync messages queued to clients
+localsync_bytes_received_total           counter          payload characters received
+localsync_bytes_sent_total               counter          payload bytes queued to clients
+localsync_ignored_total                  counter  reason  input refused or dropped: ``invalid``
+                                                          (bad frames, closed 1007), ``overflow``
+                                                          (size and queue limits, closed 1013),
+                                                          ``rejected`` (HTTP requests and upgrades
+                                                          refused), ``rooms_refused`` (room limits)
+localsync_rooms_discarded_total          counter          empty rooms whose files were discarded
+localsync_persister_loads_total          counter  path    loads of the room's store
+localsync_persister_saves_total          counter  path    saves of the room's store
+localsync_persister_load_failures_total  counter  path    loads that failed
+localsync_persister_save_failures_total  counter  path    saves that failed
+localsync_persister_unsaved_seconds      gauge    path    age of the oldest change not yet saved
+                                                          (0: all saved; grows while saves fail)
+=======================================  =======  ======  =========================================
 
-The ``localsync_persister_*`` series exist while the room's store runs (rooms of a server with
+The ``localsync_persister_*`` series exist while the room's store runs (servers with
 ``create_persister``): they restart from 0 when the store restarts, which Prometheus's
 ``rate()`` treats as a counter reset.
 
 Channel participant metrics (label ``channel`` is the channel name):
 
-====================================== ======= ======= =========================================
-name                                   type    labels  meaning
-====================================== ======= ======= =========================================
-localsync_channel_messages_sent_total  counter channel messages published
-localsync_channel_messages_received_total counter channel messages received from peers
-localsync_channel_ignored_total        counter channel, messages dropped: ``invalid`` (could
-                                               reason  not be decoded), ``own`` (our own echo)
-localsync_channel_hub_generation       gauge   channel the local hub's generation
-localsync_channel_hub_failovers_total  counter channel hubs replaced while this one ran
-localsync_sync_sends_total             counter channel protocol messages sent by the engine
-localsync_sync_receives_total          counter channel protocol messages it handled
-localsync_sync_loads_total             counter channel changes taken from peers (a
-                                               synchronizer's "loads")
-localsync_sync_saves_total             counter channel changes sent to peers ("saves")
-localsync_sync_load_failures_total     counter channel loads that failed
-localsync_sync_save_failures_total     counter channel saves (sends) that failed
-localsync_sync_unsaved_seconds         gauge   channel age of the oldest local change not
-                                               yet sent
-localsync_persister_*                  as above channel the store's own persister, when given
-====================================== ======= ======= =========================================
+=========================================  =======  ===============  ==============================
+name                                       type     labels           meaning
+=========================================  =======  ===============  ==============================
+localsync_channel_messages_sent_total      counter  channel          messages published
+localsync_channel_messages_received_total  counter  channel          messages received from peers
+localsync_channel_ignored_total            counter  channel, reason  messages dropped: ``invalid``
+                                                                     (could not be decoded)
+localsync_channel_hub_generation           gauge    channel          the local hub's generation
+localsync_channel_hub_failovers_total      counter  channel          hubs replaced while this
+                                                                     participant ran
+localsync_sync_sends_total                 counter  channel          protocol messages the engine
+                                                                     sent
+localsync_sync_receives_total              counter  channel          protocol messages it handled
+localsync_sync_loads_total                 counter  channel          changes taken from peers (a
+                                                                     synchronizer's loads)
+localsync_sync_saves_total                 counter  channel          local changes sent to peers
+                                                                     (its saves)
+localsync_sync_load_failures_total         counter  channel          loads that failed
+localsync_sync_save_failures_total         counter  channel          sends that failed
+localsync_sync_unsaved_seconds             gauge    channel          age of the oldest local change
+                                                                     not yet sent
+localsync_persister_*                      (above)  channel          the store's own persister,
+                                                                     when one is given
+=========================================  =======  ===============  ==============================
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ _IGNORED_REASONS = {
     "rooms_refused": "rooms_refused",
 }
 # channel transport stats -> localsync_channel_ignored_total{reason}
-_CHANNEL_IGNORED = {"ignored": "invalid", "own_dropped": "own"}
+_CHANNEL_IGNORED = {"ignored": "invalid"}  # ("own_dropped", our own echoes, is routine)
 
 
 class PersisterLike(Protocol):
