@@ -273,10 +273,9 @@ class Persister:
         return self
 
     def get_stats(self) -> dict[str, float]:
-        """``loads`` and ``saves`` (TinyBase's), ``load_failures`` and ``save_failures``
-        (hooks that raised), and ``unsaved_seconds``: how long the oldest change not yet
-        saved has waited (0.0 when every change is saved; a change whose save failed stays
-        unsaved until a later save succeeds)."""
+        """TinyBase's ``loads``, ``saves``; ``load_failures``, ``save_failures`` (hooks that
+        raised) and ``unsaved_seconds``: the age of the oldest change not yet saved (0.0 when
+        all are saved; a change whose save failed stays unsaved until a save succeeds)."""
         return {
             "loads": self._loads,
             "saves": self._saves,
@@ -287,16 +286,9 @@ class Persister:
 
     def _unsaved_seconds(self) -> float:
         since = self._unsaved_since
-        if since is None:
-            return 0.0
-        if (
-            not self._queued_saves
-            and self._status is Status.IDLE
-            and not self._save_failed
-            and not self._has_unsent_changes()
-        ):
-            # (the queued saves finished; the next change waiting for a save resets it)
-            return 0.0
+        pending = self._queued_saves or self._status is not Status.IDLE or self._save_failed
+        if since is None or not (pending or self._has_unsent_changes()):
+            return 0.0  # (all saved: the next change that has to wait resets the timestamp)
         return max(0.0, time.monotonic() - since)
 
     def _has_unsent_changes(self) -> bool:
@@ -304,16 +296,11 @@ class Persister:
         return False
 
     def _save_done(self, ok: bool) -> None:
-        """Account for one finished save: failures, and whether every change is now saved."""
+        """Account for a finished save (a failed one leaves its changes unsaved)."""
+        self._save_failed = not ok
         if not ok:
             self._save_failures += 1
-            self._save_failed = True
-            if self._unsaved_since is None:
-                self._unsaved_since = time.monotonic()
-            return
-        self._save_failed = False
-        if not self._queued_saves:
-            self._unsaved_since = None
+            self._unsaved_since = self._unsaved_since or time.monotonic()
 
     # -- hooks (override) ---------------------------------------------------------------------
 
