@@ -28,6 +28,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
@@ -140,6 +141,12 @@ class Persister:
         self._status = Status.IDLE
         self._loads = 0
         self._saves = 0
+        self._load_failures = 0
+        self._save_failures = 0
+        # time.monotonic() of the oldest change whose save has not completed (None: all saved)
+        # and whether the latest save failed (its changes stay unsaved until a save succeeds)
+        self._unsaved_since: float | None = None
+        self._save_failed = False
         self._auto_load_handle: Any = None
         self._auto_load_active = False
         self._auto_load_task: asyncio.Future[Any] | None = None
@@ -265,8 +272,35 @@ class Persister:
         self._status_listeners.pop(listener_id, None)
         return self
 
-    def get_stats(self) -> dict[str, int]:
-        return {"loads": self._loads, "saves": self._saves}
+    def get_stats(self) -> dict[str, float]:
+        """TinyBase's ``loads``, ``saves``; ``load_failures``, ``save_failures`` (hooks that
+        raised) and ``unsaved_seconds``: the age of the oldest change not yet saved (0.0 when
+        all are saved; a change whose save failed stays unsaved until a save succeeds)."""
+        return {
+            "loads": self._loads,
+            "saves": self._saves,
+            "load_failures": self._load_failures,
+            "save_failures": self._save_failures,
+            "unsaved_seconds": self._unsaved_seconds(),
+        }
+
+    def _unsaved_seconds(self) -> float:
+        since = self._unsaved_since
+        pending = self._queued_saves or self._status is not Status.IDLE or self._save_failed
+        if since is None or not (pending or self._has_unsent_changes()):
+            return 0.0  # (all saved: the next change that has to wait resets the timestamp)
+        return max(0.0, time.monotonic() - since)
+
+    def _has_unsent_changes(self) -> bool:
+        """Changes taken from transactions but not yet handed to a save (synchronizers)."""
+        return False
+
+    def _save_done(self, ok: bool) -> None:
+        """Account for a finished save (a failed one leaves its changes unsaved)."""
+        self._save_failed = not ok
+        if not ok:
+            self._save_failures += 1
+            self._unsaved_since = self._unsaved_since or time.monotonic()
 
     # -- hooks (override) ---------------------------------------------------------------------
 
@@ -417,6 +451,7 @@ class Persister:
                 self._after_load(False)
                 raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
         except Exception as error:
+            self._load_failures += 1
             self._report(error)
             if initial_content is not None:
                 self._set_default_content(initial_content)
@@ -488,6 +523,7 @@ class Persister:
             finally:
                 self._set_status(Status.IDLE)
         except Exception as error:
+            self._load_failures += 1
             self._report(error)
         finally:
             self._pending_auto_loads -= 1
@@ -500,7 +536,7 @@ class Persister:
 
     async def _scheduled_auto_load(self, payload: Any) -> None:
         try:
-            await self.schedule(lambda: self._set_content_or_changes(payload))
+            await self.schedule(lambda: self._apply_pushed(payload))
         finally:
             self._pending_scheduled_auto_loads -= 1
             self._pending_auto_loads -= 1
@@ -508,6 +544,13 @@ class Persister:
                 self._set_status(Status.IDLE)
         if not self._pending_auto_loads:
             await self._save_after_mutated()
+
+    def _apply_pushed(self, payload: Any) -> None:
+        try:
+            self._set_content_or_changes(payload)
+        except Exception:
+            self._load_failures += 1
+            raise
 
     async def start_auto_load(self, initial_content: Any = None) -> Persister:
         """Load now, then apply every change the storage reports (TinyBase ``startAutoLoad``)."""
@@ -579,11 +622,22 @@ class Persister:
             try:
                 self._set_status(Status.SAVING)
                 self._saves += 1
-                await self.schedule(lambda: self._set_persisted(self._get_content, changes))
+                await self.schedule(
+                    lambda: self._counted(self._set_persisted, self._get_content, changes)
+                )
             finally:
                 self._set_status(Status.IDLE)
         finally:
             await self._run_auto_load_after_save()
+
+    async def _counted(self, hook: Callable[..., Any], *args: Any) -> None:
+        """Run a save hook inside the schedule, counting whether it failed (then re-raise)."""
+        try:
+            await maybe_await(hook(*args))
+        except Exception:
+            self._save_done(False)
+            raise
+        self._save_done(True)
 
     def _set_persisted_is_coroutine(self) -> bool:
         """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function."""
@@ -619,7 +673,11 @@ class Persister:
                     deferred = True
                     self._queued_saves += 1
                     self._spawn(self._finish_inline_save(result))
+                else:  # (every change is saved now: nothing was queued before this one)
+                    self._save_failed = False
+                    self._unsaved_since = None
             except Exception as error:
+                self._save_done(False)
                 self._report(error)
             finally:
                 if not deferred:
@@ -627,6 +685,8 @@ class Persister:
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
+        if self._unsaved_since is None or not (self._queued_saves or self._save_failed):
+            self._unsaved_since = time.monotonic()  # (the first change waiting for a save)
         self._queue_save(changes)
 
     def _queue_save(self, changes: Any) -> None:
@@ -638,7 +698,7 @@ class Persister:
         """The rest of an inline save whose hook returned an awaitable (status stays SAVING)."""
         try:
             try:
-                await self.schedule(lambda: pending)
+                await self.schedule(lambda: self._counted(lambda: pending))
             finally:
                 self._set_status(Status.IDLE)
         finally:

@@ -245,6 +245,14 @@ class WsServer:
             **self._stats,
         }
 
+    def get_persister_stats(self) -> dict[str, dict[str, float]]:
+        """Each running room store's ``persister.get_stats()``, by path id (for metrics)."""
+        return {
+            path_id: room.persister.get_stats()
+            for path_id, room in list(self._paths.items())
+            if room.persister is not None
+        }
+
     def _client_count(self) -> int:
         return sum(len(p.clients) for p in self._paths.values())
 
