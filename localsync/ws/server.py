@@ -24,6 +24,11 @@ per path can take part as client ``"S"``. On top of TinyBase's behaviour:
 * **Shared sockets**: a client offering the ``tinybase`` subprotocol (TinyBase 9.3+) gets
   it; each of its channels joins the room ``<path>/<channel id>``
   (:mod:`localsync.ws.multiplex`).
+* **Backplane**: ``backplane="nats://..."`` (or ``"tcp://..."``, ``"local"``) shares every
+  room with the other server instances on it: each room's store (an in-memory one for a
+  relay-only room) also syncs on a channel per room (:mod:`localsync.ws.backplane`). Each
+  instance with a persister keeps its own copy of a path; the copies converge while the
+  instances serve it together.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from websockets.http11 import Request, Response
 
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
+from localsync.ws.backplane import Backplane, create_backplane
 from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
@@ -121,6 +127,7 @@ class ServerSettings:
     max_rooms_per_address: int | None = None
     max_rooms_per_socket: int = MAX_CHANNELS
     discard_empty_path: DiscardEmptyPath | None = None
+    backplane: Backplane | None = None
 
 
 class WsServer:
@@ -137,6 +144,11 @@ class WsServer:
     ) -> None:
         self._host = host
         self._requested_port = port
+        # (the empty path has no file name: allowed only without the caller's persistence)
+        self._persisted = create_persister is not None
+        self._backplane = settings.backplane
+        if self._backplane is not None:  # (every room gets a store, to put on its channel)
+            create_persister = self._backplane.persisters(create_persister)
         self._create_persister = create_persister
         self._on_ignored_error = settings.on_ignored_error
         self._timeout = settings.request_timeout_seconds
@@ -178,6 +190,7 @@ class WsServer:
     # ----------------------------------------------------------------------------- start
 
     async def _start(self) -> None:
+        await self.check_backplane()
         self._server = await serve(
             self._handle,
             self._host,
@@ -209,6 +222,16 @@ class WsServer:
     def get_web_socket_server(self) -> Server | None:
         return self._server
 
+    @property
+    def backplane(self) -> Backplane | None:
+        return self._backplane
+
+    async def check_backplane(self) -> None:
+        """Raise :class:`~localsync.errors.ChannelError` (in bounded time) when the
+        backplane's hub does not answer; nothing without a backplane."""
+        if self._backplane is not None:
+            await self._backplane.check()
+
     # ---------------------------------------------------------------------- public API
 
     def get_path_ids(self) -> list[str]:
@@ -238,11 +261,13 @@ class WsServer:
         empty rooms whose files ``discard_empty_path`` deleted.
         """
         paths = sum(1 for path in self._paths.values() if path.clients)
+        backplane = self._backplane.get_stats() if self._backplane is not None else {}
         return {
             "paths": paths,
             "clients": self._client_count(),
             "rooms": len(self._paths),
             **self._stats,
+            **backplane,
         }
 
     def _client_count(self) -> int:
@@ -366,7 +391,7 @@ class WsServer:
         shared = SUBPROTOCOL in offered_subprotocols(request)
         # (a shared socket's own path is only a prefix: its rooms are path/channel)
         if path_id is None or not is_valid_path_id(
-            path_id, allow_empty=shared or self._create_persister is None
+            path_id, allow_empty=shared or not self._persisted
         ):
             return HTTPStatus.BAD_REQUEST, "invalid path id"
         if not is_upgrade(request):
@@ -764,6 +789,8 @@ class WsServer:
                         TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
                     )
                 await syncing
+                if self._backplane is not None:
+                    await self._backplane.attach(path.id, store)
         except Exception as exc:
             self._report(exc)
             logger.exception("could not start the store of /%s", path.id)
@@ -793,6 +820,11 @@ class WsServer:
             if synchronizer is not None:
                 try:  # first: it fails what it still waits for (nobody is left to answer)
                     await synchronizer.destroy()
+                except Exception as exc:
+                    self._report(exc)
+            if self._backplane is not None:
+                try:  # (the other instances get what the store still had first)
+                    await self._backplane.detach(path.id)
                 except Exception as exc:
                     self._report(exc)
             if persister is not None:
@@ -929,6 +961,7 @@ async def create_ws_server(
     max_rooms_per_address: int | None = None,
     max_rooms_per_socket: int = MAX_CHANNELS,
     discard_empty_path: DiscardEmptyPath | None = None,
+    backplane: str | Backplane | None = None,
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
@@ -936,6 +969,9 @@ async def create_ws_server(
     one, or None for a relay-only path). ``discard_empty_path(path_id)`` (may be a coroutine)
     is called after a room whose store holds no data at all was stopped, so that the caller
     can delete what its persister left on disk; it returns True when it deleted something.
+    ``backplane`` (``"nats://..."``, ``"tcp://..."``, ``"local"`` or a
+    :class:`~localsync.ws.backplane.Backplane`) shares the rooms with other instances; a hub
+    that does not answer raises :class:`~localsync.errors.ChannelError` here.
     See the module docstring for path ids, auth, room limits and back-pressure.
     """
     settings = ServerSettings(
@@ -950,6 +986,7 @@ async def create_ws_server(
         max_rooms_per_address=max_rooms_per_address,
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
+        backplane=create_backplane(backplane),
     )
     server = WsServer(host, port, create_persister, settings)
     await server._start()
