@@ -1,0 +1,341 @@
+"""Server instances sharing rooms through a backplane (localsync.ws.backplane): clients on two
+``localsync serve`` processes converge (Python and TinyBase clients), each instance persists
+everything, a room leaves its channel when it empties, bad backplanes and garbage on a room's
+channel are handled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from localsync import create_mergeable_store
+from localsync.channel.runtime import channel_paths
+from localsync.channel.transport import ChannelTransport, broadcast_topic
+from localsync.errors import ChannelError
+from localsync.persisters.sqlite import create_sqlite_persister
+from localsync.ws.backplane import Backplane, channel_name, create_backplane
+from localsync.ws.client import create_ws_synchronizer
+from localsync.ws.server import create_ws_server
+from tests import npm_env
+from tests.helpers import eventually, run
+from tests.interop.node_peers import NodeClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Serve:
+    """A ``localsync serve --backplane ...`` process on a free port."""
+
+    def __init__(self, backplane: str, data: Path | None, env: dict[str, str]) -> None:
+        store = ["--data", str(data)] if data is not None else ["--no-persist"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", *store]
+            + ["--backplane", backplane, "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
+        if match is None:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(line + err)
+        self.url = f"ws://127.0.0.1:{match.group(1)}"
+
+    def stop(self) -> None:
+        """SIGTERM, and the clean exit that saves every room."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        assert self.proc.returncode == 0, err
+        assert "stopped" in out
+
+
+@pytest.fixture
+def channel_env(rundir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Every instance of the test (in-process or not) on the local channels of ``rundir``."""
+    monkeypatch.setenv("LOCALSYNC_RUNTIME_DIR", str(rundir))
+    return {"LOCALSYNC_RUNTIME_DIR": str(rundir)}
+
+
+@pytest.fixture
+def serves(channel_env: dict[str, str]) -> Iterator[list[Serve]]:
+    """The serve processes a test starts (appended to the list); killed if still running."""
+    started: list[Serve] = []
+    yield started
+    for serve in started:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.communicate(timeout=10)
+
+
+async def client(url: str) -> tuple[Any, Any]:
+    store = create_mergeable_store()
+    sync = create_ws_synchronizer(store, url, 0.5)
+    await sync.start_sync()
+    return store, sync
+
+
+def content(store: Any) -> tuple[Any, Any, list[int]]:
+    return store.get_tables(), store.get_values(), list(store.get_mergeable_content_hashes())
+
+
+@pytest.mark.process
+def test_python_clients_on_two_serve_processes(serves: list[Serve]) -> None:
+    one = Serve("local", None, {})
+    serves.append(one)
+    two = Serve("local", None, {})
+    serves.append(two)
+
+    async def scenario() -> None:
+        a, sa = await client(f"{one.url}/org/doc")
+        b, sb = await client(f"{two.url}/org/doc")
+        elsewhere, se = await client(f"{two.url}/org~doc")  # (another room, another channel)
+        try:
+            a.set_cell("t", "r", "from_a", 1)
+            await eventually(lambda: b.get_cell("t", "r", "from_a") == 1, 20)
+            with b.transaction():
+                b.set_cell("t", "r", "from_b", "é😀")
+                b.set_value("v", [1, {"k": None}])
+            await eventually(lambda: a.get_cell("t", "r", "from_b") == "é😀", 20)
+            await eventually(lambda: content(a) == content(b), 20)
+            # a client that joins later, on either instance, gets everything
+            c, sc = await client(f"{one.url}/org/doc")
+            await eventually(lambda: content(c) == content(b), 20)
+            await sc.destroy()
+            assert elsewhere.get_tables() == {} and elsewhere.get_values() == {}
+        finally:
+            for sync in (sa, sb, se):
+                await sync.destroy()
+
+    run(scenario(), timeout=60)
+    one.stop()
+    two.stop()
+
+
+@pytest.mark.process
+@pytest.mark.interop
+def test_tinybase_clients_on_two_serve_processes(serves: list[Serve]) -> None:
+    npm_env.require_node()
+    npm_env.ensure_tinybase()
+    one = Serve("local", None, {})
+    serves.append(one)
+    two = Serve("local", None, {})
+    serves.append(two)
+
+    async def scenario() -> None:
+        js1, js2 = await NodeClient.start("js1"), await NodeClient.start("js2")
+        try:
+            await js1.connect(f"{one.url}/room")
+            await js2.connect(f"{two.url}/room")
+            await js1.ops(["setCell", "t", "r", "js1", "é😀"], ["setValue", "v", 1])
+            got = await js2.wait({"t": {"r": {"js1": "é😀"}}}, {"v": 1}, timeout=20)
+            assert got["ok"], got
+            await js2.ops(["setCell", "t", "r", "js2", {"k": [1, None]}], ["delValue", "v"])
+            want = {"t": {"r": {"js1": "é😀", "js2": {"k": [1, None]}}}}
+            got1 = await js1.wait(want, {}, timeout=20)
+            assert got1["ok"], got1
+            got2 = await js2.wait(want, {}, timeout=20)
+            assert got2["hashes"] == got1["hashes"]
+        finally:
+            await js1.stop()
+            await js2.stop()
+
+    run(scenario(), timeout=90)
+    one.stop()
+    two.stop()
+
+
+def _stored(data: Path) -> tuple[Any, Any]:
+    """The room's content as saved in ``data`` (read back with a persister, no server)."""
+
+    async def load() -> tuple[Any, Any]:
+        store = create_mergeable_store()
+        persister = create_sqlite_persister(store, data / "room.sqlite")
+        await persister.load()
+        await persister.destroy()
+        return store.get_tables(), store.get_values()
+
+    result: tuple[Any, Any] = run(load(), timeout=30)
+    return result
+
+
+@pytest.mark.process
+def test_each_instance_persists_everything(serves: list[Serve], tmp_path: Path) -> None:
+    one = Serve("local", tmp_path / "one", {})
+    serves.append(one)
+    two = Serve("local", tmp_path / "two", {})
+    serves.append(two)
+
+    async def scenario() -> None:
+        a, sa = await client(f"{one.url}/room")
+        b, sb = await client(f"{two.url}/room")
+        try:
+            a.set_cell("t", "a", "n", 1)
+            b.set_cell("t", "b", "n", 2)
+            await eventually(lambda: content(a) == content(b) and len(a.get_table("t")) == 2, 20)
+            # a's last change, and at once instance one goes (its client with it)
+            a.set_cell("t", "a", "last", "kept")
+            await eventually(lambda: sa.engine.pending_request_count() == 0)
+            await asyncio.to_thread(one.stop)
+            await eventually(lambda: b.get_cell("t", "a", "last") == "kept", 20)
+            b.set_value("closing", True)
+            await asyncio.sleep(0.3)  # (b's write is out before it leaves)
+        finally:
+            await sa.destroy()
+            await sb.destroy()
+
+    run(scenario(), timeout=60)
+    two.stop()
+    want = (
+        {"t": {"a": {"n": 1, "last": "kept"}, "b": {"n": 2}}},
+        {"closing": True},
+    )
+    assert _stored(tmp_path / "two") == want
+    one_tables, one_values = _stored(tmp_path / "one")
+    assert one_tables == want[0]  # (one had stopped before b's closing value)
+    assert one_values == {}
+    # restarted, instance one serves its own copy until two serves the room too
+    one = Serve("local", tmp_path / "one", {})
+    serves.append(one)
+    two = Serve("local", tmp_path / "two", {})
+    serves.append(two)
+
+    async def restarted() -> None:
+        c, sc = await client(f"{one.url}/room")
+        await eventually(lambda: c.get_tables() == want[0])
+        assert c.get_values() == {}
+        d, sd = await client(f"{two.url}/room")
+        try:
+            for store in (c, d):
+                await eventually(lambda: (store.get_tables(), store.get_values()) == want, 20)
+        finally:
+            await sc.destroy()
+            await sd.destroy()
+
+    run(restarted(), timeout=60)
+    one.stop()
+    two.stop()
+    assert _stored(tmp_path / "one") == want
+
+
+def test_a_room_leaves_its_channel_when_it_empties(channel_env: dict[str, str]) -> None:
+    async def scenario() -> None:
+        one = await create_ws_server("127.0.0.1", 0, backplane="local")
+        two = await create_ws_server("127.0.0.1", 0, backplane=Backplane(None))
+        try:
+            b, sb = await client(f"{two.url}/room")
+            for n in range(1, 4):  # (churn: the room opens and closes its channel each time)
+                a, sa = await client(f"{one.url}/room")
+                await eventually(lambda: one.get_stats()["backplane_rooms"] == 1)
+                a.set_cell("t", "r", "n", n)
+                await sa.destroy()  # (right after the write: it still reaches b)
+                await eventually(lambda: one.get_stats()["rooms"] == 0, 20)
+                assert one.get_stats()["backplane_rooms"] == 0
+                assert one.backplane is not None and one.backplane.channel("room") is None
+            await eventually(lambda: b.get_cell("t", "r", "n") == 3, 20)
+            stats = one.get_stats()
+            assert stats["backplane_sent"] > 0 and stats["backplane_failures"] == 0
+            await sb.destroy()
+            await eventually(lambda: two.get_stats()["backplane_rooms"] == 0, 20)
+        finally:
+            await one.destroy()
+            await two.destroy()
+
+    run(scenario(), timeout=60)
+
+
+def test_garbage_on_a_rooms_channel_is_ignored_and_counted(
+    channel_env: dict[str, str], rundir: Path
+) -> None:
+    async def scenario() -> None:
+        one = await create_ws_server("127.0.0.1", 0, backplane="local")
+        two = await create_ws_server("127.0.0.1", 0, backplane="local")
+        rogue = zmq.Context.instance().socket(zmq.PUB)
+        peer = ChannelTransport(channel_name("room"), runtime_dir=rundir)
+        try:
+            a, sa = await client(f"{one.url}/room")
+            b, sb = await client(f"{two.url}/room")
+            await eventually(
+                lambda: all(s.get_stats()["backplane_rooms"] == 1 for s in (one, two)), 20
+            )
+            paths = channel_paths(channel_name("room"), rundir)
+            rogue.connect(paths.at_generation(paths.read_generation()).inbound_endpoint)
+            await asyncio.sleep(0.3)  # (the rogue learns the subscriptions)
+            topic = broadcast_topic("R" * 16)
+            rogue.send_multipart([topic, b"\x93not-a-message"])
+            rogue.send_multipart([topic, b"a", b"b"])
+            # well-formed envelopes with nonsense inside reach the engines: ignored too
+            await peer.open()
+            peer.send(None, None, 99, "junk")
+            peer.send(None, "x", 1, {"not": "hashes"})
+            await eventually(
+                lambda: all(s.get_stats()["backplane_ignored"] >= 2 for s in (one, two)), 20
+            )
+            a.set_cell("t", "r", "after", "garbage")
+            await eventually(lambda: b.get_cell("t", "r", "after") == "garbage", 20)
+            await sa.destroy()
+            await sb.destroy()
+        finally:
+            rogue.close(0)
+            peer.close()
+            await one.destroy()
+            await two.destroy()
+
+    run(scenario(), timeout=60)
+
+
+def test_bad_backplanes_fail_clearly(channel_env: dict[str, str]) -> None:
+    for spec in ("", "nats-host", 7):
+        with pytest.raises(ValueError):
+            create_backplane(spec)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Backplane(None, prefix="\x00")
+    assert channel_name("a.b/c~d") == "localsync-ws-a~2Eb~2Fc~7Ed"
+    names = {channel_name(p) for p in ("a.b", "a/b", "a~b", "a~2Eb", "a~2Fb", "", "a")}
+    assert len(names) == 7
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        dead = Backplane("tcp://127.0.0.1:9", connect_timeout_seconds=0.5)
+        with pytest.raises(ChannelError, match="does not answer"):
+            await create_ws_server("127.0.0.1", 0, backplane=dead)
+        assert time.monotonic() - started < 20
+
+    run(scenario(), timeout=30)
+
+
+@pytest.mark.process
+def test_serve_with_a_dead_backplane_exits_with_one_line(channel_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", "--no-persist"]
+        + ["--backplane", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--backplane tcp://127.0.0.1:9" in lines[0], proc.stderr
+
