@@ -32,6 +32,7 @@ from tests.helpers import eventually, run
 from tests.interop.node_peers import NodeClient
 
 ROOT = Path(__file__).resolve().parents[2]
+DEAD = ["--backplane", "tcp://127.0.0.1:9"]  # (nothing listens on the discard port)
 
 
 class Serve:
@@ -39,9 +40,9 @@ class Serve:
 
     def __init__(self, backplane: str, data: Path | None, env: dict[str, str]) -> None:
         store = ["--data", str(data)] if data is not None else ["--no-persist"]
+        options = [*store, "--backplane", backplane, "--quiet"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", *store]
-            + ["--backplane", backplane, "--quiet"],
+            [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -228,7 +229,7 @@ def test_each_instance_persists_everything(serves: list[Serve], tmp_path: Path) 
         d, sd = await client(f"{two.url}/room")
         try:
             for store in (c, d):
-                await eventually(lambda: (store.get_tables(), store.get_values()) == want, 20)
+                await eventually(lambda s=store: (s.get_tables(), s.get_values()) == want, 20)
         finally:
             await sc.destroy()
             await sd.destroy()
@@ -328,8 +329,7 @@ def test_bad_backplanes_fail_clearly(channel_env: dict[str, str]) -> None:
 @pytest.mark.process
 def test_serve_with_a_dead_backplane_exits_with_one_line(channel_env: dict[str, str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", "--no-persist"]
-        + ["--backplane", "tcp://127.0.0.1:9"],
+        [sys.executable, "-m", "localsync.cli", "serve", "--port", "0", "--no-persist", *DEAD],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -338,4 +338,3 @@ def test_serve_with_a_dead_backplane_exits_with_one_line(channel_env: dict[str, 
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--backplane tcp://127.0.0.1:9" in lines[0], proc.stderr
-
