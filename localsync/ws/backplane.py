@@ -155,7 +155,12 @@ class Backplane:
 
     async def attach(self, path_id: str, store: SyncStore) -> None:
         """Synchronize room ``path_id``'s store on its channel (its first pull included);
-        :class:`ChannelError` when the channel cannot be opened."""
+        :class:`ChannelError` when the channel cannot be opened.
+
+        Called before the room's clients are synchronized: a change that reached the store
+        while the channel's first pull ran would be announced only by hashes, which the
+        other instances answer with requests a room that emptied at once no longer serves.
+        """
         synchronizer = self._synchronizer(store, channel_name(path_id, self.prefix))
         self._channels[path_id] = synchronizer
         try:

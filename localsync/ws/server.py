@@ -777,6 +777,8 @@ class WsServer:
                 )
                 await persister.start_auto_load()
                 await persister.start_auto_save()
+                if self._backplane is not None:  # (before the clients' changes: see attach)
+                    await self._backplane.attach(path.id, store)
                 syncing = asyncio.ensure_future(path.synchronizer.start_sync())
                 # messages held back while the store loaded go in as soon as the synchronizer
                 # accepts them: before its own first pull completes, which waits for clients
@@ -789,8 +791,6 @@ class WsServer:
                         TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
                     )
                 await syncing
-                if self._backplane is not None:
-                    await self._backplane.attach(path.id, store)
         except Exception as exc:
             self._report(exc)
             logger.exception("could not start the store of /%s", path.id)
