@@ -74,7 +74,7 @@ from typing import Any
 
 from localsync.channel.endpoint import ChannelEndpoint
 from localsync.channel.hub import DEFAULT_HWM
-from localsync.channel.nats import NatsOptions, NatsTransport, is_nats_hub
+from localsync.channel.nats import NatsOptions, NatsTransport, is_nats_hub, nats_options
 from localsync.channel.transport import ChannelTransport
 from localsync.core.protocols import SyncStore
 from localsync.errors import ChannelError
@@ -87,6 +87,7 @@ __all__ = [
     "ChannelTransport",
     "NatsOptions",
     "NatsTransport",
+    "check_hub",
     "create_channel_synchronizer",
 ]
 
@@ -352,6 +353,17 @@ class ChannelSynchronizer(Synchronizer):
             await asyncio.wait_for(until_saved(), timeout)
         finally:
             store.del_listener(listener)
+
+
+def check_hub(hub: str) -> None:
+    """Raise ``ValueError`` unless ``hub`` is a ``tcp://HOST:PORT`` hub address or NATS server
+    URLs (``nats://HOST:PORT``, several separated by commas)."""
+    if is_nats_hub(hub):
+        nats_options(hub)
+    else:
+        from localsync.channel.hub import tcp_endpoints
+
+        tcp_endpoints(hub)
 
 
 def create_channel_synchronizer(
