@@ -124,8 +124,10 @@ def test_coordinator_rejects_a_malformed_nats_hub(rundir: Path) -> None:
     from tests.channel_procs import ROOT
 
     result = subprocess.run(
-        [sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "c"]
-        + ["--data", str(rundir / "d"), "--hub", "nats://a:1,http://b:2"],
+        [
+            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "c"),
+            *("--data", str(rundir / "d"), "--hub", "nats://a:1,http://b:2"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
