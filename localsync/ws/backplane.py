@@ -35,11 +35,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from localsync.channel.nats import NatsOptions, nats_options
 from localsync.channel.runtime import validate_channel_name
-from localsync.channel.synchronizer import ChannelSynchronizer, create_channel_synchronizer
+from localsync.channel.synchronizer import (
+    ChannelSynchronizer,
+    check_hub,
+    create_channel_synchronizer,
+)
 from localsync.core.mergeable_store import create_mergeable_store
 from localsync.core.protocols import SyncStore
 from localsync.errors import ChannelError
@@ -55,6 +61,8 @@ DEFAULT_PREFIX = "localsync-ws"
 _ESCAPES = {".": "~2E", "/": "~2F", "~": "~7E"}
 
 CreatePersister = Callable[[str], Any]
+#: what ``hub=`` of a channel synchronizer takes (None: this machine's ipc channels)
+Hub = str | Sequence[str] | Mapping[str, Any] | NatsOptions | None
 
 
 def channel_name(path_id: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -79,8 +87,10 @@ class Backplane:
     """The channels that share a server's rooms with the other instances (see module doc).
 
     Args:
-        hub: the channels' hub: ``None`` for this machine's ipc channels, else a URL
-            (``nats://...``, ``tcp://...``) given to the channel synchronizer as ``hub``.
+        hub: the channels' hub, given to every room's channel synchronizer as ``hub``:
+            ``None`` for this machine's ipc channels, ``"tcp://HOST:PORT"`` (a ``localsync
+            hub``), NATS server URLs (``"nats://HOST:4222"``, several comma-separated or in a
+            list) or a :class:`~localsync.channel.nats.NatsOptions` (credentials, TLS).
         prefix: the first part of every room's channel name (instances that share rooms use
             the same one).
         connect_timeout_seconds: bound on opening a room's channel (and the probe of
@@ -90,7 +100,7 @@ class Backplane:
 
     def __init__(
         self,
-        hub: str | None = None,
+        hub: Hub = None,
         *,
         prefix: str = DEFAULT_PREFIX,
         connect_timeout_seconds: float = 5.0,
@@ -108,7 +118,16 @@ class Backplane:
         self._attach_failures = 0
 
     def __repr__(self) -> str:
-        return f"Backplane({self.hub or LOCAL!r}, prefix={self.prefix!r})"
+        return f"Backplane({self.describe()!r}, prefix={self.prefix!r})"
+
+    def describe(self) -> str:
+        """The hub as text for messages (no credentials: ``user:password@`` is left out)."""
+        if self.hub is None:
+            return LOCAL
+        if isinstance(self.hub, str) and self.hub.startswith("tcp://"):
+            return self.hub
+        urls = nats_options(self.hub).urls()
+        return ",".join(re.sub(r"//[^/@]*@", "//", url) for url in urls)
 
     def persisters(self, create_persister: CreatePersister | None) -> CreatePersister:
         """``create_persister`` for the server: the caller's persister of a room, or (None, or
@@ -149,7 +168,7 @@ class Backplane:
         try:
             await probe.transport.open()
         except ChannelError as error:
-            raise ChannelError(f"backplane {self.hub} does not answer: {error}") from error
+            raise ChannelError(f"backplane {self.describe()} does not answer: {error}") from error
         finally:
             await probe.destroy()
 
@@ -170,7 +189,7 @@ class Backplane:
             await self.detach(path_id)
             if isinstance(error, ChannelError):
                 raise ChannelError(
-                    f"backplane {self.hub or LOCAL}: room /{path_id}: {error}"
+                    f"backplane {self.describe()}: room /{path_id}: {error}"
                 ) from error
             raise
 
@@ -209,14 +228,20 @@ class Backplane:
 
 
 def create_backplane(spec: str | Backplane | None) -> Backplane | None:
-    """A :class:`Backplane` from a ``backplane=`` option: ``"local"``, a hub URL
-    (``nats://...``, ``tcp://...``), a ready Backplane, or None (no backplane)."""
+    """A :class:`Backplane` from a ``backplane=`` option: ``"local"``, hub URLs
+    (``nats://...`` (several comma-separated), ``tls://...``, ``tcp://HOST:PORT``), a ready
+    Backplane, or None (no backplane). ValueError for anything else."""
     if spec is None or isinstance(spec, Backplane):
         return spec
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"backplane must be 'local' or a hub URL, not {spec!r}")
     if spec == LOCAL:
         return Backplane(None)
-    if "://" not in spec:
-        raise ValueError(f"backplane must be 'local' or a hub URL (nats://, tcp://), not {spec!r}")
+    try:
+        check_hub(spec)
+    except ValueError as error:
+        raise ValueError(
+            f"backplane must be 'local', nats://HOST:PORT or tcp://HOST:PORT, not {spec!r} "
+            f"({error})"
+        ) from None
     return Backplane(spec)

@@ -1,7 +1,8 @@
-"""Server instances sharing rooms through a backplane (localsync.ws.backplane): clients on two
-``localsync serve`` processes converge (Python and TinyBase clients), each instance persists
-everything, a room leaves its channel when it empties, bad backplanes and garbage on a room's
-channel are handled."""
+"""Server instances sharing rooms through a backplane (localsync.ws.backplane), over the local
+channel and over NATS (two nodes of a real ``nats-server`` cluster, one per instance): clients
+on two ``localsync serve`` processes converge (Python and TinyBase clients), each instance
+persists everything, a room leaves its channel when it empties, bad backplanes and garbage on a
+room's channel are handled."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import pytest
 import zmq
 
 from localsync import create_mergeable_store
+from localsync.channel.nats import subject_prefix
 from localsync.channel.runtime import channel_paths
-from localsync.channel.transport import ChannelTransport, broadcast_topic
+from localsync.channel.synchronizer import create_channel_synchronizer
+from localsync.channel.transport import broadcast_topic
 from localsync.errors import ChannelError
 from localsync.persisters.sqlite import create_sqlite_persister
 from localsync.ws.backplane import Backplane, channel_name, create_backplane
@@ -30,6 +33,7 @@ from localsync.ws.server import create_ws_server
 from tests import npm_env
 from tests.helpers import eventually, run
 from tests.interop.node_peers import NodeClient
+from tests.nats_cluster import NatsCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD = ["--backplane", "tcp://127.0.0.1:9"]  # (nothing listens on the discard port)
@@ -79,6 +83,20 @@ def channel_env(rundir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     return {"LOCALSYNC_RUNTIME_DIR": str(rundir)}
 
 
+@pytest.fixture(params=["local", "nats"])
+def backplanes(
+    request: pytest.FixtureRequest, channel_env: dict[str, str], tmp_path: Path
+) -> Iterator[list[str]]:
+    """The backplanes of two instances: the local channel, or two nodes of a NATS cluster."""
+    if request.param == "local":
+        yield ["local", "local"]
+        return
+    folder = tmp_path / "nats"
+    folder.mkdir()
+    with NatsCluster(folder, nodes=2) as cluster:
+        yield cluster.urls
+
+
 @pytest.fixture
 def serves(channel_env: dict[str, str]) -> Iterator[list[Serve]]:
     """The serve processes a test starts (appended to the list); killed if still running."""
@@ -102,10 +120,10 @@ def content(store: Any) -> tuple[Any, Any, list[int]]:
 
 
 @pytest.mark.process
-def test_python_clients_on_two_serve_processes(serves: list[Serve]) -> None:
-    one = Serve("local", None, {})
+def test_python_clients_on_two_serve_processes(serves: list[Serve], backplanes: list[str]) -> None:
+    one = Serve(backplanes[0], None, {})
     serves.append(one)
-    two = Serve("local", None, {})
+    two = Serve(backplanes[1], None, {})
     serves.append(two)
 
     async def scenario() -> None:
@@ -136,12 +154,14 @@ def test_python_clients_on_two_serve_processes(serves: list[Serve]) -> None:
 
 @pytest.mark.process
 @pytest.mark.interop
-def test_tinybase_clients_on_two_serve_processes(serves: list[Serve]) -> None:
+def test_tinybase_clients_on_two_serve_processes(
+    serves: list[Serve], backplanes: list[str]
+) -> None:
     npm_env.require_node()
     npm_env.ensure_tinybase()
-    one = Serve("local", None, {})
+    one = Serve(backplanes[0], None, {})
     serves.append(one)
-    two = Serve("local", None, {})
+    two = Serve(backplanes[1], None, {})
     serves.append(two)
 
     async def scenario() -> None:
@@ -182,10 +202,12 @@ def _stored(data: Path) -> tuple[Any, Any]:
 
 
 @pytest.mark.process
-def test_each_instance_persists_everything(serves: list[Serve], tmp_path: Path) -> None:
-    one = Serve("local", tmp_path / "one", {})
+def test_each_instance_persists_everything(
+    serves: list[Serve], backplanes: list[str], tmp_path: Path
+) -> None:
+    one = Serve(backplanes[0], tmp_path / "one", {})
     serves.append(one)
-    two = Serve("local", tmp_path / "two", {})
+    two = Serve(backplanes[1], tmp_path / "two", {})
     serves.append(two)
 
     async def scenario() -> None:
@@ -217,9 +239,9 @@ def test_each_instance_persists_everything(serves: list[Serve], tmp_path: Path) 
     assert one_tables == want[0]  # (one had stopped before b's closing value)
     assert one_values == {}
     # restarted, instance one serves its own copy until two serves the room too
-    one = Serve("local", tmp_path / "one", {})
+    one = Serve(backplanes[0], tmp_path / "one", {})
     serves.append(one)
-    two = Serve("local", tmp_path / "two", {})
+    two = Serve(backplanes[1], tmp_path / "two", {})
     serves.append(two)
 
     async def restarted() -> None:
@@ -240,10 +262,10 @@ def test_each_instance_persists_everything(serves: list[Serve], tmp_path: Path) 
     assert _stored(tmp_path / "one") == want
 
 
-def test_a_room_leaves_its_channel_when_it_empties(channel_env: dict[str, str]) -> None:
+def test_a_room_leaves_its_channel_when_it_empties(backplanes: list[str]) -> None:
     async def scenario() -> None:
-        one = await create_ws_server("127.0.0.1", 0, backplane="local")
-        two = await create_ws_server("127.0.0.1", 0, backplane=Backplane(None))
+        one = await create_ws_server("127.0.0.1", 0, backplane=backplanes[0])
+        two = await create_ws_server("127.0.0.1", 0, backplane=create_backplane(backplanes[1]))
         try:
             b, sb = await client(f"{two.url}/room")
             for n in range(1, 4):  # (churn: the room opens and closes its channel each time)
@@ -266,44 +288,73 @@ def test_a_room_leaves_its_channel_when_it_empties(channel_env: dict[str, str]) 
     run(scenario(), timeout=60)
 
 
+async def _publish_garbage(backplane: str, rundir: Path) -> None:
+    """Bytes that are no channel message, on room ``room``'s channel, from a rogue publisher."""
+    name = channel_name("room")
+    if backplane == "local":
+        rogue = zmq.Context.instance().socket(zmq.PUB)
+        try:
+            paths = channel_paths(name, rundir)
+            rogue.connect(paths.at_generation(paths.read_generation()).inbound_endpoint)
+            await asyncio.sleep(0.3)  # (the rogue learns the subscriptions)
+            topic = broadcast_topic("R" * 16)
+            rogue.send_multipart([topic, b"\x93not-a-message"])
+            rogue.send_multipart([topic, b"a", b"b"])
+            await asyncio.sleep(0.1)
+        finally:
+            rogue.close(0)
+        return
+    import nats
+
+    connection = await nats.connect(backplane)
+    try:
+        await connection.publish(subject_prefix(name) + ".all", b"\x93not-a-message")
+        await connection.publish(subject_prefix(name) + ".all", b"")
+        await connection.flush()
+    finally:
+        await connection.close()
+
+
 def test_garbage_on_a_rooms_channel_is_ignored_and_counted(
-    channel_env: dict[str, str], rundir: Path
+    backplanes: list[str], rundir: Path
 ) -> None:
     async def scenario() -> None:
-        one = await create_ws_server("127.0.0.1", 0, backplane="local")
-        two = await create_ws_server("127.0.0.1", 0, backplane="local")
-        rogue = zmq.Context.instance().socket(zmq.PUB)
-        peer = ChannelTransport(channel_name("room"), runtime_dir=rundir)
+        one = await create_ws_server("127.0.0.1", 0, backplane=backplanes[0])
+        two = await create_ws_server("127.0.0.1", 0, backplane=backplanes[1])
         try:
             a, sa = await client(f"{one.url}/room")
             b, sb = await client(f"{two.url}/room")
             await eventually(
                 lambda: all(s.get_stats()["backplane_rooms"] == 1 for s in (one, two)), 20
             )
-            paths = channel_paths(channel_name("room"), rundir)
-            rogue.connect(paths.at_generation(paths.read_generation()).inbound_endpoint)
-            await asyncio.sleep(0.3)  # (the rogue learns the subscriptions)
-            topic = broadcast_topic("R" * 16)
-            rogue.send_multipart([topic, b"\x93not-a-message"])
-            rogue.send_multipart([topic, b"a", b"b"])
-            # well-formed envelopes with nonsense inside reach the engines: ignored too
-            await peer.open()
-            peer.send(None, None, 99, "junk")
-            peer.send(None, "x", 1, {"not": "hashes"})
+            await _publish_garbage(backplanes[0], rundir)
             await eventually(
                 lambda: all(s.get_stats()["backplane_ignored"] >= 2 for s in (one, two)), 20
             )
+            # well-formed channel messages with nonsense inside reach the engines: ignored too
+            peer = create_channel_synchronizer(
+                create_mergeable_store(), channel_name("room"), hub=_hub(backplanes[0])
+            )
+            await peer.transport.open()
+            peer.transport.send(None, None, 99, "junk")
+            peer.transport.send(None, "x", 1, {"not": "hashes"})
+            await eventually(
+                lambda: all(s.get_stats()["backplane_ignored"] >= 4 for s in (one, two)), 20
+            )
+            await peer.destroy()
             a.set_cell("t", "r", "after", "garbage")
             await eventually(lambda: b.get_cell("t", "r", "after") == "garbage", 20)
             await sa.destroy()
             await sb.destroy()
         finally:
-            rogue.close(0)
-            peer.close()
             await one.destroy()
             await two.destroy()
 
     run(scenario(), timeout=60)
+
+
+def _hub(backplane: str) -> str | None:
+    return None if backplane == "local" else backplane
 
 
 def test_bad_backplanes_fail_clearly(channel_env: dict[str, str]) -> None:
@@ -318,9 +369,10 @@ def test_bad_backplanes_fail_clearly(channel_env: dict[str, str]) -> None:
 
     async def scenario() -> None:
         started = time.monotonic()
-        dead = Backplane("tcp://127.0.0.1:9", connect_timeout_seconds=0.5)
-        with pytest.raises(ChannelError, match="does not answer"):
-            await create_ws_server("127.0.0.1", 0, backplane=dead)
+        for url in ("tcp://127.0.0.1:9", f"nats://127.0.0.1:{free_port()}"):
+            dead = Backplane(url, connect_timeout_seconds=0.5)
+            with pytest.raises(ChannelError, match="does not answer"):
+                await create_ws_server("127.0.0.1", 0, backplane=dead)
         assert time.monotonic() - started < 20
 
     run(scenario(), timeout=30)
