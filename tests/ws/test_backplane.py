@@ -27,6 +27,7 @@ from localsync.channel.synchronizer import create_channel_synchronizer
 from localsync.channel.transport import broadcast_topic
 from localsync.errors import ChannelError
 from localsync.persisters.sqlite import create_sqlite_persister
+from localsync.ws.asgi import create_asgi_app
 from localsync.ws.backplane import Backplane, channel_name, create_backplane
 from localsync.ws.client import create_ws_synchronizer
 from localsync.ws.server import create_ws_server
@@ -390,3 +391,56 @@ def test_serve_with_a_dead_backplane_exits_with_one_line(channel_env: dict[str, 
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--backplane tcp://127.0.0.1:9" in lines[0], proc.stderr
+
+
+def test_an_asgi_app_and_a_standalone_server_share_rooms(backplanes: list[str]) -> None:
+    import uvicorn
+
+    async def scenario() -> None:
+        app = create_asgi_app(backplane=backplanes[0])
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        web = uvicorn.Server(config)
+        serving = asyncio.ensure_future(web.serve())
+        await eventually(lambda: web.started or serving.done(), 20)
+        assert web.started, serving
+        port = web.servers[0].sockets[0].getsockname()[1]
+        two = await create_ws_server("127.0.0.1", 0, backplane=backplanes[1])
+        try:
+            a, sa = await client(f"ws://127.0.0.1:{port}/doc")
+            b, sb = await client(f"{two.url}/doc")
+            a.set_cell("t", "r", "asgi", 1)
+            b.set_cell("t", "r", "standalone", 2)
+            await eventually(lambda: content(a) == content(b) and len(a.get_row("t", "r")) == 2)
+            assert app.server.get_stats()["backplane_rooms"] == 1
+            await sa.destroy()
+            await sb.destroy()
+        finally:
+            web.should_exit = True
+            await serving
+            await two.destroy()
+        assert app.server.get_stats()["backplane_rooms"] == 0
+
+    run(scenario(), timeout=60)
+
+
+def test_an_asgi_apps_startup_fails_on_a_dead_backplane() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        app = create_asgi_app(backplane=Backplane("tcp://127.0.0.1:9", connect_timeout_seconds=0.3))
+        events = [{"type": "lifespan.startup"}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return events.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan"}, receive, send)
+        with pytest.raises(ChannelError, match="does not answer"):
+            async with app.lifespan():
+                pass
+        return sent
+
+    sent = run(scenario(), timeout=30)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "does not answer" in sent[0]["message"]
