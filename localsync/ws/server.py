@@ -24,11 +24,8 @@ per path can take part as client ``"S"``. On top of TinyBase's behaviour:
 * **Shared sockets**: a client offering the ``tinybase`` subprotocol (TinyBase 9.3+) gets
   it; each of its channels joins the room ``<path>/<channel id>``
   (:mod:`localsync.ws.multiplex`).
-* **Backplane**: ``backplane="nats://..."`` (or ``"tcp://..."``, ``"local"``) shares every
-  room with the other server instances on it: each room's store (an in-memory one for a
-  relay-only room) also syncs on a channel per room (:mod:`localsync.ws.backplane`). Each
-  instance with a persister keeps its own copy of a path; the copies converge while the
-  instances serve it together.
+* **Backplane**: ``backplane="nats://..."`` shares every room with other instances through a
+  channel per room; each instance persists its own copy (:mod:`localsync.ws.backplane`).
 """
 
 from __future__ import annotations
@@ -227,8 +224,7 @@ class WsServer:
         return self._backplane
 
     async def check_backplane(self) -> None:
-        """Raise :class:`~localsync.errors.ChannelError` (in bounded time) when the
-        backplane's hub does not answer; nothing without a backplane."""
+        """:class:`~localsync.errors.ChannelError` (in bounded time) unless the hub answers."""
         if self._backplane is not None:
             await self._backplane.check()
 
