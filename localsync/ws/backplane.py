@@ -33,6 +33,8 @@ same ``prefix`` (default ``"localsync-ws"``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import re
@@ -112,6 +114,7 @@ class Backplane:
         self._connect_timeout = connect_timeout_seconds
         self._on_ignored_error = on_ignored_error
         self._channels: dict[str, ChannelSynchronizer] = {}
+        self._starts: dict[str, asyncio.Future[Any]] = {}
         # counters of the channels already detached (live ones are added in get_stats)
         self._closed_totals = {"sent": 0, "received": 0}
         self._ignored_count = 0
@@ -173,17 +176,20 @@ class Backplane:
             await probe.destroy()
 
     async def attach(self, path_id: str, store: SyncStore) -> None:
-        """Synchronize room ``path_id``'s store on its channel (its first pull included);
-        :class:`ChannelError` when the channel cannot be opened.
+        """Synchronize room ``path_id``'s store on its channel; :class:`ChannelError` when
+        the channel cannot be opened.
 
-        Called before the room's clients are synchronized: a change that reached the store
-        while the channel's first pull ran would be announced only by hashes, which the
-        other instances answer with requests a room that emptied at once no longer serves.
+        Returns once the channel is open and every later change of the store goes out as a
+        ContentDiff (its auto-save); the first pull from the other instances goes on in the
+        background. Called before the room's clients are synchronized: a change that reached
+        the store before that would be announced only by hashes, which the other instances
+        answer with requests that a room emptied at once no longer serves.
         """
         synchronizer = self._synchronizer(store, channel_name(path_id, self.prefix))
         self._channels[path_id] = synchronizer
         try:
-            await synchronizer.start_sync()
+            await synchronizer.start_auto_save()
+            self._starts[path_id] = asyncio.ensure_future(synchronizer.start_sync())
         except BaseException as error:
             self._attach_failures += 1
             await self.detach(path_id)
@@ -198,8 +204,12 @@ class Backplane:
         synchronizer = self._channels.pop(path_id, None)
         if synchronizer is None:
             return
+        start = self._starts.pop(path_id, None)
         try:
             await synchronizer.destroy()
+            if start is not None:
+                with contextlib.suppress(Exception):
+                    await start
         finally:
             stats = synchronizer.get_channel_stats()
             for key in self._closed_totals:
