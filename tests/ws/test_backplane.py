@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -451,3 +451,50 @@ def test_an_asgi_apps_startup_fails_on_a_dead_backplane() -> None:
     sent = run(scenario(), timeout=30)
     assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
     assert "does not answer" in sent[0]["message"]
+
+
+def test_a_nats_node_killed_mid_stream_loses_nothing(
+    channel_env: dict[str, str],
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    rows = 300
+
+    async def scenario(cluster: NatsCluster) -> None:
+        # each instance on its own node; nats-py learns the others from the cluster
+        one = await create_ws_server("127.0.0.1", 0, backplane=cluster.urls[0])
+        two = await create_ws_server("127.0.0.1", 0, backplane=cluster.urls[1])
+        try:
+            a, sa = await client(f"{one.url}/room")
+            b, sb = await client(f"{two.url}/room")
+            await eventually(lambda: one.get_stats()["backplane_rooms"] == 1, 20)
+
+            async def write() -> None:
+                for i in range(rows):
+                    a.set_cell("w", f"r{i}", "c", i)
+                    await asyncio.sleep(0.002)
+
+            writing = asyncio.ensure_future(write())
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(cluster.kill, 0)  # (instance one's node)
+            killed_at = time.monotonic()
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.restart, 0)
+            await writing
+            await eventually(lambda: len(b.get_table("w")) == rows, 30)
+            converged = time.monotonic() - killed_at
+            record_property("converged_after_node_kill_s", round(converged, 3))
+            assert content(a) == content(b)
+            assert all(b.get_cell("w", f"r{i}", "c") == i for i in range(rows))
+            channel = one.backplane.channel("room") if one.backplane is not None else None
+            assert channel is not None and channel.get_channel_stats()["reconnects"] >= 1
+            await sa.destroy()
+            await sb.destroy()
+        finally:
+            await one.destroy()
+            await two.destroy()
+
+    folder = tmp_path / "nats"
+    folder.mkdir()
+    with NatsCluster(folder, nodes=3) as cluster:
+        run(scenario(cluster), timeout=90)
