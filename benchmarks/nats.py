@@ -146,10 +146,17 @@ def raw_fanout(url: str, subject: str, readers: int, cells: int) -> float:
     )
     ch._start(procs, out, True, readers)
     go.put("go")
-    finished = ch._collect(out, "done", readers, 300)
-    start = ch._collect(out, "start", 1, 60)[0]
+    finished: list[float] = []
+    start: float | None = None
+    deadline = ch._now() + 300
+    while len(finished) < readers or start is None:
+        event, value = out.get(timeout=max(0.1, deadline - ch._now()))
+        if event == "done":
+            finished.append(value)
+        elif event == "start":
+            start = value
     ch._join_all(procs)
-    return float(max(finished) - start)
+    return max(finished) - start
 
 
 def raw_latency_samples(url: str, subject: str, count: int) -> list[float]:

@@ -94,6 +94,15 @@ def test_two_synchronizers_in_one_process_converge(nats_url: str) -> None:
             assert len(b.get_row_ids("big")) == 20_000
             assert sync_a.get_channel_stats()["chunked"] >= 1
             assert sync_b.get_channel_stats()["ignored"] == 0
+            # a late joiner receives the whole content (a diff above max_payload) in chunks
+            c = create_mergeable_store()
+            sync_c = await create_channel_synchronizer(c, "one.process", hub=nats_url).start_sync()
+            try:
+                await eventually(lambda: same(a, c), 30)
+                assert c.get_content() == a.get_content()
+                assert sync_c.get_channel_stats()["ignored"] == 0
+            finally:
+                await sync_c.destroy()
         finally:
             await sync_a.destroy()
             await sync_b.destroy()
