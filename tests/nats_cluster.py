@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -76,8 +77,11 @@ def monitor(port: int, page: str) -> dict[str, object]:
 class NatsNode:
     """One ``nats-server`` process with fixed ports (kept across restarts)."""
 
-    def __init__(self, binary: str, folder: Path, name: str, cluster: bool) -> None:
+    def __init__(
+        self, binary: str, folder: Path, name: str, cluster: bool, args: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
+        self.args = list(args)
         self.name = name
         self.port = free_port()
         self.monitor_port = free_port()
@@ -106,6 +110,7 @@ class NatsNode:
             self.name,
             "-l",
             str(self.log),
+            *self.args,
         ]
         if self.cluster_port is not None:
             argv += ["--cluster_name", "localsync-test"]
@@ -145,11 +150,12 @@ class NatsNode:
 
 
 class NatsCluster:
-    """``nodes`` servers; with more than one, a cluster with routes between every pair."""
+    """``nodes`` servers; with more than one, a cluster with routes between every pair.
+    ``args``: more nats-server options for every node (e.g. ``--user``, ``--pass``)."""
 
-    def __init__(self, folder: Path, nodes: int = 3) -> None:
+    def __init__(self, folder: Path, nodes: int = 3, args: Sequence[str] = ()) -> None:
         binary = require_nats_server()
-        self.nodes = [NatsNode(binary, folder, f"n{i}", nodes > 1) for i in range(nodes)]
+        self.nodes = [NatsNode(binary, folder, f"n{i}", nodes > 1, args) for i in range(nodes)]
 
     @property
     def urls(self) -> list[str]:

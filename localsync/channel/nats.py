@@ -168,8 +168,6 @@ class NatsTransport(ChannelEndpoint):
         self.own_subject = self.directed_prefix + self.client_id
         self.ack_subject = f"{prefix}.ack"
         self._nc: Client | None = None
-        self._opening: asyncio.Future[None] | None = None
-        self._closed = False
         self._outbox: list[tuple[str, bytes]] = []
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -184,23 +182,11 @@ class NatsTransport(ChannelEndpoint):
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
-    def is_open(self) -> bool:
-        return self._opening is not None and self._opening.done() and not self._closed
-
-    @property
     def connected_url(self) -> str | None:
         """The URL of the server connected to now (None while disconnected)."""
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
-
-    async def open(self) -> None:
-        """Connect and subscribe; idempotent, concurrent callers share one attempt."""
-        if self._closed:
-            raise ChannelError("channel transport is closed")
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-        await asyncio.shield(self._opening)
 
     async def _open(self) -> None:
         try:
