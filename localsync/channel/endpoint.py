@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from localsync.core.collector import paused
+from localsync.errors import ChannelError
 
 __all__ = [
     "CLIENT_ID_LENGTH",
@@ -117,6 +118,8 @@ class ChannelEndpoint:
         self.on_reconnected: Callable[[], None] | None = None
         self._on_ack: Callable[[str, int, int], None] | None = None
         self._here_waiter: asyncio.Future[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self._closed = False
         # set by the synchronizer once its engine answers GetContentHashes: a hello answer
         # promises that a request for content hashes will be answered
         self.answers_hello = False
@@ -136,8 +139,8 @@ class ChannelEndpoint:
     def _subscribe_acks(self) -> None:
         raise NotImplementedError
 
-    async def open(self) -> None:
-        """Connect and prove the path; idempotent. Raises ``ChannelError``."""
+    async def _open(self) -> None:
+        """Connect and prove the path (once; see :meth:`open`)."""
         raise NotImplementedError
 
     async def flush_and_close(self) -> None:
@@ -148,9 +151,20 @@ class ChannelEndpoint:
         """Leave the channel (a goodbye to peers when open); idempotent."""
         raise NotImplementedError
 
+    # -- lifecycle ----------------------------------------------------------------------------
+
     @property
     def is_open(self) -> bool:
-        raise NotImplementedError
+        return self._opening is not None and self._opening.done() and not self._closed
+
+    async def open(self) -> None:
+        """Connect and prove the path; idempotent, concurrent callers share one attempt.
+        Raises ``ChannelError``."""
+        if self._closed:
+            raise ChannelError("channel transport is closed")
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -65,6 +65,11 @@ _CHUNK_HEADER = struct.Struct(">16sIII")
 _CHUNK_HEAD = len(_CHUNK) + _CHUNK_HEADER.size
 #: a chunked message may not claim more chunks than this (bounds what one sender makes us hold)
 MAX_CHUNKS = 1 << 14
+#: chunked messages rebuilt at once (one per sender and subject); beyond, the oldest is dropped
+MAX_PARTIAL = 64
+#: bytes received but not yet handled that a subscription holds before nats-py drops messages
+#: (a slow consumer; healed by anti-entropy): room for a joiner's diff of several 10^6 cells
+SUB_PENDING_BYTES = 512 << 20
 # destroy waits at most this long for the server to hold what this process sent
 FLUSH_ON_CLOSE_SECONDS = 3.0
 _TOKEN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -163,10 +168,9 @@ class NatsTransport(ChannelEndpoint):
         self.own_subject = self.directed_prefix + self.client_id
         self.ack_subject = f"{prefix}.ack"
         self._nc: Client | None = None
-        self._opening: asyncio.Future[None] | None = None
-        self._closed = False
         self._outbox: list[tuple[str, bytes]] = []
         self._pump: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._acks_subscribed = False
         self._chunk_size = 0
         self._chunks_sent = 0
@@ -178,23 +182,11 @@ class NatsTransport(ChannelEndpoint):
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
-    def is_open(self) -> bool:
-        return self._opening is not None and self._opening.done() and not self._closed
-
-    @property
     def connected_url(self) -> str | None:
         """The URL of the server connected to now (None while disconnected)."""
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
-
-    async def open(self) -> None:
-        """Connect and subscribe; idempotent, concurrent callers share one attempt."""
-        if self._closed:
-            raise ChannelError("channel transport is closed")
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-        await asyncio.shield(self._opening)
 
     async def _open(self) -> None:
         try:
@@ -222,8 +214,11 @@ class NatsTransport(ChannelEndpoint):
         )
         try:
             await asyncio.wait_for(nc.connect(**connect), self._connect_timeout)
-            await nc.subscribe(self.broadcast_subject, cb=self._on_broadcast)
-            await nc.subscribe(self.own_subject, cb=self._on_directed)
+            for subject, callback in (
+                (self.broadcast_subject, self._on_broadcast),
+                (self.own_subject, self._on_directed),
+            ):
+                await nc.subscribe(subject, cb=callback, pending_bytes_limit=SUB_PENDING_BYTES)
             if self._on_ack is not None:
                 await self._subscribe_acks_now()
             # the server holds our subscriptions once it answered a PING sent after them
@@ -264,12 +259,10 @@ class NatsTransport(ChannelEndpoint):
                 await self.flush()
         finally:
             self.close()
-            await self._closed_connection()
-
-    async def _closed_connection(self) -> None:
-        for task in list(_background):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), FLUSH_ON_CLOSE_SECONDS)
+            closing = self._closing
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(closing), FLUSH_ON_CLOSE_SECONDS)
 
     def close(self) -> None:
         """Close the connection (in the background when called outside ``flush_and_close``)."""
@@ -297,6 +290,7 @@ class NatsTransport(ChannelEndpoint):
             task = asyncio.get_running_loop().create_task(shut())
         except RuntimeError:  # (no loop running: the connection dies with the process)
             return
+        self._closing = task
         _background.add(task)
         task.add_done_callback(_background.discard)
 
@@ -382,7 +376,9 @@ class NatsTransport(ChannelEndpoint):
         if self._acks_subscribed or self._nc is None:
             return
         self._acks_subscribed = True
-        await self._nc.subscribe(self.ack_subject, cb=self._on_ack_msg)
+        await self._nc.subscribe(
+            self.ack_subject, cb=self._on_ack_msg, pending_bytes_limit=SUB_PENDING_BYTES
+        )
 
     async def _on_ack_msg(self, msg: Msg) -> None:
         if not self._closed:
@@ -421,6 +417,9 @@ class NatsTransport(ChannelEndpoint):
             if partial is not None:
                 self._ignore(ValueError("incomplete chunked message dropped"))
             partial = (number, count, [])
+            if len(self._partial) >= MAX_PARTIAL:
+                del self._partial[next(iter(self._partial))]
+                self._ignore(ValueError("too many chunked messages at once: oldest dropped"))
             self._partial[key] = partial
         elif partial is None or partial[0] != number or partial[1] != count:
             self._ignore(ValueError("chunk out of sequence dropped"))

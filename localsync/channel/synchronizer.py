@@ -51,7 +51,9 @@ on_ignored_error``; keyword-only options:
 The synchronizer returned is a :class:`~localsync.sync.synchronizer.Synchronizer` built with
 the channel's transport, which proves the path on the first lifecycle call; extras:
 ``get_channel_name()``, ``client_id``, ``is_hub_host``, ``hub_answering``,
-``get_channel_stats()`` (including ``hub_generation`` and ``hub_failovers``) and
+``get_channel_stats()`` (ZeroMQ: including ``hub_generation`` and ``hub_failovers``; NATS:
+``disconnects``, ``reconnects``, ``dropped`` (publishes refused while disconnected with a
+full buffer) and ``chunked`` (messages sent in chunks)) and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.channel.coordinator`).
 The transports are :mod:`localsync.channel.transport` (ZeroMQ) and :mod:`localsync.channel.nats`,
 with what they share in :mod:`localsync.channel.endpoint`.
@@ -170,7 +172,8 @@ class ChannelSynchronizer(Synchronizer):
     @property
     def hub_answering(self) -> bool:
         """False while the hub has not answered heartbeats for ``HUB_TIMEOUT_SECONDS`` (tcp
-        hubs; a local channel elects a new hub instead, see :mod:`localsync.channel.hub`)."""
+        hubs; a local channel elects a new hub instead, see :mod:`localsync.channel.hub`), or
+        while the connection to the NATS servers is lost."""
         return self._channel.hub_answering
 
     def get_channel_name(self) -> str:

@@ -158,9 +158,7 @@ class ChannelTransport(ChannelEndpoint):
         self._pub: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Future[None] | None = None
         self._ping_waiter: tuple[bytes, asyncio.Future[None]] | None = None
-        self._closed = False
         # hub liveness (see localsync.channel.hub): heartbeat echoes heard, heartbeat turns without
         # hearing anything from the hub, the generation connected to
         self._generation = 0
@@ -181,18 +179,6 @@ class ChannelTransport(ChannelEndpoint):
         return self._paths is not None
 
     # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        return self._opening is not None and self._opening.done() and not self._closed
-
-    async def open(self) -> None:
-        """Connect and prove the path; idempotent, concurrent callers share one attempt."""
-        if self._closed:
-            raise ChannelError("channel transport is closed")
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-        await asyncio.shield(self._opening)
 
     async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -94,6 +94,15 @@ def test_two_synchronizers_in_one_process_converge(nats_url: str) -> None:
             assert len(b.get_row_ids("big")) == 20_000
             assert sync_a.get_channel_stats()["chunked"] >= 1
             assert sync_b.get_channel_stats()["ignored"] == 0
+            # a late joiner receives the whole content (a diff above max_payload) in chunks
+            c = create_mergeable_store()
+            sync_c = await create_channel_synchronizer(c, "one.process", hub=nats_url).start_sync()
+            try:
+                await eventually(lambda: same(a, c), 30)
+                assert c.get_content() == a.get_content()
+                assert sync_c.get_channel_stats()["ignored"] == 0
+            finally:
+                await sync_c.destroy()
         finally:
             await sync_a.destroy()
             await sync_b.destroy()
@@ -141,6 +150,85 @@ def test_a_url_nobody_answers_fails_start_sync_in_bounded_time() -> None:
         error, elapsed = run(attempt(f"nats://127.0.0.1:{silent.getsockname()[1]}"))
     assert "no NATS server answered" in str(error)
     assert elapsed < 20
+
+
+def test_credentials_go_to_the_connection(tmp_path: Path) -> None:
+    """A server that wants a user: the options dict passes them; without, a clear error."""
+    with NatsCluster(tmp_path, nodes=1, args=("--user", "ada", "--pass", "s3cret")) as server:
+
+        async def main() -> None:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            hub = {"servers": [server.url], "user": "ada", "password": "s3cret"}
+            sync_a = await create_channel_synchronizer(a, "auth", hub=hub).start_sync()
+            options = NatsOptions(server.url, {"user": "ada", "password": "s3cret"})
+            sync_b = await create_channel_synchronizer(b, "auth", hub=options).start_sync()
+            try:
+                a.set_cell("t", "r", "c", "authorized")
+                await eventually(lambda: b.get_cell("t", "r", "c") == "authorized", 20)
+            finally:
+                await sync_a.destroy()
+                await sync_b.destroy()
+            refused = create_channel_synchronizer(
+                create_mergeable_store(),
+                "auth",
+                hub={"servers": server.url, "user": "ada", "password": "wrong"},
+                connect_timeout_seconds=1.0,
+            )
+            with pytest.raises(ChannelError, match=r"(?i)authorization"):
+                await refused.start_sync()
+            await refused.destroy()
+
+        run(main())
+
+
+def test_tls_context_goes_to_the_connection(tmp_path: Path) -> None:
+    """A TLS-only server with a self-signed certificate: joined with an ``ssl.SSLContext``."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl (to make a test certificate) not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    tls_args = ("--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    with NatsCluster(tmp_path, nodes=1, args=tls_args) as server:
+        url = server.url.replace("nats://", "tls://")
+        context = ssl.create_default_context(cafile=str(cert))
+
+        async def main() -> None:
+            a, b = create_mergeable_store(), create_mergeable_store()
+            hub = {"servers": url, "tls": context}
+            sync_a = await create_channel_synchronizer(a, "tls", hub=hub).start_sync()
+            sync_b = await create_channel_synchronizer(b, "tls", hub=hub).start_sync()
+            try:
+                a.set_cell("t", "r", "c", "encrypted")
+                await eventually(lambda: b.get_cell("t", "r", "c") == "encrypted", 20)
+            finally:
+                await sync_a.destroy()
+                await sync_b.destroy()
+            # without the certificate authority the server is not trusted
+            untrusted = create_channel_synchronizer(
+                create_mergeable_store(),
+                "tls",
+                hub={"servers": url, "tls": ssl.create_default_context()},
+                connect_timeout_seconds=1.0,
+            )
+            with pytest.raises(ChannelError, match=r"(?i)certificate"):
+                await untrusted.start_sync()
+            await untrusted.destroy()
+
+        run(main())
 
 
 def test_garbage_on_the_subjects_is_ignored_and_counted(nats_url: str) -> None:

@@ -47,34 +47,40 @@ def test_a_node_killed_mid_stream_loses_nothing(
         procs[2].send(cmd="set", cells=[["t", "from2", "c", 2]])
         converge(procs)
 
-        # the writer's node dies while it writes (one message per cell), then comes back
-        writer.send(cmd="write_loop", table="w", count=ROWS, pause=0.002)
-        writer.expect("writing", 10)
-        time.sleep(0.5)
-        cluster.kill(0)
-        killed_at = time.monotonic()
-        time.sleep(0.5)
-        cluster.restart(0)
-        writer.expect("written", 60)
-        written_at = time.monotonic()
-        converge(procs, 60)
-        converged_at = time.monotonic()
-        tables = [content[0] for content in contents(procs)]
-        lost = [ROWS - len(t.get("w", {})) for t in tables]
-        print(
-            f"\nNATS node kill: converged {converged_at - killed_at:.2f} s after the kill, "
-            f"{converged_at - written_at:.2f} s after the last write; rows lost: {lost}"
-        )
-        record_property("converge_after_kill_s", round(converged_at - killed_at, 3))
-        record_property("converge_after_last_write_s", round(converged_at - written_at, 3))
-        record_property("rows_lost", lost)
-        assert lost == [0, 0, 0]
-        assert all(t == tables[0] for t in tables)
-        assert all(tables[0]["w"][f"r{i}"]["c"] == i for i in range(ROWS))
+        # the writer's node dies while it writes (one message per cell), then comes back;
+        # then a reader's node, while the writer writes another table
+        tables: list[dict] = []
+        for killed, table in ((0, "w"), (2, "w2")):
+            writer.send(cmd="write_loop", table=table, count=ROWS, pause=0.002)
+            writer.expect("writing", 10)
+            time.sleep(0.5)
+            cluster.kill(killed)
+            killed_at = time.monotonic()
+            time.sleep(0.5)
+            cluster.restart(killed)
+            writer.expect("written", 60)
+            written_at = time.monotonic()
+            converge(procs, 60)
+            converged_at = time.monotonic()
+            tables = [content[0] for content in contents(procs)]
+            lost = [ROWS - len(t.get(table, {})) for t in tables]
+            print(
+                f"\nNATS node {killed} killed: converged {converged_at - killed_at:.2f} s after "
+                f"the kill, {converged_at - written_at:.2f} s after the last write; "
+                f"rows lost: {lost}"
+            )
+            record_property(
+                f"node{killed}_converge_after_kill_s", round(converged_at - killed_at, 3)
+            )
+            record_property(f"node{killed}_rows_lost", lost)
+            assert lost == [0, 0, 0]
+            assert all(t == tables[0] for t in tables)
+            assert all(tables[0][table][f"r{i}"]["c"] == i for i in range(ROWS))
         assert tables[0]["t"] == {"from1": {"c": 1}, "from2": {"c": 2}}
-        # the writer moved to another node and back onto the cluster
-        stats = writer.ask("stats", "stats")["channel"]
-        assert stats["reconnects"] >= 1 and stats["disconnects"] >= 1
+        # the writer and the reader on the killed nodes moved to another node and back
+        for proc in (writer, procs[2]):
+            stats = proc.ask("stats", "stats")["channel"]
+            assert stats["reconnects"] >= 1 and stats["disconnects"] >= 1, stats
 
         # a process that joins late, on the restarted node, gets everything
         late = joined(cluster.urls[0], "killed-node")
