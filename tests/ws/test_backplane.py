@@ -35,6 +35,7 @@ from tests import npm_env
 from tests.helpers import eventually, run
 from tests.interop.node_peers import NodeClient
 from tests.nats_cluster import NatsCluster, free_port
+from tests.ws.test_ws_persist import until_room_holds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Serve:
     """A ``localsync serve --backplane ...`` process on a free port."""
 
-    def __init__(self, backplane: str, data: Path | None, env: dict[str, str]) -> None:
+    def __init__(self, backplane: str, data: Path | None) -> None:
         store = ["--data", str(data)] if data is not None else ["--no-persist"]
         options = [*store, "--backplane", backplane, "--quiet"]
         self.proc = subprocess.Popen(
@@ -51,7 +52,7 @@ class Serve:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -74,6 +75,20 @@ class Serve:
                 self.proc.wait()
         assert self.proc.returncode == 0, err
         assert "stopped" in out
+
+
+def pair(
+    serves: list[Serve], backplanes: list[str], data: tuple[Path | None, Path | None] = (None, None)
+) -> tuple[Serve, Serve]:
+    """Two instances, one on each backplane (recorded in ``serves`` to be killed at the end)."""
+    for backplane, folder in zip(backplanes, data, strict=True):
+        serves.append(Serve(backplane, folder))
+    return serves[-2], serves[-1]
+
+
+def stop(*serves: Serve) -> None:
+    for serve in serves:
+        serve.stop()
 
 
 @pytest.fixture
@@ -121,10 +136,7 @@ def content(store: Any) -> tuple[Any, Any, list[int]]:
 
 @pytest.mark.process
 def test_python_clients_on_two_serve_processes(serves: list[Serve], backplanes: list[str]) -> None:
-    one = Serve(backplanes[0], None, {})
-    serves.append(one)
-    two = Serve(backplanes[1], None, {})
-    serves.append(two)
+    one, two = pair(serves, backplanes)
 
     async def scenario() -> None:
         a, sa = await client(f"{one.url}/org/doc")
@@ -148,8 +160,7 @@ def test_python_clients_on_two_serve_processes(serves: list[Serve], backplanes: 
                 await sync.destroy()
 
     run(scenario(), timeout=60)
-    one.stop()
-    two.stop()
+    stop(one, two)
 
 
 @pytest.mark.process
@@ -159,10 +170,7 @@ def test_tinybase_clients_on_two_serve_processes(
 ) -> None:
     npm_env.require_node()
     npm_env.ensure_tinybase()
-    one = Serve(backplanes[0], None, {})
-    serves.append(one)
-    two = Serve(backplanes[1], None, {})
-    serves.append(two)
+    one, two = pair(serves, backplanes)
 
     async def scenario() -> None:
         js1, js2 = await NodeClient.start("js1"), await NodeClient.start("js2")
@@ -183,8 +191,7 @@ def test_tinybase_clients_on_two_serve_processes(
             await js2.stop()
 
     run(scenario(), timeout=90)
-    one.stop()
-    two.stop()
+    stop(one, two)
 
 
 def _stored(data: Path) -> tuple[Any, Any]:
@@ -205,10 +212,7 @@ def _stored(data: Path) -> tuple[Any, Any]:
 def test_each_instance_persists_everything(
     serves: list[Serve], backplanes: list[str], tmp_path: Path
 ) -> None:
-    one = Serve(backplanes[0], tmp_path / "one", {})
-    serves.append(one)
-    two = Serve(backplanes[1], tmp_path / "two", {})
-    serves.append(two)
+    one, two = pair(serves, backplanes, (tmp_path / "one", tmp_path / "two"))
 
     async def scenario() -> None:
         a, sa = await client(f"{one.url}/room")
@@ -217,9 +221,10 @@ def test_each_instance_persists_everything(
             a.set_cell("t", "a", "n", 1)
             b.set_cell("t", "b", "n", 2)
             await eventually(lambda: content(a) == content(b) and len(a.get_table("t")) == 2, 20)
-            # a's last change, and at once instance one goes (its client with it)
+            # a's last change, held by instance one's room store, and at once instance one
+            # goes (its client with it)
             a.set_cell("t", "a", "last", "kept")
-            await eventually(lambda: sa.engine.pending_request_count() == 0)
+            await until_room_holds(f"{one.url}/room", a)
             await asyncio.to_thread(one.stop)
             await eventually(lambda: b.get_cell("t", "a", "last") == "kept", 20)
             b.set_value("closing", True)
@@ -239,10 +244,7 @@ def test_each_instance_persists_everything(
     assert one_tables == want[0]  # (one had stopped before b's closing value)
     assert one_values == {}
     # restarted, instance one serves its own copy until two serves the room too
-    one = Serve(backplanes[0], tmp_path / "one", {})
-    serves.append(one)
-    two = Serve(backplanes[1], tmp_path / "two", {})
-    serves.append(two)
+    one, two = pair(serves, backplanes, (tmp_path / "one", tmp_path / "two"))
 
     async def restarted() -> None:
         c, sc = await client(f"{one.url}/room")
@@ -257,8 +259,7 @@ def test_each_instance_persists_everything(
             await sd.destroy()
 
     run(restarted(), timeout=60)
-    one.stop()
-    two.stop()
+    stop(one, two)
     assert _stored(tmp_path / "one") == want
 
 
