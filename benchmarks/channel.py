@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,10 @@ def _raw_publisher(endpoint: str, go: Any, mode: str, n: int, out: Any) -> None:
 
 
 ANTI_ENTROPY_ENV = "LOCALSYNC_BENCH_ANTI_ENTROPY"
+#: ``LOCALSYNC_BENCH_HUB=nats://...``: the channel roles join through that hub instead of a
+#: local channel (set by :func:`fanout` and :func:`latency_samples` given ``hub``;
+#: benchmarks.nats)
+HUB_ENV = "LOCALSYNC_BENCH_HUB"
 #: ``LOCALSYNC_BENCH_PROFILE=DIR``: every channel role runs under cProfile and dumps
 #: ``DIR/<role>-<pid>.prof`` (read with ``python -m pstats``); timings are then inflated.
 PROFILE_ENV = "LOCALSYNC_BENCH_PROFILE"
@@ -195,9 +201,14 @@ async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
 
     setting = os.environ.get(ANTI_ENTROPY_ENV, "1.0")
     anti_entropy = None if setting == "off" else float(setting)
+    hub = os.environ.get(HUB_ENV) or None
     store = create_mergeable_store()
     sync = create_channel_synchronizer(
-        store, channel, runtime_dir=rundir, anti_entropy_seconds=anti_entropy
+        store,
+        channel,
+        hub=hub,
+        runtime_dir=None if hub else rundir,
+        anti_entropy_seconds=anti_entropy,
     )
     await sync.start_sync()
     return store, sync
@@ -450,6 +461,23 @@ def _collect(queue: Any, kind: str, n: int, timeout: float) -> list[Any]:
     return items
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` (unset when None) for the processes spawned meanwhile."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def _start(procs: list[Any], out: Any, raw: bool, readers: int) -> None:
     """Start a scenario's processes (readers first) and wait until every reader is ready.
 
@@ -457,8 +485,11 @@ def _start(procs: list[Any], out: Any, raw: bool, readers: int) -> None:
     channel hosts its hub, and the raw baseline's proxy always runs in its first reader.
     Started together, the channel's processes raced for the hub (in one 5-round latency run
     the writer won 3 times), so the two sides were measured with different placements.
-    Channel readers report ``("ready", hosts_the_hub)``.
+    Channel readers report ``("ready", hosts_the_hub)``. A channel through an external hub
+    (:data:`HUB_ENV`) has no hub to host: started like the raw side.
     """
+    if os.environ.get(HUB_ENV):
+        raw = True
     if not raw:
         procs[0].start()
         if _collect(out, "ready", 1, 60) != [True]:
@@ -477,22 +508,24 @@ def _join_all(procs: list[Any]) -> None:
 
 
 def fanout(
-    bench: Bench, readers: int, cells: int, raw: bool, anti_entropy: str | None = None
+    bench: Bench,
+    readers: int,
+    cells: int,
+    raw: bool,
+    anti_entropy: str | None = None,
+    hub: str | None = None,
 ) -> float:
     """Seconds from the first write until every reader holds all cells.
 
-    ``anti_entropy`` overrides the channel's setting for this run only (e.g. ``"off"``).
+    ``anti_entropy`` overrides the channel's setting for this run only (e.g. ``"off"``);
+    ``hub`` (a ``nats://`` URL) runs the channel through it instead of a local channel.
     """
-    if anti_entropy is not None:
-        saved = os.environ.get(ANTI_ENTROPY_ENV)
-        os.environ[ANTI_ENTROPY_ENV] = anti_entropy  # read by the spawned roles
-        try:
+    if anti_entropy is not None or hub is not None:
+        with (
+            _environ(ANTI_ENTROPY_ENV, anti_entropy or os.environ.get(ANTI_ENTROPY_ENV)),
+            _environ(HUB_ENV, hub),
+        ):  # (read by the spawned roles)
             return fanout(bench, readers, cells, raw)
-        finally:
-            if saved is None:
-                os.environ.pop(ANTI_ENTROPY_ENV, None)
-            else:
-                os.environ[ANTI_ENTROPY_ENV] = saved
     out, go, stop = _ctx.Queue(), _ctx.Queue(), _ctx.Event()
     rows = cells // CELLS_PER_ROW
     if raw:
@@ -570,8 +603,12 @@ def store_floor(cells: int) -> dict[str, float]:
     return {"write_s": written, "decode_apply_s": applied}
 
 
-def latency_samples(bench: Bench, count: int, raw: bool) -> list[float]:
-    """One run of ``count`` one-way latencies (ms), after a warm-up of 50."""
+def latency_samples(bench: Bench, count: int, raw: bool, hub: str | None = None) -> list[float]:
+    """One run of ``count`` one-way latencies (ms), after a warm-up of 50 (``hub``: see
+    :func:`fanout`)."""
+    if hub is not None:
+        with _environ(HUB_ENV, hub):
+            return latency_samples(bench, count, raw)
     out, go = _ctx.Queue(), _ctx.Queue()
     if raw:
         paths = bench.raw_paths()

@@ -38,7 +38,9 @@ MANAGER = "Manager().dict()"
 PYCRDT = "pycrdt over zmq"
 TINYBASE = "TinyBase BroadcastChannel (Node workers)"
 LOCALSYNC = "localsync"
-AREA_MODULES = ("store", "store_receive", "local_sync", "persist", "channel", "ws", "workers")
+AREA_MODULES = (
+    "store", "store_receive", "local_sync", "persist", "channel", "ws", "workers", "nats"
+)
 # Arguments that make each per-area benchmark short, from its own argparse; a module that
 # rejects them (exit 2, "unrecognized arguments") is retried with the next set.
 QUICK_ARGS: dict[str, list[list[str]]] = {
@@ -46,6 +48,7 @@ QUICK_ARGS: dict[str, list[list[str]]] = {
     "local_sync": [["--rows", "1000", "--repeat", "1"], []],
     "persist": [["--max-cells", "10000", "--tx", "5"], []],
     "channel": [["--quick"], []],
+    "nats": [["--quick"], []],
     "workers": [["--workers", "2", "--repeat", "1"], []],
     "store_receive": [["--sizes", "100000", "--repeat", "1", "--no-port"], []],
 }

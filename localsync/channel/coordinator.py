@@ -16,10 +16,11 @@ Python API::
     Coordinator("orders", "./data").run()   # blocking, until SIGTERM/SIGINT (the CLI)
 
 Command line (:mod:`localsync.cli.coordinator`): ``localsync coordinator --channel NAME
---data DIR [--persister sqlite|file] [--hub tcp://HOST:PORT] [--runtime-dir DIR]
-[--owner-wait SECONDS] [--exit-with-parent]``; prints one ``ready`` line (JSON) on stdout
-once it serves the channel; on SIGTERM or SIGINT it saves a last time and exits 0. A wrong
-argument, or a channel that already has a coordinator, is one line on stderr
+--data DIR [--persister sqlite|file] [--hub tcp://HOST:PORT|nats://HOST:PORT[,...]]
+[--runtime-dir DIR] [--owner-wait SECONDS] [--exit-with-parent]``; prints one ``ready``
+line (JSON) on stdout once it serves the channel; on SIGTERM or SIGINT it saves a last
+time and exits 0. A wrong argument, or a channel that already has a coordinator, is one
+line on stderr
 (``localsync coordinator: error: ...``) and exit status 2.
 
 The data file is ``DIR/NAME.sqlite`` (or ``.json`` for the file persister) when NAME is made
@@ -41,7 +42,8 @@ One coordinator per channel
     A running coordinator owns its channel: it holds an exclusive ``flock`` on
     ``<hash>.coordinator`` in the channel's private runtime folder
     (:mod:`localsync.channel.runtime`;
-    for a tcp hub ``tcp-<hash of hub and name>.coordinator``, a lock of this machine only),
+    for a tcp hub ``tcp-<hash of hub and name>.coordinator``, for NATS servers
+    ``nats-<hash of servers and name>.coordinator``: a lock of this machine only),
     and records there, as JSON, its PID, data folder and data file. The lock is taken before
     anything is loaded and released after the final save; the kernel releases it when the
     process dies, however it dies. A second coordinator of the channel
@@ -97,6 +99,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localsync.channel.nats import is_nats_hub
 from localsync.errors import ChannelTakenError
 from localsync.persisters._common import PersistError
 from localsync.sync import event_loop
@@ -218,7 +221,8 @@ def owner_file(
         return paths.folder / f"{paths.peers.stem}.coordinator"
     validate_channel_name(channel)
     digest = hashlib.blake2b(f"{hub}\0{channel}".encode(), digest_size=8).hexdigest()
-    return resolve_runtime_dir(runtime_dir) / f"tcp-{digest}.coordinator"
+    kind = "nats" if is_nats_hub(hub) else "tcp"
+    return resolve_runtime_dir(runtime_dir) / f"{kind}-{digest}.coordinator"
 
 
 def _read_owner(path: Path) -> dict[str, Any]:
@@ -304,9 +308,9 @@ class Coordinator:
             self.persister_kind = persister
             self.location = str(self.path.resolve())
         if hub is not None:
-            from localsync.channel.hub import tcp_endpoints
+            from localsync.channel.synchronizer import check_hub
 
-            tcp_endpoints(hub)  # a malformed address fails here, before anything starts
+            check_hub(hub)  # a malformed address fails here, before anything starts
         self._hub = hub
         self._runtime_dir = runtime_dir
         self._anti_entropy = _positive_seconds("anti_entropy_seconds", anti_entropy_seconds)
@@ -443,7 +447,7 @@ class Coordinator:
             self.store,
             self.channel,
             hub=self._hub,
-            runtime_dir=self._runtime_dir,
+            runtime_dir=None if is_nats_hub(self._hub) else self._runtime_dir,
             anti_entropy_seconds=self._anti_entropy,
             on_ignored_error=self._on_ignored_error,
         )

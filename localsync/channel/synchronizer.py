@@ -1,9 +1,10 @@
-"""Channel synchronizer: TinyBase's BroadcastChannel role between processes, over ZeroMQ.
+"""Channel synchronizer: TinyBase's BroadcastChannel role between processes, over ZeroMQ or NATS.
 
 Public API::
 
     sync = create_channel_synchronizer(store, "orders")          # this machine, same user
     sync = create_channel_synchronizer(store, "orders", hub="tcp://10.0.0.5:7700")
+    sync = create_channel_synchronizer(store, "orders", hub="nats://10.0.0.5:4222")
     await sync.start_sync()
     ...
     await sync.destroy()
@@ -17,6 +18,13 @@ on_ignored_error``; keyword-only options:
     (:mod:`localsync.channel.hub`).
     ``"tcp://HOST:PORT"``: an external hub started with ``localsync hub --bind tcp://HOST:PORT``
     (publishers use PORT, subscribers PORT+1). No election; the hub must be running.
+    ``"nats://HOST:PORT"`` (or ``tls://``), a list of such URLs (nodes of a NATS cluster), or
+    a :class:`~localsync.channel.nats.NatsOptions` / a dict ``{"servers": ..., **connect}``
+    with nats-py ``connect`` options (credentials, TLS): the channel over NATS
+    (:mod:`localsync.channel.nats`, subjects documented there). After a lost connection
+    (nats-py reconnects, to another node when there is one) the synchronizer resyncs at once
+    by pulling from its peers and announcing its hashes. ``runtime_dir``, ``hwm``,
+    ``hub_key`` and ``client_key`` do not apply.
 ``runtime_dir``
     overrides the runtime folder (must be private: 0700, owned by the user).
 ``request_timeout_seconds`` (default ``None``: adaptive)
@@ -43,9 +51,12 @@ on_ignored_error``; keyword-only options:
 The synchronizer returned is a :class:`~localsync.sync.synchronizer.Synchronizer` built with
 the channel's transport, which proves the path on the first lifecycle call; extras:
 ``get_channel_name()``, ``client_id``, ``is_hub_host``, ``hub_answering``,
-``get_channel_stats()`` (including ``hub_generation`` and ``hub_failovers``) and
+``get_channel_stats()`` (ZeroMQ: including ``hub_generation`` and ``hub_failovers``; NATS:
+``disconnects``, ``reconnects``, ``dropped`` (publishes refused while disconnected with a
+full buffer) and ``chunked`` (messages sent in chunks)) and
 ``await wait_acknowledged(timeout)`` (see :mod:`localsync.channel.coordinator`).
-The transport (sockets, wire format) is :mod:`localsync.channel.transport`.
+The transports are :mod:`localsync.channel.transport` (ZeroMQ) and :mod:`localsync.channel.nats`,
+with what they share in :mod:`localsync.channel.endpoint`.
 
 Without asyncio, use the blocking facade (:mod:`localsync.sync.blocking`)::
 
@@ -59,11 +70,13 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from localsync.channel.endpoint import ChannelEndpoint
 from localsync.channel.hub import DEFAULT_HWM
+from localsync.channel.nats import NatsOptions, NatsTransport, is_nats_hub, nats_options
 from localsync.channel.transport import ChannelTransport
 from localsync.core.protocols import SyncStore
 from localsync.errors import ChannelError
@@ -74,6 +87,9 @@ __all__ = [
     "ChannelError",
     "ChannelSynchronizer",
     "ChannelTransport",
+    "NatsOptions",
+    "NatsTransport",
+    "check_hub",
     "create_channel_synchronizer",
 ]
 
@@ -97,7 +113,8 @@ _OPENED_CALL: ContextVar[ChannelSynchronizer | None] = ContextVar(
 
 
 class ChannelSynchronizer(Synchronizer):
-    """A Synchronizer over a :class:`ChannelTransport`; proves the path on first use.
+    """A Synchronizer over a channel transport (:class:`ChannelTransport`, :class:`NatsTransport`);
+    proves the path on first use.
 
     ``start_sync``, ``load``, ``save``, ``start_auto_load`` and ``start_auto_save`` open the
     channel first (and, with the adaptive time-out, discover whether peers are there to pick
@@ -107,7 +124,7 @@ class ChannelSynchronizer(Synchronizer):
     def __init__(
         self,
         store: SyncStore,
-        channel: ChannelTransport,
+        channel: ChannelEndpoint,
         request_timeout_seconds: float,
         on_send: Callable[..., None] | None = None,
         on_receive: Callable[..., None] | None = None,
@@ -133,6 +150,7 @@ class ChannelSynchronizer(Synchronizer):
         self._loop_set_event: Callable[[], None] | None = None
         self._liveness: asyncio.TimerHandle | None = None
         channel.on_peer_left = self.peer_left
+        channel.on_reconnected = self._reconnected
         engine = self._engine
         engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
         if adaptive_timeout:
@@ -143,7 +161,7 @@ class ChannelSynchronizer(Synchronizer):
         return self._channel.client_id
 
     @property
-    def transport(self) -> ChannelTransport:
+    def transport(self) -> ChannelEndpoint:
         return self._channel
 
     @property
@@ -154,7 +172,8 @@ class ChannelSynchronizer(Synchronizer):
     @property
     def hub_answering(self) -> bool:
         """False while the hub has not answered heartbeats for ``HUB_TIMEOUT_SECONDS`` (tcp
-        hubs; a local channel elects a new hub instead, see :mod:`localsync.channel.hub`)."""
+        hubs; a local channel elects a new hub instead, see :mod:`localsync.channel.hub`), or
+        while the connection to the NATS servers is lost."""
         return self._channel.hub_answering
 
     def get_channel_name(self) -> str:
@@ -219,7 +238,7 @@ class ChannelSynchronizer(Synchronizer):
         (a few system calls each, see :mod:`localsync.channel.presence`); tcp channels have no
         presence files and rely on goodbyes and time-outs.
         """
-        if self._liveness is not None or self._channel._paths is None:
+        if self._liveness is not None or not self._channel.has_presence:
             return
         engine = self._engine
         peer_left = self.peer_left
@@ -236,6 +255,17 @@ class ChannelSynchronizer(Synchronizer):
             self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
 
         self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
+
+    def _reconnected(self) -> None:
+        """After the transport lost its connection and got it back: resync at once."""
+        if self._engine.syncing and not self._engine.destroyed:
+            self._spawn(self._resync())
+
+    async def _resync(self) -> None:
+        """Pull what peers have, then announce our hashes (peers pull what they miss)."""
+        await self.load()
+        if self._engine.syncing and not self._engine.destroyed:
+            await self.save()
 
     def _set_request_timeout(self, seconds: float) -> None:
         self._engine.request_timeout_seconds = seconds
@@ -328,6 +358,17 @@ class ChannelSynchronizer(Synchronizer):
             store.del_listener(listener)
 
 
+def check_hub(hub: str) -> None:
+    """Raise ``ValueError`` unless ``hub`` is a ``tcp://HOST:PORT`` hub address or NATS server
+    URLs (``nats://HOST:PORT``, several separated by commas)."""
+    if is_nats_hub(hub):
+        nats_options(hub)
+    else:
+        from localsync.channel.hub import tcp_endpoints
+
+        tcp_endpoints(hub)
+
+
 def create_channel_synchronizer(
     store: SyncStore,
     name: str,
@@ -335,7 +376,7 @@ def create_channel_synchronizer(
     on_receive: Callable[..., None] | None = None,
     on_ignored_error: Callable[[BaseException], None] | None = None,
     *,
-    hub: str | None = None,
+    hub: str | Sequence[str] | Mapping[str, Any] | NatsOptions | None = None,
     runtime_dir: str | os.PathLike[str] | None = None,
     request_timeout_seconds: float | None = None,
     anti_entropy_seconds: float | None = 1.0,
@@ -347,16 +388,29 @@ def create_channel_synchronizer(
     """Synchronize ``store`` with every process that opens channel ``name`` (see module doc)."""
     if not callable(getattr(store, "get_mergeable_content_hashes", None)):
         raise TypeError("create_channel_synchronizer needs a MergeableStore")
-    transport = ChannelTransport(
-        name,
-        hub=hub,
-        runtime_dir=runtime_dir,
-        hwm=hwm,
-        connect_timeout_seconds=connect_timeout_seconds,
-        on_ignored_error=on_ignored_error,
-        hub_key=hub_key,
-        client_key=client_key,
-    )
+    transport: ChannelEndpoint
+    if hub is not None and is_nats_hub(hub):
+        if runtime_dir is not None or hub_key is not None or client_key is not None:
+            raise ValueError("runtime_dir, hub_key and client_key do not apply to a NATS channel")
+        transport = NatsTransport(
+            name,
+            hub,
+            connect_timeout_seconds=connect_timeout_seconds,
+            on_ignored_error=on_ignored_error,
+        )
+    elif hub is not None and not isinstance(hub, str):
+        raise ValueError(f"hub must be a tcp:// or nats:// address, got {hub!r}")
+    else:
+        transport = ChannelTransport(
+            name,
+            hub=hub,
+            runtime_dir=runtime_dir,
+            hwm=hwm,
+            connect_timeout_seconds=connect_timeout_seconds,
+            on_ignored_error=on_ignored_error,
+            hub_key=hub_key,
+            client_key=client_key,
+        )
     return ChannelSynchronizer(
         store,
         transport,

@@ -6,9 +6,9 @@ sender's broadcasts, ``b"A"`` a coordinator's acknowledgements. Each SUB subscri
 own topic and to every *other* broadcast topic (:func:`others_broadcast_prefixes`), so the
 hub never hands a process its own broadcasts, as a BroadcastChannel never delivers to its
 sender; subscriptions travel without a high-water mark (one dropped would silence a peer
-for good). Payload: msgspec msgpack of ``(from_client_id, request_id, message, body)``; a
-message that claims to come from ourselves (a replay) is dropped. Control payloads
-(path-proving ping, hello/here presence, goodbye, heartbeat) start with a zero byte.
+for good). Payloads, presence control messages and acknowledgements are those of
+:mod:`localsync.channel.endpoint`; this transport adds two control kinds, the path-proving
+ping and the hub heartbeat.
 
 Receiving uses ``loop.add_reader`` on the SUB socket's file descriptor and drains it
 synchronously (one loop wake-up handles a whole burst); it needs an event loop with
@@ -21,14 +21,20 @@ import asyncio
 import contextlib
 import os
 import secrets
-import string
 import struct
 from collections.abc import Callable
 from typing import Any, cast
 
-import msgspec
 import zmq
 
+from localsync.channel.endpoint import (
+    CLIENT_ID_LENGTH,
+    CONTROL,
+    ID_ALPHABET,
+    ChannelEndpoint,
+    Receive,
+    new_client_id,
+)
 from localsync.channel.hub import (
     DEFAULT_HWM,
     HUB_HEARTBEAT_SECONDS,
@@ -40,7 +46,6 @@ from localsync.channel.hub import (
 )
 from localsync.channel.presence import Presence, is_alive, sweep
 from localsync.channel.runtime import ChannelPaths, channel_paths, validate_channel_name
-from localsync.core.collector import paused
 from localsync.errors import ChannelError
 
 __all__ = [
@@ -54,21 +59,9 @@ __all__ = [
 BROADCAST = b"*"
 ACK_TOPIC = b"A"
 CLIENT_PREFIX = b"C"
-CLIENT_ID_LENGTH = 16
-_ID_ALPHABET = string.ascii_letters + string.digits + "-_"
-_ID_SET = frozenset(_ID_ALPHABET)
-_ID_BYTES = _ID_ALPHABET.encode()
-_CONTROL = b"\x00"
+_ID_BYTES = ID_ALPHABET.encode()
 _PING = b"\x00P"
-_HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
-_HERE = b"\x00h"  # directed answer to a hello
-_BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
 _BEAT = b"\x00K"  # heartbeat to our own topic: the hub answers (see localsync.channel.hub)
-
-_BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
-
-#: how long the first exchange waits for a hello answer (see ChannelTransport.discover_peers)
-DISCOVERY_SECONDS = 0.25
 # destroy waits at most this long for the hub to hold what this process sent (see flush)
 FLUSH_ON_CLOSE_SECONDS = 3.0
 #: libzmq monitor events watched on a tcp participant's SUB socket while its path is proven,
@@ -81,9 +74,6 @@ _HANDSHAKE_EVENTS = int(
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-_FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
-
-Receive = Callable[[str, "str | None", int, Any], None]
 
 # plain ints: combining pyzmq's Flag enums costs more per message than the send itself
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -94,15 +84,6 @@ _POLLIN = int(zmq.POLLIN)
 # pyzmq's Socket.send is a Python wrapper (routing ids, groups) around the backend's; the
 # channel uses neither, and the wrapper's frame is on the path of every message sent
 _send = zmq.backend.Socket.send
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(tuple[str, str | None, int, Any])
-_ack_decoder = msgspec.msgpack.Decoder(tuple[str, int, int])
-
-
-def new_client_id() -> str:
-    """A random 16-character id (TinyBase's alphabet); fixed length keeps topics unambiguous."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(CLIENT_ID_LENGTH))
 
 
 def broadcast_topic(client_id: str) -> bytes:
@@ -125,7 +106,7 @@ def others_broadcast_prefixes(client_id: str) -> list[bytes]:
     ]
 
 
-class ChannelTransport:
+class ChannelTransport(ChannelEndpoint):
     """PUB/SUB plumbing for one participant: addressing, path proving, hub election.
 
     ``send`` and the receive callback run on the event loop thread that called :meth:`open`.
@@ -144,20 +125,13 @@ class ChannelTransport:
         hub_key: str | os.PathLike[str] | None = None,
         client_key: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.name = validate_channel_name(name)
         if not isinstance(hwm, int) or hwm < 0:
             raise ValueError(f"hwm must be a non-negative int, got {hwm!r}")
-        if client_id is None:
-            client_id = new_client_id()
-        if len(client_id) != CLIENT_ID_LENGTH or not set(client_id) <= _ID_SET:
-            raise ValueError(f"client_id must be {CLIENT_ID_LENGTH} characters of {_ID_ALPHABET!r}")
-        self.client_id = client_id
-        self._id_bytes = client_id.encode()
+        super().__init__(validate_channel_name(name), client_id, on_ignored_error)
         self._own_topic = CLIENT_PREFIX + self._id_bytes
-        self._broadcast_topic = broadcast_topic(client_id)
+        self._broadcast_topic = broadcast_topic(self.client_id)
         self._hwm = hwm
         self._connect_timeout = connect_timeout_seconds
-        self._on_ignored_error = on_ignored_error
         self.local_hub: LocalHub | None = None
         self._paths: ChannelPaths | None
         if hub is None:
@@ -180,22 +154,11 @@ class ChannelTransport:
             self._curve = (server, public, secret)
         elif client_key is not None:
             raise ValueError("client_key needs hub_key (the hub's public key)")
-        self._receive: Receive | None = None
         self._presence: Presence | None = None
-        #: called with a peer's client id when it says goodbye
-        self.on_peer_left: Callable[[str], None] | None = None
-        self._on_ack: Callable[[str, int, int], None] | None = None
         self._pub: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Future[None] | None = None
         self._ping_waiter: tuple[bytes, asyncio.Future[None]] | None = None
-        self._here_waiter: asyncio.Future[None] | None = None
-        # set by the synchronizer once its engine answers GetContentHashes: a hello answer
-        # promises that a request for content hashes will be answered
-        self.answers_hello = False
-        self.peers_answered = 0
-        self._closed = False
         # hub liveness (see localsync.channel.hub): heartbeat echoes heard, heartbeat turns without
         # hearing anything from the hub, the generation connected to
         self._generation = 0
@@ -206,31 +169,16 @@ class ChannelTransport:
         # tcp hubs: libzmq's monitor of the SUB socket while the path is proven
         self._handshakes: zmq.Socket | None = None
         self._handshake_events: dict[int, int] = {}
-        #: False while the hub has not answered for HUB_TIMEOUT_SECONDS (tcp hubs; a local
-        #: channel elects a new hub generation instead)
-        self.hub_answering = True
-        self.stats = {
-            "sent": 0,
-            "received": 0,
-            "ignored": 0,
-            "own_dropped": 0,
-            "hub_generation": 0,
-            "hub_failovers": 0,
-        }
-
-    # -- lifecycle ------------------------------------------------------------------------
+        # hub_answering: False while the hub has not answered for HUB_TIMEOUT_SECONDS (tcp
+        # hubs; a local channel elects a new hub generation instead)
+        self.stats.update(hub_generation=0, hub_failovers=0)
 
     @property
-    def is_open(self) -> bool:
-        return self._opening is not None and self._opening.done() and not self._closed
+    def has_presence(self) -> bool:  # type: ignore[override]
+        """Local channels: peers' liveness is read from their presence files."""
+        return self._paths is not None
 
-    async def open(self) -> None:
-        """Connect and prove the path; idempotent, concurrent callers share one attempt."""
-        if self._closed:
-            raise ChannelError("channel transport is closed")
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-        await asyncio.shield(self._opening)
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -516,9 +464,7 @@ class ChannelTransport:
             self._heartbeat.cancel()
             self._heartbeat = None
         if self._pub is not None and self._opening is not None and self._opening.done():
-            # peers waiting for our answers move on at once instead of timing out
-            with contextlib.suppress(Exception):
-                self._send_raw(self._broadcast_topic, _BYE + self._id_bytes)
+            self._say_goodbye()
         self._closed = True
         if self._sub is not None:
             if self._loop is not None and not self._loop.is_closed():
@@ -533,6 +479,7 @@ class ChannelTransport:
             self._presence.close()
         self._receive = None
         self.on_peer_left = None
+        self.on_reconnected = None
 
     def peer_alive(self, client_id: str) -> bool:
         """False only when ``client_id`` is known to be gone (local channels: its lock)."""
@@ -551,33 +498,18 @@ class ChannelTransport:
         _send(pub, topic, _MORE)  # (the backend's send: see _send)
         _send(pub, payload, _NOBLOCK)
 
-    def send(
-        self, to_client_id: str | None, request_id: str | None, message: int, body: Any
-    ) -> None:
-        """The ``send`` of create_custom_synchronizer."""
+    def _send_payload(self, to_client_id: str | None, payload: bytes) -> None:
         if to_client_id is None:
-            topic = self._broadcast_topic
-        elif isinstance(to_client_id, str) and len(to_client_id) == CLIENT_ID_LENGTH:
-            topic = CLIENT_PREFIX + to_client_id.encode()
+            self._send_raw(self._broadcast_topic, payload)
         else:
-            raise ValueError(f"not a channel client id: {to_client_id!r}")
-        payload = _encoder.encode((self.client_id, request_id, message, body))
-        self._send_raw(topic, payload)
-        self.stats["sent"] += 1
+            self._send_raw(CLIENT_PREFIX + to_client_id.encode(), payload)
 
-    def publish_ack(self, tables_hash: int, values_hash: int) -> None:
-        """Announce durably saved content hashes (used by the coordinator)."""
-        self._send_raw(ACK_TOPIC, _encoder.encode((self.client_id, tables_hash, values_hash)))
+    def _send_ack_payload(self, payload: bytes) -> None:
+        self._send_raw(ACK_TOPIC, payload)
 
     # -- receiving ------------------------------------------------------------------------
 
-    def register_receive(self, receive: Receive, *_extra: object) -> None:
-        """The ``register_receive`` of create_custom_synchronizer."""
-        self._receive = receive
-
-    def watch_acks(self, on_ack: Callable[[str, int, int], None]) -> None:
-        """Also receive coordinator acknowledgements: ``on_ack(from_id, tables, values)``."""
-        self._on_ack = on_ack
+    def _subscribe_acks(self) -> None:
         if self._sub is not None and not self._closed:
             self._sub.setsockopt(zmq.SUBSCRIBE, ACK_TOPIC)
             if self._loop is not None:
@@ -623,90 +555,25 @@ class ChannelTransport:
                 self._loop.call_soon(self._on_readable)
                 return
 
-    def _ignore(self, error: Exception) -> None:
-        self.stats["ignored"] += 1
-        if self._on_ignored_error is not None:
-            with contextlib.suppress(Exception):
-                self._on_ignored_error(error)
-
-    def _control(self, topic: bytes, payload: bytes) -> None:
-        kind = payload[:2]
-        if kind == _PING:
-            waiter = self._ping_waiter
-            if (
-                topic == self._own_topic
-                and waiter is not None
-                and payload == _PING + waiter[0]
-                and not waiter[1].done()
-            ):
-                waiter[1].set_result(None)
-        elif kind == _HELLO and topic[:1] == BROADCAST:
-            asker = payload[2:]
-            if self.answers_hello and asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
-                self._send_raw(CLIENT_PREFIX + asker, _HERE)
-        elif kind == _BYE and topic[:1] == BROADCAST:
-            leaver = payload[2:]
-            if leaver != self._id_bytes and len(leaver) == CLIENT_ID_LENGTH:
-                on_peer_left = self.on_peer_left
-                if on_peer_left is not None:
-                    on_peer_left(leaver.decode("ascii", "replace"))
-        elif kind == _BEAT and topic == self._own_topic:
-            self._beats_heard += 1
-        elif kind == _HERE and topic == self._own_topic:
-            self.peers_answered += 1
-            if self._here_waiter is not None and not self._here_waiter.done():
-                self._here_waiter.set_result(None)
-
-    async def discover_peers(self, timeout: float = DISCOVERY_SECONDS) -> bool:
-        """True if another syncing participant answers a hello within ``timeout`` seconds.
-
-        Answered by the peers' transports (only once their engine answers GetContentHashes),
-        not by their engines, so it is cheap; a peer whose event loop is busy for longer than
-        ``timeout`` counts as absent.
-        """
-        await self.open()
-        assert self._loop is not None
-        self._here_waiter = self._loop.create_future()
-        try:
-            self._send_raw(self._broadcast_topic, _HELLO + self._id_bytes)
-            await asyncio.wait_for(asyncio.shield(self._here_waiter), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._here_waiter = None
-
     def _dispatch(self, topic: bytes, payload: bytes) -> None:
-        if payload[:1] == _CONTROL:
-            self._control(topic, payload)
+        if payload[:1] == CONTROL:
+            kind = payload[:2]
+            if kind == _PING:
+                waiter = self._ping_waiter
+                if (
+                    topic == self._own_topic
+                    and waiter is not None
+                    and payload == _PING + waiter[0]
+                    and not waiter[1].done()
+                ):
+                    waiter[1].set_result(None)
+            elif kind == _BEAT:
+                if topic == self._own_topic:
+                    self._beats_heard += 1
+            else:
+                self._on_control(payload, topic == self._own_topic, topic[:1] == BROADCAST)
             return
         if topic == ACK_TOPIC:
-            if self._on_ack is not None:
-                try:
-                    from_id, tables_hash, values_hash = _ack_decoder.decode(payload)
-                except msgspec.DecodeError as error:
-                    self._ignore(ValueError(f"invalid acknowledgement: {error}"))
-                    return
-                self._on_ack(from_id, tables_hash, values_hash)
+            self._on_ack_payload(payload)
             return
-        if payload[2:18] == self._id_bytes and payload[:2] == _FROM_HEADER:
-            self.stats["own_dropped"] += 1
-            return
-        if len(payload) >= _BIG_MESSAGE:
-            # a joiner's diff: decode, check and merge it without the cyclic collector
-            # rescanning the decoded temporaries (see localsync.core.collector.paused)
-            with paused:
-                self._decode_and_receive(payload)
-            return
-        self._decode_and_receive(payload)
-
-    def _decode_and_receive(self, payload: bytes) -> None:
-        try:
-            from_id, request_id, message, body = _decoder.decode(payload)
-        except msgspec.DecodeError as error:
-            self._ignore(ValueError(f"invalid channel message: {error}"))
-            return
-        self.stats["received"] += 1
-        receive = self._receive
-        if receive is not None:
-            receive(from_id, request_id, message, body)
+        self._on_data(payload)

@@ -15,8 +15,8 @@ from localsync.channel.coordinator import (
     is_postgres_url,
     owner_file,
 )
-from localsync.channel.hub import tcp_endpoints
 from localsync.channel.runtime import RuntimeDirError, validate_channel_name
+from localsync.channel.synchronizer import check_hub
 from localsync.errors import ChannelError, ChannelTakenError, PersistError, UsageError
 
 
@@ -30,7 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder for the data file, or a postgresql:// URL (table tinybase_CHANNEL)",
     )
     parser.add_argument("--persister", choices=PERSISTERS, default="sqlite")
-    parser.add_argument("--hub", metavar="tcp://HOST:PORT", help="external hub (default: local)")
+    parser.add_argument(
+        "--hub",
+        metavar="tcp://HOST:PORT|nats://HOST:PORT[,...]",
+        help="external hub, or NATS servers (comma-separated: nodes of a cluster); "
+        "default: a local channel",
+    )
     parser.add_argument("--runtime-dir", help="private runtime folder (default: see docs)")
     parser.add_argument(
         "--owner-wait",
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--channel: {error}") from None
     if args.hub is not None:
         try:
-            tcp_endpoints(args.hub)
+            check_hub(args.hub)
         except ValueError as error:
             raise UsageError(f"--hub: {error}") from None
     if is_postgres_url(args.data):

@@ -33,6 +33,13 @@ for a shared socket's subscription): ``--max-rooms`` rooms open at once (default
 1,000; behind a reverse proxy every client has the proxy's address, so raise or disable it with
 0); a shared socket joins at most 100 rooms (TinyBase's channel limit).
 
+``--backplane nats://HOST:4222`` (or ``tcp://HOST:PORT`` for a ``localsync hub``, or
+``local`` for this machine's channels) shares every room with the other ``localsync serve``
+instances on the same backplane (:mod:`localsync.ws.backplane`): each instance keeps its own
+copy of a room in its own ``--data`` (or none with ``--no-persist``), and the copies converge
+while the instances serve the room together. A hub that does not answer at start is one line
+``localsync serve: error: --backplane ...`` (exit 2).
+
 Logs each connection and, every ``--summary-seconds``, a one-line summary; exits cleanly
 (closing connections and saving every room) on SIGINT or SIGTERM.
 """
@@ -54,7 +61,9 @@ from pathlib import Path
 from typing import Any
 
 from localsync.channel.coordinator import check_postgres, is_postgres_url, postgres_table_name
+from localsync.errors import ChannelError
 from localsync.sync import event_loop
+from localsync.ws.backplane import create_backplane
 from localsync.ws.server import WsServer, create_ws_server, is_valid_path_id, path_file_name
 
 __all__ = [
@@ -268,6 +277,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="log a one-line summary (rooms, clients, messages) this often",
     )
+    parser.add_argument(
+        "--backplane",
+        default=None,
+        help="share the rooms with other instances: nats://HOST:PORT, tcp://HOST:PORT "
+        "(a localsync hub) or 'local' (this machine)",
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
@@ -279,6 +294,7 @@ def _summary(server: WsServer) -> str:
         f"out={s['messages_sent']} connections={s['connections']} rejected={s['rejected']} "
         f"invalid={s['invalid']} overflows={s['overflows']} "
         f"rooms_refused={s['rooms_refused']} rooms_discarded={s['rooms_discarded']}"
+        + "".join(f" {key}={value}" for key, value in s.items() if key.startswith("backplane"))
     )
 
 
@@ -304,6 +320,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         max_rooms_per_address=args.max_rooms_per_address or None,
         discard_empty_path=discard,
         on_ignored_error=lambda error: logger.info("ignored: %s", error),
+        backplane=args.backplane,
     )
     if factory is None:
         where = ""
@@ -313,6 +330,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         where = f" (data in {describe_conninfo(args.data)}, postgresql)"
     else:
         where = f" (data in {Path(args.data).resolve()}, {args.persister})"
+    if args.backplane is not None:
+        where += f" (backplane {args.backplane})"
     print(f"localsync serve: listening on {server.url}{where}", flush=True)
     try:
         while not stop.is_set():
@@ -351,8 +370,15 @@ def run(args: argparse.Namespace) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if args.backplane is not None:
+        try:
+            create_backplane(args.backplane)
+        except ValueError as error:
+            raise UsageError(f"--backplane: {error}") from None
     try:
         return event_loop.run(serve(args))
+    except ChannelError as error:
+        raise UsageError(f"--backplane {args.backplane}: {error}") from None
     except socket.gaierror as error:
         raise UsageError(f"cannot resolve --host {args.host}: {error.strerror}") from None
     except OSError as error:

@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 from websockets.http11 import Request
 
+from localsync.ws.backplane import Backplane, create_backplane
 from localsync.ws.handshake import offered_subprotocols
 from localsync.ws.http import HttpReply, find_route
 from localsync.ws.multiplex import MAX_CHANNELS, SUBPROTOCOL
@@ -178,7 +179,9 @@ class AsgiApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
-        """A lifespan for the host app (``FastAPI(lifespan=sync.lifespan)``): closes on exit."""
+        """A lifespan for the host app (``FastAPI(lifespan=sync.lifespan)``): checks the
+        backplane on entry (:class:`~localsync.errors.ChannelError`), closes on exit."""
+        await self.server.check_backplane()
         try:
             yield
         finally:
@@ -192,6 +195,11 @@ class AsgiApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    await self.server.check_backplane()
+                except Exception as error:
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -273,10 +281,11 @@ def create_asgi_app(
     max_rooms_per_address: int | None = None,
     max_rooms_per_socket: int = MAX_CHANNELS,
     discard_empty_path: DiscardEmptyPath | None = None,
+    backplane: str | Backplane | None = None,
 ) -> AsgiApp:
     """A TinyBase-compatible sync server as an ASGI app; the options are
     :func:`~localsync.ws.server.create_ws_server`'s (without host and port, which belong to
-    the ASGI server)."""
+    the ASGI server); the backplane is checked at the lifespan's startup."""
     settings = ServerSettings(
         on_ignored_error=on_ignored_error,
         request_timeout_seconds=request_timeout_seconds,
@@ -289,5 +298,6 @@ def create_asgi_app(
         max_rooms_per_address=max_rooms_per_address,
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
+        backplane=create_backplane(backplane),
     )
     return AsgiApp(WsServer("", 0, create_persister, settings))

@@ -24,6 +24,8 @@ per path can take part as client ``"S"``. On top of TinyBase's behaviour:
 * **Shared sockets**: a client offering the ``tinybase`` subprotocol (TinyBase 9.3+) gets
   it; each of its channels joins the room ``<path>/<channel id>``
   (:mod:`localsync.ws.multiplex`).
+* **Backplane**: ``backplane="nats://..."`` shares every room with other instances through a
+  channel per room; each instance persists its own copy (:mod:`localsync.ws.backplane`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from websockets.http11 import Request, Response
 
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
+from localsync.ws.backplane import Backplane, create_backplane
 from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
@@ -121,6 +124,7 @@ class ServerSettings:
     max_rooms_per_address: int | None = None
     max_rooms_per_socket: int = MAX_CHANNELS
     discard_empty_path: DiscardEmptyPath | None = None
+    backplane: Backplane | None = None
 
 
 class WsServer:
@@ -137,6 +141,11 @@ class WsServer:
     ) -> None:
         self._host = host
         self._requested_port = port
+        # (the empty path has no file name: allowed only without the caller's persistence)
+        self._persisted = create_persister is not None
+        self._backplane = settings.backplane
+        if self._backplane is not None:  # (every room gets a store, to put on its channel)
+            create_persister = self._backplane.persisters(create_persister)
         self._create_persister = create_persister
         self._on_ignored_error = settings.on_ignored_error
         self._timeout = settings.request_timeout_seconds
@@ -178,6 +187,7 @@ class WsServer:
     # ----------------------------------------------------------------------------- start
 
     async def _start(self) -> None:
+        await self.check_backplane()
         self._server = await serve(
             self._handle,
             self._host,
@@ -209,6 +219,15 @@ class WsServer:
     def get_web_socket_server(self) -> Server | None:
         return self._server
 
+    @property
+    def backplane(self) -> Backplane | None:
+        return self._backplane
+
+    async def check_backplane(self) -> None:
+        """:class:`~localsync.errors.ChannelError` (in bounded time) unless the hub answers."""
+        if self._backplane is not None:
+            await self._backplane.check()
+
     # ---------------------------------------------------------------------- public API
 
     def get_path_ids(self) -> list[str]:
@@ -238,11 +257,13 @@ class WsServer:
         empty rooms whose files ``discard_empty_path`` deleted.
         """
         paths = sum(1 for path in self._paths.values() if path.clients)
+        backplane = self._backplane.get_stats() if self._backplane is not None else {}
         return {
             "paths": paths,
             "clients": self._client_count(),
             "rooms": len(self._paths),
             **self._stats,
+            **backplane,
         }
 
     def get_persister_stats(self) -> dict[str, dict[str, float]]:
@@ -374,7 +395,7 @@ class WsServer:
         shared = SUBPROTOCOL in offered_subprotocols(request)
         # (a shared socket's own path is only a prefix: its rooms are path/channel)
         if path_id is None or not is_valid_path_id(
-            path_id, allow_empty=shared or self._create_persister is None
+            path_id, allow_empty=shared or not self._persisted
         ):
             return HTTPStatus.BAD_REQUEST, "invalid path id"
         if not is_upgrade(request):
@@ -760,6 +781,8 @@ class WsServer:
                 )
                 await persister.start_auto_load()
                 await persister.start_auto_save()
+                if self._backplane is not None:  # (before the clients' changes: see attach)
+                    await self._backplane.attach(path.id, store)
                 syncing = asyncio.ensure_future(path.synchronizer.start_sync())
                 # messages held back while the store loaded go in as soon as the synchronizer
                 # accepts them: before its own first pull completes, which waits for clients
@@ -801,6 +824,11 @@ class WsServer:
             if synchronizer is not None:
                 try:  # first: it fails what it still waits for (nobody is left to answer)
                     await synchronizer.destroy()
+                except Exception as exc:
+                    self._report(exc)
+            if self._backplane is not None:
+                try:  # (the other instances get what the store still had first)
+                    await self._backplane.detach(path.id)
                 except Exception as exc:
                     self._report(exc)
             if persister is not None:
@@ -937,6 +965,7 @@ async def create_ws_server(
     max_rooms_per_address: int | None = None,
     max_rooms_per_socket: int = MAX_CHANNELS,
     discard_empty_path: DiscardEmptyPath | None = None,
+    backplane: str | Backplane | None = None,
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
@@ -944,6 +973,9 @@ async def create_ws_server(
     one, or None for a relay-only path). ``discard_empty_path(path_id)`` (may be a coroutine)
     is called after a room whose store holds no data at all was stopped, so that the caller
     can delete what its persister left on disk; it returns True when it deleted something.
+    ``backplane`` (``"nats://..."``, ``"tcp://..."``, ``"local"`` or a
+    :class:`~localsync.ws.backplane.Backplane`) shares the rooms with other instances; a hub
+    that does not answer raises :class:`~localsync.errors.ChannelError` here.
     See the module docstring for path ids, auth, room limits and back-pressure.
     """
     settings = ServerSettings(
@@ -958,6 +990,7 @@ async def create_ws_server(
         max_rooms_per_address=max_rooms_per_address,
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
+        backplane=create_backplane(backplane),
     )
     server = WsServer(host, port, create_persister, settings)
     await server._start()

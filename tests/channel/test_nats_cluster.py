@@ -1,0 +1,165 @@
+"""The channel over a real 3-node NATS cluster: processes on different nodes, a node killed
+(SIGKILL) mid-stream and restarted, a late joiner, the coordinator and workers on NATS."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.channel.test_channel_sync import contents, converge
+from tests.channel.test_coordinator import CoordinatorProc, acknowledge, eventually_holds
+from tests.channel_procs import Proc
+from tests.nats_cluster import NatsCluster, monitor
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+
+ROWS = 600
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    with NatsCluster(tmp_path, nodes=3) as nodes:
+        yield nodes
+
+
+def joined(url: str, channel: str) -> Proc:
+    """A sync process on ``channel`` through the node at ``url`` (others found by discovery)."""
+    proc = Proc("sync", "--channel", channel, "--hub", url)
+    proc.expect("ready", 30)
+    return proc
+
+
+def test_a_node_killed_mid_stream_loses_nothing(
+    cluster: NatsCluster, record_property: Callable[[str, object], None]
+) -> None:
+    procs = [joined(url, "killed-node") for url in cluster.urls]
+    try:
+        # each process is connected to its own node
+        for node in cluster.nodes:
+            connections = monitor(node.monitor_port, "connz")["num_connections"]
+            assert connections == 1, (node.name, connections)
+        writer = procs[0]
+        procs[1].send(cmd="set", cells=[["t", "from1", "c", 1]])
+        procs[2].send(cmd="set", cells=[["t", "from2", "c", 2]])
+        converge(procs)
+
+        # the writer's node dies while it writes (one message per cell), then comes back;
+        # then a reader's node, while the writer writes another table
+        tables: list[dict] = []
+        for killed, table in ((0, "w"), (2, "w2")):
+            writer.send(cmd="write_loop", table=table, count=ROWS, pause=0.002)
+            writer.expect("writing", 10)
+            time.sleep(0.5)
+            cluster.kill(killed)
+            killed_at = time.monotonic()
+            time.sleep(0.5)
+            cluster.restart(killed)
+            writer.expect("written", 60)
+            written_at = time.monotonic()
+            converge(procs, 60)
+            converged_at = time.monotonic()
+            tables = [content[0] for content in contents(procs)]
+            lost = [ROWS - len(t.get(table, {})) for t in tables]
+            print(
+                f"\nNATS node {killed} killed: converged {converged_at - killed_at:.2f} s after "
+                f"the kill, {converged_at - written_at:.2f} s after the last write; "
+                f"rows lost: {lost}"
+            )
+            record_property(
+                f"node{killed}_converge_after_kill_s", round(converged_at - killed_at, 3)
+            )
+            record_property(f"node{killed}_rows_lost", lost)
+            assert lost == [0, 0, 0]
+            assert all(t == tables[0] for t in tables)
+            assert all(tables[0][table][f"r{i}"]["c"] == i for i in range(ROWS))
+        assert tables[0]["t"] == {"from1": {"c": 1}, "from2": {"c": 2}}
+        # the writer and the reader on the killed nodes moved to another node and back
+        for proc in (writer, procs[2]):
+            stats = proc.ask("stats", "stats")["channel"]
+            assert stats["reconnects"] >= 1 and stats["disconnects"] >= 1, stats
+
+        # a process that joins late, on the restarted node, gets everything
+        late = joined(cluster.urls[0], "killed-node")
+        procs.append(late)
+        converge(procs, 30)
+        assert contents([late])[0][0] == tables[0]
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+def test_coordinator_on_nats_persists_and_a_fresh_run_reloads(
+    cluster: NatsCluster, rundir: Path
+) -> None:
+    data = rundir / "data"
+    hub = ",".join(cluster.urls)
+    coordinator = CoordinatorProc(rundir, data, "persisted", "sqlite", "--hub", hub)
+    procs: list[Proc] = []
+    try:
+        assert coordinator.ready["channel"] == "persisted"
+        a = joined(cluster.urls[1], "persisted")
+        procs.append(a)
+        a.send(cmd="set", cells=[["t", "a", "n", 1], ["t", "a", "o", {"x": [1]}]])
+        a.send(cmd="write_loop", table="many", count=300)
+        a.expect("written", 30)
+        acked = acknowledge(a)
+        assert len(acked[0]["many"]) == 300
+        assert a.close() == 0
+        assert coordinator.terminate() == 0  # SIGTERM: final save, exit 0
+        assert Path(coordinator.ready["data"]).exists()
+
+        # nobody on the channel; a fresh coordinator reloads, a late process gets it all
+        coordinator = CoordinatorProc(rundir, data, "persisted", "sqlite", "--hub", hub)
+        late = joined(cluster.urls[2], "persisted")
+        procs.append(late)
+        eventually_holds(late, acked)
+    finally:
+        for proc in procs:
+            proc.kill()
+        coordinator.kill()
+
+
+def test_coordinator_rejects_a_malformed_nats_hub(rundir: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.channel_procs import ROOT
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "localsync.cli", "coordinator", "--channel", "c"),
+            *("--data", str(rundir / "d"), "--hub", "nats://a:1,http://b:2"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--hub" in result.stderr and "NATS" in result.stderr
+
+
+def test_workers_on_a_nats_cluster_converge(cluster: NatsCluster) -> None:
+    from tests.workers.test_workers_channel import write_and_read_everyone
+    from workers import WorkerPool
+
+    rows = 30
+    hub = ",".join(cluster.urls)  # (nats-py picks a node at random for each worker)
+    with WorkerPool(
+        write_and_read_everyone,
+        3,
+        channel="nats-workers",
+        args=(rows, 30.0),
+        channel_options={"hub": hub},
+    ) as pool:
+        assert pool.join(60)
+    assert pool.errors == [], "\n".join(map(str, pool.errors))
+    results = pool.results
+    assert [r["rows"] for r in results] == [3 * rows] * 3
+    assert all(r["others"] == [0, 1, 2] for r in results)
+    assert len({json.dumps(r["hashes"]) for r in results}) == 1
+    assert all(r["content"] == results[0]["content"] for r in results)
