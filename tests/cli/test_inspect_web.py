@@ -1,0 +1,170 @@
+"""``localsync inspect --web CHANNEL`` as a real process: it joins the channel, serves the
+inspector page following the channel's store, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from localsync import create_mergeable_store
+from localsync.channel.synchronizer import create_channel_synchronizer
+from tests.helpers import eventually, run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(runtime: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCALSYNC_RUNTIME_DIR": str(runtime)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localsync.cli", "inspect", "--web", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"http://\S+", line)
+    if found is None:
+        proc.kill()
+        raise AssertionError(f"no URL printed: {line!r} {proc.communicate()}")
+    return proc, found.group(0)
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_channel_page_follows_the_channel_and_edits_reach_it(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    store = create_mergeable_store()
+    store.set_cell("pets", "fido", "species", "dog")
+
+    async def scenario(url: str) -> None:
+        async with create_channel_synchronizer(store, "pets", runtime_dir=runtime) as sync:
+            await sync.start_sync()
+            assert await asyncio.to_thread(_status, url) == 200
+            socket_url = url.replace("http://", "ws://").replace("/_inspect/", "/_inspect/socket")
+            messages: list[dict[str, Any]] = []
+            async with connect(socket_url, open_timeout=10) as ws:
+
+                async def read() -> None:
+                    async for data in ws:
+                        messages.append(json.loads(data))
+
+                reader = asyncio.ensure_future(read())
+                await eventually(lambda: any(m["type"] == "rooms" for m in messages), 15)
+                assert messages[0]["mode"] == "store"
+                rooms = next(m for m in messages if m["type"] == "rooms")["rooms"]
+                assert [r["id"] for r in rooms] == ["pets"]
+                await ws.send(json.dumps({"type": "watch", "room": "pets"}))
+
+                def snapshot() -> dict[str, Any] | None:
+                    return next((m for m in messages if m["type"] == "snapshot"), None)
+
+                # the channel's data reaches the page's store (it joined before the write
+                # above was synchronized, or pulled it)
+                async def synced() -> None:
+                    while True:
+                        snap = snapshot()
+                        changes = [
+                            c for m in messages if m["type"] == "changes" for c in m["cells"]
+                        ]
+                        if snap is not None and (
+                            snap["tables"].get("pets", {}).get("fido", {}).get("species") == "dog"
+                            or ["pets", "fido", "species", "dog"] in changes
+                        ):
+                            return
+                        await asyncio.sleep(0.02)
+
+                await asyncio.wait_for(synced(), 30)
+                store.set_cell("pets", "rex", "species", "cat")
+                await eventually(
+                    lambda: (
+                        ["pets", "rex", "species", "cat"]
+                        in [c for m in messages if m["type"] == "changes" for c in m["cells"]]
+                    ),
+                    30,
+                )
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "set_cell",
+                            "table": "pets",
+                            "row": "rex",
+                            "cell": "legs",
+                            "value": 4,
+                        }
+                    )
+                )
+                await eventually(lambda: store.get_cell("pets", "rex", "legs") == 4, 30)
+                stats = [m["stats"] for m in messages if m["type"] == "stats"]
+                assert stats and "sends" in stats[-1]
+                reader.cancel()
+            # the page's server serves the page only, not rooms
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(
+                    url.split("/_inspect/")[0].replace("http", "ws") + "/room", open_timeout=10
+                )
+            assert refused.value.response.status_code == 403
+
+    proc, url = _start(runtime, "pets", "--port", "0")
+    try:
+        assert url.endswith("/_inspect/")
+        run(scenario(url), timeout=120)
+    finally:
+        code, out, err = _stop(proc)
+    assert code == 0, err
+    assert "stopped" in out
+
+
+def test_channel_page_with_a_token(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proc, url = _start(runtime, "tok", "--token", "a b")
+    try:
+        assert url.endswith("/_inspect/?token=a%20b")
+        assert _status(url) == 200
+        assert _status(url.split("?")[0]) == 401
+    finally:
+        code, _out, err = _stop(proc)
+    assert code == 0, err
+
+
+def test_bad_channel_name_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "localsync.cli", "inspect", "--web", ""],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "LOCALSYNC_RUNTIME_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "localsync inspect: error: channel:" in result.stderr
