@@ -306,3 +306,49 @@ def test_store_source_follows_one_store() -> None:
             await server.destroy()
 
     run(scenario())
+
+
+def test_inspector_through_the_asgi_app_mounted_in_fastapi() -> None:
+    fastapi = pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    from localsync.ws.asgi import create_asgi_app
+
+    async def scenario() -> None:
+        sync = create_asgi_app()
+        inspector = Inspector(RoomsSource(sync.server))
+        sync.server.add_route(inspector.route())
+        app = fastapi.FastAPI(lifespan=sync.lifespan)
+        app.mount("/sync", sync)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        web = uvicorn.Server(config)
+        serving = asyncio.ensure_future(web.serve())
+        try:
+            await eventually(lambda: web.started, timeout=30)
+            port = web.servers[0].sockets[0].getsockname()[1]
+            status, _, body = await asyncio.to_thread(
+                _get, f"http://127.0.0.1:{port}/sync/_inspect/"
+            )
+            assert status == 200 and b"localsync inspector" in body
+            store = create_mergeable_store()
+            synchronizer = await create_ws_synchronizer(store, f"ws://127.0.0.1:{port}/sync/cafe")
+            await synchronizer.start_sync()
+            store.set_cell("menu", "tea", "price", 2.5)
+            ws = await connect(f"ws://127.0.0.1:{port}/sync/_inspect/socket", open_timeout=10)
+            page = Page(ws)
+            await page.wait(lambda: any(r["rooms"] for r in page.of("rooms")))
+            assert page.of("rooms")[-1]["rooms"][0]["id"] == "cafe"
+            await page.send({"type": "watch", "room": "cafe"})
+            await page.wait(lambda: bool(page.of("snapshot")))
+            assert page.of("snapshot")[0]["tables"] == {"menu": {"tea": {"price": 2.5}}}
+            await page.send(
+                {"type": "set_cell", "table": "menu", "row": "tea", "cell": "price", "value": 3}
+            )
+            await eventually(lambda: store.get_cell("menu", "tea", "price") == 3, timeout=15)
+            await page.close()
+            await synchronizer.destroy()
+        finally:
+            await inspector.close()
+            web.should_exit = True
+            await asyncio.wait_for(serving, 30)
+
+    run(scenario())
