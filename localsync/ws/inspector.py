@@ -240,7 +240,7 @@ class Inspector:
         self._sessions: set[_Session] = set()
         self._rooms: dict[str, _Room] = {}
         self._last_change: dict[str, float] = {}
-        self._stats = {"pages": 0, "page_messages": 0, "ignored": 0, "edits": 0}
+        self._stats = {"page_messages": 0, "ignored": 0, "edits": 0}
         self._rooms_pending = False
         self._unwatch: Callable[[], None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -254,7 +254,7 @@ class Inspector:
     def get_stats(self) -> dict[str, int]:
         """``pages`` (open now), ``page_messages`` (received), ``ignored`` (bad messages) and
         ``edits`` (writes made for pages)."""
-        return {**self._stats, "pages": len(self._sessions)}
+        return {"pages": len(self._sessions), **self._stats}
 
     async def close(self) -> None:
         """Close every page and stop following every room."""
@@ -264,6 +264,7 @@ class Inspector:
         for room, state in list(self._rooms.items()):
             state.sessions.clear()
             await self._release(room)
+        self._stop()
 
     # ----------------------------------------------------------------------------- HTTP
 

@@ -77,6 +77,15 @@ def _cell_texts(browser: Any, table: str, row: str) -> list[str] | None:
     return [i.get_attribute("value") for i in rows[0].find_elements(By.TAG_NAME, "input")]
 
 
+def _type_into(browser: Any, table: str, row: str, cell: str, text: str) -> None:
+    """Type ``text`` over a cell's field in the page and press Enter, as a user would."""
+    selector = _row_selector(table, row) + f' td[data-cell="{cell}"] input'
+    field = browser.find_element(By.CSS_SELECTOR, selector)
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(text, Keys.ENTER)
+
+
 def test_page_shows_writes_live_and_edits_sync(driver: Any, tmp_path: Path) -> None:
     async def scenario() -> None:
         server = await create_ws_server(port=0, token=TOKEN)
@@ -123,23 +132,9 @@ def test_page_shows_writes_live_and_edits_sync(driver: Any, tmp_path: Path) -> N
             assert latency is not None, f"row not shown within {SHOW_WITHIN_SECONDS} s"
 
             # a cell typed into the page (Enter) reaches the Python client, with its type
-            field = await asyncio.to_thread(
-                driver.find_element,
-                By.CSS_SELECTOR,
-                _row_selector("pets", "nemo") + ' td[data-cell="legs"] input',
-            )
-            await asyncio.to_thread(field.click)
-            await asyncio.to_thread(field.send_keys, Keys.CONTROL, "a")
-            await asyncio.to_thread(field.send_keys, "2", Keys.ENTER)
+            await asyncio.to_thread(_type_into, driver, "pets", "nemo", "legs", "2")
             await eventually(lambda: store.get_cell("pets", "nemo", "legs") == 2, timeout=15)
-            name = await asyncio.to_thread(
-                driver.find_element,
-                By.CSS_SELECTOR,
-                _row_selector("pets", "felix") + ' td[data-cell="name"] input',
-            )
-            await asyncio.to_thread(name.click)
-            await asyncio.to_thread(name.send_keys, Keys.CONTROL, "a")
-            await asyncio.to_thread(name.send_keys, "Felix the cat", Keys.ENTER)
+            await asyncio.to_thread(_type_into, driver, "pets", "felix", "name", "Felix the cat")
             await eventually(
                 lambda: store.get_cell("pets", "felix", "name") == "Felix the cat", timeout=15
             )

@@ -349,22 +349,20 @@
 
   // -------------------------------------------------------------------------- forms
 
-  $("cell-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target.elements;
-    const value = parse(form.value.value, form.kind.value);
-    if (value === undefined) return showError("not a " + form.kind.value + ": " + form.value.value);
-    showError("");
-    send({ type: "set_cell", table: form.table.value, row: form.row.value, cell: form.cell.value, value });
-  });
-  $("value-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const form = event.target.elements;
-    const value = parse(form.value.value, form.kind.value);
-    if (value === undefined) return showError("not a " + form.kind.value + ": " + form.value.value);
-    showError("");
-    send({ type: "set_value", id: form.id.value, value });
-  });
+  // a form's submit sends `message(fields)` with its typed value added
+  function onSubmit(formId, message) {
+    $(formId).addEventListener("submit", (event) => {
+      event.preventDefault();
+      const form = event.target.elements;
+      const value = parse(form.value.value, form.kind.value);
+      if (value === undefined) return showError("not a " + form.kind.value + ": " + form.value.value);
+      showError("");
+      send({ ...message(form), value });
+    });
+  }
+  onSubmit("cell-form", (form) =>
+    ({ type: "set_cell", table: form.table.value, row: form.row.value, cell: form.cell.value }));
+  onSubmit("value-form", (form) => ({ type: "set_value", id: form.id.value }));
 
   connect();
 })();
