@@ -99,13 +99,25 @@ def test_page_shows_writes_live_and_edits_sync(driver: Any, tmp_path: Path) -> N
             store.set_row("pets", "felix", {"species": "cat", "name": "Felix", "legs": 4})
             store.set_row("orders", "o-1", {"pet": "fido", "qty": 2, "paid": True})
             store.set_values({"open": True, "motto": "<b>not bold</b>"})
-            url = f"http://127.0.0.1:{server.port}/_inspect/?token={TOKEN}#room=shop"
+            url = f"http://127.0.0.1:{server.port}/_inspect/?token={TOKEN}"
             await asyncio.to_thread(driver.get, url)
 
-            # the page is live: the snapshot is shown (no time limit on the first load)
+            # the room is listed with its one client (not the inspector's follower): click it
+            deadline = time.monotonic() + 30
+            listed: list[Any] = []
+            while not listed:
+                assert time.monotonic() < deadline, "the room was never listed"
+                await asyncio.sleep(0.05)
+                listed = await asyncio.to_thread(
+                    driver.find_elements, By.CSS_SELECTOR, '#rooms li[data-room="shop"]'
+                )
+            assert "1 client" in await asyncio.to_thread(lambda: listed[0].text)
+            await asyncio.to_thread(listed[0].click)
+
             async def shown(table: str, row: str) -> list[str] | None:
                 return await asyncio.to_thread(_cell_texts, driver, table, row)
 
+            # the page is live: the snapshot is shown (no time limit on the first load)
             deadline = time.monotonic() + 30
             while await shown("pets", "felix") is None:
                 assert time.monotonic() < deadline, "the snapshot never showed"

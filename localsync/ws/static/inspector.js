@@ -286,24 +286,28 @@
       autoSelect = message.mode === "store";
     },
     rooms(message) {
+      // each room keeps its <li> (updated in place), so a click never lands on a stale one
       const list = $("rooms");
-      list.replaceChildren();
+      const old = new Map([...list.children].map((li) => [li.dataset.room, li]));
       for (const room of message.rooms) {
-        const li = el("li");
-        li.dataset.room = room.id;
-        if (room.id === selected) li.classList.add("selected");
+        let li = old.get(room.id);
+        old.delete(room.id);
+        if (!li) {
+          li = el("li");
+          li.dataset.room = room.id;
+          li.append(el("div", "room-id", room.id === "" ? "(empty path)" : room.id),
+            el("div", "meta"), el("ul", "clients"));
+          li.addEventListener("click", () => select(room.id));
+        }
+        li.classList.toggle("selected", room.id === selected);
         const n = room.clients.length;
         const changed = room.last_change ? new Date(room.last_change).toLocaleTimeString() : "-";
-        li.append(
-          el("div", "room-id", room.id === "" ? "(empty path)" : room.id),
-          el("div", "meta", n + (n === 1 ? " client" : " clients") + " · last change " + changed),
-        );
-        const clients = el("ul", "clients");
-        for (const id of room.clients) clients.append(el("li", null, id));
-        if (n) li.append(clients);
-        li.addEventListener("click", () => select(room.id));
-        list.append(li);
+        li.children[1].textContent =
+          n + (n === 1 ? " client" : " clients") + " · last change " + changed;
+        li.children[2].replaceChildren(...room.clients.map((id) => el("li", null, id)));
+        list.append(li); // (in the server's order)
       }
+      for (const li of old.values()) li.remove();
       $("no-rooms").hidden = message.rooms.length > 0;
       if (selected === null && autoSelect && message.rooms.length) selected = message.rooms[0].id;
       if (selected !== null && $("room").hidden && message.rooms.some((r) => r.id === selected)) {
