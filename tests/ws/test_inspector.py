@@ -294,6 +294,11 @@ def test_store_source_follows_one_store() -> None:
             assert page.of("snapshot")[0]["tables"] == {"t": {"r": {"c": "x"}}}
             store.set_cell("t", "r", "c", "y")
             await page.wait(lambda: ["t", "r", "c", "y"] in cells_of(page))
+            # a write on another thread (a worker's) reaches the page through the loop
+            await asyncio.to_thread(store.set_value, "from_thread", 1)
+            await page.wait(
+                lambda: [["from_thread", 1]] in [m["values"] for m in page.of("changes")]
+            )
             await page.send(
                 {"type": "set_cell", "table": "t", "row": "r2", "cell": "c", "value": 2}
             )
@@ -350,5 +355,55 @@ def test_inspector_through_the_asgi_app_mounted_in_fastapi() -> None:
             await inspector.close()
             web.should_exit = True
             await asyncio.wait_for(serving, 30)
+
+    run(scenario())
+
+
+def view_of(page: Page, room: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The tables a page shows for ``room``: its last snapshot with the changes after it."""
+    tables: dict[str, dict[str, dict[str, Any]]] = {}
+    for message in page.messages:
+        if message.get("room") != room:
+            continue
+        if message["type"] == "snapshot":
+            tables = json.loads(json.dumps(message["tables"]))
+        elif message["type"] == "changes":
+            for change in message["cells"]:
+                if len(change) == 4:
+                    tables.setdefault(change[0], {}).setdefault(change[1], {})[change[2]] = change[
+                        3
+                    ]
+                elif len(change) == 3:
+                    tables.get(change[0], {}).get(change[1], {}).pop(change[2], None)
+                elif len(change) == 2:
+                    tables.get(change[0], {}).pop(change[1], None)
+                else:
+                    tables.pop(change[0], None)
+    return tables
+
+
+def test_persisted_room_without_clients_is_loaded_followed_and_saved(tmp_path: Any) -> None:
+    from localsync.cli.serve import persister_factory
+
+    async def scenario() -> None:
+        async with inspected(create_persister=persister_factory(tmp_path)) as (server, _inspector):
+            store, synchronizer = await client(server, "kept")
+            store.set_row("notes", "n1", {"text": "saved"})
+            await synchronizer.destroy()  # the room's store is saved and stopped
+            await eventually(lambda: server.get_stats()["rooms"] == 0, timeout=15)
+
+            page = await open_page(server)
+            await page.send({"type": "watch", "room": "kept"})
+            await page.wait(lambda: view_of(page, "kept") == {"notes": {"n1": {"text": "saved"}}})
+            await page.send(
+                {"type": "set_cell", "table": "notes", "row": "n2", "cell": "text", "value": "new"}
+            )
+            await page.wait(lambda: "n2" in view_of(page, "kept").get("notes", {}))
+            await page.close()
+            await eventually(lambda: server.get_stats()["rooms"] == 0, timeout=15)
+
+            later, synchronizer = await client(server, "kept")
+            await eventually(lambda: later.get_cell("notes", "n2", "text") == "new", timeout=15)
+            await synchronizer.destroy()
 
     run(scenario())
