@@ -407,3 +407,23 @@ def test_persisted_room_without_clients_is_loaded_followed_and_saved(tmp_path: A
             await synchronizer.destroy()
 
     run(scenario())
+
+
+def test_server_shutdown_with_a_page_watching_a_room() -> None:
+    async def scenario() -> None:
+        server = await create_ws_server(port=0)
+        inspector = Inspector(RoomsSource(server))
+        server.add_route(inspector.route())
+        store, synchronizer = await client(server, "busy")
+        page = await open_page(server)
+        await page.send({"type": "watch", "room": "busy"})
+        await page.wait(lambda: bool(page.of("snapshot")))
+        await asyncio.wait_for(server.destroy(), 30)
+        await asyncio.wait_for(page.ws.wait_closed(), 30)
+        assert page.ws.close_code == 1001
+        # the page's session ended and let its follower go
+        await eventually(lambda: inspector.get_stats()["pages"] == 0, timeout=15)
+        await synchronizer.destroy()
+        store.set_cell("t", "r", "c", 1)  # (nobody listens any more: nothing breaks)
+
+    run(scenario())
