@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from localsync import create_mergeable_store
 from localsync.channel.synchronizer import create_channel_synchronizer
+from tests.cli.test_cli import assert_usage_error, cli
 from tests.helpers import eventually, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,13 +159,6 @@ def test_channel_page_with_a_token(tmp_path: Path) -> None:
 
 
 def test_bad_channel_name_is_a_usage_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "localsync.cli", "inspect", "--web", ""],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "LOCALSYNC_RUNTIME_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "localsync inspect: error: channel:" in result.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCALSYNC_RUNTIME_DIR": str(tmp_path)}
+    result = cli("inspect", "--web", "", cwd=tmp_path, env=env)
+    assert assert_usage_error(result, "inspect").startswith("channel:")
