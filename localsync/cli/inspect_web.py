@@ -37,15 +37,15 @@ def configure_web(parser: argparse.ArgumentParser) -> None:
 
     web = parser.add_argument_group("live page (--web CHANNEL)")
     web.add_argument(
-        "--web", action="store_true", help="serve a live inspector page for channel PATH"
+        "--web", action="store_true", help="PATH is a channel: serve a live page following it"
     )
-    web.add_argument("--host", default="127.0.0.1", help="address of the page (default local)")
+    web.add_argument("--host", default="127.0.0.1", help="address of the page (default 127.0.0.1)")
     web.add_argument(
         "--port", type=port_number, default=0, help="port of the page (default 0: any free one)"
     )
     web.add_argument("--token", help="require ?token=TOKEN to open the page")
     web.add_argument("--hub", metavar="tcp://HOST:PORT", help="the channel's external hub")
-    web.add_argument("--runtime-dir", help="the channel's private runtime folder")
+    web.add_argument("--runtime-dir", metavar="DIR", help="the channel's private runtime folder")
 
 
 def _only_the_page(name: str, _request: Request) -> bool:
