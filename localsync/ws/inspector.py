@@ -64,6 +64,8 @@ MAX_ID_LENGTH = 1024
 #: messages waiting to be written to one page; a page that falls further behind is closed
 MAX_QUEUED = 10_000
 STATS_SECONDS = 1.0
+#: room lists are sent at most this often (clients joining and leaving come in bursts)
+ROOMS_SECONDS = 0.1
 
 Json = dict[str, Any]
 
@@ -217,11 +219,15 @@ class _Session:
 class _Room:
     """A followed room: its store, the pages watching it and when it last changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: str) -> None:
+        self.room = room
         self.sessions: set[_Session] = set()
         self.followed: Followed | None = None
         self.client_id: str | None = None
         self.listener: str | None = None
+        # changes of the transactions of this loop turn, sent as one message (see _flush)
+        self.cells: list[list[Any]] = []
+        self.values: list[list[Any]] = []
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -360,10 +366,10 @@ class Inspector:
             session.put({"type": "stats", "stats": stats})
 
     def _rooms_changed(self) -> None:
-        """Rooms or clients changed: one ``rooms`` message per page on the next loop turn."""
+        """Rooms or clients changed: one ``rooms`` message per page a little later."""
         if not self._rooms_pending:
             self._rooms_pending = True
-            asyncio.get_running_loop().call_soon(self._broadcast_rooms)
+            asyncio.get_running_loop().call_later(ROOMS_SECONDS, self._broadcast_rooms)
 
     def _broadcast_rooms(self) -> None:
         self._rooms_pending = False
@@ -436,7 +442,7 @@ class Inspector:
         session.room, session.primed = room, False
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = _Room()
+            state = self._rooms[room] = _Room(room)
             state.sessions.add(session)
             await self._follow(room, state)
         else:
@@ -474,22 +480,32 @@ class Inspector:
         loop_thread = threading.get_ident()
 
         def did_finish(store: MergeableStore) -> None:
-            message = _changes_message(room, store.get_transaction_changes())
-            if message is None:
+            cells, values = _page_changes(store.get_transaction_changes())
+            if not cells and not values:
                 return
             if threading.get_ident() == loop_thread:
-                self._changed(room, message)
+                self._changed(state, cells, values)
             else:
-                loop.call_soon_threadsafe(self._changed, room, message)
+                loop.call_soon_threadsafe(self._changed, state, cells, values)
 
         state.listener = followed.store.add_did_finish_transaction_listener(did_finish)
         self._rooms_changed()
 
-    def _changed(self, room: str, message: Json) -> None:
+    def _changed(self, state: _Room, cells: list[list[Any]], values: list[list[Any]]) -> None:
+        """Queue a transaction's changes; the first of a loop turn schedules the flush."""
+        if not state.cells and not state.values:
+            asyncio.get_running_loop().call_soon(self._flush, state)
+        state.cells.extend(cells)
+        state.values.extend(values)
+
+    def _flush(self, state: _Room) -> None:
+        """One ``changes`` message for what a room's store did since the last one, to the
+        pages that have its snapshot (a snapshot newer than some of these changes is fine:
+        applying them in order ends in the same state)."""
+        room = state.room
+        message = {"type": "changes", "room": room, "cells": state.cells, "values": state.values}
+        state.cells, state.values = [], []
         self._last_change[room] = time.time()
-        state = self._rooms.get(room)
-        if state is None:
-            return
         text = _dumps(message)
         for session in state.sessions:
             if session.primed and session.room == room:
@@ -561,8 +577,8 @@ def _dumps(message: Json) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
-def _changes_message(room: str, changes: list[Any]) -> Json | None:
-    """The page's ``changes`` message for a transaction's ``[tables, values, 1]``."""
+def _page_changes(changes: list[Any]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The ``cells`` and ``values`` of a ``changes`` message for ``[tables, values, 1]``."""
     tables, values = changes[0], changes[1]
     cells: list[list[Any]] = []
     for t, rows in tables.items():
@@ -576,9 +592,7 @@ def _changes_message(room: str, changes: list[Any]) -> Json | None:
             for c, cell in row.items():
                 cells.append([t, r, c] if cell == UNDEFINED else [t, r, c, _jsonable(cell)])
     value_list = [[v, _jsonable(x)] if x != UNDEFINED else [v] for v, x in values.items()]
-    if not cells and not value_list:
-        return None
-    return {"type": "changes", "room": room, "cells": cells, "values": value_list}
+    return cells, value_list
 
 
 def _static(name: str) -> str:

@@ -427,3 +427,33 @@ def test_server_shutdown_with_a_page_watching_a_room() -> None:
         store.set_cell("t", "r", "c", 1)  # (nobody listens any more: nothing breaks)
 
     run(scenario())
+
+
+def test_a_burst_of_writes_and_deletes_ends_as_the_store_is() -> None:
+    async def scenario() -> None:
+        async with inspected() as (server, _inspector):
+            store, synchronizer = await client(server, "burst")
+            page = await open_page(server)
+            await page.send({"type": "watch", "room": "burst"})
+            await page.wait(lambda: bool(page.of("snapshot")))
+            for i in range(300):
+                table, row = f"t{i % 3}", f"r{i % 17}"
+                if i % 11 == 0:
+                    store.del_row(table, row)
+                elif i % 29 == 0:
+                    store.del_table(table)
+                elif i % 7 == 0:
+                    store.del_cell(table, row, f"c{i % 4}")
+                else:
+                    store.set_cell(table, row, f"c{i % 4}", i if i % 2 else str(i))
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            expected = store.get_tables()
+            assert expected  # (the mix leaves something to compare)
+            await page.wait(lambda: view_of(page, "burst") == expected)
+            # fewer messages than transactions: each loop turn's changes go as one
+            assert len(page.of("changes")) < 300
+            await page.close()
+            await synchronizer.destroy()
+
+    run(scenario())
