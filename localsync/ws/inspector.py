@@ -44,8 +44,9 @@ from localsync.core.codec import UNDEFINED
 from localsync.core.mergeable_store import MergeableStore, create_mergeable_store
 from localsync.sync.synchronizer import Synchronizer
 from localsync.ws.connection import Connection
-from localsync.ws.http import HttpReply, Route
+from localsync.ws.http import HttpReply, Route, find_route
 from localsync.ws.in_process import InProcessTransport
+from localsync.ws.room import is_valid_path_id
 from localsync.ws.server import WsServer
 
 __all__ = [
@@ -145,6 +146,11 @@ class RoomsSource:
         return stop
 
     async def follow(self, room: str) -> tuple[Followed, str | None]:
+        """Join ``room`` (ValueError: not a room this server could have)."""
+        if find_route(self.server.routes, "/" + room) is not None:
+            raise ValueError("a page of the server, not a room")
+        if not is_valid_path_id(room) and room not in self.server.get_path_ids():
+            raise ValueError("invalid room id")
         follower = _RoomFollower(self.server, room, self.timeout)
         try:
             await follower.synchronizer.start_sync()
@@ -190,7 +196,7 @@ class StoreSource:
 
     async def follow(self, room: str) -> tuple[Followed, str | None]:
         if room != self.name:
-            raise KeyError(room)
+            raise ValueError(f"only {self.name!r} can be followed here")
         return _Borrowed(self.store), None
 
 
@@ -224,6 +230,7 @@ class _Room:
         self.sessions: set[_Session] = set()
         self.followed: Followed | None = None
         self.client_id: str | None = None
+        self.error = ""  # (why it could not be followed)
         self.listener: str | None = None
         # changes of the transactions of this loop turn, sent as one message (see _flush)
         self.cells: list[list[Any]] = []
@@ -452,7 +459,7 @@ class Inspector:
             return None
         if state.followed is None:  # (the follow failed; the room state is gone)
             session.room = None
-            return "cannot follow this room"
+            return f"cannot follow this room: {state.error}"
         store = state.followed.store
         session.put(
             {
@@ -469,7 +476,8 @@ class Inspector:
         try:
             followed, client_id = await self.source.follow(room)
             state.followed, state.client_id = followed, client_id
-        except Exception:
+        except Exception as error:
+            state.error = str(error) if isinstance(error, ValueError) else "cannot follow it"
             return
         finally:
             if state.followed is None and self._rooms.get(room) is state:

@@ -457,3 +457,28 @@ def test_a_burst_of_writes_and_deletes_ends_as_the_store_is() -> None:
             await synchronizer.destroy()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("room", "why"),
+    [
+        ("../etc", "invalid room id"),
+        ("a\x00b", "invalid room id"),
+        ("", "invalid room id"),
+        ("_inspect/socket", "a page of the server, not a room"),
+        ("_inspect", "a page of the server, not a room"),
+    ],
+)
+def test_a_page_cannot_follow_what_is_not_a_room(room: str, why: str) -> None:
+    async def scenario() -> None:
+        async with inspected() as (server, inspector):
+            page = await open_page(server)
+            await page.send({"type": "watch", "room": room})
+            await page.wait(lambda: bool(page.of("error")))
+            assert page.of("error")[0]["message"] == f"cannot follow this room: {why}"
+            assert inspector.get_stats()["ignored"] == 1
+            assert server.get_stats()["clients"] == 0
+            assert inspector.get_stats()["pages"] == 1
+            await page.close()
+
+    run(scenario())
