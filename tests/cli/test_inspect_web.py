@@ -47,8 +47,8 @@ def _start(runtime: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, found.group(0)
 
 
-def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
-    proc.send_signal(signal.SIGTERM)
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     return proc.returncode, out, err
 
@@ -154,8 +154,9 @@ def test_channel_page_with_a_token(tmp_path: Path) -> None:
         assert _status(url) == 200
         assert _status(url.split("?")[0]) == 401
     finally:
-        code, _out, err = _stop(proc)
+        code, out, err = _stop(proc, signal.SIGINT)  # (Ctrl-C)
     assert code == 0, err
+    assert "stopped" in out and "Traceback" not in err
 
 
 def test_bad_channel_name_is_a_usage_error(tmp_path: Path) -> None:
