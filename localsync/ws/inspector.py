@@ -17,7 +17,7 @@ Page -> server: ``{"type": "watch", "room": id | null}``, ``{"type": "set_cell",
 finite numbers or booleans; anything else, or a message over :data:`MAX_MESSAGE_BYTES`, is
 ignored and counted (``ignored`` in :meth:`Inspector.get_stats`).
 
-Server -> page: ``hello`` (mode, title), ``rooms`` (``[{"id", "clients", "followers",
+Server -> page: ``hello`` (mode, title, read_only), ``rooms`` (``[{"id", "clients", "followers",
 "last_change"}]``), ``stats`` (``{name: int}``, sent when changed, checked every second),
 ``snapshot`` (``room``, ``tables``, ``values``), ``changes`` (``room``, ``cells``: ``[t, r, c,
 value]``, or ``[t, r, c]`` deleted, ``[t, r]`` row deleted, ``[t]`` table deleted; ``values``:
@@ -83,6 +83,8 @@ class Source(Protocol):
     """Where the inspector's rooms and stores come from."""
 
     mode: str
+    #: pages may only look (edits are ignored and counted)
+    read_only: bool
 
     def rooms(self, followers: Mapping[str, str]) -> list[Json]:
         """``[{"id", "clients", "followers"}]`` (``followers``: room -> the inspector's id)."""
@@ -112,6 +114,7 @@ class RoomsSource:
     """The rooms of a :class:`WsServer`; each watched room is followed by an in-process store."""
 
     mode = "rooms"
+    read_only = False
 
     def __init__(self, server: WsServer, request_timeout_seconds: float = 1.0) -> None:
         self.server = server
@@ -171,7 +174,8 @@ class _Borrowed:
 
 
 class StoreSource:
-    """One store synchronized by someone else (a channel's), shown as the only room ``name``."""
+    """One store kept by someone else (a channel's synchronizer, a file watcher), shown as the
+    only room ``name``; ``stats()`` gives the counters shown beside it."""
 
     mode = "store"
 
@@ -180,10 +184,13 @@ class StoreSource:
         store: MergeableStore,
         name: str,
         stats: Callable[[], Mapping[str, int]] | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.store = store
         self.name = name
         self._stats = stats
+        self.read_only = read_only
 
     def rooms(self, followers: Mapping[str, str]) -> list[Json]:
         return [{"id": self.name, "clients": [], "followers": 1 if followers else 0}]
@@ -311,7 +318,14 @@ class Inspector:
         session = _Session(ws)
         self._sessions.add(session)
         writer = asyncio.ensure_future(self._write(session))
-        session.put({"type": "hello", "mode": self.source.mode, "title": self.title})
+        session.put(
+            {
+                "type": "hello",
+                "mode": self.source.mode,
+                "title": self.title,
+                "read_only": self.source.read_only,
+            }
+        )
         session.put(self._rooms_message())
         self._send_stats(session)
         try:
@@ -421,6 +435,8 @@ class Inspector:
             return "bad ids"
         if kind.startswith("set_") and not _is_value(message.get("value")):
             return "bad value: a string, a finite number or a boolean"
+        if self.source.read_only:
+            return "read-only"
         state = self._rooms.get(session.room or "")
         if state is None or state.followed is None:
             return "no room watched"

@@ -163,3 +163,61 @@ def test_bad_channel_name_is_a_usage_error(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LOCALSYNC_RUNTIME_DIR": str(tmp_path)}
     result = cli("inspect", "--web", "", cwd=tmp_path, env=env)
     assert assert_usage_error(result, "inspect").startswith("channel:")
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_file_page_follows_the_file_read_only(tmp_path: Path, kind: str) -> None:
+    from localsync.persisters.file import create_file_persister
+    from localsync.persisters.sqlite import create_sqlite_persister
+
+    target = tmp_path / ("store.json" if kind == "file" else "store.sqlite")
+    writer = create_mergeable_store()
+    create = create_file_persister if kind == "file" else create_sqlite_persister
+    persister = create(writer, str(target))
+    writer.set_row("pets", "fido", {"species": "dog"})
+    run(persister.save())
+
+    async def scenario(url: str) -> None:
+        socket_url = url.replace("http://", "ws://").replace("/_inspect/", "/_inspect/socket")
+        messages: list[dict[str, Any]] = []
+        async with connect(socket_url, open_timeout=10) as ws:
+
+            async def read() -> None:
+                async for data in ws:
+                    messages.append(json.loads(data))
+
+            reader = asyncio.ensure_future(read())
+            await eventually(lambda: bool(messages), 15)
+            assert messages[0]["read_only"] is True
+            assert messages[0]["title"] == f"file {target}"
+            await ws.send(json.dumps({"type": "watch", "room": target.name}))
+            await eventually(lambda: any(m["type"] == "snapshot" for m in messages), 15)
+            snapshot = next(m for m in messages if m["type"] == "snapshot")
+            assert snapshot["tables"] == {"pets": {"fido": {"species": "dog"}}}
+            # another process writes the file: the page follows
+            writer.set_cell("pets", "rex", "species", "cat")
+            await persister.save()
+            await eventually(
+                lambda: (
+                    ["pets", "rex", "species", "cat"]
+                    in [c for m in messages if m["type"] == "changes" for c in m["cells"]]
+                ),
+                30,
+            )
+            # the page cannot write it
+            before = target.read_bytes()
+            edit = {"type": "set_cell", "table": "pets", "row": "rex", "cell": "x", "value": 1}
+            await ws.send(json.dumps(edit))
+            await eventually(lambda: any(m["type"] == "error" for m in messages), 15)
+            assert next(m for m in messages if m["type"] == "error")["message"] == "read-only"
+            assert target.read_bytes() == before
+            reader.cancel()
+
+    proc, url = _start(tmp_path, str(target))
+    try:
+        run(scenario(url), timeout=120)
+    finally:
+        code, out, err = _stop(proc)
+        run(persister.destroy())
+    assert code == 0, err
+    assert "stopped" in out

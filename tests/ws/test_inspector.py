@@ -88,7 +88,7 @@ def test_snapshot_live_changes_and_edits_reach_clients() -> None:
             store.set_value("open", True)
             page = await open_page(server)
             await page.wait(lambda: bool(page.of("rooms")) and bool(page.of("stats")))
-            assert page.messages[0] == {"type": "hello", "mode": "rooms", "title": ""}
+            assert page.messages[0] == {"type": "hello", "mode": "rooms", "title": "", "read_only": False}
             rooms = page.of("rooms")[-1]["rooms"]
             assert [r["id"] for r in rooms] == ["shop"]
             assert rooms[0]["clients"] == server.get_client_ids("shop")
@@ -284,7 +284,7 @@ def test_store_source_follows_one_store() -> None:
         try:
             page = await open_page(server)
             await page.wait(lambda: bool(page.of("rooms")) and bool(page.of("stats")))
-            assert page.messages[0] == {"type": "hello", "mode": "store", "title": "chan"}
+            assert page.messages[0] == {"type": "hello", "mode": "store", "title": "chan", "read_only": False}
             assert page.of("rooms")[-1]["rooms"][0]["id"] == "chan"
             assert page.of("stats")[-1]["stats"]["sends"] == 7
             await page.send({"type": "watch", "room": "other"})

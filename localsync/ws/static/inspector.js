@@ -13,6 +13,7 @@
   let socket = null;
   let selected = new URLSearchParams(location.hash.slice(1)).get("room");
   let retry = 500;
+  let readOnly = false; // (the source only shows: fields are disabled, forms hidden)
   let autoSelect = false; // (one store: select its room as soon as it is listed)
   // table id -> {section, thead row, tbody, cellIds: [], rows: Map(row id -> {tr, tds: Map})}
   let tables = new Map();
@@ -92,7 +93,7 @@
     const kind = value === undefined ? "string" : kindOf(value);
     input.dataset.kind = kind;
     input.className = kind;
-    input.disabled = kind === "other";
+    input.disabled = readOnly || kind === "other";
     input.title = kind === "other" ? "objects and arrays cannot be edited here" : kind;
     const text = value === undefined ? "" : display(value);
     if (document.activeElement === input && input.dataset.dirty === "1") return;
@@ -284,6 +285,8 @@
     hello(message) {
       $("title").textContent = message.title || "";
       autoSelect = message.mode === "store";
+      readOnly = message.read_only === true;
+      document.body.classList.toggle("read-only", readOnly);
     },
     rooms(message) {
       // each room keeps its <li> (updated in place), so a click never lands on a stale one
