@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from websockets.http11 import Request
@@ -78,18 +79,22 @@ class _FileFollower:
             for s in (_stat(self.path), _stat(Path(f"{self.path}-wal")))
         )
 
-    def reload(self) -> None:
-        """Read the file if it changed since the last read."""
+    def read(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(tables, values) of the file if it changed since the last read, else None."""
         token = self._token()
         if token == self._seen:
-            return
+            return None
+        self._seen = token
         try:
             _kind, content = load_persisted(self.path)
         except (OSError, ValueError, PersistError):
-            self.stats["unreadable"] += 1  # (being rewritten, say: the next change retries)
-            return
-        self._seen = token
-        tables, values = plain_content(content)
+            self.stats["unreadable"] += 1  # (being rewritten, say: its next change retries)
+            return None
+        return plain_content(content)
+
+    def apply(self, content: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        """Make the store hold ``content`` (one transaction: listeners see the differences)."""
+        tables, values = content
         with self.store.transaction():  # (empty tables or values: setting them is a no-op)
             if tables:
                 self.store.set_tables(tables)
@@ -102,8 +107,11 @@ class _FileFollower:
         self.stats["reloads"] += 1
 
     async def run(self) -> None:
+        """Read the file in a thread whenever it changes; write the store on the loop."""
         while True:
-            await asyncio.to_thread(self.reload)
+            content = await asyncio.to_thread(self.read)
+            if content is not None:
+                self.apply(content)
             await asyncio.sleep(FILE_POLL_SECONDS)
 
 
@@ -131,7 +139,9 @@ async def serve_page(args: argparse.Namespace, stop: asyncio.Event | None = None
     try:
         if path.is_file():
             follower = _FileFollower(path, store)
-            follower.reload()
+            first = follower.read()
+            if first is not None:
+                follower.apply(first)
             watcher = asyncio.ensure_future(follower.run())
             source = StoreSource(store, path.name, lambda: follower.stats, read_only=True)
             what = f"file {path}"
@@ -184,6 +194,12 @@ def run_web(args: argparse.Namespace) -> int:
             validate_channel_name(args.path)
         except ValueError as error:
             raise UsageError(f"channel: {error}") from None
+    else:
+        try:
+            load_persisted(Path(args.path))
+        except (OSError, ValueError, PersistError) as error:
+            print(f"localsync inspect: {args.path}: unreadable: {error}", file=sys.stderr)
+            return 1
     try:
         return event_loop.run(serve_page(args))
     except ChannelError as error:  # (before OSError: it is one)

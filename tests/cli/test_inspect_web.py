@@ -221,3 +221,13 @@ def test_file_page_follows_the_file_read_only(tmp_path: Path, kind: str) -> None
         run(persister.destroy())
     assert code == 0, err
     assert "stopped" in out
+
+
+def test_unreadable_file_is_reported(tmp_path: Path) -> None:
+    target = tmp_path / "broken.json"
+    target.write_text("{not json", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = cli("inspect", "--web", str(target), cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"localsync inspect: {target}: unreadable: ")
+    assert "Traceback" not in result.stderr
