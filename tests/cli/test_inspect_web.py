@@ -4,7 +4,6 @@ inspector page following the channel's store, and stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -13,7 +12,6 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -23,6 +21,7 @@ from localsync import create_mergeable_store
 from localsync.channel.synchronizer import create_channel_synchronizer
 from tests.cli.test_cli import assert_usage_error, cli
 from tests.helpers import eventually, run
+from tests.ws.test_inspector import Page, cells_of, view_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +52,12 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, 
     return proc.returncode, out, err
 
 
+async def _open(url: str) -> Page:
+    """The page's socket for the page at ``url``."""
+    socket_url = url.replace("http://", "ws://").replace("/_inspect/", "/_inspect/socket")
+    return Page(await connect(socket_url, open_timeout=10))
+
+
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -71,63 +76,20 @@ def test_channel_page_follows_the_channel_and_edits_reach_it(tmp_path: Path) -> 
         async with create_channel_synchronizer(store, "pets", runtime_dir=runtime) as sync:
             await sync.start_sync()
             assert await asyncio.to_thread(_status, url) == 200
-            socket_url = url.replace("http://", "ws://").replace("/_inspect/", "/_inspect/socket")
-            messages: list[dict[str, Any]] = []
-            async with connect(socket_url, open_timeout=10) as ws:
-
-                async def read() -> None:
-                    async for data in ws:
-                        messages.append(json.loads(data))
-
-                reader = asyncio.ensure_future(read())
-                await eventually(lambda: any(m["type"] == "rooms" for m in messages), 15)
-                assert messages[0]["mode"] == "store"
-                rooms = next(m for m in messages if m["type"] == "rooms")["rooms"]
-                assert [r["id"] for r in rooms] == ["pets"]
-                await ws.send(json.dumps({"type": "watch", "room": "pets"}))
-
-                def snapshot() -> dict[str, Any] | None:
-                    return next((m for m in messages if m["type"] == "snapshot"), None)
-
-                # the channel's data reaches the page's store (it joined before the write
-                # above was synchronized, or pulled it)
-                async def synced() -> None:
-                    while True:
-                        snap = snapshot()
-                        changes = [
-                            c for m in messages if m["type"] == "changes" for c in m["cells"]
-                        ]
-                        if snap is not None and (
-                            snap["tables"].get("pets", {}).get("fido", {}).get("species") == "dog"
-                            or ["pets", "fido", "species", "dog"] in changes
-                        ):
-                            return
-                        await asyncio.sleep(0.02)
-
-                await asyncio.wait_for(synced(), 30)
-                store.set_cell("pets", "rex", "species", "cat")
-                await eventually(
-                    lambda: (
-                        ["pets", "rex", "species", "cat"]
-                        in [c for m in messages if m["type"] == "changes" for c in m["cells"]]
-                    ),
-                    30,
-                )
-                await ws.send(
-                    json.dumps(
-                        {
-                            "type": "set_cell",
-                            "table": "pets",
-                            "row": "rex",
-                            "cell": "legs",
-                            "value": 4,
-                        }
-                    )
-                )
-                await eventually(lambda: store.get_cell("pets", "rex", "legs") == 4, 30)
-                stats = [m["stats"] for m in messages if m["type"] == "stats"]
-                assert stats and "sends" in stats[-1]
-                reader.cancel()
+            page = await _open(url)
+            await page.wait(lambda: bool(page.of("rooms")))
+            assert page.messages[0]["mode"] == "store"
+            assert [r["id"] for r in page.of("rooms")[0]["rooms"]] == ["pets"]
+            await page.send({"type": "watch", "room": "pets"})
+            # the channel's data reaches the page (in its snapshot, or pulled after it)
+            await page.wait(lambda: view_of(page, "pets") == {"pets": {"fido": {"species": "dog"}}})
+            store.set_cell("pets", "rex", "species", "cat")
+            await page.wait(lambda: ["pets", "rex", "species", "cat"] in cells_of(page))
+            edit = {"type": "set_cell", "table": "pets", "row": "rex", "cell": "legs", "value": 4}
+            await page.send(edit)
+            await eventually(lambda: store.get_cell("pets", "rex", "legs") == 4, 30)
+            assert "sends" in page.of("stats")[-1]["stats"]
+            await page.close()
             # the page's server serves the page only, not rooms
             with pytest.raises(InvalidStatus) as refused:
                 await connect(
@@ -178,40 +140,26 @@ def test_file_page_follows_the_file_read_only(tmp_path: Path, kind: str) -> None
     run(persister.save())
 
     async def scenario(url: str) -> None:
-        socket_url = url.replace("http://", "ws://").replace("/_inspect/", "/_inspect/socket")
-        messages: list[dict[str, Any]] = []
-        async with connect(socket_url, open_timeout=10) as ws:
-
-            async def read() -> None:
-                async for data in ws:
-                    messages.append(json.loads(data))
-
-            reader = asyncio.ensure_future(read())
-            await eventually(lambda: bool(messages), 15)
-            assert messages[0]["read_only"] is True
-            assert messages[0]["title"] == f"file {target}"
-            await ws.send(json.dumps({"type": "watch", "room": target.name}))
-            await eventually(lambda: any(m["type"] == "snapshot" for m in messages), 15)
-            snapshot = next(m for m in messages if m["type"] == "snapshot")
-            assert snapshot["tables"] == {"pets": {"fido": {"species": "dog"}}}
-            # another process writes the file: the page follows
-            writer.set_cell("pets", "rex", "species", "cat")
-            await persister.save()
-            await eventually(
-                lambda: (
-                    ["pets", "rex", "species", "cat"]
-                    in [c for m in messages if m["type"] == "changes" for c in m["cells"]]
-                ),
-                30,
-            )
-            # the page cannot write it
-            before = target.read_bytes()
-            edit = {"type": "set_cell", "table": "pets", "row": "rex", "cell": "x", "value": 1}
-            await ws.send(json.dumps(edit))
-            await eventually(lambda: any(m["type"] == "error" for m in messages), 15)
-            assert next(m for m in messages if m["type"] == "error")["message"] == "read-only"
-            assert target.read_bytes() == before
-            reader.cancel()
+        page = await _open(url)
+        await page.wait(lambda: bool(page.messages))
+        assert page.messages[0]["read_only"] is True
+        assert page.messages[0]["title"] == f"file {target}"
+        await page.send({"type": "watch", "room": target.name})
+        await page.wait(lambda: bool(page.of("snapshot")))
+        assert page.of("snapshot")[0]["tables"] == {"pets": {"fido": {"species": "dog"}}}
+        # another process writes the file: the page follows
+        writer.set_cell("pets", "rex", "species", "cat")
+        await persister.save()
+        await page.wait(lambda: ["pets", "rex", "species", "cat"] in cells_of(page))
+        # the page cannot write it
+        before = target.read_bytes()
+        await page.send(
+            {"type": "set_cell", "table": "pets", "row": "rex", "cell": "x", "value": 1}
+        )
+        await page.wait(lambda: bool(page.of("error")))
+        assert page.of("error")[0]["message"] == "read-only"
+        assert target.read_bytes() == before
+        await page.close()
 
     proc, url = _start(tmp_path, str(target))
     try:
