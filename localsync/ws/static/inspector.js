@@ -94,8 +94,9 @@
     input.dataset.kind = kind;
     input.className = kind;
     input.disabled = readOnly || kind === "other";
-    input.title = kind === "other" ? "objects and arrays cannot be edited here" : kind;
     const text = value === undefined ? "" : display(value);
+    input.title = kind === "other" ? "objects and arrays cannot be edited here: " + text.slice(0, 500)
+      : text.length > 12 ? kind + ": " + text.slice(0, 500) : kind;
     if (document.activeElement === input && input.dataset.dirty === "1") return;
     input.value = text;
     input.dataset.shown = text;
