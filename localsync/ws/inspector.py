@@ -58,7 +58,7 @@ __all__ = [
     "inspector_route",
 ]
 
-#: the largest message a page may send (bigger ones are ignored and counted)
+#: the largest message a page may send, in characters (bigger ones are ignored and counted)
 MAX_MESSAGE_BYTES = 64 * 1024
 #: the longest id (table, row, cell, value, room) a page may name
 MAX_ID_LENGTH = 1024
@@ -437,7 +437,7 @@ class Inspector:
             return "bad value: a string, a finite number or a boolean"
         if self.source.read_only:
             return "read-only"
-        state = self._rooms.get(session.room or "")
+        state = None if session.room is None else self._rooms.get(session.room)
         if state is None or state.followed is None:
             return "no room watched"
         store = state.followed.store

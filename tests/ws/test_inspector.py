@@ -88,7 +88,12 @@ def test_snapshot_live_changes_and_edits_reach_clients() -> None:
             store.set_value("open", True)
             page = await open_page(server)
             await page.wait(lambda: bool(page.of("rooms")) and bool(page.of("stats")))
-            assert page.messages[0] == {"type": "hello", "mode": "rooms", "title": "", "read_only": False}
+            assert page.messages[0] == {
+                "type": "hello",
+                "mode": "rooms",
+                "title": "",
+                "read_only": False,
+            }
             rooms = page.of("rooms")[-1]["rooms"]
             assert [r["id"] for r in rooms] == ["shop"]
             assert rooms[0]["clients"] == server.get_client_ids("shop")
@@ -208,12 +213,21 @@ def test_bad_messages_are_ignored_and_counted(bad: str) -> None:
 def test_edit_without_a_watched_room_is_ignored() -> None:
     async def scenario() -> None:
         async with inspected() as (server, inspector):
+            # (another page follows the room of the empty path: still not this page's room)
+            store, synchronizer = await client(server, "")
+            other = await open_page(server)
+            await other.send({"type": "watch", "room": ""})
+            await other.wait(lambda: bool(other.of("snapshot")))
             page = await open_page(server)
             await page.send({"type": "set_value", "id": "v", "value": 1})
             await page.wait(lambda: bool(page.of("error")))
             assert page.of("error")[0]["message"] == "no room watched"
             assert inspector.get_stats()["ignored"] == 1
+            await asyncio.sleep(0.2)
+            assert store.get_values() == {}
             await page.close()
+            await other.close()
+            await synchronizer.destroy()
 
     run(scenario())
 
@@ -284,7 +298,12 @@ def test_store_source_follows_one_store() -> None:
         try:
             page = await open_page(server)
             await page.wait(lambda: bool(page.of("rooms")) and bool(page.of("stats")))
-            assert page.messages[0] == {"type": "hello", "mode": "store", "title": "chan", "read_only": False}
+            assert page.messages[0] == {
+                "type": "hello",
+                "mode": "store",
+                "title": "chan",
+                "read_only": False,
+            }
             assert page.of("rooms")[-1]["rooms"][0]["id"] == "chan"
             assert page.of("stats")[-1]["stats"]["sends"] == 7
             await page.send({"type": "watch", "room": "other"})
