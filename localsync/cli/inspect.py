@@ -1,4 +1,5 @@
-"""``localsync inspect PATH``: print persisted stores as text tables.
+"""``localsync inspect PATH``: print persisted stores as text tables
+(``localsync inspect --web CHANNEL``: a live page instead, see :mod:`localsync.cli.inspect_web`).
 
 PATH is a file written by the file persister (or by TinyBase's ``createFilePersister``, for a
 MergeableStore or a plain Store), an
@@ -40,7 +41,10 @@ _SKIPPED_SUFFIXES = (".tmp", "-wal", "-shm", "-journal")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a persisted store (JSON file or SQLite) or a folder of them")
+    parser.add_argument(
+        "path",
+        help="a persisted store (JSON file or SQLite) or a folder of them; with --web, a channel",
+    )
     parser.add_argument("--json", action="store_true", help="print tables and values as JSON")
     parser.add_argument(
         "--max-rows",
@@ -52,6 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width", type=int, default=40, metavar="N", help="longest cell text shown (default 40)"
     )
+    from localsync.cli.inspect_web import configure_web
+
+    configure_web(parser)
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -244,6 +251,10 @@ def inspect_paths(path: Path, args: argparse.Namespace, out: TextIO, err: TextIO
 def run(args: argparse.Namespace) -> int:
     from localsync.cli.main import UsageError
 
+    if args.web:
+        from localsync.cli.inspect_web import run_web
+
+        return run_web(args)
     path = Path(os.fspath(args.path))
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")

@@ -87,7 +87,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "localsync.cli.serve",
         "serve WebSocket sync (TinyBase wire format) with persistence",
     ),
-    "inspect": ("localsync.cli.inspect", "print a persisted store as tables"),
+    "inspect": (
+        "localsync.cli.inspect",
+        "print a persisted store as tables (--web CHANNEL: a live page for a channel)",
+    ),
 }
 
 
