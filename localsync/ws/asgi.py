@@ -32,6 +32,7 @@ uvicorn's own ``ws_max_size`` (16 MiB by default) may refuse them earlier.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -212,7 +213,14 @@ class AsgiApp:
             return
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(request) else None
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        await self.server.serve_connection(AsgiConnection(request, subprotocol, receive, send))
+        connection = AsgiConnection(request, subprotocol, receive, send)
+        try:
+            await self.server.serve_connection(connection)
+        except asyncio.CancelledError:
+            # the ASGI server is stopping without telling the app first (hypercorn cancels
+            # open connections after its graceful timeout, then would close them with 1011)
+            await connection.close(1001, "server shutting down")
+            raise
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = request_of(scope)

@@ -403,7 +403,7 @@ def test_hypercorn_serves_the_app_to_two_clients(tmp_path: Path) -> None:
     app, sync = build_app(data)
 
     async def scenario() -> None:
-        async with served(app, "hypercorn") as port:
+        async with served(app, "hypercorn", graceful_timeout=1.0) as port:
             url = f"ws://127.0.0.1:{port}/sync/room"
             a, b = create_mergeable_store(), create_mergeable_store()
             sa = create_ws_synchronizer(a, url, 0.5)
@@ -413,17 +413,23 @@ def test_hypercorn_serves_the_app_to_two_clients(tmp_path: Path) -> None:
                 await sb.start_sync()
                 a.set_cell("t", "r", "a", "from a")
                 b.set_cell("t", "r", "b", "from b")
-                await eventually(lambda: a.get_tables() == b.get_tables() == {
-                    "t": {"r": {"a": "from a", "b": "from b"}}
-                })
-                assert sorted(sync.server.get_client_ids("room")) != []
+                both = {"t": {"r": {"a": "from a", "b": "from b"}}}
+                await eventually(lambda: a.get_tables() == b.get_tables() == both)
                 assert sync.server.get_stats()["clients"] == 2
                 # refusals are HTTP statuses under hypercorn too
                 assert await refused_status(f"ws://127.0.0.1:{port}/sync/..") == 400
                 want = snapshot(a)
+                await until_room_holds(url, a, 20)
             finally:
                 await sa.destroy()
                 await sb.destroy()
+            # hypercorn cancels the connections still open when its graceful timeout ends
+            # (before the lifespan's shutdown): the app closes them with 1001, not 1011
+            still_open = await connect(url)
+            await eventually(lambda: sync.server.get_stats()["clients"] == 1)
+            closed = asyncio.ensure_future(close_code(still_open, 30))
+        assert await closed == 1001
+        assert still_open.close_reason == "server shutting down"
         assert snapshot(await loaded(data / "room.json")) == want
 
     run(scenario())
