@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from localsync import create_mergeable_store
 from localsync.persisters.file import create_file_persister
@@ -145,10 +145,9 @@ async def refused_status(url: str, **options: Any) -> int:
 
 
 async def close_code(ws: ClientConnection, timeout: float = 15) -> int | None:
-    """The code of the close frame the server sent ``ws`` (waits for the close)."""
-    with contextlib.suppress(ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
+    """The code of the close frame the server sent ``ws`` (waits for the close; whatever
+    reads ``ws`` meanwhile, a synchronizer or nobody, frames still unread do not matter)."""
+    await asyncio.wait_for(ws.wait_closed(), timeout)
     return ws.close_code
 
 
@@ -195,9 +194,11 @@ def test_tinybase_and_python_clients_through_fastapi_under_uvicorn_across_a_rest
             assert got["hashes"] == want["hashes"]
             # the host app's own routes are served beside the mount
             body = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://127.0.0.1:{app.port}/hello", timeout=10)
-                .read()
-                .decode()
+                lambda: (
+                    urllib.request.urlopen(f"http://127.0.0.1:{app.port}/hello", timeout=10)
+                    .read()
+                    .decode()
+                )
             )
             assert json.loads(body) == {"hello": "world"}
             # SIGTERM: uvicorn closes the open WebSockets itself (1012, "service restart")
@@ -262,6 +263,34 @@ def test_aclose_saves_every_room_and_closes_open_clients_with_1001(tmp_path: Pat
                 await synchronizer.destroy()
         # the lifespan's own shutdown (aclose again) is harmless
         assert snapshot(await loaded(data / "doc.json"))["tables"] == {"t": {"r": {"c": "kept"}}}
+
+    run(scenario())
+
+
+def test_served_alone_the_app_answers_its_own_lifespan(tmp_path: Path) -> None:
+    """Not mounted: uvicorn gives the app the lifespan events itself; the rooms are saved."""
+    data = tmp_path / "data"
+    _app, sync = build_app(data)
+
+    async def scenario() -> None:
+        async with served(sync, lifespan="on") as port:
+            url = f"ws://127.0.0.1:{port}/doc"
+            store = create_mergeable_store()
+            ws = await connect(url)
+            synchronizer = create_ws_synchronizer(store, ws, 0.5)
+            try:
+                await synchronizer.start_sync()
+                store.set_value("v", "saved on shutdown")
+                await until_room_holds(url, store, 20)
+                closed = asyncio.ensure_future(close_code(ws, 30))
+            finally:
+                await asyncio.sleep(0)
+        try:
+            assert await closed == 1012  # (uvicorn's own close, before the lifespan's)
+        finally:
+            await synchronizer.destroy()
+        assert sync.server.get_stats()["clients"] == 0
+        assert (await loaded(data / "doc.json")).get_values() == {"v": "saved on shutdown"}
 
     run(scenario())
 
@@ -384,12 +413,14 @@ def test_token_as_on_the_standalone_server() -> None:
             wrong = {"Authorization": "Bearer wrong"}
             assert await refused_status(url, additional_headers=wrong) == 403
             good = {"Authorization": "Bearer s3cret"}
-            async with connect(url, additional_headers=good) as one:
-                async with connect(f"{url}?token=s3cret") as two:
-                    await eventually(lambda: len(sync.server.get_client_ids("room")) == 2)
-                    await one.send('\n[null,1,""]')
-                    frame = await asyncio.wait_for(two.recv(), 10)
-                    assert str(frame).endswith('\n[null,1,""]')
+            async with (
+                connect(url, additional_headers=good) as one,
+                connect(f"{url}?token=s3cret") as two,
+            ):
+                await eventually(lambda: len(sync.server.get_client_ids("room")) == 2)
+                await one.send('\n[null,1,""]')
+                frame = await asyncio.wait_for(two.recv(), 10)
+                assert str(frame).endswith('\n[null,1,""]')
             assert sync.server.get_stats()["rejected"] == 3
 
     run(scenario())
