@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from localsync import create_mergeable_store
 from localsync.persisters.file import create_file_persister
@@ -97,6 +97,8 @@ async def served(app: Any, server: str = "uvicorn", **options: Any) -> AsyncIter
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     if server == "uvicorn":
+        # (a client that stopped reading would hold uvicorn's shutdown forever)
+        options.setdefault("timeout_graceful_shutdown", 10)
         task = asyncio.ensure_future(serve_uvicorn(app, port.set_result, stop, **options))
     else:
         task = asyncio.ensure_future(serve_hypercorn(app, port.set_result, stop, **options))
@@ -543,5 +545,49 @@ def test_max_clients_refuses_at_the_upgrade() -> None:
             await two.close()
             await three.close()
             assert sync.server.get_stats()["rejected"] == 2
+
+    run(scenario())
+
+
+def test_a_slow_client_is_closed_with_overflow_others_unaffected() -> None:
+    """Back-pressure through the ASGI server: uvicorn's send waits while the socket cannot
+    take more, so the core's per-client queue fills and closes only the stalled client."""
+    sync = create_asgi_app(max_queue_bytes=256 * 1024)
+
+    async def scenario() -> None:
+        async with served(mounted(sync)) as port:
+            url = f"ws://127.0.0.1:{port}/sync/room"
+            # (no permessage-deflate, which uvicorn would negotiate: the padding must not shrink)
+            fast = await connect(url, compression=None)
+            slow = await connect(url, max_queue=1, compression=None)
+            reader = await connect(url, max_queue=None, compression=None)
+            await eventually(lambda: len(sync.server.get_client_ids("room")) == 3)
+            fast_id = next(
+                client_id
+                for client_id in sync.server.get_client_ids("room")
+                if fast.request is not None
+                and client_id == fast.request.headers["Sec-WebSocket-Key"]
+            )
+            slow.transport.pause_reading()  # a client that stops reading
+            frame = "\n" + json.dumps([None, 2, [1, 2]]) + " " * 20_000
+            sent = 0
+            # in lock-step with a healthy reader, so only the stalled client falls behind
+            while sync.server.get_stats()["overflows"] == 0 and sent < 20_000:
+                await fast.send(frame)
+                sent += 1
+                assert await asyncio.wait_for(reader.recv(), 10) == fast_id + frame
+            assert sync.server.get_stats()["overflows"] == 1
+            slow.transport.resume_reading()
+            with pytest.raises(ConnectionClosed):  # (reads what was queued before the close)
+                while True:
+                    await asyncio.wait_for(slow.recv(), 20)
+            assert slow.close_code == 1013
+            assert slow.close_reason == "tinybase:15:socket"
+            assert len(sync.server.get_client_ids("room")) == 2
+            assert fast_id in sync.server.get_client_ids("room")
+            await fast.send('\n["z",1,""]')
+            assert await asyncio.wait_for(reader.recv(), 10) == fast_id + '\n["z",1,""]'
+            await fast.close()
+            await reader.close()
 
     run(scenario())
