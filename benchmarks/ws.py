@@ -57,50 +57,27 @@ SERVER_KINDS = ("ours", "asgi", "tinybase")
 class Server:
     def __init__(self, kind: str, folder: Path) -> None:
         self.kind = kind
-        self.prefix = ""  # (the path the rooms are under)
-        if kind == "asgi":
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.asgi_app", "--server", "uvicorn"],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self.proc.stdout is not None
-            self.port = int(json.loads(self.proc.stdout.readline())["port"])
-            self.prefix = "/sync"
-        elif kind == "ours":
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "localsync.cli",
-                    "serve",
-                    "--no-persist",
-                    "--port",
-                    "0",
-                    "--quiet",
-                ],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
+        self.prefix = "/sync" if kind == "asgi" else ""  # (the path the rooms are under)
+        commands = {
+            "ours": [sys.executable, "-m", "localsync.cli", "serve", "--no-persist", "--quiet"],
+            "asgi": [sys.executable, "-m", "tests.asgi_app", "--server", "uvicorn"],
+            "tinybase": ["node", "tb_server.mjs", "relay"],
+        }
+        self.proc = subprocess.Popen(
+            commands[kind] + (["--port", "0"] if kind == "ours" else []),
+            cwd=folder if kind == "tinybase" else ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if kind == "ours":
             match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
             assert match, line
             self.port = int(match.group(1))
-        else:
-            self.proc = subprocess.Popen(
-                ["node", "tb_server.mjs", "relay"],
-                cwd=folder,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self.proc.stdout is not None
-            self.port = int(json.loads(self.proc.stdout.readline())["port"])
+        else:  # (both print a JSON line with the port)
+            self.port = int(json.loads(line)["port"])
 
     def stop(self) -> None:
         if self.kind in ("ours", "asgi"):

@@ -23,11 +23,15 @@ handshake completes (the server answers 403).
 Shutdown: Starlette does not pass lifespan events to mounted apps, so give the app
 ``lifespan=sync.lifespan`` (or call ``await sync.aclose()``). It saves every room's store and
 closes the connections still open with 1001. uvicorn closes open WebSockets itself (code 1012)
-before the lifespan's shutdown runs; the stores are saved either way. Run directly as the
+before the lifespan's shutdown runs; hypercorn cancels them after its ``graceful_timeout``,
+and this app then closes them with 1001; the stores are saved either way. Run directly as the
 top-level app, this app answers lifespan events itself.
 
 Frames larger than the core's limit are refused with 1009, as by the standalone server;
-uvicorn's own ``ws_max_size`` (16 MiB by default) may refuse them earlier.
+uvicorn's own ``ws_max_size`` (16 MiB by default) may refuse them earlier. Unlike the
+standalone server, uvicorn and hypercorn negotiate permessage-deflate with clients that offer
+it (TinyBase's ``ws`` client does), which costs CPU on large syncs; uvicorn's
+``ws_per_message_deflate=False`` turns it off (hypercorn has no such option).
 """
 
 from __future__ import annotations

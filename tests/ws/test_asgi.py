@@ -302,6 +302,8 @@ def test_served_alone_the_app_answers_its_own_lifespan(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 def test_tinybase_shared_socket_through_the_asgi_app(tmp_path: Path) -> None:
+    """TinyBase's synchronizers sharing one socket (subprotocol ``tinybase``) sync each channel
+    with its room's server-side store, loaded from and saved to the room's file."""
     npm_env.require_node()
     data = tmp_path / "data"
     app, sync = build_app(data)
@@ -309,39 +311,37 @@ def test_tinybase_shared_socket_through_the_asgi_app(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with served(app) as port:
             base = f"ws://127.0.0.1:{port}/sync/shop"
-            stores: dict[str, Any] = {}
-            syncs = []
-            try:
-                for channel in ("pets", "staff"):
-                    store = stores[channel] = create_mergeable_store()
-                    synchronizer = create_ws_synchronizer(store, f"{base}/{channel}", 0.5)
-                    await synchronizer.start_sync()
-                    syncs.append(synchronizer)
-                    store.set_cell("py", channel, "n", 10)
-                script = npm_env.INTEROP_DIR / "tb_shared.mjs"
-                result = await asyncio.to_thread(
-                    npm_env.run_node_json, script, base, "pets", "staff", timeout=60
-                )
-                assert result["protocol"] == "tinybase"
-                assert result["errors"] == []
-                for index, channel in enumerate(("pets", "staff"), start=1):
-                    store = stores[channel]
-                    await eventually(
-                        lambda: store.get_cell("js", channel, "n") == index,  # noqa: B023
-                        20,
-                    )
-                    got = result["stores"][channel]
-                    assert got["tables"] == {
-                        "py": {channel: {"n": 10}},
-                        "js": {channel: {"n": index}},
-                    }
-                    assert got["tables"] == store.get_tables()
-                    assert got["hashes"] == list(store.get_mergeable_content_hashes())
-            finally:
-                for synchronizer in syncs:
-                    await synchronizer.destroy()
-            await eventually(lambda: sync.server.get_path_ids() == [], 20)
-        # each channel's room persisted under its own name
+            channels = ("pets", "staff")
+            # each channel's room gets data from a Python client that leaves again: the room's
+            # store saves it and stops
+            for channel in channels:
+                seed = create_mergeable_store()
+                seeder = create_ws_synchronizer(seed, f"{base}/{channel}", 0.5)
+                try:
+                    await seeder.start_sync()
+                    seed.set_cell("py", channel, "n", 10)
+                    await until_room_holds(f"{base}/{channel}", seed, 20)
+                finally:
+                    await seeder.destroy()
+            await eventually(lambda: sync.server.get_stats()["rooms"] == 0, 20)
+            script = npm_env.INTEROP_DIR / "tb_shared.mjs"
+            result = await asyncio.to_thread(
+                npm_env.run_node_json, script, base, *channels, timeout=60
+            )
+            assert result["protocol"] == "tinybase"
+            assert result["errors"] == []
+            for index, channel in enumerate(channels, start=1):
+                got = result["stores"][channel]
+                assert got["tables"] == {"py": {channel: {"n": 10}}, "js": {channel: {"n": index}}}
+                # what the channel wrote is in its room: a later legacy client gets it all
+                later = create_mergeable_store()
+                reader = create_ws_synchronizer(later, f"{base}/{channel}", 0.5)
+                try:
+                    await reader.start_sync()
+                    await eventually(lambda: later.get_tables() == got["tables"], 20)  # noqa: B023
+                    assert list(later.get_mergeable_content_hashes()) == got["hashes"]
+                finally:
+                    await reader.destroy()
         assert sorted(p.name for p in data.iterdir() if p.suffix == ".json") == [
             "shop%2Fpets.json",
             "shop%2Fstaff.json",
