@@ -1,8 +1,8 @@
 """WebSocket sync benchmark: our server (standalone and as an ASGI app under uvicorn) against
 TinyBase's own ``createWsServer``.
 
-Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run). Prints a table and
-writes ``benchmarks/results/ws.json``.
+Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run, which measures the ASGI
+app with raw clients only). Prints a table and writes ``benchmarks/results/ws.json``.
 
 The servers run as separate processes on loopback, relay only: ours is
 ``localsync serve --no-persist`` (``ours``), the same core as an ASGI app mounted at ``/sync``
@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     for client_kind in ("raw", "python", "tinybase"):
         for n in sizes:
             for server_kind in SERVER_KINDS:
+                if args.quick and server_kind == "asgi" and client_kind != "raw":
+                    continue  # (quick: the ASGI app with raw clients only, to stay short)
                 server = Server(server_kind, folder)
                 url = f"ws://127.0.0.1:{server.port}{server.prefix}/bench{n}"
                 try:
