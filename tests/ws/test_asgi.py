@@ -591,3 +591,33 @@ def test_a_slow_client_is_closed_with_overflow_others_unaffected() -> None:
             await reader.close()
 
     run(scenario())
+
+
+def test_room_limits_per_address_use_the_asgi_client_address() -> None:
+    """``max_rooms_per_address`` counts rooms by the ASGI scope's client host: a legacy client
+    of one room too many gets 503, a shared socket's channel 1013 ``tinybase:15:rooms``."""
+    sync = create_asgi_app(max_rooms_per_address=2)
+
+    async def scenario() -> None:
+        async with served(mounted(sync)) as port:
+            url = f"ws://127.0.0.1:{port}/sync"
+            held = [await connect(f"{url}/{room}") for room in ("a", "b")]
+            assert await refused_status(f"{url}/c") == 503
+            again = await connect(f"{url}/b")  # (a room this address is in already)
+            shared = await connect(f"{url}/", subprotocols=["tinybase"])  # type: ignore[list-item]
+            await shared.send(HELLO)
+            assert await asyncio.wait_for(shared.recv(), 10) == HELLO
+            join_a = 'S\n["j1",-1,[1,"a"]]'
+            await shared.send(join_a)
+            assert await asyncio.wait_for(shared.recv(), 10) == join_a
+            await shared.send('S\n["j2",-1,[1,"z"]]')  # a third room for 127.0.0.1
+            assert await close_code(shared) == 1013
+            assert shared.close_reason == "tinybase:15:rooms"
+            assert sync.server.get_stats()["rooms_refused"] == 2
+            for ws in [*held, again]:
+                await ws.close()
+            await eventually(lambda: sync.server.get_stats()["rooms"] == 0)
+            later = await connect(f"{url}/c")  # (the address left its rooms)
+            await later.close()
+
+    run(scenario())
