@@ -86,7 +86,11 @@ def route_path(scope: Scope) -> str:
 
 
 def request_of(scope: Scope) -> AsgiRequest:
-    """The websockets-style request (path with query string, headers) of an ASGI scope."""
+    """The websockets-style request (path with query string, headers) of an ASGI scope.
+
+    The offered subprotocols are the scope's ``subprotocols`` when its headers lack them
+    (uvicorn's wsproto implementation passes them only there).
+    """
     path = route_path(scope)
     query = scope.get("query_string", b"")
     if query:
@@ -94,6 +98,9 @@ def request_of(scope: Scope) -> AsgiRequest:
     headers = Headers(
         (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
     )
+    offered = scope.get("subprotocols")
+    if offered and "Sec-WebSocket-Protocol" not in headers:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(offered)
     return AsgiRequest(path, headers, scope=scope)
 
 

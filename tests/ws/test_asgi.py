@@ -350,6 +350,44 @@ def test_tinybase_shared_socket_through_the_asgi_app(tmp_path: Path) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize(
+    ("server", "options"),
+    [("uvicorn", {"ws": "websockets-sansio"}), ("uvicorn", {"ws": "wsproto"}), ("hypercorn", {})],
+    ids=["uvicorn-websockets", "uvicorn-wsproto", "hypercorn"],
+)
+def test_shared_socket_under_each_websocket_implementation(
+    server: str, options: dict[str, Any]
+) -> None:
+    """The subprotocol is negotiated whether the ASGI server passes the offer in the headers
+    or only in the scope's ``subprotocols`` (uvicorn's wsproto implementation), and channel
+    frames relay to and from a legacy client of the channel's room."""
+    sync = create_asgi_app()
+
+    async def scenario() -> None:
+        async with served(mounted(sync), server, **options) as port:
+            url = f"ws://127.0.0.1:{port}/sync"
+            shared = await connect(f"{url}/shop", subprotocols=["tinybase"])  # type: ignore[list-item]
+            assert shared.subprotocol == "tinybase"
+            await shared.send(HELLO)
+            assert await asyncio.wait_for(shared.recv(), 10) == HELLO
+            subscribe = 'S\n["s1",-1,[1,"pets"]]'
+            await shared.send(subscribe)
+            assert await asyncio.wait_for(shared.recv(), 10) == subscribe
+            [socket_id] = sync.server.get_client_ids("shop/pets")
+            legacy = await connect(f"{url}/shop/pets")
+            await eventually(lambda: len(sync.server.get_client_ids("shop/pets")) == 2)
+            await shared.send('M\npets\n\n[null,1,""]')
+            assert await asyncio.wait_for(legacy.recv(), 10) == f'{socket_id}\n[null,1,""]'
+            await legacy.send("\n[null,2,[1,2]]")
+            relayed = str(await asyncio.wait_for(shared.recv(), 10))
+            assert relayed.startswith("M\npets\n") and relayed.endswith("\n[null,2,[1,2]]")
+            await shared.close()
+            await legacy.close()
+            await eventually(lambda: sync.server.get_path_ids() == [])
+
+    run(scenario())
+
+
 # ---------------------------------------------------------------------------------- auth
 
 
