@@ -109,7 +109,8 @@ SCENARIO_TITLES = {
     "latency": "2. One-way latency of a single-cell change",
     "join": "3. Join: a new process catching up with N cells",
     "memory": "4. Memory per cell",
-    "ws": "5. WebSocket server: ours vs TinyBase createWsServer (from `benchmarks/ws.py`)",
+    "ws": "5. WebSocket server: ours (standalone; ASGI app under uvicorn) vs TinyBase "
+    "createWsServer (from `benchmarks/ws.py`)",
     "persist": "6. Persistence: a coordinator under sustained writes, quiescence to durable "
     "(file/SQLite persister costs: per-area benchmark `persist` below)",
 }

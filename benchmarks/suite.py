@@ -380,7 +380,8 @@ def _run_area(name: str, quick: bool, timeout: float, out_file: Path) -> dict[st
 
 
 def ws_figures(area: dict[str, Any]) -> list[Figure]:
-    """Scenario 5 from ``benchmarks/ws.py``'s JSON: our server vs TinyBase's, same clients.
+    """Scenario 5 from ``benchmarks/ws.py``'s JSON: our server (standalone, and the ASGI app
+    under uvicorn) vs TinyBase's, same clients.
 
     Only its ``rows`` are read (fill time and one-way latency per client kind and count); if
     the module changes its format, the scenario shows as not available instead of guessing.
@@ -388,10 +389,11 @@ def ws_figures(area: dict[str, Any]) -> list[Figure]:
     if area.get("status") != "ok":
         return []
     tb_server = "TinyBase createWsServer"
+    subjects = {"ours": LOCALSYNC, "asgi": "localsync ASGI app (uvicorn)", "tinybase": tb_server}
     figures = []
     for row in area.get("data", {}).get("rows", []):
         try:
-            subject = LOCALSYNC if row["server"] == "ours" else tb_server
+            subject = subjects[row["server"]]
             params = {"clients": f"{row['n']} {row['clients']}", "cells": row["cells"]}
             figures += [
                 Figure("ws", "fill", subject, params, row["fill_seconds"], "s", tb_server,

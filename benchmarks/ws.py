@@ -1,11 +1,14 @@
-"""WebSocket sync benchmark: our server against TinyBase's own ``createWsServer``.
+"""WebSocket sync benchmark: our server (standalone and as an ASGI app under uvicorn) against
+TinyBase's own ``createWsServer``.
 
-Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run). Prints a table and
-writes ``benchmarks/results/ws.json``.
+Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run, which measures the ASGI
+app with raw clients only). Prints a table and writes ``benchmarks/results/ws.json``.
 
-Both servers run as separate processes on loopback, relay only: ours is
-``localsync serve --no-persist``, TinyBase's is ``createWsServer`` on a ``ws``
-WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same clients:
+The servers run as separate processes on loopback, relay only: ours is
+``localsync serve --no-persist`` (``ours``), the same core as an ASGI app mounted at ``/sync``
+in FastAPI under plain uvicorn (``asgi``, tests/asgi_app.py), TinyBase's is ``createWsServer``
+on a ``ws`` WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same
+clients:
 
 * raw clients (the server alone): store-less Python clients in this process send ready-made
   frames (a 100k-cell ContentDiff; a one-cell ContentDiff, latency = time until the first
@@ -20,8 +23,8 @@ WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same cl
   arrived); one-way time until client 1 sees it (CLOCK_MONOTONIC is system-wide on Linux,
   so processes' timestamps compare), p50 and p99.
 
-Ratios are TinyBase's server figure divided by ours (> 1 means ours is faster), measured in
-the same run with the same clients.
+Ratios are TinyBase's (and the ASGI app's) figure divided by our standalone server's (> 1
+means the standalone server is faster), measured in the same run with the same clients.
 """
 
 from __future__ import annotations
@@ -48,44 +51,36 @@ _ctx = mp.get_context("spawn")
 # ------------------------------------------------------------------------------- servers
 
 
+SERVER_KINDS = ("ours", "asgi", "tinybase")
+
+
 class Server:
     def __init__(self, kind: str, folder: Path) -> None:
         self.kind = kind
+        self.prefix = "/sync" if kind == "asgi" else ""  # (the path the rooms are under)
+        commands = {
+            "ours": [sys.executable, "-m", "localsync.cli", "serve", "--no-persist", "--quiet"],
+            "asgi": [sys.executable, "-m", "tests.asgi_app", "--server", "uvicorn"],
+            "tinybase": ["node", "tb_server.mjs", "relay"],
+        }
+        self.proc = subprocess.Popen(
+            commands[kind] + (["--port", "0"] if kind == "ours" else []),
+            cwd=folder if kind == "tinybase" else ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
         if kind == "ours":
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "localsync.cli",
-                    "serve",
-                    "--no-persist",
-                    "--port",
-                    "0",
-                    "--quiet",
-                ],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
             match = re.search(r"ws://127\.0\.0\.1:(\d+)", line)
             assert match, line
             self.port = int(match.group(1))
-        else:
-            self.proc = subprocess.Popen(
-                ["node", "tb_server.mjs", "relay"],
-                cwd=folder,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert self.proc.stdout is not None
-            self.port = int(json.loads(self.proc.stdout.readline())["port"])
+        else:  # (both print a JSON line with the port)
+            self.port = int(json.loads(line)["port"])
 
     def stop(self) -> None:
-        if self.kind == "ours":
+        if self.kind in ("ours", "asgi"):
             self.proc.terminate()
         elif self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -315,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for client_kind in ("raw", "python", "tinybase"):
         for n in sizes:
-            for server_kind in ("ours", "tinybase"):
+            for server_kind in SERVER_KINDS:
+                if args.quick and server_kind == "asgi" and client_kind != "raw":
+                    continue  # (quick: the ASGI app with raw clients only, to stay short)
                 server = Server(server_kind, folder)
-                url = f"ws://127.0.0.1:{server.port}/bench{n}"
+                url = f"ws://127.0.0.1:{server.port}{server.prefix}/bench{n}"
                 try:
                     if client_kind == "raw":
                         result = run_raw_clients(url, n, cells, samples, rounds)
@@ -348,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-    ratios = []
+    ratios: dict[str, list[dict[str, Any]]] = {"tinybase": [], "asgi": []}
     print()
     print(
         f"{'clients':9} {'N':>2} {'server':9} {'fill s':>8} {'p50 ms':>8} {'p99 ms':>8}"
-        "  ratio tb/ours"
+        "  ratio server/ours"
     )
     for row in rows:
         mate = next(
@@ -360,25 +357,25 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
             if r["clients"] == row["clients"] and r["n"] == row["n"] and r["server"] == "ours"
         )
-        fill_ratio = (
-            row["fill_seconds"] / mate["fill_seconds"] if row["server"] == "tinybase" else None
-        )
-        p50_ratio = (
-            row["latency_p50_ms"] / mate["latency_p50_ms"] if row["server"] == "tinybase" else None
-        )
-        if fill_ratio is not None:
-            ratios.append(
+        ratio_text = ""
+        if row["server"] in ratios:
+            fill_ratio = row["fill_seconds"] / mate["fill_seconds"]
+            p50_ratio = row["latency_p50_ms"] / mate["latency_p50_ms"]
+            ratios[row["server"]].append(
                 {"clients": row["clients"], "n": row["n"], "fill": fill_ratio, "p50": p50_ratio}
             )
-        ratio_text = "" if fill_ratio is None else f"fill {fill_ratio:.2f}x, p50 {p50_ratio:.2f}x"
+            ratio_text = f"fill {fill_ratio:.2f}x, p50 {p50_ratio:.2f}x"
         print(
             f"{row['clients']:9} {row['n']:>2} {row['server']:9} {row['fill_seconds']:8.3f} "
             f"{row['latency_p50_ms']:8.2f} {row['latency_p99_ms']:8.2f}  {ratio_text}"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ws.json").write_text(
-        json.dumps({"rows": rows, "ratios_tinybase_over_ours": ratios}, indent=2) + "\n"
-    )
+    result = {
+        "rows": rows,
+        "ratios_tinybase_over_ours": ratios["tinybase"],
+        "ratios_asgi_over_ours": ratios["asgi"],
+    }
+    (RESULTS / "ws.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {RESULTS / 'ws.json'}")
     return 0
 

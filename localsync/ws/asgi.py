@@ -23,15 +23,20 @@ handshake completes (the server answers 403).
 Shutdown: Starlette does not pass lifespan events to mounted apps, so give the app
 ``lifespan=sync.lifespan`` (or call ``await sync.aclose()``). It saves every room's store and
 closes the connections still open with 1001. uvicorn closes open WebSockets itself (code 1012)
-before the lifespan's shutdown runs; the stores are saved either way. Run directly as the
+before the lifespan's shutdown runs; hypercorn cancels them after its ``graceful_timeout``,
+and this app then closes them with 1001; the stores are saved either way. Run directly as the
 top-level app, this app answers lifespan events itself.
 
 Frames larger than the core's limit are refused with 1009, as by the standalone server;
-uvicorn's own ``ws_max_size`` (16 MiB by default) may refuse them earlier.
+uvicorn's own ``ws_max_size`` (16 MiB by default) may refuse them earlier. Unlike the
+standalone server, uvicorn and hypercorn negotiate permessage-deflate with clients that offer
+it (TinyBase's ``ws`` client does), which costs CPU on large syncs; uvicorn's
+``ws_per_message_deflate=False`` turns it off (hypercorn has no such option).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -82,7 +87,11 @@ def route_path(scope: Scope) -> str:
 
 
 def request_of(scope: Scope) -> AsgiRequest:
-    """The websockets-style request (path with query string, headers) of an ASGI scope."""
+    """The websockets-style request (path with query string, headers) of an ASGI scope.
+
+    The offered subprotocols are the scope's ``subprotocols`` when its headers lack them
+    (uvicorn's wsproto implementation passes them only there).
+    """
     path = route_path(scope)
     query = scope.get("query_string", b"")
     if query:
@@ -90,6 +99,9 @@ def request_of(scope: Scope) -> AsgiRequest:
     headers = Headers(
         (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
     )
+    offered = scope.get("subprotocols")
+    if offered and "Sec-WebSocket-Protocol" not in headers:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(offered)
     return AsgiRequest(path, headers, scope=scope)
 
 
@@ -220,7 +232,14 @@ class AsgiApp:
             return
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(request) else None
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        await self.server.serve_connection(AsgiConnection(request, subprotocol, receive, send))
+        connection = AsgiConnection(request, subprotocol, receive, send)
+        try:
+            await self.server.serve_connection(connection)
+        except asyncio.CancelledError:
+            # the ASGI server is stopping without telling the app first (hypercorn cancels
+            # open connections after its graceful timeout, then would close them with 1011)
+            await connection.close(1001, "server shutting down")
+            raise
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = request_of(scope)
