@@ -301,6 +301,9 @@ def create_asgi_app(
     max_rooms_per_socket: int = MAX_CHANNELS,
     discard_empty_path: DiscardEmptyPath | None = None,
     backplane: str | Backplane | None = None,
+    health: bool = True,
+    metrics: bool = True,
+    inspector: bool = False,
 ) -> AsgiApp:
     """A TinyBase-compatible sync server as an ASGI app; the options are
     :func:`~localsync.ws.server.create_ws_server`'s (without host and port, which belong to
@@ -318,5 +321,8 @@ def create_asgi_app(
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
         backplane=create_backplane(backplane),
+        health=health,
+        metrics=metrics,
+        inspector=inspector,
     )
     return AsgiApp(WsServer("", 0, create_persister, settings))

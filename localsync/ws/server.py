@@ -64,11 +64,11 @@ from localsync.ws.room import (
     Client,
     Room,
     address_of,
-    holds_no_data,
     is_valid_path_id,
     path_file_name,
     path_id_of,
 )
+from localsync.ws.room_store import RoomStores
 from localsync.ws.simple import WsServerSimple
 from localsync.ws.wire import (
     ERROR_MESSAGE,
@@ -77,7 +77,6 @@ from localsync.ws.wire import (
     Decoded,
     PayloadDecoder,
     WireError,
-    encode_payloads,
     overflow_error,
     payload_size,
 )
@@ -125,6 +124,9 @@ class ServerSettings:
     max_rooms_per_socket: int = MAX_CHANNELS
     discard_empty_path: DiscardEmptyPath | None = None
     backplane: Backplane | None = None
+    health: bool = True
+    metrics: bool = True
+    inspector: bool = False
 
 
 class WsServer:
@@ -157,7 +159,6 @@ class WsServer:
         self._max_rooms = settings.max_rooms
         self._max_rooms_per_address = settings.max_rooms_per_address
         self._max_rooms_per_socket = min(settings.max_rooms_per_socket, MAX_CHANNELS)
-        self._discard_empty_path = settings.discard_empty_path
         self._listeners_enabled = listeners
         # every room with a client or with a store still running (get_path_ids: with clients)
         self._paths: dict[str, Room] = {}
@@ -183,6 +184,20 @@ class WsServer:
             "rooms_refused": 0,
             "rooms_discarded": 0,
         }
+        self._stores = RoomStores(
+            create_persister,
+            self._backplane,
+            request_timeout_seconds=self._timeout,
+            fragment_size=self._fragment_size,
+            discard_empty_path=settings.discard_empty_path,
+            relay=self._relay_from_server,
+            deliver=self._to_server,
+            evict=self._evict,
+            forget=self._forget,
+            report=self._report,
+            stats=self._stats,
+        )
+        self._add_standard_routes(settings)
 
     # ----------------------------------------------------------------------------- start
 
@@ -344,6 +359,18 @@ class WsServer:
             return self._reject(connection, *refusal)
         return None
 
+    def _add_standard_routes(self, settings: ServerSettings) -> None:
+        # (imported here: these modules build on this one)
+        from localsync.metrics import health_route, metrics_route
+        from localsync.ws.inspector import inspector_route
+
+        if settings.health:
+            self.add_route(health_route(self))
+        if settings.metrics:
+            self.add_route(metrics_route(self))
+        if settings.inspector:
+            self.add_route(inspector_route(self, request_timeout_seconds=self._timeout))
+
     def add_route(self, route: Route) -> None:
         """Serve ``route`` (HTTP and/or WebSocket) under its prefix instead of a room."""
         self._routes.append(route)
@@ -385,9 +412,7 @@ class WsServer:
         :meth:`admit_route` instead.
         """
         route = find_route(self._routes, request.path)
-        if route is not None:
-            if route.socket is None:
-                return HTTPStatus.BAD_REQUEST, "not a WebSocket endpoint"
+        if route is not None and route.socket is not None:
             return await self.admit_route(route, request)
         path_id = path_id_of(request.path)
         if self._destroying is not None:
@@ -682,7 +707,7 @@ class WsServer:
         if first:
             self._call_listeners(False, path_id, 1)
         self._call_listeners(True, path_id, client_id, 1)
-        self._steer(path)
+        self._stores.steer(path)
         return path
 
     def _del_client(self, client: Client) -> None:
@@ -720,142 +745,19 @@ class WsServer:
             if self._paths.get(path.id) is path:
                 del self._paths[path.id]
         else:
-            self._steer(path)
+            self._stores.steer(path)
 
-    def _steer(self, path: Room) -> None:
-        """Run the room's lifecycle task unless it runs already (it re-checks when done)."""
-        if self._create_persister is not None and path.lifecycle is None:
-            path.lifecycle = asyncio.ensure_future(self._run_lifecycle(path))
+    def _evict(self, path: Room) -> None:
+        """Close every client of a room whose store could not start (1011)."""
+        for client in list(path.clients.values()):
+            client.closing = True
+            self._del_client(client)
+            self._spawn(client.ws.close(1011, "store unavailable"))
 
-    async def _run_lifecycle(self, path: Room) -> None:
-        """Start or stop the room's store until it matches whether the room has clients.
-
-        One task per room does every start and stop in turn, so churn collapses: a start
-        never waits behind a queue of stops, and a client that comes back while the store is
-        still up keeps it. A room without clients and without a store is forgotten.
-        """
-        try:
-            while True:
-                if (path.clients or path.buffer) and not path.up:
-                    await self._start_store(path)
-                elif not path.clients and path.up:
-                    await self._stop_store(path)
-                else:
-                    break
-        finally:
-            path.lifecycle = None
-            if not (path.clients or path.up or path.buffer) and self._paths.get(path.id) is path:
-                del self._paths[path.id]
-
-    async def _start_store(self, path: Room) -> None:
-        """Load the room's store from its persister and start syncing it as client "S"."""
-        path.ready = False  # (until it can take messages, they are held: see _hold)
-        try:
-            assert self._create_persister is not None
-            persister = self._create_persister(path.id)
-            if inspect.isawaitable(persister):
-                persister = await persister
-            path.up = True
-            if persister is not None:
-                from localsync.sync.synchronizer import create_custom_synchronizer
-
-                path.persister = persister
-                store = persister.get_store()
-
-                def send(to: str | None, request_id: str | None, message: int, body: Any) -> None:
-                    for payload in encode_payloads(
-                        to, request_id, message, body, self._fragment_size
-                    ):
-                        self._relay_from_server(path, payload)
-
-                def register_receive(receive: Callable[..., None]) -> None:
-                    path.receive = receive
-
-                path.synchronizer = create_custom_synchronizer(
-                    store,
-                    send,
-                    register_receive,
-                    lambda: None,
-                    self._timeout,
-                    on_ignored_error=self._report,
-                )
-                await persister.start_auto_load()
-                await persister.start_auto_save()
-                if self._backplane is not None:  # (before the clients' changes: see attach)
-                    await self._backplane.attach(path.id, store)
-                syncing = asyncio.ensure_future(path.synchronizer.start_sync())
-                # messages held back while the store loaded go in as soon as the synchronizer
-                # accepts them: before its own first pull completes, which waits for clients
-                # whose answers may be among them
-                while not syncing.done() and not path.synchronizer.is_auto_loading():
-                    await asyncio.sleep(0)
-                self._flush(path)
-                if not path.clients:  # (they left while it loaded: nobody will answer)
-                    path.synchronizer.engine.reject_pending_requests(
-                        TinyBaseError(ERROR_SYNC_RESPONSE, "everyone left")
-                    )
-                await syncing
-        except Exception as exc:
-            self._report(exc)
-            logger.exception("could not start the store of /%s", path.id)
-            path.buffer, path.buffered = [], 0
-            for client in list(path.clients.values()):
-                client.closing = True
-                self._del_client(client)
-                self._spawn(client.ws.close(1011, "store unavailable"))
-            return
-        finally:
-            self._flush(path)
-
-    def _flush(self, path: Room) -> None:
-        path.ready = True
-        buffered, path.buffer, path.buffered = path.buffer, [], 0
-        for from_id, message in buffered:
-            # also from clients that left meanwhile: their changes must reach the store
-            self._to_server(path, from_id, message)
-
-    async def _stop_store(self, path: Room) -> None:
-        """Save and close the room's store; discard its file when it never held data."""
-        path.ready = False  # (a client joining meanwhile waits for the next start)
-        synchronizer, persister = path.synchronizer, path.persister
-        path.synchronizer = path.persister = path.receive = None
-        empty = False
-        try:
-            if synchronizer is not None:
-                try:  # first: it fails what it still waits for (nobody is left to answer)
-                    await synchronizer.destroy()
-                except Exception as exc:
-                    self._report(exc)
-            if self._backplane is not None:
-                try:  # (the other instances get what the store still had first)
-                    await self._backplane.detach(path.id)
-                except Exception as exc:
-                    self._report(exc)
-            if persister is not None:
-                try:  # (no more watching the file: the store is going)
-                    await persister.stop_auto_load()
-                except Exception as exc:
-                    self._report(exc)
-                try:  # whatever the last changes were, they are on disk before the store goes
-                    await persister.save()
-                except Exception as exc:
-                    self._report(exc)
-                try:
-                    await persister.destroy()
-                except Exception as exc:
-                    self._report(exc)
-                empty = holds_no_data(persister)
-        finally:
-            path.up = False
-        if empty and self._discard_empty_path is not None:
-            try:
-                discarded = self._discard_empty_path(path.id)
-                if inspect.isawaitable(discarded):
-                    discarded = await discarded
-                if discarded:
-                    self._stats["rooms_discarded"] += 1
-            except Exception as exc:
-                self._report(exc)
+    def _forget(self, path: Room) -> None:
+        """Drop a room that has no client, no store and nothing held for its store."""
+        if not (path.clients or path.up or path.buffer) and self._paths.get(path.id) is path:
+            del self._paths[path.id]
 
     # --------------------------------------------------------------------------- relay
 
@@ -966,6 +868,9 @@ async def create_ws_server(
     max_rooms_per_socket: int = MAX_CHANNELS,
     discard_empty_path: DiscardEmptyPath | None = None,
     backplane: str | Backplane | None = None,
+    health: bool = True,
+    metrics: bool = True,
+    inspector: bool = False,
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
@@ -976,6 +881,9 @@ async def create_ws_server(
     ``backplane`` (``"nats://..."``, ``"tcp://..."``, ``"local"`` or a
     :class:`~localsync.ws.backplane.Backplane`) shares the rooms with other instances; a hub
     that does not answer raises :class:`~localsync.errors.ChannelError` here.
+    ``health`` serves ``GET /healthz``, ``metrics`` ``GET /metrics`` (Prometheus;
+    :mod:`localsync.metrics`), ``inspector`` the live inspector page under ``/_inspect/``
+    (:mod:`localsync.ws.inspector`); the metrics and the inspector need ``token`` when given.
     See the module docstring for path ids, auth, room limits and back-pressure.
     """
     settings = ServerSettings(
@@ -991,6 +899,9 @@ async def create_ws_server(
         max_rooms_per_socket=max_rooms_per_socket,
         discard_empty_path=discard_empty_path,
         backplane=create_backplane(backplane),
+        health=health,
+        metrics=metrics,
+        inspector=inspector,
     )
     server = WsServer(host, port, create_persister, settings)
     await server._start()
