@@ -40,6 +40,11 @@ copy of a room in its own ``--data`` (or none with ``--no-persist``), and the co
 while the instances serve the room together. A hub that does not answer at start is one line
 ``localsync serve: error: --backplane ...`` (exit 2).
 
+Besides the rooms it answers ``GET /healthz`` (for load balancers), ``GET /metrics``
+(Prometheus, :mod:`localsync.metrics`; off with ``--no-metrics``) and, with ``--inspector``,
+the live inspector page at ``/_inspect/`` (:mod:`localsync.ws.inspector`); with ``--token`` the
+metrics and the inspector need the token too (``?token=`` in the page's URL).
+
 Logs each connection and, every ``--summary-seconds``, a one-line summary; exits cleanly
 (closing connections and saving every room) on SIGINT or SIGTERM.
 """
@@ -283,7 +288,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share the rooms with other instances: nats://HOST:PORT, tcp://HOST:PORT "
         "(a localsync hub) or 'local' (this machine)",
     )
+    parser.add_argument(
+        "--inspector",
+        action="store_true",
+        help="serve the live inspector page at /_inspect/ (rooms, tables, live edits; "
+        "needs --token when one is set)",
+    )
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="do not serve Prometheus metrics at /metrics"
+    )
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def _http_host(server: WsServer) -> str:
+    host = server.host if server.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
 
 
 def _summary(server: WsServer) -> str:
@@ -321,6 +340,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
         discard_empty_path=discard,
         on_ignored_error=lambda error: logger.info("ignored: %s", error),
         backplane=args.backplane,
+        metrics=not args.no_metrics,
+        inspector=args.inspector,
     )
     if factory is None:
         where = ""
@@ -333,6 +354,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None) -> 
     if args.backplane is not None:
         where += f" (backplane {args.backplane})"
     print(f"localsync serve: listening on {server.url}{where}", flush=True)
+    if args.inspector:
+        print(f"localsync serve: inspector at http://{_http_host(server)}/_inspect/", flush=True)
     try:
         while not stop.is_set():
             try:
