@@ -177,6 +177,9 @@ class NatsTransport(ChannelEndpoint):
         # (sender id, subject kind) -> (message number, count, parts received so far)
         self._partial: dict[tuple[bytes, bool], tuple[int, int, list[bytes]]] = {}
         self._last_error: BaseException | None = None
+        # distinct errors met while connecting, oldest first (the first is often the cause:
+        # a refused authorization is followed by the server closing the connection)
+        self._connect_errors: list[str] = []
         self.stats.update(reconnects=0, disconnects=0, dropped=0, chunked=0)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -229,10 +232,10 @@ class NatsTransport(ChannelEndpoint):
                 await asyncio.wait_for(nc.close(), 1.0)
             if isinstance(error, asyncio.CancelledError):
                 raise
-            cause = self._last_error or error
+            causes = self._connect_errors or [_describe(error)]
             raise ChannelError(
                 f"no NATS server answered at {', '.join(self.servers)} within "
-                f"{self._connect_timeout:g} s: {type(cause).__name__}: {cause}"
+                f"{self._connect_timeout:g} s: {'; '.join(causes)}"
             ) from error
         # room for our chunk header below the server's limit
         self._chunk_size = max(1024, nc.max_payload - _CHUNK_HEAD - 64)
@@ -298,6 +301,10 @@ class NatsTransport(ChannelEndpoint):
 
     async def _on_error(self, error: Exception) -> None:
         self._last_error = error
+        if not self.is_open:
+            described = _describe(error)
+            if described not in self._connect_errors and len(self._connect_errors) < 4:
+                self._connect_errors.append(described)
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
@@ -434,3 +441,7 @@ class NatsTransport(ChannelEndpoint):
             return None
         del self._partial[key]
         return b"".join(parts)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
