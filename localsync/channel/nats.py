@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from localsync.channel.endpoint import CONTROL, ChannelEndpoint
+from localsync.channel.endpoint import CONTROL, FLUSH_ON_CLOSE_SECONDS, ChannelEndpoint
 from localsync.channel.runtime import validate_channel_name
 from localsync.errors import ChannelError
 
@@ -70,8 +70,6 @@ MAX_PARTIAL = 64
 #: bytes received but not yet handled that a subscription holds before nats-py drops messages
 #: (a slow consumer; healed by anti-entropy): room for a joiner's diff of several 10^6 cells
 SUB_PENDING_BYTES = 512 << 20
-# destroy waits at most this long for the server to hold what this process sent
-FLUSH_ON_CLOSE_SECONDS = 3.0
 _TOKEN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 # tasks closing connections or subscribing in the background (referenced until done)
 _background: set[asyncio.Task[None]] = set()
