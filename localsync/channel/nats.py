@@ -46,6 +46,7 @@ from localsync.errors import ChannelError
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
 __all__ = [
     "NATS_SCHEMES",
@@ -81,10 +82,18 @@ class NatsOptions:
     ``connect``, keyword arguments for nats-py's ``Client.connect`` (``user``/``password``,
     ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` an ``ssl.SSLContext``,
     ``tls_hostname``, ``reconnect_time_wait``, ...). The transport sets ``no_echo``, the
-    callbacks and ``connect_timeout`` itself."""
+    callbacks and ``connect_timeout`` itself.
 
-    servers: str | Sequence[str]
+    ``connection``: instead, an already connected nats-py ``Client`` shared by several
+    channels (one connection for many, e.g. a server's rooms). The transport then only
+    subscribes and unsubscribes; its owner connects and closes it, and tells each transport
+    of a reconnect (:meth:`NatsTransport.reconnected`, from its ``reconnected_cb``). Without
+    ``no_echo`` on it, a participant's own messages come back and are dropped (counted in
+    ``own_dropped``)."""
+
+    servers: str | Sequence[str] = ()
     connect: Mapping[str, Any] = field(default_factory=dict)
+    connection: Client | None = None
 
     def urls(self) -> list[str]:
         """The server URLs as a list."""
@@ -119,6 +128,8 @@ def nats_options(hub: str | Sequence[str] | Mapping[str, Any] | NatsOptions) -> 
     else:
         options = NatsOptions(list(hub))
     urls = options.urls()
+    if options.connection is not None and not urls:
+        return options
     if not urls or not all(isinstance(u, str) and u.startswith(NATS_SCHEMES) for u in urls):
         raise ValueError(f"not NATS server URLs (nats://HOST:PORT, tls://...): {hub!r}")
     return options
@@ -166,6 +177,7 @@ class NatsTransport(ChannelEndpoint):
         self.own_subject = self.directed_prefix + self.client_id
         self.ack_subject = f"{prefix}.ack"
         self._nc: Client | None = None
+        self._subscriptions: list[Subscription] = []
         self._outbox: list[tuple[str, bytes]] = []
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -198,7 +210,8 @@ class NatsTransport(ChannelEndpoint):
             ) from error
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout
-        nc = Client()
+        shared = self.options.connection
+        nc = Client() if shared is None else shared
         self._nc = nc
         connect: dict[str, Any] = {"reconnect_time_wait": 0.5, "pending_size": 64 << 20}
         connect.update(self.options.connect)
@@ -214,12 +227,17 @@ class NatsTransport(ChannelEndpoint):
             name=f"localsync {self.name[:64]} {self.client_id}",
         )
         try:
-            await asyncio.wait_for(nc.connect(**connect), self._connect_timeout)
+            if shared is None:
+                await asyncio.wait_for(nc.connect(**connect), self._connect_timeout)
+            elif not shared.is_connected:
+                raise ChannelError("the shared NATS connection is not connected")
             for subject, callback in (
                 (self.broadcast_subject, self._on_broadcast),
                 (self.own_subject, self._on_directed),
             ):
-                await nc.subscribe(subject, cb=callback, pending_bytes_limit=SUB_PENDING_BYTES)
+                self._subscriptions.append(
+                    await nc.subscribe(subject, cb=callback, pending_bytes_limit=SUB_PENDING_BYTES)
+                )
             if self._on_ack is not None:
                 await self._subscribe_acks_now()
             # the server holds our subscriptions once it answered a PING sent after them
@@ -227,7 +245,7 @@ class NatsTransport(ChannelEndpoint):
         except BaseException as error:
             self._closed = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 1.0)
+                await asyncio.wait_for(self._release(nc), 1.0)
             if isinstance(error, asyncio.CancelledError):
                 raise
             causes = self._connect_errors or [_describe(error)]
@@ -285,7 +303,7 @@ class NatsTransport(ChannelEndpoint):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(pump), FLUSH_ON_CLOSE_SECONDS)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), FLUSH_ON_CLOSE_SECONDS)
+                await asyncio.wait_for(self._release(nc), FLUSH_ON_CLOSE_SECONDS)
 
         try:
             task = asyncio.get_running_loop().create_task(shut())
@@ -294,6 +312,25 @@ class NatsTransport(ChannelEndpoint):
         self._closing = task
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+    async def _release(self, nc: Client) -> None:
+        """Close our own connection; on a shared one, only end our subscriptions."""
+        if self.options.connection is None:
+            await nc.close()
+            return
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    def reconnected(self) -> None:
+        """The connection came back after a loss: resync (see ``on_reconnected``). Called by
+        the transport for its own connection; a shared connection's owner calls it."""
+        self.stats["reconnects"] += 1
+        self.hub_answering = True
+        on_reconnected = self.on_reconnected
+        if on_reconnected is not None and not self._closed:
+            on_reconnected()
 
     # -- nats-py callbacks ---------------------------------------------------------------------
 
@@ -310,11 +347,7 @@ class NatsTransport(ChannelEndpoint):
             self.hub_answering = False
 
     async def _on_reconnected(self) -> None:
-        self.stats["reconnects"] += 1
-        self.hub_answering = True
-        on_reconnected = self.on_reconnected
-        if on_reconnected is not None and not self._closed:
-            on_reconnected()
+        self.reconnected()
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -381,8 +414,10 @@ class NatsTransport(ChannelEndpoint):
         if self._acks_subscribed or self._nc is None:
             return
         self._acks_subscribed = True
-        await self._nc.subscribe(
-            self.ack_subject, cb=self._on_ack_msg, pending_bytes_limit=SUB_PENDING_BYTES
+        self._subscriptions.append(
+            await self._nc.subscribe(
+                self.ack_subject, cb=self._on_ack_msg, pending_bytes_limit=SUB_PENDING_BYTES
+            )
         )
 
     async def _on_ack_msg(self, msg: Msg) -> None:
@@ -413,6 +448,9 @@ class NatsTransport(ChannelEndpoint):
             self._ignore(ValueError("truncated chunk"))
             return None
         sender, number, index, count = _CHUNK_HEADER.unpack_from(payload, len(_CHUNK))
+        if sender == self._id_bytes:  # (our own, echoed by a shared connection)
+            self.stats["own_dropped"] += 1
+            return None
         key = (sender, to_me)
         if not 0 < count <= MAX_CHUNKS or index >= count:
             self._ignore(ValueError(f"invalid chunk {index} of {count}"))

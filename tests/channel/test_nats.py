@@ -258,6 +258,45 @@ def test_garbage_on_the_subjects_is_ignored_and_counted(nats_url: str) -> None:
     run(main())
 
 
+def test_channels_on_one_shared_connection(nats_url: str) -> None:
+    """Several channels (and participants) on one nats-py connection owned by the caller."""
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(nats_url)
+        shared = NatsOptions(connection=connection)
+        stores = [create_mergeable_store() for _ in range(4)]
+        hubs: list[Any] = [shared, shared, nats_url, shared]
+        names = ["one", "one", "one", "two"]
+        syncs = [
+            await create_channel_synchronizer(store, name, hub=hub).start_sync()
+            for store, name, hub in zip(stores, names, hubs, strict=True)
+        ]
+        try:
+            stores[0].set_cell("t", "r", "c", "from 0")
+            stores[2].set_cell("t", "r2", "c", "from 2")
+            with stores[1].transaction():  # (big: its chunks echo back to the connection)
+                for i in range(20_000):
+                    stores[1].set_cell("big", f"r{i}", "c", "x" * 80)
+            await eventually(lambda: same(*stores[:3]), 30)
+            assert stores[2].get_cell("t", "r", "c") == "from 0"
+            assert len(stores[0].get_row_ids("big")) == 20_000
+            assert stores[3].get_tables() == {}  # (another channel)
+            # own messages come back on the shared connection and are dropped, not merged
+            assert syncs[0].get_channel_stats()["own_dropped"] > 0
+            assert all(sync.get_channel_stats()["ignored"] == 0 for sync in syncs)
+            await syncs[0].destroy()  # leaves the connection to the others
+            assert connection.is_connected
+            stores[1].set_cell("t", "after", "c", 1)
+            await eventually(lambda: stores[2].get_cell("t", "after", "c") == 1, 20)
+        finally:
+            for sync in syncs:
+                await sync.destroy()
+            await connection.close()
+
+    run(main())
+
+
 def test_channels_with_different_names_do_not_mix(nats_url: str) -> None:
     async def main() -> None:
         stores = [create_mergeable_store() for _ in range(3)]
