@@ -1,7 +1,8 @@
 """The channel over NATS: ``create_channel_synchronizer(store, name, hub="nats://HOST:4222")``.
 
-One NATS connection per participant (``nats-py``, imported only when such a channel opens).
-Subjects, where ``TOKEN`` is the channel name escaped by :func:`subject_token`:
+One NATS connection per participant (``nats-py``, imported only when such a channel opens),
+or one connection shared by several (``NatsOptions(connection=...)``). Subjects, where
+``TOKEN`` is the channel name escaped by :func:`subject_token`:
 
 ``localsync.TOKEN.all``
     broadcasts; every participant subscribes. The connection is opened with ``no_echo``, so
@@ -23,7 +24,7 @@ sends it again). Anything on these subjects that is neither is ignored and count
 
 Path proving: connecting (nats-py tries every URL given, over and over) and a PING/PONG
 round-trip after subscribing must both finish within ``connect_timeout_seconds``, or
-:class:`~localsync.errors.ChannelError` names the servers and the last error. After a lost
+:class:`~localsync.errors.ChannelError` names the servers and the errors met. After a lost
 connection nats-py reconnects (to another node of a cluster when one is given or announced),
 re-subscribes and sends what it buffered meanwhile; the transport then calls
 ``on_reconnected``, with which the synchronizer resyncs by hash exchange. A message lost
