@@ -11,7 +11,8 @@ Flushing is what makes a normal exit lose nothing:
     every transaction committed so far has been handed to the channel's socket (the loop has
     run everything queued before the flush; closing then waits, at most
     ``FLUSH_ON_CLOSE_SECONDS``, until a ping sent after them has come back through the hub,
-    so the hub holds them before the process exits). Needs nobody else; a message dropped by
+    or over NATS until the server answered a PING sent after them, so the hub or server holds
+    them before the process exits). Needs nobody else; a message dropped by
     PUB/SUB after that point is only healed while some process still holds the data.
 ``"acknowledged"``
     additionally waits until a coordinator announces that it durably saved the content of

@@ -49,7 +49,8 @@ class WorkerPool:
             pool.join()
         print(pool.exit_codes, pool.errors)
 
-    ``channel_options`` are passed to ``create_channel_synchronizer`` in each worker.
+    ``channel_options`` are passed to ``create_channel_synchronizer`` in each worker, e.g.
+    ``{"hub": "nats://host:4222"}`` for a channel over NATS (several URLs: comma-separated).
     """
 
     def __init__(

@@ -45,6 +45,9 @@ _BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
 
 #: how long the first exchange waits for a hello answer (see ChannelEndpoint.discover_peers)
 DISCOVERY_SECONDS = 0.25
+#: destroy waits at most this long for the hub or server to hold what this process sent
+#: (see ChannelEndpoint.flush)
+FLUSH_ON_CLOSE_SECONDS = 3.0
 
 Receive = Callable[[str, "str | None", int, Any], None]
 
@@ -141,6 +144,11 @@ class ChannelEndpoint:
 
     async def _open(self) -> None:
         """Connect and prove the path (once; see :meth:`open`)."""
+        raise NotImplementedError
+
+    async def flush(self, timeout: float = FLUSH_ON_CLOSE_SECONDS) -> bool:
+        """Wait until the hub or server holds everything sent so far (True), at most
+        ``timeout`` seconds."""
         raise NotImplementedError
 
     async def flush_and_close(self) -> None:

@@ -1,7 +1,8 @@
 """The channel over NATS: ``create_channel_synchronizer(store, name, hub="nats://HOST:4222")``.
 
-One NATS connection per participant (``nats-py``, imported only when such a channel opens).
-Subjects, where ``TOKEN`` is the channel name escaped by :func:`subject_token`:
+One NATS connection per participant (``nats-py``, imported only when such a channel opens),
+or one connection shared by several (``NatsOptions(connection=...)``). Subjects, where
+``TOKEN`` is the channel name escaped by :func:`subject_token`:
 
 ``localsync.TOKEN.all``
     broadcasts; every participant subscribes. The connection is opened with ``no_echo``, so
@@ -23,7 +24,7 @@ sends it again). Anything on these subjects that is neither is ignored and count
 
 Path proving: connecting (nats-py tries every URL given, over and over) and a PING/PONG
 round-trip after subscribing must both finish within ``connect_timeout_seconds``, or
-:class:`~localsync.errors.ChannelError` names the servers and the last error. After a lost
+:class:`~localsync.errors.ChannelError` names the servers and the errors met. After a lost
 connection nats-py reconnects (to another node of a cluster when one is given or announced),
 re-subscribes and sends what it buffered meanwhile; the transport then calls
 ``on_reconnected``, with which the synchronizer resyncs by hash exchange. A message lost
@@ -39,13 +40,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from localsync.channel.endpoint import CONTROL, ChannelEndpoint
+from localsync.channel.endpoint import CONTROL, FLUSH_ON_CLOSE_SECONDS, ChannelEndpoint
 from localsync.channel.runtime import validate_channel_name
 from localsync.errors import ChannelError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
 __all__ = [
     "NATS_SCHEMES",
@@ -70,8 +72,6 @@ MAX_PARTIAL = 64
 #: bytes received but not yet handled that a subscription holds before nats-py drops messages
 #: (a slow consumer; healed by anti-entropy): room for a joiner's diff of several 10^6 cells
 SUB_PENDING_BYTES = 512 << 20
-# destroy waits at most this long for the server to hold what this process sent
-FLUSH_ON_CLOSE_SECONDS = 3.0
 _TOKEN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 # tasks closing connections or subscribing in the background (referenced until done)
 _background: set[asyncio.Task[None]] = set()
@@ -83,10 +83,18 @@ class NatsOptions:
     ``connect``, keyword arguments for nats-py's ``Client.connect`` (``user``/``password``,
     ``token``, ``user_credentials``, ``nkeys_seed``, ``tls`` an ``ssl.SSLContext``,
     ``tls_hostname``, ``reconnect_time_wait``, ...). The transport sets ``no_echo``, the
-    callbacks and ``connect_timeout`` itself."""
+    callbacks and ``connect_timeout`` itself.
 
-    servers: str | Sequence[str]
+    ``connection``: instead, an already connected nats-py ``Client`` shared by several
+    channels (one connection for many, e.g. a server's rooms). The transport then only
+    subscribes and unsubscribes; its owner connects and closes it, and tells each transport
+    of a reconnect (:meth:`NatsTransport.reconnected`, from its ``reconnected_cb``). Without
+    ``no_echo`` on it, a participant's own messages come back and are dropped (counted in
+    ``own_dropped``)."""
+
+    servers: str | Sequence[str] = ()
     connect: Mapping[str, Any] = field(default_factory=dict)
+    connection: Client | None = None
 
     def urls(self) -> list[str]:
         """The server URLs as a list."""
@@ -121,6 +129,8 @@ def nats_options(hub: str | Sequence[str] | Mapping[str, Any] | NatsOptions) -> 
     else:
         options = NatsOptions(list(hub))
     urls = options.urls()
+    if options.connection is not None and not urls:
+        return options
     if not urls or not all(isinstance(u, str) and u.startswith(NATS_SCHEMES) for u in urls):
         raise ValueError(f"not NATS server URLs (nats://HOST:PORT, tls://...): {hub!r}")
     return options
@@ -168,6 +178,7 @@ class NatsTransport(ChannelEndpoint):
         self.own_subject = self.directed_prefix + self.client_id
         self.ack_subject = f"{prefix}.ack"
         self._nc: Client | None = None
+        self._subscriptions: list[Subscription] = []
         self._outbox: list[tuple[str, bytes]] = []
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -177,6 +188,9 @@ class NatsTransport(ChannelEndpoint):
         # (sender id, subject kind) -> (message number, count, parts received so far)
         self._partial: dict[tuple[bytes, bool], tuple[int, int, list[bytes]]] = {}
         self._last_error: BaseException | None = None
+        # distinct errors met while connecting, oldest first (the first is often the cause:
+        # a refused authorization is followed by the server closing the connection)
+        self._connect_errors: list[str] = []
         self.stats.update(reconnects=0, disconnects=0, dropped=0, chunked=0)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -197,7 +211,8 @@ class NatsTransport(ChannelEndpoint):
             ) from error
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout
-        nc = Client()
+        shared = self.options.connection
+        nc = Client() if shared is None else shared
         self._nc = nc
         connect: dict[str, Any] = {"reconnect_time_wait": 0.5, "pending_size": 64 << 20}
         connect.update(self.options.connect)
@@ -213,12 +228,17 @@ class NatsTransport(ChannelEndpoint):
             name=f"localsync {self.name[:64]} {self.client_id}",
         )
         try:
-            await asyncio.wait_for(nc.connect(**connect), self._connect_timeout)
+            if shared is None:
+                await asyncio.wait_for(nc.connect(**connect), self._connect_timeout)
+            elif not shared.is_connected:
+                raise ChannelError("the shared NATS connection is not connected")
             for subject, callback in (
                 (self.broadcast_subject, self._on_broadcast),
                 (self.own_subject, self._on_directed),
             ):
-                await nc.subscribe(subject, cb=callback, pending_bytes_limit=SUB_PENDING_BYTES)
+                self._subscriptions.append(
+                    await nc.subscribe(subject, cb=callback, pending_bytes_limit=SUB_PENDING_BYTES)
+                )
             if self._on_ack is not None:
                 await self._subscribe_acks_now()
             # the server holds our subscriptions once it answered a PING sent after them
@@ -226,13 +246,13 @@ class NatsTransport(ChannelEndpoint):
         except BaseException as error:
             self._closed = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 1.0)
+                await asyncio.wait_for(self._release(nc), 1.0)
             if isinstance(error, asyncio.CancelledError):
                 raise
-            cause = self._last_error or error
+            causes = self._connect_errors or [_describe(error)]
             raise ChannelError(
                 f"no NATS server answered at {', '.join(self.servers)} within "
-                f"{self._connect_timeout:g} s: {type(cause).__name__}: {cause}"
+                f"{self._connect_timeout:g} s: {'; '.join(causes)}"
             ) from error
         # room for our chunk header below the server's limit
         self._chunk_size = max(1024, nc.max_payload - _CHUNK_HEAD - 64)
@@ -284,7 +304,7 @@ class NatsTransport(ChannelEndpoint):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(pump), FLUSH_ON_CLOSE_SECONDS)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), FLUSH_ON_CLOSE_SECONDS)
+                await asyncio.wait_for(self._release(nc), FLUSH_ON_CLOSE_SECONDS)
 
         try:
             task = asyncio.get_running_loop().create_task(shut())
@@ -294,10 +314,33 @@ class NatsTransport(ChannelEndpoint):
         _background.add(task)
         task.add_done_callback(_background.discard)
 
+    async def _release(self, nc: Client) -> None:
+        """Close our own connection; on a shared one, only end our subscriptions."""
+        if self.options.connection is None:
+            await nc.close()
+            return
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    def reconnected(self) -> None:
+        """The connection came back after a loss: resync (see ``on_reconnected``). Called by
+        the transport for its own connection; a shared connection's owner calls it."""
+        self.stats["reconnects"] += 1
+        self.hub_answering = True
+        on_reconnected = self.on_reconnected
+        if on_reconnected is not None and not self._closed:
+            on_reconnected()
+
     # -- nats-py callbacks ---------------------------------------------------------------------
 
     async def _on_error(self, error: Exception) -> None:
         self._last_error = error
+        if not self.is_open:
+            described = _describe(error)
+            if described not in self._connect_errors and len(self._connect_errors) < 4:
+                self._connect_errors.append(described)
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
@@ -305,11 +348,7 @@ class NatsTransport(ChannelEndpoint):
             self.hub_answering = False
 
     async def _on_reconnected(self) -> None:
-        self.stats["reconnects"] += 1
-        self.hub_answering = True
-        on_reconnected = self.on_reconnected
-        if on_reconnected is not None and not self._closed:
-            on_reconnected()
+        self.reconnected()
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -376,8 +415,10 @@ class NatsTransport(ChannelEndpoint):
         if self._acks_subscribed or self._nc is None:
             return
         self._acks_subscribed = True
-        await self._nc.subscribe(
-            self.ack_subject, cb=self._on_ack_msg, pending_bytes_limit=SUB_PENDING_BYTES
+        self._subscriptions.append(
+            await self._nc.subscribe(
+                self.ack_subject, cb=self._on_ack_msg, pending_bytes_limit=SUB_PENDING_BYTES
+            )
         )
 
     async def _on_ack_msg(self, msg: Msg) -> None:
@@ -408,6 +449,9 @@ class NatsTransport(ChannelEndpoint):
             self._ignore(ValueError("truncated chunk"))
             return None
         sender, number, index, count = _CHUNK_HEADER.unpack_from(payload, len(_CHUNK))
+        if sender == self._id_bytes:  # (our own, echoed by a shared connection)
+            self.stats["own_dropped"] += 1
+            return None
         key = (sender, to_me)
         if not 0 < count <= MAX_CHUNKS or index >= count:
             self._ignore(ValueError(f"invalid chunk {index} of {count}"))
@@ -434,3 +478,7 @@ class NatsTransport(ChannelEndpoint):
             return None
         del self._partial[key]
         return b"".join(parts)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -30,6 +30,7 @@ import zmq
 from localsync.channel.endpoint import (
     CLIENT_ID_LENGTH,
     CONTROL,
+    FLUSH_ON_CLOSE_SECONDS,
     ID_ALPHABET,
     ChannelEndpoint,
     Receive,
@@ -62,8 +63,6 @@ CLIENT_PREFIX = b"C"
 _ID_BYTES = ID_ALPHABET.encode()
 _PING = b"\x00P"
 _BEAT = b"\x00K"  # heartbeat to our own topic: the hub answers (see localsync.channel.hub)
-# destroy waits at most this long for the hub to hold what this process sent (see flush)
-FLUSH_ON_CLOSE_SECONDS = 3.0
 #: libzmq monitor events watched on a tcp participant's SUB socket while its path is proven,
 #: to say why a hub did not answer (see ChannelTransport._why_no_hub)
 _HANDSHAKE_EVENTS = int(

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,33 +153,35 @@ def test_a_url_nobody_answers_fails_start_sync_in_bounded_time() -> None:
     assert elapsed < 20
 
 
+async def sync_then_refuse(hubs: tuple[Any, Any], refused_hub: Any, reason: str) -> None:
+    """Two synchronizers joined through ``hubs`` pass a cell; one through ``refused_hub`` fails
+    ``start_sync`` with a ChannelError naming ``reason``."""
+    a, b = create_mergeable_store(), create_mergeable_store()
+    sync_a = await create_channel_synchronizer(a, "opts", hub=hubs[0]).start_sync()
+    sync_b = await create_channel_synchronizer(b, "opts", hub=hubs[1]).start_sync()
+    try:
+        a.set_cell("t", "r", "c", "passed")
+        await eventually(lambda: b.get_cell("t", "r", "c") == "passed", 20)
+    finally:
+        await sync_a.destroy()
+        await sync_b.destroy()
+    refused = create_channel_synchronizer(
+        create_mergeable_store(), "opts", hub=refused_hub, connect_timeout_seconds=1.0
+    )
+    with pytest.raises(ChannelError, match=reason):
+        await refused.start_sync()
+    await refused.destroy()
+
+
 def test_credentials_go_to_the_connection(tmp_path: Path) -> None:
     """A server that wants a user: the options dict passes them; without, a clear error."""
     with NatsCluster(tmp_path, nodes=1, args=("--user", "ada", "--pass", "s3cret")) as server:
-
-        async def main() -> None:
-            a, b = create_mergeable_store(), create_mergeable_store()
-            hub = {"servers": [server.url], "user": "ada", "password": "s3cret"}
-            sync_a = await create_channel_synchronizer(a, "auth", hub=hub).start_sync()
-            options = NatsOptions(server.url, {"user": "ada", "password": "s3cret"})
-            sync_b = await create_channel_synchronizer(b, "auth", hub=options).start_sync()
-            try:
-                a.set_cell("t", "r", "c", "authorized")
-                await eventually(lambda: b.get_cell("t", "r", "c") == "authorized", 20)
-            finally:
-                await sync_a.destroy()
-                await sync_b.destroy()
-            refused = create_channel_synchronizer(
-                create_mergeable_store(),
-                "auth",
-                hub={"servers": server.url, "user": "ada", "password": "wrong"},
-                connect_timeout_seconds=1.0,
-            )
-            with pytest.raises(ChannelError, match=r"(?i)authorization"):
-                await refused.start_sync()
-            await refused.destroy()
-
-        run(main())
+        hubs = (
+            {"servers": [server.url], "user": "ada", "password": "s3cret"},
+            NatsOptions(server.url, {"user": "ada", "password": "s3cret"}),
+        )
+        wrong = {"servers": server.url, "user": "ada", "password": "wrong"}
+        run(sync_then_refuse(hubs, wrong, r"(?i)authorization"))
 
 
 def test_tls_context_goes_to_the_connection(tmp_path: Path) -> None:
@@ -204,31 +207,10 @@ def test_tls_context_goes_to_the_connection(tmp_path: Path) -> None:
     tls_args = ("--tls", "--tlscert", str(cert), "--tlskey", str(key))
     with NatsCluster(tmp_path, nodes=1, args=tls_args) as server:
         url = server.url.replace("nats://", "tls://")
-        context = ssl.create_default_context(cafile=str(cert))
-
-        async def main() -> None:
-            a, b = create_mergeable_store(), create_mergeable_store()
-            hub = {"servers": url, "tls": context}
-            sync_a = await create_channel_synchronizer(a, "tls", hub=hub).start_sync()
-            sync_b = await create_channel_synchronizer(b, "tls", hub=hub).start_sync()
-            try:
-                a.set_cell("t", "r", "c", "encrypted")
-                await eventually(lambda: b.get_cell("t", "r", "c") == "encrypted", 20)
-            finally:
-                await sync_a.destroy()
-                await sync_b.destroy()
-            # without the certificate authority the server is not trusted
-            untrusted = create_channel_synchronizer(
-                create_mergeable_store(),
-                "tls",
-                hub={"servers": url, "tls": ssl.create_default_context()},
-                connect_timeout_seconds=1.0,
-            )
-            with pytest.raises(ChannelError, match=r"(?i)certificate"):
-                await untrusted.start_sync()
-            await untrusted.destroy()
-
-        run(main())
+        hub = {"servers": url, "tls": ssl.create_default_context(cafile=str(cert))}
+        # without the certificate authority the server is not trusted
+        untrusted = {"servers": url, "tls": ssl.create_default_context()}
+        run(sync_then_refuse((hub, hub), untrusted, r"(?i)certificate"))
 
 
 def test_garbage_on_the_subjects_is_ignored_and_counted(nats_url: str) -> None:
@@ -272,6 +254,45 @@ def test_garbage_on_the_subjects_is_ignored_and_counted(nats_url: str) -> None:
             await raw.close()
             await sync_a.destroy()
             await sync_b.destroy()
+
+    run(main())
+
+
+def test_channels_on_one_shared_connection(nats_url: str) -> None:
+    """Several channels (and participants) on one nats-py connection owned by the caller."""
+    import nats
+
+    async def main() -> None:
+        connection = await nats.connect(nats_url)
+        shared = NatsOptions(connection=connection)
+        stores = [create_mergeable_store() for _ in range(4)]
+        hubs: list[Any] = [shared, shared, nats_url, shared]
+        names = ["one", "one", "one", "two"]
+        syncs = [
+            await create_channel_synchronizer(store, name, hub=hub).start_sync()
+            for store, name, hub in zip(stores, names, hubs, strict=True)
+        ]
+        try:
+            stores[0].set_cell("t", "r", "c", "from 0")
+            stores[2].set_cell("t", "r2", "c", "from 2")
+            with stores[1].transaction():  # (big: its chunks echo back to the connection)
+                for i in range(20_000):
+                    stores[1].set_cell("big", f"r{i}", "c", "x" * 80)
+            await eventually(lambda: same(*stores[:3]), 30)
+            assert stores[2].get_cell("t", "r", "c") == "from 0"
+            assert len(stores[0].get_row_ids("big")) == 20_000
+            assert stores[3].get_tables() == {}  # (another channel)
+            # own messages come back on the shared connection and are dropped, not merged
+            assert syncs[0].get_channel_stats()["own_dropped"] > 0
+            assert all(sync.get_channel_stats()["ignored"] == 0 for sync in syncs)
+            await syncs[0].destroy()  # leaves the connection to the others
+            assert connection.is_connected
+            stores[1].set_cell("t", "after", "c", 1)
+            await eventually(lambda: stores[2].get_cell("t", "after", "c") == 1, 20)
+        finally:
+            for sync in syncs:
+                await sync.destroy()
+            await connection.close()
 
     run(main())
 

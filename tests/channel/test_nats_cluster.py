@@ -92,6 +92,42 @@ def test_a_node_killed_mid_stream_loses_nothing(
             proc.close()
 
 
+def test_a_reconnected_synchronizer_resyncs_at_once(tmp_path: Path) -> None:
+    """Without anti-entropy, only the resync after the reconnect brings what was published
+    while this process had no connection (nobody keeps NATS messages for it)."""
+    from localsync import create_mergeable_store
+    from localsync.channel.synchronizer import create_channel_synchronizer
+    from tests.helpers import eventually, run
+
+    async def main(cluster: NatsCluster) -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sync_a, sync_b = (
+            create_channel_synchronizer(store, "resync", hub=url, anti_entropy_seconds=None)
+            for store, url in ((a, cluster.urls[0]), (b, cluster.urls[1]))
+        )
+        await sync_a.start_sync()
+        await sync_b.start_sync()
+        try:
+            a.set_cell("t", "before", "c", 1)
+            await eventually(lambda: b.get_cell("t", "before", "c") == 1, 20)
+            cluster.kill(1)  # b's node (the only one b knows: the nodes do not advertise)
+            await eventually(lambda: sync_b.get_channel_stats()["disconnects"] >= 1, 20)
+            assert not sync_b.hub_answering
+            a.set_cell("t", "during", "c", 2)  # (published where b is not subscribed)
+            await sync_a.transport.flush()
+            cluster.restart(1)
+            await eventually(lambda: b.get_cell("t", "during", "c") == 2, 20)
+            stats = sync_b.get_channel_stats()
+            assert stats["disconnects"] >= 1 and stats["reconnects"] >= 1
+            assert a.get_mergeable_content_hashes() == b.get_mergeable_content_hashes()
+        finally:
+            await sync_a.destroy()
+            await sync_b.destroy()
+
+    with NatsCluster(tmp_path, nodes=2, args=("--no_advertise",)) as cluster:
+        run(main(cluster))
+
+
 def test_coordinator_on_nats_persists_and_a_fresh_run_reloads(
     cluster: NatsCluster, rundir: Path
 ) -> None:
