@@ -207,7 +207,7 @@ class NatsTransport(ChannelEndpoint):
             from nats.aio.client import Client
         except ImportError as error:  # pragma: no cover (a dependency of the library)
             raise ChannelError(
-                "a nats:// channel needs nats-py: pip install 'localsync[nats]'"
+                "a nats:// channel needs nats-py (a dependency of localsync): pip install nats-py"
             ) from error
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._connect_timeout
