@@ -57,7 +57,7 @@ _EXPORTS: dict[str, str] = {
     "WsServer": "localsync.ws.server",
     "WsServerSimple": "localsync.ws.server",
     "create_ws_server": "localsync.ws.server",
-    "create_ws_server_simple": "localsync.ws.server",
+    "create_ws_server_simple": "localsync.ws.simple",
     "AsgiApp": "localsync.ws.asgi",
     "create_asgi_app": "localsync.ws.asgi",
     "FilePersister": "localsync.persisters.file",

@@ -41,26 +41,17 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Unpack
 
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Close
 from websockets.http11 import Request
 
-from localsync.ws.backplane import Backplane, create_backplane
 from localsync.ws.handshake import offered_subprotocols
 from localsync.ws.http import HttpReply, find_route
-from localsync.ws.multiplex import MAX_CHANNELS, SUBPROTOCOL
-from localsync.ws.server import (
-    MAX_FRAME_SIZE,
-    Authenticate,
-    DiscardEmptyPath,
-    IgnoredErrorHandler,
-    ServerSettings,
-    WsServer,
-)
-from localsync.ws.wire import MAX_PAYLOAD_SIZE
+from localsync.ws.multiplex import SUBPROTOCOL
+from localsync.ws.server import MAX_FRAME_SIZE, ServerOptions, WsServer, server_settings
 
 __all__ = ["AsgiApp", "AsgiRequest", "create_asgi_app"]
 
@@ -287,42 +278,9 @@ async def _refuse(scope: Scope, send: Send, status: HTTPStatus, text: str) -> No
 
 
 def create_asgi_app(
-    create_persister: Callable[[str], Any] | None = None,
-    *,
-    on_ignored_error: IgnoredErrorHandler | None = None,
-    request_timeout_seconds: float = 1.0,
-    fragment_size: int | None = None,
-    authenticate: Authenticate | None = None,
-    token: str | None = None,
-    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
-    max_clients: int | None = None,
-    max_rooms: int | None = None,
-    max_rooms_per_address: int | None = None,
-    max_rooms_per_socket: int = MAX_CHANNELS,
-    discard_empty_path: DiscardEmptyPath | None = None,
-    backplane: str | Backplane | None = None,
-    health: bool = True,
-    metrics: bool = True,
-    inspector: bool = False,
+    create_persister: Callable[[str], Any] | None = None, **options: Unpack[ServerOptions]
 ) -> AsgiApp:
     """A TinyBase-compatible sync server as an ASGI app; the options are
     :func:`~localsync.ws.server.create_ws_server`'s (without host and port, which belong to
     the ASGI server); the backplane is checked at the lifespan's startup."""
-    settings = ServerSettings(
-        on_ignored_error=on_ignored_error,
-        request_timeout_seconds=request_timeout_seconds,
-        fragment_size=fragment_size,
-        authenticate=authenticate,
-        token=token,
-        max_queue_bytes=max_queue_bytes,
-        max_clients=max_clients,
-        max_rooms=max_rooms,
-        max_rooms_per_address=max_rooms_per_address,
-        max_rooms_per_socket=max_rooms_per_socket,
-        discard_empty_path=discard_empty_path,
-        backplane=create_backplane(backplane),
-        health=health,
-        metrics=metrics,
-        inspector=inspector,
-    )
-    return AsgiApp(WsServer("", 0, create_persister, settings))
+    return AsgiApp(WsServer("", 0, create_persister, server_settings(options)))

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -69,7 +69,7 @@ from localsync.ws.room import (
     path_id_of,
 )
 from localsync.ws.room_store import RoomStores
-from localsync.ws.simple import WsServerSimple
+from localsync.ws.simple import WsServerSimple, create_ws_server_simple
 from localsync.ws.wire import (
     ERROR_MESSAGE,
     MAX_PAYLOAD_SIZE,
@@ -82,6 +82,7 @@ from localsync.ws.wire import (
 )
 
 __all__ = [
+    "ServerOptions",
     "ServerSettings",
     "WsServer",
     "WsServerSimple",
@@ -89,6 +90,7 @@ __all__ = [
     "create_ws_server_simple",
     "is_valid_path_id",
     "path_file_name",
+    "server_settings",
 ]
 
 logger = logging.getLogger("localsync.ws_server")
@@ -127,6 +129,38 @@ class ServerSettings:
     health: bool = True
     metrics: bool = True
     inspector: bool = False
+
+
+class ServerOptions(TypedDict, total=False):
+    """The keyword options of :func:`create_ws_server` and
+    :func:`~localsync.ws.asgi.create_asgi_app` (see :func:`create_ws_server`)."""
+
+    on_ignored_error: IgnoredErrorHandler | None
+    request_timeout_seconds: float
+    fragment_size: int | None
+    authenticate: Authenticate | None
+    token: str | None
+    max_queue_bytes: int
+    max_clients: int | None
+    max_rooms: int | None
+    max_rooms_per_address: int | None
+    max_rooms_per_socket: int
+    discard_empty_path: DiscardEmptyPath | None
+    backplane: str | Backplane | None
+    health: bool
+    metrics: bool
+    inspector: bool
+
+
+def server_settings(options: ServerOptions) -> ServerSettings:
+    """The settings the options give (``TypeError`` for an unknown option, as a call would;
+    ``ValueError`` for a backplane that is not ``"local"`` or a hub)."""
+    unknown = set(options) - set(ServerOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unexpected option(s): {', '.join(sorted(unknown))}")
+    given: dict[str, Any] = dict(options)
+    backplane = create_backplane(given.pop("backplane", None))
+    return ServerSettings(**given, backplane=backplane)
 
 
 class WsServer:
@@ -201,7 +235,8 @@ class WsServer:
 
     # ----------------------------------------------------------------------------- start
 
-    async def _start(self) -> None:
+    async def listen(self) -> None:
+        """Start listening on the host and port given (the standalone face)."""
         await self.check_backplane()
         self._server = await serve(
             self._handle,
@@ -855,77 +890,31 @@ async def create_ws_server(
     host: str = "127.0.0.1",
     port: int = 8048,
     create_persister: Callable[[str], Any] | None = None,
-    *,
-    on_ignored_error: IgnoredErrorHandler | None = None,
-    request_timeout_seconds: float = 1.0,
-    fragment_size: int | None = None,
-    authenticate: Authenticate | None = None,
-    token: str | None = None,
-    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
-    max_clients: int | None = None,
-    max_rooms: int | None = None,
-    max_rooms_per_address: int | None = None,
-    max_rooms_per_socket: int = MAX_CHANNELS,
-    discard_empty_path: DiscardEmptyPath | None = None,
-    backplane: str | Backplane | None = None,
-    health: bool = True,
-    metrics: bool = True,
-    inspector: bool = False,
+    **options: Unpack[ServerOptions],
 ) -> WsServer:
     """Start a TinyBase-compatible sync server on ``host:port`` (port 0 = any free port).
 
     ``create_persister(path_id)`` returns a Persister of a MergeableStore (or an awaitable of
-    one, or None for a relay-only path). ``discard_empty_path(path_id)`` (may be a coroutine)
-    is called after a room whose store holds no data at all was stopped, so that the caller
-    can delete what its persister left on disk; it returns True when it deleted something.
-    ``backplane`` (``"nats://..."``, ``"tcp://..."``, ``"local"`` or a
-    :class:`~localsync.ws.backplane.Backplane`) shares the rooms with other instances; a hub
-    that does not answer raises :class:`~localsync.errors.ChannelError` here.
-    ``health`` serves ``GET /healthz``, ``metrics`` ``GET /metrics`` (Prometheus;
-    :mod:`localsync.metrics`), ``inspector`` the live inspector page under ``/_inspect/``
-    (:mod:`localsync.ws.inspector`); the metrics and the inspector need ``token`` when given.
-    See the module docstring for path ids, auth, room limits and back-pressure.
+    one, or None for a relay-only path). Keyword options (:class:`ServerOptions`):
+
+    - ``on_ignored_error(error)``: told of every input ignored (bad frames, failed listeners);
+    - ``request_timeout_seconds`` (1.0) and ``fragment_size`` (None: unfragmented) of the
+      rooms' server stores;
+    - ``authenticate(path_id, request)`` (may be a coroutine; False: 403) and ``token``
+      (``Authorization: Bearer`` or ``?token=``; missing 401, wrong 403);
+    - ``max_queue_bytes`` (16 MiB per client), ``max_clients``, ``max_rooms``,
+      ``max_rooms_per_address``, ``max_rooms_per_socket`` (100): see the module docstring;
+    - ``discard_empty_path(path_id)`` (may be a coroutine): called after a room whose store
+      holds no data at all was stopped, so that the caller can delete what its persister left
+      on disk; it returns True when it deleted something;
+    - ``backplane`` (``"nats://..."``, ``"tcp://..."``, ``"local"`` or a
+      :class:`~localsync.ws.backplane.Backplane`) shares the rooms with other instances; a hub
+      that does not answer raises :class:`~localsync.errors.ChannelError` here;
+    - ``health`` (True) serves ``GET /healthz``, ``metrics`` (True) ``GET /metrics``
+      (Prometheus; :mod:`localsync.metrics`), ``inspector`` (False) the live inspector page
+      under ``/_inspect/`` (:mod:`localsync.ws.inspector`); the metrics and the inspector need
+      ``token`` when given.
     """
-    settings = ServerSettings(
-        on_ignored_error=on_ignored_error,
-        request_timeout_seconds=request_timeout_seconds,
-        fragment_size=fragment_size,
-        authenticate=authenticate,
-        token=token,
-        max_queue_bytes=max_queue_bytes,
-        max_clients=max_clients,
-        max_rooms=max_rooms,
-        max_rooms_per_address=max_rooms_per_address,
-        max_rooms_per_socket=max_rooms_per_socket,
-        discard_empty_path=discard_empty_path,
-        backplane=create_backplane(backplane),
-        health=health,
-        metrics=metrics,
-        inspector=inspector,
-    )
-    server = WsServer(host, port, create_persister, settings)
-    await server._start()
+    server = WsServer(host, port, create_persister, server_settings(options))
+    await server.listen()
     return server
-
-
-async def create_ws_server_simple(
-    host: str = "127.0.0.1",
-    port: int = 8048,
-    *,
-    on_ignored_error: IgnoredErrorHandler | None = None,
-    authenticate: Authenticate | None = None,
-    token: str | None = None,
-    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
-    max_clients: int | None = None,
-) -> WsServerSimple:
-    """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
-    settings = ServerSettings(
-        on_ignored_error=on_ignored_error,
-        authenticate=authenticate,
-        token=token,
-        max_queue_bytes=max_queue_bytes,
-        max_clients=max_clients,
-    )
-    server = WsServer(host, port, None, settings, listeners=False)
-    await server._start()
-    return WsServerSimple(server)

@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server
 
-if TYPE_CHECKING:
-    from localsync.ws.server import WsServer
+from localsync.ws.wire import MAX_PAYLOAD_SIZE
 
-__all__ = ["WsServerSimple"]
+if TYPE_CHECKING:
+    from localsync.ws.server import Authenticate, IgnoredErrorHandler, WsServer
+
+__all__ = ["WsServerSimple", "create_ws_server_simple"]
 
 
 class WsServerSimple:
@@ -40,3 +42,28 @@ class WsServerSimple:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.destroy()
+
+
+async def create_ws_server_simple(
+    host: str = "127.0.0.1",
+    port: int = 8048,
+    *,
+    on_ignored_error: IgnoredErrorHandler | None = None,
+    authenticate: Authenticate | None = None,
+    token: str | None = None,
+    max_queue_bytes: int = MAX_PAYLOAD_SIZE,
+    max_clients: int | None = None,
+) -> WsServerSimple:
+    """Start a relay-only server (TinyBase's ``createWsServerSimple``)."""
+    from localsync.ws.server import ServerSettings, WsServer  # (it builds on this module)
+
+    settings = ServerSettings(
+        on_ignored_error=on_ignored_error,
+        authenticate=authenticate,
+        token=token,
+        max_queue_bytes=max_queue_bytes,
+        max_clients=max_clients,
+    )
+    server = WsServer(host, port, None, settings, listeners=False)
+    await server.listen()
+    return WsServerSimple(server)
