@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "ChannelSynchronizer": "localsync.channel.synchronizer",
     "create_channel_synchronizer": "localsync.channel.synchronizer",
     "Coordinator": "localsync.channel.coordinator",
+    "NatsOptions": "localsync.channel.nats",
     "WsSynchronizer": "localsync.ws.client",
     "create_ws_synchronizer": "localsync.ws.client",
     "WsServer": "localsync.ws.server",
@@ -97,6 +98,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from localsync.channel.coordinator import Coordinator
+    from localsync.channel.nats import NatsOptions
     from localsync.channel.synchronizer import ChannelSynchronizer, create_channel_synchronizer
     from localsync.core.codec import JSON_PREFIX, UNDEFINED, get_unique_id
     from localsync.core.hash import (
