@@ -360,10 +360,10 @@ class MergeableStore(Store):
             if not valid:
                 self.ignored_count += 1
             elif cells < BULK:
-                self._txn(receive, self, data, is_content, encoded, plain, True)
+                self._locked_txn(receive, (self, data, is_content, encoded, plain, True))
             else:
                 with _gc_paused:
-                    self._txn(receive, self, data, is_content, encoded, plain, True)
+                    self._locked_txn(receive, (self, data, is_content, encoded, plain, True))
         return self
 
     def _merge(self, data: Any, is_content: bool) -> None:

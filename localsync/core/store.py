@@ -358,7 +358,7 @@ class Store(ListenerApi):
                     raise
                 self._depth = depth
             else:
-                self._txn(self._write_cell, table_id, row_id, cell_id, cell)
+                self._locked_txn(self._write_cell, (table_id, row_id, cell_id, cell))
         return self
 
     def set_values(self, values: Any) -> Store:
@@ -663,23 +663,29 @@ class Store(ListenerApi):
 
     def _txn(self, fn: Callable[..., Any], *args: Any, _do_rollback: Any = None) -> Any:
         with self.lock:
-            depth = self._depth
-            if depth < 0:
-                return None  # inside did-finish listeners: TinyBase ignores writes
-            if depth == 0:
-                self._begin()
-            else:
-                self._depth = depth + 1
-            try:
-                result = fn(*args)
-            except BaseException:
-                self._abort()
-                raise
-            if self._depth == 1:
-                self._end(_do_rollback)
-            else:
-                self._depth -= 1
-            return result
+            return self._locked_txn(fn, args, _do_rollback)
+
+    def _locked_txn(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], do_rollback: Any = None
+    ) -> Any:
+        """``_txn`` for a caller already holding ``store.lock`` (it is not taken twice)."""
+        depth = self._depth
+        if depth < 0:
+            return None  # inside did-finish listeners: TinyBase ignores writes
+        if depth == 0:
+            self._begin()
+        else:
+            self._depth = depth + 1
+        try:
+            result = fn(*args)
+        except BaseException:
+            self._abort()
+            raise
+        if self._depth == 1:
+            self._end(do_rollback)
+        else:
+            self._depth -= 1
+        return result
 
     def _begin(self) -> None:
         self._depth += 1
