@@ -141,7 +141,7 @@ def transaction_changes(
 def encoded_changes_of(
     tstamp: list[Any],
     vstamp: list[Any],
-    touched: list[tuple[dict[Any, Any], dict[str, Any]]],
+    touched: list[tuple[dict[tuple[str, str, str], Any], dict[str, Any]]],
     max_stamps: int,
     max_bytes: int,
 ) -> list[list[Any]]:
@@ -150,21 +150,26 @@ def encoded_changes_of(
     ``max_bytes`` bytes are reached (see ``MergeableStore.get_encoded_mergeable_changes_of``).
     """
     out: list[list[Any]] = []
-    table_stamps, tables_hlc, _ = tstamp
-    value_stamps, values_hlc, _ = vstamp
-    tables_out: dict[str, Any] = {}
+    table_stamps: dict[str, list[Any]] = tstamp[0]
+    tables_hlc: str = tstamp[1]
+    value_stamps: dict[str, tuple[Any, Any, Any]] = vstamp[0]
+    values_hlc: str = vstamp[1]
+    tables_out: dict[str, list[Any]] = {}
     values_out: dict[str, Any] = {}
     stamps = size = 0
     overhead = STAMP_OVERHEAD
     for cells, values in touched:
         last_table = last_row = None
         cells_out: dict[str, Any] = {}
-        cell_stamps: dict[str, Any] = {}
+        cell_stamps: dict[str, tuple[Any, Any, Any]] = {}
         for table_id, row_id, cell_id in cells:
             if row_id != last_row or table_id != last_table:
                 last_table, last_row = table_id, row_id
                 table_stamp = table_stamps.get(table_id)
-                row_stamp = None if table_stamp is None else table_stamp[0].get(row_id)
+                row_stamp: list[Any] | None = None
+                if table_stamp is not None:
+                    rows: dict[str, list[Any]] = table_stamp[0]
+                    row_stamp = rows.get(row_id)
                 if row_stamp is None:
                     cell_stamps = {}
                     continue
@@ -174,7 +179,7 @@ def encoded_changes_of(
                     table_hlc = table_stamp[1]  # type: ignore[index]
                     table_out = tables_out[table_id] = [{}, table_hlc] if table_hlc else [{}]
                     size += overhead + len(table_id)
-                rows_out = table_out[0]
+                rows_out: dict[str, list[Any]] = table_out[0]
                 row_out = rows_out.get(row_id)
                 if row_out is None:
                     row_hlc = row_stamp[1]
