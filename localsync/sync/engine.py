@@ -387,7 +387,8 @@ class SyncEngine:
 
     def _emit(self, to: str | None, request_id: str | None, message: int, body: Any) -> None:
         self.sends += 1
-        self._outbox.append(Outgoing(to, request_id, message, body))
+        # (tuple.__new__: the same Outgoing without the interpreted __new__ NamedTuple makes)
+        self._outbox.append(tuple.__new__(Outgoing, (to, request_id, message, body)))
 
     def new_transaction_id(self) -> str:
         return self._transaction_id()
