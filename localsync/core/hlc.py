@@ -79,11 +79,10 @@ def _encode_digits(number: Number, shifts: tuple[int, ...]) -> str:
 
 def _encode_time(logical_time: Number) -> str:
     if type(logical_time) is int and 0 <= logical_time <= SAFE_INT_LIMIT:
+        # (an f-string: one string built, where ``+`` concatenates three times)
         return (
-            _PAIRS[(logical_time >> 30) & 4095]
-            + _PAIRS[(logical_time >> 18) & 4095]
-            + _PAIRS[(logical_time >> 6) & 4095]
-            + ENCODE[logical_time & 63]
+            f"{_PAIRS[(logical_time >> 30) & 4095]}{_PAIRS[(logical_time >> 18) & 4095]}"
+            f"{_PAIRS[(logical_time >> 6) & 4095]}{ENCODE[logical_time & 63]}"
         )
     return _encode_digits(logical_time, _TIME_SHIFTS)
 
@@ -316,7 +315,7 @@ def clock_with_deferred_seen(
             cached_prefix = _encode_time(last_logical_time)
             cached_time = last_logical_time
         counter = last_counter
-        return cached_prefix + pairs[counter >> 12] + pairs[counter & 4095] + client_id
+        return f"{cached_prefix}{pairs[counter >> 12]}{pairs[counter & 4095]}{client_id}"
 
     def seen_hlc(hlc: object = None) -> None:
         if pending:
