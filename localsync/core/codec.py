@@ -94,7 +94,8 @@ def get_unique_id(length: int = 16) -> str:
     sends, and its own ``getrandom`` system call was on the path of every one-cell change.
     """
     global _pool, _pool_at
-    with _pool_lock:
+    _pool_lock.acquire()  # (not ``with``: compiled, that looks __enter__/__exit__ up per call)
+    try:
         start = _pool_at
         end = start + length
         if end > len(_pool):
@@ -104,6 +105,8 @@ def get_unique_id(length: int = 16) -> str:
             start, end = 0, length
         _pool_at = end
         return _pool[start:end]
+    finally:
+        _pool_lock.release()
 
 
 def _forget_pool() -> None:

@@ -235,9 +235,7 @@ class Store(ListenerApi):
         if callable(content):
             content = content()
         tables, values = check_content(content)
-        tables = encode_tables(tables)
-        values = encode_values(values)
-        self._txn(self._apply_content, tables, values)
+        self._txn(self._apply_content, encode_tables(tables), encode_values(values))
         return self
 
     def set_encoded_content(self, content: Any) -> Store:
@@ -347,7 +345,9 @@ class Store(ListenerApi):
             if callable(cell):
                 cell = cell(self.get_cell(table_id, row_id, cell_id))
             cell = encode_cell(cell)
-        with self.lock:
+        lock = self.lock
+        lock.acquire()  # (not ``with``: compiled, that looks __enter__/__exit__ up per call)
+        try:
             depth = self._depth
             if depth > 0:  # inside a transaction already: skip the general wrapper
                 self._depth = depth + 1
@@ -358,7 +358,9 @@ class Store(ListenerApi):
                     raise
                 self._depth = depth
             else:
-                self._locked_txn(self._write_cell, (table_id, row_id, cell_id, cell))
+                self._locked_txn(self._write_cell, (table_id, row_id, cell_id, cell), None)
+        finally:
+            lock.release()
         return self
 
     def set_values(self, values: Any) -> Store:
@@ -662,12 +664,14 @@ class Store(ListenerApi):
         return self
 
     def _txn(self, fn: Callable[..., Any], *args: Any, _do_rollback: Any = None) -> Any:
-        with self.lock:
+        lock = self.lock
+        lock.acquire()  # (as in set_cell)
+        try:
             return self._locked_txn(fn, args, _do_rollback)
+        finally:
+            lock.release()
 
-    def _locked_txn(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], do_rollback: Any = None
-    ) -> Any:
+    def _locked_txn(self, fn: Callable[..., Any], args: tuple[Any, ...], rollback: Any) -> Any:
         """``_txn`` for a caller already holding ``store.lock`` (it is not taken twice)."""
         depth = self._depth
         if depth < 0:
@@ -682,7 +686,7 @@ class Store(ListenerApi):
             self._abort()
             raise
         if self._depth == 1:
-            self._end(do_rollback)
+            self._end(rollback)
         else:
             self._depth -= 1
         return result
@@ -888,8 +892,7 @@ class _Transaction:
 
 
 def _record(changes: dict[Any, list[Any]], key: Any, old: Any, new: Any) -> None:
-    """Record a change of ``key`` from ``old`` to ``new`` in a transaction's ``[old, new]``
-    record; a key changed before keeps its first ``old``."""
+    """Record ``key`` changed from ``old`` to ``new``; a key changed before keeps its first old."""
     entry = changes.get(key)
     if entry is None:
         changes[key] = [old, new]
