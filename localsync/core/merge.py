@@ -141,12 +141,13 @@ def _close_stamp(
 ) -> int:
     """The end of merging a row, table or root: its HLC and its hash ``hash_`` (the one
     built from its children), with undo entries unless the stamp was created now."""
-    if lazy and incoming_hlc > old_hlc:
+    newer = incoming_hlc > old_hlc
+    if lazy and newer:
         hash_ ^= replace_hlc_hash(old_hlc, incoming_hlc)
     if not fresh:
         undo.append((stamp, 1, old_hlc))
         undo.append((stamp, 2, old_hash))
-    if incoming_hlc > old_hlc:
+    if newer:
         stamp[1] = incoming_hlc
     new_hash: int = hash_ & MASK if type(hash_) is int else uint32(hash_)
     stamp[2] = new_hash
@@ -256,7 +257,9 @@ def _merge_tables(
     tables_obj = tables_in[0]
     incoming_tables_hlc = tables_in[1] if len(tables_in) > 1 else ""
     root = store._tstamp
-    table_stamps, old_tables_hlc, old_tables_hash = root
+    table_stamps: dict[str, list[Any]] = root[0]
+    old_tables_hlc: str = root[1]
+    old_tables_hash: int = root[2]
     tables_hash = (tables_in[2] if len(tables_in) > 2 else 0) if is_content else old_tables_hash
     tables_hlc = incoming_tables_hlc
     dirty = store._dirty_cells
@@ -273,7 +276,9 @@ def _merge_tables(
             table_counted = False
         else:
             table_counted = counted(table_stamp)
-        row_stamps, old_table_hlc, old_table_hash = table_stamp
+        row_stamps: dict[str, list[Any]] = table_stamp[0]
+        old_table_hlc: str = table_stamp[1]
+        old_table_hash: int = table_stamp[2]
         table_hash = (table_in[2] if len(table_in) > 2 else 0) if is_content else old_table_hash
         table_hlc = incoming_table_hlc
         dirty_rows = dirty.get(table_id)
@@ -282,7 +287,7 @@ def _merge_tables(
             incoming_row_hlc = row_in[1] if n_row > 1 else ""
             row_stamp = row_stamps.get(row_id)
             fresh = row_stamp is None
-            if fresh:
+            if row_stamp is None:
                 cell_stamps: dict[str, Any] = {}
                 row_stamp = row_stamps[row_id] = [cell_stamps, "", 0]
                 undo.append((row_stamps, row_id, ABSENT))
@@ -290,7 +295,9 @@ def _merge_tables(
                 old_row_hash = 0
                 row_counted = False
             else:
-                cell_stamps, old_row_hlc, old_row_hash = row_stamp
+                cell_stamps = row_stamp[0]
+                old_row_hlc = row_stamp[1]
+                old_row_hash = row_stamp[2]
                 row_counted = counted(row_stamp)
             row_hash = (row_in[2] if n_row > 2 else 0) if is_content else old_row_hash
             row_hlc = incoming_row_hlc
