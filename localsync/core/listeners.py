@@ -205,13 +205,12 @@ class Listeners:
             # one registered path (the usual case): match it instead of looking up each of
             # the 2**len(ids) wildcard paths
             for path, listeners in registry.items():
-                if path != ids:
-                    if len(path) != len(ids):
-                        raise ValueError(f"listener path {path!r} does not fit ids {ids!r}")
-                    for i in range(len(ids)):
-                        want = path[i]
-                        if want is not None and want != ids[i]:
-                            return
+                if len(path) != len(ids):
+                    raise ValueError(f"listener path {path!r} does not fit ids {ids!r}")
+                for i in range(len(ids)):
+                    want: str | None = path[i]
+                    if want is not None and want != ids[i]:
+                        return
                 for fn in list(listeners.values()):
                     fn(*arguments)
                 return
@@ -233,14 +232,23 @@ class Listeners:
         """Call the tables' listeners of ``index`` for the changed cells, in TinyBase's order."""
         live = self.live[index]
         track = store._track_ids
-        derived = derive_changes(
-            store._changed_cells, store._tables, not track and not live.isdisjoint(_DERIVED_ID_SET)
-        )
+        # one look at the live kinds (usually one or two) for the three questions below
+        above = cells = derived_ids = False
+        for kind in live:
+            if kind in _CELL_UP_SET:
+                cells = True
+            elif kind in _ABOVE_CELLS_SET:
+                above = True
+                if kind in _DERIVED_ID_SET:
+                    derived_ids = True
+        derived = derive_changes(store._changed_cells, store._tables, not track and derived_ids)
         if track:  # TinyBase's own order, recorded as the changes happened
             _tracked_ids(store, derived)
-        if not live.isdisjoint(_ABOVE_CELLS_SET):
+        if above:
             self._call_tabular_ids(store, index, derived)
-        if not live.isdisjoint(_CELL_UP_SET):
+            # (a mutator listener called there may have added a cell listener)
+            cells = not live.isdisjoint(_CELL_UP_SET)
+        if cells:
             self._call_cells(store, index, derived)
 
     def _call_tabular_ids(self, store: Store, index: int, derived: Derived) -> None:
