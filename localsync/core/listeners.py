@@ -223,7 +223,7 @@ class Listeners:
     def call_data(self, store: Store, index: int) -> None:
         """Tell the plain (0) or mutator (1) data listeners what the transaction changed."""
         live = self.live[index]
-        if store._changed_cells and not live.isdisjoint(_TABULAR_SET):
+        if store._changed_cells and live:
             self.call_tabular(store, index)
         if store._changed_values and not live.isdisjoint(_VALUES_SET):
             self.call_values(store, index)
@@ -232,7 +232,7 @@ class Listeners:
         """Call the tables' listeners of ``index`` for the changed cells, in TinyBase's order."""
         live = self.live[index]
         track = store._track_ids
-        # one look at the live kinds (usually one or two) for the three questions below
+        # one look at the live kinds (usually one or two) for the questions below
         above = cells = derived_ids = False
         for kind in live:
             if kind in _CELL_UP_SET:
@@ -241,6 +241,8 @@ class Listeners:
                 above = True
                 if kind in _DERIVED_ID_SET:
                     derived_ids = True
+        if not above and not cells:
+            return  # (no tables' listener)
         derived = derive_changes(store._changed_cells, store._tables, not track and derived_ids)
         if track:  # TinyBase's own order, recorded as the changes happened
             _tracked_ids(store, derived)
