@@ -63,6 +63,8 @@ _DERIVED_ID_SET: Final = frozenset(
 #: kinds that need the id changes in TinyBase's order (tracked as they happen)
 _ID_SET: Final = _DERIVED_ID_SET | {"value_ids", "has_value"}
 _CELL_UP_SET: Final = frozenset(("cell", "row", "table", "tables"))
+#: the tables' kinds called before the cells' (``Listeners._call_tabular_ids``)
+_ABOVE_CELLS_SET: Final = _TABULAR_SET - _CELL_UP_SET
 _TRANSACTION_KINDS: Final = ("start", "will_finish", "did_finish")
 
 
@@ -189,8 +191,9 @@ class Listeners:
         if first is not None:
             raise first
 
-    def call(self, store: Store, kind: str, index: int, ids: tuple[str, ...], *args: Any) -> None:
-        """Call the ``kind`` listeners whose path matches ``ids``: ``fn(store, *ids, *args)``.
+    def call(self, kind: str, index: int, ids: tuple[str, ...], arguments: tuple[Any, ...]) -> None:
+        """Call the ``kind`` listeners whose path matches ``ids`` as ``fn(*arguments)``
+        (``arguments``: the store, then ``ids``, then the kind's own arguments).
 
         Raises:
             ValueError: a registered path does not have as many ids as ``ids``.
@@ -201,26 +204,26 @@ class Listeners:
         if len(registry) == 1:
             # one registered path (the usual case): match it instead of looking up each of
             # the 2**len(ids) wildcard paths
-            [(path, listeners)] = registry.items()
-            if len(path) != len(ids):
-                raise ValueError(f"listener path {path!r} does not fit ids {ids!r}")
-            for i in range(len(ids)):
-                want = path[i]
-                if want is not None and want != ids[i]:
-                    return
-            for fn in list(listeners.values()):
-                fn(store, *ids, *args)
-            return
+            for path, listeners in registry.items():
+                if len(path) != len(ids):
+                    raise ValueError(f"listener path {path!r} does not fit ids {ids!r}")
+                for i in range(len(ids)):
+                    want: str | None = path[i]
+                    if want is not None and want != ids[i]:
+                        return
+                for fn in list(listeners.values()):
+                    fn(*arguments)
+                return
         for path in _wildcard_paths(ids):
             matching = registry.get(path)
             if matching:
                 for fn in list(matching.values()):
-                    fn(store, *ids, *args)
+                    fn(*arguments)
 
     def call_data(self, store: Store, index: int) -> None:
         """Tell the plain (0) or mutator (1) data listeners what the transaction changed."""
         live = self.live[index]
-        if store._changed_cells and not live.isdisjoint(_TABULAR_SET):
+        if store._changed_cells and live:
             self.call_tabular(store, index)
         if store._changed_values and not live.isdisjoint(_VALUES_SET):
             self.call_values(store, index)
@@ -229,15 +232,34 @@ class Listeners:
         """Call the tables' listeners of ``index`` for the changed cells, in TinyBase's order."""
         live = self.live[index]
         track = store._track_ids
-        derived = derive_changes(
-            store._changed_cells, store._tables, not track and not live.isdisjoint(_DERIVED_ID_SET)
-        )
+        # one look at the live kinds (usually one or two) for the questions below
+        above = cells = derived_ids = False
+        for kind in live:
+            if kind in _CELL_UP_SET:
+                cells = True
+            elif kind in _ABOVE_CELLS_SET:
+                above = True
+                if kind in _DERIVED_ID_SET:
+                    derived_ids = True
+        if not above and not cells:
+            return  # (no tables' listener)
+        derived = derive_changes(store._changed_cells, store._tables, not track and derived_ids)
         if track:  # TinyBase's own order, recorded as the changes happened
             _tracked_ids(store, derived)
+        if above:
+            self._call_tabular_ids(store, index, derived)
+            # (a mutator listener called there may have added a cell listener)
+            cells = not live.isdisjoint(_CELL_UP_SET)
+        if cells:
+            self._call_cells(store, index, derived)
+
+    def _call_tabular_ids(self, store: Store, index: int, derived: Derived) -> None:
+        """Call the tables' listeners of ``index`` that come before the cells' ones."""
+        live = self.live[index]
         if "has_tables" in live:
             has_now = bool(store._tables)
             if has_now != store._had_tables:
-                self.call(store, "has_tables", index, (), has_now)
+                self.call("has_tables", index, (), (store, has_now))
         if "table_ids" in live or "has_table" in live:
             self._call_ids(store, "table_ids", "has_table", index, (), derived.table_ids)
         if "table_cell_ids" in live or "has_table_cell" in live:
@@ -245,7 +267,7 @@ class Listeners:
                 self._call_ids(store, "table_cell_ids", "has_table_cell", index, (t,), ids)
         if "row_count" in live:
             for t in derived.row_counts:
-                self.call(store, "row_count", index, (t,), store.get_row_count(t))
+                self.call("row_count", index, (t,), (store, t, store.get_row_count(t)))
         if "row_ids" in live or "has_row" in live:
             for t, ids in derived.row_ids.items():
                 self._call_ids(store, "row_ids", "has_row", index, (t,), ids)
@@ -253,14 +275,14 @@ class Listeners:
             for t, row_cell_ids in derived.cell_ids.items():
                 for r, ids in row_cell_ids.items():
                     self._call_ids(store, "cell_ids", "has_cell", index, (t, r), ids)
-        if not live.isdisjoint(_CELL_UP_SET):
-            self._call_cells(store, index, derived)
 
     def _call_cells(self, store: Store, index: int, derived: Derived) -> None:
         # (each registry is tested where it is called, so that a listener added by an
         # earlier one in this dispatch is called too)
         cells_registry = self.registries["cell"][index]
         rows_registry = self.registries["row"][index]
+        table_registry = self.registries["table"][index]
+        tables_registry = self.registries["tables"][index]
         get_cell_change = store._get_cell_change
         tables_changed = False
         for t, rows in derived.cells.items():
@@ -272,21 +294,18 @@ class Listeners:
                     if not same_or_absent(old, new):
                         if cells_registry:
                             self.call(
-                                store,
                                 "cell",
                                 index,
                                 (t, r, c),
-                                public(new),
-                                public(old),
-                                get_cell_change,
+                                (store, t, r, c, public(new), public(old), get_cell_change),
                             )
                         tables_changed = table_changed = row_changed = True
                 if row_changed and rows_registry:
-                    self.call(store, "row", index, (t, r), get_cell_change)
-            if table_changed:
-                self.call(store, "table", index, (t,), get_cell_change)
-        if tables_changed:
-            self.call(store, "tables", index, (), get_cell_change)
+                    self.call("row", index, (t, r), (store, t, r, get_cell_change))
+            if table_changed and table_registry:
+                self.call("table", index, (t,), (store, t, get_cell_change))
+        if tables_changed and tables_registry:
+            self.call("tables", index, (), (store, get_cell_change))
 
     def call_values(self, store: Store, index: int) -> None:
         """Call the values' listeners of ``index`` for the changed values, in TinyBase's order."""
@@ -294,7 +313,7 @@ class Listeners:
         if self.registries["has_values"][index]:
             has_now = bool(store._values)
             if has_now != store._had_values:
-                self.call(store, "has_values", index, (), has_now)
+                self.call("has_values", index, (), (store, has_now))
         if "value_ids" in live or "has_value" in live:
             if store._track_ids:
                 ids = dict(store._changed_value_ids)
@@ -311,11 +330,11 @@ class Listeners:
             for v, (old, new) in list(store._changed_values.items()):
                 if not same_or_absent(old, new):
                     self.call(
-                        store, "value", index, (v,), public(new), public(old), get_value_change
+                        "value", index, (v,), (store, v, public(new), public(old), get_value_change)
                     )
                     changed = True
             if changed:
-                self.call(store, "values", index, (), get_value_change)
+                self.call("values", index, (), (store, get_value_change))
 
     def _call_ids(
         self,
@@ -330,10 +349,11 @@ class Listeners:
         if not changed:
             return
         snapshot = dict(changed)
-        self.call(store, ids_kind, index, parent_ids, lambda: dict(snapshot))
+        self.call(ids_kind, index, parent_ids, (store, *parent_ids, lambda: dict(snapshot)))
         if self.registries[has_kind][index]:
             for id_, delta in snapshot.items():
-                self.call(store, has_kind, index, (*parent_ids, id_), delta == 1)
+                ids = (*parent_ids, id_)
+                self.call(has_kind, index, ids, (store, *ids, delta == 1))
 
 
 class ListenerApi:

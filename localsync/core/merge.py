@@ -50,6 +50,12 @@ def prechecked(data: CheckedChanges, max_time: Number) -> bool:
     return limit >= 0 and time_prefix_within(greatest(hlcs)[:7], limit)
 
 
+def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
+    """``js_ordered(obj)`` of a validated map; one of at most one entry is in order already
+    (most messages carry one table, one row, one cell)."""
+    return obj if len(obj) < 2 else js_ordered(obj)
+
+
 def encode_merged(thing: Any) -> Any:
     """Stored form of a validated, decoded cell from a peer (objects become ``"\\ufffd..."``)."""
     if type(thing) is dict or type(thing) is list:
@@ -135,12 +141,13 @@ def _close_stamp(
 ) -> int:
     """The end of merging a row, table or root: its HLC and its hash ``hash_`` (the one
     built from its children), with undo entries unless the stamp was created now."""
-    if lazy and incoming_hlc > old_hlc:
+    newer = incoming_hlc > old_hlc
+    if lazy and newer:
         hash_ ^= replace_hlc_hash(old_hlc, incoming_hlc)
     if not fresh:
         undo.append((stamp, 1, old_hlc))
         undo.append((stamp, 2, old_hash))
-    if incoming_hlc > old_hlc:
+    if newer:
         stamp[1] = incoming_hlc
     new_hash: int = hash_ & MASK if type(hash_) is int else uint32(hash_)
     stamp[2] = new_hash
@@ -228,7 +235,7 @@ def _merge_values(
     undo = store._undo
     lazy = not is_content
     values_hlc = _merge_things(
-        undo, js_ordered(values_in[0]), value_stamps, False, lazy, store._dirty_values, winners
+        undo, _ordered(values_in[0]), value_stamps, False, lazy, store._dirty_values, winners
     )[0]
     hash_ = old_hash if lazy else (values_in[2] if n > 2 else 0)
     _close_stamp(undo, vstamp, incoming_hlc, old_hlc, old_hash, hash_, lazy)
@@ -250,14 +257,16 @@ def _merge_tables(
     tables_obj = tables_in[0]
     incoming_tables_hlc = tables_in[1] if len(tables_in) > 1 else ""
     root = store._tstamp
-    table_stamps, old_tables_hlc, old_tables_hash = root
+    table_stamps: dict[str, list[Any]] = root[0]
+    old_tables_hlc: str = root[1]
+    old_tables_hash: int = root[2]
     tables_hash = (tables_in[2] if len(tables_in) > 2 else 0) if is_content else old_tables_hash
     tables_hlc = incoming_tables_hlc
     dirty = store._dirty_cells
     lazy = not is_content
     # no change record yet: rows new to the data can be inserted whole (see _put_new_row)
     clean = not store._changed_cells and not store._track_ids
-    for table_id, table_in in js_ordered(tables_obj).items():
+    for table_id, table_in in _ordered(tables_obj).items():
         rows_obj = table_in[0]
         incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
         table_stamp = table_stamps.get(table_id)
@@ -267,16 +276,18 @@ def _merge_tables(
             table_counted = False
         else:
             table_counted = counted(table_stamp)
-        row_stamps, old_table_hlc, old_table_hash = table_stamp
+        row_stamps: dict[str, list[Any]] = table_stamp[0]
+        old_table_hlc: str = table_stamp[1]
+        old_table_hash: int = table_stamp[2]
         table_hash = (table_in[2] if len(table_in) > 2 else 0) if is_content else old_table_hash
         table_hlc = incoming_table_hlc
         dirty_rows = dirty.get(table_id)
-        for row_id, row_in in js_ordered(rows_obj).items():
+        for row_id, row_in in _ordered(rows_obj).items():
             n_row = len(row_in)
             incoming_row_hlc = row_in[1] if n_row > 1 else ""
             row_stamp = row_stamps.get(row_id)
             fresh = row_stamp is None
-            if fresh:
+            if row_stamp is None:
                 cell_stamps: dict[str, Any] = {}
                 row_stamp = row_stamps[row_id] = [cell_stamps, "", 0]
                 undo.append((row_stamps, row_id, ABSENT))
@@ -284,13 +295,15 @@ def _merge_tables(
                 old_row_hash = 0
                 row_counted = False
             else:
-                cell_stamps, old_row_hlc, old_row_hash = row_stamp
+                cell_stamps = row_stamp[0]
+                old_row_hlc = row_stamp[1]
+                old_row_hash = row_stamp[2]
                 row_counted = counted(row_stamp)
             row_hash = (row_in[2] if n_row > 2 else 0) if is_content else old_row_hash
             row_hlc = incoming_row_hlc
             winners: dict[str, Any] = {}
             dirty_cells = dirty_rows.get(row_id) if dirty_rows is not None else None
-            cells_obj = js_ordered(row_in[0])
+            cells_obj = _ordered(row_in[0])
             new_row = None
             if fresh and plain and dirty_cells is None and cells_obj:
                 # a row this merge creates, of plain cells: every cell wins, so build the

@@ -175,6 +175,11 @@ def _gathered(stamps: tuple[tuple[Any, int], ...], shape: int) -> Gathered | Non
     for stamp, depth in stamps:
         if not _stamps(stamp, depth, shape, hlcs, special):
             return None
+    return _alphabet_checked(hlcs, special)
+
+
+def _alphabet_checked(hlcs: list[str], special: list[Any]) -> Gathered | None:
+    """What a walk gathered, or None when an HLC has a character outside the alphabet."""
     # every HLC gathered has 16 characters; their alphabet is checked here at once
     if hlcs and not only_hlc_chars("".join(hlcs)):
         return None
@@ -198,11 +203,20 @@ def gather_changes(body: Any, shape: int) -> Gathered | None:
     if not _is_array(body, shape):
         return None
     length = len(body)
-    if length != 2 and (
-        shape == CONTENT or length != 3 or type(body[2]) not in (int, float) or body[2] != 1
+    if length != 2:
+        if shape == CONTENT or length != 3:
+            return None
+        version = body[2]
+        kind = type(version)
+        if (kind is not int and kind is not float) or version != 1:
+            return None
+    hlcs: list[str] = []
+    special: list[Any] = []
+    if not _stamps(body[0], 3, shape, hlcs, special) or not _stamps(
+        body[1], 1, shape, hlcs, special
     ):
         return None
-    return _gathered(((body[0], 3), (body[1], 1)), shape)
+    return _alphabet_checked(hlcs, special)
 
 
 # -- the protocol's messages (TinyBase 10's isProtocolMessageValid) ---------------------------
