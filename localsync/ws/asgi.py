@@ -102,24 +102,13 @@ class AsgiConnection:
     def __init__(
         self, request: AsgiRequest, subprotocol: str | None, receive: Receive, send: Send
     ) -> None:
-        self._request = request
-        self._subprotocol = subprotocol
+        self.request: Request | None = request
+        self.subprotocol = subprotocol
+        client = request.scope.get("client")
+        self.remote_address: Any = tuple(client) if client else None
         self._receive = receive
         self._send = send
         self._closed: Close | None = None
-
-    @property
-    def request(self) -> Request | None:
-        return self._request
-
-    @property
-    def subprotocol(self) -> str | None:
-        return self._subprotocol
-
-    @property
-    def remote_address(self) -> Any:
-        client = self._request.scope.get("client")
-        return tuple(client) if client else None
 
     def _gone(self) -> Exception:
         closed = self._closed or Close(1006, "")

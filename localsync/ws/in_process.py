@@ -45,22 +45,14 @@ class InProcessConnection:
         self, path_id: str, deliver: Callable[[str], None], client_id: str | None = None
     ) -> None:
         self.client_id = client_id or f"in-process-{next(_ids)}"
-        self._request = Request("/" + path_id, Headers({"Sec-WebSocket-Key": self.client_id}))
+        self.request: Request | None = Request(
+            "/" + path_id, Headers({"Sec-WebSocket-Key": self.client_id})
+        )
+        self.subprotocol: str | None = None
+        self.remote_address: Any = None
         self._deliver = deliver
         self._frames: asyncio.Queue[str | None] = asyncio.Queue()
         self._closed: Close | None = None
-
-    @property
-    def request(self) -> Request | None:
-        return self._request
-
-    @property
-    def subprotocol(self) -> str | None:
-        return None
-
-    @property
-    def remote_address(self) -> Any:
-        return None
 
     @property
     def closed(self) -> bool:
