@@ -13,13 +13,15 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localsync.errors import TinyBaseError
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
-from localsync.ws.backplane import Backplane
 from localsync.ws.room import Room, holds_no_data
 from localsync.ws.wire import Decoded, encode_payloads
+
+if TYPE_CHECKING:
+    from localsync.ws.backplane import Backplane
 
 __all__ = ["RoomStores"]
 

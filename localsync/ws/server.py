@@ -38,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -47,7 +47,6 @@ from websockets.http11 import Request, Response
 
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
-from localsync.ws.backplane import Backplane, create_backplane
 from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
 from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
@@ -80,6 +79,9 @@ from localsync.ws.wire import (
     overflow_error,
     payload_size,
 )
+
+if TYPE_CHECKING:  # (the backplane, and the channel modules it needs, load when one is given)
+    from localsync.ws.backplane import Backplane
 
 __all__ = [
     "ServerOptions",
@@ -159,7 +161,12 @@ def server_settings(options: ServerOptions) -> ServerSettings:
     if unknown:
         raise TypeError(f"unexpected option(s): {', '.join(sorted(unknown))}")
     given: dict[str, Any] = dict(options)
-    backplane = create_backplane(given.pop("backplane", None))
+    spec = given.pop("backplane", None)
+    backplane = None
+    if spec is not None:
+        from localsync.ws.backplane import create_backplane
+
+        backplane = create_backplane(spec)
     return ServerSettings(**given, backplane=backplane)
 
 
@@ -395,15 +402,17 @@ class WsServer:
         return None
 
     def _add_standard_routes(self, settings: ServerSettings) -> None:
-        # (imported here: these modules build on this one)
-        from localsync.metrics import health_route, metrics_route
-        from localsync.ws.inspector import inspector_route
+        # (imported here, only when asked for: these modules build on this one)
+        if settings.health or settings.metrics:
+            from localsync.metrics import health_route, metrics_route
 
-        if settings.health:
-            self.add_route(health_route(self))
-        if settings.metrics:
-            self.add_route(metrics_route(self))
+            if settings.health:
+                self.add_route(health_route(self))
+            if settings.metrics:
+                self.add_route(metrics_route(self))
         if settings.inspector:
+            from localsync.ws.inspector import inspector_route
+
             self.add_route(inspector_route(self, request_timeout_seconds=self._timeout))
 
     def add_route(self, route: Route) -> None:
