@@ -44,9 +44,11 @@ One coordinator per channel
     (:mod:`localsync.channel.runtime`;
     for a tcp hub ``tcp-<hash of hub and name>.coordinator``, for NATS servers
     ``nats-<hash of servers and name>.coordinator``: a lock of this machine only),
-    and records there, as JSON, its PID, data folder and data file. The lock is taken before
-    anything is loaded and released after the final save; the kernel releases it when the
-    process dies, however it dies. A second coordinator of the channel
+    and records there, as JSON, its PID, data folder and data file (and, once its synchronizer
+    exists, its channel client id: joiners ask it for snapshots,
+    :mod:`localsync.channel.snapshot`; it serves them like any local participant). The lock
+    is taken before anything is loaded and released after the final save; the kernel
+    releases it when the process dies, however it dies. A second coordinator of the channel
     (:class:`ChannelTakenError`):
 
     * refuses at once when the owner saves elsewhere (another data folder or persister):
@@ -105,6 +107,7 @@ from localsync.persisters._common import PersistError
 from localsync.sync import event_loop
 
 if TYPE_CHECKING:
+    from localsync.channel.runtime import ChannelPaths
     from localsync.channel.synchronizer import ChannelSynchronizer
     from localsync.core.mergeable_store import MergeableStore
 
@@ -114,6 +117,7 @@ __all__ = [
     "Coordinator",
     "channel_owner",
     "check_postgres",
+    "coordinator_client_id",
     "data_file",
     "is_postgres_url",
     "owner_file",
@@ -217,12 +221,15 @@ def owner_file(
     from localsync.channel.runtime import channel_paths, resolve_runtime_dir, validate_channel_name
 
     if hub is None:
-        paths = channel_paths(channel, runtime_dir)
-        return paths.folder / f"{paths.peers.stem}.coordinator"
+        return _local_owner_file(channel_paths(channel, runtime_dir))
     validate_channel_name(channel)
     digest = hashlib.blake2b(f"{hub}\0{channel}".encode(), digest_size=8).hexdigest()
     kind = "nats" if is_nats_hub(hub) else "tcp"
     return resolve_runtime_dir(runtime_dir) / f"{kind}-{digest}.coordinator"
+
+
+def _local_owner_file(paths: ChannelPaths) -> Path:
+    return paths.folder / f"{paths.peers.stem}.coordinator"
 
 
 def _read_owner(path: Path) -> dict[str, Any]:
@@ -244,7 +251,17 @@ def channel_owner(
 
     The record may be ``{}`` for an instant, while a new owner writes it.
     """
-    path = owner_file(channel, runtime_dir, hub)
+    return _live_owner(owner_file(channel, runtime_dir, hub))
+
+
+def coordinator_client_id(paths: ChannelPaths) -> str | None:
+    """The channel client id of the live coordinator of the local channel at ``paths``
+    (None: no coordinator, or it has not joined yet)."""
+    client_id = (_live_owner(_local_owner_file(paths)) or {}).get("client_id")
+    return client_id if isinstance(client_id, str) else None
+
+
+def _live_owner(path: Path) -> dict[str, Any] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -258,6 +275,11 @@ def channel_owner(
         return None
     finally:
         os.close(fd)
+
+
+def _write_record(fd: int, record: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
 
 
 def _describe(owner: dict[str, Any]) -> str:
@@ -318,6 +340,7 @@ class Coordinator:
         self._owner_wait = _positive_seconds("owner_wait_seconds", owner_wait_seconds, True)
         self._exit_with_parent = bool(exit_with_parent)
         self._owner_fd: int | None = None
+        self._owner_record: dict[str, Any] = {}
         self.store: MergeableStore | None = None
         self.persister: Any = None
         self.synchronizer: Any = None
@@ -387,12 +410,12 @@ class Coordinator:
                         owner,
                     )
                 await asyncio.sleep(_OWNER_POLL_SECONDS)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(record).encode(), 0)
+            _write_record(fd, record)
         except BaseException:
             os.close(fd)
             raise
         self._owner_fd = fd
+        self._owner_record = record
 
     def _data_description(self) -> str:
         if self.postgres_url is not None:
@@ -451,6 +474,11 @@ class Coordinator:
             anti_entropy_seconds=self._anti_entropy,
             on_ignored_error=self._on_ignored_error,
         )
+        if self._owner_fd is not None:
+            # joiners ask the coordinator for snapshots (localsync.channel.snapshot)
+            self._owner_record["client_id"] = self.synchronizer.client_id
+            with contextlib.suppress(OSError):
+                _write_record(self._owner_fd, self._owner_record)
         await self.synchronizer.start_sync()
         self._dirty.set()  # first save: makes the loaded content's hashes acknowledged
         self._tasks = [

@@ -4,8 +4,11 @@ NATS: :mod:`localsync.channel.nats`).
 
 Payloads are msgspec msgpack of ``(from_client_id, request_id, message, body)``; a message that
 claims to come from ourselves (a replay) is dropped. Control payloads start with a zero byte:
-``HELLO`` + client id (broadcast: "is anyone here?"), ``HERE`` (the directed answer), ``BYE`` +
-client id (broadcast when a participant leaves); each transport may add its own kinds.
+``HELLO`` + client id (broadcast: "is anyone here?"), ``HERE`` + the answerer's client id (the
+directed answer), ``BYE`` + client id (broadcast when a participant leaves), ``SNAPSHOT_ASK`` +
+client id (directed: "offer me a snapshot", :mod:`localsync.channel.snapshot`) and
+``SNAPSHOT_OFFER`` + an encoded :class:`~localsync.channel.snapshot.Offer` (directed; nothing
+after the kind: a refusal); each transport may add its own kinds.
 Acknowledgements are msgpack of ``(from_client_id, tables_hash, values_hash)``.
 """
 
@@ -40,6 +43,8 @@ CONTROL = b"\x00"
 HELLO = b"\x00H"  # + 16-byte client id, broadcast: "is anyone here?"
 HERE = b"\x00h"  # directed answer to a hello
 BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
+SNAPSHOT_ASK = b"\x00S"  # + 16-byte client id, directed
+SNAPSHOT_OFFER = b"\x00O"  # + encoded offer (none: a refusal), directed
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 _BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
 
@@ -127,6 +132,13 @@ class ChannelEndpoint:
         # promises that a request for content hashes will be answered
         self.answers_hello = False
         self.peers_answered = 0
+        #: the client id of the first peer that answered a hello (None: none yet)
+        self.first_answerer: str | None = None
+        #: ``(asker_id)`` -> an encoded offer, b"" (a refusal) or None (no answer: a repeated
+        #: request); unset: every request is refused
+        self.on_snapshot_ask: Callable[[str], bytes | None] | None = None
+        #: gets the bytes after SNAPSHOT_OFFER of an offer sent to us
+        self.on_snapshot_offer: Callable[[bytes], None] | None = None
         #: False while the hub/server is known not to answer
         self.hub_answering = True
         self.stats: dict[str, int] = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
@@ -230,7 +242,7 @@ class ChannelEndpoint:
                 except (UnicodeDecodeError, ValueError) as error:
                     self._ignore(error)
                     return True
-                self._send_payload(to, HERE)
+                self._send_payload(to, HERE + self._id_bytes)
         elif kind == BYE and broadcast:
             leaver = payload[2:]
             if leaver != self._id_bytes and len(leaver) == CLIENT_ID_LENGTH:
@@ -239,11 +251,41 @@ class ChannelEndpoint:
                     on_peer_left(leaver.decode("ascii", "replace"))
         elif kind == HERE and to_me:
             self.peers_answered += 1
+            answerer = payload[2:]
+            if self.first_answerer is None and len(answerer) == CLIENT_ID_LENGTH:
+                with contextlib.suppress(UnicodeDecodeError, ValueError):
+                    self.first_answerer = check_client_id(answerer.decode("ascii"))
             if self._here_waiter is not None and not self._here_waiter.done():
                 self._here_waiter.set_result(None)
+        elif kind == SNAPSHOT_ASK and to_me:
+            self._on_snapshot_ask(payload[2:])
+        elif kind == SNAPSHOT_OFFER and to_me:
+            on_offer = self.on_snapshot_offer
+            if on_offer is None:
+                self._ignore(ValueError("unexpected snapshot offer"))
+            else:
+                on_offer(payload[2:])
         else:
             return False
         return True
+
+    def _on_snapshot_ask(self, asker: bytes) -> None:
+        """Answer a snapshot request with an offer or a refusal (a malformed one: ignored)."""
+        try:
+            to = check_client_id(asker.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as error:
+            self._ignore(ValueError(f"invalid snapshot request: {error}"))
+            return
+        if to == self.client_id:
+            return
+        on_ask = self.on_snapshot_ask
+        offer = on_ask(to) if on_ask is not None else b""
+        if offer is not None:
+            self._send_payload(to, SNAPSHOT_OFFER + offer)
+
+    def ask_snapshot(self, to_client_id: str) -> None:
+        """Ask ``to_client_id`` for a snapshot (its answer goes to ``on_snapshot_offer``)."""
+        self._send_payload(check_client_id(to_client_id), SNAPSHOT_ASK + self._id_bytes)
 
     def _on_ack_payload(self, payload: bytes) -> None:
         on_ack = self._on_ack

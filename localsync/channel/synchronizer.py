@@ -43,6 +43,15 @@ on_ignored_error``; keyword-only options:
     the hub's public CURVE key (a ``.key`` file or its Z85 text) and this participant's
     ``.key_secret`` file (a throw-away pair when omitted); needed when the hub was started
     with ``--secret-key`` (see :mod:`localsync.channel.hub`).
+``snapshots`` (default True; local channels only)
+    a joiner whose store is empty asks one peer (the channel's coordinator when it has one,
+    else the first peer that answered its hello) for a shared-memory snapshot of the content
+    and installs it before the normal joining exchange, which then only finds what changed
+    since; every local participant answers such requests (nothing is encoded until one
+    comes). Any failure falls back to the normal exchange. ``False`` turns asking and
+    answering off (see :mod:`localsync.channel.snapshot`; counted in ``get_channel_stats()``:
+    ``snapshot_joins``, ``snapshot_fallbacks``, ``snapshots_served``, ``snapshots_refused``,
+    ``snapshot_segments_swept``).
 ``connect_timeout_seconds`` (default 5.0)
     bound on proving the path (a message to ourselves must come back through the hub);
     failing raises :class:`ChannelError` naming the likely cause. A local hub silent for
@@ -74,10 +83,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from localsync.channel import snapshot
 from localsync.channel.endpoint import ChannelEndpoint
 from localsync.channel.hub import DEFAULT_HWM
 from localsync.channel.nats import NatsOptions, NatsTransport, is_nats_hub, nats_options
 from localsync.channel.transport import ChannelTransport
+from localsync.core.collector import paused
 from localsync.core.protocols import SyncStore
 from localsync.errors import ChannelError
 from localsync.sync.synchronizer import Synchronizer
@@ -103,6 +114,8 @@ LIVENESS_CHECK_SECONDS = 0.5
 #: anti-entropy periods vary by this fraction either way (see SyncEngine.anti_entropy_jitter)
 ANTI_ENTROPY_JITTER = 0.25
 _MAX_REMEMBERED = 100_000  # content-hash pairs kept while waiting for an acknowledgement
+#: how long a joiner waits for a snapshot offer (the peer encodes its content first)
+SNAPSHOT_OFFER_SECONDS = 5.0
 
 
 # the ChannelSynchronizer whose public lifecycle call is running in this context: the calls it
@@ -132,6 +145,7 @@ class ChannelSynchronizer(Synchronizer):
         *,
         anti_entropy_seconds: float | None = None,
         adaptive_timeout: bool = False,
+        snapshots: bool = False,
     ) -> None:
         super().__init__(
             store,
@@ -155,6 +169,20 @@ class ChannelSynchronizer(Synchronizer):
         engine.anti_entropy_jitter = ANTI_ENTROPY_JITTER
         if adaptive_timeout:
             engine.broadcast_hashes_timeout_seconds = SYNCING_REQUEST_TIMEOUT
+        # shared-memory snapshots: local channels only (see localsync.channel.snapshot)
+        self._snapshots: snapshot.SnapshotServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        if snapshots and channel.has_presence and snapshot.available():
+            self._snapshots = snapshot.SnapshotServer(store)
+            channel.on_snapshot_ask = self._offer_snapshot
+            channel.on_peer_left = self._peer_left_sweep
+            channel.stats.update(
+                snapshot_joins=0,
+                snapshot_fallbacks=0,
+                snapshots_served=0,
+                snapshots_refused=0,
+                snapshot_segments_swept=0,
+            )
 
     @property
     def client_id(self) -> str:
@@ -192,10 +220,13 @@ class ChannelSynchronizer(Synchronizer):
             self._watch_liveness()
             # the first call picks the first pull's time-out; afterwards it is the syncing one
             discovering = self._adaptive and not self._discovered
+            self._start_sweeping()
             if discovering:
                 self._discovered = True
                 alone = not await self._channel.discover_peers()
                 self._set_request_timeout(ALONE_REQUEST_TIMEOUT if alone else JOIN_REQUEST_TIMEOUT)
+                if not alone and answers_hello and self._snapshots is not None:
+                    await self._join_from_snapshot()
             if answers_hello:
                 self._channel.answers_hello = True
             try:
@@ -256,6 +287,114 @@ class ChannelSynchronizer(Synchronizer):
 
         self._liveness = loop.call_later(LIVENESS_CHECK_SECONDS, check)
 
+    # -- shared-memory snapshots (localsync.channel.snapshot) ---------------------------------
+
+    def _sweep(self) -> None:
+        """Remove segments of owners that have exited, and count them."""
+        removed = snapshot.sweep()
+        if removed:
+            self._channel.stats["snapshot_segments_swept"] += removed
+
+    def _start_sweeping(self) -> None:
+        """Sweep now and every SWEEP_SECONDS while the channel is open; drop the cached
+        segment once nobody asked for it during KEEP_SECONDS."""
+        if self._snapshots is None or self._sweeper is not None:
+            return
+        loop = asyncio.get_running_loop()
+        server = self._snapshots
+        transport = self._channel
+
+        def turn() -> None:
+            self._sweeper = None
+            if not transport.is_open:
+                server.close()
+                return
+            self._sweep()
+            if loop.time() - server.last_used >= snapshot.KEEP_SECONDS:
+                server.close()
+            self._sweeper = loop.call_later(snapshot.SWEEP_SECONDS, turn)
+
+        self._sweep()
+        self._sweeper = loop.call_later(snapshot.SWEEP_SECONDS, turn)
+
+    def _peer_left_sweep(self, client_id: str) -> None:
+        self.peer_left(client_id)
+        self._sweep()
+
+    def _offer_snapshot(self, asker: str) -> bytes | None:
+        """Answer a joiner: an encoded offer, a refusal (b""), or None when ``asker`` already
+        got this content version."""
+        server = self._snapshots
+        stats = self._channel.stats
+        if server is None or not self._engine.syncing or self._engine.destroyed:
+            stats["snapshots_refused"] += 1
+            return b""
+        try:
+            offer = server.offer(asker, asyncio.get_running_loop().time())
+        except (OSError, ValueError) as error:
+            stats["snapshots_refused"] += 1
+            self._report(error)
+            return b""
+        if offer is None:
+            stats["snapshots_refused"] += 1
+            return None
+        stats["snapshots_served"] += 1
+        return offer.encode()
+
+    def _snapshot_source(self) -> str | None:
+        """The peer to ask: the coordinator when the channel has one, else the first peer
+        that answered our hello."""
+        paths = getattr(self._channel, "paths", None)
+        if paths is not None:
+            from localsync.channel.coordinator import coordinator_client_id
+
+            coordinator = coordinator_client_id(paths)
+            if coordinator is not None and coordinator != self.client_id:
+                return coordinator
+        return self._channel.first_answerer
+
+    async def _join_from_snapshot(self) -> None:
+        """Install a peer's snapshot into our empty store; any failure is counted in
+        ``snapshot_fallbacks`` and leaves the joining to the normal exchange."""
+        store = self._store
+        if list(store.get_mergeable_content_hashes()) != [0, 0]:
+            return
+        source = self._snapshot_source()
+        if source is None:
+            return
+        channel = self._channel
+        stats = channel.stats
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def on_offer(data: bytes) -> None:
+            if answer.done():
+                channel.stats["ignored"] += 1
+            else:
+                answer.set_result(data)
+
+        channel.on_snapshot_offer = on_offer
+        try:
+            channel.ask_snapshot(source)
+            data = await asyncio.wait_for(answer, SNAPSHOT_OFFER_SECONDS)
+            if not data:
+                raise ValueError(f"peer {source} refused a snapshot")
+            offer = snapshot.Offer.decode(data)
+            self._sweep()
+            content = snapshot.read_snapshot(offer)
+            with paused:
+                store.set_encoded_mergeable_content(content)
+                del content
+            if list(store.get_mergeable_content_hashes()) != [offer.tables_hash, offer.values_hash]:
+                raise ValueError("the installed snapshot does not hash as offered")
+        except (TimeoutError, OSError, ValueError, ChannelError) as error:
+            stats["snapshot_fallbacks"] += 1
+            self._report(error)
+            return
+        finally:
+            if channel.on_snapshot_offer is on_offer:
+                channel.on_snapshot_offer = None
+        stats["snapshot_joins"] += 1
+
     def _reconnected(self) -> None:
         """After the transport lost its connection and got it back: resync at once."""
         if self._engine.syncing and not self._engine.destroyed:
@@ -272,6 +411,8 @@ class ChannelSynchronizer(Synchronizer):
 
     async def stop_sync(self) -> ChannelSynchronizer:
         self._channel.answers_hello = False
+        if self._snapshots is not None:
+            self._snapshots.close()
         await super().stop_sync()
         return self
 
@@ -279,6 +420,11 @@ class ChannelSynchronizer(Synchronizer):
         if self._liveness is not None:
             self._liveness.cancel()
             self._liveness = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._snapshots is not None:
+            self._snapshots.close()
         try:
             await super().destroy()
         finally:
@@ -384,6 +530,7 @@ def create_channel_synchronizer(
     connect_timeout_seconds: float = 5.0,
     hub_key: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
+    snapshots: bool = True,
 ) -> ChannelSynchronizer:
     """Synchronize ``store`` with every process that opens channel ``name`` (see module doc)."""
     if not callable(getattr(store, "get_mergeable_content_hashes", None)):
@@ -420,4 +567,5 @@ def create_channel_synchronizer(
         on_ignored_error=on_ignored_error,
         anti_entropy_seconds=anti_entropy_seconds,
         adaptive_timeout=request_timeout_seconds is None,
+        snapshots=snapshots,
     )

@@ -177,6 +177,11 @@ class ChannelTransport(ChannelEndpoint):
         """Local channels: peers' liveness is read from their presence files."""
         return self._paths is not None
 
+    @property
+    def paths(self) -> ChannelPaths | None:
+        """The local channel's files (None for a tcp hub)."""
+        return self._paths
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -479,6 +484,8 @@ class ChannelTransport(ChannelEndpoint):
         self._receive = None
         self.on_peer_left = None
         self.on_reconnected = None
+        self.on_snapshot_ask = None
+        self.on_snapshot_offer = None
 
     def peer_alive(self, client_id: str) -> bool:
         """False only when ``client_id`` is known to be gone (local channels: its lock)."""
