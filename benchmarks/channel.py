@@ -18,7 +18,9 @@ hub runs: in the first reader (started alone, so that it is the one to host the 
 hub; it reports that it does, see ``_start``). Where the proxy runs moves raw's latency on a
 small machine (docs/performance.md), so both sides get the same placement.
 (c) a process joining a channel that holds ``join_cells`` cells: time from creating its
-    synchronizer until it holds everything. Baselines: the holder's encoded mergeable content
+    synchronizer until it holds everything, with the default shared-memory snapshot join
+    (:mod:`localsync.channel.snapshot`) and with ``snapshots=False`` (the hash-tree
+    exchange). Baselines: the holder's encoded mergeable content
     as one msgpack message through the proxy (decode only, and decode + set into a store),
     and the same bytes handed over in ``multiprocessing.shared_memory``.
 
@@ -195,7 +197,7 @@ def _run_role(role: str, main: Any) -> None:
         profiler.dump_stats(os.path.join(folder, f"{role}-{os.getpid()}.prof"))
 
 
-async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
+async def _open(rundir: str, channel: str, snapshots: bool = True) -> tuple[Any, Any]:
     from localsync import create_mergeable_store
     from localsync.channel.synchronizer import create_channel_synchronizer
 
@@ -209,6 +211,7 @@ async def _open(rundir: str, channel: str) -> tuple[Any, Any]:
         hub=hub,
         runtime_dir=None if hub else rundir,
         anti_entropy_seconds=anti_entropy,
+        snapshots=snapshots,
     )
     await sync.start_sync()
     return store, sync
@@ -353,10 +356,10 @@ def _holder(rundir: str, channel: str, cells: int, raw_inbound: str, go: Any, ou
     asyncio.run(run())
 
 
-def _joiner(rundir: str, channel: str, cells: int, out: Any) -> None:
+def _joiner(rundir: str, channel: str, cells: int, out: Any, snapshots: bool = True) -> None:
     async def run() -> None:
         start = _now()
-        store, sync = await _open(rundir, channel)
+        store, sync = await _open(rundir, channel, snapshots)
         synced = _now()
         await _wait_rows(store, cells // CELLS_PER_ROW)
         done = _now()
@@ -700,13 +703,17 @@ def join(bench: Bench, cells: int) -> dict[str, float]:
     result["raw_apply_s"] = detail["apply_s"]
     result["shm_decode_s"] = detail["shm_decode_s"]
     result["shm_apply_s"] = detail["shm_apply_s"]
-    joiner = _ctx.Process(target=_joiner, args=(rd, channel, cells, out))
-    joiner.start()
-    done = _collect(out, "done", 1, 600)[0]
-    result["channel_join_s"] = done["total_s"]
-    result["channel_start_sync_s"] = done["start_sync_s"]
+    joiners = []
+    for snapshots, key in ((True, "channel_join"), (False, "channel_join_no_snapshot")):
+        joiner = _ctx.Process(target=_joiner, args=(rd, channel, cells, out, snapshots))
+        joiner.start()
+        done = _collect(out, "done", 1, 600)[0]
+        joiner.join(60)
+        joiners.append(joiner)
+        result[f"{key}_s"] = done["total_s"]
+        result[f"{key}_start_sync_s"] = done["start_sync_s"]
     go.put("exit")
-    _join_all([joiner, holder])
+    _join_all([*joiners, holder])
     return result
 
 
@@ -835,6 +842,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{raw_total:.3f} s",
                     f"{j['channel_join_s']:.3f} s",
                     f"{j['channel_join_s'] / raw_total:.1f}x",
+                )
+            )
+            rows.append(
+                (
+                    "  channel without snapshot",
+                    "",
+                    f"{j['channel_join_no_snapshot_s']:.3f} s",
+                    f"{j['channel_join_no_snapshot_s'] / raw_total:.1f}x",
                 )
             )
             rows.append(("  raw + set into store", f"{raw_total + j['raw_apply_s']:.3f} s", "", ""))

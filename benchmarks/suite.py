@@ -221,6 +221,8 @@ def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
     snapshot = "raw zmq REQ/REP msgpack snapshot"
     subjects: dict[str, Callable[[int], float | None]] = {
         LOCALSYNC: lambda c: localsync_subject.join(c, sizes.timeout * 2),
+        f"{LOCALSYNC} (no snapshot)": lambda c: localsync_subject.join(
+            c, sizes.timeout * 2, snapshots=False),
         snapshot: lambda c: zmq_subjects.join(c, sizes.timeout * 2),
         MANAGER: lambda c: manager_dict.join(c, sizes.timeout * 2),
     }

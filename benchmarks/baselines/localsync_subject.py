@@ -290,12 +290,12 @@ async def _holder_main(name: str, folder: str, cells: int, stop: Any, queue: Any
 
 
 def _joiner(name: str, folder: str, cells: int, go: Any, stop: Any, queue: Any,
-            timeout: float) -> None:
-    _arun(_joiner_main(name, folder, cells, go, queue, timeout), "joiner")
+            timeout: float, snapshots: bool = True) -> None:
+    _arun(_joiner_main(name, folder, cells, go, queue, timeout, snapshots), "joiner")
 
 
 async def _joiner_main(name: str, folder: str, cells: int, go: Any, queue: Any,
-                       timeout: float) -> None:
+                       timeout: float, snapshots: bool) -> None:
     from localsync import create_channel_synchronizer, create_mergeable_store
 
     await _wait(go)
@@ -305,7 +305,7 @@ async def _joiner_main(name: str, folder: str, cells: int, go: Any, queue: Any,
     done = asyncio.Event()
     store.add_did_finish_transaction_listener(
         lambda _s: done.set() if _has_all(store, rows) else None)
-    sync = create_channel_synchronizer(store, name, runtime_dir=folder)
+    sync = create_channel_synchronizer(store, name, runtime_dir=folder, snapshots=snapshots)
     try:
         await sync.start_sync()
         if not _has_all(store, rows):
@@ -317,14 +317,15 @@ async def _joiner_main(name: str, folder: str, cells: int, go: Any, queue: Any,
         await sync.destroy()
 
 
-def join(cells: int, timeout: float = 120.0) -> float | None:
-    """Seconds from a newcomer opening the channel to holding all N cells."""
+def join(cells: int, timeout: float = 120.0, snapshots: bool = True) -> float | None:
+    """Seconds from a newcomer opening the channel to holding all N cells (``snapshots``:
+    the channel's default shared-memory snapshot join, else the hash-tree exchange)."""
     folder = str(scratch_dir("lsb-"))
     name = "join"
     queue, go, stop = CTX.Queue(), CTX.Event(), CTX.Event()
     events = _run(
         [(_holder, [(name, folder, cells, go, stop, queue)]),
-         (_joiner, [(name, folder, cells, go, stop, queue, timeout)])],
+         (_joiner, [(name, folder, cells, go, stop, queue, timeout, snapshots)])],
         1, go, stop, queue, 1, timeout)
     if not events:
         return None

@@ -306,6 +306,7 @@ class SnapshotServer:
         self._segment: tuple[tuple[int, int], Offer] | None = None
         self._served: set[tuple[str, int, int]] = set()
         self.last_used = 0.0
+        self._temporaries: Any = None
 
     @property
     def segment_name(self) -> str | None:
@@ -328,8 +329,9 @@ class SnapshotServer:
                     content = store.get_encoded_mergeable_content()
                     payload = _encoder.encode(content)
                 hashes = _hashes_of(content)
-                del content
                 assert hashes is not None
+                # freeing millions of objects takes a while: after the offer is sent
+                self._temporaries = content
                 name, digest = create_segment(payload)
                 self.close()
                 cached = (hashes, Offer(name, len(payload), digest, *hashes))
@@ -339,6 +341,10 @@ class SnapshotServer:
         self._served.add(key)
         self.last_used = now
         return cached[1]
+
+    def release_temporaries(self) -> None:
+        """Free what the last :meth:`offer` encoded (call once its offer is sent)."""
+        self._temporaries = None
 
     def close(self) -> None:
         """Remove the cached segment (idempotent)."""

@@ -329,8 +329,10 @@ class ChannelSynchronizer(Synchronizer):
         if server is None or not self._engine.syncing or self._engine.destroyed:
             stats["snapshots_refused"] += 1
             return b""
+        loop = asyncio.get_running_loop()
         try:
-            offer = server.offer(asker, asyncio.get_running_loop().time())
+            offer = server.offer(asker, loop.time())
+            loop.call_soon(server.release_temporaries)  # (after the offer is sent)
         except (OSError, ValueError) as error:
             stats["snapshots_refused"] += 1
             self._report(error)
@@ -383,7 +385,9 @@ class ChannelSynchronizer(Synchronizer):
             content = snapshot.read_snapshot(offer)
             with paused:
                 store.set_encoded_mergeable_content(content)
-                del content
+            # the decoded temporaries are freed once the joining exchange is under way
+            asyncio.get_running_loop().call_soon(content.clear)
+            del content
             if list(store.get_mergeable_content_hashes()) != [offer.tables_hash, offer.values_hash]:
                 raise ValueError("the installed snapshot does not hash as offered")
         except (TimeoutError, OSError, ValueError, ChannelError) as error:
