@@ -21,13 +21,20 @@ Segments
 Removal
     The owner removes its segment when its content changes (a newer one replaces it), when
     nobody asked for :data:`KEEP_SECONDS`, when its synchronizer stops or is destroyed, and at
-    interpreter exit (``atexit``). A segment whose owner died without any of these (SIGKILL,
-    the OOM killer) is removed by :func:`sweep`, which every local participant with snapshots
-    on runs when it opens the channel, when it creates or opens a snapshot, when a peer says
-    goodbye, and every :data:`SWEEP_SECONDS` while its channel is open. So a dead owner's
-    segments outlive it by at most ``SWEEP_SECONDS`` while any such participant of the user
-    runs, and otherwise until the next one starts. A recycled pid keeps a dead owner's segment
-    until that pid ends too.
+    interpreter exit (``atexit``). When the owner dies without any of these (SIGKILL, the OOM
+    killer), two mechanisms remain. (1) Python's resource tracker
+    (``multiprocessing.resource_tracker``, the helper process that also guards
+    ``SharedMemory``): each segment is registered with it while it exists, and the tracker
+    unlinks what is still registered once every process using it has exited (it warns
+    "leaked shared_memory objects" on stderr when it does). Processes started by
+    ``multiprocessing`` share their parent's tracker, so for them this happens when the whole
+    tree has exited. (2) :func:`sweep`, which every local participant with snapshots on runs
+    when it opens the channel, when it creates or opens a snapshot, when a peer says goodbye,
+    and every :data:`SWEEP_SECONDS` while its channel is open. So a SIGKILLed owner's segment
+    goes at once (the tracker), or within ``SWEEP_SECONDS`` while any participant of the user
+    runs, or at the latest when the next one starts (both the owner and its tracker killed,
+    nobody left). A recycled pid keeps a dead owner's segment from the sweep until that pid
+    ends too.
 
 Limits
     Payloads above :data:`MAX_SNAPSHOT_BYTES` are not offered. Local ZeroMQ channels only
@@ -89,8 +96,9 @@ _NAME = re.compile(rf"{PREFIX}-(\d+)-(\d+)-[0-9a-f]{{32}}")
 _encoder = msgspec.msgpack.Encoder()
 _offer_decoder = msgspec.msgpack.Decoder(tuple[str, int, bytes, int, int])
 
-# segments this process created: name -> creating pid (a fork()ed child must not remove them)
-_owned: dict[str, int] = {}
+# segments this process created: name -> (creating pid, registered with the resource
+# tracker); a fork()ed child must not remove them
+_owned: dict[str, tuple[int, bool]] = {}
 
 
 def available() -> bool:
@@ -151,7 +159,7 @@ def create_segment(payload: bytes) -> tuple[str, bytes]:
     name = f"{PREFIX}-{os.getuid()}-{os.getpid()}-{secrets.token_hex(16)}"
     path = SHM_DIR / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    _owned[name] = os.getpid()
+    _owned[name] = (os.getpid(), _track(name, True))
     try:
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload))
         _write_all(fd, header, 0)
@@ -172,20 +180,36 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
+def _track(name: str, register: bool) -> bool:
+    """(Un)register a segment with Python's resource tracker, the helper process that
+    unlinks what a process left registered when it dies, even by SIGKILL; True if done."""
+    try:
+        from multiprocessing import resource_tracker
+
+        if register:
+            resource_tracker.register(f"/{name}", "shared_memory")
+        else:
+            resource_tracker.unregister(f"/{name}", "shared_memory")
+    except Exception:  # (no tracker: the sweeps remain)
+        return False
+    return True
+
+
 def remove_segment(name: str) -> None:
     """Remove a segment this process created (absent: nothing to do)."""
-    if _owned.pop(name, None) is not None:
+    owned = _owned.pop(name, None)
+    if owned is not None and owned[0] == os.getpid():
         with contextlib.suppress(OSError):
             (SHM_DIR / name).unlink()
+        if owned[1]:
+            _track(name, False)
 
 
 @atexit.register
 def _remove_owned() -> None:
     """At interpreter exit: remove the segments this process (not a parent) created."""
-    pid = os.getpid()
-    for name, owner in list(_owned.items()):
-        if owner == pid:
-            remove_segment(name)
+    for name in list(_owned):
+        remove_segment(name)
 
 
 def read_snapshot(offer: Offer) -> Any:

@@ -18,8 +18,10 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -230,7 +232,7 @@ def test_segments_are_private_unguessable_and_removed_at_destroy(rundir: Path) -
         _close(*joiners, holder)
 
 
-def test_segment_of_a_sigkilled_owner_is_swept_by_a_surviving_peer(rundir: Path) -> None:
+def test_segment_of_a_sigkilled_owner_is_removed_by_its_resource_tracker(rundir: Path) -> None:
     holder = _start("holder", rundir)
     joiner = None
     try:
@@ -239,13 +241,38 @@ def test_segment_of_a_sigkilled_owner_is_swept_by_a_surviving_peer(rundir: Path)
         assert joiner.expect("ready", TIMEOUT)["stats"]["snapshot_joins"] == 1
         assert _segments(pid)
         holder.kill()  # SIGKILL (and reaped): no atexit, no destroy
-        # nothing of the owner ran after SIGKILL: the segment goes by a sweep, the survivor's
-        # periodic one (snapshot.SWEEP_SECONDS) or that of any other participant of this user
-        # running meanwhile (tests in parallel): all sweep every dead owner's segments
         _poll(lambda: not _segments(pid), "the dead owner's segment to go")
+        # the owner's resource tracker saw it die and unlinked what it still had registered
+        # (a sweep by a live participant is the second line, tested below)
+        _poll(lambda: "leaked shared_memory" in "".join(holder.stderr), "the tracker's report")
         assert _hashes(joiner)  # (the survivor is fine)
     finally:
         _close(*(p for p in (joiner, holder) if p is not None))
+
+
+def test_a_participant_sweeps_segments_of_dead_owners(rundir: Path) -> None:
+    # a segment left by an owner whose resource tracker died too (kill -9 of both)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    left = SHM / f"localsync-snap-{os.getuid()}-{dead_pid}-{secrets.token_hex(16)}"
+    left.write_bytes(b"left behind")
+    left.chmod(0o600)
+    alive = SHM / f"localsync-snap-{os.getuid()}-{os.getpid()}-{secrets.token_hex(16)}"
+    alive.write_bytes(b"the test process is alive")
+    holder = _start("holder", rundir, "--rows", "10")
+    try:
+        holder.expect("ready", TIMEOUT)  # opening the channel swept
+        _poll(lambda: not left.exists(), "the sweep")
+        assert alive.exists()  # a live owner's segment stays
+    finally:
+        holder.close(TIMEOUT)
+        left.unlink(missing_ok=True)
+        alive.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("tamper", ["corrupt", "truncate", "remove", "digest"])
