@@ -24,7 +24,8 @@ Removal
     interpreter exit (``atexit``). When the owner dies without any of these (SIGKILL, the OOM
     killer), two mechanisms remain. (1) Python's resource tracker
     (``multiprocessing.resource_tracker``, the helper process that also guards
-    ``SharedMemory``): each segment is registered with it while it exists, and the tracker
+    ``SharedMemory``): each segment is registered with it while it exists (from just after
+    its first offer is sent: the few instants before are covered by the sweeps), and the tracker
     unlinks what is still registered once every process using it has exited (it warns
     "leaked shared_memory objects" on stderr when it does). Processes started by
     ``multiprocessing`` share their parent's tracker, so for them this happens when the whole
@@ -74,6 +75,7 @@ __all__ = [
     "remove_segment",
     "segment_path",
     "sweep",
+    "track_segment",
 ]
 
 SHM_DIR = Path("/dev/shm")
@@ -159,7 +161,7 @@ def create_segment(payload: bytes) -> tuple[str, bytes]:
     name = f"{PREFIX}-{os.getuid()}-{os.getpid()}-{secrets.token_hex(16)}"
     path = SHM_DIR / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    _owned[name] = (os.getpid(), _track(name, True))
+    _owned[name] = (os.getpid(), False)
     try:
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload))
         _write_all(fd, header, 0)
@@ -178,6 +180,15 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def track_segment(name: str) -> None:
+    """Register a segment this process created with the resource tracker (see the module
+    doc); separate from :func:`create_segment` so that it can wait until the offer is sent
+    (the first registration imports and starts the tracker: ~10 ms)."""
+    owned = _owned.get(name)
+    if owned is not None and not owned[1] and owned[0] == os.getpid():
+        _owned[name] = (owned[0], _track(name, True))
 
 
 def _track(name: str, register: bool) -> bool:
@@ -366,9 +377,12 @@ class SnapshotServer:
         self.last_used = now
         return cached[1]
 
-    def release_temporaries(self) -> None:
-        """Free what the last :meth:`offer` encoded (call once its offer is sent)."""
+    def after_offer(self) -> None:
+        """Once the last :meth:`offer` was sent: free what it encoded, and register its
+        segment with the resource tracker."""
         self._temporaries = None
+        if self._segment is not None:
+            track_segment(self._segment[1].name)
 
     def close(self) -> None:
         """Remove the cached segment (idempotent)."""

@@ -332,7 +332,7 @@ class ChannelSynchronizer(Synchronizer):
         loop = asyncio.get_running_loop()
         try:
             offer = server.offer(asker, loop.time())
-            loop.call_soon(server.release_temporaries)  # (after the offer is sent)
+            loop.call_soon(server.after_offer)  # (once the offer is sent)
         except (OSError, ValueError) as error:
             stats["snapshots_refused"] += 1
             self._report(error)
@@ -378,8 +378,9 @@ class ChannelSynchronizer(Synchronizer):
         try:
             channel.ask_snapshot(source)
             data = await asyncio.wait_for(answer, SNAPSHOT_OFFER_SECONDS)
-            if not data:
-                raise ValueError(f"peer {source} refused a snapshot")
+            if not data:  # refused (snapshots off there, ...): counted, not an error
+                stats["snapshot_fallbacks"] += 1
+                return
             offer = snapshot.Offer.decode(data)
             self._sweep()
             content = snapshot.read_snapshot(offer)
@@ -390,7 +391,7 @@ class ChannelSynchronizer(Synchronizer):
             del content
             if list(store.get_mergeable_content_hashes()) != [offer.tables_hash, offer.values_hash]:
                 raise ValueError("the installed snapshot does not hash as offered")
-        except (TimeoutError, OSError, ValueError, ChannelError) as error:
+        except Exception as error:  # (any failure: the normal exchange joins)
             stats["snapshot_fallbacks"] += 1
             self._report(error)
             return
