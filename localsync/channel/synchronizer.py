@@ -383,12 +383,12 @@ class ChannelSynchronizer(Synchronizer):
                 return
             offer = snapshot.Offer.decode(data)
             self._sweep()
-            content = snapshot.read_snapshot(offer)
             with paused:
+                # decoded, installed and freed without the collector: its first run after
+                # the pause would otherwise walk all the decoded temporaries
+                content = snapshot.read_snapshot(offer)
                 store.set_encoded_mergeable_content(content)
-            # the decoded temporaries are freed once the joining exchange is under way
-            asyncio.get_running_loop().call_soon(content.clear)
-            del content
+                del content
             if list(store.get_mergeable_content_hashes()) != [offer.tables_hash, offer.values_hash]:
                 raise ValueError("the installed snapshot does not hash as offered")
         except Exception as error:  # (any failure: the normal exchange joins)
