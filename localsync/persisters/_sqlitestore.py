@@ -234,10 +234,14 @@ def _decode_things(things: list[str]) -> list[Any]:
 
 
 #: every row's cell stamps as the JSON text of one object (``thing`` is JSON text already),
-#: with the number of cells it should hold: SQLite builds the text, one parse decodes all
+#: with the number of cells it should hold: SQLite builds the text, one parse decodes all.
+#: An HLC is written unquoted: a valid one needs no escape, and a stored one that would (a
+#: damaged database) makes the text invalid or changes the HLC's length, which the store
+#: rejects; a hash that is not an integer keeps its JSON type for the store to reject.
 _CELLS_BY_ROW = (
     "SELECT table_id, row_id, count(*), '{' || group_concat(json_quote(cell_id) || ':[' "
-    "|| thing || ',' || json_quote(hlc) || ',' || json_quote(hash) || ']', ',') || '}' "
+    "|| thing || ',\"' || hlc || '\",' "
+    "|| iif(typeof(hash) = 'integer', hash, json_quote(hash)) || ']', ',') || '}' "
     "FROM localsync_cells GROUP BY table_id, row_id"
 )
 

@@ -228,6 +228,8 @@ async def _sqlite_seed(tmp_path: Path) -> Path:
         "1,2",  # two JSON values
         '1,"NjEtLV-----VnP9x",5],"extra":[7',  # a value that would smuggle in a cell
         "",  # nothing
+        'hlc:AAAAAAAA"AAAAAAA',  # an HLC that would need escaping in JSON
+        "hlc:AAAAAAAAAAAAAA\\n",  # an HLC holding a JSON escape (16 characters)
     ],
 )
 @run_async
@@ -235,9 +237,13 @@ async def test_a_stored_cell_that_is_not_one_json_value_is_refused(
     tmp_path: Path, thing: str
 ) -> None:
     path = await _sqlite_seed(tmp_path)
+    column = "thing"
+    if thing.startswith("hlc:"):
+        column, thing = "hlc", thing[4:]
     with sqlite3.connect(path) as conn:
         conn.execute(
-            "UPDATE localsync_cells SET thing = ? WHERE row_id = 'r7' AND cell_id = 'a'", (thing,)
+            f"UPDATE localsync_cells SET {column} = ? WHERE row_id = 'r7' AND cell_id = 'a'",
+            (thing,),
         )
     errors: list[BaseException] = []
     store = create_mergeable_store("reader")
