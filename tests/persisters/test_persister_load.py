@@ -23,6 +23,7 @@ import pytest
 from localsync import create_mergeable_store
 from localsync.persisters._filestore import CorruptContentError, read_content
 from localsync.persisters._integrity import HashesRepaired
+from localsync.persisters._sqlitestore import SqliteStorage
 from localsync.persisters.file import create_file_persister
 from localsync.persisters.sqlite import create_sqlite_persister
 
@@ -108,6 +109,21 @@ def _state(store: Any) -> Any:
     )
 
 
+async def _save(kind: str, store: Any, path: Path, errors: list[BaseException]) -> None:
+    persister = _persister(kind, store, path, errors)
+    await persister.save()
+    await persister.destroy()
+
+
+async def _saved_writer(tmp_path: Path, kind: str) -> tuple[Any, Path, list[BaseException]]:
+    """``_writer()`` saved by a persister of ``kind``: (store, path, errors heard)."""
+    writer = _writer()
+    path = _path(tmp_path, kind, "a")
+    errors: list[BaseException] = []
+    await _save(kind, writer, path, errors)
+    return writer, path, errors
+
+
 async def _load(kind: str, path: Path, errors: list[BaseException]) -> Any:
     store = create_mergeable_store("reader")
     persister = _persister(kind, store, path, errors)
@@ -119,20 +135,13 @@ async def _load(kind: str, path: Path, errors: list[BaseException]) -> Any:
 @pytest.mark.parametrize("kind", KINDS)
 @run_async
 async def test_save_and_reload_at_size_is_identical(tmp_path: Path, kind: str) -> None:
-    writer = _writer()
-    path = _path(tmp_path, kind, "a")
-    errors: list[BaseException] = []
-    saver = _persister(kind, writer, path, errors)
-    await saver.save()
-    await saver.destroy()
+    writer, path, errors = await _saved_writer(tmp_path, kind)
     loaded = await _load(kind, path, errors)
     assert not errors, errors
     assert _state(loaded) == _state(writer)
     # saved again by the loaded store and loaded once more: still the same store
     again = _path(tmp_path, kind, "b")
-    saver = _persister(kind, loaded, again, errors)
-    await saver.save()
-    await saver.destroy()
+    await _save(kind, loaded, again, errors)
     reloaded = await _load(kind, again, errors)
     assert _state(reloaded) == _state(writer)
     if kind == "file":
@@ -140,9 +149,7 @@ async def test_save_and_reload_at_size_is_identical(tmp_path: Path, kind: str) -
         # (the writer's file lists rows in write order, a loaded store's in content order;
         # from then on a save and a load change nothing, byte for byte)
         third = _path(tmp_path, kind, "c")
-        saver = _persister(kind, reloaded, third, errors)
-        await saver.save()
-        await saver.destroy()
+        await _save(kind, reloaded, third, errors)
         assert third.read_bytes() == again.read_bytes()
     assert not errors, errors
 
@@ -152,12 +159,7 @@ async def test_save_and_reload_at_size_is_identical(tmp_path: Path, kind: str) -
 async def test_a_load_reports_every_cell_to_listeners(tmp_path: Path, kind: str) -> None:
     """The load is one transaction of every cell, from nothing: its change records and the
     listeners say so, whether listeners were there before the load or not."""
-    writer = _writer()
-    path = _path(tmp_path, kind, "a")
-    errors: list[BaseException] = []
-    saver = _persister(kind, writer, path, errors)
-    await saver.save()
-    await saver.destroy()
+    writer, path, errors = await _saved_writer(tmp_path, kind)
     expected = writer.get_tables()
     for with_cell_listener in (False, True):
         store = create_mergeable_store("reader")
@@ -185,12 +187,7 @@ async def test_a_load_reports_every_cell_to_listeners(tmp_path: Path, kind: str)
 @pytest.mark.parametrize("kind", KINDS)
 @run_async
 async def test_a_wrong_hash_at_size_is_recomputed_and_counted(tmp_path: Path, kind: str) -> None:
-    writer = _writer()
-    path = _path(tmp_path, kind, "a")
-    errors: list[BaseException] = []
-    saver = _persister(kind, writer, path, errors)
-    await saver.save()
-    await saver.destroy()
+    writer, path, errors = await _saved_writer(tmp_path, kind)
     if kind == "file":
         text = path.read_text(encoding="utf-8")
         row_hash = writer.get_mergeable_row_hashes({"t": 0})["t"]["r1"]
@@ -268,14 +265,10 @@ def test_file_content_reads_the_same_as_sqlite(tmp_path: Path) -> None:
     async def save_all() -> None:
         for kind, path in paths.items():
             errors: list[BaseException] = []
-            persister = _persister(kind, writer, path, errors)
-            await persister.save()
-            await persister.destroy()
+            await _save(kind, writer, path, errors)
             assert not errors
 
     asyncio.run(save_all())
-    from localsync.persisters._sqlitestore import SqliteStorage
-
     storage = SqliteStorage(paths["sqlite"])
     try:
         assert storage.read_content() == read_content(paths["file"])
