@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from operator import itemgetter
-from typing import Any, Final
+from typing import Any
 
 from localsync.core import diff
 from localsync.core.checked_changes import CheckedChanges
@@ -37,9 +36,6 @@ from localsync.core.store import Store
 from localsync.core.validation import Validator
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
-
-
-_second: Final = itemgetter(1)
 
 
 def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
@@ -455,18 +451,19 @@ class MergeableStore(Store):
                     row_hlc: str = row_in[1]
                     if row_hlc > greatest:
                         greatest = row_hlc
-                    cells_in: dict[str, Any] = _ordered(row_in[0])
-                    try:
-                        cell_stamps = {c: (v, h, x & MASK) for c, (v, h, x) in cells_in.items()}
-                    except TypeError:  # (a hash sent as a float)
-                        cell_stamps = {c: (t[0], t[1], uint32(t[2])) for c, t in cells_in.items()}
+                    cell_stamps: dict[str, Any] = {}
+                    row: dict[str, Any] = {}
                     row_stamps[row_id] = [cell_stamps, row_hlc, uint32(row_in[2])]
-                    if not cells_in:
-                        continue
-                    cells_hlc = max(map(_second, cells_in.values()))
-                    if cells_hlc > greatest:
-                        greatest = cells_hlc
-                    row = {c: v for c, (v, *_) in cells_in.items() if v != UNDEFINED}
+                    for cell_id, (cell, hlc, hash_) in _ordered(row_in[0]).items():
+                        cell_stamps[cell_id] = (
+                            cell,
+                            hlc,
+                            hash_ & MASK if type(hash_) is int else uint32(hash_),
+                        )
+                        if hlc > greatest:
+                            greatest = hlc
+                        if type(cell) is not str or cell != UNDEFINED:
+                            row[cell_id] = cell
                     if not row:
                         continue
                     if data_table is None:
