@@ -500,11 +500,14 @@ class MergeableStore(Store):
         """The change records an install left to be built: every installed cell, new."""
         if not self._lazy_changes:
             return
-        self._lazy_changes = False
-        changed = self._changed_cells
-        for table_id, table in self._tables.items():
-            for row_id, row in table.items():
-                changed.update({(table_id, row_id, c): [ABSENT, v] for c, v in row.items()})
+        with self.lock:  # (asked from another thread: wait for the install to finish)
+            if not self._lazy_changes:
+                return
+            self._lazy_changes = False
+            changed = self._changed_cells
+            for table_id, table in self._tables.items():
+                for row_id, row in table.items():
+                    changed.update({(table_id, row_id, c): [ABSENT, v] for c, v in row.items()})
 
     def _transaction_changes(self, convert: Callable[[Any], Any]) -> list[Any]:
         self._materialize_changes()
