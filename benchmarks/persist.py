@@ -10,10 +10,17 @@ SQLite persister writes only the touched stamps, so its cost must stay flat from
 
 Baselines measured in the same run on the same content:
 
-* ``raw json``: ``json.dumps`` + write + fsync of the same encoded content, and ``json.loads``
-  of it (what a file persister cannot beat);
+* ``raw json``: ``json.dumps`` + write + fsync of the same encoded content, and read +
+  ``json.loads`` of it (what a file persister cannot beat);
 * ``raw sqlite``: ``executemany`` of the same cells as rows into a fresh WAL database with
-  ``synchronous=FULL`` + commit, and a ``SELECT`` of them back.
+  ``synchronous=FULL`` + commit, and a ``SELECT`` of them back (``fetchall``).
+
+Loads (ours and both raw ones) run with the cyclic garbage collector paused, as the file and
+SQLite persisters pause it for a load (``localsync.core.collector.paused``); ``json gc on``
+is the same ``json.loads`` with the collector running, for reference. A load figure is the
+median of ``--load-repeats`` loads into a new store each, ``install`` the median time of
+``set_encoded_mergeable_content`` of the same content into an empty store (validation
+included: what a snapshot join or a load pays once the content is decoded).
 * ``raw postgres``: ``json.dumps`` of the same content + one psycopg upsert of it as the one
   row of a table (autocommit: durable at commit), and a ``SELECT`` + ``json.loads`` of it back;
   its ``1 tx`` is that whole write again (the PostgreSQL persister's JSON mode - TinyBase's
@@ -59,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from localsync import create_file_persister, create_mergeable_store, create_sqlite_persister
+from localsync.core.collector import paused
 from localsync.core.hash import get_value_in_values_hash as in_hash
 from localsync.persisters._integrity import recompute_hashes
 from localsync.persisters.postgres import create_postgres_persister
@@ -108,7 +116,22 @@ async def atimed(coro: Any) -> float:
     return time.perf_counter() - start
 
 
-def raw_json(content: list[Any], folder: Path) -> tuple[float, float]:
+def paused_timed(fn: Callable[[], Any], repeats: int) -> float:
+    """Median time of ``fn()`` with the cyclic collector paused, its result freed inside."""
+
+    def once() -> float:
+        with paused:
+            start = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - start
+            del result
+        return elapsed
+
+    return statistics.median(once() for _ in range(repeats))
+
+
+def raw_json(content: list[Any], folder: Path, repeats: int) -> tuple[float, float, float]:
+    """(write + fsync, read + ``json.loads`` paused, the same with the collector on) seconds."""
     path = folder / "raw.json"
 
     def write() -> None:
@@ -119,11 +142,24 @@ def raw_json(content: list[Any], folder: Path) -> tuple[float, float]:
             os.fsync(file.fileno())
 
     write_s = timed(write)
-    read_s = timed(lambda: json.loads(path.read_bytes()))
-    return write_s, read_s
+    read_s = paused_timed(lambda: json.loads(path.read_bytes()), repeats)
+    gc_on_s = timed(lambda: json.loads(path.read_bytes()))
+    return write_s, read_s, gc_on_s
 
 
-def raw_sqlite(content: list[Any], folder: Path) -> tuple[float, float]:
+def install(content: list[Any], repeats: int) -> float:
+    """Median seconds of ``set_encoded_mergeable_content`` of ``content`` into an empty store."""
+    times = []
+    for _ in range(repeats):
+        store = create_mergeable_store()
+        start = time.perf_counter()
+        store.set_encoded_mergeable_content(content)
+        times.append(time.perf_counter() - start)
+        del store
+    return statistics.median(times)
+
+
+def raw_sqlite(content: list[Any], folder: Path, repeats: int) -> tuple[float, float]:
     path = folder / "raw.sqlite"
     rows = [
         (table_id, row_id, cell_id, json.dumps(stamp[0]), stamp[1], stamp[2])
@@ -145,7 +181,7 @@ def raw_sqlite(content: list[Any], folder: Path) -> tuple[float, float]:
         conn.execute("COMMIT")
 
     write_s = timed(write)
-    read_s = timed(lambda: conn.execute("SELECT * FROM c").fetchall())
+    read_s = paused_timed(lambda: conn.execute("SELECT * FROM c").fetchall(), repeats)
     conn.close()
     return write_s, read_s
 
@@ -228,6 +264,7 @@ async def measure_persister(
     folder: Path,
     transactions: int,
     pg: Postgres | None = None,
+    load_repeats: int = 1,
 ) -> dict[str, Any]:
     path = folder / ("store.json" if kind == "file" else "store.sqlite")
     table = f"bench_{len(content[0][0]['t'][0]) * CELLS_PER_ROW}"
@@ -245,11 +282,15 @@ async def measure_persister(
     persister = factory(store, path)
     save_s = await atimed(persister.save())
 
-    fresh = create_mergeable_store()
-    reader = factory(fresh, path)
-    load_s = await atimed(reader.load())
-    assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
-    await reader.destroy()
+    loads = []
+    for _ in range(load_repeats):
+        fresh = create_mergeable_store()
+        reader = factory(fresh, path)
+        loads.append(await atimed(reader.load()))
+        assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
+        await reader.destroy()
+        del fresh, reader
+    load_s = statistics.median(loads)
 
     await persister.start_auto_save()
     rows = len(content[0][0]["t"][0])
@@ -291,7 +332,7 @@ async def measure_persister(
 
 
 async def run(
-    max_cells: int, transactions: int, postgres_max_cells: int = 100_000
+    max_cells: int, transactions: int, postgres_max_cells: int = 100_000, load_repeats: int = 3
 ) -> dict[str, Any]:
     sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= max_cells]
     results: dict[str, Any] = {"sizes": {}}
@@ -303,7 +344,7 @@ async def run(
             print(f"PostgreSQL skipped: {reason}", flush=True)
             results["postgres_skipped"] = reason
     try:
-        await _run_sizes(sizes, transactions, postgres_max_cells, pg, results)
+        await _run_sizes(sizes, transactions, postgres_max_cells, pg, results, load_repeats)
     finally:
         if pg is not None:
             pg.stop()
@@ -316,26 +357,34 @@ async def _run_sizes(
     postgres_max_cells: int,
     pg: Postgres | None,
     results: dict[str, Any],
+    load_repeats: int = 3,
 ) -> None:
     for cells in sizes:
         content = make_content(cells)
         with tempfile.TemporaryDirectory(prefix="localsync-bench-") as tmp:
             folder = Path(tmp)
-            raw_json_w, raw_json_r = raw_json(content, folder)
-            raw_sql_w, raw_sql_r = raw_sqlite(content, folder)
+            raw_json_w, raw_json_r, raw_json_gc_on = raw_json(content, folder, load_repeats)
+            raw_sql_w, raw_sql_r = raw_sqlite(content, folder, load_repeats)
             entry: dict[str, Any] = {
-                "raw_json": {"save_s": raw_json_w, "load_s": raw_json_r},
+                "raw_json": {
+                    "save_s": raw_json_w,
+                    "load_s": raw_json_r,
+                    "load_gc_on_s": raw_json_gc_on,
+                },
                 "raw_sqlite": {"save_s": raw_sql_w, "load_s": raw_sql_r},
+                "install_s": install(content, load_repeats),
             }
             for kind in ("file", "sqlite"):
                 print(f"  {cells:>9,} cells: {kind} ...", file=sys.stderr, flush=True)
-                entry[kind] = await measure_persister(kind, content, folder, transactions)
+                entry[kind] = await measure_persister(
+                    kind, content, folder, transactions, load_repeats=load_repeats
+                )
             if pg is not None and cells <= postgres_max_cells:
                 print(f"  {cells:>9,} cells: postgres ...", file=sys.stderr, flush=True)
                 raw_tx = min(transactions, 5) if cells >= 100_000 else transactions
                 entry["raw_postgres"] = raw_postgres(content, pg, f"raw_{cells}", raw_tx)
                 entry["postgres"] = await measure_persister(
-                    "postgres", content, folder, transactions, pg
+                    "postgres", content, folder, transactions, pg, load_repeats
                 )
         results["sizes"][str(cells)] = entry
 
@@ -377,8 +426,10 @@ def table(results: dict[str, Any]) -> str:
             )
         lines.append(
             f"{'':>10} {'baseline':<8} raw json save {entry['raw_json']['save_s']:.3f} s, "
-            f"load {entry['raw_json']['load_s']:.3f} s; raw sqlite save "
-            f"{entry['raw_sqlite']['save_s']:.3f} s, load {entry['raw_sqlite']['load_s']:.3f} s"
+            f"load {entry['raw_json']['load_s']:.3f} s (gc on "
+            f"{entry['raw_json']['load_gc_on_s']:.3f} s); raw sqlite save "
+            f"{entry['raw_sqlite']['save_s']:.3f} s, load {entry['raw_sqlite']['load_s']:.3f} s; "
+            f"install into an empty store {entry['install_s'] * 1000:.1f} ms"
         )
         if "raw_postgres" in entry:
             raw = entry["raw_postgres"]
@@ -403,10 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         help="largest size measured with PostgreSQL (1000000 for 10^6: minutes)",
     )
     parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--load-repeats", type=int, default=3, help="loads per size and persister (median)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
     args = parser.parse_args(argv)
     postgres_max = 0 if args.no_postgres else args.postgres_max_cells
-    results = asyncio.run(run(args.max_cells, args.tx, postgres_max))
+    results = asyncio.run(run(args.max_cells, args.tx, postgres_max, args.load_repeats))
     text = table(results)
     print(text)
     results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}

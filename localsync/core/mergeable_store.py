@@ -20,15 +20,27 @@ from localsync.core import diff
 from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import UNDEFINED
 from localsync.core.collector import paused as _gc_paused
-from localsync.core.content import ABSENT, check_content, encode_tables, encode_values
+from localsync.core.content import (
+    ABSENT,
+    check_content,
+    encode_accepted,
+    encode_tables,
+    encode_values,
+    js_ordered,
+)
 from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen
-from localsync.core.merge import BULK, prechecked, receive
+from localsync.core.merge import BULK, encode_merged, prechecked, receive
+from localsync.core.stamps import MASK, settle, uint32
 from localsync.core.stamps import in_parent_hash as _h
-from localsync.core.stamps import settle
 from localsync.core.store import Store
 from localsync.core.validation import Validator
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
+
+
+def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
+    """``js_ordered(obj)``; a map of at most one entry is in order already."""
+    return obj if len(obj) < 2 else js_ordered(obj)
 
 
 def _real_now() -> int:
@@ -63,6 +75,8 @@ class MergeableStore(Store):
         # while changes were being applied; persisters then save (``had_mutated``)
         self._mutated = False
         self._old_mutated = False
+        # the change records of an install (:meth:`_install`) are built when first asked for
+        self._lazy_changes = False
         self.ignored_count = 0
 
     def is_mergeable(self) -> bool:
@@ -308,6 +322,7 @@ class MergeableStore(Store):
     # ------------------------------------------------------------------ transactions
 
     def _post_finish_transaction(self, rolled_back: bool) -> None:
+        self._lazy_changes = False
         if self._undo:
             self._undo = []
 
@@ -362,15 +377,149 @@ class MergeableStore(Store):
             if not valid:
                 self.ignored_count += 1
             else:
-                args = (self, data, is_content, encoded, plain, True)
+                fn: Callable[..., None] = receive
+                args: tuple[Any, ...] = (self, data, is_content, encoded, plain, True)
+                if is_content and plain and self._depth == 0:
+                    fn = self._set_content
+                    args = (data, encoded)
                 if cells < BULK:
-                    self._locked_txn(receive, args, None)
+                    self._locked_txn(fn, args, None)
                 else:
                     with _gc_paused:
-                        self._locked_txn(receive, args, None)
+                        self._locked_txn(fn, args, None)
         finally:
             lock.release()
         return self
+
+    def _set_content(self, data: Any, encoded: bool) -> None:
+        """Inside its own transaction: valid, plain content replaces everything (``receive``),
+        installed directly (:meth:`_install`) when the store holds nothing to replace."""
+        listeners = self._listeners
+        if (
+            self._tables
+            or self._values
+            or self._changed_cells
+            or self._changed_values
+            or self._dirty_cells
+            or self._dirty_values
+            or listeners.id_count
+            or self._mutating
+        ):
+            receive(self, data, True, encoded, True, True)
+            return
+        self._install(data, encoded)
+        if listeners.counts[0] or listeners.counts[1] or listeners.will_finish:
+            self._materialize_changes()  # (those listeners read the records directly)
+
+    def _install(self, data: Any, encoded: bool) -> None:
+        """Build the stamps and the data of an empty store from valid, plain, trusted content.
+
+        The result is exactly what ``receive`` makes of the same content (stamps, hashes,
+        data and its order, cell id counts, the clock): every stamp is new, so nothing is
+        compared or merged, and nothing but the roots goes to the undo log. The cells' change
+        records are left to :meth:`_materialize_changes` (all of them go from absent to the
+        installed cell), which only listeners and transaction-change getters ask for.
+
+        Why: loading a persisted store or a snapshot into a new store is the commonest big
+        write there is, and a record per cell costs more than its stamp.
+        """
+        listening = self._listening
+        self._listening = False
+        try:
+            undo = self._undo
+            tstamp = self._tstamp
+            vstamp = self._vstamp
+            for root in (tstamp, vstamp):
+                undo.append((root, 0, root[0]))
+                undo.append((root, 1, root[1]))
+                undo.append((root, 2, root[2]))
+            tables_in = data[0]
+            greatest: str = tables_in[1]
+            self._lazy_changes = True
+            table_stamps: dict[str, list[Any]] = {}
+            tstamp[0] = table_stamps
+            tstamp[1] = tables_in[1]
+            tstamp[2] = uint32(tables_in[2])
+            for table_id, table_in in _ordered(tables_in[0]).items():
+                table_hlc: str = table_in[1]
+                if table_hlc > greatest:
+                    greatest = table_hlc
+                row_stamps: dict[str, list[Any]] = {}
+                table_stamps[table_id] = [row_stamps, table_hlc, uint32(table_in[2])]
+                data_table: dict[str, dict[str, Any]] | None = None
+                for row_id, row_in in _ordered(table_in[0]).items():
+                    row_hlc: str = row_in[1]
+                    if row_hlc > greatest:
+                        greatest = row_hlc
+                    cell_stamps: dict[str, Any] = {}
+                    row: dict[str, Any] = {}
+                    row_stamps[row_id] = [cell_stamps, row_hlc, uint32(row_in[2])]
+                    for cell_id, (cell, hlc, hash_) in _ordered(row_in[0]).items():
+                        cell_stamps[cell_id] = (
+                            cell,
+                            hlc,
+                            hash_ & MASK if type(hash_) is int else uint32(hash_),
+                        )
+                        if hlc > greatest:
+                            greatest = hlc
+                        if type(cell) is not str or cell != UNDEFINED:
+                            row[cell_id] = cell
+                    if not row:
+                        continue
+                    if data_table is None:
+                        data_table = self._new_table(table_id)
+                    counts = self._table_cell_ids[table_id]
+                    data_table[row_id] = row
+                    for cell_id in row:
+                        count = counts.get(cell_id, 0)
+                        if count:
+                            counts[cell_id] = count + 1
+                        else:
+                            self._cell_id_added(table_id, row_id, cell_id)
+            values_in = data[1]
+            values_hlc: str = values_in[1]
+            if values_hlc > greatest:
+                greatest = values_hlc
+            value_stamps: dict[str, Any] = {}
+            vstamp[0] = value_stamps
+            vstamp[1] = values_hlc
+            vstamp[2] = uint32(values_in[2])
+            for value_id, (thing, hlc, hash_) in _ordered(values_in[0]).items():
+                value_stamps[value_id] = (thing, hlc, uint32(hash_))
+                if hlc > greatest:
+                    greatest = hlc
+                if thing != UNDEFINED:
+                    stored = encode_accepted(thing) if encoded else encode_merged(thing)
+                    if stored is not ABSENT:
+                        self._write_value(value_id, stored)
+            self._seen_merged_hlc(greatest)
+        finally:
+            self._listening = listening
+
+    def _materialize_changes(self) -> None:
+        """The change records an install left to be built: every installed cell, new."""
+        if not self._lazy_changes:
+            return
+        with self.lock:  # (asked from another thread: wait for the install to finish)
+            if not self._lazy_changes:
+                return
+            self._lazy_changes = False
+            changed = self._changed_cells
+            for table_id, table in self._tables.items():
+                for row_id, row in table.items():
+                    changed.update({(table_id, row_id, c): [ABSENT, v] for c, v in row.items()})
+
+    def _transaction_changes(self, convert: Callable[[Any], Any]) -> list[Any]:
+        self._materialize_changes()
+        return super()._transaction_changes(convert)
+
+    def _get_cell_change(self, table_id: str, row_id: str, cell_id: str) -> list[Any]:
+        self._materialize_changes()
+        return super()._get_cell_change(table_id, row_id, cell_id)
+
+    def _rollback(self) -> None:
+        self._materialize_changes()
+        super()._rollback()
 
     def _merge(self, data: Any, is_content: bool) -> None:
         """Merge stamps only (a defaulted local write, whose data the caller writes)."""
@@ -437,6 +586,7 @@ class MergeableStore(Store):
 
     def _transaction_mergeable_changes(self, with_hashes: bool, encoded: bool) -> list[Any]:
         with self.lock, _gc_paused:
+            self._materialize_changes()
             if with_hashes:
                 self._settle()
             return diff.transaction_changes(
@@ -456,6 +606,7 @@ class MergeableStore(Store):
         synchronizer queues them and builds the wire records later, for many transactions
         at once (:meth:`get_encoded_mergeable_changes_of`).
         """
+        self._materialize_changes()
         cells = self._changed_cells
         values = self._changed_values
         # (an empty dict is reused by the next transaction: never hand that one out)

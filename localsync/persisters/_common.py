@@ -416,6 +416,7 @@ class BackendPersister(Persister):
     """A Persister whose hooks are a :class:`Backend`, plus the acknowledgement API."""
 
     _backend: Backend
+    _bulk_load = True
 
     def __init__(
         self,

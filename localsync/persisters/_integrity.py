@@ -27,6 +27,7 @@ from typing import Any
 from localsync.core.codec import decode_if_json, encode_if_json, is_encoded_json
 from localsync.core.hash import (
     MAX_HASH,
+    get_checked_values_hash,
     get_hash,
     get_table_hash,
     get_value_hash,
@@ -114,18 +115,15 @@ def _leaf(stamp: list[Any], fixes: Fixes) -> int:
     return _check(stamp, computed, fixes)
 
 
-def _things(stamp: list[Any], fixes: Fixes) -> int:
+def _things(stamp: list[Any], fixes: Fixes, zero_terms: dict[str, int]) -> int:
     """The hash a row or the values stamp should have, from its leaves."""
-    hashes: dict[str, int] = {}
-    for thing_id, thing_stamp in stamp[0].items():
-        # the common case inline (an intact leaf): a load checks every cell once
-        if len(thing_stamp) == 3:
-            thing, hlc, stored = thing_stamp
-            if type(hlc) is str and type(stored) is int and get_value_hash(thing, hlc) == stored:
-                hashes[thing_id] = stored
-                continue
-        hashes[thing_id] = _leaf(thing_stamp, fixes)
-    return _check(stamp, get_values_hash(hashes) ^ _hlc_term(stamp), fixes)
+    children = stamp[0]
+    # the common case in one compiled call (every leaf intact): a load checks every cell
+    leaves = get_checked_values_hash(children, zero_terms) if type(children) is dict else -1
+    if leaves < 0:
+        hashes = {thing_id: _leaf(thing_stamp, fixes) for thing_id, thing_stamp in children.items()}
+        leaves = get_values_hash(hashes)
+    return _check(stamp, leaves ^ _hlc_term(stamp), fixes)
 
 
 def _parent_hash(child_hashes: dict[str, int]) -> int:
@@ -149,18 +147,20 @@ def recompute_hashes(content: list[Any]) -> int:
         damaged-but-readable, and the store's own validation rejects it.
     """
     fixes: Fixes = []
+    zero_terms: dict[str, int] = {}  # (H(id:0) per cell or value id, see _things)
     tables_stamp, values_stamp = content[0], content[1]
     try:
         table_hashes: dict[str, int] = {}
         for table_id, table_stamp in tables_stamp[0].items():
             row_hashes = {
-                row_id: _things(row_stamp, fixes) for row_id, row_stamp in table_stamp[0].items()
+                row_id: _things(row_stamp, fixes, zero_terms)
+                for row_id, row_stamp in table_stamp[0].items()
             }
             table_hashes[table_id] = _check(
                 table_stamp, _parent_hash(row_hashes) ^ _hlc_term(table_stamp), fixes
             )
         _check(tables_stamp, _parent_hash(table_hashes) ^ _hlc_term(tables_stamp), fixes)
-        _things(values_stamp, fixes)
+        _things(values_stamp, fixes, zero_terms)
     except (_Malformed, TypeError, ValueError, AttributeError, IndexError, RecursionError):
         return 0
     for stamp, new_hash in fixes:
