@@ -463,13 +463,27 @@ def test_writes_just_before_stop_or_destroy_still_go_out(ending: str) -> None:
     asyncio.run(main())
 
 
+async def started_pair(sent: list[tuple[int, Any]]) -> tuple[Any, Any, Any, Any]:
+    """Two stores on started local synchronizers (the first's sends recorded), idle."""
+    a, b = create_mergeable_store(), create_mergeable_store()
+    sb = await create_local_synchronizer(b).start_sync()
+    sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
+    await sa.wait_until_idle(timeout=10)
+    return a, b, sa, sb
+
+
+async def until_same(a: Any, b: Any) -> bool:
+    for _ in range(2000):
+        if same(a, b):
+            return True
+        await asyncio.sleep(0.002)
+    return False
+
+
 def test_a_burst_that_never_yields_streams_full_diffs_in_order_while_it_runs() -> None:
     async def main() -> None:
-        a, b = create_mergeable_store(), create_mergeable_store()
         sent: list[tuple[int, Any]] = []
-        sb = await create_local_synchronizer(b).start_sync()
-        sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
-        await sa.wait_until_idle(timeout=10)
+        a, b, sa, sb = await started_pair(sent)
         sa._inline_idle = math.inf  # (no write goes out alone: the counts are exact)
         sa._flush_stamps = 30  # three 10-cell rows make a full diff
         sent.clear()
@@ -483,11 +497,7 @@ def test_a_burst_that_never_yields_streams_full_diffs_in_order_while_it_runs() -
         assert [m for m, _ in sent] == [CONTENT_DIFF] * 4
         rows = [list(body[0][0]["t"][0]) for _, body in sent]
         assert rows == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6", "r7", "r8"], ["r9"]]
-        for _ in range(2000):
-            if same(a, b):
-                break
-            await asyncio.sleep(0.002)
-        assert same(a, b)
+        assert await until_same(a, b)
         await sa.destroy()
         await sb.destroy()
 
