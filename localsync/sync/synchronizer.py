@@ -270,8 +270,8 @@ class Synchronizer(Persister):
         since the last send) is sent at once, from the transaction listener as TinyBase does;
         the rest wait for the loop's next turn and leave merged (docs/design.md, "Coalescing"),
         except that a queue of ``FLUSH_STAMPS`` stamps (a full ContentDiff) leaves at once, so
-        that a burst that does not yield reaches peers while it runs. Transactions are serialised by
-        ``store.lock``, so the queue is in transaction order.
+        that a burst that does not yield reaches peers while it runs. Transactions are
+        serialised by ``store.lock``, so the queue is in transaction order.
         """
         inline = False
         stamps = len(changes[0]) + len(changes[1])
