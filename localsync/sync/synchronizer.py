@@ -29,6 +29,11 @@ __all__ = ["ReceiveFn", "SendFn", "Synchronizer", "Transport", "create_custom_sy
 #: when nothing was sent for this long: lone writes go at once, bursts stay merged.
 INLINE_IDLE_SECONDS = 0.001
 
+#: Queued stamps that a burst on the loop thread sends from its transaction listener instead
+#: of waiting for the loop's next turn (as many as fit one coalesced ContentDiff): a loop of
+#: writes that never yields streams to peers while it runs instead of after its end.
+FLUSH_STAMPS = MAX_COALESCED_STAMPS
+
 
 class Synchronizer(Persister):
     """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods.
@@ -92,6 +97,8 @@ class Synchronizer(Persister):
         self._handover_lock = threading.Lock()
         self._handover: list[tuple[int, Any]] = []
         self._handover_scheduled = False
+        self._handover_stamps = 0  # (cells and values queued in _handover)
+        self._flush_stamps = FLUSH_STAMPS  # (tests make it small)
         self._last_drain = -1.0  # (time.monotonic) when queued transactions last left
         self._inline_idle = INLINE_IDLE_SECONDS  # (tests pin it to make counts exact)
         self._open_batch: list[Any] | None = None
@@ -261,23 +268,42 @@ class Synchronizer(Persister):
 
         On the loop thread, a lone write (nothing queued, and at least ``INLINE_IDLE_SECONDS``
         since the last send) is sent at once, from the transaction listener as TinyBase does;
-        the rest wait for the loop's next turn and leave merged (docs/design.md, "Coalescing").
-        Transactions are serialised by ``store.lock``, so the queue is in transaction order.
+        the rest wait for the loop's next turn and leave merged (docs/design.md, "Coalescing"),
+        except that a queue of ``FLUSH_STAMPS`` stamps (a full ContentDiff) leaves at once, so
+        that a burst that does not yield reaches peers while it runs. Transactions are
+        serialised by ``store.lock``, so the queue is in transaction order.
         """
         inline = False
+        stamps = len(changes[0]) + len(changes[1])
         with self._handover_lock:
-            self._handover.append((generation, changes))
             if self._handover_scheduled:
-                return
-            if (
-                on_loop
-                and len(self._handover) == 1
-                and time.monotonic() - self._last_drain >= self._inline_idle
-            ):
-                inline = True
-                self._handover = []  # (this entry, the only one: it is sent below)
+                queued = self._handover_stamps
+                if not on_loop or queued + stamps <= self._flush_stamps or not self._handover:
+                    self._handover.append((generation, changes))
+                    self._handover_stamps = queued + stamps
+                    return
+                # a full body's worth is queued: it leaves now, this one starts the next
+                # (the loop callback already scheduled sends that one)
+                full = self._handover
+                self._handover = [(generation, changes)]
+                self._handover_stamps = stamps
             else:
-                self._handover_scheduled = True
+                full = None
+                self._handover.append((generation, changes))
+                self._handover_stamps += stamps
+                if (
+                    on_loop
+                    and len(self._handover) == 1
+                    and time.monotonic() - self._last_drain >= self._inline_idle
+                ):
+                    inline = True
+                    self._handover = []  # (this entry, the only one: it is sent below)
+                    self._handover_stamps = 0
+                else:
+                    self._handover_scheduled = True
+        if full is not None:
+            self._send_waiting(full)
+            return
         loop = self._loop
         if inline:
             self._send_batch([changes])  # (taken out of the queue above)
@@ -293,6 +319,7 @@ class Synchronizer(Persister):
             with self._handover_lock:
                 self._handover.clear()
                 self._handover_scheduled = False
+                self._handover_stamps = 0
             self._report(error)
 
     def _drain_handover(self) -> None:
@@ -301,6 +328,11 @@ class Synchronizer(Persister):
             waiting = self._handover
             self._handover = []
             self._handover_scheduled = False
+            self._handover_stamps = 0
+        self._send_waiting(waiting)
+
+    def _send_waiting(self, waiting: list[tuple[int, Any]]) -> None:
+        """Send queued transactions of the current auto-save generation (taken off the queue)."""
         generation = self._auto_save_generation
         if not waiting or self._destroyed:
             return

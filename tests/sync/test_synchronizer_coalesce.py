@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -460,3 +461,64 @@ def test_writes_just_before_stop_or_destroy_still_go_out(ending: str) -> None:
         await sb.destroy()
 
     asyncio.run(main())
+
+
+async def started_pair(sent: list[tuple[int, Any]]) -> tuple[Any, Any, Any, Any]:
+    """Two stores on started local synchronizers (the first's sends recorded), idle."""
+    a, b = create_mergeable_store(), create_mergeable_store()
+    sb = await create_local_synchronizer(b).start_sync()
+    sa = await create_local_synchronizer(a, on_send=recorder(sent)).start_sync()
+    await sa.wait_until_idle(timeout=10)
+    return a, b, sa, sb
+
+
+async def until_same(a: Any, b: Any) -> bool:
+    for _ in range(2000):
+        if same(a, b):
+            return True
+        await asyncio.sleep(0.002)
+    return False
+
+
+def test_a_burst_that_never_yields_streams_full_diffs_in_order_while_it_runs() -> None:
+    async def main() -> None:
+        sent: list[tuple[int, Any]] = []
+        a, b, sa, sb = await started_pair(sent)
+        sa._inline_idle = math.inf  # (no write goes out alone: the counts are exact)
+        sa._flush_stamps = 30  # three 10-cell rows make a full diff
+        sent.clear()
+        seen_during: list[int] = []
+        for i in range(10):  # the loop never runs in between
+            a.set_row("t", f"r{i}", {f"c{j}": i * 10 + j for j in range(10)})
+            seen_during.append(len(sent))
+        # every fourth row finds three queued (30 stamps) and sends them before queueing itself
+        assert seen_during == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+        await asyncio.sleep(0)  # the loop's turn sends the last row
+        assert [m for m, _ in sent] == [CONTENT_DIFF] * 4
+        rows = [list(body[0][0]["t"][0]) for _, body in sent]
+        assert rows == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6", "r7", "r8"], ["r9"]]
+        assert await until_same(a, b)
+        await sa.destroy()
+        await sb.destroy()
+
+    asyncio.run(main())
+
+
+def test_a_burst_from_a_thread_is_not_flushed_from_the_writers_thread() -> None:
+    a, b = create_mergeable_store(), create_mergeable_store()
+    sent: list[tuple[int, Any]] = []
+    with (
+        blocking(create_local_synchronizer, a, on_send=recorder(sent), timeout=10) as sa,
+        blocking(create_local_synchronizer, b, loop=sa.background_loop, timeout=10),
+    ):
+        sa.synchronizer._flush_stamps = 5
+        sent.clear()
+        with loop_held(sa):
+            for i in range(10):
+                a.set_row("t", f"r{i}", {"c": i, "d": i})
+        converge(sa, a, b)
+        # off the loop thread the queue leaves on the loop's turn, in bodies cut only by the
+        # coalescing caps: the early flush is for the loop's own thread
+        diffs = [body for message, body in sent if message == CONTENT_DIFF]
+        assert len(diffs) == 1
+        assert list(diffs[0][0][0]["t"][0]) == [f"r{i}" for i in range(10)]
