@@ -18,9 +18,10 @@ Baselines measured in the same run on the same content:
 Loads (ours and both raw ones) run with the cyclic garbage collector paused, as the file and
 SQLite persisters pause it for a load (``localsync.core.collector.paused``); ``json gc on``
 is the same ``json.loads`` with the collector running, for reference. A load figure is the
-median of ``--load-repeats`` loads into a new store each, ``install`` the median time of
-``set_encoded_mergeable_content`` of the same content into an empty store (validation
-included: what a snapshot join or a load pays once the content is decoded).
+median of ``--load-repeats`` loads into a new store each (the previous one collected
+first), ``install`` the median time of ``set_encoded_mergeable_content`` of the same
+content into an empty store (validation included: what a snapshot join or a load pays once
+the content is decoded).
 * ``raw postgres``: ``json.dumps`` of the same content + one psycopg upsert of it as the one
   row of a table (autocommit: durable at commit), and a ``SELECT`` + ``json.loads`` of it back;
   its ``1 tx`` is that whole write again (the PostgreSQL persister's JSON mode - TinyBase's
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -156,6 +158,7 @@ def install(content: list[Any], repeats: int) -> float:
         store.set_encoded_mergeable_content(content)
         times.append(time.perf_counter() - start)
         del store
+        gc.collect()
     return statistics.median(times)
 
 
@@ -290,6 +293,7 @@ async def measure_persister(
         assert fresh.get_mergeable_content_hashes() == store.get_mergeable_content_hashes()
         await reader.destroy()
         del fresh, reader
+        gc.collect()  # (each load starts from a heap without the last one's cyclic garbage)
     load_s = statistics.median(loads)
 
     await persister.start_auto_save()
@@ -372,7 +376,7 @@ async def _run_sizes(
                     "load_gc_on_s": raw_json_gc_on,
                 },
                 "raw_sqlite": {"save_s": raw_sql_w, "load_s": raw_sql_r},
-                "install_s": install(content, load_repeats),
+                "install": {"load_s": install(content, load_repeats)},
             }
             for kind in ("file", "sqlite"):
                 print(f"  {cells:>9,} cells: {kind} ...", file=sys.stderr, flush=True)
@@ -429,7 +433,7 @@ def table(results: dict[str, Any]) -> str:
             f"load {entry['raw_json']['load_s']:.3f} s (gc on "
             f"{entry['raw_json']['load_gc_on_s']:.3f} s); raw sqlite save "
             f"{entry['raw_sqlite']['save_s']:.3f} s, load {entry['raw_sqlite']['load_s']:.3f} s; "
-            f"install into an empty store {entry['install_s'] * 1000:.1f} ms"
+            f"install into an empty store {entry['install']['load_s'] * 1000:.1f} ms"
         )
         if "raw_postgres" in entry:
             raw = entry["raw_postgres"]

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from localsync.core.collector import paused
 from localsync.core.protocols import PersistableStore, is_mergeable_store
 from localsync.errors import PersistError, ReadOnlyStorageError, StorageCreateError
 from localsync.persisters._integrity import HashesRepaired, recompute_hashes
@@ -416,7 +417,6 @@ class BackendPersister(Persister):
     """A Persister whose hooks are a :class:`Backend`, plus the acknowledgement API."""
 
     _backend: Backend
-    _bulk_load = True
 
     def __init__(
         self,
@@ -436,6 +436,12 @@ class BackendPersister(Persister):
             return compute_changes() if changes is None else changes
 
         self._get_changes = get_changes
+
+    async def _load_action(self, initial_content: Any) -> None:
+        # a whole store is read, decoded and installed: the decoded temporaries are freed
+        # before the cyclic collector looks (see localsync.core.collector.paused)
+        with paused:
+            await super()._load_action(initial_content)
 
     # coroutine functions on purpose: the base runs only those through its schedule (one
     # save at a time); a plain function returning an awaitable would be spawned unscheduled

@@ -250,23 +250,18 @@ def _read_cells_by_row(conn: sqlite3.Connection, tables_obj: dict[str, list[Any]
     """Put every stored cell stamp into its row stamp in ``tables_obj`` (ids all TEXT).
 
     Why: building each ``[thing, hlc, hash]`` in Python from a fetched row costs several
-    objects per cell; SQLite concatenating them per row and one JSON parse of all rows is
-    about twice as fast. Raises ``KeyError`` for a cell whose row is not stored and
+    objects per cell; SQLite concatenating them per row and one JSON parse per row is
+    faster. Raises ``KeyError`` for a cell whose row is not stored and
     ``CorruptContentError`` when a stored ``thing`` is not one JSON value.
     """
-    groups = conn.execute(_CELLS_BY_ROW).fetchall()
-    if not groups:
-        return
     try:
-        rows = loads("[" + ",".join([group[3] for group in groups]) + "]")
+        for table_id, row_id, count, text in conn.execute(_CELLS_BY_ROW).fetchall():
+            cells = loads(text)
+            if type(cells) is not dict or len(cells) != count:
+                raise CorruptContentError("a stored cell is not a single JSON value")
+            tables_obj[table_id][0][row_id][0] = cells
     except ContentDecodeError as error:
         raise CorruptContentError(f"a stored cell is not JSON: {error}") from error
-    if not isinstance(rows, list) or len(rows) != len(groups):
-        raise CorruptContentError("a stored cell is not a single JSON value")
-    for (table_id, row_id, count, _), cells in zip(groups, rows, strict=True):
-        if type(cells) is not dict or len(cells) != count:
-            raise CorruptContentError("a stored cell is not a single JSON value")
-        tables_obj[table_id][0][row_id][0] = cells
 
 
 _TABLES = (

@@ -25,7 +25,6 @@ transactions may run on other threads. Design: docs/design.md, "The sync engine"
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import threading
@@ -35,7 +34,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
 from typing import Any
 
-from localsync.core.collector import paused, tune_collector
+from localsync.core.collector import tune_collector
 from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
 from localsync.errors import TinyBaseError
 
@@ -49,8 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("localsync.sync.persister")
-
-_NOT_PAUSED = contextlib.nullcontext()
 
 ERROR_STORE_TYPE = 0
 ERROR_CONTENT = 1
@@ -127,11 +124,6 @@ class Persister:
     :meth:`_add_persister_listener`, :meth:`_del_persister_listener` and optionally
     :meth:`_destroy_extra` (see the module docstring for their contracts).
     """
-
-    #: a load reads the whole store from local storage: the cyclic collector is paused from
-    #: the read to the install, so the decoded temporaries are freed before it looks (see
-    #: ``localsync.core.collector.paused``); not for synchronizers, whose loads wait on peers
-    _bulk_load = False
 
     def __init__(
         self,
@@ -445,29 +437,24 @@ class Persister:
 
     async def _load_action(self, initial_content: Any) -> None:
         try:
-            with paused if self._bulk_load else _NOT_PAUSED:
-                await self._load_persisted(initial_content)
+            content = await maybe_await(self._get_persisted())
+            if isinstance(content, list):
+                applied = False
+                try:
+                    self._set_content_or_changes(content)
+                    applied = True
+                finally:
+                    self._after_load(applied)
+            elif content is None and initial_content is not None:
+                self._set_default_content(initial_content)
+            elif content is not None:
+                self._after_load(False)
+                raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
         except Exception as error:
             self._load_failures += 1
             self._report(error)
             if initial_content is not None:
                 self._set_default_content(initial_content)
-
-    async def _load_persisted(self, initial_content: Any) -> None:
-        """Read what is persisted and hand it to the store (``_load_action`` reports errors)."""
-        content = await maybe_await(self._get_persisted())
-        if isinstance(content, list):
-            applied = False
-            try:
-                self._set_content_or_changes(content)
-                applied = True
-            finally:
-                self._after_load(applied)
-        elif content is None and initial_content is not None:
-            self._set_default_content(initial_content)
-        elif content is not None:
-            self._after_load(False)
-            raise TinyBaseError(ERROR_CONTENT, repr(content)[:100])
 
     async def _save_after_mutated(self) -> None:
         had_mutated = self._had_mutated
