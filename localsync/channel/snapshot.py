@@ -359,14 +359,8 @@ class SnapshotServer:
                 return None
             cached = self._segment
             if cached is None or cached[0] != (tables_hash, values_hash):
-                with paused:
-                    content = store.get_encoded_mergeable_content()
-                    payload = _encoder.encode(content)
-                    hashes = _hashes_of(content)
-                    # freed while paused: the collector's first run after a pause would
-                    # otherwise walk all of it (about 1 s at 10^6 cells)
-                    del content
-                assert hashes is not None
+                payload = store.encode_mergeable_content(_encoder.encode)
+                hashes = (tables_hash, values_hash)
                 name, digest = create_segment(payload)
                 self.close()
                 cached = (hashes, Offer(name, len(payload), digest, *hashes))
