@@ -32,11 +32,19 @@ def test_merged_content_encodes_as_its_copy(content: Any) -> None:
     _same_bytes(store)
 
 
-_CELL = st.integers(-5, 5) | st.text(max_size=2) | st.booleans() | st.none() | st.just(
-    {"a": [1, {"b": None}]}
+_CELL = (
+    st.integers(-5, 5)
+    | st.text(max_size=2)
+    | st.booleans()
+    | st.none()
+    | st.just({"a": [1, {"b": None}]})
 )
-_OP = st.tuples(st.sampled_from(["set", "del", "value", "delvalue"]), st.sampled_from("ab"),
-                st.sampled_from("xy"), _CELL)
+_OP = st.tuples(
+    st.sampled_from(["set", "del", "value", "delvalue"]),
+    st.sampled_from("ab"),
+    st.sampled_from("xy"),
+    _CELL,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
