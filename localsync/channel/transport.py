@@ -357,13 +357,17 @@ class ChannelTransport(ChannelEndpoint):
         nonce = secrets.token_bytes(8)
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._ping_waiter = (nonce, waiter)
+        # a ping sent before our subscription reached the hub is lost: the first ones follow
+        # each other closely (a local hub answers within a millisecond), then every 20 ms
+        interval = 0.001
         try:
             while not waiter.done():
                 if self._loop.time() > deadline or self._closed:
                     return False
                 self._send_raw(self._own_topic, _PING + nonce)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiter), 0.02)
+                    await asyncio.wait_for(asyncio.shield(waiter), interval)
+                interval = min(interval * 2, 0.02)
             return True
         finally:
             self._ping_waiter = None
