@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -31,7 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .report import RESULTS_DIR, Figure, compute_ratios, write_charts, write_json, write_markdown
+from .report import (
+    PYTHON_STACK,
+    RAW_JSON,
+    RAW_SQLITE,
+    RESULTS_DIR,
+    TINYBASE_STACK,
+    Figure,
+    compute_ratios,
+    write_charts,
+    write_json,
+    write_markdown,
+)
 
 RAW = "raw pyzmq+msgspec"
 MANAGER = "Manager().dict()"
@@ -53,9 +65,10 @@ QUICK_ARGS: dict[str, list[list[str]]] = {
     "store_receive": [["--sizes", "100000", "--repeat", "1", "--no-port"], []],
 }
 # Full mode keeps each module's defaults except where they alone would break the suite's
-# 15-minute budget on 2 cores (ws at 100,000 cells x 8 combinations took > 4 minutes).
+# 20-minute budget on 2 cores: ws measures the ASGI app with raw clients only (its Python and
+# TinyBase clients' fills are the clients' own work, minutes at 100,000 cells).
 FULL_ARGS: dict[str, list[list[str]]] = {
-    "ws": [["--cells", "20000", "--samples", "200"], []],
+    "ws": [["--cells", "100000", "--samples", "200", "--asgi-clients", "raw"], []],
     # the reference port's runs are a development comparison, minutes long at 10^6 cells
     "store_receive": [["--no-port"], []],
 }
@@ -69,7 +82,7 @@ class Sizes:
     latency_readers: list[int]
     latency_samples: int
     join_cells: list[int]
-    memory_cells: int
+    memory_cells: list[int]
     area_timeout: float
     timeout: float
     persist_rates: list[int] = field(default_factory=lambda: [2_000, 10_000])
@@ -85,19 +98,19 @@ MODES: dict[str, Sizes] = {
     "full": Sizes(
         fanout=[(r, c) for c in (10_000, 100_000) for r in (1, 3, 7)],
         latency_readers=[1, 3, 7], latency_samples=2000,
-        join_cells=[10_000, 100_000, 1_000_000], memory_cells=1_000_000,
+        join_cells=[10_000, 100_000, 1_000_000], memory_cells=[100_000, 1_000_000],
         area_timeout=240, timeout=180,
         persist_rates=[2_000, 10_000, 50_000], persist_seconds=5.0, node_join_timeout=20.0),
     "quick": Sizes(
         fanout=[(1, 10_000), (3, 10_000), (1, 100_000)],
         latency_readers=[3], latency_samples=300,
-        join_cells=[10_000, 100_000], memory_cells=100_000,
+        join_cells=[10_000, 100_000], memory_cells=[100_000],
         area_timeout=60, timeout=60, node_join_timeout=5.0,
         persist_rates=[2_000, 10_000, 50_000],
         area_modules=("store", "store_receive", "local_sync", "persist", "ws")),
     "smoke": Sizes(
         fanout=[(1, 500)], latency_readers=[1], latency_samples=20,
-        join_cells=[500], memory_cells=20_000, area_timeout=20, timeout=20,
+        join_cells=[500], memory_cells=[20_000], area_timeout=20, timeout=20,
         area_modules=(), persist_rates=[1_000], persist_seconds=0.5),
 }
 
@@ -224,6 +237,10 @@ def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
         snapshot: lambda c: zmq_subjects.join(c, sizes.timeout * 2),
         MANAGER: lambda c: manager_dict.join(c, sizes.timeout * 2),
     }
+    if "snapshots" in inspect.signature(localsync_subject.join).parameters:
+        # (the normal hash-tree exchange beside the shared-memory snapshot join)
+        subjects[f"{LOCALSYNC} (no snapshot)"] = lambda c: localsync_subject.join(
+            c, sizes.timeout * 2, snapshots=False)  # type: ignore[call-arg]
     if not skip_node:
         subjects[TINYBASE] = lambda c: tinybase.join(c, sizes.node_join_timeout)
 
@@ -259,11 +276,11 @@ def join_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
 def memory_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
     from .baselines import memory, tinybase
 
-    cells = sizes.memory_cells
-    params = {"cells": cells}
     plain = "plain dict"
 
-    def py(kind: str, subject: str) -> Callable[[], list[Figure]]:
+    def py(kind: str, subject: str, cells: int) -> Callable[[], list[Figure]]:
+        params = {"cells": cells}
+
         def run() -> list[Figure]:
             if kind != "dict" and (why := _localsync_missing()):
                 return [_na("memory", "bytes per cell", subject, params, "B", plain, why)]
@@ -272,21 +289,29 @@ def memory_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
                            note="RSS growth")]
         return run
 
-    def node() -> list[Figure]:
-        subject = "TinyBase MergeableStore (Node heap)"
-        if skip_node:
-            return [_na("memory", "bytes per cell", subject, params, "B", plain,
-                        "skipped (--skip-node)")]
-        value = tinybase.memory_bytes_per_cell(cells, sizes.timeout * 3)
-        return [Figure("memory", "bytes per cell", subject, params, value, "B", plain,
-                       note="V8 heapUsed growth")]
+    def node(cells: int) -> Callable[[], list[Figure]]:
+        params = {"cells": cells}
 
-    return [
-        (f"memory {LOCALSYNC} cells={cells:,}", py("localsync_mergeable", LOCALSYNC)),
-        (f"memory localsync Store cells={cells:,}", py("localsync_store", "localsync Store")),
-        (f"memory plain dict cells={cells:,}", py("dict", plain)),
-        (f"memory TinyBase cells={cells:,}", node),
-    ]
+        def run() -> list[Figure]:
+            subject = "TinyBase MergeableStore (Node heap)"
+            if skip_node:
+                return [_na("memory", "bytes per cell", subject, params, "B", plain,
+                            "skipped (--skip-node)")]
+            value = tinybase.memory_bytes_per_cell(cells, sizes.timeout * 3)
+            return [Figure("memory", "bytes per cell", subject, params, value, "B", plain,
+                           note="V8 heapUsed growth")]
+        return run
+
+    tasks: list[Task] = []
+    for cells in sizes.memory_cells:
+        tasks += [
+            (f"memory {LOCALSYNC} cells={cells:,}", py("localsync_mergeable", LOCALSYNC, cells)),
+            (f"memory localsync Store cells={cells:,}",
+             py("localsync_store", "localsync Store", cells)),
+            (f"memory plain dict cells={cells:,}", py("dict", plain, cells)),
+            (f"memory TinyBase cells={cells:,}", node(cells)),
+        ]
+    return tasks
 
 
 def persist_tasks(sizes: Sizes) -> list[Task]:
@@ -402,8 +427,43 @@ def ws_figures(area: dict[str, Any]) -> list[Figure]:
                        note=f"{row.get('samples', '?')} samples"),
                 Figure("ws", "p99", subject, params, row["latency_p99_ms"], "ms", tb_server),
             ]
+            # the whole stack a user deploys: Python clients on our server against TinyBase
+            # clients on TinyBase's server (issue 19's restated WebSocket target)
+            stack = {("python", "ours"): PYTHON_STACK,
+                     ("tinybase", "tinybase"): TINYBASE_STACK}.get((row["clients"],
+                                                                    row["server"]))
+            if stack is not None:
+                figures.append(Figure("ws", "fill (whole stack)", stack,
+                                      {"clients": row["n"], "cells": row["cells"]},
+                                      row["fill_seconds"], "s", TINYBASE_STACK,
+                                      note="all clients hold the cells"))
         except (KeyError, TypeError):
             return []
+    return figures
+
+
+def load_figures(area: dict[str, Any]) -> list[Figure]:
+    """Scenario 7 from ``benchmarks/persist.py``'s JSON: a persister's ``load()`` into an empty
+    store, beside the raw read of the same content (``json.loads`` of the same file, a
+    ``SELECT`` of the same cells) at every size it measured."""
+    if area.get("status") != "ok":
+        return []
+    figures = []
+    for cells, entry in area.get("data", {}).get("sizes", {}).items():
+        for kind, persister, raw_key, raw_subject in (
+            ("file", "file", "raw_json", RAW_JSON),
+            ("sqlite", "SQLite", "raw_sqlite", RAW_SQLITE),
+        ):
+            try:
+                params = {"cells": int(cells), "persister": persister}
+                ours, raw = entry[kind]["load_s"], entry[raw_key]["load_s"]
+            except (KeyError, TypeError, ValueError):
+                continue
+            figures += [
+                Figure("load", "load", LOCALSYNC, params, ours, "s", raw_subject,
+                       note="content and hashes equal the saved store's"),
+                Figure("load", "load", raw_subject, params, raw, "s", raw_subject),
+            ]
     return figures
 
 
@@ -512,6 +572,8 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
     bar.finish()
     if "ws" in areas:
         figures += ws_figures(areas["ws"])
+    if "persist" in areas:
+        figures += load_figures(areas["persist"])
     for scenario, area in (("ws", "ws"),):
         if want(scenario) and areas.get(area, {}).get("status") != "ok":
             notes.append(f"Scenario {scenario}: localsync's benchmarks/{area}.py result is "
