@@ -71,7 +71,12 @@ FULL_ARGS: dict[str, list[list[str]]] = {
     "ws": [["--cells", "100000", "--samples", "200", "--asgi-clients", "raw"], []],
     # the reference port's runs are a development comparison, minutes long at 10^6 cells
     "store_receive": [["--no-port"], []],
+    # fan-out and latency as the suite's scenarios 1-2 measure them, once each (its defaults,
+    # 3 fan-out runs and 5 latency rounds, took more than 4 minutes on 2 busy cores)
+    "channel": [["--repeat", "1", "--latency-rounds", "2"], []],
 }
+# per-area time limits in full mode, where the default (Sizes.area_timeout) is too short
+FULL_AREA_TIMEOUTS = {"channel": 420.0, "ws": 420.0}
 
 
 @dataclass
@@ -567,7 +572,8 @@ def run_suite(mode: str = "quick", out_dir: Path = RESULTS_DIR, skip_node: bool 
     areas: dict[str, Any] = {}
     for name in area_names:
         bar.step(f"area benchmark {name}")
-        areas[name] = run_area(name, mode != "full", sizes.area_timeout)
+        limit = FULL_AREA_TIMEOUTS.get(name, 0.0) if mode == "full" else 0.0
+        areas[name] = run_area(name, mode != "full", max(limit, sizes.area_timeout))
         bar.advance()
     bar.finish()
     if "ws" in areas:

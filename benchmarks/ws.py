@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="fills per run (median used)")
     parser.add_argument(
+        "--raw-rounds", type=int, default=9, help="fills per run with raw clients (cheap)"
+    )
+    parser.add_argument(
         "--clients", action="append", choices=CLIENT_KINDS, help="client kinds (default all)"
     )
     parser.add_argument(
@@ -462,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"ws://127.0.0.1:{server.port}{server.prefix}/bench{n}"
                 try:
                     if client_kind == "raw":
-                        result = run_raw_clients(url, n, cells, samples, rounds)
+                        raw_rounds = rounds if args.quick else args.raw_rounds
+                        result = run_raw_clients(url, n, cells, samples, raw_rounds)
                     elif client_kind == "python":
                         result = run_python_clients(url, n, cells, samples, rounds)
                     else:
