@@ -4,7 +4,7 @@ Every figure is stored with its absolute value and, where its group has one, its
 group's reference baseline measured in the same run; the Markdown table shows both, and the
 machine the absolute figures came from heads the page, so no number stands without context.
 
-``python -m benchmarks.report [--results FILE] [--readme FILE]`` pastes the summary table of a
+``python -m benchmarks.report [--results FILE] [--readme [FILE]]`` pastes the summary table of a
 ``results.json`` (default: ``benchmarks/results/results.json``) into the README, between the
 lines ``README_BEGIN`` and ``README_END``.
 """
@@ -468,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Paste a run's summary table into the README.",
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument(
+        "--readme", type=Path, nargs="?", const=README, default=README, help="(default README.md)"
+    )
     args = parser.parse_args(argv)
     meta, figures = load_results(args.results)
     paste_into_readme(args.readme, readme_table(meta, figures))
