@@ -4,7 +4,7 @@ Every figure is stored with its absolute value and, where its group has one, its
 group's reference baseline measured in the same run; the Markdown table shows both, and the
 machine the absolute figures came from heads the page, so no number stands without context.
 
-``python -m benchmarks.report [--results FILE] [--readme [FILE]]`` pastes the summary table of a
+``python -m benchmarks.report [--results FILE] [--readme [FILE]]`` pastes the target table of a
 ``results.json`` (default: ``benchmarks/results/results.json``) into the README, between the
 lines ``README_BEGIN`` and ``README_END``.
 """
