@@ -377,58 +377,32 @@ def memory_tasks(sizes: Sizes, skip_node: bool) -> list[Task]:
 
     plain = "plain dict"
 
-    def py(kind: str, subject: str, cells: int) -> Callable[[], list[Figure]]:
-        params = {"cells": cells}
+    def figure(subject: str, cells: int, value: float, note: str) -> list[Figure]:
+        return [
+            Figure(
+                "memory", "bytes per cell", subject, {"cells": cells}, value, "B", plain, note=note
+            )
+        ]
 
+    def not_available(subject: str, cells: int, why: str) -> list[Figure]:
+        return [_na("memory", "bytes per cell", subject, {"cells": cells}, "B", plain, why)]
+
+    def py(kind: str, subject: str, cells: int) -> Callable[[], list[Figure]]:
         def run() -> list[Figure]:
             if kind != "dict" and (why := _localsync_missing()):
-                return [_na("memory", "bytes per cell", subject, params, "B", plain, why)]
+                return not_available(subject, cells, why)
             value = memory.bytes_per_cell(kind, cells, sizes.timeout * 3)
-            return [
-                Figure(
-                    "memory",
-                    "bytes per cell",
-                    subject,
-                    params,
-                    value,
-                    "B",
-                    plain,
-                    note="RSS growth",
-                )
-            ]
+            return figure(subject, cells, value, "RSS growth")
 
         return run
 
     def node(cells: int) -> Callable[[], list[Figure]]:
-        params = {"cells": cells}
-
         def run() -> list[Figure]:
             subject = "TinyBase MergeableStore (Node heap)"
             if skip_node:
-                return [
-                    _na(
-                        "memory",
-                        "bytes per cell",
-                        subject,
-                        params,
-                        "B",
-                        plain,
-                        "skipped (--skip-node)",
-                    )
-                ]
+                return not_available(subject, cells, "skipped (--skip-node)")
             value = tinybase.memory_bytes_per_cell(cells, sizes.timeout * 3)
-            return [
-                Figure(
-                    "memory",
-                    "bytes per cell",
-                    subject,
-                    params,
-                    value,
-                    "B",
-                    plain,
-                    note="V8 heapUsed growth",
-                )
-            ]
+            return figure(subject, cells, value, "V8 heapUsed growth")
 
         return run
 
