@@ -4,7 +4,7 @@ Every figure is stored with its absolute value and, where its group has one, its
 group's reference baseline measured in the same run; the Markdown table shows both, and the
 machine the absolute figures came from heads the page, so no number stands without context.
 
-``python -m benchmarks.report [--results FILE] [--readme FILE]`` pastes the summary table of a
+``python -m benchmarks.report [--results FILE] [--readme [FILE]]`` pastes the target table of a
 ``results.json`` (default: ``benchmarks/results/results.json``) into the README, between the
 lines ``README_BEGIN`` and ``README_END``.
 """
@@ -104,6 +104,163 @@ def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
         yield prefix, value
 
 
+# --------------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 19, checked against a run's figures.
+
+    The figure is localsync's (``subject``) in ``scenario``/``metric`` whose params include
+    ``params``; ``baseline`` is the subject beside it in the same run. ``kind``:
+    ``"ratio"``: localsync ÷ baseline ≤ ``limit``; ``"speedup"``: baseline ÷ localsync ≥
+    ``limit``; ``"value"``: localsync's own figure ≤ ``limit`` (in the figure's unit),
+    ``"under"``: < ``limit``.
+    """
+
+    figure: str
+    scenario: str
+    metric: str
+    params: tuple[tuple[str, Any], ...]
+    baseline: str
+    kind: str
+    limit: float
+    goal: str
+    subject: str = "localsync"
+
+
+RAW = "raw pyzmq+msgspec"
+PYCRDT = "pycrdt over zmq"
+SNAPSHOT = "raw zmq REQ/REP msgpack snapshot"
+TINYBASE_MEMORY = "TinyBase MergeableStore (Node heap)"
+TINYBASE_SERVER = "TinyBase createWsServer"
+RAW_JSON = "json.loads of the same file"
+RAW_SQLITE = "raw sqlite SELECT"
+PYTHON_STACK = "Python clients + localsync server"
+TINYBASE_STACK = "TinyBase clients + TinyBase server"
+
+
+def _readers(n: int) -> str:
+    return f"{n} reader" + ("" if n == 1 else "s")
+
+
+def _targets() -> list[Target]:
+    fan = "fan-out 10^5 cells, "
+    ws_tb = "no slower than on TinyBase's server"
+    # (figure, scenario, metric, params, baseline, kind, limit, goal[, subject])
+    # fmt: off
+    rows: list[tuple[Any, ...]] = [
+        *[(fan + _readers(r), "fanout", "convergence", (("readers", r), ("cells", 100_000)),
+           RAW, "ratio", 2.0, "≤ 2× raw") for r in (1, 3)],
+        *[(fan + _readers(r), "fanout", "convergence", (("readers", r), ("cells", 100_000)),
+           PYCRDT, "speedup", 1.5, "≥ 1.5× faster than pycrdt") for r in (1, 3)],
+        ("join 10^5 cells", "join", "join time", (("cells", 100_000),), SNAPSHOT, "ratio", 5.0,
+         "≤ 5× raw snapshot"),
+        ("join 10^6 cells", "join", "join time", (("cells", 1_000_000),), SNAPSHOT, "value", 1.5,
+         "≤ 1.5 s"),
+        *[(f"load 10^{e} cells, {persister} persister", "load", "load",
+           (("cells", 10**e), ("persister", persister)), raw, "value", limit, f"≤ {limit:g} s")
+          for persister, raw in (("file", RAW_JSON), ("SQLite", RAW_SQLITE))
+          for e, limit in ((5, 0.3), (6, 3.0))],
+        *[(f"memory, 10^{e} cells (RSS)", "memory", "bytes per cell", (("cells", 10**e),),
+           TINYBASE_MEMORY, "value", 200.0, "≤ 200 B/cell") for e in (5, 6)],
+        *[row for r in (1, 3) for row in (
+            (f"one-cell latency p50, {_readers(r)}", "latency", "p50", (("readers", r),), RAW,
+             "ratio", 1.3, "≤ 1.3× raw"),
+            (f"one-cell latency p99, {_readers(r)}", "latency", "p99", (("readers", r),), RAW,
+             "under", 1000.0, "< 1 ms"))],
+        *[(f"WebSocket fill, {n} raw clients: our server alone", "ws", "fill",
+           (("clients", f"{n} raw"),), TINYBASE_SERVER, "speedup", 5.0,
+           "≥ 5× faster than TinyBase's server") for n in (2, 8)],
+        *[(f"WebSocket fill, {n} clients: whole stack", "ws", "fill (whole stack)",
+           (("clients", n),), TINYBASE_STACK, "speedup", 5.0, "≥ 5× faster than TinyBase's",
+           PYTHON_STACK) for n in (2, 8)],
+        *[(f"WebSocket {m}, {n} TinyBase clients: on our server", "ws", m,
+           (("clients", f"{n} tinybase"),), TINYBASE_SERVER, "ratio", 1.0, ws_tb)
+          for n in (2, 8) for m in ("fill", "p50")],
+    ]
+    # fmt: on
+    return [Target(*row) for row in rows]
+
+
+#: issue 19's targets, in the order of its list
+TARGETS = _targets()
+
+
+def _find(
+    figures: list[Figure],
+    scenario: str,
+    metric: str,
+    subject: str,
+    params: tuple[tuple[str, Any], ...],
+) -> Figure | None:
+    for f in figures:
+        if (
+            f.scenario == scenario
+            and f.metric == metric
+            and f.subject == subject
+            and all(f.params.get(k) == v for k, v in params)
+        ):
+            return f
+    return None
+
+
+def check_targets(figures: list[Figure]) -> list[dict[str, Any]]:
+    """One row per target: the two figures, the ratio, and ``met`` (None: not measured)."""
+    rows = []
+    for target in TARGETS:
+        ours = _find(figures, target.scenario, target.metric, target.subject, target.params)
+        base = _find(figures, target.scenario, target.metric, target.baseline, target.params)
+        value = None if ours is None else ours.value
+        base_value = None if base is None else base.value
+        ratio = value / base_value if value is not None and base_value else None
+        met: bool | None = None
+        if target.kind == "value" and value is not None:
+            met = value <= target.limit
+        elif target.kind == "under" and value is not None:
+            met = value < target.limit
+        elif target.kind == "ratio" and ratio is not None:
+            met = ratio <= target.limit
+        elif target.kind == "speedup" and ratio is not None:
+            met = 1 / ratio >= target.limit
+        rows.append(
+            {
+                "target": target,
+                "value": value,
+                "baseline_value": base_value,
+                "ratio": ratio,
+                "met": met,
+                "unit": next((f.unit for f in (ours, base) if f is not None), ""),
+            }
+        )
+    return rows
+
+
+def targets_table(figures: list[Figure]) -> list[str]:
+    """The "Targets (issue 19)" table: figure, localsync, baseline, ratio, target, verdict."""
+    lines = [
+        "| figure | localsync | baseline (same run) | ratio | target | |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    for row in check_targets(figures):
+        target: Target = row["target"]
+        unit = row["unit"]
+        if row["ratio"] is None:
+            ratio = "n/a"
+        elif target.kind == "speedup":
+            ratio = f"{1 / row['ratio']:.2f}× faster"
+        else:
+            ratio = f"{row['ratio']:.2f}×"
+        verdict = {True: "met", False: "**missed**", None: "not measured"}[row["met"]]
+        subject = "" if target.subject == "localsync" else f" ({target.subject})"
+        lines.append(
+            f"| {target.figure}{subject} | {_fmt(row['value'], unit)} | "
+            f"{target.baseline} {_fmt(row['baseline_value'], unit)} | {ratio} | "
+            f"{target.goal} | {verdict} |"
+        )
+    return lines
+
+
 SCENARIO_TITLES = {
     "fanout": "1. Fan-out convergence (1 writer, N readers, row transactions)",
     "latency": "2. One-way latency of a single-cell change",
@@ -113,6 +270,7 @@ SCENARIO_TITLES = {
     "createWsServer (from `benchmarks/ws.py`)",
     "persist": "6. Persistence: a coordinator under sustained writes, quiescence to durable "
     "(file/SQLite persister costs: per-area benchmark `persist` below)",
+    "load": "7. Load: a persister fills an empty store from disk (from `benchmarks/persist.py`)",
 }
 
 
@@ -165,6 +323,15 @@ def write_markdown(
         "by the reference baseline's figure for the same parameters in the same run "
         "(lower is better unless the note says otherwise: >1 means slower/bigger than the "
         "reference).",
+        "",
+    ]
+    lines += [
+        "## Targets (issue 19)",
+        "",
+        "Each localsync figure beside its baseline from this run (ratio: localsync ÷ "
+        "baseline, or how many times faster); generated from the figures below.",
+        "",
+        *targets_table(figures),
         "",
     ]
     lines += METHOD
@@ -260,45 +427,19 @@ def _localsync_vs_baselines(figures: list[Figure]) -> list[str]:
 
 
 def readme_table(meta: dict[str, Any], figures: list[Figure]) -> list[str]:
-    """The README's summary: the machine, then one row per scenario and parameters where
-    localsync has figures: its values and their ratios to every other subject measured beside
-    it (metrics with the same baselines share a row, separated by `` / ``)."""
-    groups: dict[tuple[str, str, str], list[Figure]] = defaultdict(list)
-    for f in figures:
-        groups[f.group_key()].append(f)
-    # (scenario, params) -> [(metric, localsync's figure, [(baseline, ratio)])]
-    rows: dict[tuple[str, str], list[tuple[str, Figure, list[tuple[str, float]]]]] = {}
-    for (scenario, metric, params), members in groups.items():
-        ours = next((f for f in members if f.subject == "localsync" and f.value), None)
-        if ours is None or ours.value is None:
-            continue
-        ratios = [
-            (other.subject, ours.value / other.value)
-            for other in members
-            if other is not ours and other.value
-        ]
-        rows.setdefault((scenario, params), []).append((metric, ours, ratios))
-    lines = [
-        f"{_machine_line(meta)} Mode: {meta['mode']}.",
+    """The README's one benchmark table: issue 19's targets (:func:`targets_table`) from a
+    run, with a sentence naming the run and the machine, and the link to the full results."""
+    command = "python -m benchmarks" + ("" if meta["mode"] == "full" else f" --{meta['mode']}")
+    return [
+        f"Issue 19's targets against the latest {meta['mode']}-mode run (`{command}`), each "
+        "localsync figure beside its baseline measured in the same run. Every figure, the "
+        "method and the charts: [benchmarks/results/results.md](benchmarks/results/results.md); "
+        "running the suite: [docs/performance.md](docs/performance.md).",
         "",
-        "| scenario | parameters | metric | localsync | localsync ÷ each baseline, same run |",
-        "|---|---|---|---:|---|",
+        f"{_machine_line(meta)}",
+        "",
+        *targets_table(figures),
     ]
-    for (scenario, params), entries in rows.items():
-        baselines = [[name for name, _ in ratios] for _, _, ratios in entries]
-        parts = [entries] if all(b == baselines[0] for b in baselines) else [[e] for e in entries]
-        for part in parts:
-            metric = " / ".join(m for m, _, _ in part)
-            values = " / ".join(_fmt(f.value, f.unit) for _, f, _ in part)
-            ratios = ", ".join(
-                f"{name} " + " / ".join(f"{r[i][1]:.2f}×" for _, _, r in part)
-                for i, name in enumerate(baselines[entries.index(part[0])])
-            )
-            lines.append(
-                f"| {scenario} | {_params(json.loads(params))} | {metric} | {values} | "
-                f"{ratios or 'n/a'} |"
-            )
-    return lines
 
 
 def paste_into_readme(readme: Path, lines: list[str]) -> None:
@@ -327,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Paste a run's summary table into the README.",
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "results.json")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument(
+        "--readme", type=Path, nargs="?", const=README, default=README, help="(default README.md)"
+    )
     args = parser.parse_args(argv)
     meta, figures = load_results(args.results)
     paste_into_readme(args.readme, readme_table(meta, figures))

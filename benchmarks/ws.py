@@ -2,7 +2,8 @@
 TinyBase's own ``createWsServer``.
 
 Run: ``python -m benchmarks.ws`` (``--quick`` for a small smoke run, which measures the ASGI
-app with raw clients only). Prints a table and writes ``benchmarks/results/ws.json``.
+app with raw clients only; ``--clients``, ``--servers``, ``--sizes``, ``--asgi-clients``
+choose the combinations). Prints a table and writes ``benchmarks/results/ws.json``.
 
 The servers run as separate processes on loopback, relay only: ours is
 ``localsync serve --no-persist`` (``ours``), the same core as an ASGI app mounted at ``/sync``
@@ -10,9 +11,10 @@ in FastAPI under plain uvicorn (``asgi``, tests/asgi_app.py), TinyBase's is ``cr
 on a ``ws`` WebSocketServer in Node (tests/interop/tb_server.mjs). Against each, the same
 clients:
 
-* raw clients (the server alone): store-less Python clients in this process send ready-made
-  frames (a 100k-cell ContentDiff; a one-cell ContentDiff, latency = time until the first
-  peer got it, the others drained before the next).
+* raw clients (the server alone): store-less clients in this process (:class:`RawSocket`,
+  asyncio sockets that count frames without decoding them) send ready-made frames (a
+  ``cells``-cell ContentDiff; a one-cell ContentDiff, latency = time until the first peer
+  got it, the others drained before the next).
 * Python clients: one process per client (``create_ws_synchronizer``); TinyBase clients: the
   legacy ``WsSynchronizer`` from npm, all in one Node process (tests/interop/bench_clients.mjs).
 * fill: N clients (N = 2 and 8) on one path; client 0 writes ``cells`` integer cells (rows
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing as mp
+import os
 import re
 import shutil
 import statistics
@@ -52,6 +56,7 @@ _ctx = mp.get_context("spawn")
 
 
 SERVER_KINDS = ("ours", "asgi", "tinybase")
+CLIENT_KINDS = ("raw", "python", "tinybase")
 
 
 class Server:
@@ -228,12 +233,123 @@ def run_node_clients(
 # --------------------------------------------------------------------------- raw clients
 
 
+class RawSocket(asyncio.Protocol):
+    """The thinnest WebSocket client: counts the messages it receives without reading them.
+
+    Why not a WebSocket library: receiving a 3 MB frame costs ``websockets`` ~5 ms of Python
+    (buffer appends, slicing, UTF-8 decoding), 7 clients' worth of it would be the larger part
+    of a fill, and the figure is meant to be the server's. Frames are sent with the zero mask
+    key (the payload as is; RFC 6455 lets a server only unmask, never refuse it).
+    """
+
+    def __init__(self, host: str, path: str) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: "
+            f"{base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self._head = b""  # the handshake answer, then a partial frame header
+        self._skip = 0  # payload bytes of the current frame not yet received
+        self._final = False  # the current frame ends a message
+        self._control = b""  # a ping's payload, collected to answer it
+        self._in_control = 0
+        self.received = 0  # complete messages
+        self._waiter: tuple[int, asyncio.Future[None]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened.done():
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self._head.startswith(b"HTTP/1.1 101"):
+                self.opened.set_exception(ConnectionError(self._head[:200].decode()))
+                return
+            data, self._head = self._head[end + 4 :], b""
+            self.opened.set_result(None)
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                taken = min(self._skip, len(view))
+                if self._in_control:
+                    self._control += bytes(view[:taken])
+                self._skip -= taken
+                view = view[taken:]
+                if not self._skip:
+                    self._frame_done()
+                continue
+            need = self._header_size() - len(self._head)
+            self._head += bytes(view[:need])
+            view = view[need:]
+            if len(self._head) == self._header_size():
+                self._start_frame()
+                if not self._skip:
+                    self._frame_done()
+
+    def _header_size(self) -> int:
+        if len(self._head) < 2:
+            return 2
+        length = self._head[1] & 0x7F
+        return 2 + (2 if length == 126 else 8 if length == 127 else 0)
+
+    def _start_frame(self) -> None:
+        head, self._head = self._head, b""
+        length = head[1] & 0x7F
+        self._skip = int.from_bytes(head[2:]) if length >= 126 else length
+        self._final = bool(head[0] & 0x80)
+        opcode = head[0] & 0x0F
+        self._in_control = opcode if opcode >= 8 else 0
+        self._control = b""
+
+    def _frame_done(self) -> None:
+        if self._in_control == 9:  # ping: pong with its payload
+            self._send(0xA, self._control)
+        elif not self._in_control and self._final:
+            self.received += 1
+            waiter = self._waiter
+            if waiter is not None and self.received >= waiter[0] and not waiter[1].done():
+                waiter[1].set_result(None)
+        self._in_control = 0
+
+    def _send(self, opcode: int, data: bytes) -> None:
+        n = len(data)
+        if n < 126:
+            head = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 65536:
+            head = bytes([0x80 | opcode, 0xFE]) + n.to_bytes(2)
+        else:
+            head = bytes([0x80 | opcode, 0xFF]) + n.to_bytes(8)
+        assert self.transport is not None
+        self.transport.write(head + b"\0\0\0\0" + data)
+
+    def send_text(self, data: bytes) -> None:
+        self._send(0x1, data)
+
+    async def wait(self, count: int) -> None:
+        """Until ``count`` messages in all were received."""
+        if self.received >= count:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiter = (count, future)
+        await future
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self._send(0x8, (1000).to_bytes(2))
+            self.transport.close()
+
+
 def run_raw_clients(
     url: str, clients: int, cells: int, samples: int, rounds: int
 ) -> dict[str, Any]:
-    """The server alone: store-less Python clients send ready-made frames through it."""
-    from websockets.asyncio.client import connect
-
+    """The server alone: store-less clients (:class:`RawSocket`) send ready-made frames."""
     from localsync.ws.wire import encode_payloads
 
     rows = cells // 10
@@ -252,27 +368,37 @@ def run_raw_clients(
         [{}],
         1,
     ]
-    (big,) = encode_payloads(None, "abcdefghijk", 3, body)
-    small = '\n["abcdefghijk",3,[[{}],[{"ping":[1,"NjEtLV----0VnP9x"]}],1]]'
+    (big_text,) = encode_payloads(None, "abcdefghijk", 3, body)
+    big = big_text.encode()
+    small = b'\n["abcdefghijk",3,[[{}],[{"ping":[1,"NjEtLV----0VnP9x"]}],1]]'
+    host_port, _, path = url.removeprefix("ws://").partition("/")
+    host, _, port = host_port.rpartition(":")
 
     async def main() -> dict[str, Any]:
-        socks = [await connect(url, compression=None, max_size=None) for _ in range(clients)]
+        loop = asyncio.get_running_loop()
+        socks: list[RawSocket] = []
+        for _ in range(clients):
+            _, sock = await loop.create_connection(
+                lambda: RawSocket(host_port, "/" + path), host, int(port)
+            )
+            await asyncio.wait_for(sock.opened, 30)
+            socks.append(sock)
         await asyncio.sleep(0.2)
         latencies = []
-        for _ in range(samples):
+        for k in range(1, samples + 1):
             start = time.monotonic()
-            await socks[0].send(small)
-            await socks[1].recv()
+            socks[0].send_text(small)
+            await socks[1].wait(k)
             latencies.append((time.monotonic() - start) * 1000)
-            await asyncio.gather(*[s.recv() for s in socks[2:]])
+            await asyncio.gather(*[s.wait(k) for s in socks[2:]])
         fills = []
-        for _ in range(rounds):
+        for k in range(samples + 1, samples + rounds + 1):
             start = time.monotonic()
-            await socks[0].send(big)
-            await asyncio.gather(*[s.recv() for s in socks[1:]])
+            socks[0].send_text(big)
+            await asyncio.gather(*[s.wait(k) for s in socks[1:]])
             fills.append(time.monotonic() - start)
-        for ws in socks:
-            await ws.close()
+        for sock in socks:
+            sock.close()
         return {"fill_seconds": statistics.median(fills), "fills": fills, "latency_ms": latencies}
 
     return asyncio.run(main())
@@ -294,11 +420,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="fills per run (median used)")
+    parser.add_argument(
+        "--raw-rounds", type=int, default=9, help="fills per run with raw clients (cheap)"
+    )
+    parser.add_argument(
+        "--clients", action="append", choices=CLIENT_KINDS, help="client kinds (default all)"
+    )
+    parser.add_argument(
+        "--servers", action="append", choices=SERVER_KINDS, help="server kinds (default all)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="client counts (default 2 and 8; quick: 2)"
+    )
+    parser.add_argument(
+        "--asgi-clients",
+        action="append",
+        choices=CLIENT_KINDS,
+        help="client kinds run against the ASGI app (default all; quick: raw)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "ws.json", help="results JSON")
     args = parser.parse_args(argv)
     cells = 5_000 if args.quick else args.cells
     samples = 20 if args.quick else args.samples
-    sizes = [2] if args.quick else [2, 8]
+    sizes = args.sizes or ([2] if args.quick else [2, 8])
     rounds = 1 if args.quick else args.rounds
+    client_kinds = args.clients or list(CLIENT_KINDS)
+    server_kinds = args.servers or list(SERVER_KINDS)
+    asgi_clients = args.asgi_clients or (["raw"] if args.quick else list(CLIENT_KINDS))
 
     sys.path.insert(0, str(ROOT))
     from tests import npm_env
@@ -308,16 +456,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(INTEROP / script, folder / script)
 
     rows: list[dict[str, Any]] = []
-    for client_kind in ("raw", "python", "tinybase"):
+    for client_kind in client_kinds:
         for n in sizes:
-            for server_kind in SERVER_KINDS:
-                if args.quick and server_kind == "asgi" and client_kind != "raw":
-                    continue  # (quick: the ASGI app with raw clients only, to stay short)
+            for server_kind in server_kinds:
+                if server_kind == "asgi" and client_kind not in asgi_clients:
+                    continue
                 server = Server(server_kind, folder)
                 url = f"ws://127.0.0.1:{server.port}{server.prefix}/bench{n}"
                 try:
                     if client_kind == "raw":
-                        result = run_raw_clients(url, n, cells, samples, rounds)
+                        raw_rounds = rounds if args.quick else args.raw_rounds
+                        result = run_raw_clients(url, n, cells, samples, raw_rounds)
                     elif client_kind == "python":
                         result = run_python_clients(url, n, cells, samples, rounds)
                     else:
@@ -353,12 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for row in rows:
         mate = next(
-            r
-            for r in rows
-            if r["clients"] == row["clients"] and r["n"] == row["n"] and r["server"] == "ours"
+            (
+                r
+                for r in rows
+                if r["clients"] == row["clients"] and r["n"] == row["n"] and r["server"] == "ours"
+            ),
+            None,
         )
         ratio_text = ""
-        if row["server"] in ratios:
+        if row["server"] in ratios and mate is not None:
             fill_ratio = row["fill_seconds"] / mate["fill_seconds"]
             p50_ratio = row["latency_p50_ms"] / mate["latency_p50_ms"]
             ratios[row["server"]].append(
@@ -369,14 +521,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['clients']:9} {row['n']:>2} {row['server']:9} {row['fill_seconds']:8.3f} "
             f"{row['latency_p50_ms']:8.2f} {row['latency_p99_ms']:8.2f}  {ratio_text}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "rows": rows,
         "ratios_tinybase_over_ours": ratios["tinybase"],
         "ratios_asgi_over_ours": ratios["asgi"],
     }
-    (RESULTS / "ws.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten {RESULTS / 'ws.json'}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten {args.out}")
     return 0
 
 

@@ -74,8 +74,8 @@ from localsync.ws.wire import (
     MAX_PAYLOAD_SIZE,
     SERVER_CLIENT_ID,
     Decoded,
-    PayloadDecoder,
     WireError,
+    collector_paused_for,
     overflow_error,
     payload_size,
 )
@@ -579,17 +579,11 @@ class WsServer:
                     break
                 text = data if isinstance(data, str) else data.decode("utf-8", "replace")
                 self._stats["bytes_received"] += len(text)
-                try:
-                    decoded = _decode(client.decoder, text)
-                except WireError as error:
-                    self._stats["invalid" if error.code == 1007 else "overflows"] += 1
-                    self._report(error)
+                failed = self._receive(client, text)
+                if failed is not None:
                     client.closing = True
-                    await ws.close(error.code, error.reason)
+                    await ws.close(failed.code, failed.reason)
                     break
-                for message in decoded:
-                    self._stats["messages_received"] += 1
-                    self._route(client.path, client_id, message)
         except ConnectionClosed:
             pass
         finally:
@@ -600,6 +594,27 @@ class WsServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await client.writer
             logger.info("client %s left /%s", client_id, path_id)
+
+    def _receive(self, client: Client, text: str) -> WireError | None:
+        """Decode and route one frame of a legacy socket; the error that must close it.
+
+        Any error of the decoder's checks (such as OverflowError for a JSON integer too
+        large for a float) is invalid input too, never a crash of the connection.
+        """
+        with collector_paused_for(text):  # (a large message is also dropped in the block)
+            try:
+                decoded = client.decoder.feed(text)
+            except Exception as exc:
+                client.decoder.clear()
+                error = exc if isinstance(exc, WireError) else WireError(ERROR_MESSAGE)
+                self._stats["invalid" if error.code == 1007 else "overflows"] += 1
+                self._report(error)
+                return error
+            for message in decoded:
+                self._stats["messages_received"] += 1
+                self._route(client.path, client.id, message)
+            del decoded
+        return None
 
     async def _handle_shared(self, ws: Connection, base_path_id: str, socket_id: str) -> None:
         """A socket shared by TinyBase synchronizers: each channel is a client of its room."""
@@ -644,14 +659,17 @@ class WsServer:
     ) -> tuple[int, str] | None:
         """Handle one frame of a shared socket; the close code and reason when it must end."""
         try:
-            events, answers = shared.feed(text)
+            with collector_paused_for(text):  # (messages are routed and dropped in the block)
+                events, answers = shared.feed(text)
+                for event in events:
+                    if isinstance(event, ChannelMessage):
+                        client = clients.get(event.channel_id)
+                        if client is not None and not client.closing:
+                            self._stats["messages_received"] += 1
+                            self._route(client.path, socket_id, event.message)
+                events = [e for e in events if not isinstance(e, ChannelMessage)]
             for event in events:
-                if isinstance(event, ChannelMessage):
-                    client = clients.get(event.channel_id)
-                    if client is not None and not client.closing:
-                        self._stats["messages_received"] += 1
-                        self._route(client.path, socket_id, event.message)
-                elif isinstance(event, Subscribe):
+                if isinstance(event, Subscribe):
                     clients[event.channel_id] = await self._join_channel(
                         ws, event, socket_id, queue, clients
                     )
@@ -881,18 +899,6 @@ class WsServer:
             if not running:
                 break
             await asyncio.gather(*running, return_exceptions=True)
-
-
-def _decode(decoder: PayloadDecoder, text: str) -> list[Decoded]:
-    """``decoder.feed(text)``; any other error of its checks (such as OverflowError for a JSON
-    integer too large for a float) is invalid input too, never a crash of the connection."""
-    try:
-        return decoder.feed(text)
-    except WireError:
-        raise
-    except Exception:
-        decoder.clear()
-        raise WireError(ERROR_MESSAGE) from None
 
 
 async def create_ws_server(

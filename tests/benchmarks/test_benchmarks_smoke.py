@@ -82,6 +82,7 @@ def test_markdown_and_charts(smoke_run: tuple[Path, subprocess.CompletedProcess[
     ):
         assert title in md
     assert "| parameters | metric | subject | value | ratio | note |" in md
+    assert md.index("## Targets (issue 19)") < md.index("## Method")
     charts = json.loads((out / "results.json").read_text())["meta"]["charts"]
     assert "fanout_vs_processes.png" in charts and "latency_vs_processes.png" in charts
     for name in charts:
@@ -108,31 +109,64 @@ def test_ratios_only_against_the_same_group() -> None:
     assert [f.ratio for f in figures] == [1.0, 2.5, 1.0, 1.5, None, None]
 
 
-def test_readme_table_merges_metrics_with_the_same_baselines(tmp_path: Path) -> None:
-    from benchmarks.report import (
-        README_BEGIN,
-        README_END,
-        Figure,
-        paste_into_readme,
-        readme_table,
+def test_targets_are_checked_from_the_figures() -> None:
+    from benchmarks.report import Figure, check_targets, targets_table
+
+    raw, pycrdt = "raw pyzmq+msgspec", "pycrdt over zmq"
+    fan = {"readers": 1, "cells": 100_000}
+    figures = [
+        Figure("fanout", "convergence", "localsync", fan, 0.15, "s", raw),
+        Figure("fanout", "convergence", raw, fan, 0.1, "s", raw),
+        Figure("fanout", "convergence", pycrdt, fan, 0.2, "s", raw),
+        Figure("join", "join time", "localsync", {"cells": 1_000_000}, 1.2, "s"),
+        Figure("memory", "bytes per cell", "localsync", {"cells": 100_000}, 250.0, "B"),
+        Figure("latency", "p99", "localsync", {"readers": 1, "samples": 9}, 1000.0, "us"),
+        Figure(
+            "ws",
+            "fill (whole stack)",
+            "Python clients + localsync server",
+            {"clients": 8, "cells": 10},
+            0.5,
+            "s",
+        ),
+        Figure(
+            "ws",
+            "fill (whole stack)",
+            "TinyBase clients + TinyBase server",
+            {"clients": 8, "cells": 10},
+            3.0,
+            "s",
+        ),
+    ]
+    rows = {(r["target"].figure, r["target"].baseline): r for r in check_targets(figures)}
+    one = rows[("fan-out 10^5 cells, 1 reader", raw)]
+    assert one["ratio"] == pytest.approx(1.5) and one["met"] is True  # <= 2x raw
+    assert rows[("fan-out 10^5 cells, 1 reader", pycrdt)]["met"] is False  # 1.33x faster
+    assert rows[("join 10^6 cells", "raw zmq REQ/REP msgpack snapshot")]["met"] is True
+    memory = next(r for (name, _), r in rows.items() if name.startswith("memory, 10^5"))
+    assert memory["met"] is False
+    p99 = next(r for (name, _), r in rows.items() if name == "one-cell latency p99, 1 reader")
+    assert p99["met"] is False  # < 1 ms, strictly
+    stack = next(r for (name, _), r in rows.items() if name.endswith("8 clients: whole stack"))
+    assert stack["met"] is True and stack["ratio"] == pytest.approx(0.5 / 3.0)
+    # nothing measured: said so, never a verdict
+    assert rows[("fan-out 10^5 cells, 3 readers", raw)]["met"] is None
+    lines = targets_table(figures)
+    assert len(lines) == 2 + len(rows)
+    assert "| fan-out 10^5 cells, 1 reader | 150.0 ms | raw pyzmq+msgspec 100.0 ms | 1.50× |" in (
+        "\n".join(lines)
     )
+    assert sum("not measured" in line for line in lines) == len(rows) - 6
+
+
+def test_readme_table_is_pasted_between_the_markers(tmp_path: Path) -> None:
+    from benchmarks.report import README_BEGIN, README_END, paste_into_readme, readme_table
 
     meta = json.loads((ROOT / "benchmarks" / "results" / "results.json").read_text())["meta"]
-    figures = [
-        Figure("latency", "p50", "raw", {"readers": 3}, 100.0, "us"),
-        Figure("latency", "p50", "localsync", {"readers": 3}, 150.0, "us"),
-        Figure("latency", "p99", "raw", {"readers": 3}, 200.0, "us"),
-        Figure("latency", "p99", "localsync", {"readers": 3}, 500.0, "us"),
-        Figure("join", "join time", "raw", {"cells": 10}, 1.0, "s"),
-        Figure("join", "join time", "localsync", {"cells": 10}, 3.0, "s"),
-        Figure("join", "join time", "other", {"cells": 10}, None, "s"),  # not available
-    ]
-    lines = readme_table(meta, figures)
-    assert lines[0].startswith(f"Run {meta['date']} on ")
-    assert lines[-2:] == [
-        "| latency | readers=3 | p50 / p99 | 150 µs / 500 µs | raw 1.50× / 2.50× |",
-        "| join | cells=10 | join time | 3.00 s | raw 3.00× |",
-    ]
+    lines = readme_table(meta, [])
+    assert "benchmarks/results/results.md" in lines[0]
+    assert lines[2].startswith(f"Run {meta['date']} on ")
+    assert lines[4].startswith("| figure | localsync | baseline (same run) |")
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n{README_BEGIN}\nold\n{README_END}\nrest\n", encoding="utf-8")
     paste_into_readme(readme, ["new", "table"])
