@@ -57,8 +57,10 @@ def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_merged(thing: Any) -> Any:
-    """Stored form of a validated, decoded cell from a peer (objects become ``"\\ufffd..."``)."""
-    if type(thing) is dict or type(thing) is list:
+    """Stored form of a validated, decoded cell from a peer (objects become ``"\\ufffd..."``,
+    integers beyond 2**53 the number a JavaScript peer holds, as for encoded cells)."""
+    t = type(thing)
+    if t is dict or t is list or (t is int and not -_BIG_INT <= thing <= _BIG_INT):
         return encode_accepted(thing)
     return thing
 
