@@ -12,7 +12,6 @@ ignored as a whole and silently, as TinyBase ignores it (``ignored_count`` count
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ from localsync.core.checked_changes import CheckedChanges
 from localsync.core.codec import UNDEFINED
 from localsync.core.collector import paused as _gc_paused
 from localsync.core.content import ABSENT, check_content, encode_tables, encode_values
-from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen
+from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen, real_now
 from localsync.core.merge import BULK, prechecked, receive
 from localsync.core.stamps import in_parent_hash as _h
 from localsync.core.stamps import settle
@@ -29,10 +28,6 @@ from localsync.core.store import Store
 from localsync.core.validation import Validator
 
 __all__ = ["MergeableStore", "create_mergeable_store"]
-
-
-def _real_now() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MergeableStore(Store):
@@ -44,7 +39,7 @@ class MergeableStore(Store):
         super().__init__()
         if unique_id is not None and type(unique_id) is not str:
             raise TypeError("unique_id must be a str or None")
-        self._get_now: Callable[[], Number] = _real_now if get_now is None else get_now
+        self._get_now: Callable[[], Number] = real_now if get_now is None else get_now
         clock, seen_hlc_later = clock_with_deferred_seen(unique_id, self._get_now)
         self._hlc_functions = clock
         self._next_hlc = clock.get_next_hlc
