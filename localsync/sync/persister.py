@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from localsync.core.collector import tune_collector
 from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
@@ -62,6 +62,13 @@ class Status(IntEnum):
     IDLE = 0
     LOADING = 1
     SAVING = 2
+
+
+#: ``Status`` members as module constants, for the per-transaction paths (auto-save and
+#: auto-load): looking a member up on its enum class costs about ten times a global's lookup
+STATUS_IDLE: Final = Status.IDLE
+STATUS_LOADING: Final = Status.LOADING
+STATUS_SAVING: Final = Status.SAVING
 
 
 class Persists(IntEnum):
@@ -490,7 +497,7 @@ class Persister:
         """Auto-load what the storage reported (loop thread): apply it, or reload with neither."""
         if changes is not None or content is not None:
             self._auto_load_changes(content, changes)
-        elif self._status == Status.SAVING:
+        elif self._status == STATUS_SAVING:
             self._auto_load_after_save_generation = self._auto_load_generation
         else:
             self._spawn(self.load())
@@ -503,32 +510,32 @@ class Persister:
         """
         should_schedule = (
             self._initial_load_pending
-            or self._status == Status.SAVING
+            or self._status == STATUS_SAVING
             or bool(self._pending_scheduled_auto_loads)
         )
         payload = changes if changes is not None else content
         if should_schedule:
             self._pending_auto_loads += 1
             self._pending_scheduled_auto_loads += 1
-            self._set_status(Status.LOADING)
+            self._set_status(STATUS_LOADING)
             self._loads += 1
             self._spawn(self._scheduled_auto_load(payload))
             return
         self._pending_auto_loads += 1
         try:
-            self._set_status(Status.LOADING)
+            self._set_status(STATUS_LOADING)
             self._loads += 1
             try:
                 self._set_content_or_changes(payload)
             finally:
-                self._set_status(Status.IDLE)
+                self._set_status(STATUS_IDLE)
         except Exception as error:
             self._load_failures += 1
             self._report(error)
         finally:
             self._pending_auto_loads -= 1
-            if not self._pending_auto_loads and self._status != Status.IDLE:
-                self._set_status(Status.IDLE)
+            if not self._pending_auto_loads and self._status != STATUS_IDLE:
+                self._set_status(STATUS_IDLE)
         if not self._pending_auto_loads:
             had_mutated = self._had_mutated
             if had_mutated is not None and self.is_auto_saving() and had_mutated():
@@ -541,7 +548,7 @@ class Persister:
             self._pending_scheduled_auto_loads -= 1
             self._pending_auto_loads -= 1
             if not self._pending_auto_loads:
-                self._set_status(Status.IDLE)
+                self._set_status(STATUS_IDLE)
         if not self._pending_auto_loads:
             await self._save_after_mutated()
 
@@ -657,12 +664,12 @@ class Persister:
         if self._destroyed or not self.is_auto_saving():
             return
         if (
-            self._status is Status.IDLE
+            self._status is STATUS_IDLE
             and not self._queued_saves
             and self._schedule_idle()
             and not self._set_persisted_is_coroutine()
         ):
-            self._set_status(Status.SAVING)
+            self._set_status(STATUS_SAVING)
             self._saves += 1
             deferred = False
             try:
@@ -681,7 +688,7 @@ class Persister:
                 self._report(error)
             finally:
                 if not deferred:
-                    self._set_status(Status.IDLE)
+                    self._set_status(STATUS_IDLE)
             if self._auto_load_after_save_generation:
                 self._spawn(self._run_auto_load_after_save())
             return
@@ -700,7 +707,7 @@ class Persister:
             try:
                 await self.schedule(lambda: self._counted(lambda: pending))
             finally:
-                self._set_status(Status.IDLE)
+                self._set_status(STATUS_IDLE)
         finally:
             self._queued_saves -= 1
 
