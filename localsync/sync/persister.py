@@ -661,7 +661,7 @@ class Persister:
         The synchronous path matters for synchronizers: TinyBase sends a ContentDiff from
         inside the transaction listener, before any other message can be handled.
         """
-        if self._destroyed or not self.is_auto_saving():
+        if self._destroyed or self._auto_save_listener_id is None:  # (is_auto_saving())
             return
         if (
             self._status is STATUS_IDLE
