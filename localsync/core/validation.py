@@ -95,13 +95,17 @@ def _is_array(thing: Any, shape: int) -> bool:
 
 
 def _items(stamp: Any) -> list[Any]:
-    """A stamp array as a list: a list itself; otherwise its items as ``len`` and ``[]`` see
-    them (none when there are more than a stamp holds, which no shape accepts).
+    """A stamp array as a list: a list itself, a tuple copied; a subclass (a message may
+    hold one) as its items as ``len`` and ``[]`` see them, none when there are more than a
+    stamp holds (no shape accepts that length; an empty list fails the same checks).
 
     Why: the walk then reads stamps with the list's own fast length and indexing, compiled.
     """
-    if type(stamp) is list:
+    kind = type(stamp)
+    if kind is list:
         return stamp  # type: ignore[no-any-return]
+    if kind is tuple:
+        return list(stamp)  # (a copy in C: the same items as ``len`` and ``[]`` see)
     length = len(stamp)
     return [stamp[index] for index in range(length)] if length <= 3 else []
 
