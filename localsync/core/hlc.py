@@ -34,6 +34,7 @@ __all__ = [
     "get_client_id_from_unique_id",
     "get_hlc_functions",
     "is_hlc",
+    "real_now",
     "time_prefix_within",
 ]
 
@@ -199,7 +200,8 @@ def is_hlc(hlc: object, max_logical_time: Number) -> bool:
     return time_prefix_within(hlc[:7], max_logical_time)
 
 
-def _real_now() -> int:
+def real_now() -> int:
+    """The real clock in milliseconds since the epoch (the default ``get_now``)."""
     return time.time_ns() // 1_000_000
 
 
@@ -242,7 +244,9 @@ def clock_with_deferred_seen(
     ``seen_hlc`` each time: HLC strings order like their (time, counter) pairs, and the
     fold's outcome depends only on the greatest remote pair and the greatest ``now``.
     """
-    now_fn: Callable[[], Number] = _real_now if get_now is None else get_now
+    now_fn: Callable[[], Number] = real_now if get_now is None else get_now
+    # the real clock is called directly (a native call once compiled), not through now_fn
+    real_clock = now_fn is real_now
     client_id = get_unique_id(5) if unique_id is None else get_client_id_from_unique_id(unique_id)
     last_logical_time: Any = 0  # (int or float, as the clock gives: Any, also for mypyc)
     last_counter = -1
@@ -282,7 +286,7 @@ def clock_with_deferred_seen(
 
     def seen_hlc_later(hlc: str) -> None:
         nonlocal pending, pending_hlc, pending_now
-        now = now_fn()
+        now = real_now() if real_clock else now_fn()
         if now != now:  # NaN: seen_hlc refuses every HLC, and a NaN never wins its max
             if not hlc:
                 pending = True
@@ -300,7 +304,7 @@ def clock_with_deferred_seen(
         if pending:
             fold_pending()
         # inline seen_hlc() (no remote HLC: remote time and counter are both 0)
-        now = now_fn()
+        now = real_now() if real_clock else now_fn()
         if now > last_logical_time:
             last_logical_time = now
             last_counter = 0  # -1, then incremented below
@@ -320,7 +324,7 @@ def clock_with_deferred_seen(
     def seen_hlc(hlc: object = None) -> None:
         if pending:
             fold_pending()
-        now = now_fn()
+        now = real_now() if real_clock else now_fn()
         if hlc is None or hlc == "":
             remote_time: Any = 0
             remote_counter = 0

@@ -399,6 +399,18 @@ def _put_new_row(
             store._cell_id_added(table_id, row_id, cell_id)
 
 
+def _plain_number(thing: Any, kind: type) -> bool:
+    """``thing`` (of type ``kind``) is an int within 2**53 or a float within the safe
+    limit, stored as it is. Why typed: compiled, the range checks are native comparisons."""
+    if kind is int:
+        whole: int = thing
+        return -_BIG_INT <= whole <= _BIG_INT
+    if kind is float:
+        real: float = thing
+        return -_BIG < real < _BIG
+    return False
+
+
 def _write_merged_row(
     store: MergeableStore, table_id: str, row_id: str, cells: dict[str, Any], encoded: bool
 ) -> None:
@@ -420,12 +432,7 @@ def _write_merged_row(
                 counts = None
                 continue
             cell = thing  # validated: a "\ufffd" string is accepted JSON (encoded only)
-        elif (
-            (t is int and -_BIG_INT <= thing <= _BIG_INT)
-            or (t is float and -_BIG < thing < _BIG)
-            or t is bool
-            or thing is None
-        ):
+        elif t is bool or thing is None or _plain_number(thing, t):
             cell = thing
         else:
             cell = encode_accepted(thing) if encoded else encode_merged(thing)

@@ -12,7 +12,6 @@ ignored as a whole and silently, as TinyBase ignores it (``ignored_count`` count
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +27,7 @@ from localsync.core.content import (
     encode_values,
     js_ordered,
 )
-from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen
+from localsync.core.hlc import HLC_MAX_FUTURE_OFFSET, Number, clock_with_deferred_seen, real_now
 from localsync.core.merge import BULK, encode_merged, prechecked, receive
 from localsync.core.stamps import MASK, settle, uint32
 from localsync.core.stamps import in_parent_hash as _h
@@ -43,10 +42,6 @@ def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
     return obj if len(obj) < 2 else js_ordered(obj)
 
 
-def _real_now() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class MergeableStore(Store):
     """A TinyBase MergeableStore. Create one with :func:`create_mergeable_store`."""
 
@@ -56,7 +51,7 @@ class MergeableStore(Store):
         super().__init__()
         if unique_id is not None and type(unique_id) is not str:
             raise TypeError("unique_id must be a str or None")
-        self._get_now: Callable[[], Number] = _real_now if get_now is None else get_now
+        self._get_now: Callable[[], Number] = real_now if get_now is None else get_now
         clock, seen_hlc_later = clock_with_deferred_seen(unique_id, self._get_now)
         self._hlc_functions = clock
         self._next_hlc = clock.get_next_hlc

@@ -94,7 +94,23 @@ def _is_array(thing: Any, shape: int) -> bool:
     return kind is list or kind is tuple or (shape == MESSAGE and isinstance(thing, ARRAY))
 
 
-def _stamp_hlc(stamp: Any, shape: int, hlcs: list[str]) -> bool:
+def _items(stamp: Any) -> list[Any]:
+    """A stamp array as a list: a list itself, a tuple copied; a subclass (a message may
+    hold one) as its items as ``len`` and ``[]`` see them, none when there are more than a
+    stamp holds (no shape accepts that length; an empty list fails the same checks).
+
+    Why: the walk then reads stamps with the list's own fast length and indexing, compiled.
+    """
+    kind = type(stamp)
+    if kind is list:
+        return stamp  # type: ignore[no-any-return]
+    if kind is tuple:
+        return list(stamp)  # (a copy in C: the same items as ``len`` and ``[]`` see)
+    length = len(stamp)
+    return [stamp[index] for index in range(length)] if length <= 3 else []
+
+
+def _stamp_hlc(stamp: list[Any], shape: int, hlcs: list[str]) -> bool:
     """A stamp array's length, HLC (if any: a str, empty or of 16 characters, gathered into
     ``hlcs`` for the alphabet check) and hash (if any: a finite number) fit ``shape``."""
     length = len(stamp)
@@ -103,7 +119,11 @@ def _stamp_hlc(stamp: Any, shape: int, hlcs: list[str]) -> bool:
             return False
         hash_ = stamp[2]
         kind = type(hash_)
-        if kind is not int and (kind is not float or hash_ - hash_ != 0):
+        if kind is float:
+            number: float = hash_
+            if number - number != 0:  # (not finite)
+                return False
+        elif kind is not int:
             return False
     elif length != 2:
         return length == 1 and shape != CONTENT
@@ -112,10 +132,11 @@ def _stamp_hlc(stamp: Any, shape: int, hlcs: list[str]) -> bool:
     hlc = stamp[1]
     if type(hlc) is not str:
         return False
-    if hlc:
-        if len(hlc) != 16:
+    text: str = hlc
+    if text:
+        if len(text) != 16:
             return False
-        hlcs.append(hlc)
+        hlcs.append(text)
     return True
 
 
@@ -125,25 +146,30 @@ def _leaf_stamps(things: Any, shape: int, hlcs: list[str], special: list[Any]) -
     beyond 2**53 are gathered into ``special`` (a store checks them further)."""
     if type(things) is not dict:
         return False
-    for key, stamp in things.items():
-        kind = type(stamp)
+    cells: dict[Any, Any] = things
+    for key, thing in cells.items():
+        kind = type(thing)
         if type(key) is not str or (kind is not list and kind is not tuple):
             return False
+        stamp = _items(thing)
         if not _stamp_hlc(stamp, shape, hlcs):
             return False
         value = stamp[0]
         kind = type(value)
         if kind is str:
-            if value[:1] == JSON_PREFIX:
+            text: str = value
+            if text.startswith(JSON_PREFIX):
                 special.append(value)
         elif kind is int:
-            if not -SAFE_INT_LIMIT <= value <= SAFE_INT_LIMIT:
-                if not -_MAX_INT < value < _MAX_INT:
+            whole: int = value
+            if not -SAFE_INT_LIMIT <= whole <= SAFE_INT_LIMIT:
+                if not -_MAX_INT < whole < _MAX_INT:
                     return False
                 special.append(value)
         elif kind is float:
-            if not -SAFE_FLOAT_LIMIT < value < SAFE_FLOAT_LIMIT:
-                if value - value != 0:  # (not finite)
+            number: float = value
+            if not -SAFE_FLOAT_LIMIT < number < SAFE_FLOAT_LIMIT:
+                if number - number != 0:  # (not finite)
                     return False
                 special.append(value)
         elif kind is dict or kind is list or kind is tuple:
@@ -153,17 +179,21 @@ def _leaf_stamps(things: Any, shape: int, hlcs: list[str], special: list[Any]) -
     return True
 
 
-def _stamps(stamp: Any, depth: int, shape: int, hlcs: list[str], special: list[Any]) -> bool:
+def _stamps(thing: Any, depth: int, shape: int, hlcs: list[str], special: list[Any]) -> bool:
     """A stamp of ``depth`` levels of maps (3: tables, 2: a table, 1: a row or the values)
     fits ``shape``, gathering as :func:`_leaf_stamps` does."""
-    if not _is_array(stamp, shape) or not _stamp_hlc(stamp, shape, hlcs):
+    if not _is_array(thing, shape):
+        return False
+    stamp = _items(thing)
+    if not _stamp_hlc(stamp, shape, hlcs):
         return False
     children = stamp[0]
     if depth == 1:
         return _leaf_stamps(children, shape, hlcs, special)
     if type(children) is not dict:
         return False
-    for key, child in children.items():
+    maps: dict[Any, Any] = children
+    for key, child in maps.items():
         if type(key) is not str or not _stamps(child, depth - 1, shape, hlcs, special):
             return False
     return True

@@ -20,7 +20,14 @@ from typing import Any
 from localsync.core.protocols import SyncStore
 from localsync.sync.coalesce import MAX_COALESCED_BYTES, MAX_COALESCED_STAMPS, coalesce_changes
 from localsync.sync.engine import Event, PullFinished, SyncEngine
-from localsync.sync.persister import Persister, Persists, Status, TinyBaseError, maybe_await
+from localsync.sync.persister import (
+    STATUS_IDLE,
+    STATUS_SAVING,
+    Persister,
+    Persists,
+    TinyBaseError,
+    maybe_await,
+)
 from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 
 __all__ = ["ReceiveFn", "SendFn", "Synchronizer", "Transport", "create_custom_synchronizer"]
@@ -373,13 +380,13 @@ class Synchronizer(Persister):
         try:
             try:
                 try:
-                    self._set_status(Status.SAVING)
+                    self._set_status(STATUS_SAVING)
                     self._saves += 1
                     await self.schedule(persist)
                 finally:
                     if self._open_batch is batch:
                         self._open_batch = None
-                    self._set_status(Status.IDLE)
+                    self._set_status(STATUS_IDLE)
             finally:
                 await self._run_auto_load_after_save()
         finally:
