@@ -88,6 +88,7 @@ class NatsNode:
         self.cluster_port = free_port() if cluster else None
         self.log = folder / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
@@ -98,6 +99,22 @@ class NatsNode:
         return f"nats-route://127.0.0.1:{self.cluster_port}"
 
     def start(self, routes: list[str]) -> None:
+        """Start the node; at its first start, ports another process took between
+        :func:`free_port` and the bind are replaced by new ones (a restart keeps its ports)."""
+        for _attempt in range(4):
+            try:
+                self._start(routes)
+                break
+            except RuntimeError as error:
+                if self.started or "address already in use" not in str(error):
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+                self.cluster_port = free_port() if self.cluster_port is not None else None
+        else:
+            self._start(routes)
+        self.started = True
+
+    def _start(self, routes: list[str]) -> None:
         argv = [
             self.binary,
             "-a",
