@@ -431,7 +431,7 @@ def readme_table(meta: dict[str, Any], figures: list[Figure]) -> list[str]:
     run, with a sentence naming the run and the machine, and the link to the full results."""
     command = "python -m benchmarks" + ("" if meta["mode"] == "full" else f" --{meta['mode']}")
     return [
-        f"Issue 19's targets against the latest {meta['mode']}-mode run (`{command}`), each "
+        f"Our speed targets against the latest {meta['mode']}-mode run (`{command}`), each "
         "localsync figure beside its baseline measured in the same run. Every figure, the "
         "method and the charts: [benchmarks/results/results.md](benchmarks/results/results.md); "
         "running the suite: [docs/performance.md](docs/performance.md).",
