@@ -390,13 +390,7 @@ def _put_new_row(
         table = store._new_table(table_id)
     table[row_id] = cells
     store._changed_cells.update({(table_id, row_id, c): [ABSENT, v] for c, v in cells.items()})
-    counts = store._table_cell_ids[table_id]
-    for cell_id in cells:
-        count = counts.get(cell_id, 0)
-        if count:
-            counts[cell_id] = count + 1
-        else:
-            store._cell_id_added(table_id, row_id, cell_id)
+    store._new_row_cell_ids(table_id, row_id, cells)
 
 
 def _plain_number(thing: Any, kind: type) -> bool:

@@ -463,14 +463,8 @@ class MergeableStore(Store):
                         continue
                     if data_table is None:
                         data_table = self._new_table(table_id)
-                    counts = self._table_cell_ids[table_id]
                     data_table[row_id] = row
-                    for cell_id in row:
-                        count = counts.get(cell_id, 0)
-                        if count:
-                            counts[cell_id] = count + 1
-                        else:
-                            self._cell_id_added(table_id, row_id, cell_id)
+                    self._new_row_cell_ids(table_id, row_id, row)
             values_in = data[1]
             values_hlc: str = values_in[1]
             if values_hlc > greatest:

@@ -550,6 +550,17 @@ class Store(ListenerApi):
             counts = self._changed_row_count
             counts[table_id] = counts.get(table_id, 0) + 1
 
+    def _new_row_cell_ids(self, table_id: str, row_id: str, cells: dict[str, Any]) -> None:
+        """Count the cell ids of a row put into the data whole by a merge or an install (which
+        track no ids: an id the table already has only has its count raised)."""
+        counts = self._table_cell_ids[table_id]
+        for cell_id in cells:
+            count = counts.get(cell_id, 0)
+            if count:
+                counts[cell_id] = count + 1
+            else:
+                self._cell_id_added(table_id, row_id, cell_id)
+
     def _cell_id_added(self, table_id: str, row_id: str, cell_id: str) -> None:
         counts = self._table_cell_ids[table_id]
         count = counts.get(cell_id, 0)
