@@ -212,8 +212,11 @@ def js_ordered(obj: dict[str, Any]) -> dict[str, Any]:
 
     TinyBase walks the objects it is given in that order, so rows, cells and values are
     written (and stamped, and reported to listeners) in that order; we must do the same.
-    Returns ``obj`` itself when it has no index-like key (the common case).
+    Returns ``obj`` itself when it has no index-like key or at most one entry (the common
+    cases: most messages carry one table, one row, one cell).
     """
+    if len(obj) < 2:
+        return obj
     digits = _DIGITS
     for key in obj:
         if key[:1] in digits and _is_index(key):

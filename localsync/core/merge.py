@@ -50,12 +50,6 @@ def prechecked(data: CheckedChanges, max_time: Number) -> bool:
     return limit >= 0 and time_prefix_within(greatest(hlcs)[:7], limit)
 
 
-def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
-    """``js_ordered(obj)`` of a validated map; one of at most one entry is in order already
-    (most messages carry one table, one row, one cell)."""
-    return obj if len(obj) < 2 else js_ordered(obj)
-
-
 def encode_merged(thing: Any) -> Any:
     """Stored form of a validated, decoded cell from a peer (objects become ``"\\ufffd..."``,
     integers beyond 2**53 the number a JavaScript peer holds, as for encoded cells)."""
@@ -237,7 +231,7 @@ def _merge_values(
     undo = store._undo
     lazy = not is_content
     values_hlc = _merge_things(
-        undo, _ordered(values_in[0]), value_stamps, False, lazy, store._dirty_values, winners
+        undo, js_ordered(values_in[0]), value_stamps, False, lazy, store._dirty_values, winners
     )[0]
     hash_ = old_hash if lazy else (values_in[2] if n > 2 else 0)
     _close_stamp(undo, vstamp, incoming_hlc, old_hlc, old_hash, hash_, lazy)
@@ -268,7 +262,7 @@ def _merge_tables(
     lazy = not is_content
     # no change record yet: rows new to the data can be inserted whole (see _put_new_row)
     clean = not store._changed_cells and not store._track_ids
-    for table_id, table_in in _ordered(tables_obj).items():
+    for table_id, table_in in js_ordered(tables_obj).items():
         rows_obj = table_in[0]
         incoming_table_hlc = table_in[1] if len(table_in) > 1 else ""
         table_stamp = table_stamps.get(table_id)
@@ -284,7 +278,7 @@ def _merge_tables(
         table_hash = (table_in[2] if len(table_in) > 2 else 0) if is_content else old_table_hash
         table_hlc = incoming_table_hlc
         dirty_rows = dirty.get(table_id)
-        for row_id, row_in in _ordered(rows_obj).items():
+        for row_id, row_in in js_ordered(rows_obj).items():
             n_row = len(row_in)
             incoming_row_hlc = row_in[1] if n_row > 1 else ""
             row_stamp = row_stamps.get(row_id)
@@ -305,7 +299,7 @@ def _merge_tables(
             row_hlc = incoming_row_hlc
             winners: dict[str, Any] = {}
             dirty_cells = dirty_rows.get(row_id) if dirty_rows is not None else None
-            cells_obj = _ordered(row_in[0])
+            cells_obj = js_ordered(row_in[0])
             new_row = None
             if fresh and plain and dirty_cells is None and cells_obj:
                 # a row this merge creates, of plain cells: every cell wins, so build the

@@ -37,11 +37,6 @@ from localsync.core.validation import Validator
 __all__ = ["MergeableStore", "create_mergeable_store"]
 
 
-def _ordered(obj: dict[str, Any]) -> dict[str, Any]:
-    """``js_ordered(obj)``; a map of at most one entry is in order already."""
-    return obj if len(obj) < 2 else js_ordered(obj)
-
-
 class MergeableStore(Store):
     """A TinyBase MergeableStore. Create one with :func:`create_mergeable_store`."""
 
@@ -435,21 +430,21 @@ class MergeableStore(Store):
             tstamp[0] = table_stamps
             tstamp[1] = tables_in[1]
             tstamp[2] = uint32(tables_in[2])
-            for table_id, table_in in _ordered(tables_in[0]).items():
+            for table_id, table_in in js_ordered(tables_in[0]).items():
                 table_hlc: str = table_in[1]
                 if table_hlc > greatest:
                     greatest = table_hlc
                 row_stamps: dict[str, list[Any]] = {}
                 table_stamps[table_id] = [row_stamps, table_hlc, uint32(table_in[2])]
                 data_table: dict[str, dict[str, Any]] | None = None
-                for row_id, row_in in _ordered(table_in[0]).items():
+                for row_id, row_in in js_ordered(table_in[0]).items():
                     row_hlc: str = row_in[1]
                     if row_hlc > greatest:
                         greatest = row_hlc
                     cell_stamps: dict[str, Any] = {}
                     row: dict[str, Any] = {}
                     row_stamps[row_id] = [cell_stamps, row_hlc, uint32(row_in[2])]
-                    for cell_id, (cell, hlc, hash_) in _ordered(row_in[0]).items():
+                    for cell_id, (cell, hlc, hash_) in js_ordered(row_in[0]).items():
                         cell_stamps[cell_id] = (
                             cell,
                             hlc,
@@ -473,7 +468,7 @@ class MergeableStore(Store):
             vstamp[0] = value_stamps
             vstamp[1] = values_hlc
             vstamp[2] = uint32(values_in[2])
-            for value_id, (thing, hlc, hash_) in _ordered(values_in[0]).items():
+            for value_id, (thing, hlc, hash_) in js_ordered(values_in[0]).items():
                 value_stamps[value_id] = (thing, hlc, uint32(hash_))
                 if hlc > greatest:
                     greatest = hlc
