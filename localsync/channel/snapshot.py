@@ -338,14 +338,14 @@ class SnapshotServer:
 
     def __init__(self, store: SyncStore) -> None:
         self._store = store
-        self._segment: tuple[tuple[int, int], Offer] | None = None
+        self._segment: Offer | None = None  # (of the content it was made from)
         self._served: set[tuple[str, int, int]] = set()
         self.last_used = 0.0
 
     @property
     def segment_name(self) -> str | None:
         """The cached segment's name (None when there is none)."""
-        return None if self._segment is None else self._segment[1].name
+        return None if self._segment is None else self._segment.name
 
     def offer(self, asker: str, now: float) -> Offer | None:
         """An offer of the current content for ``asker``; None when ``asker`` already got
@@ -358,27 +358,26 @@ class SnapshotServer:
             if key in self._served:
                 return None
             cached = self._segment
-            if cached is None or cached[0] != (tables_hash, values_hash):
+            if cached is None or (cached.tables_hash, cached.values_hash) != key[1:]:
                 payload = store.encode_mergeable_content(_encoder.encode)
-                hashes = (tables_hash, values_hash)
                 name, digest = create_segment(payload)
                 self.close()
-                cached = (hashes, Offer(name, len(payload), digest, *hashes))
+                cached = Offer(name, len(payload), digest, tables_hash, values_hash)
                 self._segment = cached
         if len(self._served) >= self.MAX_REMEMBERED:
             self._served.clear()
         self._served.add(key)
         self.last_used = now
-        return cached[1]
+        return cached
 
     def after_offer(self) -> None:
         """Once the last :meth:`offer` was sent: register its segment with the resource
         tracker."""
         if self._segment is not None:
-            track_segment(self._segment[1].name)
+            track_segment(self._segment.name)
 
     def close(self) -> None:
         """Remove the cached segment (idempotent)."""
         cached, self._segment = self._segment, None
         if cached is not None:
-            remove_segment(cached[1].name)
+            remove_segment(cached.name)
