@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from localsync.core.collector import paused
+from localsync.core.collector import BIG_MESSAGE, paused
 from localsync.errors import ChannelError
 
 __all__ = [
@@ -46,7 +46,6 @@ BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
 SNAPSHOT_ASK = b"\x00S"  # + 16-byte client id, directed
 SNAPSHOT_OFFER = b"\x00O"  # + encoded offer (none: a refusal), directed
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
-_BIG_MESSAGE = 1 << 16  # bytes from which receiving pauses the cyclic collector
 
 #: how long the first exchange waits for a hello answer (see ChannelEndpoint.discover_peers)
 DISCOVERY_SECONDS = 0.25
@@ -303,7 +302,7 @@ class ChannelEndpoint:
         if payload[2:18] == self._id_bytes and payload[:2] == _FROM_HEADER:
             self.stats["own_dropped"] += 1
             return
-        if len(payload) >= _BIG_MESSAGE:
+        if len(payload) >= BIG_MESSAGE:
             # a joiner's diff: decode, check and merge it without the cyclic collector
             # rescanning the decoded temporaries (see localsync.core.collector.paused)
             with paused:

@@ -45,6 +45,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from localsync.core.collector import paused_for
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
 from localsync.ws.connection import Connection
@@ -75,7 +76,6 @@ from localsync.ws.wire import (
     SERVER_CLIENT_ID,
     Decoded,
     WireError,
-    collector_paused_for,
     overflow_error,
     payload_size,
 )
@@ -601,7 +601,7 @@ class WsServer:
         Any error of the decoder's checks (such as OverflowError for a JSON integer too
         large for a float) is invalid input too, never a crash of the connection.
         """
-        with collector_paused_for(text):  # (a large message is also dropped in the block)
+        with paused_for(len(text)):  # (a large message is also dropped in the block)
             try:
                 decoded = client.decoder.feed(text)
             except Exception as exc:
@@ -659,7 +659,7 @@ class WsServer:
     ) -> tuple[int, str] | None:
         """Handle one frame of a shared socket; the close code and reason when it must end."""
         try:
-            with collector_paused_for(text):  # (messages are routed and dropped in the block)
+            with paused_for(len(text)):  # (messages are routed and dropped in the block)
                 events, answers = shared.feed(text)
                 for event in events:
                     if isinstance(event, ChannelMessage):

@@ -27,19 +27,17 @@ that socket.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import msgspec
 
 from localsync.core.codec import ALPHABET_PATTERN, get_unique_id, js_stringify
-from localsync.core.collector import paused as collector_paused
+from localsync.core.collector import paused_for
 from localsync.sync.engine import is_protocol_message_valid
 
 __all__ = [
@@ -54,7 +52,6 @@ __all__ = [
     "Decoded",
     "PayloadDecoder",
     "WireError",
-    "collector_paused_for",
     "decode_remainder",
     "encode_payloads",
     "encode_remainder",
@@ -200,9 +197,6 @@ def fragment_remainder(client_id: str, remainder: str, fragment_size: int | None
 # ------------------------------------------------------------------------------ decoding
 
 _json_decode = msgspec.json.Decoder().decode
-# texts from this length (characters) are decoded with the collector paused
-_PAUSE_COLLECTOR_FROM = 65_536
-_NOT_PAUSED = contextlib.nullcontext()
 
 
 def reject_constant(name: str) -> Any:
@@ -235,18 +229,10 @@ def parse_triple(remainder: str) -> list[Any] | None:
     return parsed
 
 
-def collector_paused_for(text: str) -> AbstractContextManager[None]:
-    """The cyclic garbage collector paused while a large text is decoded and used, else a
-    no-op. Why: the hundreds of thousands of lists and strings a big diff decodes to are
-    never cyclic garbage, yet each collection round would rescan them (a 3.3 MB diff parses
-    in 14 ms paused, 50 ms not); what is decoded should be dropped before the block ends."""
-    return collector_paused if len(text) >= _PAUSE_COLLECTOR_FROM else _NOT_PAUSED
-
-
 def decode_remainder(remainder: str) -> tuple[str | None, int, Any] | None:
     """``(requestId, message, body)`` of a valid protocol message remainder, else None
-    (parsed with the collector paused when large: :func:`collector_paused_for`)."""
-    with collector_paused_for(remainder):
+    (parsed with the collector paused when large: ``localsync.core.collector.paused_for``)."""
+    with paused_for(len(remainder)):
         return _decode_remainder(remainder)
 
 
