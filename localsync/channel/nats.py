@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from localsync.channel.endpoint import CONTROL, FLUSH_ON_CLOSE_SECONDS, ChannelEndpoint
 from localsync.channel.runtime import validate_channel_name
 from localsync.errors import ChannelError
+from localsync.sync.event_loop import start_eagerly
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -154,7 +155,9 @@ def subject_prefix(name: str) -> str:
 class NatsTransport(ChannelEndpoint):
     """One participant's NATS connection, subscriptions and addressing (see the module doc).
 
-    ``send`` never blocks: messages are queued and published by one task, in order.
+    ``send`` never blocks: messages are published in order, at once into nats-py's buffer
+    when it has room (no loop turn between a send and its publish), else queued and published
+    by one task.
     """
 
     def __init__(
@@ -180,6 +183,9 @@ class NatsTransport(ChannelEndpoint):
         self._nc: Client | None = None
         self._subscriptions: list[Subscription] = []
         self._outbox: list[tuple[str, bytes]] = []
+        # the publishing run: in the sender's turn, and on as ``_pump`` only if nats-py made
+        # it wait (its buffer full while reconnecting)
+        self._pumping = False
         self._pump: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._acks_subscribed = False
@@ -369,8 +375,9 @@ class NatsTransport(ChannelEndpoint):
             self._queue_chunks(subject, payload, size)
         else:
             self._outbox.append((subject, payload))
-        if self._pump is None:
-            self._pump = asyncio.get_running_loop().create_task(self._publish())
+        if not self._pumping:
+            self._pumping = True
+            self._pump = start_eagerly(self._publish())
 
     def _queue_chunks(self, subject: str, payload: bytes, size: int) -> None:
         count = -(-len(payload) // size)
@@ -387,7 +394,7 @@ class NatsTransport(ChannelEndpoint):
             self._outbox.append((subject, header + view[index * size : (index + 1) * size]))
 
     async def _publish(self) -> None:
-        """Publish the queued messages in order (one task at a time, see ``send``)."""
+        """Publish the queued messages in order (one run at a time, see ``send``)."""
         try:
             while self._outbox and self._nc is not None:
                 batch, self._outbox = self._outbox, []
@@ -399,6 +406,7 @@ class NatsTransport(ChannelEndpoint):
                         self.stats["dropped"] += 1
                         self._last_error = error
         finally:
+            self._pumping = False
             self._pump = None
             if self._nc is None:
                 self._outbox.clear()

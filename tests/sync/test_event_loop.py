@@ -109,3 +109,68 @@ def test_a_channel_syncs_between_a_uvloop_and_an_asyncio_loop(
         for _store, sync in ends:
             sync.destroy()
             sync.close()
+
+
+# -- start_eagerly ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_start_eagerly_runs_in_the_callers_turn_and_carries_on_after_a_wait(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kind == "uvloop" and not HAVE_UVLOOP:
+        pytest.skip("uvloop is not installed")
+    monkeypatch.setenv(event_loop.EVENT_LOOP_ENV, kind)
+    steps: list[str] = []
+
+    async def at_once() -> None:
+        steps.append("at once")
+
+    async def waits(gate: asyncio.Future[int]) -> None:
+        steps.append("before")
+        await asyncio.sleep(0)  # (a bare yield)
+        steps.append(f"got {await gate}")
+        try:
+            await gate.get_loop().create_future()  # (never set: cancelled below)
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+
+    async def fails_later(gate: asyncio.Future[int]) -> None:
+        try:
+            await gate
+        except KeyError:
+            steps.append("caught")
+
+    async def fails_at_once() -> None:
+        raise ValueError("before any wait")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert event_loop.start_eagerly(at_once()) is None
+        assert steps == ["at once"]  # (done before start_eagerly returned)
+
+        gate: asyncio.Future[int] = loop.create_future()
+        task = event_loop.start_eagerly(waits(gate))
+        assert task is not None and steps[-1] == "before"
+        await asyncio.sleep(0.01)
+        assert steps[-1] == "before"  # (still waiting for the gate)
+        gate.set_result(7)
+        await asyncio.sleep(0.01)
+        assert steps[-1] == "got 7" and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert steps[-1] == "cancelled" and task.cancelled()
+
+        failing: asyncio.Future[int] = loop.create_future()
+        later = event_loop.start_eagerly(fails_later(failing))
+        assert later is not None
+        failing.set_exception(KeyError("x"))
+        await later
+        assert steps[-1] == "caught"
+
+        with pytest.raises(ValueError, match="before any wait"):
+            event_loop.start_eagerly(fails_at_once())
+
+    event_loop.run(main())
