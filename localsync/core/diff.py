@@ -144,15 +144,10 @@ def encoded_changes_of(
     touched: list[tuple[dict[tuple[str, str, str], Any], dict[str, Any]]],
     max_stamps: int,
     max_bytes: int,
-    client_id: str,
 ) -> list[list[Any]]:
     """ContentDiff bodies (encoded, no hashes) for everything a run of transactions touched,
     from the current stamps; cut between transactions once ``max_stamps`` stamps or about
     ``max_bytes`` bytes are reached (see ``MergeableStore.get_encoded_mergeable_changes_of``).
-
-    Only stamps made by this store's clock (HLCs ending in ``client_id``) are included: a
-    touched cell or value that a peer's newer change replaced before the run was sent is that
-    peer's to send, and sending it back would be an echo.
     """
     out: list[list[Any]] = []
     table_stamps: dict[str, list[Any]] = tstamp[0]
@@ -165,27 +160,20 @@ def encoded_changes_of(
     overhead = STAMP_OVERHEAD
     for cells, values in touched:
         last_table = last_row = None
-        cells_out: dict[str, Any] | None = None
+        cells_out: dict[str, Any] = {}
         cell_stamps: dict[str, tuple[Any, Any, Any]] = {}
-        table_stamp: list[Any] | None = None
-        row_stamp: list[Any] | None = None
         for table_id, row_id, cell_id in cells:
             if row_id != last_row or table_id != last_table:
                 last_table, last_row = table_id, row_id
                 table_stamp = table_stamps.get(table_id)
-                row_stamp = None
+                row_stamp: list[Any] | None = None
                 if table_stamp is not None:
                     rows: dict[str, list[Any]] = table_stamp[0]
                     row_stamp = rows.get(row_id)
-                cell_stamps = row_stamp[0] if row_stamp is not None else {}
-                cells_out = None  # (the row's output, made at its first cell sent)
-            cell_stamp = cell_stamps.get(cell_id)
-            if cell_stamp is None:
-                continue
-            thing, hlc, _ = cell_stamp
-            if not hlc.endswith(client_id):
-                continue
-            if cells_out is None:
+                if row_stamp is None:
+                    cell_stamps = {}
+                    continue
+                cell_stamps = row_stamp[0]
                 table_out = tables_out.get(table_id)
                 if table_out is None:
                     table_hlc = table_stamp[1]  # type: ignore[index]
@@ -194,12 +182,14 @@ def encoded_changes_of(
                 rows_out: dict[str, list[Any]] = table_out[0]
                 row_out = rows_out.get(row_id)
                 if row_out is None:
-                    row_hlc = row_stamp[1]  # type: ignore[index]
+                    row_hlc = row_stamp[1]
                     row_out = rows_out[row_id] = [{}, row_hlc] if row_hlc else [{}]
                     size += overhead + len(row_id)
                 cells_out = row_out[0]
-            if cell_id in cells_out:
+            cell_stamp = cell_stamps.get(cell_id)
+            if cell_stamp is None or cell_id in cells_out:
                 continue
+            thing, hlc, _ = cell_stamp
             kind = type(thing)
             if kind is dict or kind is list:  # (raw and _stamp, inlined: per cell)
                 thing = copy.deepcopy(thing)
@@ -211,8 +201,6 @@ def encoded_changes_of(
             if value_stamp is None or value_id in values_out:
                 continue
             thing, hlc, _ = value_stamp
-            if not hlc.endswith(client_id):
-                continue
             values_out[value_id] = _stamp(raw(thing), hlc)
             stamps += 1
             size += overhead + len(value_id) + (len(thing) if type(thing) is str else 24)

@@ -619,16 +619,15 @@ class MergeableStore(Store):
         Built from the current stamps rather than from one record per transaction, merged:
         the result is the same (a merge keeps the newest stamp per cell and value and the
         latest row, table and root HLCs, and the current stamps are exactly those), in one
-        pass. A stamp of this store's newer than the run is simply sent a little early; one a
-        peer made (its change replaced ours meanwhile) is left out, as the peer sends it.
-        Bodies are cut between transactions once ``max_stamps`` stamps or about ``max_bytes``
-        bytes are reached, so no transaction is ever split.
+        pass. A stamp newer than the run is simply sent a little early. Bodies are cut
+        between transactions once ``max_stamps`` stamps or about ``max_bytes`` bytes are
+        reached, so no transaction is ever split.
         """
         lock = self.lock
         lock.acquire()  # (as in set_cell: cheaper than ``with`` once compiled)
         try:
             return diff.encoded_changes_of(
-                self._tstamp, self._vstamp, touched, max_stamps, max_bytes, self.get_client_id()
+                self._tstamp, self._vstamp, touched, max_stamps, max_bytes
             )
         finally:
             lock.release()

@@ -208,38 +208,6 @@ def test_built_bodies_carry_object_cells_values_and_deletions() -> None:
     assert same(receiver, writer)
 
 
-def test_built_bodies_leave_out_stamps_a_peer_made_after_the_transaction() -> None:
-    """A queued transaction's cell that a peer's newer change replaced before the run was
-    sent is the peer's to send: sending the current stamp back would be an echo."""
-    writer, peer = create_mergeable_store(), create_mergeable_store()
-    touched: list[Any] = []
-    writer.add_did_finish_transaction_listener(
-        lambda s: touched.append(s.get_transaction_touched())
-    )
-    with writer.transaction():
-        writer.set_cell("t", "r", "taken", "ours")
-        writer.set_cell("t", "r", "kept", "ours")
-        writer.set_cell("t", "q", "taken", "ours")
-        writer.set_value("taken", "ours")
-        writer.set_value("kept", "ours")
-    # the peer's later writes (its clock is ahead: it saw ours first), merged in meanwhile
-    peer.apply_mergeable_changes(writer.get_mergeable_content())
-    with peer.transaction():
-        peer.set_cell("t", "r", "taken", "theirs")
-        peer.set_cell("t", "q", "taken", "theirs")
-        peer.set_value("taken", "theirs")
-    touched_before = len(touched)
-    writer.apply_mergeable_changes(peer.get_mergeable_content())
-    del touched[touched_before:]  # (the merge is not a local transaction)
-    [body] = writer.get_encoded_mergeable_changes_of(touched, 4096, 1 << 20)
-    own = writer.get_client_id()
-    assert body_keys(body) == {("t", "r", "kept"), ("kept",)}  # (row q: nothing of ours left)
-    assert {body[0][0]["t"][0]["r"][0]["kept"][1][11:], body[1][0]["kept"][1][11:]} == {own}
-    # what is left out is what the peer holds already: it converges from this body alone
-    peer.apply_encoded_mergeable_changes(body)
-    assert same(peer, writer)
-
-
 @contextmanager
 def loop_held(sync: BlockingSynchronizer) -> Iterator[None]:
     """Keep the synchronizer's loop thread busy for the duration of the block."""
