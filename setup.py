@@ -43,6 +43,8 @@ COMPILED = [
     "localsync/core/mergeable_store.py",
     "localsync/sync/engine.py",
     "localsync/sync/coalesce.py",
+    "localsync/sync/persister.py",
+    "localsync/sync/synchronizer.py",
 ]
 
 

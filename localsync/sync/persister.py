@@ -25,6 +25,7 @@ transactions may run on other threads. Design: docs/design.md, "The sync engine"
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -33,6 +34,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
 from typing import Any
+
+from mypy_extensions import mypyc_attr
 
 from localsync.core.collector import tune_collector
 from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
@@ -43,6 +46,7 @@ __all__ = [
     "Persists",
     "Status",
     "TinyBaseError",
+    "await_then",
     "create_custom_persister",
     "maybe_await",
 ]
@@ -83,6 +87,23 @@ async def maybe_await(value: Any) -> Any:
     return value
 
 
+async def await_then(body: Awaitable[Any], cleanup: Callable[[], Awaitable[Any]]) -> Any:
+    """``try: return await body`` / ``finally: await cleanup()``, in a form mypyc compiles right.
+
+    Why: compiled by mypyc (2.4.1), a ``finally`` block that awaits re-raises an exception
+    the event loop threw into the ``try`` body's await even when the coroutine awaited there
+    caught it and went on (a hook awaiting the listener task it cancelled, a save hook's error
+    that the schedule reports); an ``except`` clause is compiled right.
+    """
+    try:
+        result = await body
+    except BaseException:
+        await cleanup()
+        raise
+    await cleanup()
+    return result
+
+
 class _Schedule:
     """Actions of all persisters sharing one schedule id run one at a time, in order."""
 
@@ -121,6 +142,7 @@ def _has_changes(changes: Any, mergeable: bool = True) -> bool:
         return False
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Persister:
     """TinyBase's Persister (``createCustomPersister``) with coroutine lifecycle methods.
 
@@ -622,17 +644,17 @@ class Persister:
             await self._save_impl(None)
 
     async def _save_impl(self, changes: Any) -> None:
+        await await_then(self._scheduled_save(changes), self._run_auto_load_after_save)
+
+    async def _scheduled_save(self, changes: Any) -> None:
         try:
-            try:
-                self._set_status(Status.SAVING)
-                self._saves += 1
-                await self.schedule(
-                    lambda: self._counted(self._set_persisted, self._get_content, changes)
-                )
-            finally:
-                self._set_status(Status.IDLE)
+            self._set_status(Status.SAVING)
+            self._saves += 1
+            await self.schedule(
+                lambda: self._counted(self._set_persisted, self._get_content, changes)
+            )
         finally:
-            await self._run_auto_load_after_save()
+            self._set_status(Status.IDLE)
 
     async def _counted(self, hook: Callable[..., Any], *args: Any) -> None:
         """Run a save hook inside the schedule, counting whether it failed (then re-raise)."""
@@ -796,15 +818,9 @@ class Persister:
 
     async def stop_auto_persisting(self, stop_save_first: bool = False) -> Persister:
         if stop_save_first:
-            try:
-                await self.stop_auto_save()
-            finally:
-                await self.stop_auto_load()
+            await await_then(self.stop_auto_save(), self.stop_auto_load)
         else:
-            try:
-                await self.stop_auto_load()
-            finally:
-                await self.stop_auto_save()
+            await await_then(self.stop_auto_load(), self.stop_auto_save)
         return self
 
     # -- destroy ------------------------------------------------------------------------------
@@ -831,14 +847,10 @@ class Persister:
                     remaining.append(action)
             sched.actions = remaining
         try:
-            try:
-                try:
-                    await self.stop_auto_persisting()
-                finally:
-                    if active is not None:
-                        await asyncio.shield(active)
-            finally:
-                await maybe_await(self._destroy_extra())
+            stopping = self.stop_auto_persisting()
+            if active is not None:  # (the running action finishes first)
+                stopping = await_then(stopping, functools.partial(asyncio.shield, active))
+            await await_then(stopping, lambda: maybe_await(self._destroy_extra()))
         finally:
             sched = _schedules.get(self._schedule_id)
             if sched is not None:
@@ -863,15 +875,39 @@ class _CustomPersister(Persister):
         add_persister_listener: Callable[[Callable[..., None]], Any],
         del_persister_listener: Callable[[Any], Any],
         extra_destroy: Callable[[], Any] | None,
-        **kwargs: Any,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None,
+        persist: int,
+        schedule_id: Hashable | None,
     ) -> None:
-        self._get_persisted = get_persisted  # type: ignore[method-assign]
-        self._set_persisted = set_persisted  # type: ignore[method-assign]
-        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign,assignment]
-        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign,assignment]
-        if extra_destroy is not None:
-            self._destroy_extra = extra_destroy  # type: ignore[method-assign]
-        super().__init__(store, **kwargs)
+        self._get_persisted_hook = get_persisted
+        self._set_persisted_hook = set_persisted
+        self._set_persisted_async = inspect.iscoroutinefunction(set_persisted)
+        self._add_persister_listener_hook = add_persister_listener
+        self._del_persister_listener_hook = del_persister_listener
+        self._extra_destroy_hook = extra_destroy
+        super().__init__(
+            store, on_ignored_error=on_ignored_error, persist=persist, schedule_id=schedule_id
+        )
+
+    def _get_persisted(self) -> Any:
+        return self._get_persisted_hook()
+
+    def _set_persisted(self, get_content: Callable[[], Any], changes: Any = None) -> Any:
+        return self._set_persisted_hook(get_content, changes)
+
+    def _set_persisted_is_coroutine(self) -> bool:
+        return self._set_persisted_async
+
+    def _add_persister_listener(self, listener: Callable[..., None]) -> Any:
+        return self._add_persister_listener_hook(listener)
+
+    def _del_persister_listener(self, handle: Any) -> Any:
+        return self._del_persister_listener_hook(handle)
+
+    def _destroy_extra(self) -> Any:
+        extra = self._extra_destroy_hook
+        return extra() if extra is not None else None
 
 
 def create_custom_persister(
