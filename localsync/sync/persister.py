@@ -93,15 +93,29 @@ async def await_then(body: Awaitable[Any], cleanup: Callable[[], Awaitable[Any]]
     Why: compiled by mypyc (2.4.1), a ``finally`` block that awaits re-raises an exception
     the event loop threw into the ``try`` body's await even when the coroutine awaited there
     caught it and went on (a hook awaiting the listener task it cancelled, a save hook's error
-    that the schedule reports); an ``except`` clause is compiled right.
+    that the schedule reports). The cleanup is awaited outside the ``except`` clause too:
+    compiled, an ``await`` inside one leaves the caught exception in ``sys.exc_info()``.
     """
+    failure: BaseException | None = None
+    result: Any = None
     try:
         result = await body
-    except BaseException:
-        await cleanup()
-        raise
+    except BaseException as error:
+        failure = error
     await cleanup()
+    if failure is not None:
+        raise failure
     return result
+
+
+async def _failure_of(body: Awaitable[Any]) -> BaseException | None:
+    """Await ``body``; what it raised, or None (so that undoing it is not awaited inside an
+    ``except`` clause: see ``await_then``)."""
+    try:
+        await body
+    except BaseException as error:
+        return error
+    return None
 
 
 class _Schedule:
@@ -188,7 +202,7 @@ class Persister:
         self._active_action: asyncio.Future[None] | None = None
         self._applying = 0
         self._queued_saves = 0
-        self._set_persisted_kind: tuple[Any, bool] | None = None
+        self._set_persisted_kind: bool | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         # a MergeableStore's hooks (had_mutated, ignored_count), whatever ``persist`` says
@@ -666,13 +680,11 @@ class Persister:
         self._save_done(True)
 
     def _set_persisted_is_coroutine(self) -> bool:
-        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function."""
-        hook = self._set_persisted
-        func = getattr(hook, "__func__", hook)
-        cached = self._set_persisted_kind
-        if cached is None or cached[0] is not func:
-            cached = self._set_persisted_kind = (func, inspect.iscoroutinefunction(hook))
-        return cached[1]
+        """``inspect.iscoroutinefunction(self._set_persisted)``, found once (a class's hook)."""
+        kind = self._set_persisted_kind
+        if kind is None:
+            kind = self._set_persisted_kind = inspect.iscoroutinefunction(self._set_persisted)
+        return kind
 
     def _save_changes_now(self, changes: Any) -> None:
         """Save one transaction's changes, synchronously when the schedule is free (TinyBase
@@ -738,12 +750,12 @@ class Persister:
         def on_transaction(_store: object) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
-            on_loop = self._loop_thread in (None, threading.get_ident())
+            loop_thread = self._loop_thread
+            on_loop = loop_thread is None or loop_thread == threading.get_ident()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
-            local_transaction(generation, on_loop)
+            self._local_transaction(generation, on_loop)
 
-        local_transaction = self._local_transaction
         return on_transaction
 
     def _local_transaction(self, generation: int, on_loop: bool) -> None:
@@ -800,20 +812,18 @@ class Persister:
     ) -> Persister:
         if start_save_first:
             await self.start_auto_save()
-            try:
-                await self.start_auto_load(initial_content)
-            except BaseException:
+            failure = await _failure_of(self.start_auto_load(initial_content))
+            if failure is not None:
                 await self.stop_auto_load()
                 await self.stop_auto_save()
-                raise
+                raise failure
         else:
             await self.start_auto_load(initial_content)
-            try:
-                await self.start_auto_save()
-            except BaseException:
+            failure = await _failure_of(self.start_auto_save())
+            if failure is not None:
                 await self.stop_auto_save()
                 await self.stop_auto_load()
-                raise
+                raise failure
         return self
 
     async def stop_auto_persisting(self, stop_save_first: bool = False) -> Persister:
