@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -53,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger("localsync.sync.persister")
 
-ERROR_STORE_TYPE = 0
-ERROR_CONTENT = 1
+ERROR_STORE_TYPE: Final = 0
+ERROR_CONTENT: Final = 1
 
 StatusListener = Callable[["Persister", int], None]
 IgnoredErrorHandler = Callable[[BaseException], None]
@@ -69,7 +69,9 @@ class Status(IntEnum):
 
 
 #: the members as globals for the per-transaction paths (an enum class lookup costs ~10x)
-STATUS_IDLE, STATUS_LOADING, STATUS_SAVING = Status.IDLE, Status.LOADING, Status.SAVING
+STATUS_IDLE: Final = Status.IDLE
+STATUS_LOADING: Final = Status.LOADING
+STATUS_SAVING: Final = Status.SAVING
 
 
 class Persists(IntEnum):
@@ -143,7 +145,7 @@ class _ScheduledAction:
         self.owner = owner
 
 
-_schedules: dict[Hashable, _Schedule] = {}
+_schedules: Final[dict[Hashable, _Schedule]] = {}
 
 
 def _has_changes(changes: Any, mergeable: bool = True) -> bool:
