@@ -40,13 +40,13 @@ from mypy_extensions import mypyc_attr
 from localsync.core.collector import tune_collector
 from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
 from localsync.errors import TinyBaseError
+from localsync.sync.awaiting import await_then, failure_of, maybe_await
 
 __all__ = [
     "Persister",
     "Persists",
     "Status",
     "TinyBaseError",
-    "await_then",
     "create_custom_persister",
     "maybe_await",
 ]
@@ -80,44 +80,6 @@ class Persists(IntEnum):
     STORE_ONLY = 1
     MERGEABLE_STORE_ONLY = 2
     STORE_OR_MERGEABLE_STORE = 3
-
-
-async def maybe_await(value: Any) -> Any:
-    """Await ``value`` if it is awaitable, so hooks may be plain or async functions."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
-async def await_then(body: Awaitable[Any], cleanup: Callable[[], Awaitable[Any]]) -> Any:
-    """``try: return await body`` / ``finally: await cleanup()``, in a form mypyc compiles right.
-
-    Why: compiled by mypyc (2.4.1), a ``finally`` block that awaits re-raises an exception
-    the event loop threw into the ``try`` body's await even when the coroutine awaited there
-    caught it and went on (a hook awaiting the listener task it cancelled, a save hook's error
-    that the schedule reports). The cleanup is awaited outside the ``except`` clause too:
-    compiled, an ``await`` inside one leaves the caught exception in ``sys.exc_info()``.
-    """
-    failure: BaseException | None = None
-    result: Any = None
-    try:
-        result = await body
-    except BaseException as error:
-        failure = error
-    await cleanup()
-    if failure is not None:
-        raise failure
-    return result
-
-
-async def _failure_of(body: Awaitable[Any]) -> BaseException | None:
-    """Await ``body``; what it raised, or None (so that undoing it is not awaited inside an
-    ``except`` clause: see ``await_then``)."""
-    try:
-        await body
-    except BaseException as error:
-        return error
-    return None
 
 
 class _Schedule:
@@ -814,14 +776,14 @@ class Persister:
     ) -> Persister:
         if start_save_first:
             await self.start_auto_save()
-            failure = await _failure_of(self.start_auto_load(initial_content))
+            failure = await failure_of(self.start_auto_load(initial_content))
             if failure is not None:
                 await self.stop_auto_load()
                 await self.stop_auto_save()
                 raise failure
         else:
             await self.start_auto_load(initial_content)
-            failure = await _failure_of(self.start_auto_save())
+            failure = await failure_of(self.start_auto_save())
             if failure is not None:
                 await self.stop_auto_save()
                 await self.stop_auto_load()
@@ -894,22 +856,19 @@ class _CustomPersister(Persister):
     ) -> None:
         self._get_persisted_hook = get_persisted
         self._set_persisted_hook = set_persisted
-        self._set_persisted_async = inspect.iscoroutinefunction(set_persisted)
         self._add_persister_listener_hook = add_persister_listener
         self._del_persister_listener_hook = del_persister_listener
         self._extra_destroy_hook = extra_destroy
         super().__init__(
             store, on_ignored_error=on_ignored_error, persist=persist, schedule_id=schedule_id
         )
+        self._set_persisted_kind = inspect.iscoroutinefunction(set_persisted)  # (the hook's)
 
     def _get_persisted(self) -> Any:
         return self._get_persisted_hook()
 
     def _set_persisted(self, get_content: Callable[[], Any], changes: Any = None) -> Any:
         return self._set_persisted_hook(get_content, changes)
-
-    def _set_persisted_is_coroutine(self) -> bool:
-        return self._set_persisted_async
 
     def _add_persister_listener(self, listener: Callable[..., None]) -> Any:
         return self._add_persister_listener_hook(listener)

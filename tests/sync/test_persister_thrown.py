@@ -2,7 +2,7 @@
 
 A failed thread or a cancelled task reaches a coroutine through the event loop (the error is
 thrown in at its ``await``), not as a plain raise: what the persister catches there must stay
-caught on the way out of its ``try``/``finally`` blocks (see ``await_then``).
+caught on the way out of its ``try``/``finally`` blocks (see ``localsync.sync.awaiting``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from localsync import create_mergeable_store
-from localsync.sync.persister import Status, await_then, create_custom_persister
+from localsync.sync.awaiting import await_then
+from localsync.sync.persister import Status, create_custom_persister
 
 pytestmark = pytest.mark.timeout(30)
 
