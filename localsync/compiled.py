@@ -28,6 +28,8 @@ COMPILED_MODULES = (
     "core.mergeable_store",
     "sync.engine",
     "sync.coalesce",
+    "sync.persister",
+    "sync.synchronizer",
 )
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

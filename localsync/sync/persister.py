@@ -25,6 +25,7 @@ transactions may run on other threads. Design: docs/design.md, "The sync engine"
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -32,11 +33,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from localsync.core.collector import tune_collector
 from localsync.core.protocols import MergeableStoreLike, PersistableStore, is_mergeable_store
 from localsync.errors import TinyBaseError
+from localsync.sync.awaiting import await_then, failure_of, maybe_await
 
 __all__ = [
     "Persister",
@@ -49,8 +53,8 @@ __all__ = [
 
 logger = logging.getLogger("localsync.sync.persister")
 
-ERROR_STORE_TYPE = 0
-ERROR_CONTENT = 1
+ERROR_STORE_TYPE: Final = 0
+ERROR_CONTENT: Final = 1
 
 StatusListener = Callable[["Persister", int], None]
 IgnoredErrorHandler = Callable[[BaseException], None]
@@ -65,7 +69,9 @@ class Status(IntEnum):
 
 
 #: the members as globals for the per-transaction paths (an enum class lookup costs ~10x)
-STATUS_IDLE, STATUS_LOADING, STATUS_SAVING = Status.IDLE, Status.LOADING, Status.SAVING
+STATUS_IDLE: Final = Status.IDLE
+STATUS_LOADING: Final = Status.LOADING
+STATUS_SAVING: Final = Status.SAVING
 
 
 class Persists(IntEnum):
@@ -74,13 +80,6 @@ class Persists(IntEnum):
     STORE_ONLY = 1
     MERGEABLE_STORE_ONLY = 2
     STORE_OR_MERGEABLE_STORE = 3
-
-
-async def maybe_await(value: Any) -> Any:
-    """Await ``value`` if it is awaitable, so hooks may be plain or async functions."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 class _Schedule:
@@ -108,7 +107,7 @@ class _ScheduledAction:
         self.owner = owner
 
 
-_schedules: dict[Hashable, _Schedule] = {}
+_schedules: Final[dict[Hashable, _Schedule]] = {}
 
 
 def _has_changes(changes: Any, mergeable: bool = True) -> bool:
@@ -121,6 +120,7 @@ def _has_changes(changes: Any, mergeable: bool = True) -> bool:
         return False
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Persister:
     """TinyBase's Persister (``createCustomPersister``) with coroutine lifecycle methods.
 
@@ -166,7 +166,7 @@ class Persister:
         self._active_action: asyncio.Future[None] | None = None
         self._applying = 0
         self._queued_saves = 0
-        self._set_persisted_kind: tuple[Any, bool] | None = None
+        self._set_persisted_kind: bool | None = None
         self._status_listeners: dict[str, StatusListener] = {}
         self._next_listener_id = 0
         # a MergeableStore's hooks (had_mutated, ignored_count), whatever ``persist`` says
@@ -622,17 +622,17 @@ class Persister:
             await self._save_impl(None)
 
     async def _save_impl(self, changes: Any) -> None:
+        await await_then(self._scheduled_save(changes), self._run_auto_load_after_save)
+
+    async def _scheduled_save(self, changes: Any) -> None:
         try:
-            try:
-                self._set_status(Status.SAVING)
-                self._saves += 1
-                await self.schedule(
-                    lambda: self._counted(self._set_persisted, self._get_content, changes)
-                )
-            finally:
-                self._set_status(Status.IDLE)
+            self._set_status(Status.SAVING)
+            self._saves += 1
+            await self.schedule(
+                lambda: self._counted(self._set_persisted, self._get_content, changes)
+            )
         finally:
-            await self._run_auto_load_after_save()
+            self._set_status(Status.IDLE)
 
     async def _counted(self, hook: Callable[..., Any], *args: Any) -> None:
         """Run a save hook inside the schedule, counting whether it failed (then re-raise)."""
@@ -644,13 +644,11 @@ class Persister:
         self._save_done(True)
 
     def _set_persisted_is_coroutine(self) -> bool:
-        """``inspect.iscoroutinefunction(self._set_persisted)``, remembered per function."""
-        hook = self._set_persisted
-        func = getattr(hook, "__func__", hook)
-        cached = self._set_persisted_kind
-        if cached is None or cached[0] is not func:
-            cached = self._set_persisted_kind = (func, inspect.iscoroutinefunction(hook))
-        return cached[1]
+        """``inspect.iscoroutinefunction(self._set_persisted)``, found once (a class's hook)."""
+        kind = self._set_persisted_kind
+        if kind is None:
+            kind = self._set_persisted_kind = inspect.iscoroutinefunction(self._set_persisted)
+        return kind
 
     def _save_changes_now(self, changes: Any) -> None:
         """Save one transaction's changes, synchronously when the schedule is free (TinyBase
@@ -716,12 +714,12 @@ class Persister:
         def on_transaction(_store: object) -> None:
             if generation != self._auto_save_generation or self._destroyed:
                 return
-            on_loop = self._loop_thread in (None, threading.get_ident())
+            loop_thread = self._loop_thread
+            on_loop = loop_thread is None or loop_thread == threading.get_ident()
             if on_loop and self._applying:
                 return  # our own load being applied: saving it back would be an echo
-            local_transaction(generation, on_loop)
+            self._local_transaction(generation, on_loop)
 
-        local_transaction = self._local_transaction
         return on_transaction
 
     def _local_transaction(self, generation: int, on_loop: bool) -> None:
@@ -778,33 +776,25 @@ class Persister:
     ) -> Persister:
         if start_save_first:
             await self.start_auto_save()
-            try:
-                await self.start_auto_load(initial_content)
-            except BaseException:
+            failure = await failure_of(self.start_auto_load(initial_content))
+            if failure is not None:
                 await self.stop_auto_load()
                 await self.stop_auto_save()
-                raise
+                raise failure
         else:
             await self.start_auto_load(initial_content)
-            try:
-                await self.start_auto_save()
-            except BaseException:
+            failure = await failure_of(self.start_auto_save())
+            if failure is not None:
                 await self.stop_auto_save()
                 await self.stop_auto_load()
-                raise
+                raise failure
         return self
 
     async def stop_auto_persisting(self, stop_save_first: bool = False) -> Persister:
         if stop_save_first:
-            try:
-                await self.stop_auto_save()
-            finally:
-                await self.stop_auto_load()
+            await await_then(self.stop_auto_save(), self.stop_auto_load)
         else:
-            try:
-                await self.stop_auto_load()
-            finally:
-                await self.stop_auto_save()
+            await await_then(self.stop_auto_load(), self.stop_auto_save)
         return self
 
     # -- destroy ------------------------------------------------------------------------------
@@ -831,14 +821,10 @@ class Persister:
                     remaining.append(action)
             sched.actions = remaining
         try:
-            try:
-                try:
-                    await self.stop_auto_persisting()
-                finally:
-                    if active is not None:
-                        await asyncio.shield(active)
-            finally:
-                await maybe_await(self._destroy_extra())
+            stopping = self.stop_auto_persisting()
+            if active is not None:  # (the running action finishes first)
+                stopping = await_then(stopping, functools.partial(asyncio.shield, active))
+            await await_then(stopping, lambda: maybe_await(self._destroy_extra()))
         finally:
             sched = _schedules.get(self._schedule_id)
             if sched is not None:
@@ -863,15 +849,36 @@ class _CustomPersister(Persister):
         add_persister_listener: Callable[[Callable[..., None]], Any],
         del_persister_listener: Callable[[Any], Any],
         extra_destroy: Callable[[], Any] | None,
-        **kwargs: Any,
+        *,
+        on_ignored_error: IgnoredErrorHandler | None,
+        persist: int,
+        schedule_id: Hashable | None,
     ) -> None:
-        self._get_persisted = get_persisted  # type: ignore[method-assign]
-        self._set_persisted = set_persisted  # type: ignore[method-assign]
-        self._add_persister_listener = add_persister_listener  # type: ignore[method-assign,assignment]
-        self._del_persister_listener = del_persister_listener  # type: ignore[method-assign,assignment]
-        if extra_destroy is not None:
-            self._destroy_extra = extra_destroy  # type: ignore[method-assign]
-        super().__init__(store, **kwargs)
+        self._get_persisted_hook = get_persisted
+        self._set_persisted_hook = set_persisted
+        self._add_persister_listener_hook = add_persister_listener
+        self._del_persister_listener_hook = del_persister_listener
+        self._extra_destroy_hook = extra_destroy
+        super().__init__(
+            store, on_ignored_error=on_ignored_error, persist=persist, schedule_id=schedule_id
+        )
+        self._set_persisted_kind = inspect.iscoroutinefunction(set_persisted)  # (the hook's)
+
+    def _get_persisted(self) -> Any:
+        return self._get_persisted_hook()
+
+    def _set_persisted(self, get_content: Callable[[], Any], changes: Any = None) -> Any:
+        return self._set_persisted_hook(get_content, changes)
+
+    def _add_persister_listener(self, listener: Callable[..., None]) -> Any:
+        return self._add_persister_listener_hook(listener)
+
+    def _del_persister_listener(self, handle: Any) -> Any:
+        return self._del_persister_listener_hook(handle)
+
+    def _destroy_extra(self) -> Any:
+        extra = self._extra_destroy_hook
+        return extra() if extra is not None else None
 
 
 def create_custom_persister(

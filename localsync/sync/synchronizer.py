@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from localsync.core.protocols import SyncStore
 from localsync.sync.coalesce import MAX_COALESCED_BYTES, MAX_COALESCED_STAMPS, coalesce_changes
 from localsync.sync.engine import Event, PullFinished, SyncEngine
@@ -26,6 +28,7 @@ from localsync.sync.persister import (
     Persister,
     Persists,
     TinyBaseError,
+    await_then,
     maybe_await,
 )
 from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
@@ -42,6 +45,7 @@ INLINE_IDLE_SECONDS = 0.001
 FLUSH_STAMPS = MAX_COALESCED_STAMPS
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Synchronizer(Persister):
     """TinyBase's Synchronizer: ``start_sync``/``stop_sync``/``destroy`` plus Persister methods.
 
@@ -136,9 +140,9 @@ class Synchronizer(Persister):
             return True
         return False
 
-    def _receive(
-        self, from_client_id: str, request_id: str | None, message: int, body: Any
-    ) -> None:
+    def _receive(self, from_client_id: Any, request_id: Any, message: Any, body: Any) -> None:
+        # (whatever arrived, hence Any: the engine checks it, and a compiled str parameter
+        # would raise TypeError on a peer's bad request id instead of counting it)
         # (_handed_to_loop inlined: this runs for every received message)
         loop_thread = self._loop_thread
         loop = self._loop
@@ -377,18 +381,18 @@ class Synchronizer(Persister):
             for changes in self._merge_changes(batch):
                 self._set_persisted(self._get_content, changes)
 
-        try:
+        async def save() -> None:
             try:
-                try:
-                    self._set_status(STATUS_SAVING)
-                    self._saves += 1
-                    await self.schedule(persist)
-                finally:
-                    if self._open_batch is batch:
-                        self._open_batch = None
-                    self._set_status(STATUS_IDLE)
+                self._set_status(STATUS_SAVING)
+                self._saves += 1
+                await self.schedule(persist)
             finally:
-                await self._run_auto_load_after_save()
+                if self._open_batch is batch:
+                    self._open_batch = None
+                self._set_status(STATUS_IDLE)
+
+        try:
+            await await_then(save(), self._run_auto_load_after_save)
         finally:
             self._queued_saves -= 1
 
