@@ -224,6 +224,12 @@ class Synchronizer(Persister):
         listener is registered only then: applied as a load (``_auto_load_changes``), so the
         transaction is not sent back, or, for a pull that failed, a reload
         (``_storage_changed``). A finished pull resolves the load waiting for it.
+
+        Local transactions still queued leave before a peer's changes are applied, with the
+        store locked across both so no other thread's transaction falls in between: their
+        diffs are built from the current stamps, and built after the merge they would carry
+        the peer's newer stamps back to it (TinyBase sends each transaction's diff before it
+        applies anything later).
         """
         for event in events:
             if type(event) is PullFinished:
@@ -233,7 +239,10 @@ class Synchronizer(Persister):
             elif self._auto_load_active and not self._destroyed:
                 changes = event.changes
                 if changes is not None:
-                    self._auto_load_changes(None, changes)
+                    with self._lock:
+                        if self._handover:
+                            self._drain_handover()
+                        self._auto_load_changes(None, changes)
                 else:
                     self._storage_changed(None, None)  # (a pull that failed: reload)
 

@@ -12,14 +12,16 @@ import copy
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from localsync import create_mergeable_store
+from localsync import create_custom_synchronizer, create_mergeable_store
 from localsync.core.codec import UNDEFINED
+from localsync.sync import event_loop
 from localsync.sync.blocking import BlockingSynchronizer, blocking
 from localsync.sync.coalesce import coalesce_changes
 from localsync.sync.engine import CONTENT_DIFF, is_protocol_message_valid
@@ -522,3 +524,40 @@ def test_a_burst_from_a_thread_is_not_flushed_from_the_writers_thread() -> None:
         diffs = [body for message, body in sent if message == CONTENT_DIFF]
         assert len(diffs) == 1
         assert list(diffs[0][0][0]["t"][0]) == [f"r{i}" for i in range(10)]
+
+
+def test_a_peers_change_applied_before_queued_writes_leave_is_not_sent_back() -> None:
+    """Queued local writes leave before a peer's change is applied (as TinyBase sends each
+    transaction's diff inside its listener), so a peer's newer stamp for a cell we wrote is
+    never built into our diff and sent back to it."""
+
+    async def main() -> None:
+        a, b = create_mergeable_store(), create_mergeable_store()
+        sent: list[tuple[int, Any]] = []
+        receivers: list[Callable[..., None]] = []
+        sa = create_custom_synchronizer(a, recorder(sent), receivers.append, lambda: None, 1.0)
+        await sa.start_sync()
+        sa._inline_idle = 60.0  # (every write queues: none leaves from its listener)
+        sa._last_drain = time.monotonic()
+        a.set_cell("t", "r", "c", "ours")  # queued; leaves at the loop's next turn
+        a.set_cell("t", "r", "d", "ours")
+        # meanwhile, before that turn, the peer's newer write of "c" arrives
+        b.apply_mergeable_changes(a.get_mergeable_content())
+        touched: list[Any] = []
+        b.add_did_finish_transaction_listener(lambda s: touched.append(s.get_transaction_touched()))
+        b.set_cell("t", "r", "c", "theirs")
+        [body] = b.get_encoded_mergeable_changes_of(touched, 4096, 1 << 20)
+        receivers[0]("B" * 16, None, CONTENT_DIFF, body)
+        await asyncio.sleep(0.05)
+        assert a.get_cell("t", "r", "c") == "theirs"
+        diffs = [body for message, body in sent if message == CONTENT_DIFF]
+        assert diffs
+        own = a.get_client_id()
+        for diff in diffs:
+            for table in diff[0][0].values():
+                for row in table[0].values():
+                    assert {stamp[1][11:] for stamp in row[0].values()} == {own}
+        assert {c for d in diffs for c in d[0][0]["t"][0]["r"][0]} == {"c", "d"}
+        await sa.destroy()
+
+    event_loop.run(main())
