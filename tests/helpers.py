@@ -58,6 +58,20 @@ def store_state(store: Any) -> dict[str, Any]:
     }
 
 
+def hash_tree(store: Any) -> tuple[Any, ...]:
+    """A MergeableStore's hashes at every level: content, tables, rows, cells, values."""
+    table_hashes = store.get_mergeable_table_hashes()
+    row_hashes = store.get_mergeable_row_hashes(dict.fromkeys(table_hashes, 0))
+    every_row = {t: dict.fromkeys(rows, 0) for t, rows in row_hashes.items()}
+    return (
+        store.get_mergeable_content_hashes(),
+        table_hashes,
+        row_hashes,
+        store.get_mergeable_cell_hashes(every_row),
+        store.get_mergeable_value_hashes(),
+    )
+
+
 def fill_interop_store(store: Any) -> None:
     """The content the persister interop tests write on both sides (tests/interop/*.mjs
     write the same): every kind of cell and value, odd ids, then deletions."""

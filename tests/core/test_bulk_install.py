@@ -19,6 +19,7 @@ from localsync import create_mergeable_store
 from localsync.core.codec import UNDEFINED
 from localsync.core.hash import get_value_hash
 from localsync.core.hlc import encode_hlc_parts
+from tests.helpers import hash_tree
 
 NOW = 1_700_000_000_000
 
@@ -92,18 +93,10 @@ def _store(reference: bool, cell_listener: bool = False) -> tuple[Any, Seen]:
 
 
 def _state(store: Any) -> Any:
-    tables_hashes = store.get_mergeable_table_hashes()
-    every_table = dict.fromkeys(tables_hashes, 0)
-    row_hashes = store.get_mergeable_row_hashes(every_table)
-    every_row = {t: dict.fromkeys(rows, 0) for t, rows in row_hashes.items()}
     return (
         store.get_mergeable_content(),
         store.get_encoded_mergeable_content(),
-        store.get_mergeable_content_hashes(),
-        tables_hashes,
-        row_hashes,
-        store.get_mergeable_cell_hashes(every_row),
-        store.get_mergeable_value_hashes(),
+        *hash_tree(store),
         store.get_tables(),
         list(store.get_tables()),
         {t: store.get_row_ids(t) for t in store.get_table_ids()},

@@ -26,6 +26,7 @@ from localsync.persisters._integrity import HashesRepaired
 from localsync.persisters._sqlitestore import SqliteStorage
 from localsync.persisters.file import create_file_persister
 from localsync.persisters.sqlite import create_sqlite_persister
+from tests.helpers import hash_tree
 
 KINDS = ["file", "sqlite"]
 ROWS = 2_000  # x 10 cells: 20,000 cells
@@ -88,17 +89,10 @@ def _writer() -> Any:
 
 def _state(store: Any) -> Any:
     """What a loaded store must reproduce: content, hashes at every level, data."""
-    table_hashes = store.get_mergeable_table_hashes()
-    row_hashes = store.get_mergeable_row_hashes(dict.fromkeys(table_hashes, 0))
-    every_row = {t: dict.fromkeys(rows, 0) for t, rows in row_hashes.items()}
     return (
         store.get_encoded_mergeable_content(),
         store.get_mergeable_content(),
-        store.get_mergeable_content_hashes(),
-        table_hashes,
-        row_hashes,
-        store.get_mergeable_cell_hashes(every_row),
-        store.get_mergeable_value_hashes(),
+        *hash_tree(store),
         store.get_tables(),
         # (a store written locally keeps its rows in write order; content, as TinyBase's,
         # lists index-like ids first, so a loaded store has them first: compare as sets)

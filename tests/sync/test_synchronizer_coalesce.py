@@ -234,6 +234,15 @@ def recorder(log: list[tuple[int, Any]]) -> Callable[..., None]:
     return on_send
 
 
+def assert_no_echo(diffs: list[Any], own: str) -> None:
+    """Every cell and value stamp in ``diffs`` was made by the clock of client ``own``."""
+    for body in diffs:
+        for table in body[0][0].values():
+            for row in table[0].values():
+                assert {stamp[1][11:] for stamp in row[0].values()} == {own}
+        assert {stamp[1][11:] for stamp in body[1][0].values()} <= {own}
+
+
 def converge(sync: BlockingSynchronizer, a: Any, b: Any) -> None:
     async def wait() -> bool:
         for _ in range(4000):
@@ -368,13 +377,7 @@ def test_interleaved_local_and_remote_bursts_converge_without_echoes() -> None:
         converge(sa, a, b)
         for log, sync in ((sent_a, sa), (sent_b, sb)):
             diffs = [body for message, body in log if message == CONTENT_DIFF]
-            # no echo: every cell and value stamp in a diff was made by the sender's own clock
-            own = sync.synchronizer.get_store().get_client_id()
-            for body in diffs:
-                for table in body[0][0].values():
-                    for row in table[0].values():
-                        assert {stamp[1][11:] for stamp in row[0].values()} == {own}
-                assert {stamp[1][11:] for stamp in body[1][0].values()} <= {own}
+            assert_no_echo(diffs, sync.synchronizer.get_store().get_client_id())
             assert len(diffs) + sync.synchronizer.coalesced_transactions <= 4 * 150 + 4
         assert sa.synchronizer.coalesced_transactions > 0
         assert sb.synchronizer.coalesced_transactions > 0
@@ -552,11 +555,7 @@ def test_a_peers_change_applied_before_queued_writes_leave_is_not_sent_back() ->
         assert a.get_cell("t", "r", "c") == "theirs"
         diffs = [body for message, body in sent if message == CONTENT_DIFF]
         assert diffs
-        own = a.get_client_id()
-        for diff in diffs:
-            for table in diff[0][0].values():
-                for row in table[0].values():
-                    assert {stamp[1][11:] for stamp in row[0].values()} == {own}
+        assert_no_echo(diffs, a.get_client_id())
         assert {c for d in diffs for c in d[0][0]["t"][0]["r"][0]} == {"c", "d"}
         await sa.destroy()
 
