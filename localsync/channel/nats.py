@@ -435,22 +435,16 @@ class NatsTransport(ChannelEndpoint):
 
     async def _on_broadcast(self, msg: Msg) -> None:
         if not self._closed:
-            payload = msg.data
-            if payload[:1] != CONTROL:  # (an engine message: the common case, handed on first)
-                self._on_data(payload)
-            else:
-                self._on_control_payload(payload, False)
+            self._on_payload(msg.data, False)
 
     async def _on_directed(self, msg: Msg) -> None:
         if not self._closed:
-            payload = msg.data
-            if payload[:1] != CONTROL:
-                self._on_data(payload)
-            else:
-                self._on_control_payload(payload, True)
+            self._on_payload(msg.data, True)
 
-    def _on_control_payload(self, payload: bytes, to_me: bool) -> None:
-        if payload[:2] == _CHUNK:
+    def _on_payload(self, payload: bytes, to_me: bool) -> None:
+        if payload[:1] != CONTROL:
+            self._on_data(payload)
+        elif payload[:2] == _CHUNK:
             whole = self._on_chunk(payload, to_me)
             if whole is not None and whole[:1] != CONTROL:
                 self._on_data(whole)
