@@ -196,41 +196,39 @@ class ChannelTransport(ChannelEndpoint):
             self.local_hub = LocalHub(self._paths, hwm=self._hwm, generation=self._generation)
             self.local_hub.start()
         context: zmq.Context[Any] = zmq.Context.instance()
-        pub = context.socket(zmq.PUB)
-        sub = context.socket(zmq.SUB)
-        for sock in (pub, sub):
-            sock.linger = 500
-            sock.reconnect_ivl = 20
-            sock.reconnect_ivl_max = 200
-            if self._curve is not None:
-                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        # data direction only; subscriptions (SUB -> hub -> PUB) get no mark (module doc):
-        # a PUB with one would hold back the rest of the hub's burst until it is used, and
-        # send its first messages knowing only some of the listeners
-        pub.sndhwm = self._hwm
-        sub.rcvhwm = self._hwm
-        sub.sndhwm = 0
-        pub.rcvhwm = 0
-        if self._paths is None:
-            # before connecting, so that no handshake goes unseen (closed once proven)
-            self._handshakes = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
-        pub.connect(self.inbound)
-        sub.connect(self.outbound)
-        # own topic last: the XPUB applies one SUB's subscriptions in order, so the ping
-        # that proves the path (own topic) also proves that the broadcast ones are in place
-        for prefix in others_broadcast_prefixes(self.client_id):
-            sub.setsockopt(zmq.SUBSCRIBE, prefix)
-        sub.setsockopt(zmq.SUBSCRIBE, self._own_topic)
-        self._pub, self._sub = pub, sub
-        self._loop.add_reader(cast(int, sub.getsockopt(zmq.FD)), self._on_readable)
-        self._loop.call_soon(self._on_readable)
+        self._pub = pub = context.socket(zmq.PUB)
+        self._sub = sub = context.socket(zmq.SUB)
         try:
+            for sock in (pub, sub):
+                sock.linger = 500
+                sock.reconnect_ivl = 20
+                sock.reconnect_ivl_max = 200
+                if self._curve is not None:
+                    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
+            # data direction only; subscriptions (SUB -> hub -> PUB) get no mark (module doc):
+            # a PUB with one would hold back the rest of the hub's burst until it is used, and
+            # send its first messages knowing only some of the listeners
+            pub.sndhwm = self._hwm
+            sub.rcvhwm = self._hwm
+            sub.sndhwm = 0
+            pub.rcvhwm = 0
+            if self._paths is None:
+                # before connecting, so that no handshake goes unseen (closed once proven)
+                self._handshakes = sub.get_monitor_socket(_HANDSHAKE_EVENTS)
+            pub.connect(self.inbound)
+            sub.connect(self.outbound)
+            # own topic last: the XPUB applies one SUB's subscriptions in order, so the ping
+            # that proves the path (own topic) also proves that the broadcast ones are in place
+            for prefix in others_broadcast_prefixes(self.client_id):
+                sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            sub.setsockopt(zmq.SUBSCRIBE, self._own_topic)
+            self._loop.add_reader(cast(int, sub.getsockopt(zmq.FD)), self._on_readable)
+            self._loop.call_soon(self._on_readable)
             await self._prove_path()
         except BaseException:
-            self.close()
+            self.close()  # (stops watching the handshakes first)
             raise
-        finally:
-            self._stop_watching_handshakes()
+        self._stop_watching_handshakes()
         self._heartbeat = self._loop.call_later(HUB_HEARTBEAT_SECONDS, self._beat)
 
     async def _prove_path(self) -> None:
@@ -280,11 +278,17 @@ class ChannelTransport(ChannelEndpoint):
                 self._handshake_events[event] = value
 
     def _stop_watching_handshakes(self) -> None:
+        """Stop libzmq's monitor of the SUB socket, then close our end of it.
+
+        Must run while the SUB socket is open: libzmq sends monitor events with a blocking send
+        from its I/O thread, so an event of a closing SUB socket (a disconnect) sent after our
+        end is gone blocks that thread for good, and with it every socket of the process's
+        shared context.
+        """
         monitor, self._handshakes = self._handshakes, None
         if monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                if self._sub is not None and not self._sub.closed:
-                    self._sub.disable_monitor()
+            assert self._sub is not None and not self._sub.closed, "monitor outlived its socket"
+            self._sub.disable_monitor()
             monitor.close(0)
 
     def _handshake_refused(self) -> bool:
@@ -474,6 +478,7 @@ class ChannelTransport(ChannelEndpoint):
         if self._pub is not None and self._opening is not None and self._opening.done():
             self._say_goodbye()
         self._closed = True
+        self._stop_watching_handshakes()
         if self._sub is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(Exception):

@@ -210,6 +210,49 @@ def test_a_refused_tcp_client_is_told_which_key_is_wrong(tmp_path: Path) -> None
     asyncio.run(refused("nothing accepts connections"))  # no hub at all
 
 
+def test_failed_joins_never_lock_the_process_out_of_later_ones(tmp_path: Path) -> None:
+    """Joins that fail while the hub keeps dropping their handshakes (a wrong hub key), six at
+    a time, leave the process able to join: closing a participant stops libzmq's handshake
+    monitor before its socket, since a monitor event sent to a closed reader blocks libzmq's
+    I/O thread for good (before: one of the first rounds left every later join in the
+    process timing out, "the hub ... accepted a connection but its handshake did not
+    finish")."""
+    import asyncio
+
+    from localsync import create_mergeable_store
+    from localsync.channel.hub import TcpHub, generate_keys
+    from localsync.channel.synchronizer import ChannelError, create_channel_synchronizer
+    from tests.channel.test_channel_transport import free_port_pair
+
+    keys = tmp_path / "keys"
+    for name in ("hub", "alice"):
+        generate_keys(keys, name)
+    address = f"tcp://127.0.0.1:{free_port_pair()}"
+    right = {"hub_key": keys / "hub.key", "client_key": keys / "alice.key_secret"}
+    wrong = {"hub_key": keys / "alice.key", "client_key": keys / "alice.key_secret"}
+
+    async def join(wait: float, **options: object) -> None:
+        sync = create_channel_synchronizer(
+            create_mergeable_store(), "net", hub=address, connect_timeout_seconds=wait, **options
+        )
+        try:
+            await sync.start_sync()
+        finally:
+            await sync.destroy()
+
+    async def refused() -> None:
+        with pytest.raises(ChannelError, match="not the hub's public key"):
+            await join(0.5, **wrong)
+
+    async def scenario() -> None:
+        for _ in range(8):
+            await asyncio.gather(*(refused() for _ in range(6)))
+            await join(10.0, **right)
+
+    with TcpHub(address, secret_key=keys / "hub.key_secret"):
+        asyncio.run(scenario())
+
+
 def test_a_false_failover_costs_latency_only(rundir: Path) -> None:
     """A participant that wrongly takes its hub for dead (a loaded machine) elects a new
     generation while the old hub still works: everyone follows it, the old host steps down,

@@ -217,8 +217,14 @@ def test_chaos_loses_no_acknowledged_row(rundir: Path, persister: str) -> None:
                     del stopped[pid]
             if now >= next_action:
                 action = rng.choice(
-                    ["kill writer", "stop writer", "kill coordinator", "stop coordinator",
-                     "kill hub host", "stop hub host"]
+                    [
+                        "kill writer",
+                        "stop writer",
+                        "kill coordinator",
+                        "stop coordinator",
+                        "kill hub host",
+                        "stop hub host",
+                    ]
                 )
                 counts[action] += 1
                 target: int | None

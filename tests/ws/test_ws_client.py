@@ -395,8 +395,12 @@ def test_a_first_pull_that_fails_is_tried_again() -> None:
             for r in range(50):
                 a.set_cell("t", f"r{r}", "c", r)
             sb = await create_ws_synchronizer(
-                b, f"{server.url}/room", 2.0, on_ignored_error=errors.append,
-                min_backoff=0.6, max_backoff=0.6,
+                b,
+                f"{server.url}/room",
+                2.0,
+                on_ignored_error=errors.append,
+                min_backoff=0.6,
+                max_backoff=0.6,
             )
             sb.engine.request_timeout_seconds = 1e-6  # its first pull times out
             await sb.start_sync()
