@@ -205,7 +205,7 @@ class AsgiApp:
         request = request_of(scope)
         client = scope.get("client")
         address = str(client[0]) if client else ""
-        refusal = await self.server.admit(request, address)
+        refusal = await self.server.admission.admit(request, address)
         if refusal is not None:
             self.server.count_rejected(request, refusal[1])
             await _refuse(scope, send, *refusal)
@@ -228,7 +228,7 @@ class AsgiApp:
         if route is None or route.http is None or method not in ("GET", "HEAD"):
             reply = HttpReply(404, b"not found\n")
         else:
-            refusal = await self.server.admit_route(route, request)
+            refusal = await self.server.admission.admit_route(route, request)
             if refusal is not None:
                 self.server.count_rejected(request, refusal[1])
                 reply = HttpReply(refusal[0].value, (refusal[1] + "\n").encode())

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -48,9 +47,10 @@ from websockets.http11 import Request, Response
 from localsync.core.collector import paused_for
 from localsync.sync.engine import ERROR_SYNC_RESPONSE
 from localsync.sync.persister import TinyBaseError
+from localsync.ws.admission import Admission, Authenticate
 from localsync.ws.connection import Connection
 from localsync.ws.frame_queue import FrameQueue
-from localsync.ws.handshake import offered_subprotocols, request_token, select_subprotocol
+from localsync.ws.handshake import select_subprotocol
 from localsync.ws.http import HttpReply, Route, find_route, is_upgrade
 from localsync.ws.multiplex import (
     MAX_CHANNELS,
@@ -107,7 +107,6 @@ _MAX_QUEUE = 4
 
 PathIdsListener = Callable[["WsServer", str, int], None]
 ClientIdsListener = Callable[["WsServer", str, str, int], None]
-Authenticate = Callable[[str, Request], "bool | Awaitable[bool]"]
 IgnoredErrorHandler = Callable[[BaseException], None]
 DiscardEmptyPath = Callable[[str], "Any | Awaitable[Any]"]
 
@@ -185,7 +184,7 @@ class WsServer:
         self._host = host
         self._requested_port = port
         # (the empty path has no file name: allowed only without the caller's persistence)
-        self._persisted = create_persister is not None
+        persisted = create_persister is not None
         self._backplane = settings.backplane
         if self._backplane is not None:  # (every room gets a store, to put on its channel)
             create_persister = self._backplane.persisters(create_persister)
@@ -193,18 +192,11 @@ class WsServer:
         self._on_ignored_error = settings.on_ignored_error
         self._timeout = settings.request_timeout_seconds
         self._fragment_size = settings.fragment_size
-        self._authenticate = settings.authenticate
-        self._token = settings.token
         self._max_queue_bytes = settings.max_queue_bytes
-        self._max_clients = settings.max_clients
-        self._max_rooms = settings.max_rooms
-        self._max_rooms_per_address = settings.max_rooms_per_address
         self._max_rooms_per_socket = min(settings.max_rooms_per_socket, MAX_CHANNELS)
         self._listeners_enabled = listeners
         # every room with a client or with a store still running (get_path_ids: with clients)
         self._paths: dict[str, Room] = {}
-        # the rooms each remote address is in, with how many of its clients are in each
-        self._address_rooms: dict[str, dict[str, int]] = {}
         self._server: Server | None = None
         # every open connection (closed with 1001 by destroy() when no websockets server does it)
         self._connections: set[Connection] = set()
@@ -235,6 +227,18 @@ class WsServer:
             deliver=self._to_server,
             evict=self._evict,
             forget=self._forget,
+            report=self._report,
+            stats=self._stats,
+        )
+        self.admission = Admission(
+            self._paths,
+            self._routes,
+            persisted=persisted,
+            token=settings.token,
+            authenticate=settings.authenticate,
+            max_clients=settings.max_clients,
+            max_rooms=settings.max_rooms,
+            max_rooms_per_address=settings.max_rooms_per_address,
             report=self._report,
             stats=self._stats,
         )
@@ -317,7 +321,7 @@ class WsServer:
         backplane = self._backplane.get_stats() if self._backplane is not None else {}
         return {
             "paths": paths,
-            "clients": self._client_count(),
+            "clients": self.admission.client_count(),
             "rooms": len(self._paths),
             **self._stats,
             **backplane,
@@ -331,12 +335,10 @@ class WsServer:
             if room.persister is not None
         }
 
-    def _client_count(self) -> int:
-        return sum(len(p.clients) for p in self._paths.values())
-
     async def destroy(self) -> None:
         """Close every connection, stop every path (saving its store), stop listening."""
         if self._destroying is None:
+            self.admission.shutting_down = True
             self._destroying = asyncio.ensure_future(self._destroy())
         await asyncio.shield(self._destroying)
 
@@ -388,7 +390,7 @@ class WsServer:
     ) -> Response | None:
         route = find_route(self._routes, request.path)
         if route is not None and not is_upgrade(request) and route.http is not None:
-            refusal = await self.admit_route(route, request)
+            refusal = await self.admission.admit_route(route, request)
             if refusal is not None:
                 return self._reject(connection, *refusal)
             reply = await self.answer_http(route, request)
@@ -396,7 +398,7 @@ class WsServer:
             headers["Content-Length"] = str(len(reply.body))
             status = HTTPStatus(reply.status)
             return Response(status.value, status.phrase, headers, reply.body)
-        refusal = await self.admit(request, address_of(connection))
+        refusal = await self.admission.admit(request, address_of(connection))
         if refusal is not None:
             return self._reject(connection, *refusal)
         return None
@@ -423,19 +425,6 @@ class WsServer:
     def routes(self) -> list[Route]:
         return list(self._routes)
 
-    async def admit_route(self, route: Route, request: Request) -> tuple[HTTPStatus, str] | None:
-        """Why a request for ``route`` is refused (status, text), or None to serve it."""
-        if self._destroying is not None:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down"
-        if not route.auth:
-            return None
-        refusal = self._token_refusal(request)
-        if refusal is not None:
-            return refusal
-        if not await self._allowed(route.name, request):
-            return HTTPStatus.FORBIDDEN, "forbidden"
-        return None
-
     async def answer_http(self, route: Route, request: Request) -> HttpReply:
         """The route's reply to a plain HTTP request (500 when its handler fails)."""
         assert route.http is not None
@@ -447,76 +436,6 @@ class WsServer:
         except Exception as exc:
             self._report(exc)
             return HttpReply(500, b"internal error\n")
-
-    async def admit(self, request: Request, address: str) -> tuple[HTTPStatus, str] | None:
-        """Why a WebSocket upgrade from ``address`` is refused (status, text), or None.
-
-        Both faces call this before accepting: path id, client and room limits, token and the
-        ``authenticate`` hook, in that order; a request for a route is checked by
-        :meth:`admit_route` instead.
-        """
-        route = find_route(self._routes, request.path)
-        if route is not None and route.socket is not None:
-            return await self.admit_route(route, request)
-        path_id = path_id_of(request.path)
-        if self._destroying is not None:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "shutting down"
-        shared = SUBPROTOCOL in offered_subprotocols(request)
-        # (a shared socket's own path is only a prefix: its rooms are path/channel)
-        if path_id is None or not is_valid_path_id(
-            path_id, allow_empty=shared or not self._persisted
-        ):
-            return HTTPStatus.BAD_REQUEST, "invalid path id"
-        if not is_upgrade(request):
-            return HTTPStatus.BAD_REQUEST, "not a WebSocket request"
-        if self._max_clients is not None and self._client_count() >= self._max_clients:
-            return HTTPStatus.SERVICE_UNAVAILABLE, "too many clients"
-        if not shared:  # (a shared socket's rooms are checked as its channels subscribe)
-            refusal = self._room_refusal(path_id, address)
-            if refusal is not None:
-                self._stats["rooms_refused"] += 1
-                return HTTPStatus.SERVICE_UNAVAILABLE, refusal
-        token_refusal = self._token_refusal(request)
-        if token_refusal is not None:
-            return token_refusal
-        if not await self._allowed(path_id, request):
-            return HTTPStatus.FORBIDDEN, "forbidden"
-        return None
-
-    def _token_refusal(self, request: Request) -> tuple[HTTPStatus, str] | None:
-        if self._token is None:
-            return None
-        supplied = request_token(request)
-        if supplied is None:
-            return HTTPStatus.UNAUTHORIZED, "token required"
-        if not hmac.compare_digest(supplied.encode(), self._token.encode()):
-            return HTTPStatus.FORBIDDEN, "bad token"
-        return None
-
-    def _room_refusal(self, path_id: str, address: str) -> str | None:
-        """Why a client from ``address`` may not join ``path_id`` now (room limits), or None."""
-        limit = self._max_rooms
-        if limit is not None and path_id not in self._paths and len(self._paths) >= limit:
-            return "too many rooms"
-        limit = self._max_rooms_per_address
-        if limit is not None:
-            rooms = self._address_rooms.get(address, {})
-            if path_id not in rooms and len(rooms) >= limit:
-                return "too many rooms for this address"
-        return None
-
-    async def _allowed(self, path_id: str, request: Request) -> bool:
-        """The ``authenticate`` hook's verdict (True without one; False when it raises)."""
-        if self._authenticate is None:
-            return True
-        try:
-            allowed = self._authenticate(path_id, request)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
-        except Exception as exc:
-            self._report(exc)
-            return False
-        return bool(allowed)
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
         self.count_rejected(connection, text)
@@ -533,7 +452,7 @@ class WsServer:
         await self.serve_connection(ws)
 
     async def serve_connection(self, ws: Connection) -> None:
-        """Serve one admitted connection (see :meth:`admit`) until it closes."""
+        """Serve one admitted connection (see :meth:`Admission.admit`) until it closes."""
         self._connections.add(ws)
         try:
             await self._serve(ws)
@@ -564,8 +483,7 @@ class WsServer:
         if path is not None and client_id in path.clients:
             await ws.close(1008, "duplicate client id")
             return
-        if self._room_refusal(path_id, address_of(ws)) is not None:  # (raced at the upgrade)
-            self._stats["rooms_refused"] += 1
+        if self.admission.room_refusal(path_id, address_of(ws)) is not None:  # (raced)
             error = overflow_error("rooms")
             await ws.close(error.code, error.reason)
             return
@@ -703,7 +621,7 @@ class WsServer:
         if not is_valid_path_id(path_id):
             raise WireError(ERROR_MESSAGE)  # (not a path this server can name a room by)
         assert ws.request is not None
-        if not await self._allowed(path_id, ws.request):
+        if not await self.admission.allowed(path_id, ws.request):
             self._stats["rejected"] += 1
             raise WireError(ERROR_MESSAGE)
         existing = self._paths.get(path_id)
@@ -712,8 +630,7 @@ class WsServer:
         if len(joined) >= self._max_rooms_per_socket:
             self._stats["rooms_refused"] += 1
             raise overflow_error("channels")
-        if self._room_refusal(path_id, address_of(ws)) is not None:
-            self._stats["rooms_refused"] += 1
+        if self.admission.room_refusal(path_id, address_of(ws)) is not None:
             raise overflow_error("rooms")
         path = self._add_client(path_id, socket_id, ws, queue, event.channel_id)
         return path.clients[socket_id]
@@ -764,8 +681,7 @@ class WsServer:
         first = not path.clients
         client = Client(client_id, ws, path, self._timeout, queue, channel)
         path.clients[client_id] = client
-        rooms = self._address_rooms.setdefault(client.address, {})
-        rooms[path_id] = rooms.get(path_id, 0) + 1
+        self.admission.joined(client.address, path_id)
         if first:
             self._call_listeners(False, path_id, 1)
         self._call_listeners(True, path_id, client_id, 1)
@@ -777,15 +693,7 @@ class WsServer:
         if path.clients.get(client.id) is not client:
             return
         del path.clients[client.id]
-        rooms = self._address_rooms.get(client.address)
-        if rooms is not None:
-            left = rooms.get(path.id, 0) - 1
-            if left > 0:
-                rooms[path.id] = left
-            else:
-                rooms.pop(path.id, None)
-                if not rooms:
-                    del self._address_rooms[client.address]
+        self.admission.left(client.address, path.id)
         self._call_listeners(True, path.id, client.id, -1)
         synchronizer = path.synchronizer
         if synchronizer is not None:

@@ -506,3 +506,39 @@ def test_a_nats_node_killed_mid_stream_loses_nothing(
     folder.mkdir()
     with NatsCluster(folder, nodes=3) as cluster:
         run(scenario(cluster), timeout=90)
+
+
+def test_a_backplane_keeps_the_empty_path_open_unless_rooms_are_persisted(
+    channel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The backplane gives every room a store of its own, but only the caller's persistence
+    needs a file name: the empty path is served as without a backplane (400 when persisted)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async def scenario() -> None:
+        one = await create_ws_server("127.0.0.1", 0, backplane="local")
+        two = await create_ws_server("127.0.0.1", 0, backplane="local")
+        persisted = await create_ws_server(
+            "127.0.0.1",
+            0,
+            lambda path_id: create_sqlite_persister(
+                create_mergeable_store(), str(tmp_path / f"{path_id}.sqlite")
+            ),
+            backplane="local",
+        )
+        try:
+            a, sa = await client(one.url)
+            b, sb = await client(two.url)
+            a.set_cell("t", "r", "c", 1)
+            await eventually(lambda: b.get_cell("t", "r", "c") == 1, 20)
+            with pytest.raises(InvalidStatus) as info:
+                await connect(persisted.url, open_timeout=5)
+            assert info.value.response.status_code == 400
+            await sa.destroy()
+            await sb.destroy()
+        finally:
+            for server in (one, two, persisted):
+                await server.destroy()
+
+    run(scenario(), timeout=60)
