@@ -8,7 +8,9 @@ claims to come from ourselves (a replay) is dropped. Control payloads start with
 directed answer), ``BYE`` + client id (broadcast when a participant leaves), ``SNAPSHOT_ASK`` +
 client id (directed: "offer me a snapshot", :mod:`localsync.channel.snapshot`) and
 ``SNAPSHOT_OFFER`` + an encoded :class:`~localsync.channel.snapshot.Offer` (directed; nothing
-after the kind: a refusal); each transport may add its own kinds.
+after the kind: a refusal), ``ALIVE_ASK`` + client id (directed: "are you still there?", see
+:meth:`ChannelEndpoint.peer_alive`) and ``ALIVE`` + the answerer's client id (its directed
+answer); each transport may add its own kinds.
 Acknowledgements are msgpack of ``(from_client_id, tables_hash, values_hash)``.
 """
 
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import secrets
 import string
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +48,15 @@ HERE = b"\x00h"  # directed answer to a hello
 BYE = b"\x00B"  # + 16-byte client id, broadcast when a participant leaves
 SNAPSHOT_ASK = b"\x00S"  # + 16-byte client id, directed
 SNAPSHOT_OFFER = b"\x00O"  # + encoded offer (none: a refusal), directed
+ALIVE_ASK = b"\x00A"  # + 16-byte client id, directed: "are you still there?"
+ALIVE = b"\x00a"  # + 16-byte client id, directed answer to ALIVE_ASK
 _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our client id)
 
 #: how long the first exchange waits for a hello answer (see ChannelEndpoint.discover_peers)
 DISCOVERY_SECONDS = 0.25
+#: a peer that leaves a liveness probe unanswered this long is taken for gone (transports
+#: without presence files, see ChannelEndpoint.peer_alive)
+PROBE_TIMEOUT_SECONDS = 3.0
 #: destroy waits at most this long for the hub or server to hold what this process sent
 #: (see ChannelEndpoint.flush)
 FLUSH_ON_CLOSE_SECONDS = 3.0
@@ -140,7 +148,15 @@ class ChannelEndpoint:
         self.on_snapshot_offer: Callable[[bytes], None] | None = None
         #: False while the hub/server is known not to answer
         self.hub_answering = True
-        self.stats: dict[str, int] = {"sent": 0, "received": 0, "ignored": 0, "own_dropped": 0}
+        # peers asked whether they are still there -> when (monotonic), until they answer
+        self._probes: dict[str, float] = {}
+        self.stats: dict[str, int] = {
+            "sent": 0,
+            "received": 0,
+            "ignored": 0,
+            "own_dropped": 0,
+            "peers_unanswering": 0,
+        }
 
     # -- for subclasses ---------------------------------------------------------------------
 
@@ -221,8 +237,30 @@ class ChannelEndpoint:
         self._subscribe_acks()
 
     def peer_alive(self, client_id: str) -> bool:
-        """False only when ``client_id`` is known to be gone (see ``has_presence``)."""
-        return True
+        """False only when ``client_id`` is known to be gone.
+
+        Called again and again for a peer that owes answers (the synchronizer's liveness
+        check). Without presence files (tcp hubs, NATS; local channels override this), the
+        first call asks the peer whether it is still there and answers True; the peer is known
+        to be gone once that probe has been unanswered for ``PROBE_TIMEOUT_SECONDS``. A
+        SIGKILLed process says no goodbye: without the probe, a joiner whose answerer died
+        would wait out the whole join time-out. A peer whose loop is busy for that long also
+        counts as gone, which costs a restarted pull, never data; ``peers_unanswering``
+        counts them.
+        """
+        if len(client_id) != CLIENT_ID_LENGTH or client_id == self.client_id or self._closed:
+            return True
+        now = time.monotonic()
+        asked = self._probes.get(client_id)
+        if asked is None or now - asked >= 2 * PROBE_TIMEOUT_SECONDS:  # (none, or a stale one)
+            self._probes[client_id] = now
+            self._send_payload(client_id, ALIVE_ASK + self._id_bytes)
+            return True
+        if now - asked < PROBE_TIMEOUT_SECONDS:
+            return True
+        del self._probes[client_id]
+        self.stats["peers_unanswering"] += 1
+        return False
 
     def _ignore(self, error: Exception) -> None:
         self.stats["ignored"] += 1
@@ -256,6 +294,18 @@ class ChannelEndpoint:
                     self.first_answerer = check_client_id(answerer.decode("ascii"))
             if self._here_waiter is not None and not self._here_waiter.done():
                 self._here_waiter.set_result(None)
+        elif kind == ALIVE_ASK and to_me:
+            asker = payload[2:]
+            if len(asker) == CLIENT_ID_LENGTH and asker != self._id_bytes:
+                try:
+                    to = check_client_id(asker.decode("ascii"))
+                except (UnicodeDecodeError, ValueError) as error:
+                    self._ignore(error)
+                    return True
+                self._send_payload(to, ALIVE + self._id_bytes)
+        elif kind == ALIVE and to_me:
+            with contextlib.suppress(UnicodeDecodeError):
+                self._probes.pop(payload[2:].decode("ascii"), None)
         elif kind == SNAPSHOT_ASK and to_me:
             self._on_snapshot_ask(payload[2:])
         elif kind == SNAPSHOT_OFFER and to_me:

@@ -108,8 +108,8 @@ __all__ = [
 ALONE_REQUEST_TIMEOUT = 0.5
 JOIN_REQUEST_TIMEOUT = 30.0
 SYNCING_REQUEST_TIMEOUT = 2.0
-#: How long a peer may owe an answer before its liveness is checked (local channels), and
-#: how often the check repeats while it still owes one.
+#: How long a peer may owe an answer before its liveness is checked, and how often the check
+#: repeats while it still owes one.
 LIVENESS_CHECK_SECONDS = 0.5
 #: anti-entropy periods vary by this fraction either way (see SyncEngine.anti_entropy_jitter)
 ANTI_ENTROPY_JITTER = 0.25
@@ -265,11 +265,12 @@ class ChannelSynchronizer(Synchronizer):
         """Every LIVENESS_CHECK_SECONDS, drop peers that owe us answers but have died.
 
         A peer killed by SIGKILL says no goodbye; without this check a joiner would wait for
-        the whole join time-out. Only peers that have owed an answer for a while are checked
-        (a few system calls each, see :mod:`localsync.channel.presence`); tcp channels have no
-        presence files and rely on goodbyes and time-outs.
+        the whole join time-out. Only peers that have owed an answer for a while are checked:
+        on local channels by their presence files (a few system calls each, see
+        :mod:`localsync.channel.presence`), elsewhere by a probe they must answer (see
+        :meth:`~localsync.channel.endpoint.ChannelEndpoint.peer_alive`).
         """
-        if self._liveness is not None or not self._channel.has_presence:
+        if self._liveness is not None:
             return
         engine = self._engine
         peer_left = self.peer_left

@@ -497,8 +497,11 @@ class ChannelTransport(ChannelEndpoint):
         self.on_snapshot_offer = None
 
     def peer_alive(self, client_id: str) -> bool:
-        """False only when ``client_id`` is known to be gone (local channels: its lock)."""
-        if self._paths is None or len(client_id) != CLIENT_ID_LENGTH:
+        """False only when ``client_id`` is known to be gone (local channels: its lock; tcp
+        hubs: an unanswered probe, see ChannelEndpoint.peer_alive)."""
+        if self._paths is None:
+            return super().peer_alive(client_id)
+        if len(client_id) != CLIENT_ID_LENGTH:
             return True
         return is_alive(self._paths.peers, client_id)
 

@@ -1,5 +1,6 @@
 """The channel over a real 3-node NATS cluster: processes on different nodes, a node killed
-(SIGKILL) mid-stream and restarted, a late joiner, the coordinator and workers on NATS."""
+(SIGKILL) mid-stream and restarted, a late joiner, the coordinator and workers on NATS; and,
+over NATS and a tcp hub, a joiner whose answerer freezes."""
 
 from __future__ import annotations
 
@@ -199,3 +200,95 @@ def test_workers_on_a_nats_cluster_converge(cluster: NatsCluster) -> None:
     assert all(r["others"] == [0, 1, 2] for r in results)
     assert len({json.dumps(r["hashes"]) for r in results}) == 1
     assert all(r["content"] == results[0]["content"] for r in results)
+
+
+@pytest.fixture(params=["nats", "tcp"])
+def remote_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A hub without presence files: one nats-server, or a tcp hub (``localsync hub``)."""
+    if request.param == "nats":
+        with NatsCluster(tmp_path, nodes=1) as cluster:
+            yield cluster.urls[0]
+        return
+    from localsync.channel.hub import TcpHub
+    from tests.channel.test_channel_transport import free_port_pair
+
+    address = f"tcp://127.0.0.1:{free_port_pair()}"
+    with TcpHub(address):
+        yield address
+
+
+def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
+    remote_hub: str, record_property: Callable[[str, object], None]
+) -> None:
+    """A process that answered a joiner and then stops answering (SIGSTOP here; a SIGKILLed
+    one says no goodbye either) is probed, taken for gone after PROBE_TIMEOUT_SECONDS, and the
+    joiner pulls from the other peer (before: it waited out the 30 s join time-out). Nothing is
+    lost, and the frozen peer converges once it resumes."""
+    import asyncio
+    import os
+    import signal
+
+    from localsync import create_mergeable_store
+    from localsync.channel.endpoint import PROBE_TIMEOUT_SECONDS
+    from localsync.channel.synchronizer import JOIN_REQUEST_TIMEOUT, create_channel_synchronizer
+    from tests.helpers import eventually, run
+
+    rows = 20_000
+    url = remote_hub
+    peers: dict[str, Proc] = {}
+    for _ in range(2):
+        proc = Proc("sync", "--channel", "frozen", "--hub", url)
+        peers[proc.expect("ready", 30)["id"]] = proc
+    a, b = peers.values()
+    frozen: Proc | None = None
+    try:
+        for start in range(0, rows, 1000):  # (a command is one line of at most 64 KiB)
+            a.send(cmd="set", cells=[["t", f"r{i}", "c", i] for i in range(start, start + 1000)])
+        hashes = converge([a, b])
+
+        async def main() -> float:
+            nonlocal frozen
+            store = create_mergeable_store()
+            sync = create_channel_synchronizer(store, "frozen", hub=url)
+            joining = asyncio.ensure_future(sync.start_sync())
+            try:
+                # freeze the peer the joiner is pulling from, while it owes an answer
+                while not joining.done():
+                    owed = sync.engine.awaited_peers(0.0) & peers.keys()
+                    if owed:
+                        frozen = peers[owed.pop()]
+                        os.kill(frozen.popen.pid, signal.SIGSTOP)
+                        break
+                    await asyncio.sleep(0.0005)
+                assert frozen is not None, "the joiner never waited for a peer's answer"
+                frozen_at = time.monotonic()
+                await joining
+                await eventually(lambda: len(store.get_row_ids("t")) == rows, 20)
+                took = time.monotonic() - frozen_at
+                assert list(store.get_mergeable_content_hashes()) == hashes
+                assert sync.get_channel_stats()["peers_unanswering"] >= 1
+                os.kill(frozen.popen.pid, signal.SIGCONT)
+                frozen = None
+                store.set_cell("t", "after", "c", 1)  # (reaches both, the resumed one too)
+                deadline = time.monotonic() + 20
+                for proc in (a, b):
+                    while True:
+                        content = await asyncio.to_thread(proc.ask, "content", "content")
+                        if "after" in content["value"][0]["t"]:
+                            break
+                        assert time.monotonic() < deadline, "a peer never got the write"
+                        await asyncio.sleep(0.05)
+                return took
+            finally:
+                await sync.destroy()
+
+        took = run(main(), timeout=60)
+        record_property("recovered_after_freeze_seconds", round(took, 2))
+        assert took < JOIN_REQUEST_TIMEOUT / 2, took
+        assert took >= PROBE_TIMEOUT_SECONDS * 0.9, took  # (it did wait for the probe)
+        converge([a, b])
+    finally:
+        if frozen is not None:
+            os.kill(frozen.popen.pid, signal.SIGCONT)
+        for proc in peers.values():
+            proc.close()
