@@ -272,14 +272,8 @@ class ChannelEndpoint:
         """Handle a shared control payload; False when its kind is not one of them."""
         kind = payload[:2]
         if kind == HELLO and broadcast:
-            asker = payload[2:]
-            if self.answers_hello and asker != self._id_bytes and len(asker) == CLIENT_ID_LENGTH:
-                try:
-                    to = check_client_id(asker.decode("ascii"))
-                except (UnicodeDecodeError, ValueError) as error:
-                    self._ignore(error)
-                    return True
-                self._send_payload(to, HERE + self._id_bytes)
+            if self.answers_hello:
+                self._answer(payload[2:], HERE)
         elif kind == BYE and broadcast:
             leaver = payload[2:]
             if leaver != self._id_bytes and len(leaver) == CLIENT_ID_LENGTH:
@@ -295,14 +289,7 @@ class ChannelEndpoint:
             if self._here_waiter is not None and not self._here_waiter.done():
                 self._here_waiter.set_result(None)
         elif kind == ALIVE_ASK and to_me:
-            asker = payload[2:]
-            if len(asker) == CLIENT_ID_LENGTH and asker != self._id_bytes:
-                try:
-                    to = check_client_id(asker.decode("ascii"))
-                except (UnicodeDecodeError, ValueError) as error:
-                    self._ignore(error)
-                    return True
-                self._send_payload(to, ALIVE + self._id_bytes)
+            self._answer(payload[2:], ALIVE)
         elif kind == ALIVE and to_me:
             with contextlib.suppress(UnicodeDecodeError):
                 self._probes.pop(payload[2:].decode("ascii"), None)
@@ -317,6 +304,18 @@ class ChannelEndpoint:
         else:
             return False
         return True
+
+    def _answer(self, asker: bytes, kind: bytes) -> None:
+        """Send ``kind`` + our client id to the peer whose id is ``asker`` (not to ourselves;
+        a malformed id is ignored and counted)."""
+        if asker == self._id_bytes or len(asker) != CLIENT_ID_LENGTH:
+            return
+        try:
+            to = check_client_id(asker.decode("ascii"))
+        except (UnicodeDecodeError, ValueError) as error:
+            self._ignore(error)
+            return
+        self._send_payload(to, kind + self._id_bytes)
 
     def _on_snapshot_ask(self, asker: bytes) -> None:
         """Answer a snapshot request with an offer or a refusal (a malformed one: ignored)."""
