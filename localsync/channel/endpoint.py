@@ -56,7 +56,7 @@ _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our clien
 DISCOVERY_SECONDS = 0.25
 #: a peer that leaves a liveness probe unanswered this long is taken for gone (transports
 #: without presence files, see ChannelEndpoint.peer_alive)
-PROBE_TIMEOUT_SECONDS = 3.0
+PROBE_TIMEOUT_SECONDS = 10.0
 #: destroy waits at most this long for the hub or server to hold what this process sent
 #: (see ChannelEndpoint.flush)
 FLUSH_ON_CLOSE_SECONDS = 3.0
