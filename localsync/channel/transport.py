@@ -588,8 +588,8 @@ class ChannelTransport(ChannelEndpoint):
             elif kind == _BEAT:
                 if topic == self._own_topic:
                     self._beats_heard += 1
-            else:
-                self._on_control(payload, topic == self._own_topic, topic[:1] == BROADCAST)
+            elif not self._on_control(payload, topic == self._own_topic, topic[:1] == BROADCAST):
+                self._ignore(ValueError(f"unknown channel control message {kind!r}"))
             return
         if topic == ACK_TOPIC:
             self._on_ack_payload(payload)

@@ -135,8 +135,11 @@ def test_addressing_own_broadcasts_and_invalid_messages(rundir: Path) -> None:
             topic = broadcast_topic("R" * 16)
             rogue.send_multipart([topic, b"\x93not-a-message"])
             rogue.send_multipart([topic, b"a", b"b"])
+            rogue.send_multipart([topic, b"\x00Z" + b"R" * 16])  # (no such control kind)
+            for t in ts:  # a liveness probe from a malformed client id: not answered
+                rogue.send_multipart([t._own_topic, b"\x00A" + b"!" * 16])
             deadline = time.monotonic() + 5
-            while len(ignored) < 2 or len(got[c.client_id]) < 2:
+            while len(ignored) < 4 * len(ts) or len(got[c.client_id]) < 2:
                 assert time.monotonic() < deadline, (got, ignored)
                 await asyncio.sleep(0.01)
             rogue.close(0)
@@ -149,6 +152,8 @@ def test_addressing_own_broadcasts_and_invalid_messages(rundir: Path) -> None:
             # ... by the hub: it never reached a (before, it came back and was dropped)
             assert a.stats["own_dropped"] == 0 and a.stats["received"] == 0
             assert all(isinstance(e, ValueError) for e in ignored)
+            assert sum("unknown channel control" in str(e) for e in ignored) == len(ts)
+            assert all(t.stats["ignored"] == 4 for t in ts)
             with pytest.raises(ValueError):
                 a.send("short", None, 0, None)
         finally:
