@@ -256,6 +256,13 @@ class ChannelCollector(Collector):
         )
         failovers.add_metric([channel], stats.get("hub_failovers", 0))
         yield failovers
+        unanswering = CounterMetricFamily(
+            "localsync_channel_peers_unanswering",
+            "Peers taken for gone after an unanswered liveness probe (tcp hubs, NATS).",
+            labels=labels,
+        )
+        unanswering.add_metric([channel], stats.get("peers_unanswering", 0))
+        yield unanswering
         engine = sync.get_synchronizer_stats()
         for key in ("sends", "receives"):
             family = CounterMetricFamily(

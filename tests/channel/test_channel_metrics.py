@@ -82,6 +82,7 @@ def test_channel_participants_serve_their_metrics(rundir: Path, tmp_path: Path) 
             final = await asyncio.to_thread(scrape, handle_a.url)
             assert value(final, "localsync_sync_save_failures_total", **label) == 0
             assert value(final, "localsync_channel_ignored_total", reason="invalid", **label) == 0
+            assert value(final, "localsync_channel_peers_unanswering_total", **label) == 0
             # b has no persister of its own: only the synchronizer's series
             assert not any(
                 name.startswith("localsync_persister_")

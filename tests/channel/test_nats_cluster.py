@@ -228,10 +228,18 @@ def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
     import os
     import signal
 
+    from prometheus_client import CollectorRegistry, generate_latest
+
     from localsync import create_mergeable_store
     from localsync.channel.endpoint import PROBE_TIMEOUT_SECONDS
     from localsync.channel.synchronizer import JOIN_REQUEST_TIMEOUT, create_channel_synchronizer
+    from localsync.metrics import ChannelCollector
     from tests.helpers import eventually, run
+
+    def registry_of(collector: ChannelCollector) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        return registry
 
     rows = 20_000
     url = remote_hub
@@ -267,6 +275,8 @@ def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
                 took = time.monotonic() - frozen_at
                 assert list(store.get_mergeable_content_hashes()) == hashes
                 assert sync.get_channel_stats()["peers_unanswering"] >= 1
+                scraped = generate_latest(registry_of(ChannelCollector(sync))).decode()
+                assert 'localsync_channel_peers_unanswering_total{channel="frozen"} 1.0' in scraped
                 os.kill(frozen.popen.pid, signal.SIGCONT)
                 frozen = None
                 store.set_cell("t", "after", "c", 1)  # (reaches both, the resumed one too)
