@@ -241,7 +241,9 @@ def test_failed_joins_never_lock_the_process_out_of_later_ones(tmp_path: Path) -
             await sync.destroy()
 
     async def refused() -> None:
-        with pytest.raises(ChannelError, match="not the hub's public key"):
+        # (why is named when the hub's drops were seen in time; on a loaded machine the 0.5 s
+        # may end before the first connection: then "nothing accepts connections")
+        with pytest.raises(ChannelError, match="no channel hub answered"):
             await join(0.5, **wrong)
 
     async def scenario() -> None:
