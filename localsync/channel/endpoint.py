@@ -240,13 +240,13 @@ class ChannelEndpoint:
         """False only when ``client_id`` is known to be gone.
 
         Called again and again for a peer that owes answers (the synchronizer's liveness
-        check). Without presence files (tcp hubs, NATS; local channels override this), the
-        first call asks the peer whether it is still there and answers True; the peer is known
-        to be gone once that probe has been unanswered for ``PROBE_TIMEOUT_SECONDS``. A
-        SIGKILLed process says no goodbye: without the probe, a joiner whose answerer died
-        would wait out the whole join time-out. A peer whose loop is busy for that long also
-        counts as gone, which costs a restarted pull, never data; ``peers_unanswering``
-        counts them.
+        check). The first call asks the peer whether it is still there and answers True; the
+        peer is known to be gone once that probe has been unanswered for
+        ``PROBE_TIMEOUT_SECONDS`` (local channels also read presence files first, which tell
+        at once that a process exited). A SIGKILLed process says no goodbye and a frozen one
+        answers nothing: without the probe, a joiner whose answerer died or froze would wait
+        out the whole join time-out. A peer whose loop is busy for that long also counts as
+        gone, which costs a restarted pull, never data; ``peers_unanswering`` counts them.
         """
         if len(client_id) != CLIENT_ID_LENGTH or client_id == self.client_id or self._closed:
             return True

@@ -497,13 +497,17 @@ class ChannelTransport(ChannelEndpoint):
         self.on_snapshot_offer = None
 
     def peer_alive(self, client_id: str) -> bool:
-        """False only when ``client_id`` is known to be gone (local channels: its lock; tcp
-        hubs: an unanswered probe, see ChannelEndpoint.peer_alive)."""
-        if self._paths is None:
-            return super().peer_alive(client_id)
-        if len(client_id) != CLIENT_ID_LENGTH:
-            return True
-        return is_alive(self._paths.peers, client_id)
+        """False only when ``client_id`` is known to be gone: on a local channel at once when
+        its presence lock is released (it exited, even by SIGKILL), and, as on tcp hubs, when
+        it leaves a probe unanswered (a frozen process keeps its lock; see
+        ChannelEndpoint.peer_alive)."""
+        if (
+            self._paths is not None
+            and len(client_id) == CLIENT_ID_LENGTH
+            and not is_alive(self._paths.peers, client_id)
+        ):
+            return False
+        return super().peer_alive(client_id)
 
     # -- sending --------------------------------------------------------------------------
 

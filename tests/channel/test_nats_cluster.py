@@ -1,6 +1,6 @@
 """The channel over a real 3-node NATS cluster: processes on different nodes, a node killed
 (SIGKILL) mid-stream and restarted, a late joiner, the coordinator and workers on NATS; and,
-over NATS and a tcp hub, a joiner whose answerer freezes."""
+over NATS, a tcp hub and a local channel, a joiner whose answerer freezes."""
 
 from __future__ import annotations
 
@@ -202,28 +202,32 @@ def test_workers_on_a_nats_cluster_converge(cluster: NatsCluster) -> None:
     assert all(r["content"] == results[0]["content"] for r in results)
 
 
-@pytest.fixture(params=["nats", "tcp"])
-def remote_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A hub without presence files: one nats-server, or a tcp hub (``localsync hub``)."""
+@pytest.fixture(params=["nats", "tcp", "local"])
+def where(request: pytest.FixtureRequest, tmp_path: Path, rundir: Path) -> Iterator[dict[str, str]]:
+    """Where a channel runs, as create_channel_synchronizer options: one nats-server, a tcp
+    hub (``localsync hub``), or the local channels of a runtime folder."""
     if request.param == "nats":
         with NatsCluster(tmp_path, nodes=1) as cluster:
-            yield cluster.urls[0]
-        return
-    from localsync.channel.hub import TcpHub
-    from tests.channel.test_channel_transport import free_port_pair
+            yield {"hub": cluster.urls[0]}
+    elif request.param == "tcp":
+        from localsync.channel.hub import TcpHub
+        from tests.channel.test_channel_transport import free_port_pair
 
-    address = f"tcp://127.0.0.1:{free_port_pair()}"
-    with TcpHub(address):
-        yield address
+        address = f"tcp://127.0.0.1:{free_port_pair()}"
+        with TcpHub(address):
+            yield {"hub": address}
+    else:
+        yield {"runtime_dir": str(rundir)}
 
 
 def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
-    remote_hub: str, record_property: Callable[[str, object], None]
+    where: dict[str, str], record_property: Callable[[str, object], None]
 ) -> None:
-    """A process that answered a joiner and then stops answering (SIGSTOP here; a SIGKILLed
-    one says no goodbye either) is probed, taken for gone after PROBE_TIMEOUT_SECONDS, and the
-    joiner pulls from the other peer (before: it waited out the 30 s join time-out). Nothing is
-    lost, and the frozen peer converges once it resumes."""
+    """A process that answered a joiner and then stops answering (SIGSTOP; it keeps its
+    presence lock on a local channel, and a SIGKILLed one on a hub says no goodbye either) is
+    probed, taken for gone after PROBE_TIMEOUT_SECONDS, and the joiner pulls from the other
+    peer (before: it waited out the 30 s join time-out). Nothing is lost, and the frozen peer
+    converges once it resumes."""
     import asyncio
     import os
     import signal
@@ -242,10 +246,10 @@ def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
         return registry
 
     rows = 20_000
-    url = remote_hub
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in where.items()]
     peers: dict[str, Proc] = {}
     for _ in range(2):
-        proc = Proc("sync", "--channel", "frozen", "--hub", url)
+        proc = Proc("sync", "--channel", "frozen", *args)
         peers[proc.expect("ready", 30)["id"]] = proc
     a, b = peers.values()
     frozen: Proc | None = None
@@ -257,7 +261,8 @@ def test_a_joiner_whose_answerer_freezes_gets_everything_from_another(
         async def main() -> float:
             nonlocal frozen
             store = create_mergeable_store()
-            sync = create_channel_synchronizer(store, "frozen", hub=url)
+            # (no shared-memory snapshot on a local channel: the pull is what is tested)
+            sync = create_channel_synchronizer(store, "frozen", snapshots=False, **where)
             joining = asyncio.ensure_future(sync.start_sync())
             try:
                 # freeze the peer the joiner is pulling from, while it owes an answer
