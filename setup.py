@@ -24,28 +24,18 @@ from __future__ import annotations
 
 import os
 import sys
+from runpy import run_path
 from typing import Any
 
 from setuptools import setup
 
-#: compiled in this order of dependence; ``localsync.compiled`` lists the same names
+#: compiled in this order of dependence: ``localsync.compiled.COMPILED_MODULES``, read from its
+#: file (importing the package would import its dependencies, which a build may not have yet)
 COMPILED = [
-    "localsync/core/codec.py",
-    "localsync/core/hash.py",
-    "localsync/core/hlc.py",
-    "localsync/core/content.py",
-    "localsync/core/changes.py",
-    "localsync/core/listeners.py",
-    "localsync/core/store.py",
-    "localsync/core/validation.py",
-    "localsync/core/stamps.py",
-    "localsync/core/diff.py",
-    "localsync/core/merge.py",
-    "localsync/core/mergeable_store.py",
-    "localsync/sync/engine.py",
-    "localsync/sync/coalesce.py",
-    "localsync/sync/persister.py",
-    "localsync/sync/synchronizer.py",
+    f"localsync/{name.replace('.', '/')}.py"
+    for name in run_path(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "localsync", "compiled.py")
+    )["COMPILED_MODULES"]
 ]
 
 

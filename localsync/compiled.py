@@ -12,7 +12,7 @@ import importlib.machinery
 import os
 import warnings
 
-#: the modules setup.py compiles (same order)
+#: the modules setup.py compiles, in this order of dependence (setup.py reads this list)
 COMPILED_MODULES = (
     "core.codec",
     "core.hash",
