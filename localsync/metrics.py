@@ -258,7 +258,7 @@ class ChannelCollector(Collector):
         yield failovers
         unanswering = CounterMetricFamily(
             "localsync_channel_peers_unanswering",
-            "Peers taken for gone after an unanswered liveness probe (tcp hubs, NATS).",
+            "Peers taken for gone after an unanswered liveness probe.",
             labels=labels,
         )
         unanswering.add_metric([channel], stats.get("peers_unanswering", 0))

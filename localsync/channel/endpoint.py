@@ -54,8 +54,8 @@ _FROM_HEADER = b"\x94\xb0"  # msgpack: array of 4, then a 16-byte str (our clien
 
 #: how long the first exchange waits for a hello answer (see ChannelEndpoint.discover_peers)
 DISCOVERY_SECONDS = 0.25
-#: a peer that leaves a liveness probe unanswered this long is taken for gone (transports
-#: without presence files, see ChannelEndpoint.peer_alive)
+#: a peer that leaves a liveness probe unanswered this long is taken for gone (see
+#: ChannelEndpoint.peer_alive)
 PROBE_TIMEOUT_SECONDS = 10.0
 #: destroy waits at most this long for the hub or server to hold what this process sent
 #: (see ChannelEndpoint.flush)
@@ -113,7 +113,8 @@ class ChannelEndpoint:
 
     #: the hub this participant hosts (local ZeroMQ channels only)
     local_hub: Any = None
-    #: True when peers' liveness can be checked locally (see :meth:`peer_alive`)
+    #: True on local channels: peers' presence files tell at once that a process exited (see
+    #: :meth:`peer_alive`), and shared-memory snapshots are possible
     has_presence = False
 
     def __init__(
@@ -268,8 +269,8 @@ class ChannelEndpoint:
             with contextlib.suppress(Exception):
                 self._on_ignored_error(error)
 
-    def _on_control(self, payload: bytes, to_me: bool, broadcast: bool) -> bool:
-        """Handle a shared control payload; False when its kind is not one of them."""
+    def _on_control(self, payload: bytes, to_me: bool, broadcast: bool) -> None:
+        """Handle a shared control payload (one of an unknown kind is ignored and counted)."""
         kind = payload[:2]
         if kind == HELLO and broadcast:
             if self.answers_hello:
@@ -302,8 +303,7 @@ class ChannelEndpoint:
             else:
                 on_offer(payload[2:])
         else:
-            return False
-        return True
+            self._ignore(ValueError(f"unknown channel control message {kind!r}"))
 
     def _answer(self, asker: bytes, kind: bytes) -> None:
         """Send ``kind`` + our client id to the peer whose id is ``asker`` (not to ourselves;

@@ -448,8 +448,8 @@ class NatsTransport(ChannelEndpoint):
             whole = self._on_chunk(payload, to_me)
             if whole is not None and whole[:1] != CONTROL:
                 self._on_data(whole)
-        elif not self._on_control(payload, to_me, not to_me):
-            self._ignore(ValueError(f"unknown channel control message {payload[:2]!r}"))
+        else:
+            self._on_control(payload, to_me, not to_me)
 
     def _on_chunk(self, payload: bytes, to_me: bool) -> bytes | None:
         """Add one chunk; the whole message once its last chunk arrived, else None."""

@@ -592,8 +592,8 @@ class ChannelTransport(ChannelEndpoint):
             elif kind == _BEAT:
                 if topic == self._own_topic:
                     self._beats_heard += 1
-            elif not self._on_control(payload, topic == self._own_topic, topic[:1] == BROADCAST):
-                self._ignore(ValueError(f"unknown channel control message {kind!r}"))
+            else:
+                self._on_control(payload, topic == self._own_topic, topic[:1] == BROADCAST)
             return
         if topic == ACK_TOPIC:
             self._on_ack_payload(payload)

@@ -20,6 +20,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from localsync.core.protocols import SyncStore
+from localsync.sync.awaiting import await_then, maybe_await
 from localsync.sync.coalesce import MAX_COALESCED_BYTES, MAX_COALESCED_STAMPS, coalesce_changes
 from localsync.sync.engine import Event, PullFinished, SyncEngine
 from localsync.sync.persister import (
@@ -28,8 +29,6 @@ from localsync.sync.persister import (
     Persister,
     Persists,
     TinyBaseError,
-    await_then,
-    maybe_await,
 )
 from localsync.sync.transport import FunctionTransport, ReceiveFn, SendFn, Transport
 
